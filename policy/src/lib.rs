@@ -1,0 +1,68 @@
+//! # ringzero-policy
+//!
+//! The security model of ringzero, pure and I/O-free: it parses, signs, verifies and decides,
+//! and returns decisions for its callers to log and enforce. No async runtime, no network, no
+//! files, no logging; time is always passed in.
+//!
+//! # Layout
+//!
+//! - [`spiffe`]: [`TrustDomain`], [`SpiffeId`] and [`SpiffeIdPattern`], parsed exactly per the
+//!   SPIFFE-ID spec.
+//! - [`rights`]: the closed vocabulary of [`Operation`]s, [`Resource`] paths with segment-aware
+//!   prefix matching, [`Right`]s and the built-in [`Role`]s.
+//! - [`token`]: Biscuit capability tokens — [`mint`](token::mint), offline
+//!   [`attenuate`](token::attenuate), [`inspect`](token::inspect), [`authorize`](token::authorize)
+//!   with a caller-supplied key set and revocation set, and the verified [`TokenCache`].
+//! - [`svid`]: X.509-SVIDs — signing CAs, leaf issuance from a CSR or public key with exactly the
+//!   SPIFFE profile, and chain validation against a [`TrustBundle`](svid::TrustBundle).
+//! - [`tls`]: rustls client and server certificate verifiers for SPIFFE.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use ringzero_policy::{Operation, Resource, Right, SpiffeId};
+//! use ringzero_policy::token::{self, Decision, KeySet, Lifetime, MintRequest, NoRevocations,
+//!     Request, RootKey, RootKeyId};
+//!
+//! let root = RootKey::generate(RootKeyId(1));
+//! let alice = SpiffeId::parse("spiffe://example.org/user/alice")?;
+//! let now = SystemTime::now();
+//! let t = token::mint(&root, &MintRequest {
+//!     subject: alice.clone(),
+//!     rights: vec![Right::new(Operation::LogsRead, Resource::parse("ns/default")?)],
+//!     ttl: Some(Duration::from_secs(600)),
+//!     bind_to_subject: true,
+//!     bind_node: None,
+//! }, &Lifetime::default(), now)?;
+//!
+//! let keys = KeySet::single(root.public());
+//! let resource = Resource::parse("ns/default/web")?;
+//! let req = Request { operation: Operation::LogsRead, resource: &resource,
+//!     peer: Some(&alice), node: None, time: now };
+//! let decision = token::authorize(&t, &keys, &NoRevocations, &req, Default::default());
+//! assert!(decision.is_allowed());
+//!
+//! // The same token presented by another identity is refused.
+//! let mallory = SpiffeId::parse("spiffe://example.org/user/mallory")?;
+//! let stolen = Request { peer: Some(&mallory), ..req };
+//! let Decision::Deny(why) = token::authorize(&t, &keys, &NoRevocations, &stolen, Default::default())
+//!     else { panic!("a stolen token must be refused") };
+//! assert_eq!(why.code(), "peer_mismatch");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod rights;
+pub mod spiffe;
+pub mod svid;
+pub mod tls;
+pub mod token;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use self::rights::{NodeName, Operation, Resource, Right, Role};
+pub use self::spiffe::{SpiffeId, SpiffeIdPattern, TrustDomain};
+pub use self::token::TokenCache;

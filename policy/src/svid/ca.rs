@@ -1,0 +1,356 @@
+//! Signing CAs and leaf issuance.
+
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    SubjectPublicKeyInfo,
+};
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::FromDer;
+
+use super::{MAX_DER_LEN, NOT_BEFORE_BACKDATE, SvidError};
+use crate::spiffe::{SpiffeId, TrustDomain};
+
+/// Generates a fresh ECDSA P-256 key pair, where it will be used.
+pub fn generate_key() -> Result<KeyPair, SvidError> {
+    Ok(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?)
+}
+
+/// A PKCS#10 CSR (DER) for `id`, signed by `key`: the request an agent or joiner sends.
+pub fn csr_for(key: &KeyPair, id: &SpiffeId) -> Result<Vec<u8>, SvidError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(
+        id.as_str()
+            .try_into()
+            .map_err(|e: rcgen::Error| SvidError::Generate(e.to_string()))?,
+    )];
+    Ok(params.serialize_request(key)?.der().to_vec())
+}
+
+/// A CA that signs SVIDs: its certificate, its private key, and the intermediates (if any) to
+/// send along with the leaves it signs. Its `Debug` form never shows the key.
+pub struct SigningCa {
+    cert: CertificateDer<'static>,
+    key: KeyPair,
+    /// The certificates to append after a leaf: this CA's own certificate when it is an
+    /// intermediate, then its parents' intermediates. Empty for a self-signed CA, which verifiers
+    /// hold in their bundle.
+    chain: Vec<CertificateDer<'static>>,
+    trust_domain: TrustDomain,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for SigningCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningCa")
+            .field("trust_domain", &self.trust_domain)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ca_params(
+    td: &TrustDomain,
+    common_name: &str,
+    ttl: Duration,
+    now: SystemTime,
+    path_len: Option<u8>,
+) -> Result<CertificateParams, SvidError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "ringzero");
+    dn.push(DnType::OrganizationalUnitName, td.as_str());
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.subject_alt_names = vec![uri_san(&td.id())?];
+    params.not_before = (now - NOT_BEFORE_BACKDATE).into();
+    params.not_after = (now + ttl).into();
+    params.serial_number = Some(random_serial()?);
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+impl SigningCa {
+    /// A self-signed CA for `td`, valid for `ttl` from `now`. `common_name` makes its subject
+    /// distinct (e.g. `ringzero authority a1`). `path_len`: `Some(0)` for a CA that signs only
+    /// leaves.
+    pub fn self_signed(
+        td: &TrustDomain,
+        common_name: &str,
+        ttl: Duration,
+        now: SystemTime,
+        path_len: Option<u8>,
+    ) -> Result<Self, SvidError> {
+        let key = generate_key()?;
+        let params = ca_params(td, common_name, ttl, now, path_len)?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert: cert.der().clone(),
+            key,
+            chain: Vec::new(),
+            trust_domain: td.clone(),
+            not_after: now + ttl,
+        })
+    }
+
+    /// An intermediate CA signed by `self`, in the same trust domain. Its validity is capped at
+    /// the parent's.
+    pub fn sign_intermediate(
+        &self,
+        common_name: &str,
+        ttl: Duration,
+        now: SystemTime,
+        path_len: Option<u8>,
+    ) -> Result<Self, SvidError> {
+        let key = generate_key()?;
+        let ttl = self.cap_ttl(ttl, now)?;
+        let params = ca_params(&self.trust_domain, common_name, ttl, now, path_len)?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        let der = cert.der().clone();
+        let mut chain = vec![der.clone()];
+        chain.extend(self.chain.iter().cloned());
+        Ok(Self {
+            cert: der,
+            key,
+            chain,
+            trust_domain: self.trust_domain.clone(),
+            not_after: now + ttl,
+        })
+    }
+
+    /// Loads a CA from its certificate (DER), its PKCS#8 private key (DER), and the
+    /// intermediates to present after leaves (empty for a self-signed CA).
+    pub fn from_der(
+        cert: &[u8],
+        key_pkcs8: &[u8],
+        chain: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, SvidError> {
+        let (rest, parsed) = x509_parser::certificate::X509Certificate::from_der(cert)
+            .map_err(|e| parse_err("CA certificate", e))?;
+        if !rest.is_empty() {
+            return Err(parse_err("CA certificate", "trailing bytes"));
+        }
+        if !parsed.is_ca() {
+            return Err(SvidError::BadIntermediate("not a CA certificate"));
+        }
+        let id = super::validate::uri_sans(&parsed)?
+            .into_iter()
+            .next()
+            .ok_or(SvidError::NoUriSan)?;
+        let id = SpiffeId::parse(id)?;
+        if !id.path().is_empty() {
+            return Err(SvidError::CaIdHasPath);
+        }
+        let key = KeyPair::try_from(key_pkcs8).map_err(|e| parse_err("CA key", e))?;
+        if key.public_key_raw() != parsed.public_key().subject_public_key.data.as_ref() {
+            return Err(parse_err("CA key", "does not match the certificate"));
+        }
+        let not_after = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(
+                u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0),
+            );
+        Ok(Self {
+            cert: CertificateDer::from(cert.to_vec()),
+            key,
+            chain,
+            trust_domain: id.trust_domain(),
+            not_after,
+        })
+    }
+
+    /// The CA certificate (DER).
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The private key as PKCS#8 DER. Handle as a secret.
+    pub fn key_pkcs8_der(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(self.key.serialize_der())
+    }
+
+    /// The intermediates presented after each leaf this CA signs.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, SvidError> {
+        Ok(Issuer::from_ca_cert_der(&self.cert, &self.key)?)
+    }
+
+    fn cap_ttl(&self, ttl: Duration, now: SystemTime) -> Result<Duration, SvidError> {
+        if ttl < Duration::from_secs(1) {
+            return Err(SvidError::TtlTooShort);
+        }
+        let left = self
+            .not_after
+            .duration_since(now)
+            .map_err(|_| SvidError::CaExpired)?;
+        Ok(ttl.min(left))
+    }
+
+    /// Issues a leaf SVID.
+    pub fn issue(&self, req: &LeafRequest<'_>) -> Result<IssuedSvid, SvidError> {
+        if !req.id.is_member_of(&self.trust_domain) {
+            return Err(SvidError::WrongTrustDomain {
+                expected: self.trust_domain.to_string(),
+                found: req.id.to_string(),
+            });
+        }
+        let public_key = req.key.public_key()?;
+        let ttl = self.cap_ttl(req.ttl, req.now)?;
+
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "ringzero");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let mut sans = vec![uri_san(req.id)?];
+        for dns in req.dns_names {
+            if dns.is_empty() || dns.len() > 253 || !dns.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*')) {
+                return Err(SvidError::BadDnsName(dns.chars().take(64).collect()));
+            }
+            let name = dns
+                .as_str()
+                .try_into()
+                .map_err(|_| SvidError::BadDnsName(dns.clone()))?;
+            sans.push(SanType::DnsName(name));
+        }
+        params.subject_alt_names = sans;
+        let not_before = req.now - NOT_BEFORE_BACKDATE;
+        let not_after = req.now + ttl;
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        let serial = random_serial()?;
+        params.serial_number = Some(serial.clone());
+        params.use_authority_key_identifier_extension = true;
+
+        let cert = params.signed_by(&public_key, &self.issuer()?)?;
+        let mut chain = vec![cert.der().clone()];
+        chain.extend(self.chain.iter().cloned());
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&public_key);
+        let key_digest = ring::digest::digest(&ring::digest::SHA256, &spki);
+        Ok(IssuedSvid {
+            id: req.id.clone(),
+            chain,
+            serial: serial.to_bytes(),
+            not_before,
+            not_after,
+            public_key_sha256: key_digest.as_ref().to_vec(),
+        })
+    }
+}
+
+/// Where the leaf's public key comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum LeafKey<'a> {
+    /// A PKCS#10 CSR (DER). Its signature is verified (proof of possession); only its public
+    /// key is used.
+    Csr(&'a [u8]),
+    /// A SubjectPublicKeyInfo (DER), for keys whose possession is proven otherwise.
+    PublicKey(&'a [u8]),
+}
+
+impl LeafKey<'_> {
+    fn public_key(&self) -> Result<SubjectPublicKeyInfo, SvidError> {
+        let spki_der: Vec<u8> = match *self {
+            LeafKey::Csr(der) => {
+                if der.len() > MAX_DER_LEN {
+                    return Err(SvidError::TooLarge);
+                }
+                let (rest, csr) =
+                    x509_parser::certification_request::X509CertificationRequest::from_der(der)
+                        .map_err(|e| parse_err("CSR", e))?;
+                if !rest.is_empty() {
+                    return Err(parse_err("CSR", "trailing bytes"));
+                }
+                csr.verify_signature()
+                    .map_err(|_| SvidError::CsrSignature)?;
+                csr.certification_request_info.subject_pki.raw.to_vec()
+            }
+            LeafKey::PublicKey(der) => {
+                if der.len() > MAX_DER_LEN {
+                    return Err(SvidError::TooLarge);
+                }
+                der.to_vec()
+            }
+        };
+        let spki = SubjectPublicKeyInfo::from_der(&spki_der).map_err(|_| SvidError::UnsupportedKey)?;
+        if rcgen::PublicKeyData::algorithm(&spki) != &PKCS_ECDSA_P256_SHA256 {
+            return Err(SvidError::UnsupportedKey);
+        }
+        Ok(spki)
+    }
+}
+
+/// What to issue.
+#[derive(Debug, Clone, Copy)]
+pub struct LeafRequest<'a> {
+    pub id: &'a SpiffeId,
+    pub key: LeafKey<'a>,
+    /// Requested lifetime; capped at the CA's own expiry.
+    pub ttl: Duration,
+    /// Extra DNS SANs (the URI SAN stays the only URI).
+    pub dns_names: &'a [String],
+    pub now: SystemTime,
+}
+
+/// An issued leaf SVID and what its audit record needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedSvid {
+    pub id: SpiffeId,
+    /// Leaf first, then intermediates; the bundle holds the root.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub serial: Vec<u8>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// SHA-256 of the leaf's SubjectPublicKeyInfo.
+    pub public_key_sha256: Vec<u8>,
+}
+
+fn uri_san(id: &SpiffeId) -> Result<SanType, SvidError> {
+    Ok(SanType::URI(
+        id.as_str()
+            .try_into()
+            .map_err(|e: rcgen::Error| SvidError::Generate(e.to_string()))?,
+    ))
+}
+
+/// A random positive 128-bit serial number.
+fn random_serial() -> Result<SerialNumber, SvidError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| SvidError::Generate("no randomness".into()))?;
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01; // never a leading zero byte, so the DER length is fixed
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+pub(super) fn parse_err(what: &'static str, e: impl std::fmt::Display) -> SvidError {
+    SvidError::Parse {
+        what,
+        detail: e.to_string(),
+    }
+}

@@ -1,0 +1,265 @@
+//! Validating a presented chain against a trust bundle.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use super::ca::parse_err;
+use super::{MAX_CHAIN_LEN, MAX_DER_LEN, SvidError};
+use crate::spiffe::{SpiffeId, TrustDomain};
+
+/// The CA certificates a verifier trusts for one trust domain: every authority node's signing
+/// CA (or the upstream root that signs them).
+#[derive(Debug, Clone)]
+pub struct TrustBundle {
+    trust_domain: TrustDomain,
+    roots: Vec<CertificateDer<'static>>,
+    anchors: Arc<Vec<TrustAnchor<'static>>>,
+}
+
+impl TrustBundle {
+    /// Builds a bundle; every root must parse as a CA certificate, and a root that carries a
+    /// SPIFFE ID must carry this trust domain's.
+    pub fn new(
+        trust_domain: TrustDomain,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, SvidError> {
+        let mut anchors = Vec::with_capacity(roots.len());
+        for root in &roots {
+            if root.len() > MAX_DER_LEN {
+                return Err(SvidError::TooLarge);
+            }
+            let cert = parse_cert(root)?;
+            if !cert.is_ca() {
+                return Err(SvidError::Bundle("a bundle certificate is not a CA".into()));
+            }
+            for uri in uri_sans(&cert)? {
+                let id = SpiffeId::parse(uri)?;
+                if !id.path().is_empty() {
+                    return Err(SvidError::CaIdHasPath);
+                }
+                if !id.is_member_of(&trust_domain) {
+                    return Err(SvidError::WrongTrustDomain {
+                        expected: trust_domain.to_string(),
+                        found: id.to_string(),
+                    });
+                }
+            }
+            let anchor = webpki::anchor_from_trusted_cert(root)
+                .map_err(|e| SvidError::Bundle(format!("{e:?}")))?
+                .to_owned();
+            anchors.push(anchor);
+        }
+        Ok(Self {
+            trust_domain,
+            roots,
+            anchors: Arc::new(anchors),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The trusted CA certificates (DER).
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The bundle as concatenated PEM certificates.
+    pub fn to_pem(&self) -> String {
+        use base64::Engine;
+        let mut out = String::new();
+        for root in &self.roots {
+            out.push_str("-----BEGIN CERTIFICATE-----\n");
+            let b64 = base64::engine::general_purpose::STANDARD.encode(root);
+            for line in b64.as_bytes().chunks(64) {
+                out.push_str(&String::from_utf8_lossy(line));
+                out.push('\n');
+            }
+            out.push_str("-----END CERTIFICATE-----\n");
+        }
+        out
+    }
+}
+
+/// Which extended key usage the validation requires of the leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// The leaf authenticates a TLS client.
+    Client,
+    /// The leaf authenticates a TLS server.
+    Server,
+}
+
+/// A chain that validated: the SPIFFE ID it proves and when that proof ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedSvid {
+    pub id: SpiffeId,
+    pub not_after: SystemTime,
+    pub serial: Vec<u8>,
+}
+
+/// Validates `chain` (leaf first) against `bundle` at `now`, enforcing the X509-SVID profile,
+/// and returns the SPIFFE ID it proves.
+pub fn validate_svid(
+    chain: &[CertificateDer<'_>],
+    bundle: &TrustBundle,
+    now: SystemTime,
+    usage: Usage,
+) -> Result<ValidatedSvid, SvidError> {
+    let (leaf_der, intermediates) = chain.split_first().ok_or(SvidError::EmptyChain)?;
+    if chain.len() > MAX_CHAIN_LEN {
+        return Err(SvidError::ChainTooLong);
+    }
+    if chain.iter().any(|c| c.len() > MAX_DER_LEN) {
+        return Err(SvidError::TooLarge);
+    }
+
+    // Profile checks on the leaf.
+    let leaf = parse_cert(leaf_der)?;
+    let id = leaf_spiffe_id(&leaf)?;
+    if !id.is_member_of(&bundle.trust_domain) {
+        return Err(SvidError::WrongTrustDomain {
+            expected: bundle.trust_domain.to_string(),
+            found: id.to_string(),
+        });
+    }
+    if leaf.is_ca() {
+        return Err(SvidError::LeafIsCa);
+    }
+    let ku = leaf
+        .key_usage()
+        .map_err(|e| parse_err("key usage", e))?
+        .ok_or(SvidError::LeafKeyUsage("missing"))?;
+    if !ku.value.digital_signature() {
+        return Err(SvidError::LeafKeyUsage("digitalSignature is not set"));
+    }
+    if ku.value.key_cert_sign() || ku.value.crl_sign() {
+        return Err(SvidError::LeafKeyUsage("a leaf must not sign certificates or CRLs"));
+    }
+
+    // Profile checks on intermediates.
+    for der in intermediates {
+        let cert = parse_cert(der)?;
+        if !cert.is_ca() {
+            return Err(SvidError::BadIntermediate("cA is not set"));
+        }
+        let ku = cert
+            .key_usage()
+            .map_err(|e| parse_err("key usage", e))?
+            .ok_or(SvidError::BadIntermediate("key usage missing"))?;
+        if !ku.value.key_cert_sign() {
+            return Err(SvidError::BadIntermediate("keyCertSign is not set"));
+        }
+        for uri in uri_sans(&cert)? {
+            let ca_id = SpiffeId::parse(uri)?;
+            if !ca_id.path().is_empty() {
+                return Err(SvidError::CaIdHasPath);
+            }
+            if !ca_id.is_member_of(&bundle.trust_domain) {
+                return Err(SvidError::WrongTrustDomain {
+                    expected: bundle.trust_domain.to_string(),
+                    found: ca_id.to_string(),
+                });
+            }
+        }
+    }
+
+    // Path building, signatures, validity and constraints: rustls-webpki.
+    let ee = webpki::EndEntityCert::try_from(leaf_der).map_err(|e| parse_err("leaf", format!("{e:?}")))?;
+    let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let eku = match usage {
+        Usage::Client => webpki::KeyUsage::client_auth(),
+        Usage::Server => webpki::KeyUsage::server_auth(),
+    };
+    ee.verify_for_usage(
+        signature_algorithms(),
+        &bundle.anchors,
+        intermediates,
+        UnixTime::since_unix_epoch(since_epoch),
+        eku,
+        None,
+        None,
+    )
+    .map_err(map_webpki_error)?;
+
+    let not_after = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(leaf.validity().not_after.timestamp()).unwrap_or(0));
+    Ok(ValidatedSvid {
+        id,
+        not_after,
+        serial: leaf.raw_serial().to_vec(),
+    })
+}
+
+/// The SPIFFE ID a leaf certificate claims, checked for form only (not validated).
+pub fn spiffe_id_of(cert: &[u8]) -> Result<SpiffeId, SvidError> {
+    if cert.len() > MAX_DER_LEN {
+        return Err(SvidError::TooLarge);
+    }
+    leaf_spiffe_id(&parse_cert(cert)?)
+}
+
+fn leaf_spiffe_id(leaf: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
+    let uris = uri_sans(leaf)?;
+    match uris.as_slice() {
+        [] => Err(SvidError::NoUriSan),
+        [one] => {
+            let id = SpiffeId::parse(one)?;
+            if id.path().is_empty() {
+                // A trust domain ID names a CA, never a workload.
+                return Err(SvidError::BadSpiffeId(crate::spiffe::IdError::EmptySegment));
+            }
+            Ok(id)
+        }
+        many => Err(SvidError::MultipleUriSans(many.len())),
+    }
+}
+
+pub(super) fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, SvidError> {
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| parse_err("subject alternative name", e))?;
+    Ok(san
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(*u),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn parse_cert<'a>(der: &'a [u8]) -> Result<X509Certificate<'a>, SvidError> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| parse_err("certificate", e))?;
+    if !rest.is_empty() {
+        return Err(parse_err("certificate", "trailing bytes"));
+    }
+    Ok(cert)
+}
+
+/// The signature algorithms of rustls' ring provider: one list for path validation and for the
+/// TLS handshake signatures.
+pub(crate) fn signature_algorithms() -> &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm] {
+    rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all
+}
+
+fn map_webpki_error(e: webpki::Error) -> SvidError {
+    match e {
+        webpki::Error::CertExpired { .. } => SvidError::Expired,
+        webpki::Error::CertNotValidYet { .. } => SvidError::NotYetValid,
+        webpki::Error::UnknownIssuer => SvidError::UntrustedIssuer,
+        other => SvidError::Path(format!("{other:?}")),
+    }
+}

@@ -1,0 +1,257 @@
+//! rustls certificate verifiers for SPIFFE.
+//!
+//! rustls' default server verifier checks a DNS name and rejects URI-only certificates; its
+//! WebPKI client verifier checks no name at all. Both are wrong for SPIFFE, where a peer is its
+//! SPIFFE ID: these verifiers accept only X.509-SVIDs that chain to the current bundle of the
+//! expected trust domain, optionally restricted to SPIFFE ID patterns.
+//!
+//! The bundle is shared through a [`BundleSource`], so a bundle rotation takes effect for the
+//! next handshake without rebuilding any TLS configuration.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::spiffe::{SpiffeId, SpiffeIdPattern};
+use crate::svid::{TrustBundle, Usage, validate_svid};
+
+/// The current trust bundle, replaceable at run time.
+#[derive(Debug, Clone)]
+pub struct BundleSource(Arc<RwLock<Arc<TrustBundle>>>);
+
+impl BundleSource {
+    pub fn new(bundle: TrustBundle) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(bundle))))
+    }
+
+    /// The bundle in force now.
+    pub fn current(&self) -> Arc<TrustBundle> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the bundle for every later handshake.
+    pub fn replace(&self, bundle: TrustBundle) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(bundle);
+    }
+}
+
+/// Which peers a verifier accepts.
+#[derive(Debug, Clone, Default)]
+pub enum PeerMatch {
+    /// Any SVID of the bundle's trust domain.
+    #[default]
+    AnyInTrustDomain,
+    /// Only IDs matching one of these patterns.
+    OneOf(Vec<SpiffeIdPattern>),
+}
+
+impl PeerMatch {
+    fn check(&self, id: &SpiffeId) -> Result<(), rustls::Error> {
+        match self {
+            PeerMatch::AnyInTrustDomain => Ok(()),
+            PeerMatch::OneOf(patterns) if patterns.iter().any(|p| p.matches(id)) => Ok(()),
+            PeerMatch::OneOf(_) => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Core {
+    bundle: BundleSource,
+    peers: PeerMatch,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl Core {
+    fn new(bundle: BundleSource, peers: PeerMatch) -> Self {
+        Self {
+            bundle,
+            peers,
+            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        }
+    }
+
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: Usage,
+    ) -> Result<SpiffeId, rustls::Error> {
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.clone());
+        chain.extend(intermediates.iter().cloned());
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        let svid = validate_svid(&chain, &self.bundle.current(), now, usage).map_err(to_rustls)?;
+        self.peers.check(&svid.id)?;
+        Ok(svid.id)
+    }
+
+    fn verify_tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+}
+
+fn to_rustls(e: crate::svid::SvidError) -> rustls::Error {
+    use crate::svid::SvidError as E;
+    rustls::Error::InvalidCertificate(match e {
+        E::Expired => rustls::CertificateError::Expired,
+        E::NotYetValid => rustls::CertificateError::NotValidYet,
+        E::UntrustedIssuer => rustls::CertificateError::UnknownIssuer,
+        other => rustls::CertificateError::Other(rustls::OtherError(Arc::new(other))),
+    })
+}
+
+/// Verifies a server's SVID (used by clients). The TLS server name is ignored: the peer is
+/// identified by its SPIFFE ID.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier(Core);
+
+impl SpiffeServerVerifier {
+    pub fn new(bundle: BundleSource, peers: PeerMatch) -> Arc<Self> {
+        Arc::new(Self(Core::new(bundle, peers)))
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.verify(end_entity, intermediates, now, Usage::Server)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algorithms.supported_schemes()
+    }
+}
+
+/// Verifies a client's SVID (used by servers). A client certificate is mandatory.
+#[derive(Debug)]
+pub struct SpiffeClientVerifier(Core);
+
+impl SpiffeClientVerifier {
+    pub fn new(bundle: BundleSource, peers: PeerMatch) -> Arc<Self> {
+        Arc::new(Self(Core::new(bundle, peers)))
+    }
+}
+
+impl ClientCertVerifier for SpiffeClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0.verify(end_entity, intermediates, now, Usage::Client)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algorithms.supported_schemes()
+    }
+}
+
+/// A TLS 1.3 server configuration (ring provider) that presents `chain`/`key` and requires a
+/// client SVID accepted by `verifier`.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    verifier: Arc<SpiffeClientVerifier>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+}
+
+/// A TLS 1.3 client configuration (ring provider) that presents `chain`/`key` and accepts only
+/// a server SVID accepted by `verifier`.
+pub fn client_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    verifier: Arc<SpiffeServerVerifier>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+}
+
+/// The SPIFFE ID of the peer of an established connection: the URI SAN of the first
+/// certificate, which the verifier above already validated.
+pub fn peer_id(peer_certificates: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
+    let leaf = peer_certificates?.first()?;
+    crate::svid::spiffe_id_of(leaf).ok()
+}
