@@ -488,9 +488,11 @@ mod tests {
 
     #[test]
     fn covering_prefixes() {
-        let got: Vec<_> = r("ns/a/x").covering_prefixes().collect();
+        let res = r("ns/a/x");
+        let got: Vec<_> = res.covering_prefixes().collect();
         assert_eq!(got, ["", "ns", "ns/a", "ns/a/x"]);
-        let got: Vec<_> = Resource::root().covering_prefixes().collect();
+        let root = Resource::root();
+        let got: Vec<_> = root.covering_prefixes().collect();
         assert_eq!(got, [""]);
         // Every listed prefix covers the resource, and nothing else of the form does.
         let res = r("ns/default/web");

@@ -82,3 +82,6 @@ impl From<rcgen::Error> for SvidError {
         SvidError::Generate(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests;
