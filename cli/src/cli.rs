@@ -1,0 +1,166 @@
+//! The command line, as clap types. Only parsing lives here; `cmd` does the work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ringzero_policy::{NodeName, Operation, Resource, SpiffeId};
+
+const ABOUT: &str = "ringzero: one root of trust for a cluster — SPIFFE identities, capability tokens, an audit log";
+
+const EXIT_CODES: &str = "\
+Exit codes: 0 success (token verify: allowed), 1 failed or denied, 2 invalid input or usage.
+Secrets and tokens are accepted as an argument, as '-' (read from stdin) or as '@FILE'.";
+
+#[derive(Debug, Parser)]
+#[command(name = "ringzero", version, about = ABOUT, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Generate a root key pair for minting tokens before an authority exists.
+    #[command(after_help = "\
+Examples:
+  ringzero keygen --out root.key            # writes root.key (0600) and root.key.pub
+  ringzero keygen --out root2.key --id 2    # a second key, for rotation")]
+    Keygen(KeygenArgs),
+    /// Mint, attenuate, inspect and verify capability tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeygenArgs {
+    /// Where to write the private key (mode 0600); the public key goes to FILE.pub.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// The root key id tokens will carry, so verifiers can pick the key (rotation).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) id: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Mint a token offline with a root key (prints the token alone on stdout).
+    #[command(after_help = "\
+Examples:
+  T=$(ringzero token mint --root-key root.key --subject spiffe://example.org/user/alice \\
+        --operation logs:read --operation debug:attach --resource ns/default --ttl 1h)
+  ringzero token mint --root-key root.key --subject spiffe://example.org/ns/ci/deployer \\
+        --operation sched:submit --resource ns/ci --bind-subject")]
+    Mint(MintArgs),
+    /// Narrow a token offline (prints the new token alone on stdout).
+    #[command(after_help = "\
+Examples:
+  ringzero token attenuate @alice.token --operation logs:read --resource ns/default/web --ttl 10m
+  echo \"$T\" | ringzero token attenuate - --bind-peer spiffe://example.org/ns/ci/deployer")]
+    Attenuate(AttenuateArgs),
+    /// Decode a token without verifying it.
+    #[command(after_help = "\
+Examples:
+  ringzero token inspect \"$T\"
+  ringzero token inspect @alice.token --json")]
+    Inspect(InspectArgs),
+    /// Verify a token offline and decide one request (exit 0 allowed, 1 denied, 2 malformed).
+    #[command(after_help = "\
+Offline verification checks signatures, expiry, bindings and rights, but cannot see
+revocations: only a connected verifier can.
+
+Examples:
+  ringzero token verify \"$T\" --root-key root.key.pub --operation logs:read --resource ns/default/web
+  ringzero token verify @t --root-key root.key --operation svid:mint --resource node/n7 \\
+      --peer spiffe://example.org/ringzero/node/n7 --node n7 --json")]
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MintArgs {
+    /// Root key file written by `ringzero keygen`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) root_key: PathBuf,
+    /// Who the token is for (a SPIFFE ID).
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub(crate) subject: SpiffeId,
+    /// An operation to allow (repeatable), e.g. logs:read.
+    #[arg(long = "operation", value_name = "OP", required = true)]
+    pub(crate) operations: Vec<Operation>,
+    /// The resource prefix the operations apply to (whole segments). Default: every resource.
+    #[arg(long, value_name = "PREFIX")]
+    pub(crate) resource: Option<Resource>,
+    /// Lifetime, e.g. 10m, 1h (default 1h, at most 24h).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) ttl: Option<Duration>,
+    /// Bind the token to the subject's mTLS identity (refused over any other peer).
+    #[arg(long)]
+    pub(crate) bind_subject: bool,
+    /// Bind the token to one node.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) bind_node: Option<NodeName>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AttenuateArgs {
+    /// The token: the value, '-' for stdin, or @FILE.
+    #[arg(default_value = "-", value_name = "TOKEN|-|@FILE")]
+    pub(crate) token: String,
+    /// Expire this long from now (never later than the token already expires).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) ttl: Option<Duration>,
+    /// Allow only these operations (repeatable).
+    #[arg(long = "operation", value_name = "OP")]
+    pub(crate) operations: Vec<Operation>,
+    /// Allow only resources under this prefix (whole segments).
+    #[arg(long, value_name = "PREFIX")]
+    pub(crate) resource: Option<Resource>,
+    /// Allow only when presented over this mTLS identity.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub(crate) bind_peer: Option<SpiffeId>,
+    /// Allow only on this node.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) bind_node: Option<NodeName>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The token: the value, '-' for stdin, or @FILE.
+    #[arg(default_value = "-", value_name = "TOKEN|-|@FILE")]
+    pub(crate) token: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// The token: the value, '-' for stdin, or @FILE.
+    #[arg(value_name = "TOKEN|-|@FILE")]
+    pub(crate) token: String,
+    /// Root key file (private or .pub) written by `ringzero keygen`.
+    #[arg(long, value_name = "KEYFILE")]
+    pub(crate) root_key: PathBuf,
+    /// The operation requested.
+    #[arg(long, value_name = "OP")]
+    pub(crate) operation: Operation,
+    /// The resource requested.
+    #[arg(long, value_name = "RESOURCE")]
+    pub(crate) resource: Resource,
+    /// The SPIFFE ID of the peer presenting the token.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub(crate) peer: Option<SpiffeId>,
+    /// The node the request concerns.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: Option<NodeName>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 10m, 1h, 1h30m)"))
+}

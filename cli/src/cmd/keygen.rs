@@ -1,0 +1,32 @@
+//! `ringzero keygen`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ringzero_policy::token::{RootKey, RootKeyId};
+
+use super::{Outcome, failed};
+use crate::cli::KeygenArgs;
+use crate::input::write_file;
+
+pub(crate) fn run(a: KeygenArgs) -> Outcome {
+    let key = RootKey::generate(RootKeyId(a.id));
+    let mut public_path = a.out.clone().into_os_string();
+    public_path.push(".pub");
+    let public_path = PathBuf::from(public_path);
+    write_file(&a.out, super::keyfile::private_text(&key).as_bytes(), 0o600, a.force).map_err(failed)?;
+    write_file(&public_path, super::keyfile::public_text(&key.public()).as_bytes(), 0o644, a.force)
+        .map_err(failed)?;
+    eprintln!(
+        "wrote root key {} to {} (mode 0600) and its public half to {}",
+        a.id,
+        a.out.display(),
+        public_path.display()
+    );
+    eprintln!(
+        "mint with: ringzero token mint --root-key {} --subject SPIFFE_ID --operation OP",
+        a.out.display()
+    );
+    println!("{}", key.public().to_text());
+    Ok(ExitCode::SUCCESS)
+}

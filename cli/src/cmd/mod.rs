@@ -1,0 +1,49 @@
+//! Command implementations.
+
+mod keygen;
+mod keyfile;
+mod token;
+
+use std::fmt::Display;
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command, TokenCommand};
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) error: anyhow::Error,
+}
+
+/// Exit code 2: the input was invalid.
+pub(crate) fn bad_input(e: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: e.into(),
+    }
+}
+
+/// Exit code 1: the operation failed.
+pub(crate) fn failed(e: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 1,
+        error: e.into(),
+    }
+}
+
+pub(crate) fn bad_input_msg(m: impl Display) -> Failure {
+    bad_input(anyhow::anyhow!("{m}"))
+}
+
+pub(crate) type Outcome = Result<ExitCode, Failure>;
+
+pub(crate) fn run(cli: Cli) -> Outcome {
+    match cli.command {
+        Command::Keygen(a) => keygen::run(a),
+        Command::Token(TokenCommand::Mint(a)) => token::mint(a),
+        Command::Token(TokenCommand::Attenuate(a)) => token::attenuate(a),
+        Command::Token(TokenCommand::Inspect(a)) => token::inspect(a),
+        Command::Token(TokenCommand::Verify(a)) => token::verify(a),
+    }
+}
