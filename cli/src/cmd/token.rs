@@ -16,9 +16,6 @@ use crate::input::read_secret;
 pub(crate) fn mint(a: MintArgs) -> Outcome {
     let key = super::keyfile::load_private(&a.root_key).map_err(bad_input)?;
     let prefix = a.resource.unwrap_or_else(Resource::root);
-    if prefix.is_root() {
-        eprintln!("note: no --resource given: the token covers every resource");
-    }
     let mut operations = a.operations;
     operations.sort();
     operations.dedup();
@@ -33,6 +30,9 @@ pub(crate) fn mint(a: MintArgs) -> Outcome {
         bind_node: a.bind_node,
     };
     let t = token::mint(&key, &req, &Lifetime::default(), SystemTime::now()).map_err(bad_input)?;
+    if prefix.is_root() {
+        eprintln!("note: no --resource given: the token covers every resource");
+    }
     println!("{t}");
     Ok(ExitCode::SUCCESS)
 }

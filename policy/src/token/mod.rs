@@ -268,7 +268,7 @@ pub enum TokenError {
     BadKey(String),
     #[error("a token needs at least one right")]
     NoRights,
-    #[error("lifetime {asked:?} is above the cap of {cap:?}")]
+    #[error("lifetime of {} s is above the cap of {} s", asked.as_secs(), cap.as_secs())]
     TtlAboveCap { asked: Duration, cap: Duration },
     #[error("lifetime must be at least one second")]
     TtlTooShort,
