@@ -54,11 +54,18 @@ pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32, overwrite: boo
     if !overwrite && path.exists() {
         bail!("{} exists (use --force to replace it)", path.display());
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -1,1 +1,113 @@
-fn main(){}
+//! X.509-SVID issuance and validation.
+//!
+//! - `svid_issue`: what enrolling a workload costs end to end: a fresh P-256 key, its CSR, and
+//!   the CA verifying the CSR and signing the leaf.
+//! - `svid_issue_spki`: the CA signing a leaf for a bare public key (no CSR to verify).
+//! - `svid_validate`: validating a leaf chain against a bundle of three authority CAs.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rcgen::PublicKeyData;
+use ringzero_policy::svid::{
+    LeafKey, LeafRequest, SigningCa, TrustBundle, Usage, csr_for, generate_key, validate_svid,
+};
+use ringzero_policy::{SpiffeId, TrustDomain};
+
+const DAY: Duration = Duration::from_secs(86_400);
+const LEAF_TTL: Duration = Duration::from_secs(3600);
+
+fn setup() -> (TrustDomain, SpiffeId, Vec<SigningCa>) {
+    let now = SystemTime::now();
+    let td = TrustDomain::new("example.org").unwrap();
+    let id = SpiffeId::parse("spiffe://example.org/ns/default/sa/web").unwrap();
+    let cas = (1..=3)
+        .map(|i| {
+            SigningCa::self_signed(
+                &td,
+                &format!("ringzero authority a{i}"),
+                30 * DAY,
+                now,
+                Some(0),
+            )
+            .unwrap()
+        })
+        .collect();
+    (td, id, cas)
+}
+
+fn bench_issue(c: &mut Criterion) {
+    let (_, id, cas) = setup();
+    let ca = &cas[0];
+    let now = SystemTime::now();
+
+    c.bench_function("svid_issue", |b| {
+        b.iter(|| {
+            let key = generate_key().unwrap();
+            let csr = csr_for(&key, &id).unwrap();
+            ca.issue(&LeafRequest {
+                id: black_box(&id),
+                key: LeafKey::Csr(&csr),
+                ttl: LEAF_TTL,
+                dns_names: &[],
+                now,
+            })
+            .unwrap()
+        })
+    });
+
+    let spki = generate_key().unwrap().subject_public_key_info();
+    c.bench_function("svid_issue_spki", |b| {
+        b.iter(|| {
+            ca.issue(&LeafRequest {
+                id: black_box(&id),
+                key: LeafKey::PublicKey(black_box(&spki)),
+                ttl: LEAF_TTL,
+                dns_names: &[],
+                now,
+            })
+            .unwrap()
+        })
+    });
+}
+
+fn bench_validate(c: &mut Criterion) {
+    let (td, id, cas) = setup();
+    let now = SystemTime::now();
+    let bundle =
+        TrustBundle::new(td, cas.iter().map(|ca| ca.cert_der().clone()).collect()).unwrap();
+    // Issued by the last CA of the bundle, so path building cannot stop at the first anchor.
+    let key = generate_key().unwrap();
+    let csr = csr_for(&key, &id).unwrap();
+    let leaf = cas[2]
+        .issue(&LeafRequest {
+            id: &id,
+            key: LeafKey::Csr(&csr),
+            ttl: LEAF_TTL,
+            dns_names: &[],
+            now,
+        })
+        .unwrap();
+    let validated = validate_svid(&leaf.chain, &bundle, now, Usage::Client).unwrap();
+    assert_eq!(validated.id, id);
+
+    c.bench_function("svid_validate", |b| {
+        b.iter(|| validate_svid(black_box(&leaf.chain), &bundle, now, Usage::Client).unwrap())
+    });
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_issue, bench_validate
+}
+criterion_main!(benches);

@@ -23,7 +23,10 @@ pub fn spiffe_id(data: &[u8]) {
     let _ = SpiffeIdPattern::parse(s);
     if let Ok(r) = Resource::parse(s) {
         assert!(r.covers(&r));
-        assert!(r.covering_prefixes().all(|p| Resource::parse(p).is_ok_and(|p| p.covers(&r))));
+        assert!(
+            r.covering_prefixes()
+                .all(|p| Resource::parse(p).is_ok_and(|p| p.covers(&r)))
+        );
     }
     let _ = NodeName::parse(s);
     let _ = s.parse::<Operation>();
@@ -81,7 +84,9 @@ fn fixed_bundle() -> Option<&'static TrustBundle> {
         .get_or_init(|| {
             let td = TrustDomain::new("example.org").ok()?;
             let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_799_000_000);
-            let ca = SigningCa::self_signed(&td, "fuzz", Duration::from_secs(86400 * 30), now, None).ok()?;
+            let ca =
+                SigningCa::self_signed(&td, "fuzz", Duration::from_secs(86400 * 30), now, None)
+                    .ok()?;
             TrustBundle::new(td, vec![ca.cert_der().clone()]).ok()
         })
         .as_ref()

@@ -125,7 +125,9 @@ pub struct Resource(String);
 pub enum ResourceError {
     #[error("longer than {MAX_RESOURCE_LEN} bytes")]
     TooLong,
-    #[error("{0} (resources are slash-separated names like ns/default/web, without leading or trailing slash)")]
+    #[error(
+        "{0} (resources are slash-separated names like ns/default/web, without leading or trailing slash)"
+    )]
     Segment(#[from] IdError),
 }
 
@@ -503,7 +505,9 @@ mod tests {
 
     #[test]
     fn bad_resources() {
-        for bad in ["/ns", "ns/", "ns//a", "ns/../a", "ns/a b", "ns/a?b", "ns/%2e"] {
+        for bad in [
+            "/ns", "ns/", "ns//a", "ns/../a", "ns/a b", "ns/a?b", "ns/%2e",
+        ] {
             assert!(Resource::parse(bad).is_err(), "{bad}");
         }
         assert!(Resource::parse(&"a".repeat(MAX_RESOURCE_LEN + 1)).is_err());
@@ -519,14 +523,14 @@ mod tests {
         assert!(Role::Developer.rights(None).is_err());
         assert!(Role::Admin.rights(Some("x")).is_err());
         let dev = Role::Developer.rights(Some("team-a")).unwrap();
-        assert!(
-            dev.iter()
-                .any(|r| r.allows(Operation::SchedSubmit, &Resource::parse("ns/team-a/web").unwrap()))
-        );
-        assert!(
-            !dev.iter()
-                .any(|r| r.allows(Operation::SchedSubmit, &Resource::parse("ns/team-b").unwrap()))
-        );
+        assert!(dev.iter().any(|r| r.allows(
+            Operation::SchedSubmit,
+            &Resource::parse("ns/team-a/web").unwrap()
+        )));
+        assert!(!dev.iter().any(|r| r.allows(
+            Operation::SchedSubmit,
+            &Resource::parse("ns/team-b").unwrap()
+        )));
         assert!(Role::Developer.rights(Some("a/b")).is_err());
         let aud = Role::Auditor.rights(None).unwrap();
         assert!(aud.iter().all(|r| r.operation.as_str().ends_with(":read")));

@@ -331,7 +331,10 @@ mod tests {
             ("spiffe://Example.org", Some(BadTrustDomainChar('E'))),
             ("spiffe://example.org:8443/a", Some(BadTrustDomainChar(':'))),
             ("spiffe://user@example.org", Some(BadTrustDomainChar('@'))),
-            ("spiffe://user:pw@example.org/a", Some(BadTrustDomainChar(':'))),
+            (
+                "spiffe://user:pw@example.org/a",
+                Some(BadTrustDomainChar(':')),
+            ),
             ("spiffe://exa%6dple.org", Some(BadTrustDomainChar('%'))),
             ("spiffe://example.org?x=1", Some(BadTrustDomainChar('?'))),
             ("spiffe://example.org#frag", Some(BadTrustDomainChar('#'))),

@@ -143,7 +143,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0.verify(end_entity, intermediates, now, Usage::Server)?;
+        self.0
+            .verify(end_entity, intermediates, now, Usage::Server)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -191,7 +192,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.verify(end_entity, intermediates, now, Usage::Client)?;
+        self.0
+            .verify(end_entity, intermediates, now, Usage::Client)?;
         Ok(ClientCertVerified::assertion())
     }
 

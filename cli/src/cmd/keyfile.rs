@@ -43,8 +43,8 @@ pub(crate) fn public_text(key: &PublicRootKey) -> String {
 
 fn parse(path: &Path) -> Result<KeyFile> {
     let text = crate::input::read_bounded(path)?;
-    let file: KeyFile =
-        toml::from_str(&text).with_context(|| format!("{} is not a ringzero key file", path.display()))?;
+    let file: KeyFile = toml::from_str(&text)
+        .with_context(|| format!("{} is not a ringzero key file", path.display()))?;
     if file.kind != PRIVATE_KIND && file.kind != PUBLIC_KIND {
         bail!("{}: unknown key file kind {:?}", path.display(), file.kind);
     }
@@ -57,7 +57,12 @@ pub(crate) fn load_private(path: &Path) -> Result<RootKey> {
     let private = file
         .private_key
         .filter(|_| file.kind == PRIVATE_KIND)
-        .with_context(|| format!("{} holds only a public key; minting needs the private key file", path.display()))?;
+        .with_context(|| {
+            format!(
+                "{} holds only a public key; minting needs the private key file",
+                path.display()
+            )
+        })?;
     let key = RootKey::from_private_text(RootKeyId(file.root_key_id), &private)
         .with_context(|| format!("{}: bad private key", path.display()))?;
     if key.public().to_text() != file.public_key.trim() {

@@ -14,9 +14,20 @@ pub(crate) fn run(a: KeygenArgs) -> Outcome {
     let mut public_path = a.out.clone().into_os_string();
     public_path.push(".pub");
     let public_path = PathBuf::from(public_path);
-    write_file(&a.out, super::keyfile::private_text(&key).as_bytes(), 0o600, a.force).map_err(failed)?;
-    write_file(&public_path, super::keyfile::public_text(&key.public()).as_bytes(), 0o644, a.force)
-        .map_err(failed)?;
+    write_file(
+        &a.out,
+        super::keyfile::private_text(&key).as_bytes(),
+        0o600,
+        a.force,
+    )
+    .map_err(failed)?;
+    write_file(
+        &public_path,
+        super::keyfile::public_text(&key.public()).as_bytes(),
+        0o644,
+        a.force,
+    )
+    .map_err(failed)?;
     eprintln!(
         "wrote root key {} to {} (mode 0600) and its public half to {}",
         a.id,

@@ -1,7 +1,7 @@
 //! Command implementations.
 
-mod keygen;
 mod keyfile;
+mod keygen;
 mod token;
 
 use std::fmt::Display;

@@ -3,8 +3,8 @@
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
     SubjectPublicKeyInfo,
 };
 use rustls_pki_types::CertificateDer;
@@ -22,11 +22,10 @@ pub fn generate_key() -> Result<KeyPair, SvidError> {
 pub fn csr_for(key: &KeyPair, id: &SpiffeId) -> Result<Vec<u8>, SvidError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = vec![SanType::URI(
-        id.as_str()
-            .try_into()
-            .map_err(|e: rcgen::Error| SvidError::Generate(e.to_string()))?,
-    )];
+    params.subject_alt_names =
+        vec![SanType::URI(id.as_str().try_into().map_err(
+            |e: rcgen::Error| SvidError::Generate(e.to_string()),
+        )?)];
     Ok(params.serialize_request(key)?.der().to_vec())
 }
 
@@ -41,6 +40,18 @@ pub struct SigningCa {
     chain: Vec<CertificateDer<'static>>,
     trust_domain: TrustDomain,
     not_after: SystemTime,
+    /// `Some(0)`: signs leaves only.
+    path_len: Option<u8>,
+}
+
+/// Certificates carry whole seconds; every time ringzero reports about a certificate must be
+/// the one in it.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 impl std::fmt::Debug for SigningCa {
@@ -89,6 +100,11 @@ impl SigningCa {
         now: SystemTime,
         path_len: Option<u8>,
     ) -> Result<Self, SvidError> {
+        let now = whole_seconds(now);
+        if ttl < Duration::from_secs(1) {
+            return Err(SvidError::TtlTooShort);
+        }
+        let ttl = Duration::from_secs(ttl.as_secs());
         let key = generate_key()?;
         let params = ca_params(td, common_name, ttl, now, path_len)?;
         let cert = params.self_signed(&key)?;
@@ -98,6 +114,7 @@ impl SigningCa {
             chain: Vec::new(),
             trust_domain: td.clone(),
             not_after: now + ttl,
+            path_len,
         })
     }
 
@@ -110,8 +127,18 @@ impl SigningCa {
         now: SystemTime,
         path_len: Option<u8>,
     ) -> Result<Self, SvidError> {
+        if self.path_len == Some(0) {
+            return Err(SvidError::PathLenExceeded);
+        }
+        let now = whole_seconds(now);
         let key = generate_key()?;
         let ttl = self.cap_ttl(ttl, now)?;
+        // A child's path length must be below its parent's.
+        let path_len = match (self.path_len, path_len) {
+            (Some(parent), Some(child)) => Some(child.min(parent - 1)),
+            (Some(parent), None) => Some(parent - 1),
+            (None, child) => child,
+        };
         let params = ca_params(&self.trust_domain, common_name, ttl, now, path_len)?;
         let cert = params.signed_by(&key, &self.issuer()?)?;
         let der = cert.der().clone();
@@ -123,6 +150,7 @@ impl SigningCa {
             chain,
             trust_domain: self.trust_domain.clone(),
             not_after: now + ttl,
+            path_len,
         })
     }
 
@@ -157,12 +185,19 @@ impl SigningCa {
             + Duration::from_secs(
                 u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0),
             );
+        let path_len = parsed
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .and_then(|bc| bc.value.path_len_constraint)
+            .map(|n| u8::try_from(n).unwrap_or(u8::MAX));
         Ok(Self {
             cert: CertificateDer::from(cert.to_vec()),
             key,
             chain,
             trust_domain: id.trust_domain(),
             not_after,
+            path_len,
         })
     }
 
@@ -193,6 +228,8 @@ impl SigningCa {
         Ok(Issuer::from_ca_cert_der(&self.cert, &self.key)?)
     }
 
+    /// `ttl` in whole seconds, capped so the result does not outlive this CA. `now` must be
+    /// whole seconds.
     fn cap_ttl(&self, ttl: Duration, now: SystemTime) -> Result<Duration, SvidError> {
         if ttl < Duration::from_secs(1) {
             return Err(SvidError::TtlTooShort);
@@ -201,7 +238,10 @@ impl SigningCa {
             .not_after
             .duration_since(now)
             .map_err(|_| SvidError::CaExpired)?;
-        Ok(ttl.min(left))
+        if left.is_zero() {
+            return Err(SvidError::CaExpired);
+        }
+        Ok(Duration::from_secs(ttl.min(left).as_secs()))
     }
 
     /// Issues a leaf SVID.
@@ -213,7 +253,8 @@ impl SigningCa {
             });
         }
         let public_key = req.key.public_key()?;
-        let ttl = self.cap_ttl(req.ttl, req.now)?;
+        let now = whole_seconds(req.now);
+        let ttl = self.cap_ttl(req.ttl, now)?;
 
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -227,9 +268,7 @@ impl SigningCa {
         ];
         let mut sans = vec![uri_san(req.id)?];
         for dns in req.dns_names {
-            if dns.is_empty() || dns.len() > 253 || !dns.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*')) {
-                return Err(SvidError::BadDnsName(dns.chars().take(64).collect()));
-            }
+            check_dns_name(dns)?;
             let name = dns
                 .as_str()
                 .try_into()
@@ -237,8 +276,8 @@ impl SigningCa {
             sans.push(SanType::DnsName(name));
         }
         params.subject_alt_names = sans;
-        let not_before = req.now - NOT_BEFORE_BACKDATE;
-        let not_after = req.now + ttl;
+        let not_before = now - NOT_BEFORE_BACKDATE;
+        let not_after = now + ttl;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
         let serial = random_serial()?;
@@ -295,12 +334,44 @@ impl LeafKey<'_> {
                 der.to_vec()
             }
         };
-        let spki = SubjectPublicKeyInfo::from_der(&spki_der).map_err(|_| SvidError::UnsupportedKey)?;
+        let spki =
+            SubjectPublicKeyInfo::from_der(&spki_der).map_err(|_| SvidError::UnsupportedKey)?;
         if rcgen::PublicKeyData::algorithm(&spki) != &PKCS_ECDSA_P256_SHA256 {
             return Err(SvidError::UnsupportedKey);
         }
+        check_p256_point(rcgen::PublicKeyData::der_bytes(&spki))?;
         Ok(spki)
     }
+}
+
+/// Refuses a P-256 public key whose point is not on the curve: an agreement with an ephemeral
+/// key validates the point fully (ring checks it before any arithmetic).
+fn check_p256_point(point: &[u8]) -> Result<(), SvidError> {
+    use ring::agreement;
+    let rng = ring::rand::SystemRandom::new();
+    let mine = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
+        .map_err(|_| SvidError::Generate("no randomness".into()))?;
+    let theirs = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point);
+    agreement::agree_ephemeral(mine, &theirs, |_| ()).map_err(|_| SvidError::UnsupportedKey)
+}
+
+/// A DNS SAN must be a syntactically valid DNS name; a wildcard is allowed only as the whole
+/// leftmost label of a name with at least two more labels.
+fn check_dns_name(dns: &str) -> Result<(), SvidError> {
+    let bad = || SvidError::BadDnsName(dns.chars().take(64).collect());
+    let rest = dns.strip_prefix("*.").unwrap_or(dns);
+    if !rest
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        || (rest.len() != dns.len() && rest.split('.').count() < 2)
+    {
+        return Err(bad());
+    }
+    let name = rustls_pki_types::DnsName::try_from(rest).map_err(|_| bad())?;
+    if name.as_ref().ends_with('.') || !name.as_ref().contains(|c: char| c.is_ascii_alphabetic()) {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// What to issue.
@@ -329,11 +400,9 @@ pub struct IssuedSvid {
 }
 
 fn uri_san(id: &SpiffeId) -> Result<SanType, SvidError> {
-    Ok(SanType::URI(
-        id.as_str()
-            .try_into()
-            .map_err(|e: rcgen::Error| SvidError::Generate(e.to_string()))?,
-    ))
+    Ok(SanType::URI(id.as_str().try_into().map_err(
+        |e: rcgen::Error| SvidError::Generate(e.to_string()),
+    )?))
 }
 
 /// A random positive 128-bit serial number.

@@ -20,8 +20,9 @@ pub use self::validate::{TrustBundle, Usage, ValidatedSvid, spiffe_id_of, valida
 
 /// The largest certificate or CSR accepted, in bytes of DER.
 pub const MAX_DER_LEN: usize = 16 * 1024;
-/// The longest chain accepted (leaf plus intermediates).
-pub const MAX_CHAIN_LEN: usize = 8;
+/// The longest chain accepted: a leaf plus at most six intermediates, which is also the
+/// deepest path rustls-webpki builds.
+pub const MAX_CHAIN_LEN: usize = 7;
 /// How far back a leaf's not-before is set, so that peers with slightly slow clocks accept it.
 pub const NOT_BEFORE_BACKDATE: Duration = Duration::from_secs(60);
 
@@ -71,6 +72,8 @@ pub enum SvidError {
     CaExpired,
     #[error("bad trust bundle: {0}")]
     Bundle(String),
+    #[error("this CA may sign only leaves (path length 0)")]
+    PathLenExceeded,
     #[error("bad DNS name {0:?}")]
     BadDnsName(String),
     #[error("certificate generation failed: {0}")]

@@ -19,6 +19,9 @@ pub struct TrustBundle {
     trust_domain: TrustDomain,
     roots: Vec<CertificateDer<'static>>,
     anchors: Arc<Vec<TrustAnchor<'static>>>,
+    /// Each root's path length constraint, by anchor index. rustls-webpki does not enforce a
+    /// trust anchor's own constraints, so validation does.
+    path_lens: Arc<Vec<Option<u32>>>,
 }
 
 impl TrustBundle {
@@ -29,6 +32,7 @@ impl TrustBundle {
         roots: Vec<CertificateDer<'static>>,
     ) -> Result<Self, SvidError> {
         let mut anchors = Vec::with_capacity(roots.len());
+        let mut path_lens = Vec::with_capacity(roots.len());
         for root in &roots {
             if root.len() > MAX_DER_LEN {
                 return Err(SvidError::TooLarge);
@@ -49,6 +53,12 @@ impl TrustBundle {
                     });
                 }
             }
+            path_lens.push(
+                cert.basic_constraints()
+                    .ok()
+                    .flatten()
+                    .and_then(|bc| bc.value.path_len_constraint),
+            );
             let anchor = webpki::anchor_from_trusted_cert(root)
                 .map_err(|e| SvidError::Bundle(format!("{e:?}")))?
                 .to_owned();
@@ -58,6 +68,7 @@ impl TrustBundle {
             trust_domain,
             roots,
             anchors: Arc::new(anchors),
+            path_lens: Arc::new(path_lens),
         })
     }
 
@@ -140,7 +151,9 @@ pub fn validate_svid(
         return Err(SvidError::LeafKeyUsage("digitalSignature is not set"));
     }
     if ku.value.key_cert_sign() || ku.value.crl_sign() {
-        return Err(SvidError::LeafKeyUsage("a leaf must not sign certificates or CRLs"));
+        return Err(SvidError::LeafKeyUsage(
+            "a leaf must not sign certificates or CRLs",
+        ));
     }
 
     // Profile checks on intermediates.
@@ -171,11 +184,31 @@ pub fn validate_svid(
     }
 
     // Path building, signatures, validity and constraints: rustls-webpki.
-    let ee = webpki::EndEntityCert::try_from(leaf_der).map_err(|e| parse_err("leaf", format!("{e:?}")))?;
-    let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let ee = webpki::EndEntityCert::try_from(leaf_der)
+        .map_err(|e| parse_err("leaf", format!("{e:?}")))?;
+    let since_epoch = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let eku = match usage {
         Usage::Client => webpki::KeyUsage::client_auth(),
         Usage::Server => webpki::KeyUsage::server_auth(),
+    };
+    let anchor_path_len = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
+        let used = path.anchor();
+        let limit = bundle
+            .anchors
+            .iter()
+            .position(|a| {
+                a.subject_public_key_info == used.subject_public_key_info
+                    && a.subject == used.subject
+            })
+            .and_then(|i| bundle.path_lens.get(i).copied().flatten());
+        match limit {
+            Some(n) if path.intermediate_certificates().count() > n as usize => {
+                Err(webpki::Error::PathLenConstraintViolated)
+            }
+            _ => Ok(()),
+        }
     };
     ee.verify_for_usage(
         signature_algorithms(),
@@ -184,7 +217,7 @@ pub fn validate_svid(
         UnixTime::since_unix_epoch(since_epoch),
         eku,
         None,
-        None,
+        Some(&anchor_path_len),
     )
     .map_err(map_webpki_error)?;
 
@@ -249,7 +282,8 @@ fn parse_cert<'a>(der: &'a [u8]) -> Result<X509Certificate<'a>, SvidError> {
 
 /// The signature algorithms of rustls' ring provider: one list for path validation and for the
 /// TLS handshake signatures.
-pub(crate) fn signature_algorithms() -> &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm] {
+pub(crate) fn signature_algorithms()
+-> &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm] {
     rustls::crypto::ring::default_provider()
         .signature_verification_algorithms
         .all

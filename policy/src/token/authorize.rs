@@ -152,7 +152,10 @@ impl fmt::Display for Denial {
             Denial::Malformed(m) => write!(f, "malformed token: {m}"),
             Denial::NoRootKeyId => f.write_str("the token names no root key id"),
             Denial::UnknownRootKey(id) => {
-                write!(f, "signed by root key {id}, which is not in the trusted key set")
+                write!(
+                    f,
+                    "signed by root key {id}, which is not in the trusted key set"
+                )
             }
             Denial::BadSignature(m) => write!(f, "signature does not verify: {m}"),
             Denial::Revoked { block, id } => {
@@ -160,13 +163,18 @@ impl fmt::Display for Denial {
             }
             Denial::CheckFailed { block, kind, rule } => match kind {
                 CheckKind::Expiry => write!(f, "expired (block {block}: {rule})"),
-                CheckKind::Peer => write!(f, "bound to another peer identity (block {block}: {rule})"),
+                CheckKind::Peer => {
+                    write!(f, "bound to another peer identity (block {block}: {rule})")
+                }
                 CheckKind::Node => write!(f, "bound to another node (block {block}: {rule})"),
                 CheckKind::Operation => {
                     write!(f, "operation not allowed by block {block} ({rule})")
                 }
                 CheckKind::Resource => {
-                    write!(f, "resource outside the prefix allowed by block {block} ({rule})")
+                    write!(
+                        f,
+                        "resource outside the prefix allowed by block {block} ({rule})"
+                    )
                 }
                 CheckKind::Other => write!(f, "check failed in block {block}: {rule}"),
             },
@@ -219,7 +227,10 @@ pub(super) fn verify(
     })
 }
 
-pub(super) fn first_revoked(ids: &[RevocationId], revocations: &impl Revocations) -> Option<Denial> {
+pub(super) fn first_revoked(
+    ids: &[RevocationId],
+    revocations: &impl Revocations,
+) -> Option<Denial> {
     ids.iter()
         .enumerate()
         .find(|(_, id)| revocations.is_revoked(&id.0))
@@ -264,7 +275,8 @@ fn allow_policy() -> Result<Policy, Denial> {
 
 fn subject_query() -> Option<Rule> {
     static RULE: OnceLock<Option<Rule>> = OnceLock::new();
-    RULE.get_or_init(|| Rule::try_from(SUBJECT_QUERY).ok()).clone()
+    RULE.get_or_init(|| Rule::try_from(SUBJECT_QUERY).ok())
+        .clone()
 }
 
 fn str_fact(name: &str, value: &str) -> Fact {
@@ -279,10 +291,36 @@ pub(super) fn run_datalog(
     limits: Limits,
     want_subject: bool,
 ) -> (Result<(), Denial>, Option<String>) {
+    // Datalog evaluation runs on attacker-supplied rules. biscuit-auth returns errors for what
+    // it anticipates; a panic on anything it does not must still be a denial, never a crashed
+    // verifier.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_datalog_inner(biscuit, req, limits, want_subject)
+    }))
+    .unwrap_or_else(|_| {
+        (
+            Err(Denial::Malformed("token evaluation failed".into())),
+            None,
+        )
+    })
+}
+
+fn run_datalog_inner(
+    biscuit: &Biscuit,
+    req: &Request<'_>,
+    limits: Limits,
+    want_subject: bool,
+) -> (Result<(), Denial>, Option<String>) {
     match build_authorizer(biscuit, req, limits) {
         Ok(mut authorizer) => {
-            let outcome = authorizer.authorize().map(|_| ()).map_err(|e| map_error(e, req));
-            let subject = if want_subject {
+            let outcome = authorizer
+                .authorize()
+                .map(|_| ())
+                .map_err(|e| map_error(e, req));
+            // After a run-limit error the world is over budget: querying it again would
+            // evaluate with a fresh budget (and, in biscuit-auth 6.0.0, underflow its counter).
+            let within_limits = !matches!(outcome, Err(Denial::LimitExceeded(_)));
+            let subject = if want_subject && within_limits {
                 subject_query().and_then(|q| {
                     authorizer
                         .query::<_, (String,), _>(q)
@@ -374,7 +412,9 @@ fn first_failed(checks: &[FailedCheck]) -> Option<Denial> {
 }
 
 fn classify(rule: &str) -> CheckKind {
-    let body = rule.trim_start_matches("check if ").trim_start_matches("check all ");
+    let body = rule
+        .trim_start_matches("check if ")
+        .trim_start_matches("check all ");
     if body.starts_with("time(") {
         CheckKind::Expiry
     } else if body.starts_with("peer(") {

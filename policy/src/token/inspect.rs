@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use biscuit_auth::builder::{BlockBuilder, Binary, Op, Term};
+use biscuit_auth::builder::{Binary, BlockBuilder, Op, Term};
 
 use super::{RevocationId, TokenError, decode_unverified};
 
@@ -90,8 +90,11 @@ pub fn inspect(token: &str) -> Result<TokenView, TokenError> {
                     }
                 }
                 for expr in &query.expressions {
-                    if let [Op::Value(Term::Variable(_)), Op::Value(Term::Date(d)), Op::Binary(Binary::LessThan)] =
-                        expr.ops.as_slice()
+                    if let [
+                        Op::Value(Term::Variable(_)),
+                        Op::Value(Term::Date(d)),
+                        Op::Binary(Binary::LessThan),
+                    ] = expr.ops.as_slice()
                     {
                         view.expires_unix = Some(view.expires_unix.map_or(*d, |e| e.min(*d)));
                     }
@@ -118,7 +121,10 @@ fn rfc3339(secs: u64) -> String {
     i64::try_from(secs)
         .ok()
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| format!("@{secs}"))
 }
 
@@ -141,12 +147,24 @@ impl fmt::Display for TokenView {
         }
         writeln!(f, "rights:")?;
         for r in &self.rights {
-            let prefix = if r.prefix.is_empty() { "(all)" } else { &r.prefix };
+            let prefix = if r.prefix.is_empty() {
+                "(all)"
+            } else {
+                &r.prefix
+            };
             writeln!(f, "  {:<16} {}", r.operation, prefix)?;
         }
         for b in &self.blocks {
-            let label = if b.index == 0 { "authority" } else { "attenuation" };
-            writeln!(f, "block {} ({label}), revocation id {}:", b.index, b.revocation_id)?;
+            let label = if b.index == 0 {
+                "authority"
+            } else {
+                "attenuation"
+            };
+            writeln!(
+                f,
+                "block {} ({label}), revocation id {}:",
+                b.index, b.revocation_id
+            )?;
             for line in b.source.lines().filter(|l| !l.trim().is_empty()) {
                 writeln!(f, "  {line}")?;
             }

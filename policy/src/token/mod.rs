@@ -192,10 +192,12 @@ pub struct RevocationId(pub Vec<u8>);
 impl RevocationId {
     /// Parses the hex form.
     pub fn from_hex(s: &str) -> Result<Self, TokenError> {
-        let bytes =
-            hex::decode(s.trim()).map_err(|_| TokenError::Malformed("revocation id is not hex".into()))?;
+        let bytes = hex::decode(s.trim())
+            .map_err(|_| TokenError::Malformed("revocation id is not hex".into()))?;
         if bytes.is_empty() || bytes.len() > 128 {
-            return Err(TokenError::Malformed("revocation id has the wrong length".into()));
+            return Err(TokenError::Malformed(
+                "revocation id has the wrong length".into(),
+            ));
         }
         Ok(Self(bytes))
     }
@@ -283,7 +285,9 @@ pub enum TokenError {
 }
 
 /// Decodes the base64url text form of a token, bounding its size first.
-pub(crate) fn decode_unverified(token: &str) -> Result<biscuit_auth::UnverifiedBiscuit, TokenError> {
+pub(crate) fn decode_unverified(
+    token: &str,
+) -> Result<biscuit_auth::UnverifiedBiscuit, TokenError> {
     let token = token.trim();
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::TooLarge);

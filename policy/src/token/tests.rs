@@ -41,6 +41,7 @@ fn mint_for(key: &RootKey, rights: Vec<Right>, ttl: u64, bind: bool) -> String {
     .unwrap()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn ask(
     token: &str,
     keys: &KeySet,
@@ -104,7 +105,16 @@ fn mint_allows_exactly_its_rights() {
     );
     let a = alice();
     let at = t0();
-    let d = ask(&t, &f.keys, &f.none, Operation::LogsRead, "ns/a/web", Some(&a), None, at);
+    let d = ask(
+        &t,
+        &f.keys,
+        &f.none,
+        Operation::LogsRead,
+        "ns/a/web",
+        Some(&a),
+        None,
+        at,
+    );
     let Decision::Allow(grant) = d else {
         panic!("{d:?}")
     };
@@ -119,27 +129,74 @@ fn mint_allows_exactly_its_rights() {
         (Operation::NodeEvict, "node/n7", "allow"),
         (Operation::NodeEvict, "nodes/n7", "no_matching_right"),
     ] {
-        assert_eq!(code(&ask(&t, &f.keys, &f.none, op, r, None, None, at)), want, "{op} {r}");
+        assert_eq!(
+            code(&ask(&t, &f.keys, &f.none, op, r, None, None, at)),
+            want,
+            "{op} {r}"
+        );
     }
 }
 
 #[test]
 fn empty_prefix_covers_everything() {
     let f = fixture();
-    let t = mint_for(&f.key, vec![Right::new(Operation::AuditRead, Resource::root())], 60, false);
+    let t = mint_for(
+        &f.key,
+        vec![Right::new(Operation::AuditRead, Resource::root())],
+        60,
+        false,
+    );
     for r in ["audit", "ns/x/y", ""] {
-        assert_eq!(code(&ask(&t, &f.keys, &f.none, Operation::AuditRead, r, None, None, t0())), "allow");
+        assert_eq!(
+            code(&ask(
+                &t,
+                &f.keys,
+                &f.none,
+                Operation::AuditRead,
+                r,
+                None,
+                None,
+                t0()
+            )),
+            "allow"
+        );
     }
 }
 
 #[test]
 fn expiry_is_exact() {
     let f = fixture();
-    let t = mint_for(&f.key, vec![Right::new(Operation::LogsRead, Resource::root())], 600, false);
+    let t = mint_for(
+        &f.key,
+        vec![Right::new(Operation::LogsRead, Resource::root())],
+        600,
+        false,
+    );
     let just_before = t0() + Duration::from_secs(599);
     let at_expiry = t0() + Duration::from_secs(600);
-    assert_eq!(code(&ask(&t, &f.keys, &f.none, Operation::LogsRead, "x", None, None, just_before)), "allow");
-    let d = ask(&t, &f.keys, &f.none, Operation::LogsRead, "x", None, None, at_expiry);
+    assert_eq!(
+        code(&ask(
+            &t,
+            &f.keys,
+            &f.none,
+            Operation::LogsRead,
+            "x",
+            None,
+            None,
+            just_before
+        )),
+        "allow"
+    );
+    let d = ask(
+        &t,
+        &f.keys,
+        &f.none,
+        Operation::LogsRead,
+        "x",
+        None,
+        None,
+        at_expiry,
+    );
     assert_eq!(code(&d), "expired", "{d:?}");
     let Decision::Deny(Denial::CheckFailed { block, kind, .. }) = d else {
         panic!()
@@ -176,27 +233,68 @@ fn lifetime_default_and_cap() {
         ttl: Some(Duration::ZERO),
         ..req.clone()
     };
-    assert_eq!(mint(&f.key, &zero, &lifetime, t0()), Err(TokenError::TtlTooShort));
+    assert_eq!(
+        mint(&f.key, &zero, &lifetime, t0()),
+        Err(TokenError::TtlTooShort)
+    );
     let no_rights = MintRequest {
         rights: vec![],
         ..req
     };
-    assert_eq!(mint(&f.key, &no_rights, &lifetime, t0()), Err(TokenError::NoRights));
+    assert_eq!(
+        mint(&f.key, &no_rights, &lifetime, t0()),
+        Err(TokenError::NoRights)
+    );
 }
 
 #[test]
 fn peer_binding_is_proof_of_possession() {
     let f = fixture();
-    let t = mint_for(&f.key, vec![Right::new(Operation::LogsRead, Resource::root())], 600, true);
+    let t = mint_for(
+        &f.key,
+        vec![Right::new(Operation::LogsRead, Resource::root())],
+        600,
+        true,
+    );
     let a = alice();
     let m = id("spiffe://example.org/user/mallory");
-    assert_eq!(code(&ask(&t, &f.keys, &f.none, Operation::LogsRead, "x", Some(&a), None, t0())), "allow");
     assert_eq!(
-        code(&ask(&t, &f.keys, &f.none, Operation::LogsRead, "x", Some(&m), None, t0())),
+        code(&ask(
+            &t,
+            &f.keys,
+            &f.none,
+            Operation::LogsRead,
+            "x",
+            Some(&a),
+            None,
+            t0()
+        )),
+        "allow"
+    );
+    assert_eq!(
+        code(&ask(
+            &t,
+            &f.keys,
+            &f.none,
+            Operation::LogsRead,
+            "x",
+            Some(&m),
+            None,
+            t0()
+        )),
         "peer_mismatch"
     );
     assert_eq!(
-        code(&ask(&t, &f.keys, &f.none, Operation::LogsRead, "x", None, None, t0())),
+        code(&ask(
+            &t,
+            &f.keys,
+            &f.none,
+            Operation::LogsRead,
+            "x",
+            None,
+            None,
+            t0()
+        )),
         "peer_mismatch"
     );
 }
@@ -233,20 +331,62 @@ fn attenuation_narrows_each_dimension() {
     };
     let p = Some(&deployer);
     let n = Some(&n7);
-    assert_eq!(ok(Operation::LogsRead, "ns/default/web/x", p, n, t0()), "allow");
-    assert_eq!(ok(Operation::DebugAttach, "ns/default/web", p, n, t0()), "operation_not_allowed");
-    assert_eq!(ok(Operation::LogsRead, "ns/default/webhook", p, n, t0()), "resource_not_allowed");
-    assert_eq!(ok(Operation::LogsRead, "ns/default", p, n, t0()), "resource_not_allowed");
-    assert_eq!(ok(Operation::LogsRead, "ns/default/web", Some(&alice()), n, t0()), "peer_mismatch");
-    assert_eq!(ok(Operation::LogsRead, "ns/default/web", p, Some(&n8), t0()), "node_mismatch");
-    assert_eq!(ok(Operation::LogsRead, "ns/default/web", p, None, t0()), "node_mismatch");
     assert_eq!(
-        ok(Operation::LogsRead, "ns/default/web", p, n, t0() + Duration::from_secs(60)),
+        ok(Operation::LogsRead, "ns/default/web/x", p, n, t0()),
+        "allow"
+    );
+    assert_eq!(
+        ok(Operation::DebugAttach, "ns/default/web", p, n, t0()),
+        "operation_not_allowed"
+    );
+    assert_eq!(
+        ok(Operation::LogsRead, "ns/default/webhook", p, n, t0()),
+        "resource_not_allowed"
+    );
+    assert_eq!(
+        ok(Operation::LogsRead, "ns/default", p, n, t0()),
+        "resource_not_allowed"
+    );
+    assert_eq!(
+        ok(
+            Operation::LogsRead,
+            "ns/default/web",
+            Some(&alice()),
+            n,
+            t0()
+        ),
+        "peer_mismatch"
+    );
+    assert_eq!(
+        ok(Operation::LogsRead, "ns/default/web", p, Some(&n8), t0()),
+        "node_mismatch"
+    );
+    assert_eq!(
+        ok(Operation::LogsRead, "ns/default/web", p, None, t0()),
+        "node_mismatch"
+    );
+    assert_eq!(
+        ok(
+            Operation::LogsRead,
+            "ns/default/web",
+            p,
+            n,
+            t0() + Duration::from_secs(60)
+        ),
         "expired"
     );
     // The parent is untouched.
     assert_eq!(
-        code(&ask(&parent, &f.keys, &f.none, Operation::DebugAttach, "ns/x", None, None, t0())),
+        code(&ask(
+            &parent,
+            &f.keys,
+            &f.none,
+            Operation::DebugAttach,
+            "ns/x",
+            None,
+            None,
+            t0()
+        )),
         "allow"
     );
     // Attenuating to a later expiry cannot extend the token.
@@ -260,7 +400,16 @@ fn attenuation_narrows_each_dimension() {
     )
     .unwrap();
     assert_eq!(
-        code(&ask(&later, &f.keys, &f.none, Operation::LogsRead, "ns", None, None, t0() + Duration::from_secs(3600))),
+        code(&ask(
+            &later,
+            &f.keys,
+            &f.none,
+            Operation::LogsRead,
+            "ns",
+            None,
+            None,
+            t0() + Duration::from_secs(3600)
+        )),
         "expired"
     );
     assert_eq!(
@@ -274,7 +423,12 @@ fn a_block_cannot_forge_rights_or_request_facts() {
     // Someone holding a token appends a block that states rights and request facts: the
     // verifier's allow policy trusts only the authority block and its own facts.
     let f = fixture();
-    let t = mint_for(&f.key, vec![Right::new(Operation::LogsRead, res("ns/a"))], 600, true);
+    let t = mint_for(
+        &f.key,
+        vec![Right::new(Operation::LogsRead, res("ns/a"))],
+        600,
+        true,
+    );
     let unverified = decode_unverified(&t).unwrap();
     let forged = unverified
         .append(
@@ -292,11 +446,29 @@ fn a_block_cannot_forge_rights_or_request_facts() {
     let m = id("spiffe://example.org/user/mallory");
     let a = alice();
     assert_eq!(
-        code(&ask(&forged, &f.keys, &f.none, Operation::ClusterAdmin, "cluster", Some(&a), None, t0())),
+        code(&ask(
+            &forged,
+            &f.keys,
+            &f.none,
+            Operation::ClusterAdmin,
+            "cluster",
+            Some(&a),
+            None,
+            t0()
+        )),
         "no_matching_right"
     );
     assert_eq!(
-        code(&ask(&forged, &f.keys, &f.none, Operation::LogsRead, "ns/a", Some(&m), None, t0())),
+        code(&ask(
+            &forged,
+            &f.keys,
+            &f.none,
+            Operation::LogsRead,
+            "ns/a",
+            Some(&m),
+            None,
+            t0()
+        )),
         "peer_mismatch"
     );
 }
@@ -304,7 +476,12 @@ fn a_block_cannot_forge_rights_or_request_facts() {
 #[test]
 fn revoking_the_last_block_kills_it_and_its_children_not_its_parent() {
     let f = fixture();
-    let parent = mint_for(&f.key, vec![Right::new(Operation::LogsRead, Resource::root())], 600, false);
+    let parent = mint_for(
+        &f.key,
+        vec![Right::new(Operation::LogsRead, Resource::root())],
+        600,
+        false,
+    );
     let child = attenuate(
         &parent,
         &Attenuation {
@@ -323,15 +500,39 @@ fn revoking_the_last_block_kills_it_and_its_children_not_its_parent() {
         t0(),
     )
     .unwrap();
-    let child_last = inspect(&child).unwrap().blocks.last().unwrap().revocation_id.clone();
+    let child_last = inspect(&child)
+        .unwrap()
+        .blocks
+        .last()
+        .unwrap()
+        .revocation_id
+        .clone();
     let revoked: HashSet<RevocationId> = [child_last.clone()].into();
-    let q = |t: &str| code(&ask(t, &f.keys, &revoked, Operation::LogsRead, "ns/a", None, None, t0()));
+    let q = |t: &str| {
+        code(&ask(
+            t,
+            &f.keys,
+            &revoked,
+            Operation::LogsRead,
+            "ns/a",
+            None,
+            None,
+            t0(),
+        ))
+    };
     assert_eq!(q(&parent), "allow");
     assert_eq!(q(&child), "revoked");
     assert_eq!(q(&grandchild), "revoked");
-    let Decision::Deny(Denial::Revoked { block, id }) =
-        ask(&grandchild, &f.keys, &revoked, Operation::LogsRead, "ns/a", None, None, t0())
-    else {
+    let Decision::Deny(Denial::Revoked { block, id }) = ask(
+        &grandchild,
+        &f.keys,
+        &revoked,
+        Operation::LogsRead,
+        "ns/a",
+        None,
+        None,
+        t0(),
+    ) else {
         panic!()
     };
     assert_eq!((block, id), (1, child_last));
@@ -342,22 +543,68 @@ fn root_keys_resolve_by_id() {
     let k1 = RootKey::generate(RootKeyId(1));
     let k2 = RootKey::generate(RootKeyId(2));
     let none = HashSet::new();
-    let t2 = mint_for(&k2, vec![Right::new(Operation::LogsRead, Resource::root())], 600, false);
+    let t2 = mint_for(
+        &k2,
+        vec![Right::new(Operation::LogsRead, Resource::root())],
+        600,
+        false,
+    );
     let mut both = KeySet::single(k1.public());
     both.insert(k2.public());
-    assert_eq!(code(&ask(&t2, &both, &none, Operation::LogsRead, "x", None, None, t0())), "allow");
+    assert_eq!(
+        code(&ask(
+            &t2,
+            &both,
+            &none,
+            Operation::LogsRead,
+            "x",
+            None,
+            None,
+            t0()
+        )),
+        "allow"
+    );
     let only1 = KeySet::single(k1.public());
-    assert_eq!(code(&ask(&t2, &only1, &none, Operation::LogsRead, "x", None, None, t0())), "unknown_root_key");
+    assert_eq!(
+        code(&ask(
+            &t2,
+            &only1,
+            &none,
+            Operation::LogsRead,
+            "x",
+            None,
+            None,
+            t0()
+        )),
+        "unknown_root_key"
+    );
     // A different key registered under the token's id: the signature does not verify.
     let imposter = RootKey::generate(RootKeyId(2));
     let wrong = KeySet::single(imposter.public());
-    assert_eq!(code(&ask(&t2, &wrong, &none, Operation::LogsRead, "x", None, None, t0())), "bad_signature");
+    assert_eq!(
+        code(&ask(
+            &t2,
+            &wrong,
+            &none,
+            Operation::LogsRead,
+            "x",
+            None,
+            None,
+            t0()
+        )),
+        "bad_signature"
+    );
 }
 
 #[test]
 fn hostile_tokens_are_refused_cleanly() {
     let f = fixture();
-    let good = mint_for(&f.key, vec![Right::new(Operation::LogsRead, Resource::root())], 600, false);
+    let good = mint_for(
+        &f.key,
+        vec![Right::new(Operation::LogsRead, Resource::root())],
+        600,
+        false,
+    );
     let mut flipped = good.clone().into_bytes();
     let mid = flipped.len() / 2;
     flipped[mid] = if flipped[mid] == b'A' { b'B' } else { b'A' };
@@ -371,9 +618,30 @@ fn hostile_tokens_are_refused_cleanly() {
         (truncated, "malformed"),
         (oversized.as_str(), "malformed"),
     ] {
-        assert_eq!(code(&ask(t, &f.keys, &f.none, Operation::LogsRead, "x", None, None, t0())), want);
+        assert_eq!(
+            code(&ask(
+                t,
+                &f.keys,
+                &f.none,
+                Operation::LogsRead,
+                "x",
+                None,
+                None,
+                t0()
+            )),
+            want
+        );
     }
-    let d = ask(&flipped, &f.keys, &f.none, Operation::LogsRead, "x", None, None, t0());
+    let d = ask(
+        &flipped,
+        &f.keys,
+        &f.none,
+        Operation::LogsRead,
+        "x",
+        None,
+        None,
+        t0(),
+    );
     assert!(!d.is_allowed(), "{d:?}");
     assert!(inspect("garbage").is_err());
     assert!(inspect(&oversized).is_err());
@@ -382,7 +650,12 @@ fn hostile_tokens_are_refused_cleanly() {
 #[test]
 fn too_many_blocks_are_refused() {
     let f = fixture();
-    let mut t = mint_for(&f.key, vec![Right::new(Operation::LogsRead, Resource::root())], 600, false);
+    let mut t = mint_for(
+        &f.key,
+        vec![Right::new(Operation::LogsRead, Resource::root())],
+        600,
+        false,
+    );
     let a = Attenuation {
         operations: vec![Operation::LogsRead],
         ..Default::default()
@@ -390,22 +663,58 @@ fn too_many_blocks_are_refused() {
     for _ in 1..MAX_BLOCKS {
         t = attenuate(&t, &a, t0()).unwrap();
     }
-    assert_eq!(code(&ask(&t, &f.keys, &f.none, Operation::LogsRead, "x", None, None, t0())), "allow");
-    assert!(matches!(attenuate(&t, &a, t0()), Err(TokenError::TooManyBlocks(_))));
+    assert_eq!(
+        code(&ask(
+            &t,
+            &f.keys,
+            &f.none,
+            Operation::LogsRead,
+            "x",
+            None,
+            None,
+            t0()
+        )),
+        "allow"
+    );
+    assert!(matches!(
+        attenuate(&t, &a, t0()),
+        Err(TokenError::TooManyBlocks(_))
+    ));
     // Appended by hand past the limit: refused when decoded.
     let over = decode_unverified(&t)
         .unwrap()
-        .append(biscuit_auth::builder::BlockBuilder::new().code("check if true;").unwrap())
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code("check if true;")
+                .unwrap(),
+        )
         .unwrap()
         .to_base64()
         .unwrap();
-    assert_eq!(code(&ask(&over, &f.keys, &f.none, Operation::LogsRead, "x", None, None, t0())), "malformed");
+    assert_eq!(
+        code(&ask(
+            &over,
+            &f.keys,
+            &f.none,
+            Operation::LogsRead,
+            "x",
+            None,
+            None,
+            t0()
+        )),
+        "malformed"
+    );
 }
 
 #[test]
 fn run_limits_bound_evaluation() {
     let f = fixture();
-    let t = mint_for(&f.key, vec![Right::new(Operation::LogsRead, Resource::root())], 600, false);
+    let t = mint_for(
+        &f.key,
+        vec![Right::new(Operation::LogsRead, Resource::root())],
+        600,
+        false,
+    );
     // A block whose rules generate many facts.
     let mut code_text = String::new();
     for i in 0..60 {
@@ -414,12 +723,78 @@ fn run_limits_bound_evaluation() {
     code_text.push_str("p($x, $y) <- n($x), n($y);\ncheck if true;\n");
     let heavy = decode_unverified(&t)
         .unwrap()
-        .append(biscuit_auth::builder::BlockBuilder::new().code(&code_text).unwrap())
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(&code_text)
+                .unwrap(),
+        )
         .unwrap()
         .to_base64()
         .unwrap();
-    let d = ask(&heavy, &f.keys, &f.none, Operation::LogsRead, "x", None, None, t0());
+    let d = ask(
+        &heavy,
+        &f.keys,
+        &f.none,
+        Operation::LogsRead,
+        "x",
+        None,
+        None,
+        t0(),
+    );
     assert_eq!(code(&d), "limits_exceeded", "{d:?}");
+}
+
+#[test]
+fn a_rule_chain_past_the_iteration_limit_is_denied_not_a_panic() {
+    // Found by the fuzz corpus: each round derives one more fact, so evaluation stops at the
+    // iteration limit; the subject query must not then evaluate again.
+    let f = fixture();
+    let t = mint_for(
+        &f.key,
+        vec![Right::new(Operation::LogsRead, Resource::root())],
+        600,
+        false,
+    );
+    let mut chain = String::from("p0(1);\n");
+    for i in (1..150).rev() {
+        chain.push_str(&format!("p{i}($x) <- p{}($x);\n", i - 1));
+    }
+    let hostile = decode_unverified(&t)
+        .unwrap()
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(&chain)
+                .unwrap(),
+        )
+        .unwrap()
+        .to_base64()
+        .unwrap();
+    let d = ask(
+        &hostile,
+        &f.keys,
+        &f.none,
+        Operation::LogsRead,
+        "x",
+        None,
+        None,
+        t0(),
+    );
+    assert_eq!(code(&d), "limits_exceeded", "{d:?}");
+    let cache = TokenCache::new(4);
+    let r = Resource::root();
+    let req = Request {
+        operation: Operation::LogsRead,
+        resource: &r,
+        peer: None,
+        node: None,
+        time: t0(),
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            code(&cache.authorize(&hostile, &f.keys, &f.none, &req, Limits::default())),
+            "limits_exceeded"
+        );
+    }
 }
 
 #[test]
@@ -464,7 +839,10 @@ fn inspect_shows_the_token() {
     assert!(human.contains("svid:mint"));
     let json = serde_json::to_value(&v).unwrap();
     assert_eq!(json["subject"], alice().as_str());
-    assert_eq!(json["blocks"][1]["revocation_id"].as_str().unwrap().len(), 128);
+    assert_eq!(
+        json["blocks"][1]["revocation_id"].as_str().unwrap().len(),
+        128
+    );
 }
 
 #[test]
@@ -487,7 +865,12 @@ fn key_text_round_trips_and_is_not_debug_printed() {
 fn cache_hits_skip_verification_but_keep_every_check() {
     let f = fixture();
     let cache = TokenCache::new(16);
-    let t = mint_for(&f.key, vec![Right::new(Operation::LogsRead, res("ns/a"))], 600, true);
+    let t = mint_for(
+        &f.key,
+        vec![Right::new(Operation::LogsRead, res("ns/a"))],
+        600,
+        true,
+    );
     let a = alice();
     let r = res("ns/a/x");
     let req = Request {
@@ -497,31 +880,60 @@ fn cache_hits_skip_verification_but_keep_every_check() {
         node: None,
         time: t0(),
     };
-    assert!(cache.authorize(&t, &f.keys, &f.none, &req, Limits::default()).is_allowed());
+    assert!(
+        cache
+            .authorize(&t, &f.keys, &f.none, &req, Limits::default())
+            .is_allowed()
+    );
     let second = cache.authorize(&t, &f.keys, &f.none, &req, Limits::default());
-    let Decision::Allow(g) = &second else { panic!() };
+    let Decision::Allow(g) = &second else {
+        panic!()
+    };
     assert_eq!(g.subject.as_deref(), Some(a.as_str()));
     assert_eq!(cache.stats(), (1, 1));
     // Datalog still runs on a hit.
     let m = id("spiffe://example.org/user/mallory");
-    let stolen = Request { peer: Some(&m), ..req };
-    assert_eq!(code(&cache.authorize(&t, &f.keys, &f.none, &stolen, Limits::default())), "peer_mismatch");
+    let stolen = Request {
+        peer: Some(&m),
+        ..req
+    };
+    assert_eq!(
+        code(&cache.authorize(&t, &f.keys, &f.none, &stolen, Limits::default())),
+        "peer_mismatch"
+    );
     let late = Request {
         time: t0() + Duration::from_secs(600),
         ..req
     };
-    assert_eq!(code(&cache.authorize(&t, &f.keys, &f.none, &late, Limits::default())), "expired");
+    assert_eq!(
+        code(&cache.authorize(&t, &f.keys, &f.none, &late, Limits::default())),
+        "expired"
+    );
     // Revocation is seen on a hit, and the entry is forgotten.
     let rid = inspect(&t).unwrap().blocks[0].revocation_id.clone();
     let revoked: HashSet<RevocationId> = [rid].into();
-    assert_eq!(code(&cache.authorize(&t, &f.keys, &revoked, &req, Limits::default())), "revoked");
+    assert_eq!(
+        code(&cache.authorize(&t, &f.keys, &revoked, &req, Limits::default())),
+        "revoked"
+    );
     assert_eq!(cache.len(), 0);
     // Key removal is seen on a hit.
-    assert!(cache.authorize(&t, &f.keys, &f.none, &req, Limits::default()).is_allowed());
+    assert!(
+        cache
+            .authorize(&t, &f.keys, &f.none, &req, Limits::default())
+            .is_allowed()
+    );
     assert_eq!(cache.len(), 1);
-    assert_eq!(code(&cache.authorize(&t, &KeySet::new(), &f.none, &req, Limits::default())), "unknown_root_key");
+    assert_eq!(
+        code(&cache.authorize(&t, &KeySet::new(), &f.none, &req, Limits::default())),
+        "unknown_root_key"
+    );
     // forget_revoked frees entries eagerly.
-    assert!(cache.authorize(&t, &f.keys, &f.none, &req, Limits::default()).is_allowed());
+    assert!(
+        cache
+            .authorize(&t, &f.keys, &f.none, &req, Limits::default())
+            .is_allowed()
+    );
     cache.forget_revoked(&revoked);
     assert!(cache.is_empty());
 }
@@ -539,8 +951,17 @@ fn cache_is_bounded() {
         time: t0(),
     };
     for i in 0..10 {
-        let t = mint_for(&f.key, vec![Right::new(Operation::LogsRead, Resource::root())], 60 + i, false);
-        assert!(cache.authorize(&t, &f.keys, &f.none, &req, Limits::default()).is_allowed());
+        let t = mint_for(
+            &f.key,
+            vec![Right::new(Operation::LogsRead, Resource::root())],
+            60 + i,
+            false,
+        );
+        assert!(
+            cache
+                .authorize(&t, &f.keys, &f.none, &req, Limits::default())
+                .is_allowed()
+        );
         assert!(cache.len() <= 3);
     }
 }
@@ -554,7 +975,10 @@ const OPS: [Operation; 4] = [
     Operation::NodeEvict,
 ];
 const RESOURCES: [&str; 7] = ["", "ns", "ns/a", "ns/ab", "ns/a/x", "node", "node/n1"];
-const PEERS: [&str; 2] = ["spiffe://example.org/user/alice", "spiffe://example.org/user/bob"];
+const PEERS: [&str; 2] = [
+    "spiffe://example.org/user/alice",
+    "spiffe://example.org/user/bob",
+];
 const NODES: [&str; 2] = ["n1", "n2"];
 
 #[derive(Debug, Clone)]
