@@ -1,0 +1,26 @@
+//! The openraft type configuration of the authority cluster.
+
+use crate::command::{Command, Response};
+
+/// A Raft node id. Assigned once when a node joins; never reused.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// ringzero's Raft types: commands in, responses out, snapshots streamed through files so
+    /// their size is bounded by disk, not memory.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        SnapshotData = tokio::fs::File,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
