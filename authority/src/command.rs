@@ -101,7 +101,10 @@ pub enum Op {
         not_after_ms: u64,
     },
     /// Change a key's status (published → active → retired, or compromised).
-    SetKeyStatus { key_id: u64, status: KeyStatus },
+    SetKeyStatus {
+        key_id: u64,
+        status: KeyStatus,
+    },
     /// Record an authority member (on join) or its new address.
     PutAuthority {
         node_id: NodeId,
@@ -109,7 +112,9 @@ pub enum Op {
         addr: String,
     },
     /// Forget an authority member.
-    RemoveAuthority { node_id: NodeId },
+    RemoveAuthority {
+        node_id: NodeId,
+    },
     /// Store a one-time join token: only the SHA-256 of its secret.
     IssueJoinToken {
         token_id: [u8; 16],
@@ -126,14 +131,29 @@ pub enum Op {
         node_name: String,
     },
     /// Set an agent node's status (enrolled → active; evicted; banned).
-    SetNodeStatus { name: String, status: NodeStatus },
+    SetNodeStatus {
+        name: String,
+        status: NodeStatus,
+    },
     /// Create or replace a registration entry; apply assigns the revision.
-    PutEntry { entry: RegistrationEntry },
-    DeleteEntry { id: String },
-    PutUser { user: User },
-    RemoveUser { name: String },
-    PutRole { role: RoleDef },
-    RemoveRole { name: String },
+    PutEntry {
+        entry: RegistrationEntry,
+    },
+    DeleteEntry {
+        id: String,
+    },
+    PutUser {
+        user: User,
+    },
+    RemoveUser {
+        name: String,
+    },
+    PutRole {
+        role: RoleDef,
+    },
+    RemoveRole {
+        name: String,
+    },
     /// Revoke token blocks until `expires_ms` (when the tokens would have expired anyway).
     Revoke {
         ids: Vec<Vec<u8>>,
@@ -322,7 +342,8 @@ impl Command {
                     return Err(invalid("too many rights"));
                 }
                 for (op, prefix) in &role.rights {
-                    op.parse::<Operation>().map_err(|e| invalid(e.to_string()))?;
+                    op.parse::<Operation>()
+                        .map_err(|e| invalid(e.to_string()))?;
                     Resource::parse(prefix).map_err(|e| invalid(e.to_string()))?;
                 }
                 Ok(())
@@ -351,7 +372,8 @@ impl Command {
 }
 
 fn check_entry_id(id: &str) -> Result<(), Invalid> {
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
         return Err(invalid("entry id must be 1-64 of [A-Za-z0-9-]"));
     }
     Ok(())
@@ -418,8 +440,8 @@ impl TryFrom<Envelope> for Command {
     fn try_from(e: Envelope) -> Result<Self, Invalid> {
         match e.0.split_first() {
             Some((&COMMAND_VERSION, body)) => {
-                let (v1, rest): (CommandV1, &[u8]) =
-                    postcard::take_from_bytes(body).map_err(|err| invalid(format!("decode: {err}")))?;
+                let (v1, rest): (CommandV1, &[u8]) = postcard::take_from_bytes(body)
+                    .map_err(|err| invalid(format!("decode: {err}")))?;
                 if !rest.is_empty() {
                     return Err(invalid("trailing bytes after command"));
                 }
@@ -438,7 +460,7 @@ impl TryFrom<Envelope> for Command {
 
 /// Serializes a byte vector as a byte string (compact in postcard, readable in JSON).
 mod serde_bytes_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(v)
@@ -457,7 +479,10 @@ mod serde_bytes_compat {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = seq.next_element::<u8>()? {
                     out.push(b);
@@ -465,7 +490,6 @@ mod serde_bytes_compat {
                 Ok(out)
             }
         }
-        let _ = Vec::<u8>::deserialize; // keep the Deserialize import meaningful for readers
         d.deserialize_byte_buf(V)
     }
 }
@@ -524,8 +548,22 @@ mod tests {
             audit: audit(),
             op,
         };
-        assert!(mk(Op::SetNodeStatus { name: "a/b".into(), status: NodeStatus::Active }).validate().is_err());
-        assert!(mk(Op::Revoke { ids: vec![], expires_ms: 0 }).validate().is_err());
+        assert!(
+            mk(Op::SetNodeStatus {
+                name: "a/b".into(),
+                status: NodeStatus::Active
+            })
+            .validate()
+            .is_err()
+        );
+        assert!(
+            mk(Op::Revoke {
+                ids: vec![],
+                expires_ms: 0
+            })
+            .validate()
+            .is_err()
+        );
         let entry = RegistrationEntry {
             id: "e1".into(),
             spiffe_id: "spiffe://td/ns/a/web".into(),
@@ -535,12 +573,27 @@ mod tests {
             dns_names: vec![],
             revision: 0,
         };
-        assert!(mk(Op::PutEntry { entry: entry.clone() }).validate().is_ok());
-        let bad = RegistrationEntry { spiffe_id: "http://x".into(), ..entry.clone() };
+        assert!(
+            mk(Op::PutEntry {
+                entry: entry.clone()
+            })
+            .validate()
+            .is_ok()
+        );
+        let bad = RegistrationEntry {
+            spiffe_id: "http://x".into(),
+            ..entry.clone()
+        };
         assert!(mk(Op::PutEntry { entry: bad }).validate().is_err());
-        let bad = RegistrationEntry { selectors: vec![], ..entry };
+        let bad = RegistrationEntry {
+            selectors: vec![],
+            ..entry
+        };
         assert!(mk(Op::PutEntry { entry: bad }).validate().is_err());
-        let role = RoleDef { name: "ci".into(), rights: vec![("logs:write".into(), "ns".into())] };
+        let role = RoleDef {
+            name: "ci".into(),
+            rights: vec![("logs:write".into(), "ns".into())],
+        };
         assert!(mk(Op::PutRole { role }).validate().is_err());
     }
 }

@@ -4,10 +4,50 @@
 //! openraft on durable redb storage. The state machine holds the trust bundle (each node's own
 //! signing CA, Biscuit root key and JWT key — no private key is ever shared), the authority
 //! members, enrolled agent nodes, one-time join tokens, registration entries, users and roles,
-//! revocations, and the append-only audit log. Every privileged request is authorized with
-//! `ringzero-policy`, and its audit record is committed in the same Raft entry as its effect
-//! before anything is released.
+//! revocations, and the append-only audit log. Every command carries its own audit record,
+//! applied in the same redb transaction as its effect.
 //!
-//! Nothing is implemented here yet: the storage and consensus engine arrive with the "Raft core"
-//! issue and the gRPC service with the "Authority service" issue. See `ARCHITECTURE.md`.
+//! # Layout
+//!
+//! - [`command`]: the typed, versioned command set, its validation and encoding.
+//! - `state`: the tables, the deterministic `apply`, and [`StateReader`] for reads.
+//! - [`store`]: [`LogStore`](store::LogStore) and [`StateMachineStore`](store::StateMachineStore),
+//!   openraft's v2 storage traits on redb, with file-streamed snapshots.
+//! - [`testing`] (feature `testing`): an in-process cluster whose network can drop, delay,
+//!   partition and reorder messages, and whose nodes restart from their redb files.
+//!
+//! The gRPC service, per-node keys and the gating layer arrive with the "Authority service"
+//! issue. See `ARCHITECTURE.md`.
 #![forbid(unsafe_code)]
+
+pub mod command;
+mod state;
+pub mod store;
+mod types;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use self::state::{
+    AuthorityRecord, COMMAND_ID_RETENTION_MS, EntryChange, JoinTokenRecord, KeyRecord, NodeRecord,
+    StateError, StateReader, StoredAudit,
+};
+pub use self::types::*;
+
+/// The openraft configuration ringzero runs with, validated.
+pub fn raft_config(cluster_name: &str) -> Result<openraft::Config, openraft::ConfigError> {
+    openraft::Config {
+        cluster_name: cluster_name.to_owned(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        // Snapshot every 5,000 entries; keep 1,000 entries behind it so a follower slightly
+        // behind catches up from the log rather than a snapshot.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        snapshot_max_chunk_size: 1024 * 1024,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    }
+    .validate()
+}

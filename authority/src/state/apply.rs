@@ -1,0 +1,433 @@
+//! Applying log entries: deterministic, inside the caller's write transaction.
+
+use openraft::EntryPayload;
+use redb::{ReadableTable, WriteTransaction};
+use subtle::ConstantTimeEq;
+
+use super::*;
+use crate::command::{Command, Op, Rejection};
+use crate::types::{Entry, StoredMembership};
+
+pub(crate) fn meta_get(tx: &WriteTransaction, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+    let t = tx.open_table(META)?;
+    Ok(t.get(key.as_bytes())?.map(|v| v.value().to_vec()))
+}
+
+pub(crate) fn meta_put(tx: &WriteTransaction, key: &str, value: &[u8]) -> Result<(), StateError> {
+    let mut t = tx.open_table(META)?;
+    t.insert(key.as_bytes(), value)?;
+    Ok(())
+}
+
+fn next_counter(tx: &WriteTransaction, key: &str) -> Result<u64, StateError> {
+    let current = match meta_get(tx, key)? {
+        Some(b) => {
+            u64::from_be_bytes(b.as_slice().try_into().map_err(|_| StateError::Corrupt {
+                table: "meta",
+                detail: format!("counter {key}"),
+            })?)
+        }
+        None => 0,
+    };
+    let next = current + 1;
+    meta_put(tx, key, &be(next))?;
+    Ok(next)
+}
+
+fn get<T: for<'de> serde::Deserialize<'de>>(
+    tx: &WriteTransaction,
+    table: Raw,
+    name: &'static str,
+    key: &[u8],
+) -> Result<Option<T>, StateError> {
+    let t = tx.open_table(table)?;
+    let v = t.get(key)?;
+    v.map(|v| decode(name, v.value())).transpose()
+}
+
+fn put<T: serde::Serialize>(
+    tx: &WriteTransaction,
+    table: Raw,
+    key: &[u8],
+    value: &T,
+) -> Result<(), StateError> {
+    let bytes = encode(value)?;
+    tx.open_table(table)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+fn remove(tx: &WriteTransaction, table: Raw, key: &[u8]) -> Result<bool, StateError> {
+    Ok(tx.open_table(table)?.remove(key)?.is_some())
+}
+
+/// Applies one log entry and records it as the last applied, in `tx`.
+pub(crate) fn apply_entry(tx: &WriteTransaction, entry: &Entry) -> Result<Response, StateError> {
+    let response = match &entry.payload {
+        EntryPayload::Blank => Response {
+            audit_seq: 0,
+            outcome: Outcome::Done,
+            replayed: false,
+        },
+        EntryPayload::Normal(cmd) => apply_command(tx, entry.log_id.index, cmd)?,
+        EntryPayload::Membership(m) => {
+            let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+            meta_put(tx, META_MEMBERSHIP, &encode(&stored)?)?;
+            Response {
+                audit_seq: 0,
+                outcome: Outcome::Done,
+                replayed: false,
+            }
+        }
+    };
+    meta_put(tx, META_LAST_APPLIED, &encode(&Some(entry.log_id))?)?;
+    Ok(response)
+}
+
+/// Applies a command and its audit record, or replays the stored response of an earlier
+/// application of the same command id.
+pub(crate) fn apply_command(
+    tx: &WriteTransaction,
+    log_index: u64,
+    cmd: &Command,
+) -> Result<Response, StateError> {
+    if let Some(prev) = get::<CommandRecord>(tx, COMMANDS, "commands", &cmd.id.0)? {
+        return Ok(Response {
+            replayed: true,
+            ..prev.response
+        });
+    }
+    let outcome = match cmd.validate() {
+        Err(e) => Outcome::Rejected(Rejection::Invalid(e.0)),
+        Ok(()) => apply_op(tx, cmd)?,
+    };
+    let seq = next_counter(tx, CTR_AUDIT)?;
+    put(
+        tx,
+        AUDIT,
+        &be(seq),
+        &StoredAudit {
+            seq,
+            log_index,
+            time_ms: cmd.time_ms,
+            record: cmd.audit.clone(),
+            outcome: outcome.clone(),
+        },
+    )?;
+    let response = Response {
+        audit_seq: seq,
+        outcome,
+        replayed: false,
+    };
+    put(
+        tx,
+        COMMANDS,
+        &cmd.id.0,
+        &CommandRecord {
+            time_ms: cmd.time_ms,
+            response: response.clone(),
+        },
+    )?;
+    Ok(response)
+}
+
+fn rejected(r: Rejection) -> Result<Outcome, StateError> {
+    Ok(Outcome::Rejected(r))
+}
+
+/// The state change of one valid command. Checks come first; a rejection writes nothing.
+fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError> {
+    let now = cmd.time_ms;
+    match &cmd.op {
+        Op::AuditOnly => Ok(Outcome::Done),
+        Op::PublishKey {
+            authority,
+            kind,
+            public_der,
+            not_after_ms,
+        } => {
+            let id = next_counter(tx, CTR_KEY)?;
+            put(
+                tx,
+                KEYS,
+                &be(id),
+                &KeyRecord {
+                    id,
+                    authority: *authority,
+                    kind: *kind,
+                    public_der: public_der.clone(),
+                    status: KeyStatus::Published,
+                    not_after_ms: *not_after_ms,
+                    published_ms: now,
+                },
+            )?;
+            Ok(Outcome::KeyId(id))
+        }
+        Op::SetKeyStatus { key_id, status } => {
+            let Some(mut rec) = get::<KeyRecord>(tx, KEYS, "keys", &be(*key_id))? else {
+                return rejected(Rejection::NotFound);
+            };
+            if rec.status == KeyStatus::Compromised && *status != KeyStatus::Compromised {
+                return rejected(Rejection::Invalid(
+                    "a compromised key stays compromised".into(),
+                ));
+            }
+            rec.status = *status;
+            put(tx, KEYS, &be(*key_id), &rec)?;
+            Ok(Outcome::Done)
+        }
+        Op::PutAuthority {
+            node_id,
+            name,
+            addr,
+        } => {
+            put(
+                tx,
+                AUTHORITIES,
+                &be(*node_id),
+                &AuthorityRecord {
+                    node_id: *node_id,
+                    name: name.clone(),
+                    addr: addr.clone(),
+                },
+            )?;
+            Ok(Outcome::Done)
+        }
+        Op::RemoveAuthority { node_id } => {
+            if remove(tx, AUTHORITIES, &be(*node_id))? {
+                Ok(Outcome::Done)
+            } else {
+                rejected(Rejection::NotFound)
+            }
+        }
+        Op::IssueJoinToken {
+            token_id,
+            secret_sha256,
+            node_name,
+            purpose,
+            expires_ms,
+        } => {
+            if *purpose == JoinPurpose::Agent && is_banned(tx, node_name)? {
+                return rejected(Rejection::Banned);
+            }
+            if get::<JoinTokenRecord>(tx, JOIN_TOKENS, "join_tokens", token_id)?.is_some() {
+                return rejected(Rejection::Invalid("join token id already exists".into()));
+            }
+            put(
+                tx,
+                JOIN_TOKENS,
+                token_id,
+                &JoinTokenRecord {
+                    secret_sha256: *secret_sha256,
+                    node_name: node_name.clone(),
+                    purpose: *purpose,
+                    expires_ms: *expires_ms,
+                    used: false,
+                },
+            )?;
+            Ok(Outcome::Done)
+        }
+        Op::RedeemJoinToken {
+            token_id,
+            presented_sha256,
+            node_name,
+        } => {
+            let Some(mut rec) = get::<JoinTokenRecord>(tx, JOIN_TOKENS, "join_tokens", token_id)?
+            else {
+                return rejected(Rejection::JoinTokenUnknown);
+            };
+            // Compare the secret first, in constant time, so nothing about the token's state is
+            // revealed to someone who does not hold it.
+            if !bool::from(rec.secret_sha256.ct_eq(presented_sha256)) {
+                return rejected(Rejection::JoinTokenMismatch);
+            }
+            if rec.used {
+                return rejected(Rejection::JoinTokenUsed);
+            }
+            if now >= rec.expires_ms {
+                return rejected(Rejection::JoinTokenExpired);
+            }
+            if rec.node_name != *node_name {
+                return rejected(Rejection::JoinTokenWrongName);
+            }
+            if rec.purpose == JoinPurpose::Agent && is_banned(tx, node_name)? {
+                return rejected(Rejection::Banned);
+            }
+            // The compare-and-set: this entry is applied in log order on every replica, so of
+            // two redemptions of one token exactly the first finds `used == false`.
+            rec.used = true;
+            put(tx, JOIN_TOKENS, token_id, &rec)?;
+            if rec.purpose == JoinPurpose::Agent {
+                put(
+                    tx,
+                    NODES,
+                    node_name.as_bytes(),
+                    &NodeRecord {
+                        name: node_name.clone(),
+                        status: NodeStatus::Active,
+                        since_ms: now,
+                    },
+                )?;
+            }
+            Ok(Outcome::Done)
+        }
+        Op::SetNodeStatus { name, status } => {
+            let existing = get::<NodeRecord>(tx, NODES, "nodes", name.as_bytes())?;
+            match (status, &existing) {
+                (NodeStatus::Banned, _) => {}
+                (_, None) => return rejected(Rejection::NotFound),
+                (_, Some(r)) if r.status == NodeStatus::Banned => {
+                    return rejected(Rejection::Banned);
+                }
+                _ => {}
+            }
+            put(
+                tx,
+                NODES,
+                name.as_bytes(),
+                &NodeRecord {
+                    name: name.clone(),
+                    status: *status,
+                    since_ms: now,
+                },
+            )?;
+            Ok(Outcome::Done)
+        }
+        Op::PutEntry { entry } => {
+            let revision = next_counter(tx, CTR_REVISION)?;
+            let previous = get::<RegistrationEntry>(tx, ENTRIES, "entries", entry.id.as_bytes())?;
+            if let Some(prev) = previous.filter(|p| p.parent != entry.parent) {
+                // Moved to another node: the old parent's feed says it is gone.
+                remove(
+                    tx,
+                    ENTRIES_BY_PARENT,
+                    &compound(&prev.parent, entry.id.as_bytes()),
+                )?;
+                record_change(tx, &prev.parent, revision, &entry.id, true)?;
+            }
+            let stored = RegistrationEntry {
+                revision,
+                ..entry.clone()
+            };
+            put(tx, ENTRIES, entry.id.as_bytes(), &stored)?;
+            tx.open_table(ENTRIES_BY_PARENT)?.insert(
+                compound(&entry.parent, entry.id.as_bytes()).as_slice(),
+                &[][..],
+            )?;
+            record_change(tx, &entry.parent, revision, &entry.id, false)?;
+            Ok(Outcome::Revision(revision))
+        }
+        Op::DeleteEntry { id } => {
+            let Some(prev) = get::<RegistrationEntry>(tx, ENTRIES, "entries", id.as_bytes())?
+            else {
+                return rejected(Rejection::NotFound);
+            };
+            let revision = next_counter(tx, CTR_REVISION)?;
+            remove(tx, ENTRIES, id.as_bytes())?;
+            remove(
+                tx,
+                ENTRIES_BY_PARENT,
+                &compound(&prev.parent, id.as_bytes()),
+            )?;
+            record_change(tx, &prev.parent, revision, id, true)?;
+            Ok(Outcome::Revision(revision))
+        }
+        Op::PutUser { user } => {
+            put(tx, USERS, user.name.as_bytes(), user)?;
+            Ok(Outcome::Done)
+        }
+        Op::RemoveUser { name } => {
+            if remove(tx, USERS, name.as_bytes())? {
+                Ok(Outcome::Done)
+            } else {
+                rejected(Rejection::NotFound)
+            }
+        }
+        Op::PutRole { role } => {
+            put(tx, ROLES, role.name.as_bytes(), role)?;
+            Ok(Outcome::Done)
+        }
+        Op::RemoveRole { name } => {
+            if remove(tx, ROLES, name.as_bytes())? {
+                Ok(Outcome::Done)
+            } else {
+                rejected(Rejection::NotFound)
+            }
+        }
+        Op::Revoke { ids, expires_ms } => {
+            let mut t = tx.open_table(REVOCATIONS)?;
+            for id in ids {
+                let keep_until = match t.get(id.as_slice())? {
+                    Some(v) => read_u64(v.value())?.max(*expires_ms),
+                    None => *expires_ms,
+                };
+                t.insert(id.as_slice(), be(keep_until).as_slice())?;
+            }
+            Ok(Outcome::Done)
+        }
+        Op::PurgeExpired => {
+            purge_where(tx, REVOCATIONS, |v| Ok(read_u64(v)? <= now))?;
+            purge_where(tx, JOIN_TOKENS, |v| {
+                Ok(decode::<JoinTokenRecord>("join_tokens", v)?.expires_ms <= now)
+            })?;
+            purge_where(tx, COMMANDS, |v| {
+                Ok(decode::<CommandRecord>("commands", v)?
+                    .time_ms
+                    .saturating_add(COMMAND_ID_RETENTION_MS)
+                    <= now)
+            })?;
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+fn is_banned(tx: &WriteTransaction, name: &str) -> Result<bool, StateError> {
+    Ok(get::<NodeRecord>(tx, NODES, "nodes", name.as_bytes())?
+        .is_some_and(|r| r.status == NodeStatus::Banned))
+}
+
+fn record_change(
+    tx: &WriteTransaction,
+    parent: &str,
+    revision: u64,
+    entry_id: &str,
+    removed: bool,
+) -> Result<(), StateError> {
+    put(
+        tx,
+        ENTRY_CHANGES,
+        &compound(parent, &be(revision)),
+        &EntryChange {
+            revision,
+            entry_id: entry_id.to_owned(),
+            removed,
+        },
+    )
+}
+
+pub(crate) fn read_u64(v: &[u8]) -> Result<u64, StateError> {
+    Ok(u64::from_be_bytes(v.try_into().map_err(|_| {
+        StateError::Corrupt {
+            table: "u64",
+            detail: "not 8 bytes".into(),
+        }
+    })?))
+}
+
+fn purge_where(
+    tx: &WriteTransaction,
+    table: Raw,
+    expired: impl Fn(&[u8]) -> Result<bool, StateError>,
+) -> Result<(), StateError> {
+    let mut t = tx.open_table(table)?;
+    let mut doomed = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        if expired(v.value())? {
+            doomed.push(k.value().to_vec());
+        }
+    }
+    for k in doomed {
+        t.remove(k.as_slice())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! The cluster's security state in redb: tables, the deterministic `apply` of a command, and
+//! reads.
+//!
+//! Every table maps bytes to bytes: keys are encoded so that byte order is the order wanted
+//! (big-endian integers, `parent \0 id` compounds), values are postcard records. One uniform
+//! shape keeps snapshots (a stream of `(table, key, value)`) independent of what the tables
+//! hold.
+
+mod apply;
+mod read;
+
+use redb::TableDefinition;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{
+    AuditRecord, JoinPurpose, KeyKind, KeyStatus, NodeStatus, Outcome, RegistrationEntry, Response,
+    RoleDef, User,
+};
+use crate::types::NodeId;
+
+pub(crate) use self::apply::{apply_entry, meta_put};
+pub use self::read::StateReader;
+
+pub(crate) type Raw = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+/// Counters, the last applied log id and the last membership.
+pub(crate) const META: Raw = TableDefinition::new("meta");
+/// key id (u64 BE) → [`KeyRecord`]
+pub(crate) const KEYS: Raw = TableDefinition::new("keys");
+/// node id (u64 BE) → [`AuthorityRecord`]
+pub(crate) const AUTHORITIES: Raw = TableDefinition::new("authorities");
+/// node name → [`NodeRecord`]
+pub(crate) const NODES: Raw = TableDefinition::new("nodes");
+/// token id (16 bytes) → [`JoinTokenRecord`]
+pub(crate) const JOIN_TOKENS: Raw = TableDefinition::new("join_tokens");
+/// entry id → [`RegistrationEntry`]
+pub(crate) const ENTRIES: Raw = TableDefinition::new("entries");
+/// `parent \0 entry id` → empty: the entries of one node, by index
+pub(crate) const ENTRIES_BY_PARENT: Raw = TableDefinition::new("entries_by_parent");
+/// `parent \0 revision (u64 BE)` → [`EntryChange`]: each node's change feed
+pub(crate) const ENTRY_CHANGES: Raw = TableDefinition::new("entry_changes");
+/// user name → [`User`]
+pub(crate) const USERS: Raw = TableDefinition::new("users");
+/// role name → [`RoleDef`]
+pub(crate) const ROLES: Raw = TableDefinition::new("roles");
+/// revocation id → expiry (unix ms, u64 BE)
+pub(crate) const REVOCATIONS: Raw = TableDefinition::new("revocations");
+/// sequence (u64 BE) → [`StoredAudit`]
+pub(crate) const AUDIT: Raw = TableDefinition::new("audit");
+/// command id → [`CommandRecord`]: idempotency
+pub(crate) const COMMANDS: Raw = TableDefinition::new("commands");
+
+/// Every table, with the tag it carries in snapshots. Tags are stable: never reuse one.
+pub(crate) const TABLES: &[(u8, Raw)] = &[
+    (1, META),
+    (2, KEYS),
+    (3, AUTHORITIES),
+    (4, NODES),
+    (5, JOIN_TOKENS),
+    (6, ENTRIES),
+    (7, ENTRIES_BY_PARENT),
+    (8, ENTRY_CHANGES),
+    (9, USERS),
+    (10, ROLES),
+    (11, REVOCATIONS),
+    (12, AUDIT),
+    (13, COMMANDS),
+];
+
+pub(crate) const META_LAST_APPLIED: &str = "last_applied";
+pub(crate) const META_MEMBERSHIP: &str = "membership";
+pub(crate) const CTR_AUDIT: &str = "ctr:audit";
+pub(crate) const CTR_KEY: &str = "ctr:key";
+pub(crate) const CTR_REVISION: &str = "ctr:revision";
+
+/// How long a command id is remembered for idempotent retries.
+pub const COMMAND_ID_RETENTION_MS: u64 = 24 * 3600 * 1000;
+
+/// A public key in the trust bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: u64,
+    pub authority: NodeId,
+    pub kind: KeyKind,
+    pub public_der: Vec<u8>,
+    pub status: KeyStatus,
+    pub not_after_ms: u64,
+    pub published_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorityRecord {
+    pub node_id: NodeId,
+    pub name: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub status: NodeStatus,
+    pub since_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub secret_sha256: [u8; 32],
+    pub node_name: String,
+    pub purpose: JoinPurpose,
+    pub expires_ms: u64,
+    pub used: bool,
+}
+
+/// One change in a node's entry feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryChange {
+    pub revision: u64,
+    pub entry_id: String,
+    /// The entry is gone from this parent (deleted, or moved to another node).
+    pub removed: bool,
+}
+
+/// An audit record as stored: the command's record plus where and how it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAudit {
+    pub seq: u64,
+    pub log_index: u64,
+    pub time_ms: u64,
+    pub record: AuditRecord,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CommandRecord {
+    pub(crate) time_ms: u64,
+    pub(crate) response: Response,
+}
+
+pub(crate) fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+/// `a \0 b`: names never contain NUL, so the split is unambiguous and prefix scans by `a \0`
+/// find exactly `a`'s rows.
+pub(crate) fn compound(a: &str, b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b);
+    k
+}
+
+/// Errors reading or writing the state. Any of these means the node's storage is broken, not
+/// that a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("corrupt record in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+macro_rules! storage_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StateError {
+            fn from(e: $t) -> Self { StateError::Storage(e.to_string()) }
+        }
+    )*};
+}
+storage_from!(
+    redb::Error,
+    redb::TableError,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StateError> {
+    postcard::to_stdvec(v).map_err(|e| StateError::Storage(format!("encode: {e}")))
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<T, StateError> {
+    postcard::from_bytes(bytes).map_err(|e| StateError::Corrupt {
+        table,
+        detail: e.to_string(),
+    })
+}
+
+/// Creates every table, so readers never meet a missing one.
+pub(crate) fn create_tables(db: &redb::Database) -> Result<(), StateError> {
+    let tx = db.begin_write()?;
+    for (_, def) in TABLES {
+        tx.open_table(*def)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! Reads of the state, from one consistent redb snapshot.
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use super::*;
+use crate::types::{LogId, StoredMembership};
+
+/// A consistent read view of the state machine.
+pub struct StateReader {
+    tx: ReadTransaction,
+}
+
+impl std::fmt::Debug for StateReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateReader").finish_non_exhaustive()
+    }
+}
+
+impl StateReader {
+    pub(crate) fn new(db: &redb::Database) -> Result<Self, StateError> {
+        Ok(Self {
+            tx: db.begin_read()?,
+        })
+    }
+
+    fn get<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        table: Raw,
+        name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StateError> {
+        let t = self.tx.open_table(table)?;
+        let v = t.get(key)?;
+        v.map(|v| decode(name, v.value())).transpose()
+    }
+
+    fn all<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        table: Raw,
+        name: &'static str,
+    ) -> Result<Vec<T>, StateError> {
+        let t = self.tx.open_table(table)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode(name, v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn last_applied(&self) -> Result<Option<LogId>, StateError> {
+        let t = self.tx.open_table(META)?;
+        match t.get(META_LAST_APPLIED.as_bytes())? {
+            Some(v) => decode("meta", v.value()),
+            None => Ok(None),
+        }
+    }
+
+    pub fn membership(&self) -> Result<StoredMembership, StateError> {
+        let t = self.tx.open_table(META)?;
+        match t.get(META_MEMBERSHIP.as_bytes())? {
+            Some(v) => decode("meta", v.value()),
+            None => Ok(StoredMembership::default()),
+        }
+    }
+
+    /// The trust bundle: every key record, by id.
+    pub fn keys(&self) -> Result<Vec<KeyRecord>, StateError> {
+        self.all(KEYS, "keys")
+    }
+
+    pub fn authorities(&self) -> Result<Vec<AuthorityRecord>, StateError> {
+        self.all(AUTHORITIES, "authorities")
+    }
+
+    pub fn node(&self, name: &str) -> Result<Option<NodeRecord>, StateError> {
+        self.get(NODES, "nodes", name.as_bytes())
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StateError> {
+        self.all(NODES, "nodes")
+    }
+
+    pub fn join_token(&self, id: &[u8; 16]) -> Result<Option<JoinTokenRecord>, StateError> {
+        self.get(JOIN_TOKENS, "join_tokens", id)
+    }
+
+    pub fn entry(&self, id: &str) -> Result<Option<RegistrationEntry>, StateError> {
+        self.get(ENTRIES, "entries", id.as_bytes())
+    }
+
+    /// The entries parented to `node`, through the parent index (no full scan).
+    pub fn entries_of(&self, node: &str) -> Result<Vec<RegistrationEntry>, StateError> {
+        let index = self.tx.open_table(ENTRIES_BY_PARENT)?;
+        let start = compound(node, b"");
+        let mut end = compound(node, b"");
+        if let Some(last) = end.last_mut() {
+            *last = 1; // `node \x01` sorts right after every `node \0 …`
+        }
+        let mut out = Vec::new();
+        for row in index.range(start.as_slice()..end.as_slice())? {
+            let (k, _) = row?;
+            let id = &k.value()[start.len()..];
+            let id = std::str::from_utf8(id).map_err(|_| StateError::Corrupt {
+                table: "entries_by_parent",
+                detail: "entry id not UTF-8".into(),
+            })?;
+            if let Some(e) = self.entry(id)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `node`'s entry changes after `revision`, oldest first, at most `limit`.
+    pub fn entry_changes_since(
+        &self,
+        node: &str,
+        revision: u64,
+        limit: usize,
+    ) -> Result<Vec<EntryChange>, StateError> {
+        let t = self.tx.open_table(ENTRY_CHANGES)?;
+        let start = compound(node, &be(revision.saturating_add(1)));
+        let end = compound(node, &be(u64::MAX));
+        let mut out = Vec::new();
+        for row in t.range(start.as_slice()..=end.as_slice())? {
+            let (_, v) = row?;
+            out.push(decode("entry_changes", v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<User>, StateError> {
+        self.get(USERS, "users", name.as_bytes())
+    }
+
+    pub fn users(&self) -> Result<Vec<User>, StateError> {
+        self.all(USERS, "users")
+    }
+
+    pub fn role(&self, name: &str) -> Result<Option<RoleDef>, StateError> {
+        self.get(ROLES, "roles", name.as_bytes())
+    }
+
+    pub fn is_revoked(&self, id: &[u8]) -> Result<bool, StateError> {
+        Ok(self.tx.open_table(REVOCATIONS)?.get(id)?.is_some())
+    }
+
+    /// Every revoked id with the time it may be forgotten.
+    pub fn revocations(&self) -> Result<Vec<(Vec<u8>, u64)>, StateError> {
+        let t = self.tx.open_table(REVOCATIONS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_vec(), super::apply::read_u64(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The number of audit records.
+    pub fn audit_len(&self) -> Result<u64, StateError> {
+        Ok(self.tx.open_table(AUDIT)?.len()?)
+    }
+
+    /// Audit records with sequence numbers from `from`, at most `limit`.
+    pub fn audit(&self, from: u64, limit: usize) -> Result<Vec<StoredAudit>, StateError> {
+        let t = self.tx.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        for row in t.range(be(from).as_slice()..)? {
+            let (_, v) = row?;
+            out.push(decode("audit", v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,19 @@
+//! openraft storage on redb: the log store and the state machine store.
+
+mod log;
+mod sm;
+
+use std::path::Path;
+
+pub use self::log::LogStore;
+pub use self::sm::{SnapshotBuilder, StateMachineStore};
+use crate::state::StateError;
+
+/// Opens both stores of one node under `dir`: `log.redb`, `state.redb` and `snapshots/`.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StateError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StateError::Storage(format!("{}: {e}", dir.display())))?;
+    let log = LogStore::open(&dir.join("log.redb"))?;
+    let sm = StateMachineStore::open(&dir.join("state.redb"), &dir.join("snapshots"))?;
+    Ok((log, sm))
+}

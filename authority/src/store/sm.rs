@@ -1,0 +1,453 @@
+//! The state machine on redb, and its snapshots.
+//!
+//! `apply` runs a whole batch of entries — their state changes, their audit records and the new
+//! last-applied log id — in one write transaction with immediate durability. After a crash the
+//! state is exactly that of some applied prefix of the log, never older than what was reported
+//! applied: the state machine never goes backwards.
+//!
+//! A snapshot is a file: a stream of `(table tag, key, value)` records from one read
+//! transaction, closed by a SHA-256 of everything before it. Building, sending (openraft reads
+//! it in chunks) and installing all stream, so memory stays bounded whatever the state's size.
+//! Installing replaces every table in one write transaction, and only after the checksum held.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use crate::command::Response;
+use crate::state::{
+    self, META_LAST_APPLIED, META_MEMBERSHIP, StateError, StateReader, TABLES, encode,
+};
+use crate::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+
+const MAGIC: &[u8; 8] = b"RZSNAP01";
+const END_TAG: u8 = 0xFF;
+/// The largest key or value a snapshot record may carry.
+const MAX_RECORD: u32 = 64 * 1024 * 1024;
+const CURRENT_META: &str = "current.meta";
+
+fn sm_err(e: impl Into<StateError>) -> StorageError {
+    let e: StateError = e.into();
+    StorageIOError::write_state_machine(openraft::AnyError::new(&e)).into()
+}
+
+fn snap_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_snapshot(None, openraft::AnyError::error(e.to_string())).into()
+}
+
+fn read_snap_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_snapshot(None, openraft::AnyError::error(e.to_string())).into()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| snap_err(format!("storage task failed: {e}")))?
+}
+
+/// The state machine store. Cloning shares the database.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    snapshot_dir: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("snapshot_dir", &self.snapshot_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta,
+    file: String,
+}
+
+impl StateMachineStore {
+    /// Opens (creating if needed) the state database at `path`, with snapshots in
+    /// `snapshot_dir`.
+    pub fn open(path: &Path, snapshot_dir: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(snapshot_dir)
+            .map_err(|e| StateError::Storage(format!("{}: {e}", snapshot_dir.display())))?;
+        // Leftovers of a crash while building or receiving a snapshot are never current.
+        if let Ok(dir) = std::fs::read_dir(snapshot_dir) {
+            for f in dir.flatten() {
+                if f.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        let db = Database::create(path)?;
+        state::create_tables(&db)?;
+        Ok(Self {
+            db: Arc::new(db),
+            snapshot_dir: Arc::new(snapshot_dir.to_path_buf()),
+        })
+    }
+
+    /// A consistent read view of the current state.
+    pub fn reader(&self) -> Result<StateReader, StateError> {
+        StateReader::new(&self.db)
+    }
+
+    fn current(&self) -> Result<Option<CurrentSnapshot>, StorageError> {
+        let path = self.snapshot_dir.join(CURRENT_META);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(postcard::from_bytes(&bytes).map_err(read_snap_err)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(read_snap_err(e)),
+        }
+    }
+
+    /// Records `file` as the current snapshot (atomically) and removes older snapshot files.
+    fn set_current(&self, meta: &SnapshotMeta, file: &str) -> Result<(), StorageError> {
+        let record = CurrentSnapshot {
+            meta: meta.clone(),
+            file: file.to_owned(),
+        };
+        let bytes = postcard::to_stdvec(&record).map_err(snap_err)?;
+        let tmp = self.snapshot_dir.join(format!("{CURRENT_META}.tmp"));
+        write_durably(&tmp, &bytes).map_err(snap_err)?;
+        std::fs::rename(&tmp, self.snapshot_dir.join(CURRENT_META)).map_err(snap_err)?;
+        sync_dir(&self.snapshot_dir).map_err(snap_err)?;
+        if let Ok(dir) = std::fs::read_dir(&*self.snapshot_dir) {
+            for f in dir.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".snap") && name != file {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A digest-computing writer.
+struct Hashing<W> {
+    inner: W,
+    ctx: ring::digest::Context,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.ctx.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streams every table of `db` into `path`. Returns the last applied log id and membership of
+/// the state written.
+fn write_snapshot(
+    db: &Database,
+    path: &Path,
+) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    let tx = db.begin_read().map_err(sm_err)?;
+    let reader = StateReader::new(db).map_err(sm_err)?;
+    let last_applied = reader.last_applied().map_err(sm_err)?;
+    let membership = reader.membership().map_err(sm_err)?;
+    drop(reader);
+    let file = std::fs::File::create(path).map_err(snap_err)?;
+    let mut w = Hashing {
+        inner: BufWriter::new(file),
+        ctx: ring::digest::Context::new(&ring::digest::SHA256),
+    };
+    w.write_all(MAGIC).map_err(snap_err)?;
+    for (tag, def) in TABLES {
+        let t = tx.open_table(*def).map_err(sm_err)?;
+        for row in t.iter().map_err(sm_err)? {
+            let (k, v) = row.map_err(sm_err)?;
+            let (k, v) = (k.value(), v.value());
+            w.write_all(&[*tag]).map_err(snap_err)?;
+            w.write_all(&(k.len() as u32).to_le_bytes())
+                .map_err(snap_err)?;
+            w.write_all(k).map_err(snap_err)?;
+            w.write_all(&(v.len() as u32).to_le_bytes())
+                .map_err(snap_err)?;
+            w.write_all(v).map_err(snap_err)?;
+        }
+    }
+    w.write_all(&[END_TAG]).map_err(snap_err)?;
+    let digest = w.ctx.clone().finish();
+    let mut inner = w.inner;
+    inner.write_all(digest.as_ref()).map_err(snap_err)?;
+    let file = inner.into_inner().map_err(|e| snap_err(e.error()))?;
+    file.sync_all().map_err(snap_err)?;
+    Ok((last_applied, membership))
+}
+
+/// Reads a snapshot file into `db`, replacing every table, in one transaction that commits only
+/// if the whole file checks.
+fn install_snapshot_file(
+    db: &Database,
+    path: &Path,
+    meta: &SnapshotMeta,
+) -> Result<(), StorageError> {
+    let file = std::fs::File::open(path).map_err(read_snap_err)?;
+    let mut r = BufReader::new(file);
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut read = |buf: &mut [u8], ctx: &mut ring::digest::Context| -> Result<(), StorageError> {
+        r.read_exact(buf).map_err(read_snap_err)?;
+        ctx.update(buf);
+        Ok(())
+    };
+    let mut magic = [0u8; 8];
+    read(&mut magic, &mut ctx)?;
+    if &magic != MAGIC {
+        return Err(read_snap_err("not a ringzero snapshot"));
+    }
+    let tx = db.begin_write().map_err(sm_err)?;
+    for (_, def) in TABLES {
+        tx.delete_table(*def).map_err(sm_err)?;
+        tx.open_table(*def).map_err(sm_err)?;
+    }
+    loop {
+        let mut tag = [0u8; 1];
+        read(&mut tag, &mut ctx)?;
+        if tag[0] == END_TAG {
+            break;
+        }
+        let def = TABLES
+            .iter()
+            .find(|(t, _)| *t == tag[0])
+            .map(|(_, d)| *d)
+            .ok_or_else(|| read_snap_err(format!("unknown table tag {}", tag[0])))?;
+        let mut len = [0u8; 4];
+        read(&mut len, &mut ctx)?;
+        let klen = u32::from_le_bytes(len);
+        if klen > MAX_RECORD {
+            return Err(read_snap_err("oversized key"));
+        }
+        let mut k = vec![0u8; klen as usize];
+        read(&mut k, &mut ctx)?;
+        read(&mut len, &mut ctx)?;
+        let vlen = u32::from_le_bytes(len);
+        if vlen > MAX_RECORD {
+            return Err(read_snap_err("oversized value"));
+        }
+        let mut v = vec![0u8; vlen as usize];
+        read(&mut v, &mut ctx)?;
+        tx.open_table(def)
+            .map_err(sm_err)?
+            .insert(k.as_slice(), v.as_slice())
+            .map_err(sm_err)?;
+    }
+    let mut want = [0u8; 32];
+    r.read_exact(&mut want).map_err(read_snap_err)?;
+    if ctx.finish().as_ref() != want {
+        // Dropping the transaction aborts it: the state is untouched.
+        return Err(read_snap_err("snapshot checksum mismatch"));
+    }
+    state::meta_put(
+        &tx,
+        META_LAST_APPLIED,
+        &encode(&meta.last_log_id).map_err(sm_err)?,
+    )
+    .map_err(sm_err)?;
+    state::meta_put(
+        &tx,
+        META_MEMBERSHIP,
+        &encode(&meta.last_membership).map_err(sm_err)?,
+    )
+    .map_err(sm_err)?;
+    tx.commit().map_err(sm_err)?;
+    Ok(())
+}
+
+/// Builds snapshots from a consistent read of the state.
+#[derive(Clone, Debug)]
+pub struct SnapshotBuilder {
+    store: StateMachineStore,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let store = self.store.clone();
+        let (meta, path) = blocking(move || {
+            let nonce = crate::command::CommandId::random();
+            let tmp = store
+                .snapshot_dir
+                .join(format!("building-{}.tmp", hex::encode(&nonce.0[..6])));
+            let (last_applied, membership) = write_snapshot(&store.db, &tmp)?;
+            let snapshot_id = match last_applied {
+                Some(l) => format!(
+                    "{}-{}-{}",
+                    l.leader_id.term,
+                    l.index,
+                    hex::encode(&nonce.0[..4])
+                ),
+                None => format!("0-0-{}", hex::encode(&nonce.0[..4])),
+            };
+            let file = format!("{snapshot_id}.snap");
+            let path = store.snapshot_dir.join(&file);
+            std::fs::rename(&tmp, &path).map_err(snap_err)?;
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            };
+            store.set_current(&meta, &file)?;
+            Ok((meta, path))
+        })
+        .await?;
+        let file = tokio::fs::File::open(&path).await.map_err(read_snap_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let r = self.reader().map_err(sm_err)?;
+        Ok((
+            r.last_applied().map_err(sm_err)?,
+            r.membership().map_err(sm_err)?,
+        ))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.db.clone();
+        blocking(move || {
+            let tx = db.begin_write().map_err(sm_err)?;
+            let mut responses = Vec::with_capacity(entries.len());
+            for e in &entries {
+                let r = state::apply_entry(&tx, e).map_err(|err| {
+                    StorageError::from(StorageIOError::apply(
+                        e.log_id,
+                        openraft::AnyError::new(&err),
+                    ))
+                })?;
+                responses.push(r);
+            }
+            tx.commit().map_err(sm_err)?;
+            Ok(responses)
+        })
+        .await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let nonce = crate::command::CommandId::random();
+        let path = self
+            .snapshot_dir
+            .join(format!("receiving-{}.tmp", hex::encode(&nonce.0[..6])));
+        let file = tokio::fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .await
+            .map_err(snap_err)?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        // The received data is in the file openraft wrote through; make it durable, then read
+        // it back by path.
+        let mut file = snapshot.into_std().await;
+        file.sync_all().map_err(snap_err)?;
+        let received = match self.find_receiving(&file) {
+            Some(path) => path,
+            None => {
+                // Not one of ours (a snapshot handed over from elsewhere): copy it in.
+                use std::io::Seek;
+                let nonce = crate::command::CommandId::random();
+                let path = self
+                    .snapshot_dir
+                    .join(format!("receiving-{}.tmp", hex::encode(&nonce.0[..6])));
+                let mut out = std::fs::File::create(&path).map_err(snap_err)?;
+                file.seek(std::io::SeekFrom::Start(0)).map_err(snap_err)?;
+                std::io::copy(&mut file, &mut out).map_err(snap_err)?;
+                out.sync_all().map_err(snap_err)?;
+                path
+            }
+        };
+        drop(file);
+        let store = self.clone();
+        let meta = meta.clone();
+        blocking(move || {
+            install_snapshot_file(&store.db, &received, &meta)?;
+            let name = format!("{}.snap", meta.snapshot_id);
+            std::fs::rename(&received, store.snapshot_dir.join(&name)).map_err(snap_err)?;
+            store.set_current(&meta, &name)
+        })
+        .await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(current) = self.current()? else {
+            return Ok(None);
+        };
+        let path = self.snapshot_dir.join(&current.file);
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => Ok(Some(Snapshot {
+                meta: current.meta,
+                snapshot: Box::new(f),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(read_snap_err(e)),
+        }
+    }
+}
+
+impl StateMachineStore {
+    /// The path of a file handed out by `begin_receiving_snapshot`, found by inode.
+    fn find_receiving(&self, file: &std::fs::File) -> Option<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
+        let want = file.metadata().ok()?;
+        std::fs::read_dir(&*self.snapshot_dir)
+            .ok()?
+            .flatten()
+            .find(|f| {
+                f.file_name().to_string_lossy().starts_with("receiving-")
+                    && f.metadata()
+                        .is_ok_and(|m| m.ino() == want.ino() && m.dev() == want.dev())
+            })
+            .map(|f| f.path())
+    }
+}
