@@ -35,7 +35,7 @@ pub use self::state::{
 pub use self::types::*;
 
 /// The openraft configuration ringzero runs with, validated.
-pub fn raft_config(cluster_name: &str) -> Result<openraft::Config, openraft::ConfigError> {
+pub fn raft_config(cluster_name: &str) -> Result<openraft::Config, Box<openraft::ConfigError>> {
     openraft::Config {
         cluster_name: cluster_name.to_owned(),
         heartbeat_interval: 100,
@@ -50,4 +50,5 @@ pub fn raft_config(cluster_name: &str) -> Result<openraft::Config, openraft::Con
         ..Default::default()
     }
     .validate()
+    .map_err(Box::new)
 }

@@ -1,4 +1,5 @@
 //! openraft's own conformance suite against the redb stores.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};

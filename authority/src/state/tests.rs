@@ -1,2 +1,417 @@
+//! The state machine's rules, applied directly to a redb database.
+
+use super::apply::apply_command;
+use super::*;
+use crate::command::{AuditDecision, Command, CommandId, Op, Rejection};
+
+struct Db {
+    _dir: tempfile::TempDir,
+    db: redb::Database,
+    index: u64,
+}
+
+fn db() -> Db {
+    let dir = tempfile::tempdir().unwrap();
+    let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
+    create_tables(&db).unwrap();
+    Db {
+        _dir: dir,
+        db,
+        index: 0,
+    }
+}
+
+fn audit() -> AuditRecord {
+    AuditRecord {
+        actor: "spiffe://td/user/admin".into(),
+        revocation_ids: vec![],
+        operation: "node:enroll".into(),
+        resource: "node".into(),
+        decision: AuditDecision::Allow,
+        reason: None,
+        authority: 1,
+        request_id: "r".into(),
+        details: vec![],
+    }
+}
+
+fn cmd(time_ms: u64, op: Op) -> Command {
+    Command {
+        id: CommandId::random(),
+        time_ms,
+        audit: audit(),
+        op,
+    }
+}
+
+impl Db {
+    fn apply(&mut self, c: &Command) -> Response {
+        self.index += 1;
+        let tx = self.db.begin_write().unwrap();
+        let r = apply_command(&tx, self.index, c).unwrap();
+        tx.commit().unwrap();
+        r
+    }
+
+    fn run(&mut self, time_ms: u64, op: Op) -> Outcome {
+        self.apply(&cmd(time_ms, op)).outcome
+    }
+
+    fn read(&self) -> StateReader {
+        StateReader::new(&self.db).unwrap()
+    }
+}
+
+fn sha(s: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, s);
+    d.as_ref().try_into().unwrap()
+}
+
+fn issue(d: &mut Db, id: u8, secret: &[u8], name: &str, expires_ms: u64) -> Outcome {
+    d.run(
+        0,
+        Op::IssueJoinToken {
+            token_id: [id; 16],
+            secret_sha256: sha(secret),
+            node_name: name.into(),
+            purpose: JoinPurpose::Agent,
+            expires_ms,
+        },
+    )
+}
+
+fn redeem(d: &mut Db, at: u64, id: u8, secret: &[u8], name: &str) -> Outcome {
+    d.run(
+        at,
+        Op::RedeemJoinToken {
+            token_id: [id; 16],
+            presented_sha256: sha(secret),
+            node_name: name.into(),
+        },
+    )
+}
+
 #[test]
-fn placeholder() {}
+fn a_join_token_is_redeemed_exactly_once() {
+    let mut d = db();
+    assert_eq!(issue(&mut d, 1, b"s3cret", "n7", 1000), Outcome::Done);
+    // The record holds only the hash.
+    let rec = d.read().join_token(&[1; 16]).unwrap().unwrap();
+    assert_eq!(rec.secret_sha256, sha(b"s3cret"));
+    assert!(!rec.used);
+
+    assert_eq!(
+        redeem(&mut d, 10, 1, b"wrong", "n7"),
+        Outcome::Rejected(Rejection::JoinTokenMismatch)
+    );
+    assert_eq!(
+        redeem(&mut d, 10, 1, b"s3cret", "n8"),
+        Outcome::Rejected(Rejection::JoinTokenWrongName)
+    );
+    assert_eq!(redeem(&mut d, 10, 1, b"s3cret", "n7"), Outcome::Done);
+    assert_eq!(
+        redeem(&mut d, 11, 1, b"s3cret", "n7"),
+        Outcome::Rejected(Rejection::JoinTokenUsed)
+    );
+    assert_eq!(
+        redeem(&mut d, 11, 9, b"s3cret", "n7"),
+        Outcome::Rejected(Rejection::JoinTokenUnknown)
+    );
+    let node = d.read().node("n7").unwrap().unwrap();
+    assert_eq!(node.status, NodeStatus::Active);
+}
+
+#[test]
+fn join_token_expiry_uses_the_command_time() {
+    let mut d = db();
+    issue(&mut d, 2, b"x", "n1", 1000);
+    assert_eq!(
+        redeem(&mut d, 1000, 2, b"x", "n1"),
+        Outcome::Rejected(Rejection::JoinTokenExpired)
+    );
+    assert_eq!(redeem(&mut d, 999, 2, b"x", "n1"), Outcome::Done);
+}
+
+#[test]
+fn a_banned_name_cannot_enroll() {
+    let mut d = db();
+    issue(&mut d, 3, b"x", "bad", 1000);
+    assert_eq!(
+        d.run(
+            1,
+            Op::SetNodeStatus {
+                name: "bad".into(),
+                status: NodeStatus::Banned
+            }
+        ),
+        Outcome::Done
+    );
+    assert_eq!(
+        redeem(&mut d, 2, 3, b"x", "bad"),
+        Outcome::Rejected(Rejection::Banned)
+    );
+    assert_eq!(
+        issue(&mut d, 4, b"y", "bad", 1000),
+        Outcome::Rejected(Rejection::Banned)
+    );
+    assert_eq!(
+        d.run(
+            3,
+            Op::SetNodeStatus {
+                name: "bad".into(),
+                status: NodeStatus::Active
+            }
+        ),
+        Outcome::Rejected(Rejection::Banned)
+    );
+    assert_eq!(
+        d.run(
+            3,
+            Op::SetNodeStatus {
+                name: "ghost".into(),
+                status: NodeStatus::Evicted
+            }
+        ),
+        Outcome::Rejected(Rejection::NotFound)
+    );
+}
+
+fn entry(id: &str, parent: &str) -> RegistrationEntry {
+    RegistrationEntry {
+        id: id.into(),
+        spiffe_id: format!("spiffe://td/ns/a/{id}"),
+        parent: parent.into(),
+        selectors: vec!["unix:uid:1000".into()],
+        ttl_s: 3600,
+        dns_names: vec![],
+        revision: 0,
+    }
+}
+
+#[test]
+fn entries_are_indexed_by_parent_with_a_change_feed() {
+    let mut d = db();
+    assert_eq!(
+        d.run(
+            0,
+            Op::PutEntry {
+                entry: entry("e1", "n1")
+            }
+        ),
+        Outcome::Revision(1)
+    );
+    assert_eq!(
+        d.run(
+            0,
+            Op::PutEntry {
+                entry: entry("e2", "n1")
+            }
+        ),
+        Outcome::Revision(2)
+    );
+    assert_eq!(
+        d.run(
+            0,
+            Op::PutEntry {
+                entry: entry("e3", "n2")
+            }
+        ),
+        Outcome::Revision(3)
+    );
+    // A parent named as a prefix of another does not see its entries.
+    d.run(
+        0,
+        Op::PutEntry {
+            entry: entry("e4", "n10"),
+        },
+    );
+    let r = d.read();
+    let ids = |v: Vec<RegistrationEntry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(r.entries_of("n1").unwrap()), ["e1", "e2"]);
+    assert_eq!(ids(r.entries_of("n2").unwrap()), ["e3"]);
+    assert_eq!(r.entry("e2").unwrap().unwrap().revision, 2);
+    let since = r.entry_changes_since("n1", 1, 100).unwrap();
+    assert_eq!(since.len(), 1);
+    assert_eq!(since[0].entry_id, "e2");
+    drop(r);
+
+    // Moving e1 to n2: n1's feed says it is gone, n2's that it arrived.
+    assert_eq!(
+        d.run(
+            0,
+            Op::PutEntry {
+                entry: entry("e1", "n2")
+            }
+        ),
+        Outcome::Revision(5)
+    );
+    let r = d.read();
+    assert_eq!(ids(r.entries_of("n1").unwrap()), ["e2"]);
+    assert_eq!(ids(r.entries_of("n2").unwrap()), ["e1", "e3"]);
+    let n1 = r.entry_changes_since("n1", 2, 100).unwrap();
+    assert_eq!((n1[0].entry_id.as_str(), n1[0].removed), ("e1", true));
+    let n2 = r.entry_changes_since("n2", 3, 100).unwrap();
+    assert_eq!((n2[0].entry_id.as_str(), n2[0].removed), ("e1", false));
+    drop(r);
+
+    assert_eq!(
+        d.run(0, Op::DeleteEntry { id: "e2".into() }),
+        Outcome::Revision(6)
+    );
+    assert_eq!(
+        d.run(0, Op::DeleteEntry { id: "e2".into() }),
+        Outcome::Rejected(Rejection::NotFound)
+    );
+    let r = d.read();
+    assert!(r.entries_of("n1").unwrap().is_empty());
+    assert!(r.entry_changes_since("n1", 5, 100).unwrap()[0].removed);
+    assert_eq!(r.entry_changes_since("n2", 0, 2).unwrap().len(), 2);
+}
+
+#[test]
+fn revocations_keep_the_latest_expiry_and_are_purged_after_it() {
+    let mut d = db();
+    let ids = vec![vec![1u8; 64], vec![2u8; 64]];
+    d.run(
+        0,
+        Op::Revoke {
+            ids: ids.clone(),
+            expires_ms: 100,
+        },
+    );
+    d.run(
+        0,
+        Op::Revoke {
+            ids: vec![ids[0].clone()],
+            expires_ms: 500,
+        },
+    );
+    d.run(
+        0,
+        Op::Revoke {
+            ids: vec![ids[0].clone()],
+            expires_ms: 50,
+        },
+    );
+    let r = d.read();
+    assert!(r.is_revoked(&ids[0]).unwrap() && r.is_revoked(&ids[1]).unwrap());
+    let all = r.revocations().unwrap();
+    assert!(all.contains(&(ids[0].clone(), 500)));
+    drop(r);
+    d.run(100, Op::PurgeExpired);
+    let r = d.read();
+    assert!(r.is_revoked(&ids[0]).unwrap());
+    assert!(!r.is_revoked(&ids[1]).unwrap());
+}
+
+#[test]
+fn a_replayed_command_changes_nothing_and_returns_the_first_response() {
+    let mut d = db();
+    let c = cmd(
+        0,
+        Op::PutEntry {
+            entry: entry("e1", "n1"),
+        },
+    );
+    let first = d.apply(&c);
+    let again = d.apply(&c);
+    assert!(!first.replayed && again.replayed);
+    assert_eq!(first.outcome, again.outcome);
+    assert_eq!(first.audit_seq, again.audit_seq);
+    let r = d.read();
+    assert_eq!(r.audit_len().unwrap(), 1);
+    assert_eq!(r.entry_changes_since("n1", 0, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn every_command_is_audited_even_when_rejected_and_a_rejection_writes_nothing() {
+    let mut d = db();
+    let mut bad = cmd(
+        0,
+        Op::DeleteEntry {
+            id: "missing".into(),
+        },
+    );
+    bad.audit.decision = AuditDecision::Deny;
+    bad.audit.reason = Some("no right".into());
+    assert_eq!(
+        d.apply(&bad).outcome,
+        Outcome::Rejected(Rejection::NotFound)
+    );
+    // Invalid in apply (as if a bad entry reached the log).
+    let invalid = cmd(
+        0,
+        Op::SetNodeStatus {
+            name: "a/b".into(),
+            status: NodeStatus::Active,
+        },
+    );
+    assert!(matches!(
+        d.apply(&invalid).outcome,
+        Outcome::Rejected(Rejection::Invalid(_))
+    ));
+    let r = d.read();
+    let audit = r.audit(0, 10).unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0].record.decision, AuditDecision::Deny);
+    assert_eq!(audit[0].seq, 1);
+    assert_eq!(audit[1].seq, 2);
+    assert!(r.nodes().unwrap().is_empty());
+}
+
+#[test]
+fn keys_get_raft_assigned_ids_and_compromise_is_final() {
+    let mut d = db();
+    let publish = |kind| Op::PublishKey {
+        authority: 1,
+        kind,
+        public_der: vec![1, 2, 3],
+        not_after_ms: 10,
+    };
+    assert_eq!(d.run(0, publish(KeyKind::X509Ca)), Outcome::KeyId(1));
+    assert_eq!(d.run(0, publish(KeyKind::Biscuit)), Outcome::KeyId(2));
+    assert_eq!(
+        d.run(
+            0,
+            Op::SetKeyStatus {
+                key_id: 2,
+                status: KeyStatus::Compromised
+            }
+        ),
+        Outcome::Done
+    );
+    assert!(matches!(
+        d.run(
+            0,
+            Op::SetKeyStatus {
+                key_id: 2,
+                status: KeyStatus::Active
+            }
+        ),
+        Outcome::Rejected(Rejection::Invalid(_))
+    ));
+    assert_eq!(
+        d.run(
+            0,
+            Op::SetKeyStatus {
+                key_id: 9,
+                status: KeyStatus::Active
+            }
+        ),
+        Outcome::Rejected(Rejection::NotFound)
+    );
+    let keys = d.read().keys().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0].status, KeyStatus::Published);
+    assert_eq!(keys[1].status, KeyStatus::Compromised);
+}
+
+#[test]
+fn command_ids_are_forgotten_after_their_retention() {
+    let mut d = db();
+    let c = cmd(0, Op::AuditOnly);
+    d.apply(&c);
+    d.run(COMMAND_ID_RETENTION_MS, Op::PurgeExpired);
+    // Past retention the id is forgotten, so the same id applies again.
+    assert!(!d.apply(&c).replayed);
+}
