@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::state::{StateError, decode, encode};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -85,11 +85,14 @@ impl LogStore {
         &self,
         key: &'static str,
         value: &T,
+        durability: Durability,
     ) -> Result<(), StorageError> {
         let bytes = encode(value).map_err(io_err)?;
         let db = self.db.clone();
         blocking(move || {
-            let tx = db.begin_write().map_err(io_err)?;
+            let mut tx = db.begin_write().map_err(io_err)?;
+            tx.set_durability(durability)
+                .map_err(|e| io_err(StateError::Storage(e.to_string())))?;
             tx.open_table(LOG_META)
                 .map_err(io_err)?
                 .insert(key, bytes.as_slice())
@@ -156,7 +159,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_meta(VOTE, vote).await
+        // A vote must survive a crash: a node that forgot it could vote twice in one term.
+        self.put_meta(VOTE, vote, Durability::Immediate).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -164,7 +168,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta(COMMITTED, &committed).await
+        // Not fsynced on its own: it becomes durable with the next append or vote. Safety does
+        // not depend on it (the state machine records its own last-applied id durably); after a
+        // crash a node merely re-learns the commit point from the leader.
+        self.put_meta(COMMITTED, &committed, Durability::None).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
