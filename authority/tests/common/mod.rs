@@ -17,20 +17,39 @@ pub(crate) fn request_ids(c: &Cluster, id: NodeId) -> Vec<String> {
         .collect()
 }
 
-/// Waits until every running node has applied everything the leader has applied, then checks
-/// they all hold the same audit log, and returns it. (A follower may keep an uncommitted entry
-/// from an old term in its log until a new entry overwrites it; that is not divergence, so the
-/// leader's applied index is the target, not the longest log.)
+/// Waits until every running node follows one leader and has applied exactly what that leader
+/// has applied, then checks they all hold the same audit log, and returns it. (A follower may
+/// keep an uncommitted entry from an old term in its log until a new entry overwrites it; that
+/// is not divergence, so applied indexes are compared, not log lengths.)
 pub(crate) async fn try_converged(c: &Cluster) -> Result<Vec<String>, String> {
-    let leader = c.leader(&[], T).await.map_err(|e| e.to_string())?;
-    let idx = c
-        .raft(leader)
-        .map_err(|e| e.to_string())?
-        .metrics()
-        .borrow()
-        .last_applied
-        .map_or(0, |l| l.index);
-    c.wait_applied(idx, T).await.map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let metrics: Vec<_> = c
+            .running()
+            .into_iter()
+            .filter_map(|id| c.raft(id).ok().map(|r| r.metrics().borrow().clone()))
+            .collect();
+        let leader = metrics.first().and_then(|m| m.current_leader);
+        let settled = leader.is_some()
+            && metrics.iter().all(|m| m.current_leader == leader)
+            && metrics.iter().any(|m| Some(m.id) == leader)
+            && metrics
+                .iter()
+                .all(|m| m.last_applied == metrics[0].last_applied);
+        if settled {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "did not settle: {:?}",
+                metrics
+                    .iter()
+                    .map(|m| (m.id, m.current_leader, m.last_applied))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let ids: Vec<NodeId> = c.running();
     let first = request_ids(c, ids[0]);
     for id in &ids[1..] {
