@@ -34,6 +34,34 @@ pub use self::state::{
 };
 pub use self::types::*;
 
+/// Why a proposal did not produce a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// The command is malformed; it was not proposed.
+    #[error("invalid command: {0}")]
+    Invalid(#[from] command::Invalid),
+    /// Raft did not commit it (not the leader, no quorum, shutting down…).
+    #[error("raft: {0}")]
+    Raft(
+        #[from]
+        openraft::error::RaftError<
+            NodeId,
+            openraft::error::ClientWriteError<NodeId, openraft::BasicNode>,
+        >,
+    ),
+}
+
+/// Validates `cmd`, proposes it, and waits until it is committed and applied. Every proposal
+/// goes through here, so nothing malformed reaches the log from this node (apply validates
+/// again, for entries from anywhere else).
+pub async fn propose(
+    raft: &Raft,
+    cmd: command::Command,
+) -> Result<command::Response, ProposeError> {
+    cmd.validate()?;
+    Ok(raft.client_write(cmd).await?.data)
+}
+
 /// The openraft configuration ringzero runs with, validated.
 pub fn raft_config(cluster_name: &str) -> Result<openraft::Config, Box<openraft::ConfigError>> {
     openraft::Config {

@@ -433,12 +433,17 @@ impl Cluster {
             let raft = self.raft(id)?.clone();
             let attempt = tokio::time::timeout(
                 Duration::from_millis(700).min(deadline.saturating_duration_since(now)),
-                raft.client_write(cmd.clone()),
+                crate::propose(&raft, cmd.clone()),
             )
             .await;
             match attempt {
-                Ok(Ok(resp)) => return Ok(resp.data),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(crate::ProposeError::Invalid(e))) => {
+                    return Err(HarnessError::Raft(format!("invalid command: {e}")));
+                }
+                Ok(Err(crate::ProposeError::Raft(RaftError::APIError(
+                    ClientWriteError::ForwardToLeader(f),
+                )))) => {
                     target = f.leader_id;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }

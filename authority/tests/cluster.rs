@@ -331,3 +331,18 @@ async fn the_state_machine_never_goes_backwards_across_restarts() {
     }
     assert_eq!(converged(&c).await.len(), 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_command_is_refused_before_it_is_proposed() {
+    use ringzero_authority::command::{NodeStatus, Op};
+    let c = Cluster::start(3, test_config(), 11).await.expect("cluster");
+    c.write(audit_only("ok"), T).await.expect("write");
+    let mut bad = audit_only("bad");
+    bad.op = Op::SetNodeStatus {
+        name: "../etc".into(),
+        status: NodeStatus::Banned,
+    };
+    let err = c.write(bad, T).await.expect_err("refused");
+    assert!(err.to_string().contains("invalid command"), "{err}");
+    assert_eq!(converged(&c).await, ["ok"]);
+}

@@ -171,13 +171,30 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     }
 }
 
-/// Verifies a client's SVID (used by servers). A client certificate is mandatory.
+/// Verifies a client's SVID (used by servers).
 #[derive(Debug)]
-pub struct SpiffeClientVerifier(Core);
+pub struct SpiffeClientVerifier {
+    core: Core,
+    mandatory: bool,
+}
 
 impl SpiffeClientVerifier {
+    /// A verifier that requires a client SVID.
     pub fn new(bundle: BundleSource, peers: PeerMatch) -> Arc<Self> {
-        Arc::new(Self(Core::new(bundle, peers)))
+        Arc::new(Self {
+            core: Core::new(bundle, peers),
+            mandatory: true,
+        })
+    }
+
+    /// A verifier that lets clients without a certificate through (for first-contact calls,
+    /// which the server must then refuse to do anything privileged for), while a client that
+    /// does present one must present a valid SVID.
+    pub fn optional(bundle: BundleSource, peers: PeerMatch) -> Arc<Self> {
+        Arc::new(Self {
+            core: Core::new(bundle, peers),
+            mandatory: false,
+        })
     }
 }
 
@@ -192,13 +209,13 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
+        self.core
             .verify(end_entity, intermediates, now, Usage::Client)?;
         Ok(ClientCertVerified::assertion())
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn verify_tls12_signature(
@@ -207,7 +224,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12(message, cert, dss)
+        self.core.verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -216,11 +233,11 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13(message, cert, dss)
+        self.core.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.algorithms.supported_schemes()
+        self.core.algorithms.supported_schemes()
     }
 }
 
