@@ -1,10 +1,28 @@
 //! # ringzero-proto
 //!
-//! The wire contracts: ringzero's own gRPC API (authority, enrollment, Raft transport, audit)
-//! and the standard SPIFFE Workload API (service `SpiffeWorkloadAPI`, no proto package), compiled
-//! with a pure-Rust `.proto` compiler so no system `protoc` is needed. The one client of the
-//! authority API — mTLS connection, leader-hint retry, bundle and member refresh — lives here and
-//! is shared by the CLI, the agent and the scheduler.
+//! The wire contracts: ringzero's own gRPC API (authority, enrollment, Raft transport) and,
+//! later, the standard SPIFFE Workload API, compiled with a pure-Rust `.proto` compiler so no
+//! system `protoc` is needed. Also the one mTLS transport every ringzero process uses: a tonic
+//! server fed by rustls connections whose peer SPIFFE ID reaches every handler, and a tonic
+//! channel that verifies the server's SVID.
 //!
-//! Nothing is implemented here yet; the protocol arrives with the "Authority service" issue.
+//! # Layout
+//!
+//! - [`pb`]: generated messages, clients and servers (`ringzero.v1`).
+//! - [`transport`]: mTLS for tonic on rustls (ring provider) with ringzero's SPIFFE verifiers.
 #![forbid(unsafe_code)]
+
+/// Generated from `proto/ringzero/v1/*.proto`.
+#[allow(
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+pub mod pb {
+    tonic::include_proto!("ringzero.v1");
+}
+
+pub mod transport;

@@ -1,0 +1,1 @@
+//! mTLS transport (to be written).
