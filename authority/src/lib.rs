@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod keys;
 mod state;
 pub mod store;
 mod types;
