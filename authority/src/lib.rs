@@ -21,7 +21,11 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod gate;
 pub mod keys;
+pub mod net;
+pub mod node;
+pub mod service;
 mod state;
 pub mod store;
 mod types;

@@ -41,7 +41,8 @@ impl JoinToken {
         let rng = ring::rand::SystemRandom::new();
         let mut id = [0u8; 16];
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
-        rng.fill(&mut id).map_err(|_| JoinTokenError("no randomness"))?;
+        rng.fill(&mut id)
+            .map_err(|_| JoinTokenError("no randomness"))?;
         rng.fill(secret.as_mut())
             .map_err(|_| JoinTokenError("no randomness"))?;
         Ok(Self { id, secret, pin })
@@ -163,7 +164,10 @@ mod tests {
         let a = crate::svid::SigningCa::self_signed(&td, "a", ttl, now, None).unwrap();
         let b = crate::svid::SigningCa::self_signed(&td, "b", ttl, now, None).unwrap();
         let pin = ca_pin(a.cert_der()).unwrap();
-        assert!(pin_matches(&pin, &[b.cert_der().clone(), a.cert_der().clone()]));
+        assert!(pin_matches(
+            &pin,
+            &[b.cert_der().clone(), a.cert_der().clone()]
+        ));
         assert!(!pin_matches(&pin, &[b.cert_der().clone()]));
         assert!(!pin_matches(&pin, &[CertificateDer::from(vec![1, 2, 3])]));
         assert!(ca_pin(b"garbage").is_none());

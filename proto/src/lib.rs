@@ -9,6 +9,7 @@
 //! # Layout
 //!
 //! - [`pb`]: generated messages, clients and servers (`ringzero.v1`).
+//! - [`client`]: profiles, the authority client with leader-hint retry, first contact.
 //! - [`transport`]: mTLS for tonic on rustls (ring provider) with ringzero's SPIFFE verifiers.
 #![forbid(unsafe_code)]
 
@@ -25,4 +26,5 @@ pub mod pb {
     tonic::include_proto!("ringzero.v1");
 }
 
+pub mod client;
 pub mod transport;

@@ -81,6 +81,11 @@ impl StateReader {
         self.all(NODES, "nodes")
     }
 
+    /// Every join token record (used, unused and expired until purged).
+    pub fn join_tokens(&self) -> Result<Vec<JoinTokenRecord>, StateError> {
+        self.all(JOIN_TOKENS, "join_tokens")
+    }
+
     pub fn join_token(&self, id: &[u8; 16]) -> Result<Option<JoinTokenRecord>, StateError> {
         self.get(JOIN_TOKENS, "join_tokens", id)
     }

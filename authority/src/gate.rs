@@ -1,0 +1,315 @@
+//! The gating layer: every API call needs an mTLS client SVID and a capability, authorized by
+//! `policy` on the leader, and every decision — allow and deny — is audited.
+//!
+//! Allowed calls carry their audit record into the command they propose (one Raft entry: the
+//! effect and its record); read-only calls propose an audit-only command. If the record cannot be
+//! committed, the call fails. Denials are recorded too, but aggregated per peer: the first
+//! denial in a window is committed at once, later ones in the same window are counted and
+//! committed as one summary record, so a misbehaving client cannot turn denials into unbounded
+//! Raft writes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use ringzero_policy::token::{
+    Decision, Denial, KeySet, Limits, PublicRootKey, Request, Revocations, RootKeyId, TokenCache,
+};
+use ringzero_policy::{NodeName, Operation, Resource, SpiffeId, TrustDomain};
+
+use crate::command::{AuditDecision, AuditRecord, Command, CommandId, KeyKind, KeyStatus, Op};
+use crate::store::StateMachineStore;
+use crate::{NodeId, Raft};
+
+/// How long denials from one peer are folded into one record.
+pub const DENIAL_WINDOW: Duration = Duration::from_secs(5);
+
+/// The capability keys verifiers trust, rebuilt from the replicated bundle.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedKeys(Arc<RwLock<KeySet>>);
+
+impl TrustedKeys {
+    pub fn current(&self) -> KeySet {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the key set with the Biscuit keys of `records` that are not compromised.
+    pub fn update(&self, records: &[crate::KeyRecord]) {
+        let mut set = KeySet::new();
+        for r in records {
+            if r.kind != KeyKind::Biscuit || r.status == KeyStatus::Compromised {
+                continue;
+            }
+            let Ok(id) = u32::try_from(r.id) else {
+                continue;
+            };
+            if let Ok(key) =
+                biscuit_auth::PublicKey::from_bytes(&r.public_der, biscuit_auth::Algorithm::Ed25519)
+            {
+                set.insert(PublicRootKey {
+                    id: RootKeyId(id),
+                    key,
+                });
+            }
+        }
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = set;
+    }
+}
+
+/// Revocation lookups against the local state; a read error counts as revoked (fail closed).
+struct StateRevocations<'a>(&'a crate::StateReader);
+
+impl Revocations for StateRevocations<'_> {
+    fn is_revoked(&self, id: &[u8]) -> bool {
+        self.0.is_revoked(id).unwrap_or(true)
+    }
+}
+
+/// An allowed call: who, with what, and the audit record its command must carry.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    pub peer: SpiffeId,
+    pub audit: AuditRecord,
+}
+
+impl Allowed {
+    /// A command carrying this call's audit record.
+    pub fn command(&self, op: Op) -> Command {
+        Command {
+            id: CommandId::random(),
+            time_ms: now_ms(),
+            audit: self.audit.clone(),
+            op,
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Window {
+    opened: Instant,
+    suppressed: u64,
+    last: AuditRecord,
+}
+
+/// The gate of one authority node.
+pub struct Gate {
+    raft: Raft,
+    sm: StateMachineStore,
+    node_id: NodeId,
+    trust_domain: TrustDomain,
+    keys: TrustedKeys,
+    cache: TokenCache,
+    denials: Mutex<HashMap<String, Window>>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the bearer token from `authorization` metadata.
+fn bearer<T>(req: &tonic::Request<T>) -> Option<String> {
+    let v = req.metadata().get("authorization")?.to_str().ok()?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?;
+    Some(t.trim().to_owned())
+}
+
+fn request_id<T>(req: &tonic::Request<T>) -> String {
+    req.metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| hex::encode(CommandId::random().0))
+}
+
+impl Gate {
+    pub fn new(
+        raft: Raft,
+        sm: StateMachineStore,
+        node_id: NodeId,
+        trust_domain: TrustDomain,
+        keys: TrustedKeys,
+    ) -> Self {
+        Self {
+            raft,
+            sm,
+            node_id,
+            trust_domain,
+            keys,
+            cache: TokenCache::new(4096),
+            denials: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Authorizes `operation` on `resource` for this call, or records the denial and refuses.
+    pub async fn check<T>(
+        &self,
+        req: &tonic::Request<T>,
+        operation: Operation,
+        resource: &Resource,
+        node: Option<&NodeName>,
+    ) -> Result<Allowed, tonic::Status> {
+        let peer = ringzero_proto::transport::peer(req);
+        let rid = request_id(req);
+        let mut audit = AuditRecord {
+            actor: peer
+                .spiffe_id
+                .as_ref()
+                .map_or_else(|| "anonymous".to_owned(), |p| p.to_string()),
+            revocation_ids: Vec::new(),
+            operation: operation.as_str().to_owned(),
+            resource: resource.as_str().to_owned(),
+            decision: AuditDecision::Deny,
+            reason: None,
+            authority: self.node_id,
+            request_id: rid,
+            details: Vec::new(),
+        };
+        let Some(peer_id) = peer
+            .spiffe_id
+            .clone()
+            .filter(|p| p.is_member_of(&self.trust_domain))
+        else {
+            audit.reason = Some("no client SVID".into());
+            self.deny(audit).await;
+            return Err(tonic::Status::unauthenticated(
+                "an mTLS client SVID is required",
+            ));
+        };
+        let Some(token) = bearer(req) else {
+            audit.reason = Some("no capability".into());
+            self.deny(audit).await;
+            return Err(tonic::Status::unauthenticated(
+                "a capability is required (authorization: Bearer <token>)",
+            ));
+        };
+        if let Ok(view) = ringzero_policy::token::inspect(&token) {
+            audit.revocation_ids = view
+                .blocks
+                .iter()
+                .map(|b| b.revocation_id.to_hex())
+                .collect();
+        }
+        let reader = self
+            .sm
+            .reader()
+            .map_err(|e| tonic::Status::internal(format!("state: {e}")))?;
+        let keys = self.keys.current();
+        let decision = self.cache.authorize(
+            &token,
+            &keys,
+            &StateRevocations(&reader),
+            &Request {
+                operation,
+                resource,
+                peer: Some(&peer_id),
+                node,
+                time: SystemTime::now(),
+            },
+            Limits::default(),
+        );
+        drop(reader);
+        match decision {
+            Decision::Allow(_) => {
+                audit.decision = AuditDecision::Allow;
+                Ok(Allowed {
+                    peer: peer_id,
+                    audit,
+                })
+            }
+            Decision::Deny(d) => {
+                audit.reason = Some(format!("{}: {d}", d.code()));
+                self.deny(audit).await;
+                Err(denied(&d))
+            }
+        }
+    }
+
+    /// Records a denial, folding repeated denials from one peer into one record per window.
+    async fn deny(&self, audit: AuditRecord) {
+        let key = audit.actor.clone();
+        let flush = {
+            let mut w = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+            match w.get_mut(&key) {
+                Some(win) if win.opened.elapsed() < DENIAL_WINDOW => {
+                    win.suppressed += 1;
+                    win.last = audit.clone();
+                    None
+                }
+                previous => {
+                    // A new window: commit this denial now, plus a summary of the last window.
+                    let summary = previous.and_then(|win| {
+                        (win.suppressed > 0).then(|| {
+                            let mut s = win.last.clone();
+                            s.details
+                                .push(("suppressed_denials".into(), win.suppressed.to_string()));
+                            s
+                        })
+                    });
+                    w.insert(
+                        key,
+                        Window {
+                            opened: Instant::now(),
+                            suppressed: 0,
+                            last: audit.clone(),
+                        },
+                    );
+                    Some((audit, summary))
+                }
+            }
+        };
+        if let Some((record, summary)) = flush {
+            for r in summary.into_iter().chain(std::iter::once(record)) {
+                let cmd = Command {
+                    id: CommandId::random(),
+                    time_ms: now_ms(),
+                    audit: r,
+                    op: Op::AuditOnly,
+                };
+                // A denied call fails whatever happens here; an unrecorded denial is logged.
+                if let Err(e) = crate::propose(&self.raft, cmd).await {
+                    tracing::warn!(error = %e, "could not record a denial");
+                }
+            }
+        }
+    }
+
+    /// Commits the audit record of an allowed read-only call; the call fails if it cannot.
+    pub async fn record(&self, allowed: &Allowed) -> Result<(), tonic::Status> {
+        crate::propose(&self.raft, allowed.command(Op::AuditOnly))
+            .await
+            .map(|_| ())
+            .map_err(|e| tonic::Status::unavailable(format!("audit record not committed: {e}")))
+    }
+
+    /// Forgets cached tokens that a revocation now covers.
+    pub fn forget_revoked(&self) {
+        if let Ok(reader) = self.sm.reader() {
+            self.cache.forget_revoked(&StateRevocations(&reader));
+        }
+    }
+}
+
+fn denied(d: &Denial) -> tonic::Status {
+    tonic::Status::permission_denied(format!("denied: {d}"))
+}

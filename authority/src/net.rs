@@ -1,0 +1,353 @@
+//! Raft over gRPC over mTLS.
+//!
+//! Client side: one lazily connecting channel per peer, verifying that the server is exactly the
+//! expected authority node (`spiffe://TD/ringzero/authority/<id>`). Server side: a Raft RPC is
+//! accepted only from a current member, identified by the SPIFFE ID of its client certificate.
+//! openraft messages travel postcard-encoded inside `RaftPayload`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeServerVerifier};
+use ringzero_policy::{SpiffeId, SpiffeIdPattern, TrustDomain};
+use ringzero_proto::pb;
+use ringzero_proto::pb::raft_client::RaftClient;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{NodeId, Raft, TypeConfig};
+
+/// The largest Raft message accepted or sent (a batch of entries, a snapshot chunk).
+pub const MAX_RAFT_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// The SPIFFE ID of authority node `id`.
+pub fn authority_id(
+    td: &TrustDomain,
+    id: NodeId,
+) -> Result<SpiffeId, ringzero_policy::spiffe::IdError> {
+    td.id_with_path(&["ringzero", "authority", &id.to_string()])
+}
+
+/// The node id an authority SPIFFE ID names, if it is one of `td`'s authority IDs.
+pub fn authority_node_id(td: &TrustDomain, id: &SpiffeId) -> Option<NodeId> {
+    if !id.is_member_of(td) {
+        return None;
+    }
+    let segs: Vec<&str> = id.segments().collect();
+    match segs.as_slice() {
+        ["ringzero", "authority", n] => n.parse().ok(),
+        _ => None,
+    }
+}
+
+/// What a node presents and trusts when it talks to its peers.
+#[derive(Clone)]
+pub struct PeerCredentials {
+    pub trust_domain: TrustDomain,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+    pub bundle: BundleSource,
+}
+
+impl std::fmt::Debug for PeerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCredentials")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// When each peer last answered, for `authority members`.
+#[derive(Debug, Default, Clone)]
+pub struct Contacts(Arc<Mutex<BTreeMap<NodeId, Instant>>>);
+
+impl Contacts {
+    fn touch(&self, id: NodeId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+    }
+
+    /// How long ago `id` last answered this node.
+    pub fn since(&self, id: NodeId) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|t| t.elapsed())
+    }
+}
+
+/// The gRPC network factory of one node.
+#[derive(Debug, Clone)]
+pub struct GrpcNetwork {
+    creds: PeerCredentials,
+    contacts: Contacts,
+}
+
+impl GrpcNetwork {
+    pub fn new(creds: PeerCredentials, contacts: Contacts) -> Self {
+        Self { creds, contacts }
+    }
+}
+
+/// A connection to one peer.
+#[derive(Debug)]
+pub struct GrpcConnection {
+    target: NodeId,
+    client: Result<RaftClient<tonic::transport::Channel>, String>,
+    contacts: Contacts,
+}
+
+fn client_for(
+    creds: &PeerCredentials,
+    target: NodeId,
+    addr: &str,
+) -> Result<RaftClient<tonic::transport::Channel>, String> {
+    let expected = authority_id(&creds.trust_domain, target).map_err(|e| e.to_string())?;
+    let verifier = SpiffeServerVerifier::new(
+        creds.bundle.clone(),
+        PeerMatch::OneOf(vec![SpiffeIdPattern::Exact(expected)]),
+    );
+    let config =
+        ringzero_policy::tls::client_config(creds.chain.clone(), creds.key.clone_key(), verifier)
+            .map_err(|e| e.to_string())?;
+    let channel =
+        ringzero_proto::transport::channel(addr, Arc::new(config), Duration::from_secs(3))
+            .map_err(|e| e.to_string())?;
+    Ok(RaftClient::new(channel)
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE))
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = GrpcConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        GrpcConnection {
+            target,
+            client: client_for(&self.creds, target, &node.addr),
+            contacts: self.contacts.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NetError(String);
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, NetError> {
+    postcard::to_stdvec(v).map_err(|e| NetError(format!("encode: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, NetError> {
+    postcard::from_bytes(b).map_err(|e| NetError(format!("decode: {e}")))
+}
+
+impl GrpcConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        which: Rpc,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&NetError(
+                    e.clone(),
+                ))));
+            }
+        };
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(pb::RaftPayload { data });
+        request.set_timeout(timeout);
+        let reply = match which {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Unreachable(Unreachable::new(&NetError(status.message().to_owned())))
+            }
+            _ => RPCError::Network(NetworkError::new(&NetError(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            )))),
+        })?;
+        self.contacts.touch(self.target);
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for GrpcConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, option.soft_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(Rpc::Snapshot, &rpc, option.soft_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, option.soft_ttl()).await
+    }
+}
+
+/// The server side of the Raft transport.
+#[derive(Clone)]
+pub struct RaftService {
+    raft: Raft,
+    trust_domain: TrustDomain,
+}
+
+impl std::fmt::Debug for RaftService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftService").finish_non_exhaustive()
+    }
+}
+
+impl RaftService {
+    pub fn new(raft: Raft, trust_domain: TrustDomain) -> Self {
+        Self { raft, trust_domain }
+    }
+
+    /// Refuses any caller that is not a current member (voter or learner) of the cluster.
+    fn admit<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        let peer = ringzero_proto::transport::peer(req);
+        let id = peer
+            .spiffe_id
+            .as_ref()
+            .and_then(|id| authority_node_id(&self.trust_domain, id))
+            .ok_or_else(|| {
+                tonic::Status::permission_denied("raft: caller is not an authority node")
+            })?;
+        let metrics = self.raft.metrics().borrow().clone();
+        let is_member = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(n, _)| *n == id);
+        if !is_member {
+            return Err(tonic::Status::permission_denied(format!(
+                "raft: authority node {id} is not a member"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+    let data = encode(v).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(tonic::Response::new(pb::RaftPayload { data }))
+}
+
+fn request<T: DeserializeOwned>(req: tonic::Request<pb::RaftPayload>) -> Result<T, tonic::Status> {
+    decode(&req.into_inner().data).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        req: tonic::Request<pb::RaftPayload>,
+    ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+        self.admit(&req)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = request(req)?;
+        reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(
+        &self,
+        req: tonic::Request<pb::RaftPayload>,
+    ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+        self.admit(&req)?;
+        let rpc: VoteRequest<NodeId> = request(req)?;
+        reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: tonic::Request<pb::RaftPayload>,
+    ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+        self.admit(&req)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = request(req)?;
+        reply(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+/// The server for [`RaftService`], with message sizes bounded.
+pub fn raft_server(service: RaftService) -> pb::raft_server::RaftServer<RaftService> {
+    pb::raft_server::RaftServer::new(service)
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_ids_round_trip_and_refuse_others() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let id = authority_id(&td, 7).unwrap();
+        assert_eq!(id.as_str(), "spiffe://example.org/ringzero/authority/7");
+        assert_eq!(authority_node_id(&td, &id), Some(7));
+        for other in [
+            "spiffe://example.org/ringzero/authority/x",
+            "spiffe://example.org/ringzero/authority/7/extra",
+            "spiffe://example.org/ringzero/node/7",
+            "spiffe://other.org/ringzero/authority/7",
+            "spiffe://example.org/user/7",
+        ] {
+            assert_eq!(
+                authority_node_id(&td, &SpiffeId::parse(other).unwrap()),
+                None,
+                "{other}"
+            );
+        }
+    }
+}

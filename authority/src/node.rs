@@ -1,0 +1,734 @@
+//! An authority node's life: bootstrap the first node, join an existing cluster, run.
+//!
+//! Data directory layout:
+//!
+//! ```text
+//! D/node.toml          node id, trust domain, listen address, Biscuit key id
+//! D/keys/              ca.der, ca.key, biscuit.key, jwt.key, audit.key   (private keys 0600)
+//! D/raft/              log.redb, state.redb, snapshots/
+//! D/trust-bundle.der   the bundle learned at join, until the replicated one is applied
+//! D/admin.profile      written by bootstrap (0600)
+//! ```
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ringzero_policy::svid::{LeafKey, LeafRequest, TrustBundle, generate_key};
+use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeClientVerifier};
+use ringzero_policy::token::{Lifetime, MintRequest};
+use ringzero_policy::{Role, SpiffeId, TrustDomain};
+use ringzero_proto::client::{AuthorityClient, Credentials, Profile};
+use ringzero_proto::pb;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{
+    AuditDecision, AuditRecord, Command, CommandId, KeyKind, KeyStatus, Op, Outcome,
+};
+use crate::gate::{Gate, TrustedKeys, now_ms};
+use crate::keys::{KeyError, NodeKeys, write_private};
+use crate::net::{Contacts, GrpcNetwork, PeerCredentials, RaftService, authority_id, raft_server};
+use crate::service::{AuthorityService, key_kind_name};
+use crate::store::{self, StateMachineStore};
+use crate::{NodeId, Raft, StateError};
+
+/// The lifetime of a node's own SVID, re-issued by its own CA at every start.
+pub const NODE_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The default lifetime of the bootstrap admin credential.
+pub const ADMIN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Errors running a node. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("{0}")]
+    Keys(#[from] KeyError),
+    #[error("storage: {0}")]
+    State(#[from] StateError),
+    #[error("{path}: {detail}")]
+    Config { path: PathBuf, detail: String },
+    #[error("{0} already holds an authority node; use `ringzero authority run --data-dir {0}`")]
+    AlreadyInitialized(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("join: {0}")]
+    Join(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn other(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Other(e.to_string())
+}
+
+fn raft_err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Raft(e.to_string())
+}
+
+/// What a node persists about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub trust_domain: String,
+    /// host:port, as given to `--listen` and as peers reach it.
+    pub listen: String,
+    /// The id Raft assigned to this node's Biscuit key.
+    pub biscuit_key_id: u32,
+}
+
+struct Layout(PathBuf);
+
+impl Layout {
+    fn config(&self) -> PathBuf {
+        self.0.join("node.toml")
+    }
+    fn keys(&self) -> PathBuf {
+        self.0.join("keys")
+    }
+    fn raft(&self) -> PathBuf {
+        self.0.join("raft")
+    }
+    fn bundle(&self) -> PathBuf {
+        self.0.join("trust-bundle.der")
+    }
+    fn admin_profile(&self) -> PathBuf {
+        self.0.join("admin.profile")
+    }
+}
+
+impl NodeConfig {
+    fn load(path: &Path) -> Result<Self, NodeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NodeError::Config {
+            path: path.to_path_buf(),
+            detail: format!("{e} (is this an authority data directory?)"),
+        })?;
+        toml::from_str(&text).map_err(|e| NodeError::Config {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn save(&self, path: &Path) -> Result<(), NodeError> {
+        let text = toml::to_string(self).map_err(other)?;
+        write_private(path, text.as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    fn trust_domain(&self) -> Result<TrustDomain, NodeError> {
+        TrustDomain::new(&self.trust_domain).map_err(other)
+    }
+}
+
+/// The x509 CA certificates of a bundle reply.
+fn bundle_cas(b: &pb::Bundle) -> Vec<CertificateDer<'static>> {
+    b.keys
+        .iter()
+        .filter(|k| k.kind == "x509-ca" && k.status != "compromised")
+        .map(|k| CertificateDer::from(k.public_key.clone()))
+        .collect()
+}
+
+fn save_bundle(path: &Path, cas: &[CertificateDer<'_>]) -> Result<(), NodeError> {
+    // Length-prefixed DER certificates.
+    let mut out = Vec::new();
+    for c in cas {
+        out.extend_from_slice(&(c.len() as u32).to_be_bytes());
+        out.extend_from_slice(c);
+    }
+    write_private(path, &out, 0o644)?;
+    Ok(())
+}
+
+fn load_bundle(path: &Path) -> Vec<CertificateDer<'static>> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut rest = bytes.as_slice();
+    while rest.len() >= 4 {
+        let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        rest = &rest[4..];
+        if n > rest.len() {
+            break;
+        }
+        out.push(CertificateDer::from(rest[..n].to_vec()));
+        rest = &rest[n..];
+    }
+    out
+}
+
+/// The CA certificates of the replicated bundle (not compromised).
+fn replicated_cas(sm: &StateMachineStore) -> Result<Vec<CertificateDer<'static>>, NodeError> {
+    Ok(sm
+        .reader()?
+        .keys()?
+        .into_iter()
+        .filter(|k| k.kind == KeyKind::X509Ca && k.status != KeyStatus::Compromised)
+        .map(|k| CertificateDer::from(k.public_der))
+        .collect())
+}
+
+/// A node's own SVID, issued by its own CA.
+fn own_svid(
+    keys: &NodeKeys,
+    td: &TrustDomain,
+    node_id: NodeId,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), NodeError> {
+    let key = generate_key().map_err(other)?;
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let id = authority_id(td, node_id).map_err(other)?;
+    let svid = keys
+        .ca
+        .issue(&LeafRequest {
+            id: &id,
+            key: LeafKey::PublicKey(&spki),
+            ttl: NODE_SVID_TTL,
+            dns_names: &[],
+            now: SystemTime::now(),
+        })
+        .map_err(other)?;
+    Ok((
+        svid.chain,
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    ))
+}
+
+fn key_entries(keys: &NodeKeys) -> Result<Vec<(KeyKind, Vec<u8>, u64)>, NodeError> {
+    let not_after = keys
+        .ca
+        .not_after()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Ok(vec![
+        (KeyKind::X509Ca, keys.ca.cert_der().to_vec(), not_after),
+        (
+            KeyKind::Biscuit,
+            keys.biscuit.public().key.to_bytes().to_vec(),
+            not_after,
+        ),
+        (KeyKind::Jwt, keys.jwt_public_spki()?, not_after),
+        (KeyKind::Audit, keys.audit_public_spki()?, not_after),
+    ])
+}
+
+fn local_audit(
+    node_id: NodeId,
+    operation: &str,
+    resource: &str,
+    details: Vec<(String, String)>,
+) -> AuditRecord {
+    AuditRecord {
+        actor: "local:bootstrap".into(),
+        revocation_ids: vec![],
+        operation: operation.into(),
+        resource: resource.into(),
+        decision: AuditDecision::Allow,
+        reason: None,
+        authority: node_id,
+        request_id: hex::encode(CommandId::random().0),
+        details,
+    }
+}
+
+async fn propose(raft: &Raft, audit: AuditRecord, op: Op) -> Result<Outcome, NodeError> {
+    let cmd = Command {
+        id: CommandId::random(),
+        time_ms: now_ms(),
+        audit,
+        op,
+    };
+    Ok(crate::propose(raft, cmd).await.map_err(raft_err)?.outcome)
+}
+
+/// Everything a running node is made of.
+struct Parts {
+    config: NodeConfig,
+    td: TrustDomain,
+    keys: Arc<NodeKeys>,
+    sm: StateMachineStore,
+    raft: Raft,
+    bundle: BundleSource,
+    trusted: TrustedKeys,
+    contacts: Contacts,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Parts, NodeError> {
+    let layout = Layout(dir.to_path_buf());
+    let config = NodeConfig::load(&layout.config())?;
+    let td = config.trust_domain()?;
+    let keys = Arc::new(NodeKeys::load(&layout.keys(), config.biscuit_key_id)?);
+    let (log, sm) = store::open(&layout.raft())?;
+    let mut cas = replicated_cas(&sm)?;
+    if cas.is_empty() {
+        cas = load_bundle(&layout.bundle());
+    }
+    if !cas.iter().any(|c| c == keys.ca.cert_der()) {
+        cas.push(keys.ca.cert_der().clone());
+    }
+    let bundle = BundleSource::new(TrustBundle::new(td.clone(), cas).map_err(other)?);
+    let trusted = TrustedKeys::default();
+    trusted.update(&sm.reader()?.keys()?);
+    let (chain, key) = own_svid(&keys, &td, config.node_id)?;
+    let contacts = Contacts::default();
+    let net = GrpcNetwork::new(
+        PeerCredentials {
+            trust_domain: td.clone(),
+            chain: chain.clone(),
+            key: Arc::new(key.clone_key()),
+            bundle: bundle.clone(),
+        },
+        contacts.clone(),
+    );
+    let raft = Raft::new(config.node_id, Arc::new(raft_config), net, log, sm.clone())
+        .await
+        .map_err(raft_err)?;
+    Ok(Parts {
+        config,
+        td,
+        keys,
+        sm,
+        raft,
+        bundle,
+        trusted,
+        contacts,
+        chain,
+        key,
+    })
+}
+
+/// Initializes the first node of a new cluster in `dir`, and writes the admin profile.
+/// Returns the profile's path.
+pub async fn bootstrap(
+    td: &TrustDomain,
+    dir: &Path,
+    listen: &str,
+    admin_ttl: Duration,
+) -> Result<PathBuf, NodeError> {
+    let layout = Layout(dir.to_path_buf());
+    if layout.config().exists() {
+        return Err(NodeError::AlreadyInitialized(dir.display().to_string()));
+    }
+    std::fs::create_dir_all(dir).map_err(other)?;
+    let node_id: NodeId = 1;
+    let mut keys = NodeKeys::generate(td, node_id, SystemTime::now())?;
+    keys.save(&layout.keys())?;
+    let mut config = NodeConfig {
+        node_id,
+        trust_domain: td.to_string(),
+        listen: listen.to_owned(),
+        biscuit_key_id: 0,
+    };
+    config.save(&layout.config())?;
+    save_bundle(&layout.bundle(), &[keys.ca.cert_der().clone()])?;
+
+    let parts = open(dir, crate::raft_config("ringzero").map_err(other)?).await?;
+    let raft = parts.raft.clone();
+    let members = std::collections::BTreeMap::from([(
+        node_id,
+        openraft::BasicNode {
+            addr: listen.to_owned(),
+        },
+    )]);
+    raft.initialize(members).await.map_err(raft_err)?;
+    wait_leader(&raft, Duration::from_secs(10)).await?;
+
+    // Publish every public key, then mark them active: a key is in the bundle before it signs.
+    let mut ids = Vec::new();
+    for (kind, public_der, not_after_ms) in key_entries(&keys)? {
+        let audit = local_audit(
+            node_id,
+            "cluster:admin",
+            "authority/1",
+            vec![("key".into(), key_kind_name(kind).into())],
+        );
+        match propose(
+            &raft,
+            audit,
+            Op::PublishKey {
+                authority: node_id,
+                kind,
+                public_der,
+                not_after_ms,
+            },
+        )
+        .await?
+        {
+            Outcome::KeyId(id) => ids.push((kind, id)),
+            other => return Err(NodeError::Raft(format!("publishing a key: {other:?}"))),
+        }
+    }
+    propose(
+        &raft,
+        local_audit(node_id, "cluster:admin", "authority/1", vec![]),
+        Op::PutAuthority {
+            node_id,
+            name: node_id.to_string(),
+            addr: listen.to_owned(),
+        },
+    )
+    .await?;
+    for (_, id) in &ids {
+        propose(
+            &raft,
+            local_audit(node_id, "cluster:admin", "authority/1", vec![]),
+            Op::SetKeyStatus {
+                key_id: *id,
+                status: KeyStatus::Active,
+            },
+        )
+        .await?;
+    }
+    let biscuit_id = ids
+        .iter()
+        .find(|(k, _)| *k == KeyKind::Biscuit)
+        .map(|(_, id)| *id)
+        .and_then(|id| u32::try_from(id).ok())
+        .ok_or_else(|| NodeError::Raft("no Biscuit key id".into()))?;
+    keys.set_biscuit_key_id(biscuit_id)?;
+    config.biscuit_key_id = biscuit_id;
+    config.save(&layout.config())?;
+
+    let profile = admin_profile(&raft, &keys, td, node_id, listen, admin_ttl).await?;
+    let text = profile.to_toml().map_err(other)?;
+    write_private(&layout.admin_profile(), text.as_bytes(), 0o600)?;
+    raft.shutdown().await.map_err(raft_err)?;
+    Ok(layout.admin_profile())
+}
+
+/// Issues an admin SVID and an admin capability bound to it, recording both first.
+async fn admin_profile(
+    raft: &Raft,
+    keys: &NodeKeys,
+    td: &TrustDomain,
+    node_id: NodeId,
+    listen: &str,
+    ttl: Duration,
+) -> Result<Profile, NodeError> {
+    let admin_id = td.id_with_path(&["user", "admin"]).map_err(other)?;
+    let key = generate_key().map_err(other)?;
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let svid = keys
+        .ca
+        .issue(&LeafRequest {
+            id: &admin_id,
+            key: LeafKey::PublicKey(&spki),
+            ttl,
+            dns_names: &[],
+            now: SystemTime::now(),
+        })
+        .map_err(other)?;
+    let token = ringzero_policy::token::mint(
+        &keys.biscuit,
+        &MintRequest {
+            subject: admin_id.clone(),
+            rights: Role::Admin.rights(None).map_err(other)?,
+            ttl: Some(ttl),
+            bind_to_subject: true,
+            bind_node: None,
+        },
+        &Lifetime {
+            default: ttl,
+            max: ttl,
+        },
+        SystemTime::now(),
+    )
+    .map_err(other)?;
+    let view = ringzero_policy::token::inspect(&token).map_err(other)?;
+    let not_after = svid
+        .not_after
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut audit = local_audit(
+        node_id,
+        "token:mint",
+        "user/admin",
+        vec![
+            ("svid_serial".into(), hex::encode(&svid.serial)),
+            ("spiffe_id".into(), admin_id.to_string()),
+            (
+                "public_key_sha256".into(),
+                hex::encode(&svid.public_key_sha256),
+            ),
+            ("not_after".into(), not_after.to_string()),
+            ("rights".into(), "role admin".into()),
+        ],
+    );
+    audit.revocation_ids = view
+        .blocks
+        .iter()
+        .map(|b| b.revocation_id.to_hex())
+        .collect();
+    // Committed before the credential is written anywhere.
+    propose(raft, audit, Op::AuditOnly).await?;
+    Ok(Profile::new(
+        td,
+        vec![listen.to_owned()],
+        &[keys.ca.cert_der().clone()],
+        &svid.chain,
+        &key.serialize_der(),
+        &token,
+    ))
+}
+
+async fn wait_leader(raft: &Raft, timeout: Duration) -> Result<NodeId, NodeError> {
+    let mut rx = raft.metrics();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(l) = rx.borrow().current_leader {
+            return Ok(l);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(NodeError::Raft("no leader elected".into()));
+        }
+        let _ = tokio::time::timeout(left, rx.changed()).await;
+    }
+}
+
+/// Keeps the TLS bundle and the capability key set in step with the replicated trust bundle.
+fn spawn_bundle_refresher(parts: &Parts) {
+    let (sm, bundle, trusted, td, own) = (
+        parts.sm.clone(),
+        parts.bundle.clone(),
+        parts.trusted.clone(),
+        parts.td.clone(),
+        parts.keys.ca.cert_der().clone(),
+    );
+    let mut rx = parts.raft.metrics();
+    tokio::spawn(async move {
+        let mut last: Vec<crate::KeyRecord> = Vec::new();
+        loop {
+            if let Ok(keys) = sm.reader().and_then(|r| r.keys())
+                && keys != last
+            {
+                trusted.update(&keys);
+                let mut cas: Vec<CertificateDer<'static>> = keys
+                    .iter()
+                    .filter(|k| k.kind == KeyKind::X509Ca && k.status != KeyStatus::Compromised)
+                    .map(|k| CertificateDer::from(k.public_der.clone()))
+                    .collect();
+                if !cas.contains(&own) {
+                    cas.push(own.clone());
+                }
+                if let Ok(b) = TrustBundle::new(td.clone(), cas) {
+                    bundle.replace(b);
+                }
+                last = keys;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Serves a node from `dir` on `listener` until `shutdown` completes.
+pub async fn run(
+    dir: &Path,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let parts = open(dir, crate::raft_config("ringzero").map_err(other)?).await?;
+    serve(parts, listener, shutdown).await
+}
+
+async fn serve(
+    parts: Parts,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    spawn_bundle_refresher(&parts);
+    let verifier =
+        SpiffeClientVerifier::optional(parts.bundle.clone(), PeerMatch::AnyInTrustDomain);
+    let tls =
+        ringzero_policy::tls::server_config(parts.chain.clone(), parts.key.clone_key(), verifier)
+            .map_err(other)?;
+    let gate = Arc::new(Gate::new(
+        parts.raft.clone(),
+        parts.sm.clone(),
+        parts.config.node_id,
+        parts.td.clone(),
+        parts.trusted.clone(),
+    ));
+    let service = AuthorityService::new(
+        parts.raft.clone(),
+        parts.sm.clone(),
+        gate,
+        parts.keys.clone(),
+        parts.contacts.clone(),
+    );
+    let incoming = ringzero_proto::transport::incoming(listener, Arc::new(tls), Default::default());
+    let raft = parts.raft.clone();
+    let result = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(64)
+        .timeout(Duration::from_secs(30))
+        .add_service(raft_server(RaftService::new(
+            parts.raft.clone(),
+            parts.td.clone(),
+        )))
+        .add_service(
+            pb::authority_server::AuthorityServer::new(service)
+                .max_decoding_message_size(256 * 1024)
+                .max_encoding_message_size(4 * 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = raft.shutdown().await;
+    result.map_err(other)
+}
+
+/// What a joiner knows before it has joined: how to reach the cluster and how to trust it.
+#[derive(Debug)]
+pub enum FirstContact {
+    /// A pinned join token: the bundle is fetched and checked against the pin.
+    Pinned(ringzero_policy::join::JoinToken),
+    /// The bundle is given (`--bundle FILE`); the token's pin is not needed.
+    Bundle(
+        ringzero_policy::join::JoinToken,
+        Vec<CertificateDer<'static>>,
+    ),
+    /// No verification of the authority before the secret is sent (`--insecure-skip-pin`).
+    InsecureNoPin(ringzero_policy::join::JoinToken),
+}
+
+/// Creates a node in `dir` by joining the cluster at `peer`, then serves it.
+pub async fn join(
+    dir: &Path,
+    listen: &str,
+    listener: tokio::net::TcpListener,
+    peer: &str,
+    contact: FirstContact,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let layout = Layout(dir.to_path_buf());
+    if layout.config().exists() {
+        return Err(NodeError::AlreadyInitialized(dir.display().to_string()));
+    }
+    // 1. Learn and check the bundle before anything secret leaves this process.
+    let (token, cas, td) = match contact {
+        FirstContact::Pinned(token) => {
+            let b = ringzero_proto::client::fetch_bundle_unverified(peer)
+                .await
+                .map_err(|e| NodeError::Join(e.to_string()))?;
+            let cas = bundle_cas(&b);
+            if !ringzero_policy::join::pin_matches(&token.pin, &cas) {
+                return Err(NodeError::Join(
+                    "the authority's trust bundle does not match the token's pin: refusing to send the secret".into(),
+                ));
+            }
+            let td =
+                TrustDomain::new(&b.trust_domain).map_err(|e| NodeError::Join(e.to_string()))?;
+            (token, cas, td)
+        }
+        FirstContact::Bundle(token, cas) => {
+            let b = ringzero_proto::client::fetch_bundle_verified(peer, &cas)
+                .await
+                .map_err(|e| NodeError::Join(e.to_string()))?;
+            let td =
+                TrustDomain::new(&b.trust_domain).map_err(|e| NodeError::Join(e.to_string()))?;
+            (token, cas, td)
+        }
+        FirstContact::InsecureNoPin(token) => {
+            let b = ringzero_proto::client::fetch_bundle_unverified(peer)
+                .await
+                .map_err(|e| NodeError::Join(e.to_string()))?;
+            let td =
+                TrustDomain::new(&b.trust_domain).map_err(|e| NodeError::Join(e.to_string()))?;
+            (token, bundle_cas(&b), td)
+        }
+    };
+    let bundle =
+        TrustBundle::new(td.clone(), cas.clone()).map_err(|e| NodeError::Join(e.to_string()))?;
+
+    // 2. Redeem the token over TLS authenticated by that bundle, with a CSR for a local key.
+    let enroll_key = generate_key().map_err(other)?;
+    let placeholder =
+        SpiffeId::parse(&format!("spiffe://{td}/ringzero/authority/joining")).map_err(other)?;
+    let csr = ringzero_policy::svid::csr_for(&enroll_key, &placeholder).map_err(other)?;
+    let reply = ringzero_proto::client::redeem_join_token(peer, &bundle, &token, &csr)
+        .await
+        .map_err(|e| NodeError::Join(e.to_string()))?;
+    let node_id = reply.node_id;
+    if node_id == 0 {
+        return Err(NodeError::Join(
+            "the token was not an authority join token".into(),
+        ));
+    }
+    let chain: Vec<CertificateDer<'static>> = reply
+        .svid_chain
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let cas = reply.bundle.as_ref().map(bundle_cas).unwrap_or(cas);
+
+    // 3. Create this node's own keys and data directory.
+    std::fs::create_dir_all(dir).map_err(other)?;
+    let keys = NodeKeys::generate(&td, node_id, SystemTime::now())?;
+    keys.save(&layout.keys())?;
+    NodeConfig {
+        node_id,
+        trust_domain: td.to_string(),
+        listen: listen.to_owned(),
+        biscuit_key_id: 0,
+    }
+    .save(&layout.config())?;
+    save_bundle(&layout.bundle(), &cas)?;
+
+    // 4. Start serving Raft, then ask the leader to publish our keys and add us.
+    let parts = open(dir, crate::raft_config("ringzero").map_err(other)?).await?;
+    let pub_keys: Vec<pb::BundleKey> = key_entries(&keys)?
+        .into_iter()
+        .map(|(kind, public_key, not_after_ms)| pb::BundleKey {
+            key_id: 0,
+            authority: node_id,
+            kind: key_kind_name(kind).into(),
+            public_key,
+            status: "published".into(),
+            not_after_ms,
+        })
+        .collect();
+    let sm = parts.sm.clone();
+    let config_path = layout.config();
+    let creds = Credentials::new(
+        td.clone(),
+        TrustBundle::new(td.clone(), cas).map_err(other)?,
+        chain,
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(enroll_key.serialize_der())),
+        None,
+    );
+    let peer = peer.to_owned();
+    let listen_addr = listen.to_owned();
+    let server = tokio::spawn(serve(parts, listener, shutdown));
+    let mut client = AuthorityClient::new(creds, vec![peer]);
+    client
+        .call(|mut c| {
+            let req = pb::JoinClusterRequest {
+                address: listen_addr.clone(),
+                keys: pub_keys.clone(),
+            };
+            async move { c.join_cluster(req).await }
+        })
+        .await
+        .map_err(|e| NodeError::Join(e.to_string()))?;
+
+    // 5. Learn the id Raft gave our Biscuit key; it takes effect at the next start.
+    if let Ok(records) = sm.reader().and_then(|r| r.keys()) {
+        let own = keys.biscuit.public().key.to_bytes().to_vec();
+        if let Some(id) = records
+            .iter()
+            .find(|k| k.kind == KeyKind::Biscuit && k.public_der == own)
+            .and_then(|k| u32::try_from(k.id).ok())
+        {
+            let mut config = NodeConfig::load(&config_path)?;
+            config.biscuit_key_id = id;
+            config.save(&config_path)?;
+        }
+    }
+    server.await.map_err(other)?
+}

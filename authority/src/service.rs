@@ -1,0 +1,633 @@
+//! The `Authority` gRPC service.
+//!
+//! Privileged calls are never proxied: on a follower they fail with `Unavailable` and the
+//! leader's address in the `ringzero-leader` metadata, and the client retries there. Gating, the
+//! revocation check and the audit record all happen on the leader.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ringzero_policy::join::{JoinToken, sha256};
+use ringzero_policy::svid::{LeafKey, LeafRequest, MAX_DER_LEN};
+use ringzero_policy::{NodeName, Operation, Resource};
+use ringzero_proto::pb;
+use tokio::sync::Mutex;
+
+use crate::command::{
+    AuditDecision, AuditRecord, Command, CommandId, JoinPurpose, KeyKind, KeyStatus, Op, Outcome,
+};
+use crate::gate::{Gate, now_ms};
+use crate::keys::NodeKeys;
+use crate::net::{Contacts, authority_id, authority_node_id};
+use crate::store::StateMachineStore;
+use crate::{NodeId, Raft};
+
+/// The node SVID lifetime for authority nodes joining the cluster.
+pub const AUTHORITY_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most join tokens one call may ask to live.
+pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The metadata key carrying the leader's address on `Unavailable`.
+pub const LEADER_HINT: &str = "ringzero-leader";
+
+/// The Authority service of one node.
+pub struct AuthorityService {
+    raft: Raft,
+    sm: StateMachineStore,
+    gate: Arc<Gate>,
+    keys: Arc<NodeKeys>,
+    contacts: Contacts,
+    /// Membership changes and join-token id allocation are serialized here.
+    membership: Mutex<()>,
+    /// First-contact calls (token redemption) are rate limited.
+    enroll_limiter: std::sync::Mutex<(std::time::Instant, u32)>,
+}
+
+impl std::fmt::Debug for AuthorityService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityService").finish_non_exhaustive()
+    }
+}
+
+const ENROLL_PER_SECOND: u32 = 20;
+
+fn status_of(e: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::internal(e.to_string())
+}
+
+impl AuthorityService {
+    pub fn new(
+        raft: Raft,
+        sm: StateMachineStore,
+        gate: Arc<Gate>,
+        keys: Arc<NodeKeys>,
+        contacts: Contacts,
+    ) -> Self {
+        Self {
+            raft,
+            sm,
+            gate,
+            keys,
+            contacts,
+            membership: Mutex::new(()),
+            enroll_limiter: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+        }
+    }
+
+    /// Refuses unless this node leads, naming the leader it knows.
+    fn require_leader(&self) -> Result<(), tonic::Status> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(m.id) {
+            return Ok(());
+        }
+        let mut status = tonic::Status::unavailable("not the leader; retry at the leader");
+        if let Some(addr) = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        }) && let Ok(v) = addr.parse()
+        {
+            status.metadata_mut().insert(LEADER_HINT, v);
+        }
+        Err(status)
+    }
+
+    fn rate_limit(&self) -> Result<(), tonic::Status> {
+        let mut l = self
+            .enroll_limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if l.0.elapsed() >= Duration::from_secs(1) {
+            *l = (std::time::Instant::now(), 0);
+        }
+        l.1 += 1;
+        if l.1 > ENROLL_PER_SECOND {
+            return Err(tonic::Status::resource_exhausted(
+                "enrollment rate limit; retry shortly",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<crate::command::Response, tonic::Status> {
+        crate::propose(&self.raft, cmd)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("not committed: {e}")))
+    }
+
+    /// The bundle as the API presents it.
+    pub fn bundle(&self) -> Result<pb::Bundle, tonic::Status> {
+        let r = self.sm.reader().map_err(status_of)?;
+        let keys = r.keys().map_err(status_of)?;
+        Ok(pb::Bundle {
+            trust_domain: self.gate.trust_domain().to_string(),
+            keys: keys
+                .into_iter()
+                .filter(|k| k.status != KeyStatus::Compromised)
+                .map(|k| pb::BundleKey {
+                    key_id: k.id,
+                    authority: k.authority,
+                    kind: key_kind_name(k.kind).into(),
+                    public_key: k.public_der,
+                    status: key_status_name(k.status).into(),
+                    not_after_ms: k.not_after_ms,
+                })
+                .collect(),
+            members: self.members()?,
+        })
+    }
+
+    fn members(&self) -> Result<Vec<pb::Member>, tonic::Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let replication = m.replication.clone().unwrap_or_default();
+        let is_leader = m.current_leader == Some(m.id);
+        Ok(membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                node_id: *id,
+                name: id.to_string(),
+                address: node.addr.clone(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+                state: if m.current_leader == Some(*id) {
+                    "leader"
+                } else {
+                    "follower"
+                }
+                .into(),
+                last_contact_ms: if *id == m.id {
+                    Some(0)
+                } else if is_leader {
+                    self.contacts.since(*id).map(|d| d.as_millis() as u64)
+                } else {
+                    None
+                },
+                matched_index: replication.get(id).and_then(|l| l.map(|l| l.index)),
+            })
+            .collect())
+    }
+
+    /// The next node id for an authority join token: above every member, authority record and
+    /// outstanding authority token.
+    fn next_node_id(&self) -> Result<NodeId, tonic::Status> {
+        let r = self.sm.reader().map_err(status_of)?;
+        let m = self.raft.metrics().borrow().clone();
+        let mut max = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .max()
+            .unwrap_or(0);
+        for a in r.authorities().map_err(status_of)? {
+            max = max.max(a.node_id);
+        }
+        for t in r.join_tokens().map_err(status_of)? {
+            if t.purpose == JoinPurpose::Authority
+                && let Ok(n) = t.node_name.parse::<NodeId>()
+            {
+                max = max.max(n);
+            }
+        }
+        Ok(max + 1)
+    }
+
+    fn pin(&self) -> Result<[u8; 32], tonic::Status> {
+        ringzero_policy::join::ca_pin(self.keys.ca.cert_der())
+            .ok_or_else(|| tonic::Status::internal("own CA does not parse"))
+    }
+}
+
+pub(crate) fn key_kind_name(k: KeyKind) -> &'static str {
+    match k {
+        KeyKind::X509Ca => "x509-ca",
+        KeyKind::Biscuit => "biscuit",
+        KeyKind::Jwt => "jwt",
+        KeyKind::Audit => "audit",
+    }
+}
+
+fn key_status_name(s: KeyStatus) -> &'static str {
+    match s {
+        KeyStatus::Published => "published",
+        KeyStatus::Active => "active",
+        KeyStatus::Retired => "retired",
+        KeyStatus::Compromised => "compromised",
+    }
+}
+
+fn parse_kind(s: &str) -> Option<KeyKind> {
+    Some(match s {
+        "x509-ca" => KeyKind::X509Ca,
+        "biscuit" => KeyKind::Biscuit,
+        "jwt" => KeyKind::Jwt,
+        "audit" => KeyKind::Audit,
+        _ => return None,
+    })
+}
+
+fn res(s: &str) -> Result<Resource, tonic::Status> {
+    Resource::parse(s).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::authority_server::Authority for AuthorityService {
+    async fn get_bundle(
+        &self,
+        _req: tonic::Request<pb::GetBundleRequest>,
+    ) -> Result<tonic::Response<pb::Bundle>, tonic::Status> {
+        Ok(tonic::Response::new(self.bundle()?))
+    }
+
+    async fn redeem_join_token(
+        &self,
+        req: tonic::Request<pb::RedeemJoinTokenRequest>,
+    ) -> Result<tonic::Response<pb::RedeemJoinTokenReply>, tonic::Status> {
+        self.rate_limit()?;
+        self.require_leader()?;
+        let peer = ringzero_proto::transport::peer(&req);
+        let r = req.into_inner();
+        if r.csr.len() > MAX_DER_LEN {
+            return Err(tonic::Status::invalid_argument("CSR too large"));
+        }
+        let token_id: [u8; 16] = hex::decode(&r.token_id)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| tonic::Status::invalid_argument("bad token id"))?;
+        if r.secret.len() != 32 {
+            return Err(tonic::Status::invalid_argument("bad secret"));
+        }
+        let presented = sha256(&r.secret);
+        let record = self
+            .sm
+            .reader()
+            .map_err(status_of)?
+            .join_token(&token_id)
+            .map_err(status_of)?;
+        // An unknown token gets the same answer as a wrong secret, after the same work.
+        let (node_name, purpose) = match &record {
+            Some(t) => (t.node_name.clone(), t.purpose),
+            None => (String::from("unknown"), JoinPurpose::Agent),
+        };
+        let td = self.gate.trust_domain().clone();
+        let id = match purpose {
+            JoinPurpose::Authority => td.id_with_path(&["ringzero", "authority", &node_name]),
+            JoinPurpose::Agent => td.id_with_path(&["ringzero", "node", &node_name]),
+        }
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let svid = self
+            .keys
+            .ca
+            .issue(&LeafRequest {
+                id: &id,
+                key: LeafKey::Csr(&r.csr),
+                ttl: AUTHORITY_SVID_TTL,
+                dns_names: &[],
+                now: SystemTime::now(),
+            })
+            .map_err(|e| tonic::Status::invalid_argument(format!("CSR: {e}")))?;
+        let not_after = svid
+            .not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // The record of exactly what will be released is committed with the redemption,
+        // before the certificate leaves this node.
+        let cmd = Command {
+            id: CommandId::random(),
+            time_ms: now_ms(),
+            audit: AuditRecord {
+                actor: peer
+                    .spiffe_id
+                    .map_or_else(|| format!("joiner:{}", id), |p| p.to_string()),
+                revocation_ids: vec![],
+                operation: "node:enroll".into(),
+                resource: format!(
+                    "{}/{node_name}",
+                    if purpose == JoinPurpose::Authority {
+                        "authority"
+                    } else {
+                        "node"
+                    }
+                ),
+                decision: AuditDecision::Allow,
+                reason: None,
+                authority: self.gate.node_id(),
+                request_id: hex::encode(token_id),
+                details: vec![
+                    ("svid_serial".into(), hex::encode(&svid.serial)),
+                    ("spiffe_id".into(), id.to_string()),
+                    (
+                        "public_key_sha256".into(),
+                        hex::encode(&svid.public_key_sha256),
+                    ),
+                    ("not_after".into(), not_after.to_string()),
+                ],
+            },
+            op: Op::RedeemJoinToken {
+                token_id,
+                presented_sha256: presented,
+                node_name: node_name.clone(),
+            },
+        };
+        let resp = self.propose(cmd).await?;
+        match resp.outcome {
+            Outcome::Done => {}
+            Outcome::Rejected(why) => {
+                return Err(tonic::Status::permission_denied(format!(
+                    "join refused: {why}"
+                )));
+            }
+            other => {
+                return Err(tonic::Status::internal(format!(
+                    "unexpected outcome {other:?}"
+                )));
+            }
+        }
+        let node_id = node_name.parse::<NodeId>().unwrap_or(0);
+        Ok(tonic::Response::new(pb::RedeemJoinTokenReply {
+            svid_chain: svid.chain.iter().map(|c| c.to_vec()).collect(),
+            bundle: Some(self.bundle()?),
+            node_id,
+        }))
+    }
+
+    async fn status(
+        &self,
+        req: tonic::Request<pb::StatusRequest>,
+    ) -> Result<tonic::Response<pb::StatusReply>, tonic::Status> {
+        self.require_leader()?;
+        let allowed = self
+            .gate
+            .check(&req, Operation::AuthorityRead, &res("authority")?, None)
+            .await?;
+        let writable = self.raft.ensure_linearizable().await.is_ok();
+        self.gate.record(&allowed).await?;
+        let m = self.raft.metrics().borrow().clone();
+        let leader_address = m
+            .current_leader
+            .and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            })
+            .unwrap_or_default();
+        Ok(tonic::Response::new(pb::StatusReply {
+            node_id: m.id,
+            leader_id: m.current_leader,
+            leader_address,
+            term: m.current_term,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            writable,
+        }))
+    }
+
+    async fn members(
+        &self,
+        req: tonic::Request<pb::MembersRequest>,
+    ) -> Result<tonic::Response<pb::MembersReply>, tonic::Status> {
+        self.require_leader()?;
+        let allowed = self
+            .gate
+            .check(&req, Operation::AuthorityRead, &res("authority")?, None)
+            .await?;
+        self.gate.record(&allowed).await?;
+        Ok(tonic::Response::new(pb::MembersReply {
+            members: self.members()?,
+        }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: tonic::Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<tonic::Response<pb::CreateJoinTokenReply>, tonic::Status> {
+        self.require_leader()?;
+        let (purpose, node_name, ttl) = {
+            let r = req.get_ref();
+            let ttl = Duration::from_secs(r.ttl_seconds.clamp(1, MAX_JOIN_TOKEN_TTL.as_secs()));
+            match r.purpose.as_str() {
+                "authority" => (JoinPurpose::Authority, None, ttl),
+                "agent" => {
+                    let name = NodeName::parse(&r.node_name)
+                        .map_err(|e| tonic::Status::invalid_argument(format!("node name: {e}")))?;
+                    (JoinPurpose::Agent, Some(name), ttl)
+                }
+                _ => {
+                    return Err(tonic::Status::invalid_argument(
+                        "purpose must be authority or agent",
+                    ));
+                }
+            }
+        };
+        let allowed = match (&purpose, &node_name) {
+            (JoinPurpose::Authority, _) => {
+                self.gate
+                    .check(&req, Operation::ClusterAdmin, &res("cluster")?, None)
+                    .await?
+            }
+            (JoinPurpose::Agent, Some(n)) => {
+                let r = Resource::from_segments(&["node", n.as_str()])
+                    .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+                self.gate
+                    .check(&req, Operation::NodeEnroll, &r, Some(n))
+                    .await?
+            }
+            (JoinPurpose::Agent, None) => {
+                return Err(tonic::Status::invalid_argument("node name required"));
+            }
+        };
+        let _serial = self.membership.lock().await;
+        let name = match node_name {
+            Some(n) => n.to_string(),
+            None => self.next_node_id()?.to_string(),
+        };
+        let token = JoinToken::generate(self.pin()?).map_err(status_of)?;
+        let expires_ms = now_ms().saturating_add(ttl.as_millis() as u64);
+        let mut audit = allowed.audit.clone();
+        audit
+            .details
+            .push(("token_id".into(), hex::encode(token.id)));
+        audit.details.push(("node_name".into(), name.clone()));
+        let cmd = Command {
+            id: CommandId::random(),
+            time_ms: now_ms(),
+            audit,
+            op: Op::IssueJoinToken {
+                token_id: token.id,
+                secret_sha256: token.secret_sha256(),
+                node_name: name,
+                purpose,
+                expires_ms,
+            },
+        };
+        let resp = self.propose(cmd).await?;
+        if let Outcome::Rejected(why) = resp.outcome {
+            return Err(tonic::Status::failed_precondition(format!(
+                "refused: {why}"
+            )));
+        }
+        Ok(tonic::Response::new(pb::CreateJoinTokenReply {
+            token: token.to_text().to_string(),
+            expires_unix: expires_ms / 1000,
+        }))
+    }
+
+    async fn join_cluster(
+        &self,
+        req: tonic::Request<pb::JoinClusterRequest>,
+    ) -> Result<tonic::Response<pb::JoinClusterReply>, tonic::Status> {
+        self.require_leader()?;
+        let td = self.gate.trust_domain().clone();
+        let peer = ringzero_proto::transport::peer(&req);
+        // The caller proves itself with the SVID it received for a redeemed authority token.
+        let node_id = peer
+            .spiffe_id
+            .as_ref()
+            .and_then(|id| authority_node_id(&td, id))
+            .ok_or_else(|| {
+                tonic::Status::permission_denied("join: caller is not an enrolled authority node")
+            })?;
+        let r = req.into_inner();
+        let redeemed = self
+            .sm
+            .reader()
+            .map_err(status_of)?
+            .join_tokens()
+            .map_err(status_of)?
+            .into_iter()
+            .any(|t| {
+                t.purpose == JoinPurpose::Authority && t.used && t.node_name == node_id.to_string()
+            });
+        if !redeemed {
+            return Err(tonic::Status::permission_denied(
+                "join: no redeemed join token for this node",
+            ));
+        }
+        if r.address.is_empty() || r.address.len() > 255 {
+            return Err(tonic::Status::invalid_argument("bad address"));
+        }
+        let audit = AuditRecord {
+            actor: authority_id(&td, node_id)
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            revocation_ids: vec![],
+            operation: "cluster:admin".into(),
+            resource: format!("authority/{node_id}"),
+            decision: AuditDecision::Allow,
+            reason: None,
+            authority: self.gate.node_id(),
+            request_id: format!("join-{node_id}"),
+            details: vec![("address".into(), r.address.clone())],
+        };
+        let _serial = self.membership.lock().await;
+        for k in &r.keys {
+            let kind =
+                parse_kind(&k.kind).ok_or_else(|| tonic::Status::invalid_argument("key kind"))?;
+            let cmd = Command {
+                id: CommandId::random(),
+                time_ms: now_ms(),
+                audit: audit.clone(),
+                op: Op::PublishKey {
+                    authority: node_id,
+                    kind,
+                    public_der: k.public_key.clone(),
+                    not_after_ms: k.not_after_ms,
+                },
+            };
+            self.propose(cmd).await?;
+        }
+        self.propose(Command {
+            id: CommandId::random(),
+            time_ms: now_ms(),
+            audit: audit.clone(),
+            op: Op::PutAuthority {
+                node_id,
+                name: node_id.to_string(),
+                addr: r.address.clone(),
+            },
+        })
+        .await?;
+        let node = openraft::BasicNode { addr: r.address };
+        self.raft
+            .add_learner(node_id, node, true)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("add learner: {e}")))?;
+        let mut voters: std::collections::BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.insert(node_id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("promote: {e}")))?;
+        Ok(tonic::Response::new(pb::JoinClusterReply { node_id }))
+    }
+
+    async fn remove_member(
+        &self,
+        req: tonic::Request<pb::RemoveMemberRequest>,
+    ) -> Result<tonic::Response<pb::RemoveMemberReply>, tonic::Status> {
+        self.require_leader()?;
+        let allowed = self
+            .gate
+            .check(&req, Operation::ClusterAdmin, &res("cluster")?, None)
+            .await?;
+        let r = req.into_inner();
+        let _serial = self.membership.lock().await;
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if !membership.nodes().any(|(id, _)| *id == r.node_id) {
+            return Err(tonic::Status::not_found(format!(
+                "node {} is not a member",
+                r.node_id
+            )));
+        }
+        let voters: std::collections::BTreeSet<NodeId> =
+            membership.voter_ids().filter(|v| *v != r.node_id).collect();
+        if voters.is_empty() {
+            return Err(tonic::Status::failed_precondition(
+                "cannot remove the last voter",
+            ));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("membership change: {e}")))?;
+        let status = if r.compromised {
+            KeyStatus::Compromised
+        } else {
+            KeyStatus::Retired
+        };
+        let keys = self
+            .sm
+            .reader()
+            .map_err(status_of)?
+            .keys()
+            .map_err(status_of)?;
+        for k in keys
+            .iter()
+            .filter(|k| k.authority == r.node_id && k.status != KeyStatus::Compromised)
+        {
+            self.propose(allowed.command(Op::SetKeyStatus {
+                key_id: k.id,
+                status,
+            }))
+            .await?;
+        }
+        self.propose(allowed.command(Op::RemoveAuthority { node_id: r.node_id }))
+            .await?;
+        Ok(tonic::Response::new(pb::RemoveMemberReply {}))
+    }
+}

@@ -1,0 +1,486 @@
+//! The one client of the authority API, shared by the CLI, agents and the scheduler.
+//!
+//! - [`Profile`]: client credentials and where the cluster is (like a kubeconfig), TOML, 0600.
+//! - [`AuthorityClient`]: mTLS with the profile's SVID, the capability as a bearer token, and
+//!   leader-hint retry: a follower answers `Unavailable` with the leader's address in the
+//!   `ringzero-leader` metadata, and the client retries there; an unreachable address is skipped.
+//! - First contact: [`fetch_bundle_unverified`] (for a pin check), [`fetch_bundle_verified`],
+//!   [`redeem_join_token`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringzero_policy::TrustDomain;
+use ringzero_policy::svid::TrustBundle;
+use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeServerVerifier};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::pb;
+use crate::pb::authority_client::AuthorityClient as Grpc;
+
+/// The metadata key carrying the leader's address on `Unavailable`.
+pub const LEADER_HINT: &str = "ringzero-leader";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("bad profile: {0}")]
+    Profile(String),
+    #[error("no authority address to call")]
+    NoAddress,
+    #[error("{code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Status {
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
+    }
+}
+
+impl ClientError {
+    /// The gRPC code, when the authority answered.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A client profile, as stored on disk.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub trust_domain: String,
+    /// Authority addresses (host:port), refreshed from the cluster after each call.
+    pub authorities: Vec<String>,
+    /// The trust bundle: the CA certificates (PEM) this client trusts.
+    pub bundle_pem: String,
+    /// The client SVID chain, leaf first (PEM).
+    pub svid_pem: String,
+    /// The SVID's private key (PKCS#8 PEM).
+    pub key_pem: String,
+    /// The capability presented with every call.
+    pub token: String,
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+impl Profile {
+    /// A profile from its parts (DER certificates, PKCS#8 key).
+    pub fn new(
+        td: &TrustDomain,
+        authorities: Vec<String>,
+        bundle: &[CertificateDer<'_>],
+        chain: &[CertificateDer<'_>],
+        key_pkcs8: &[u8],
+        token: &str,
+    ) -> Self {
+        Self {
+            trust_domain: td.to_string(),
+            authorities,
+            bundle_pem: bundle.iter().map(|c| pem("CERTIFICATE", c)).collect(),
+            svid_pem: chain.iter().map(|c| pem("CERTIFICATE", c)).collect(),
+            key_pem: pem("PRIVATE KEY", key_pkcs8),
+            token: token.to_owned(),
+        }
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ClientError> {
+        toml::from_str(text).map_err(|e| ClientError::Profile(e.to_string()))
+    }
+
+    pub fn to_toml(&self) -> Result<String, ClientError> {
+        toml::to_string(self).map_err(|e| ClientError::Profile(e.to_string()))
+    }
+
+    /// The bundle's CA certificates.
+    pub fn bundle_certs(&self) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+        certs(&self.bundle_pem, "bundle")
+    }
+
+    /// Parses everything the profile holds into credentials.
+    pub fn credentials(&self) -> Result<Credentials, ClientError> {
+        let td = TrustDomain::new(&self.trust_domain)
+            .map_err(|e| ClientError::Profile(format!("trust domain: {e}")))?;
+        let bundle = TrustBundle::new(td.clone(), self.bundle_certs()?)
+            .map_err(|e| ClientError::Profile(format!("bundle: {e}")))?;
+        let chain = certs(&self.svid_pem, "svid")?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| ClientError::Profile(format!("key: {e}")))?;
+        Ok(Credentials::new(
+            td,
+            bundle,
+            chain,
+            key,
+            Some(self.token.clone()),
+        ))
+    }
+}
+
+fn certs(text: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let out: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(text.as_bytes()).collect();
+    let out = out.map_err(|e| ClientError::Profile(format!("{what}: {e}")))?;
+    if out.is_empty() {
+        return Err(ClientError::Profile(format!("{what}: no certificate")));
+    }
+    Ok(out)
+}
+
+/// What a client presents and trusts.
+pub struct Credentials {
+    pub trust_domain: TrustDomain,
+    pub bundle: TrustBundle,
+    pub chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn new(
+        trust_domain: TrustDomain,
+        bundle: TrustBundle,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        token: Option<String>,
+    ) -> Self {
+        Self {
+            trust_domain,
+            bundle,
+            chain,
+            key,
+            token,
+        }
+    }
+
+    fn tls(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+        let verifier = SpiffeServerVerifier::new(
+            BundleSource::new(self.bundle.clone()),
+            PeerMatch::OneOf(vec![authority_pattern(&self.trust_domain)?]),
+        );
+        let config =
+            ringzero_policy::tls::client_config(self.chain.clone(), self.key.clone_key(), verifier)
+                .map_err(|e| ClientError::Profile(format!("TLS: {e}")))?;
+        Ok(Arc::new(config))
+    }
+}
+
+fn authority_pattern(td: &TrustDomain) -> Result<ringzero_policy::SpiffeIdPattern, ClientError> {
+    ringzero_policy::SpiffeIdPattern::parse(&format!("spiffe://{td}/ringzero/authority/*"))
+        .map_err(|e| ClientError::Profile(e.to_string()))
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bearer(..)")
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The gRPC client type handed to [`AuthorityClient::call`].
+pub type AuthorityGrpc = Grpc<InterceptedService<Channel, Bearer>>;
+
+/// A client of the authority cluster with leader-hint retry.
+#[derive(Debug)]
+pub struct AuthorityClient {
+    creds: Credentials,
+    addrs: Vec<String>,
+    /// The address that last answered (the leader, usually).
+    current: usize,
+}
+
+impl AuthorityClient {
+    pub fn new(creds: Credentials, addrs: Vec<String>) -> Self {
+        Self {
+            creds,
+            addrs,
+            current: 0,
+        }
+    }
+
+    /// The address that answered the last call.
+    pub fn current_address(&self) -> Option<&str> {
+        self.addrs.get(self.current).map(String::as_str)
+    }
+
+    fn grpc(&self, addr: &str) -> Result<AuthorityGrpc, ClientError> {
+        let channel = crate::transport::channel(addr, self.creds.tls()?, CONNECT_TIMEOUT)
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let bearer = match &self.creds.token {
+            Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
+                ClientError::Profile("the token has characters not allowed in metadata".into())
+            })?),
+            None => None,
+        };
+        Ok(Grpc::with_interceptor(channel, Bearer(bearer))
+            .max_decoding_message_size(4 * 1024 * 1024))
+    }
+
+    /// Runs `f` against the leader: starts at the last good address, follows leader hints, and
+    /// moves on from addresses that do not answer.
+    pub async fn call<R, F, Fut>(&mut self, mut f: F) -> Result<R, ClientError>
+    where
+        F: FnMut(AuthorityGrpc) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        if self.addrs.is_empty() {
+            return Err(ClientError::NoAddress);
+        }
+        let attempts = self.addrs.len() * 3 + 4;
+        let mut last = ClientError::NoAddress;
+        for attempt in 0..attempts {
+            let addr = self.addrs[self.current].clone();
+            let grpc = self.grpc(&addr)?;
+            match tokio::time::timeout(CALL_TIMEOUT, f(grpc)).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => {
+                    let hint = status
+                        .metadata()
+                        .get(LEADER_HINT)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let retry = matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown
+                    );
+                    last = status.into();
+                    if !retry {
+                        return Err(last);
+                    }
+                    match hint {
+                        Some(h) if h != addr => {
+                            if let Some(i) = self.addrs.iter().position(|a| *a == h) {
+                                self.current = i;
+                            } else {
+                                self.addrs.push(h);
+                                self.current = self.addrs.len() - 1;
+                            }
+                        }
+                        _ => self.current = (self.current + 1) % self.addrs.len(),
+                    }
+                }
+                Err(_) => {
+                    last = ClientError::Transport(format!("{addr}: timed out"));
+                    self.current = (self.current + 1) % self.addrs.len();
+                }
+            }
+            // Back off a little once every address has been tried (an election may be running).
+            if attempt + 1 >= self.addrs.len() {
+                tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1).min(10))).await;
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Accepts any server certificate: used only to fetch the public trust bundle at first contact,
+/// which the caller then checks against a pin before trusting anything it says.
+#[derive(Debug)]
+struct PinCheckFollows(rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl rustls::client::danger::ServerCertVerifier for PinCheckFollows {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+fn anonymous_tls(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| ClientError::Transport(e.to_string()))?
+    .dangerous()
+    .with_custom_certificate_verifier(verifier)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+async fn get_bundle(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<pb::Bundle, ClientError> {
+    let channel = crate::transport::channel(addr, tls, CONNECT_TIMEOUT)
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    let mut c = Grpc::new(channel).max_decoding_message_size(4 * 1024 * 1024);
+    let b = tokio::time::timeout(CALL_TIMEOUT, c.get_bundle(pb::GetBundleRequest {}))
+        .await
+        .map_err(|_| ClientError::Transport(format!("{addr}: timed out")))??;
+    Ok(b.into_inner())
+}
+
+/// Fetches the bundle without authenticating the server. The result must be checked against a
+/// pin (or otherwise) before anything is sent to or trusted from this server.
+pub async fn fetch_bundle_unverified(addr: &str) -> Result<pb::Bundle, ClientError> {
+    let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+    get_bundle(addr, anonymous_tls(Arc::new(PinCheckFollows(algs)))?).await
+}
+
+/// Fetches the bundle from a server that must present an authority SVID under `cas`.
+pub async fn fetch_bundle_verified(
+    addr: &str,
+    cas: &[CertificateDer<'static>],
+) -> Result<pb::Bundle, ClientError> {
+    let server = authority_server_verifier(addr, cas, None)?;
+    get_bundle(addr, anonymous_tls(server)?).await
+}
+
+fn authority_server_verifier(
+    _addr: &str,
+    cas: &[CertificateDer<'static>],
+    td: Option<&TrustDomain>,
+) -> Result<Arc<dyn rustls::client::danger::ServerCertVerifier>, ClientError> {
+    // The trust domain comes from the CAs themselves when not given.
+    let td = match td {
+        Some(td) => td.clone(),
+        None => {
+            let first = cas
+                .first()
+                .ok_or_else(|| ClientError::Profile("empty bundle".into()))?;
+            ca_trust_domain(first)?
+        }
+    };
+    let bundle = TrustBundle::new(td.clone(), cas.to_vec())
+        .map_err(|e| ClientError::Profile(e.to_string()))?;
+    Ok(SpiffeServerVerifier::new(
+        BundleSource::new(bundle),
+        PeerMatch::OneOf(vec![authority_pattern(&td)?]),
+    ))
+}
+
+fn ca_trust_domain(ca: &CertificateDer<'_>) -> Result<TrustDomain, ClientError> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(ca)
+        .map_err(|e| ClientError::Profile(format!("bundle certificate: {e}")))?;
+    let san = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .ok_or_else(|| ClientError::Profile("bundle certificate has no SPIFFE ID".into()))?;
+    for n in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::URI(u) = n
+            && let Ok(id) = ringzero_policy::SpiffeId::parse(u)
+        {
+            return Ok(id.trust_domain());
+        }
+    }
+    Err(ClientError::Profile(
+        "bundle certificate has no SPIFFE ID".into(),
+    ))
+}
+
+/// Redeems a join token at `addr`, over TLS authenticated by `bundle`, with a CSR for a key the
+/// caller generated.
+pub async fn redeem_join_token(
+    addr: &str,
+    bundle: &TrustBundle,
+    token: &ringzero_policy::join::JoinToken,
+    csr: &[u8],
+) -> Result<pb::RedeemJoinTokenReply, ClientError> {
+    let server = authority_server_verifier(addr, bundle.roots(), Some(bundle.trust_domain()))?;
+    let tls = anonymous_tls(server)?;
+    let req = pb::RedeemJoinTokenRequest {
+        token_id: hex::encode(token.id),
+        secret: token.secret().to_vec(),
+        node_name: String::new(),
+        csr: csr.to_vec(),
+    };
+    // Follow leader hints: redemption happens on the leader.
+    let mut addr = addr.to_owned();
+    let mut last = ClientError::NoAddress;
+    for _ in 0..5 {
+        let channel = crate::transport::channel(&addr, tls.clone(), CONNECT_TIMEOUT)
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let mut c = Grpc::new(channel);
+        match tokio::time::timeout(CALL_TIMEOUT, c.redeem_join_token(req.clone())).await {
+            Ok(Ok(r)) => return Ok(r.into_inner()),
+            Ok(Err(status)) => {
+                let hint = status
+                    .metadata()
+                    .get(LEADER_HINT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let unavailable = status.code() == tonic::Code::Unavailable;
+                last = status.into();
+                match hint {
+                    Some(h) if unavailable => addr = h,
+                    _ if unavailable => tokio::time::sleep(Duration::from_millis(300)).await,
+                    _ => return Err(last),
+                }
+            }
+            Err(_) => last = ClientError::Transport(format!("{addr}: timed out")),
+        }
+    }
+    Err(last)
+}
