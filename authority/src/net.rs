@@ -255,7 +255,9 @@ impl RaftService {
         Self { raft, trust_domain }
     }
 
-    /// Refuses any caller that is not a current member (voter or learner) of the cluster.
+    /// Refuses any caller that is not a current member (voter or learner) of the cluster. A node
+    /// that has just joined and knows no membership yet accepts any authority node of its trust
+    /// domain (the cluster it enrolled into) until the first membership entry arrives.
     fn admit<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
         let peer = ringzero_proto::transport::peer(req);
         let id = peer
@@ -266,11 +268,9 @@ impl RaftService {
                 tonic::Status::permission_denied("raft: caller is not an authority node")
             })?;
         let metrics = self.raft.metrics().borrow().clone();
-        let is_member = metrics
-            .membership_config
-            .membership()
-            .nodes()
-            .any(|(n, _)| *n == id);
+        let membership = metrics.membership_config.membership();
+        let uninitialized = membership.nodes().next().is_none();
+        let is_member = uninitialized || membership.nodes().any(|(n, _)| *n == id);
         if !is_member {
             return Err(tonic::Status::permission_denied(format!(
                 "raft: authority node {id} is not a member"

@@ -528,6 +528,11 @@ fn spawn_bundle_refresher(parts: &Parts) {
     });
 }
 
+/// The address a node in `dir` listens on (from its `node.toml`).
+pub fn listen_address(dir: &Path) -> Result<String, NodeError> {
+    Ok(NodeConfig::load(&Layout(dir.to_path_buf()).config())?.listen)
+}
+
 /// Serves a node from `dir` on `listener` until `shutdown` completes.
 pub async fn run(
     dir: &Path,

@@ -15,8 +15,39 @@ Secrets and tokens are accepted as an argument, as '-' (read from stdin) or as '
 #[derive(Debug, Parser)]
 #[command(name = "ringzero", version, about = ABOUT, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// Flags every command that talks to the cluster understands.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// The client profile (credentials and authority addresses), as written by bootstrap.
+    #[arg(long, global = true, env = "RINGZERO_PROFILE", value_name = "FILE")]
+    pub(crate) profile: Option<PathBuf>,
+    /// Authority addresses to call, overriding the profile's (comma-separated host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "RINGZERO_AUTHORITY",
+        value_name = "ADDR[,ADDR…]",
+        value_delimiter = ','
+    )]
+    pub(crate) authority: Vec<String>,
+    /// The capability to present instead of the profile's (TOKEN, @FILE or -).
+    #[arg(
+        long,
+        global = true,
+        env = "RINGZERO_TOKEN",
+        value_name = "TOKEN|@FILE|-",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
+    /// Log as JSON lines (daemons).
+    #[arg(long, global = true)]
+    pub(crate) log_json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -30,6 +61,144 @@ Examples:
     /// Mint, attenuate, inspect and verify capability tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run and manage authority nodes: the cluster's root of trust.
+    #[command(subcommand)]
+    Authority(AuthorityCommand),
+    /// Show the trust bundle.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuthorityCommand {
+    /// Initialize the first node of a new cluster, write the admin profile, and exit.
+    #[command(after_help = "\
+Examples:
+  ringzero authority bootstrap --trust-domain example.org --data-dir /var/lib/ringzero --listen 10.0.0.1:7000
+  ringzero authority run --data-dir /var/lib/ringzero")]
+    Bootstrap(BootstrapArgs),
+    /// Serve an authority node (first start after bootstrap, and every restart).
+    #[command(after_help = "\
+Examples:
+  ringzero authority run --data-dir /var/lib/ringzero")]
+    Run(RunArgs),
+    /// Issue a one-time token for a new authority node (prints it alone on the last line).
+    #[command(after_help = "\
+Examples:
+  T=$(ringzero --profile admin.profile authority join-token --ttl 10m)")]
+    JoinToken(JoinTokenArgs),
+    /// Create a node by joining an existing cluster, then keep serving it.
+    #[command(after_help = "\
+Examples:
+  ringzero authority join --peer 10.0.0.1:7000 --token @join.token --data-dir /var/lib/ringzero --listen 10.0.0.2:7000
+  ringzero authority join --peer 10.0.0.1:7000 --token - --bundle bundle.pem --data-dir D --listen ADDR")]
+    Join(JoinArgs),
+    /// List the members: id, address, role, state, last contact, matched index.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile authority members
+  ringzero --profile admin.profile authority members --json")]
+    Members(JsonArgs),
+    /// Remove a member; --compromised also drops its keys from the bundle at once.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile authority remove 3
+  ringzero --profile admin.profile authority remove 3 --compromised")]
+    Remove(RemoveArgs),
+    /// Exit 0 only when a leader is known and accepts writes.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile authority status")]
+    Status(JsonArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BootstrapArgs {
+    /// The trust domain of the new cluster (e.g. example.org).
+    #[arg(long)]
+    pub(crate) trust_domain: ringzero_policy::TrustDomain,
+    /// Where the node keeps its keys and state (created; must not hold a node yet).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// host:port this node listens on and peers reach it at.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: String,
+    /// Lifetime of the admin credential (default 24h).
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    pub(crate) admin_ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JoinTokenArgs {
+    /// How long the token may be redeemed (at most 24h).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub(crate) ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JoinArgs {
+    /// An existing member's address.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) peer: String,
+    /// The join token (TOKEN, @FILE or -).
+    #[arg(long, value_name = "TOKEN|@FILE|-")]
+    pub(crate) token: String,
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// host:port this node listens on and peers reach it at.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: String,
+    /// Trust this bundle (PEM) instead of checking the token's pin.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) bundle: Option<PathBuf>,
+    /// Send the secret without verifying the authority first. Only for throwaway clusters.
+    #[arg(long)]
+    pub(crate) insecure_skip_pin: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JsonArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RemoveArgs {
+    /// The node id to remove.
+    pub(crate) node: u64,
+    /// The node's keys leave the bundle at once: everything it issued stops verifying.
+    #[arg(long)]
+    pub(crate) compromised: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BundleCommand {
+    /// Print the trust bundle.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile bundle show > bundle.pem
+  ringzero --profile admin.profile bundle show --format jwks")]
+    Show(BundleShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BundleShowArgs {
+    #[arg(long, value_enum, default_value = "pem")]
+    pub(crate) format: BundleFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum BundleFormat {
+    Pem,
+    /// The SPIFFE bundle format (JWKS).
+    Jwks,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! Command implementations.
 
+mod authority;
 mod keyfile;
 mod keygen;
 mod token;
@@ -45,5 +46,7 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Token(TokenCommand::Attenuate(a)) => token::attenuate(a),
         Command::Token(TokenCommand::Inspect(a)) => token::inspect(a),
         Command::Token(TokenCommand::Verify(a)) => token::verify(a),
+        Command::Authority(c) => authority::run(&cli.global, c),
+        Command::Bundle(c) => authority::bundle(&cli.global, c),
     }
 }

@@ -1,0 +1,475 @@
+//! `ringzero authority …` and `ringzero bundle show`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use ringzero_authority::node::{self, FirstContact};
+use ringzero_proto::client::{AuthorityClient, Profile};
+use ringzero_proto::pb;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use super::{Outcome, bad_input, bad_input_msg, failed};
+use crate::cli::{
+    AuthorityCommand, BootstrapArgs, BundleCommand, BundleFormat, GlobalArgs, JoinArgs, JsonArgs,
+    RemoveArgs,
+};
+use crate::input::{read_bounded, read_secret, write_file};
+
+fn runtime() -> Result<tokio::runtime::Runtime, super::Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(failed)
+}
+
+pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        match cmd {
+            AuthorityCommand::Bootstrap(a) => bootstrap(a).await,
+            AuthorityCommand::Run(a) => serve(global, &a.data_dir).await,
+            AuthorityCommand::Join(a) => join(global, a).await,
+            AuthorityCommand::JoinToken(a) => join_token(global, a.ttl).await,
+            AuthorityCommand::Members(a) => members(global, a).await,
+            AuthorityCommand::Remove(a) => remove(global, a).await,
+            AuthorityCommand::Status(a) => status(global, a).await,
+        }
+    })
+}
+
+pub(crate) fn bundle(global: &GlobalArgs, cmd: BundleCommand) -> Outcome {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        match cmd {
+            BundleCommand::Show(a) => bundle_show(global, a.format).await,
+        }
+    })
+}
+
+fn init_logging(global: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGZERO_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if global.log_json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn bind(listen: &str) -> Result<tokio::net::TcpListener, super::Failure> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))
+        .map_err(failed)
+}
+
+async fn bootstrap(a: BootstrapArgs) -> Outcome {
+    let profile = node::bootstrap(&a.trust_domain, &a.data_dir, &a.listen, a.admin_ttl)
+        .await
+        .map_err(failed)?;
+    eprintln!(
+        "initialized authority node 1 of trust domain {} in {}",
+        a.trust_domain,
+        a.data_dir.display()
+    );
+    eprintln!(
+        "admin profile: {} (mode 0600; the admin credential expires in {})",
+        profile.display(),
+        humantime::format_duration(a.admin_ttl)
+    );
+    eprintln!();
+    eprintln!("next:");
+    eprintln!(
+        "  ringzero authority run --data-dir {}",
+        a.data_dir.display()
+    );
+    eprintln!("  export RINGZERO_PROFILE={}", profile.display());
+    eprintln!("  ringzero authority status");
+    eprintln!("  ringzero authority join-token            # then, on another machine:");
+    eprintln!(
+        "  ringzero authority join --peer {} --token @TOKENFILE --data-dir D --listen ADDR",
+        a.listen
+    );
+    println!("{}", profile.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(global: &GlobalArgs, dir: &Path) -> Outcome {
+    init_logging(global);
+    let listen = node::listen_address(dir).map_err(bad_input)?;
+    let listener = bind(&listen).await?;
+    tracing::info!(%listen, data_dir = %dir.display(), "authority node serving");
+    node::run(dir, listener, shutdown_signal())
+        .await
+        .map_err(failed)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn join(global: &GlobalArgs, a: JoinArgs) -> Outcome {
+    init_logging(global);
+    let text = read_secret(&a.token).map_err(bad_input)?;
+    let token = ringzero_policy::join::JoinToken::parse(&text).map_err(bad_input)?;
+    let contact = match (&a.bundle, a.insecure_skip_pin) {
+        (Some(_), true) => {
+            return Err(bad_input_msg(
+                "--bundle and --insecure-skip-pin exclude each other",
+            ));
+        }
+        (Some(path), false) => {
+            let pem = read_bounded(path).map_err(bad_input)?;
+            let cas: Result<Vec<CertificateDer<'static>>, _> =
+                CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+            let cas = cas.map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
+            if cas.is_empty() {
+                return Err(bad_input_msg(format!("{}: no certificate", path.display())));
+            }
+            FirstContact::Bundle(token, cas)
+        }
+        (None, true) => FirstContact::InsecureNoPin(token),
+        (None, false) => FirstContact::Pinned(token),
+    };
+    let listener = bind(&a.listen).await?;
+    tracing::info!(peer = %a.peer, listen = %a.listen, "joining");
+    node::join(
+        &a.data_dir,
+        &a.listen,
+        listener,
+        &a.peer,
+        contact,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(failed)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The profile, its path, and a client built from it and the global overrides.
+struct Session {
+    path: PathBuf,
+    profile: Profile,
+    client: AuthorityClient,
+}
+
+fn session(global: &GlobalArgs) -> Result<Session, super::Failure> {
+    let path = global
+        .profile
+        .clone()
+        .ok_or_else(|| bad_input_msg("no profile: pass --profile FILE or set RINGZERO_PROFILE"))?;
+    let text = read_bounded(&path).map_err(bad_input)?;
+    let profile =
+        Profile::from_toml(&text).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
+    let mut creds = profile
+        .credentials()
+        .map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
+    if let Some(t) = &global.token {
+        creds.token = Some(read_secret(t).map_err(bad_input)?);
+    }
+    let addrs = if global.authority.is_empty() {
+        profile.authorities.clone()
+    } else {
+        global.authority.clone()
+    };
+    Ok(Session {
+        path,
+        client: AuthorityClient::new(creds, addrs),
+        profile,
+    })
+}
+
+impl Session {
+    /// Refreshes the profile's bundle and member list from the cluster (atomic rename, 0600).
+    async fn refresh(&mut self) {
+        let Ok(bundle) = self
+            .client
+            .call(|mut c| async move { c.get_bundle(pb::GetBundleRequest {}).await })
+            .await
+        else {
+            return;
+        };
+        let cas = bundle_cas(&bundle);
+        if cas.is_empty() {
+            return;
+        }
+        let mut updated = self.profile.clone();
+        updated.bundle_pem = cas.iter().map(|c| pem_cert(c)).collect();
+        let addrs: Vec<String> = bundle.members.iter().map(|m| m.address.clone()).collect();
+        if !addrs.is_empty() {
+            updated.authorities = addrs;
+        }
+        if updated != self.profile
+            && let Ok(text) = updated.to_toml()
+            && write_file(&self.path, text.as_bytes(), 0o600, true).is_ok()
+        {
+            self.profile = updated;
+        }
+    }
+}
+
+fn bundle_cas(b: &pb::Bundle) -> Vec<CertificateDer<'static>> {
+    b.keys
+        .iter()
+        .filter(|k| k.kind == "x509-ca")
+        .map(|k| CertificateDer::from(k.public_key.clone()))
+        .collect()
+}
+
+fn pem_cert(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+fn call_failed(e: ringzero_proto::client::ClientError) -> super::Failure {
+    failed(anyhow!("{e}"))
+}
+
+async fn join_token(global: &GlobalArgs, ttl: Duration) -> Outcome {
+    let mut s = session(global)?;
+    let reply = s
+        .client
+        .call(|mut c| async move {
+            c.create_join_token(pb::CreateJoinTokenRequest {
+                purpose: "authority".into(),
+                node_name: String::new(),
+                ttl_seconds: ttl.as_secs(),
+            })
+            .await
+        })
+        .await
+        .map_err(call_failed)?;
+    s.refresh().await;
+    eprintln!(
+        "join token for a new authority node; one use, expires at unix time {}",
+        reply.expires_unix
+    );
+    println!("{}", reply.token);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn members(global: &GlobalArgs, a: JsonArgs) -> Outcome {
+    let mut s = session(global)?;
+    let reply = s
+        .client
+        .call(|mut c| async move { c.members(pb::MembersRequest {}).await })
+        .await
+        .map_err(call_failed)?;
+    s.refresh().await;
+    if a.json {
+        let rows: Vec<serde_json::Value> = reply
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.node_id,
+                    "address": m.address,
+                    "role": m.role,
+                    "state": m.state,
+                    "last_contact_ms": m.last_contact_ms,
+                    "matched_index": m.matched_index,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![[
+        "ID".to_owned(),
+        "ADDRESS".into(),
+        "ROLE".into(),
+        "STATE".into(),
+        "LAST_CONTACT".into(),
+        "MATCHED_INDEX".into(),
+    ]];
+    for m in &reply.members {
+        rows.push([
+            m.node_id.to_string(),
+            m.address.clone(),
+            m.role.clone(),
+            m.state.clone(),
+            m.last_contact_ms.map_or("-".into(), |ms| format!("{ms}ms")),
+            m.matched_index.map_or("-".into(), |i| i.to_string()),
+        ]);
+    }
+    print_table(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == N {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", line.join("  "));
+    }
+}
+
+async fn remove(global: &GlobalArgs, a: RemoveArgs) -> Outcome {
+    let mut s = session(global)?;
+    let (node_id, compromised) = (a.node, a.compromised);
+    s.client
+        .call(|mut c| async move {
+            c.remove_member(pb::RemoveMemberRequest {
+                node_id,
+                compromised,
+            })
+            .await
+        })
+        .await
+        .map_err(call_failed)?;
+    s.refresh().await;
+    if compromised {
+        eprintln!(
+            "removed node {node_id}; its keys left the bundle: everything it issued must be reissued"
+        );
+    } else {
+        eprintln!(
+            "removed node {node_id}; its keys stay in the bundle until what they issued expires"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(global: &GlobalArgs, a: JsonArgs) -> Outcome {
+    let mut s = session(global)?;
+    let reply = s
+        .client
+        .call(|mut c| async move { c.status(pb::StatusRequest {}).await })
+        .await
+        .map_err(call_failed)?;
+    s.refresh().await;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "node_id": reply.node_id,
+                "leader_id": reply.leader_id,
+                "leader_address": reply.leader_address,
+                "term": reply.term,
+                "last_applied": reply.last_applied,
+                "writable": reply.writable,
+            })
+        );
+    } else {
+        println!(
+            "leader: node {} at {} (term {}, applied {}), {}",
+            reply.leader_id.map_or("-".into(), |l| l.to_string()),
+            reply.leader_address,
+            reply.term,
+            reply.last_applied,
+            if reply.writable {
+                "accepting writes"
+            } else {
+                "NOT accepting writes"
+            }
+        );
+    }
+    Ok(if reply.writable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn bundle_show(global: &GlobalArgs, format: BundleFormat) -> Outcome {
+    let mut s = session(global)?;
+    let bundle = s
+        .client
+        .call(|mut c| async move { c.get_bundle(pb::GetBundleRequest {}).await })
+        .await
+        .map_err(call_failed)?;
+    s.refresh().await;
+    match format {
+        BundleFormat::Pem => {
+            for c in bundle_cas(&bundle) {
+                print!("{}", pem_cert(&c));
+            }
+        }
+        BundleFormat::Jwks => println!("{}", jwks(&bundle).map_err(failed)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The SPIFFE bundle format: a JWK set with `use: x509-svid` keys (carrying `x5c`) and
+/// `use: jwt-svid` keys.
+fn jwks(b: &pb::Bundle) -> anyhow::Result<serde_json::Value> {
+    use base64::Engine;
+    use x509_parser::prelude::FromDer;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut keys = Vec::new();
+    for k in &b.keys {
+        let point = match k.kind.as_str() {
+            "x509-ca" => {
+                let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&k.public_key)
+                    .map_err(|e| anyhow!("bundle certificate {}: {e}", k.key_id))?;
+                cert.public_key().subject_public_key.data.to_vec()
+            }
+            "jwt" => {
+                let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&k.public_key)
+                    .map_err(|e| anyhow!("JWT key {}: {e}", k.key_id))?;
+                spki.subject_public_key.data.to_vec()
+            }
+            _ => continue,
+        };
+        if point.len() != 65 || point[0] != 4 {
+            continue;
+        }
+        let mut jwk = serde_json::json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "x": url.encode(&point[1..33]),
+            "y": url.encode(&point[33..]),
+            "kid": k.key_id.to_string(),
+        });
+        if k.kind == "x509-ca" {
+            jwk["use"] = "x509-svid".into();
+            jwk["x5c"] = serde_json::json!([b64.encode(&k.public_key)]);
+        } else {
+            jwk["use"] = "jwt-svid".into();
+        }
+        keys.push(jwk);
+    }
+    Ok(serde_json::json!({ "keys": keys, "spiffe_refresh_hint": 60 }))
+}
