@@ -203,12 +203,8 @@ impl Gate {
                 "a capability is required (authorization: Bearer <token>)",
             ));
         };
-        if let Ok(view) = ringzero_policy::token::inspect(&token) {
-            audit.revocation_ids = view
-                .blocks
-                .iter()
-                .map(|b| b.revocation_id.to_hex())
-                .collect();
+        if let Ok(ids) = ringzero_policy::token::revocation_ids(&token) {
+            audit.revocation_ids = ids.iter().map(|id| id.to_hex()).collect();
         }
         let reader = self
             .sm

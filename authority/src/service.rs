@@ -443,7 +443,12 @@ impl pb::authority_server::Authority for AuthorityService {
                 return Err(tonic::Status::invalid_argument("node name required"));
             }
         };
-        let _serial = self.membership.lock().await;
+        // Allocating an authority node id must not race another allocation; agent tokens name
+        // their node and need no lock.
+        let _serial = match node_name {
+            None => Some(self.membership.lock().await),
+            Some(_) => None,
+        };
         let name = match node_name {
             Some(n) => n.to_string(),
             None => self.next_node_id()?.to_string(),

@@ -230,6 +230,9 @@ pub struct AuthorityClient {
     addrs: Vec<String>,
     /// The address that last answered (the leader, usually).
     current: usize,
+    /// One HTTP/2 connection per address, reused across calls.
+    channels: std::collections::HashMap<String, Channel>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl AuthorityClient {
@@ -238,6 +241,8 @@ impl AuthorityClient {
             creds,
             addrs,
             current: 0,
+            channels: std::collections::HashMap::new(),
+            tls: None,
         }
     }
 
@@ -246,9 +251,24 @@ impl AuthorityClient {
         self.addrs.get(self.current).map(String::as_str)
     }
 
-    fn grpc(&self, addr: &str) -> Result<AuthorityGrpc, ClientError> {
-        let channel = crate::transport::channel(addr, self.creds.tls()?, CONNECT_TIMEOUT)
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+    fn grpc(&mut self, addr: &str) -> Result<AuthorityGrpc, ClientError> {
+        let tls = match &self.tls {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.creds.tls()?;
+                self.tls = Some(t.clone());
+                t
+            }
+        };
+        let channel = match self.channels.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = crate::transport::channel(addr, tls, CONNECT_TIMEOUT)
+                    .map_err(|e| ClientError::Transport(e.to_string()))?;
+                self.channels.insert(addr.to_owned(), c.clone());
+                c
+            }
+        };
         let bearer = match &self.creds.token {
             Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
                 ClientError::Profile("the token has characters not allowed in metadata".into())

@@ -41,7 +41,7 @@ use std::time::Duration;
 pub use self::attenuate::{Attenuation, attenuate};
 pub use self::authorize::{CheckKind, Decision, Denial, Grant, Limits, Request, authorize};
 pub use self::cache::TokenCache;
-pub use self::inspect::{BlockView, TokenView, inspect};
+pub use self::inspect::{BlockView, TokenView, inspect, revocation_ids};
 pub use self::mint::{Lifetime, MintRequest, mint};
 
 /// The largest token accepted, in bytes of its base64 form. Larger input is refused before it is

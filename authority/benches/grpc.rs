@@ -1,0 +1,200 @@
+//! Committed writes/s and p50/p99 latency through the gRPC API of a local 3-node cluster —
+//! real gRPC over mTLS on loopback, gating and audit on every call, durable redb — at 1, 16 and
+//! 64 concurrent clients, with the in-process Raft figure (no network, no gating) measured in the
+//! same run.
+//!
+//! The write is `CreateJoinToken` for an agent node: a gated, audited, replicated command.
+//! All three nodes and the clients share this process and its 2 cores.
+//!
+//! `cargo bench -p ringzero-authority --bench grpc` (`RINGZERO_BENCH_SECS` per point, default 3).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringzero_authority::node::{self, FirstContact};
+use ringzero_authority::testing::{Cluster, audit_only};
+use ringzero_policy::TrustDomain;
+use ringzero_proto::client::{AuthorityClient, Profile};
+use ringzero_proto::pb;
+
+fn secs() -> Duration {
+    Duration::from_secs_f64(
+        std::env::var("RINGZERO_BENCH_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3.0),
+    )
+}
+
+fn percentiles(lat: &mut [Duration]) -> (Duration, Duration) {
+    lat.sort();
+    let at = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+async fn listener() -> (tokio::net::TcpListener, String) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
+fn client(profile: &Profile) -> AuthorityClient {
+    AuthorityClient::new(profile.credentials().unwrap(), profile.authorities.clone())
+}
+
+async fn write(c: &mut AuthorityClient, name: String) {
+    c.call(|mut g| {
+        let req = pb::CreateJoinTokenRequest {
+            purpose: "agent".into(),
+            node_name: name.clone(),
+            ttl_seconds: 60,
+        };
+        async move { g.create_join_token(req).await }
+    })
+    .await
+    .unwrap();
+}
+
+async fn grpc_point(profile: &Profile, clients: usize, run: Duration) -> (f64, Duration, Duration) {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..clients {
+        let mut c = client(profile);
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while start.elapsed() < run {
+                let s = Instant::now();
+                write(&mut c, format!("b{t}-{i}")).await;
+                lat.push(s.elapsed());
+                i += 1;
+            }
+            lat
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.unwrap());
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    let (p50, p99) = percentiles(&mut all);
+    (rate, p50, p99)
+}
+
+async fn in_process_point(proposers: usize, run: Duration) -> (f64, Duration, Duration) {
+    let config = ringzero_authority::raft_config("bench").unwrap();
+    let cluster = Arc::new(Cluster::start(3, config, 1).await.unwrap());
+    cluster.leader(&[], Duration::from_secs(10)).await.unwrap();
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in 0..proposers {
+        let c = cluster.clone();
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0;
+            while start.elapsed() < run {
+                let s = Instant::now();
+                c.write(audit_only(&format!("p{p}-{i}")), Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                lat.push(s.elapsed());
+                i += 1;
+            }
+            lat
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.unwrap());
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    let (p50, p99) = percentiles(&mut all);
+    (rate, p50, p99)
+}
+
+fn main() {
+    let run = secs();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::new("bench.example").unwrap();
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|v| *v).await;
+        };
+
+        let (l1, a1) = listener().await;
+        let profile_path = node::bootstrap(&td, &dir.path().join("n1"), &a1, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let n1 = dir.path().join("n1");
+        let s1 = stop(shutdown_rx.clone());
+        tokio::spawn(async move { node::run(&n1, l1, s1).await.unwrap() });
+        let profile = Profile::from_toml(&std::fs::read_to_string(&profile_path).unwrap()).unwrap();
+        let mut admin = client(&profile);
+        for n in 2..=3 {
+            let token = admin
+                .call(|mut g| async move {
+                    g.create_join_token(pb::CreateJoinTokenRequest {
+                        purpose: "authority".into(),
+                        node_name: String::new(),
+                        ttl_seconds: 600,
+                    })
+                    .await
+                })
+                .await
+                .unwrap()
+                .token;
+            let token = ringzero_policy::join::JoinToken::parse(&token).unwrap();
+            let (l, addr) = listener().await;
+            let d = dir.path().join(format!("n{n}"));
+            let (peer, s) = (a1.clone(), stop(shutdown_rx.clone()));
+            tokio::spawn(async move {
+                node::join(&d, &addr, l, &peer, FirstContact::Pinned(token), s).await.unwrap()
+            });
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let m = admin
+                    .call(|mut g| async move { g.members(pb::MembersRequest {}).await })
+                    .await
+                    .unwrap();
+                if m.members.iter().filter(|m| m.role == "voter").count() == n {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {n} did not join");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        println!("ringzero gRPC bench: {run:?} per point; 3 authority nodes on loopback in one process; durable redb; mTLS + capability + audit per write");
+        // Warm up connections and caches.
+        grpc_point(&profile, 4, Duration::from_millis(500)).await;
+        let mut results = Vec::new();
+        for clients in [1, 16, 64] {
+            let (rate, p50, p99) = grpc_point(&profile, clients, run).await;
+            println!(
+                "{:<36} {:>8.0} writes/s   p50 {:>9.2?}   p99 {:>9.2?}",
+                format!("gRPC API, {clients} clients"),
+                rate,
+                p50,
+                p99
+            );
+            results.push(rate);
+        }
+        let _ = shutdown_tx.send(true);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (rate, p50, p99) = in_process_point(64, run).await;
+        println!(
+            "{:<36} {:>8.0} commits/s  p50 {:>9.2?}   p99 {:>9.2?}   (gRPC at 64 = {:.2}x)",
+            "in-process Raft, 64 proposers",
+            rate,
+            p50,
+            p99,
+            results[2] / rate
+        );
+    });
+}
