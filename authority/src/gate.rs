@@ -5,8 +5,8 @@
 //! effect and its record); read-only calls propose an audit-only command. If the record cannot be
 //! committed, the call fails. Denials are recorded too, but aggregated per peer: the first
 //! denial in a window is committed at once, later ones in the same window are counted and
-//! committed as one summary record, so a misbehaving client cannot turn denials into unbounded
-//! Raft writes.
+//! committed as one summary record when the window closes, so a misbehaving client cannot turn
+//! denials into unbounded Raft writes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -97,6 +97,35 @@ struct Window {
     last: AuditRecord,
 }
 
+impl Window {
+    /// The record standing for the denials this window folded (the last one, with their
+    /// count), if it folded any.
+    fn summary(&self) -> Option<AuditRecord> {
+        (self.suppressed > 0).then(|| {
+            let mut s = self.last.clone();
+            s.details
+                .push(("suppressed_denials".into(), self.suppressed.to_string()));
+            s
+        })
+    }
+}
+
+type Windows = Arc<Mutex<HashMap<String, Window>>>;
+
+/// Commits the audit record of a denial. A denied call fails whatever happens here; an
+/// unrecorded denial is logged.
+async fn commit_denial(raft: &Raft, record: AuditRecord) {
+    let cmd = Command {
+        id: CommandId::random(),
+        time_ms: now_ms(),
+        audit: record,
+        op: Op::AuditOnly,
+    };
+    if let Err(e) = crate::propose(raft, cmd).await {
+        tracing::warn!(error = %e, "could not record a denial");
+    }
+}
+
 /// The gate of one authority node.
 pub struct Gate {
     raft: Raft,
@@ -105,7 +134,7 @@ pub struct Gate {
     trust_domain: TrustDomain,
     keys: TrustedKeys,
     cache: TokenCache,
-    denials: Mutex<HashMap<String, Window>>,
+    denials: Windows,
 }
 
 impl std::fmt::Debug for Gate {
@@ -149,7 +178,7 @@ impl Gate {
             trust_domain,
             keys,
             cache: TokenCache::new(4096),
-            denials: Mutex::new(HashMap::new()),
+            denials: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -253,39 +282,26 @@ impl Gate {
                     None
                 }
                 previous => {
-                    // A new window: commit this denial now, plus a summary of the last window.
-                    let summary = previous.and_then(|win| {
-                        (win.suppressed > 0).then(|| {
-                            let mut s = win.last.clone();
-                            s.details
-                                .push(("suppressed_denials".into(), win.suppressed.to_string()));
-                            s
-                        })
-                    });
+                    // A new window: commit this denial now, plus the summary of a previous
+                    // window whose closing timer has not run yet.
+                    let summary = previous.and_then(|win| win.summary());
+                    let opened = Instant::now();
                     w.insert(
-                        key,
+                        key.clone(),
                         Window {
-                            opened: Instant::now(),
+                            opened,
                             suppressed: 0,
                             last: audit.clone(),
                         },
                     );
-                    Some((audit, summary))
+                    Some((audit, summary, opened))
                 }
             }
         };
-        if let Some((record, summary)) = flush {
+        if let Some((record, summary, opened)) = flush {
+            close_window_later(Arc::clone(&self.denials), self.raft.clone(), key, opened);
             for r in summary.into_iter().chain(std::iter::once(record)) {
-                let cmd = Command {
-                    id: CommandId::random(),
-                    time_ms: now_ms(),
-                    audit: r,
-                    op: Op::AuditOnly,
-                };
-                // A denied call fails whatever happens here; an unrecorded denial is logged.
-                if let Err(e) = crate::propose(&self.raft, cmd).await {
-                    tracing::warn!(error = %e, "could not record a denial");
-                }
+                commit_denial(&self.raft, r).await;
             }
         }
     }
@@ -304,6 +320,26 @@ impl Gate {
             self.cache.forget_revoked(&StateRevocations(&reader));
         }
     }
+}
+
+/// When the window of `key` opened at `opened` closes, forgets it and commits the summary of
+/// the denials it folded — unless a later denial from the same peer has already replaced the
+/// window (and committed that summary itself). Without this, the last denials of a peer that
+/// stops calling would never reach the audit log.
+fn close_window_later(denials: Windows, raft: Raft, key: String, opened: Instant) {
+    tokio::spawn(async move {
+        tokio::time::sleep(DENIAL_WINDOW).await;
+        let summary = {
+            let mut w = denials.lock().unwrap_or_else(|p| p.into_inner());
+            match w.get(&key) {
+                Some(win) if win.opened == opened => w.remove(&key).and_then(|win| win.summary()),
+                _ => None,
+            }
+        };
+        if let Some(record) = summary {
+            commit_denial(&raft, record).await;
+        }
+    });
 }
 
 fn denied(d: &Denial) -> tonic::Status {
