@@ -319,11 +319,37 @@ impl pb::raft_server::Raft for RaftService {
     }
 }
 
-/// The server for [`RaftService`], with message sizes bounded.
-pub fn raft_server(service: RaftService) -> pb::raft_server::RaftServer<RaftService> {
-    pb::raft_server::RaftServer::new(service)
+/// Checks the caller before a request body is decoded, so that only members can make a node
+/// buffer a large Raft message.
+#[derive(Clone)]
+pub struct RaftAdmission(RaftService);
+
+impl std::fmt::Debug for RaftAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RaftAdmission")
+    }
+}
+
+impl tonic::service::Interceptor for RaftAdmission {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        self.0.admit(&req)?;
+        Ok(req)
+    }
+}
+
+/// The server for [`RaftService`]: callers admitted before their message is read, message sizes
+/// bounded.
+pub fn raft_server(
+    service: RaftService,
+) -> tonic::service::interceptor::InterceptedService<
+    pb::raft_server::RaftServer<RaftService>,
+    RaftAdmission,
+> {
+    let admission = RaftAdmission(service.clone());
+    let server = pb::raft_server::RaftServer::new(service)
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
-        .max_encoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE);
+    tonic::service::interceptor::InterceptedService::new(server, admission)
 }
 
 #[cfg(test)]

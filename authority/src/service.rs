@@ -188,6 +188,10 @@ impl AuthorityService {
         for a in r.authorities().map_err(status_of)? {
             max = max.max(a.node_id);
         }
+        // Removed nodes keep their (retired) keys, so their ids are never handed out again.
+        for k in r.keys().map_err(status_of)? {
+            max = max.max(k.authority);
+        }
         for t in r.join_tokens().map_err(status_of)? {
             if t.purpose == JoinPurpose::Authority
                 && let Ok(n) = t.node_name.parse::<NodeId>()
@@ -515,6 +519,26 @@ impl pb::authority_server::Authority for AuthorityService {
                 "join: no redeemed join token for this node",
             ));
         }
+        // A node joins once. Keys of a removed node are retired or compromised, never deleted:
+        // their presence is the durable record that this id was removed and may not come back
+        // (a new node needs a new token, which gets a new id).
+        let existing: Vec<crate::KeyRecord> = self
+            .sm
+            .reader()
+            .map_err(status_of)?
+            .keys()
+            .map_err(status_of)?
+            .into_iter()
+            .filter(|k| k.authority == node_id)
+            .collect();
+        if existing
+            .iter()
+            .any(|k| matches!(k.status, KeyStatus::Retired | KeyStatus::Compromised))
+        {
+            return Err(tonic::Status::permission_denied(format!(
+                "join: authority node {node_id} was removed; join a new node with a new token"
+            )));
+        }
         if r.address.is_empty() || r.address.len() > 255 {
             return Err(tonic::Status::invalid_argument("bad address"));
         }
@@ -532,7 +556,9 @@ impl pb::authority_server::Authority for AuthorityService {
             details: vec![("address".into(), r.address.clone())],
         };
         let _serial = self.membership.lock().await;
-        for k in &r.keys {
+        // A retried join (after a crash half way) does not publish its keys twice.
+        let keys_to_publish: &[pb::BundleKey] = if existing.is_empty() { &r.keys } else { &[] };
+        for k in keys_to_publish {
             let kind =
                 parse_kind(&k.kind).ok_or_else(|| tonic::Status::invalid_argument("key kind"))?;
             let cmd = Command {

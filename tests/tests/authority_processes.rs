@@ -1688,9 +1688,6 @@ fn calls_without_a_valid_capability_are_denied_and_audited_with_the_cause() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "bug: JoinCluster admits any authority SVID whose node id has a used join token, so a \
-            node removed with a plain `authority remove` (its CA stays trusted) re-adds itself \
-            as a voter without a new token"]
 fn a_removed_member_cannot_rejoin_without_a_new_token() {
     let _g = shared();
     let c = Cluster::with_voters("removed", 3);
