@@ -30,12 +30,26 @@ pub(crate) async fn try_converged(c: &Cluster) -> Result<Vec<String>, String> {
             .filter_map(|id| c.raft(id).ok().map(|r| r.metrics().borrow().clone()))
             .collect();
         let leader = metrics.first().and_then(|m| m.current_leader);
+        // Metrics are published after the fact, so applied ids are read from each node's
+        // durable state: a write that returned is in the leader's, and every node must match it.
+        let applied: Vec<_> = c
+            .running()
+            .into_iter()
+            .map(|id| {
+                c.reader(id)
+                    .ok()
+                    .and_then(|r| r.last_applied().ok())
+                    .flatten()
+            })
+            .collect();
+        let leader_applied = leader
+            .and_then(|l| c.reader(l).ok())
+            .and_then(|r| r.last_applied().ok())
+            .flatten();
         let settled = leader.is_some()
             && metrics.iter().all(|m| m.current_leader == leader)
             && metrics.iter().any(|m| Some(m.id) == leader)
-            && metrics
-                .iter()
-                .all(|m| m.last_applied == metrics[0].last_applied);
+            && applied.iter().all(|a| *a == leader_applied);
         if settled {
             break;
         }
