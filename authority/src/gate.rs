@@ -232,9 +232,6 @@ impl Gate {
                 "a capability is required (authorization: Bearer <token>)",
             ));
         };
-        if let Ok(ids) = ringzero_policy::token::revocation_ids(&token) {
-            audit.revocation_ids = ids.iter().map(|id| id.to_hex()).collect();
-        }
         let reader = self
             .sm
             .reader()
@@ -255,14 +252,19 @@ impl Gate {
         );
         drop(reader);
         match decision {
-            Decision::Allow(_) => {
+            Decision::Allow(grant) => {
                 audit.decision = AuditDecision::Allow;
+                audit.revocation_ids = grant.revocation_ids.iter().map(|id| id.to_hex()).collect();
                 Ok(Allowed {
                     peer: peer_id,
                     audit,
                 })
             }
             Decision::Deny(d) => {
+                // Name the token by its revocation ids even when it was refused (decoded only).
+                if let Ok(ids) = ringzero_policy::token::revocation_ids(&token) {
+                    audit.revocation_ids = ids.iter().map(|id| id.to_hex()).collect();
+                }
                 audit.reason = Some(format!("{}: {d}", d.code()));
                 self.deny(audit).await;
                 Err(denied(&d))

@@ -262,7 +262,18 @@ async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Parts, NodeEr
     let config = NodeConfig::load(&layout.config())?;
     let td = config.trust_domain()?;
     let keys = Arc::new(NodeKeys::load(&layout.keys(), config.biscuit_key_id)?);
-    let (log, sm) = store::open(&layout.raft())?;
+    // In one process, a node just shut down may hold its database for a moment longer.
+    let mut tries = 0;
+    let (log, sm) = loop {
+        match store::open(&layout.raft()) {
+            Ok(s) => break s,
+            Err(StateError::Storage(m)) if m.contains("already open") && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let mut cas = replicated_cas(&sm)?;
     if cas.is_empty() {
         cas = load_bundle(&layout.bundle());
