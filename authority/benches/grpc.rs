@@ -13,25 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringzero_authority::node::{self, FirstContact};
-use ringzero_authority::testing::{Cluster, audit_only};
+use ringzero_authority::testing::Cluster;
 use ringzero_policy::TrustDomain;
 use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
 
-fn secs() -> Duration {
-    Duration::from_secs_f64(
-        std::env::var("RINGZERO_BENCH_SECS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3.0),
-    )
-}
-
-fn percentiles(lat: &mut [Duration]) -> (Duration, Duration) {
-    lat.sort();
-    let at = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.50), at(0.99))
-}
+mod common;
+use common::{cluster_point, percentiles, secs};
 
 async fn listener() -> (tokio::net::TcpListener, String) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -67,37 +55,6 @@ async fn grpc_point(profile: &Profile, clients: usize, run: Duration) -> (f64, D
             while start.elapsed() < run {
                 let s = Instant::now();
                 write(&mut c, format!("b{t}-{i}")).await;
-                lat.push(s.elapsed());
-                i += 1;
-            }
-            lat
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        all.extend(r.unwrap());
-    }
-    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
-    let (p50, p99) = percentiles(&mut all);
-    (rate, p50, p99)
-}
-
-async fn in_process_point(proposers: usize, run: Duration) -> (f64, Duration, Duration) {
-    let config = ringzero_authority::raft_config("bench").unwrap();
-    let cluster = Arc::new(Cluster::start(3, config, 1).await.unwrap());
-    cluster.leader(&[], Duration::from_secs(10)).await.unwrap();
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..proposers {
-        let c = cluster.clone();
-        tasks.spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = 0;
-            while start.elapsed() < run {
-                let s = Instant::now();
-                c.write(audit_only(&format!("p{p}-{i}")), Duration::from_secs(10))
-                    .await
-                    .unwrap();
                 lat.push(s.elapsed());
                 i += 1;
             }
@@ -187,7 +144,10 @@ fn main() {
         }
         let _ = shutdown_tx.send(true);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (rate, p50, p99) = in_process_point(64, run).await;
+        let config = ringzero_authority::raft_config("bench").unwrap();
+        let cluster = Arc::new(Cluster::start(3, config, 1).await.unwrap());
+        cluster.leader(&[], Duration::from_secs(10)).await.unwrap();
+        let (rate, p50, p99, _) = cluster_point(cluster, 64, run).await;
         println!(
             "{:<36} {:>8.0} commits/s  p50 {:>9.2?}   p99 {:>9.2?}   (gRPC at 64 = {:.2}x)",
             "in-process Raft, 64 proposers",

@@ -9,17 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{Database, TableDefinition};
-use ringzero_authority::testing::{Cluster, audit_only};
+use ringzero_authority::testing::Cluster;
+
+mod common;
+use common::{cluster_point, percentiles, secs};
 
 const TABLE: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("bench");
-
-fn secs() -> Duration {
-    let s = std::env::var("RINGZERO_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3.0);
-    Duration::from_secs_f64(s)
-}
 
 /// One durable redb transaction per record: the floor under every Raft append.
 fn raw_redb(run: Duration) -> (f64, Duration, Duration) {
@@ -43,45 +38,6 @@ fn raw_redb(run: Duration) -> (f64, Duration, Duration) {
     let rate = i as f64 / start.elapsed().as_secs_f64();
     let (p50, p99) = percentiles(&mut lat);
     (rate, p50, p99)
-}
-
-fn percentiles(lat: &mut [Duration]) -> (Duration, Duration) {
-    lat.sort();
-    let at = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.50), at(0.99))
-}
-
-async fn cluster_point(
-    cluster: Arc<Cluster>,
-    proposers: usize,
-    run: Duration,
-) -> (f64, Duration, Duration, usize) {
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in 0..proposers {
-        let c = cluster.clone();
-        tasks.spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = 0;
-            while start.elapsed() < run {
-                let t = Instant::now();
-                c.write(audit_only(&format!("p{p}-{i}")), Duration::from_secs(10))
-                    .await
-                    .expect("write");
-                lat.push(t.elapsed());
-                i += 1;
-            }
-            lat
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        all.extend(r.expect("proposer"));
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let n = all.len();
-    let (p50, p99) = percentiles(&mut all);
-    (n as f64 / elapsed, p50, p99, n)
 }
 
 fn main() {

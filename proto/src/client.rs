@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringzero_policy::TrustDomain;
-use ringzero_policy::svid::TrustBundle;
+use ringzero_policy::svid::{TrustBundle, pem_encode};
 use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeServerVerifier};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -60,6 +60,15 @@ impl ClientError {
     }
 }
 
+/// The leader address a follower named in its `Unavailable` answer.
+fn leader_hint(status: &tonic::Status) -> Option<String> {
+    status
+        .metadata()
+        .get(LEADER_HINT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// A client profile, as stored on disk.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,18 +86,6 @@ pub struct Profile {
     pub token: String,
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
 impl Profile {
     /// A profile from its parts (DER certificates, PKCS#8 key).
     pub fn new(
@@ -102,9 +99,12 @@ impl Profile {
         Self {
             trust_domain: td.to_string(),
             authorities,
-            bundle_pem: bundle.iter().map(|c| pem("CERTIFICATE", c)).collect(),
-            svid_pem: chain.iter().map(|c| pem("CERTIFICATE", c)).collect(),
-            key_pem: pem("PRIVATE KEY", key_pkcs8),
+            bundle_pem: bundle
+                .iter()
+                .map(|c| pem_encode("CERTIFICATE", c))
+                .collect(),
+            svid_pem: chain.iter().map(|c| pem_encode("CERTIFICATE", c)).collect(),
+            key_pem: pem_encode("PRIVATE KEY", key_pkcs8),
             token: token.to_owned(),
         }
     }
@@ -297,11 +297,7 @@ impl AuthorityClient {
             match tokio::time::timeout(CALL_TIMEOUT, f(grpc)).await {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => {
-                    let hint = status
-                        .metadata()
-                        .get(LEADER_HINT)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
+                    let hint = leader_hint(&status);
                     let retry = matches!(
                         status.code(),
                         tonic::Code::Unavailable | tonic::Code::Unknown
@@ -486,11 +482,7 @@ pub async fn redeem_join_token(
         match tokio::time::timeout(CALL_TIMEOUT, c.redeem_join_token(req.clone())).await {
             Ok(Ok(r)) => return Ok(r.into_inner()),
             Ok(Err(status)) => {
-                let hint = status
-                    .metadata()
-                    .get(LEADER_HINT)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                let hint = leader_hint(&status);
                 let unavailable = status.code() == tonic::Code::Unavailable;
                 last = status.into();
                 match hint {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use ringzero_authority::node::{self, FirstContact};
+use ringzero_policy::svid::pem_encode;
 use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
 use rustls_pki_types::CertificateDer;
@@ -213,7 +214,7 @@ impl Session {
             return;
         }
         let mut updated = self.profile.clone();
-        updated.bundle_pem = cas.iter().map(|c| pem_cert(c)).collect();
+        updated.bundle_pem = cas.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
         let addrs: Vec<String> = bundle.members.iter().map(|m| m.address.clone()).collect();
         if !addrs.is_empty() {
             updated.authorities = addrs;
@@ -233,18 +234,6 @@ fn bundle_cas(b: &pb::Bundle) -> Vec<CertificateDer<'static>> {
         .filter(|k| k.kind == "x509-ca")
         .map(|k| CertificateDer::from(k.public_key.clone()))
         .collect()
-}
-
-fn pem_cert(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
 
 fn call_failed(e: ringzero_proto::client::ClientError) -> super::Failure {
@@ -423,7 +412,7 @@ async fn bundle_show(global: &GlobalArgs, format: BundleFormat) -> Outcome {
     match format {
         BundleFormat::Pem => {
             for c in bundle_cas(&bundle) {
-                print!("{}", pem_cert(&c));
+                print!("{}", pem_encode("CERTIFICATE", &c));
             }
         }
         BundleFormat::Jwks => println!("{}", jwks(&bundle).map_err(failed)?),

@@ -16,7 +16,9 @@ mod validate;
 use std::time::Duration;
 
 pub use self::ca::{IssuedSvid, LeafKey, LeafRequest, SigningCa, csr_for, generate_key};
-pub use self::validate::{TrustBundle, Usage, ValidatedSvid, spiffe_id_of, validate_svid};
+pub use self::validate::{
+    TrustBundle, Usage, ValidatedSvid, pem_encode, spiffe_id_of, validate_svid,
+};
 
 /// The largest certificate or CSR accepted, in bytes of DER.
 pub const MAX_DER_LEN: usize = 16 * 1024;

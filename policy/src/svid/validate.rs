@@ -83,19 +83,24 @@ impl TrustBundle {
 
     /// The bundle as concatenated PEM certificates.
     pub fn to_pem(&self) -> String {
-        use base64::Engine;
-        let mut out = String::new();
-        for root in &self.roots {
-            out.push_str("-----BEGIN CERTIFICATE-----\n");
-            let b64 = base64::engine::general_purpose::STANDARD.encode(root);
-            for line in b64.as_bytes().chunks(64) {
-                out.push_str(&String::from_utf8_lossy(line));
-                out.push('\n');
-            }
-            out.push_str("-----END CERTIFICATE-----\n");
-        }
-        out
+        self.roots
+            .iter()
+            .map(|r| pem_encode("CERTIFICATE", r))
+            .collect()
     }
+}
+
+/// One PEM block (`-----BEGIN {label}-----`, base64 in 64-column lines).
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 /// Which extended key usage the validation requires of the leaf.
