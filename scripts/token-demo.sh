@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --release -p ringzero-cli
-rz=target/release/ringzero
+# Wherever cargo puts its target directory (CARGO_TARGET_DIR is honoured).
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+rz="$target_dir/release/ringzero"
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 
