@@ -162,19 +162,23 @@ impl RaftNetworkFactory<TypeConfig> for RouterNetwork {
     }
 }
 
-impl RaftNetwork<TypeConfig> for RouterConnection {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+impl RouterConnection {
+    /// Delivers one request to the target node and its answer back, each hop through the
+    /// faults.
+    async fn forward<Resp, E, Fut>(
+        &self,
+        call: impl FnOnce(Raft) -> Fut,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>>,
+        E: std::error::Error,
+    {
         let raft = self
             .router
             .deliver(self.from, self.to)
             .await
             .map_err(unreachable)?;
-        let resp = raft
-            .append_entries(rpc)
+        let resp = call(raft)
             .await
             .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))?;
         self.router
@@ -182,6 +186,17 @@ impl RaftNetwork<TypeConfig> for RouterConnection {
             .await
             .map_err(unreachable)?;
         Ok(resp)
+    }
+}
+
+impl RaftNetwork<TypeConfig> for RouterConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.forward(|raft| async move { raft.append_entries(rpc).await })
+            .await
     }
 
     async fn install_snapshot(
@@ -192,20 +207,8 @@ impl RaftNetwork<TypeConfig> for RouterConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let raft = self
-            .router
-            .deliver(self.from, self.to)
+        self.forward(|raft| async move { raft.install_snapshot(rpc).await })
             .await
-            .map_err(unreachable)?;
-        let resp = raft
-            .install_snapshot(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))?;
-        self.router
-            .hop(self.to, self.from)
-            .await
-            .map_err(unreachable)?;
-        Ok(resp)
     }
 
     async fn vote(
@@ -213,20 +216,8 @@ impl RaftNetwork<TypeConfig> for RouterConnection {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let raft = self
-            .router
-            .deliver(self.from, self.to)
+        self.forward(|raft| async move { raft.vote(rpc).await })
             .await
-            .map_err(unreachable)?;
-        let resp = raft
-            .vote(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))?;
-        self.router
-            .hop(self.to, self.from)
-            .await
-            .map_err(unreachable)?;
-        Ok(resp)
     }
 }
 
