@@ -19,7 +19,7 @@ use ringzero_policy::svid::{LeafKey, LeafRequest, TrustBundle, generate_key};
 use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeClientVerifier};
 use ringzero_policy::token::{Lifetime, MintRequest};
 use ringzero_policy::{Role, SpiffeId, TrustDomain};
-use ringzero_proto::client::{AuthorityClient, Credentials, Profile};
+use ringzero_proto::client::{AuthorityClient, Credentials, Profile, bundle_cas};
 use ringzero_proto::pb;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
@@ -119,15 +119,6 @@ impl NodeConfig {
     fn trust_domain(&self) -> Result<TrustDomain, NodeError> {
         TrustDomain::new(&self.trust_domain).map_err(other)
     }
-}
-
-/// The x509 CA certificates of a bundle reply.
-fn bundle_cas(b: &pb::Bundle) -> Vec<CertificateDer<'static>> {
-    b.keys
-        .iter()
-        .filter(|k| k.kind == "x509-ca" && k.status != "compromised")
-        .map(|k| CertificateDer::from(k.public_key.clone()))
-        .collect()
 }
 
 fn save_bundle(path: &Path, cas: &[CertificateDer<'_>]) -> Result<(), NodeError> {

@@ -60,6 +60,15 @@ impl ClientError {
     }
 }
 
+/// The CA certificates of a bundle reply, leaving out compromised keys whatever the server says.
+pub fn bundle_cas(b: &pb::Bundle) -> Vec<CertificateDer<'static>> {
+    b.keys
+        .iter()
+        .filter(|k| k.kind == "x509-ca" && k.status != "compromised")
+        .map(|k| CertificateDer::from(k.public_key.clone()))
+        .collect()
+}
+
 /// The leader address a follower named in its `Unavailable` answer.
 fn leader_hint(status: &tonic::Status) -> Option<String> {
     status

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use ringzero_authority::node::{self, FirstContact};
 use ringzero_policy::svid::pem_encode;
-use ringzero_proto::client::{AuthorityClient, Profile};
+use ringzero_proto::client::{AuthorityClient, Profile, bundle_cas};
 use ringzero_proto::pb;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -226,14 +226,6 @@ impl Session {
             self.profile = updated;
         }
     }
-}
-
-fn bundle_cas(b: &pb::Bundle) -> Vec<CertificateDer<'static>> {
-    b.keys
-        .iter()
-        .filter(|k| k.kind == "x509-ca")
-        .map(|k| CertificateDer::from(k.public_key.clone()))
-        .collect()
 }
 
 fn call_failed(e: ringzero_proto::client::ClientError) -> super::Failure {

@@ -22,10 +22,7 @@ pub fn generate_key() -> Result<KeyPair, SvidError> {
 pub fn csr_for(key: &KeyPair, id: &SpiffeId) -> Result<Vec<u8>, SvidError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names =
-        vec![SanType::URI(id.as_str().try_into().map_err(
-            |e: rcgen::Error| SvidError::Generate(e.to_string()),
-        )?)];
+    params.subject_alt_names = vec![uri_san(id)?];
     Ok(params.serialize_request(key)?.der().to_vec())
 }
 
