@@ -55,6 +55,7 @@
 
 pub mod join;
 pub mod rights;
+pub mod selector;
 pub mod spiffe;
 pub mod svid;
 pub mod tls;
