@@ -1,0 +1,571 @@
+//! The SPIFFE Workload API server on a unix socket.
+//!
+//! - **Socket**: [`bind`] removes a stale socket file (never anything else, and never a socket
+//!   another agent still answers on) and makes the socket world-connectable (`0666`):
+//!   attestation, not the file mode, decides what a caller gets.
+//! - **Connections**: each accepted connection is attested in its own task under a deadline
+//!   ([`Attestor::attest`]); a connection whose peer cannot be attested is closed. At most
+//!   [`Limits::max_connections`] connections are open at once; excess ones are closed at once.
+//!   Every request carries the connection's [`Attestation`] (tonic connect info), and is served
+//!   only after [`Attestation::verify`] shows the caller is still the process attested at accept,
+//!   on the same executable.
+//! - **Requests** (per the SPIFFE Workload API standard): the metadata `workload.spiffe.io:
+//!   true` is required (`InvalidArgument` otherwise). `FetchX509SVID` streams the full set of
+//!   the caller's identities — every cached identity whose entry selectors are all among the
+//!   caller's — at once and again after every change of the cache; with none it fails (or, later,
+//!   ends) with `PermissionDenied: no identity issued`. `FetchX509Bundles` streams every trust
+//!   domain's CA certificates keyed by the trust domain's SPIFFE ID (`spiffe://example.org`);
+//!   bundles are public, so any attested caller gets them. The JWT methods answer
+//!   `Unimplemented`.
+//! - **Bounds**: request messages are tiny, so decoding is capped at [`MAX_REQUEST_LEN`];
+//!   HTTP/2 header lists and concurrent streams per connection are capped; a client that never
+//!   reads is held back by HTTP/2 flow control and a one-message queue, and costs only its own
+//!   connection slot.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ringzero_policy::TrustDomain;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Sleep;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, warn};
+
+use crate::attest::{AttestError, Attestation, Attestor};
+use crate::cache::{Snapshot, SvidCache};
+use crate::pb;
+use crate::pb::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+
+/// The metadata key every Workload API request must carry with the value `true`.
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+/// The largest request message accepted (Workload API requests are tiny).
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+/// The largest response message sent.
+const MAX_RESPONSE_LEN: usize = 32 * 1024 * 1024;
+/// The status message when no identity matches the caller, as SPIRE words it.
+pub const NO_IDENTITY: &str = "no identity issued";
+
+/// How long the accept loop pauses after a listener error such as `EMFILE`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most this many connections are accepted per poll before attested ones are handed out.
+const ACCEPT_BUDGET: usize = 64;
+
+/// Bounds on what callers may cost the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections (being attested or established).
+    pub max_connections: usize,
+    /// Concurrent gRPC calls per connection.
+    pub max_streams_per_connection: u32,
+    /// How long attesting one connection may take (it may hash a large executable once).
+    pub attest_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// 1024 connections, 16 calls each, 30 s to attest.
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_streams_per_connection: 16,
+            attest_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The socket path holds something that is not a socket; it is left alone.
+    #[error("{0} exists and is not a socket")]
+    NotASocket(String),
+    /// Another process still serves on the socket path.
+    #[error("{0} is in use by another server")]
+    InUse(String),
+    #[error("cannot bind {path}: {source}")]
+    Bind {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds the Workload API socket at `path`: removes a stale socket left by a previous run
+/// (refusing when `path` is not a socket, or when a server still answers on it), binds, and sets
+/// mode `0666`.
+pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    let shown = || path.display().to_string();
+    let bind_err = |source| ServeError::Bind {
+        path: shown(),
+        source,
+    };
+    match tokio::fs::symlink_metadata(path).await {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(ServeError::InUse(shown()));
+            }
+            tokio::fs::remove_file(path).await.map_err(bind_err)?;
+        }
+        Ok(_) => return Err(ServeError::NotASocket(shown())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .await
+        .map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Serves the Workload API on a unix socket at `path` (see [`bind`]) from `cache`, with the
+/// default [`Limits`], until `shutdown` completes.
+pub async fn serve(
+    path: &Path,
+    cache: SvidCache,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let listener = bind(path).await?;
+    info!(path = %path.display(), "Workload API listening");
+    serve_listener(
+        listener,
+        cache,
+        Attestor::new(),
+        Limits::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves the Workload API on a bound `listener` until `shutdown` completes.
+pub async fn serve_listener(
+    listener: UnixListener,
+    cache: SvidCache,
+    attestor: Attestor,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let service = SpiffeWorkloadApiServer::new(WorkloadApi { cache })
+        .max_decoding_message_size(MAX_REQUEST_LEN)
+        .max_encoding_message_size(MAX_RESPONSE_LEN);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .concurrency_limit_per_connection(
+            usize::try_from(limits.max_streams_per_connection).unwrap_or(usize::MAX),
+        )
+        .http2_max_header_list_size(16 * 1024)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming(listener, attestor, limits), shutdown)
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accepting and attesting connections
+// ---------------------------------------------------------------------------------------------
+
+/// What every request knows about its caller: the attestation of its connection.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<Attestation>);
+
+/// An accepted, attested connection.
+struct AttestedConnection {
+    stream: UnixStream,
+    caller: Caller,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for AttestedConnection {
+    type ConnectInfo = Caller;
+
+    fn connect_info(&self) -> Caller {
+        self.caller.clone()
+    }
+}
+
+impl AsyncRead for AttestedConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AttestedConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Accepted connections, each attested in its own task, as a stream for tonic.
+fn incoming(
+    listener: UnixListener,
+    attestor: Attestor,
+    limits: Limits,
+) -> impl Stream<Item = Result<AttestedConnection, io::Error>> + Send + 'static {
+    Incoming {
+        listener,
+        attestor,
+        attest_timeout: limits.attest_timeout,
+        slots: Arc::new(Semaphore::new(
+            limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+        )),
+        attesting: JoinSet::new(),
+        backoff: None,
+    }
+}
+
+struct Incoming {
+    listener: UnixListener,
+    attestor: Attestor,
+    attest_timeout: Duration,
+    slots: Arc<Semaphore>,
+    attesting: JoinSet<Option<AttestedConnection>>,
+    backoff: Option<Pin<Box<Sleep>>>,
+}
+
+impl Incoming {
+    fn start(&mut self, stream: UnixStream) {
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            warn!("Workload API connection limit reached; closing a new connection");
+            return;
+        };
+        let attestor = self.attestor.clone();
+        let deadline = self.attest_timeout;
+        self.attesting.spawn(async move {
+            let job = tokio::task::spawn_blocking(move || {
+                let result = attestor.attest(&stream);
+                (stream, result)
+            });
+            let (stream, result) = match tokio::time::timeout(deadline, job).await {
+                Ok(Ok(done)) => done,
+                Ok(Err(_)) | Err(_) => {
+                    warn!("Workload API caller attestation timed out or failed; closing");
+                    return None;
+                }
+            };
+            match result {
+                Ok(attestation) => {
+                    debug!(
+                        pid = attestation.pid(),
+                        uid = attestation.uid(),
+                        selectors = attestation.selectors().len(),
+                        "Workload API caller attested"
+                    );
+                    Some(AttestedConnection {
+                        stream,
+                        caller: Caller(Arc::new(attestation)),
+                        _slot: slot,
+                    })
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot attest Workload API caller; closing");
+                    None
+                }
+            }
+        });
+    }
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        for _ in 0..ACCEPT_BUDGET {
+            if let Some(backoff) = &mut self.backoff {
+                if backoff.as_mut().poll(cx).is_pending() {
+                    return None;
+                }
+                self.backoff = None;
+            }
+            match self.listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, _))) => self.start(stream),
+                Poll::Ready(Err(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                    ) => {}
+                Poll::Ready(Err(e)) => {
+                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                    return Some(e);
+                }
+                Poll::Pending => return None,
+            }
+        }
+        cx.waker().wake_by_ref();
+        None
+    }
+}
+
+impl Stream for Incoming {
+    type Item = Result<AttestedConnection, io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(e) = this.poll_accept(cx) {
+            warn!(error = %e, "Workload API accept failed");
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            match this.attesting.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
+                Poll::Ready(Some(Ok(None) | Err(_))) => {}
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service
+// ---------------------------------------------------------------------------------------------
+
+struct WorkloadApi {
+    cache: SvidCache,
+}
+
+type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
+
+/// The caller of `req`, after checking the security header and that the caller is still the
+/// attested process.
+fn admit<T>(req: &Request<T>, method: &'static str) -> Result<Arc<Attestation>, Status> {
+    let header_ok = req
+        .metadata()
+        .get(SECURITY_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"true");
+    let caller = req.extensions().get::<Caller>().map(|c| Arc::clone(&c.0));
+    if !header_ok {
+        info!(
+            method,
+            pid = caller.as_ref().map(|c| c.pid()),
+            "Workload API request without the security header"
+        );
+        return Err(Status::invalid_argument(
+            "security header missing from request",
+        ));
+    }
+    let caller = caller.ok_or_else(|| Status::internal("caller was not attested"))?;
+    recheck(&caller, method)?;
+    Ok(caller)
+}
+
+/// [`Attestation::verify`], as a status.
+fn recheck(caller: &Attestation, method: &'static str) -> Result<(), Status> {
+    caller.verify().map_err(|e| {
+        info!(method, pid = caller.pid(), uid = caller.uid(), error = %e, "Workload API caller refused");
+        match e {
+            AttestError::ProcessGone | AttestError::ExecutableChanged => {
+                Status::permission_denied(e.to_string())
+            }
+            _ => Status::unavailable("cannot re-attest the caller"),
+        }
+    })
+}
+
+/// The caller's full X.509 state, or `PermissionDenied` when nothing matches it.
+fn x509_response(snap: &Snapshot, caller: &Attestation) -> Result<pb::X509svidResponse, Status> {
+    let mut svids = Vec::new();
+    let mut own_domains: Vec<&TrustDomain> = Vec::new();
+    for identity in snap.matching(caller.selectors()) {
+        let td = identity.spiffe_id.trust_domain();
+        let Some(bundle) = snap.bundle(&td).filter(|b| !b.is_empty()) else {
+            warn!(entry = %identity.entry_id, trust_domain = %td, "no bundle for an identity's trust domain; not served");
+            continue;
+        };
+        svids.push(pb::X509svid {
+            spiffe_id: identity.spiffe_id.to_string(),
+            x509_svid: concat(&identity.chain),
+            x509_svid_key: identity.key.to_vec(),
+            bundle: concat(bundle),
+            hint: identity.hint.clone(),
+        });
+        if let Some((known, _)) = snap.bundles().get_key_value(&td) {
+            own_domains.push(known);
+        }
+    }
+    if svids.is_empty() {
+        return Err(Status::permission_denied(NO_IDENTITY));
+    }
+    let federated_bundles = snap
+        .bundles()
+        .iter()
+        .filter(|(td, cas)| !own_domains.contains(td) && !cas.is_empty())
+        .map(|(td, cas)| (td.id().to_string(), concat(cas)))
+        .collect();
+    Ok(pb::X509svidResponse {
+        svids,
+        crl: Vec::new(),
+        federated_bundles,
+    })
+}
+
+fn bundles_response(snap: &Snapshot) -> Option<pb::X509BundlesResponse> {
+    let bundles: std::collections::HashMap<String, Vec<u8>> = snap
+        .bundles()
+        .iter()
+        .filter(|(_, cas)| !cas.is_empty())
+        .map(|(td, cas)| (td.id().to_string(), concat(cas)))
+        .collect();
+    (!bundles.is_empty()).then_some(pb::X509BundlesResponse {
+        crl: Vec::new(),
+        bundles,
+    })
+}
+
+fn concat(certs: &[rustls_pki_types::CertificateDer<'static>]) -> Vec<u8> {
+    certs
+        .iter()
+        .flat_map(|c| c.as_ref().iter().copied())
+        .collect()
+}
+
+/// Streams `build(snapshot)` now and after every cache change while it yields something new;
+/// `Err` ends the stream with that status. Before each message the caller is re-verified.
+fn stream_updates<T: Send + 'static>(
+    mut rx: watch::Receiver<Arc<Snapshot>>,
+    caller: Arc<Attestation>,
+    method: &'static str,
+    build: impl Fn(&Snapshot, &Attestation) -> Result<Option<T>, Status> + Send + 'static,
+) -> ReceiverStream<Result<T, Status>> {
+    // One message in flight: a client that does not read holds only its own task back.
+    let (tx, out) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            let snap = Arc::clone(&rx.borrow_and_update());
+            // A few small reads of /proc: cheap enough to run on the runtime.
+            let next = recheck(&caller, method).and_then(|()| build(&snap, &caller));
+            match next {
+                Ok(Some(msg)) => {
+                    if tx.send(Ok(msg)).await.is_err() {
+                        break;
+                    }
+                    debug!(
+                        method,
+                        pid = caller.pid(),
+                        revision = snap.revision(),
+                        "Workload API update sent"
+                    );
+                }
+                Ok(None) => {}
+                Err(status) => {
+                    info!(method, pid = caller.pid(), uid = caller.uid(), code = ?status.code(), "Workload API stream ended");
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+            }
+            tokio::select! {
+                () = tx.closed() => break,
+                changed = rx.changed() => if changed.is_err() { break },
+            }
+        }
+    });
+    ReceiverStream::new(out)
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = ResponseStream<pb::X509svidResponse>;
+    type FetchX509BundlesStream = ResponseStream<pb::X509BundlesResponse>;
+    type FetchJWTBundlesStream = ResponseStream<pb::JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let caller = admit(&req, "FetchX509SVID")?;
+        let rx = self.cache.subscribe();
+        // The first answer is decided here, so that a caller with no identity gets the status
+        // on the call itself, as from SPIRE.
+        let first = x509_response(&rx.borrow(), &caller);
+        match &first {
+            Ok(msg) => info!(
+                pid = caller.pid(),
+                uid = caller.uid(),
+                svids = msg.svids.len(),
+                "FetchX509SVID: serving"
+            ),
+            Err(_) => {
+                info!(
+                    pid = caller.pid(),
+                    uid = caller.uid(),
+                    "FetchX509SVID: no identity issued"
+                );
+            }
+        }
+        first?;
+        Ok(Response::new(stream_updates(
+            rx,
+            caller,
+            "FetchX509SVID",
+            |snap, caller| x509_response(snap, caller).map(Some),
+        )))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let caller = admit(&req, "FetchX509Bundles")?;
+        info!(
+            pid = caller.pid(),
+            uid = caller.uid(),
+            "FetchX509Bundles: serving"
+        );
+        Ok(Response::new(stream_updates(
+            self.cache.subscribe(),
+            caller,
+            "FetchX509Bundles",
+            |snap, _| Ok(bundles_response(snap)),
+        )))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        admit(&req, "FetchJWTSVID")?;
+        Err(Status::unimplemented("JWT-SVIDs are not supported yet"))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        admit(&req, "FetchJWTBundles")?;
+        Err(Status::unimplemented("JWT-SVIDs are not supported yet"))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        admit(&req, "ValidateJWTSVID")?;
+        Err(Status::unimplemented("JWT-SVIDs are not supported yet"))
+    }
+}
