@@ -61,6 +61,8 @@ pub const NO_IDENTITY: &str = "no identity issued";
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most this many connections are accepted per poll before attested ones are handed out.
 const ACCEPT_BUDGET: usize = 64;
+/// How long a shutdown waits for connections to close before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Bounds on what callers may cost the server.
 #[derive(Debug, Clone, Copy)]
@@ -158,18 +160,34 @@ pub async fn serve_listener(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let service = SpiffeWorkloadApiServer::new(WorkloadApi { cache })
-        .max_decoding_message_size(MAX_REQUEST_LEN)
-        .max_encoding_message_size(MAX_RESPONSE_LEN);
-    tonic::transport::Server::builder()
+    // Open streams end when shutdown begins, so that the graceful shutdown can finish; a
+    // connection that still lingers is dropped after SHUTDOWN_GRACE.
+    let (stopping_tx, stopping) = watch::channel(false);
+    let service = SpiffeWorkloadApiServer::new(WorkloadApi {
+        cache,
+        stopping: stopping.clone(),
+    })
+    .max_decoding_message_size(MAX_REQUEST_LEN)
+    .max_encoding_message_size(MAX_RESPONSE_LEN);
+    let server = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         .concurrency_limit_per_connection(
             usize::try_from(limits.max_streams_per_connection).unwrap_or(usize::MAX),
         )
         .http2_max_header_list_size(16 * 1024)
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming(listener, attestor, limits), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming(listener, attestor, limits), async move {
+            shutdown.await;
+            let _ = stopping_tx.send(true);
+        });
+    let mut grace = stopping;
+    tokio::select! {
+        served = server => served?,
+        () = async {
+            let _ = grace.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => warn!("Workload API connections still open after the shutdown grace period; dropped"),
+    }
     Ok(())
 }
 
@@ -348,6 +366,8 @@ impl Stream for Incoming {
 
 struct WorkloadApi {
     cache: SvidCache,
+    /// Becomes `true` when the server shuts down: open streams end.
+    stopping: watch::Receiver<bool>,
 }
 
 type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
@@ -449,6 +469,7 @@ fn concat(certs: &[rustls_pki_types::CertificateDer<'static>]) -> Vec<u8> {
 /// `Err` ends the stream with that status. Before each message the caller is re-verified.
 fn stream_updates<T: Send + 'static>(
     mut rx: watch::Receiver<Arc<Snapshot>>,
+    mut stopping: watch::Receiver<bool>,
     caller: Arc<Attestation>,
     method: &'static str,
     build: impl Fn(&Snapshot, &Attestation) -> Result<Option<T>, Status> + Send + 'static,
@@ -481,6 +502,7 @@ fn stream_updates<T: Send + 'static>(
             }
             tokio::select! {
                 () = tx.closed() => break,
+                _ = stopping.wait_for(|stop| *stop) => break,
                 changed = rx.changed() => if changed.is_err() { break },
             }
         }
@@ -521,6 +543,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         first?;
         Ok(Response::new(stream_updates(
             rx,
+            self.stopping.clone(),
             caller,
             "FetchX509SVID",
             |snap, caller| x509_response(snap, caller).map(Some),
@@ -539,6 +562,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         );
         Ok(Response::new(stream_updates(
             self.cache.subscribe(),
+            self.stopping.clone(),
             caller,
             "FetchX509Bundles",
             |snap, _| Ok(bundles_response(snap)),
