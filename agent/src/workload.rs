@@ -5,7 +5,8 @@
 //!   attestation, not the file mode, decides what a caller gets.
 //! - **Connections**: each accepted connection is attested in its own task under a deadline
 //!   ([`Attestor::attest`]); a connection whose peer cannot be attested is closed. At most
-//!   [`Limits::max_connections`] connections are open at once; excess ones are closed at once.
+//!   [`Limits::max_connections`] connections are open at once, at most
+//!   [`Limits::max_connections_per_uid`] of one uid; excess ones are closed at once.
 //!   Every request carries the connection's [`Attestation`] (tonic connect info), and is served
 //!   only after [`Attestation::verify`] shows the caller is still the process attested at accept,
 //!   on the same executable.
@@ -22,6 +23,7 @@
 //!   reads is held back by HTTP/2 flow control and a one-message queue, and costs only its own
 //!   connection slot.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -69,6 +71,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Limits {
     /// Open connections (being attested or established).
     pub max_connections: usize,
+    /// Open connections of one uid, so that one local user cannot take every slot.
+    pub max_connections_per_uid: usize,
     /// Concurrent gRPC calls per connection.
     pub max_streams_per_connection: u32,
     /// How long attesting one connection may take (it may hash a large executable once).
@@ -76,10 +80,11 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// 1024 connections, 16 calls each, 30 s to attest.
+    /// 1024 connections, 128 per uid, 16 calls each, 30 s to attest.
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_uid: 128,
             max_streams_per_connection: 16,
             attest_timeout: Duration::from_secs(30),
         }
@@ -204,6 +209,45 @@ struct AttestedConnection {
     stream: UnixStream,
     caller: Caller,
     _slot: OwnedSemaphorePermit,
+    _uid_slot: UidSlot,
+}
+
+/// One of a uid's connection slots, given back on drop.
+struct UidSlot {
+    uid: u32,
+    counts: Arc<std::sync::Mutex<HashMap<u32, usize>>>,
+}
+
+impl UidSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<HashMap<u32, usize>>>,
+        uid: u32,
+        max: usize,
+    ) -> Option<Self> {
+        let mut map = counts.lock().ok()?;
+        let n = map.entry(uid).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            uid,
+            counts: Arc::clone(counts),
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.counts.lock()
+            && let Some(n) = map.get_mut(&self.uid)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Connected for AttestedConnection {
@@ -255,6 +299,8 @@ fn incoming(
         slots: Arc::new(Semaphore::new(
             limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
         )),
+        per_uid: Arc::new(std::sync::Mutex::new(HashMap::new())),
+        max_per_uid: limits.max_connections_per_uid,
         attesting: JoinSet::new(),
         backoff: None,
     }
@@ -265,6 +311,8 @@ struct Incoming {
     attestor: Attestor,
     attest_timeout: Duration,
     slots: Arc<Semaphore>,
+    per_uid: Arc<std::sync::Mutex<HashMap<u32, usize>>>,
+    max_per_uid: usize,
     attesting: JoinSet<Option<AttestedConnection>>,
     backoff: Option<Pin<Box<Sleep>>>,
 }
@@ -273,6 +321,16 @@ impl Incoming {
     fn start(&mut self, stream: UnixStream) {
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             warn!("Workload API connection limit reached; closing a new connection");
+            return;
+        };
+        let Ok(cred) = stream.peer_cred() else {
+            return;
+        };
+        let Some(uid_slot) = UidSlot::take(&self.per_uid, cred.uid(), self.max_per_uid) else {
+            warn!(
+                uid = cred.uid(),
+                "Workload API per-uid connection limit reached; closing a new connection"
+            );
             return;
         };
         let attestor = self.attestor.clone();
@@ -301,6 +359,7 @@ impl Incoming {
                         stream,
                         caller: Caller(Arc::new(attestation)),
                         _slot: slot,
+                        _uid_slot: uid_slot,
                     })
                 }
                 Err(e) => {
@@ -446,7 +505,7 @@ fn x509_response(snap: &Snapshot, caller: &Attestation) -> Result<pb::X509svidRe
 }
 
 fn bundles_response(snap: &Snapshot) -> Option<pb::X509BundlesResponse> {
-    let bundles: std::collections::HashMap<String, Vec<u8>> = snap
+    let bundles: HashMap<String, Vec<u8>> = snap
         .bundles()
         .iter()
         .filter(|(_, cas)| !cas.is_empty())

@@ -464,11 +464,25 @@ async fn garbage_and_oversized_requests_do_not_take_the_server_down() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_are_closed() {
-    let server = Server::start_with(Limits {
+    connection_cap(Limits {
         max_connections: 2,
         ..Limits::default()
     })
     .await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_uid_cap_are_closed() {
+    connection_cap(Limits {
+        max_connections_per_uid: 2,
+        ..Limits::default()
+    })
+    .await;
+}
+
+/// Two connections are allowed by `limits`: a third is closed, until one of them goes away.
+async fn connection_cap(limits: Limits) {
+    let server = Server::start_with(limits).await;
     server.cache.upsert(identity(
         &server.ca,
         "web",
@@ -671,5 +685,30 @@ async fn exec_after_connect_never_gets_the_new_binarys_identity() {
     let direct = fetch_through_exec(&server, &other, &other).await.unwrap();
     let ids: Vec<_> = direct.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
     assert_eq!(ids, ["spiffe://example.org/other"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_holds_back_only_itself() {
+    let server = Server::start().await;
+    let rotate = || identity(&server.ca, "web", "web", vec![Selector::uid(my_uid())]);
+    server.cache.upsert(rotate());
+    // Opens a stream and never reads it, while the cache changes many times.
+    let mut stuck = server.raw_client().await;
+    let _unread = stuck
+        .fetch_x509svid(with_header(pb::X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    for _ in 0..200 {
+        let id = rotate();
+        last = Some(id.chain[0].clone());
+        server.cache.upsert(id);
+        tokio::task::yield_now().await;
+    }
+    // Everybody else is served the latest state at once.
+    let svids = fetch_x509(&server.socket, TIMEOUT).await.unwrap();
+    assert_eq!(Some(svids[0].chain[0].clone()), last);
     server.stop().await;
 }
