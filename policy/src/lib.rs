@@ -53,6 +53,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod join;
 pub mod rights;
 pub mod selector;
