@@ -88,6 +88,10 @@ mod entry;
 mod export;
 mod head;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use self::entry::{AuditEntry, Decision, InvalidEntry};
 pub use self::export::{
     ExportError, ExportOptions, ExportWriteError, FORMAT_VERSION, HEAD_TYPE, MAX_CHECKPOINT_EVERY,
