@@ -176,7 +176,7 @@ fn regenerate_audit_export_corpus() {
         ("truncated_tail", join(&lines[..7]).into_bytes()),
         (
             "truncated_mid_line",
-            valid[..valid.len() - 40].as_bytes().to_vec(),
+            valid.as_bytes()[..valid.len() - 40].to_vec(),
         ),
         (
             "inserted_record",

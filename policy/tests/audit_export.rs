@@ -38,7 +38,7 @@ fn entry(seq: u64) -> AuditEntry {
         revocation_ids: (0..seq % 3)
             .map(|i| format!("{:064x}", seq * 31 + i))
             .collect(),
-        operation: if seq % 2 == 0 {
+        operation: if seq.is_multiple_of(2) {
             "entry:write".to_owned()
         } else {
             "svid:issue".to_owned()
@@ -683,7 +683,7 @@ fn garbage_is_malformed_not_a_panic() {
         record.replace("\"seq\":0", "\"seq\":-1").into_bytes(),
         record.replace("\"seq\":0", "\"seq\":18446744073709551616").into_bytes(),
         record.replace("\"allow\"", "\"maybe\"").into_bytes(),
-        record[..record.len() / 2].as_bytes().to_vec(),
+        record.as_bytes()[..record.len() / 2].to_vec(),
         good[3].replace("\"root\":\"", "\"root\":\"zz").into_bytes(),
         good[3].replace("\"signature\":\"", "\"signature\":\"!!").into_bytes(),
         format!("{}\n", "{\"a\":".repeat(10_000)).into_bytes(),
@@ -692,7 +692,7 @@ fn garbage_is_malformed_not_a_panic() {
     ];
     for (i, case) in cases.iter().enumerate() {
         let mut input = case.clone();
-        if i >= 6 && i < 14 {
+        if (6..14).contains(&i) {
             // Record-level garbage stands where record 0 was.
             input = [case.clone(), b"\n".to_vec(), join(&good[1..])].concat();
         }
