@@ -19,7 +19,7 @@ use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
 
 mod common;
-use common::{cluster_point, percentiles, secs};
+use common::{cluster_point, cpu_time, percentiles, secs};
 
 async fn listener() -> (tokio::net::TcpListener, String) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -44,8 +44,13 @@ async fn write(c: &mut AuthorityClient, name: String) {
     .unwrap();
 }
 
-async fn grpc_point(profile: &Profile, clients: usize, run: Duration) -> (f64, Duration, Duration) {
+async fn grpc_point(
+    profile: &Profile,
+    clients: usize,
+    run: Duration,
+) -> (f64, Duration, Duration, Duration) {
     let start = Instant::now();
+    let cpu = cpu_time();
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..clients {
         let mut c = client(profile);
@@ -66,8 +71,9 @@ async fn grpc_point(profile: &Profile, clients: usize, run: Duration) -> (f64, D
         all.extend(r.unwrap());
     }
     let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    let cpu_per_write = (cpu_time() - cpu) / all.len().max(1) as u32;
     let (p50, p99) = percentiles(&mut all);
-    (rate, p50, p99)
+    (rate, p50, p99, cpu_per_write)
 }
 
 fn main() {
@@ -132,13 +138,14 @@ fn main() {
         grpc_point(&profile, 4, Duration::from_millis(500)).await;
         let mut results = Vec::new();
         for clients in [1, 16, 64] {
-            let (rate, p50, p99) = grpc_point(&profile, clients, run).await;
+            let (rate, p50, p99, cpu) = grpc_point(&profile, clients, run).await;
             println!(
-                "{:<36} {:>8.0} writes/s   p50 {:>9.2?}   p99 {:>9.2?}",
+                "{:<36} {:>8.0} writes/s   p50 {:>9.2?}   p99 {:>9.2?}   CPU/write {:>7.0?}",
                 format!("gRPC API, {clients} clients"),
                 rate,
                 p50,
-                p99
+                p99,
+                cpu
             );
             results.push(rate);
         }
@@ -147,13 +154,16 @@ fn main() {
         let config = ringzero_authority::raft_config("bench").unwrap();
         let cluster = Arc::new(Cluster::start(3, config, 1).await.unwrap());
         cluster.leader(&[], Duration::from_secs(10)).await.unwrap();
-        let (rate, p50, p99, _) = cluster_point(cluster, 64, run).await;
+        let cpu = cpu_time();
+        let (rate, p50, p99, n) = cluster_point(cluster, 64, run).await;
+        let cpu = (cpu_time() - cpu) / n.max(1) as u32;
         println!(
-            "{:<36} {:>8.0} commits/s  p50 {:>9.2?}   p99 {:>9.2?}   (gRPC at 64 = {:.2}x)",
+            "{:<36} {:>8.0} commits/s  p50 {:>9.2?}   p99 {:>9.2?}   CPU/write {:>7.0?}   (gRPC at 64 = {:.2}x)",
             "in-process Raft, 64 proposers",
             rate,
             p50,
             p99,
+            cpu,
             results[2] / rate
         );
     });

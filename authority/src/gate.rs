@@ -19,7 +19,7 @@ use ringzero_policy::{NodeName, Operation, Resource, SpiffeId, TrustDomain};
 
 use crate::command::{AuditDecision, AuditRecord, Command, CommandId, KeyKind, KeyStatus, Op};
 use crate::store::StateMachineStore;
-use crate::{NodeId, Raft};
+use crate::{NodeId, Proposer};
 
 /// How long denials from one peer are folded into one record.
 pub const DENIAL_WINDOW: Duration = Duration::from_secs(5);
@@ -114,27 +114,30 @@ type Windows = Arc<Mutex<HashMap<String, Window>>>;
 
 /// Commits the audit record of a denial. A denied call fails whatever happens here; an
 /// unrecorded denial is logged.
-async fn commit_denial(raft: &Raft, record: AuditRecord) {
+async fn commit_denial(proposer: &Proposer, record: AuditRecord) {
     let cmd = Command {
         id: CommandId::random(),
         time_ms: now_ms(),
         audit: record,
         op: Op::AuditOnly,
     };
-    if let Err(e) = crate::propose(raft, cmd).await {
+    if let Err(e) = proposer.propose(cmd).await {
         tracing::warn!(error = %e, "could not record a denial");
     }
 }
 
 /// The gate of one authority node.
 pub struct Gate {
-    raft: Raft,
+    proposer: Proposer,
     sm: StateMachineStore,
     node_id: NodeId,
     trust_domain: TrustDomain,
     keys: TrustedKeys,
     cache: TokenCache,
     denials: Windows,
+    /// The term in which this node, as leader, last confirmed it had applied everything
+    /// committed before it (0: never).
+    ready_term: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Gate {
@@ -165,20 +168,21 @@ fn request_id<T>(req: &tonic::Request<T>) -> String {
 
 impl Gate {
     pub fn new(
-        raft: Raft,
+        proposer: Proposer,
         sm: StateMachineStore,
         node_id: NodeId,
         trust_domain: TrustDomain,
         keys: TrustedKeys,
     ) -> Self {
         Self {
-            raft,
+            proposer,
             sm,
             node_id,
             trust_domain,
             keys,
             cache: TokenCache::new(4096),
             denials: Arc::new(Mutex::new(HashMap::new())),
+            ready_term: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -232,6 +236,7 @@ impl Gate {
                 "a capability is required (authorization: Bearer <token>)",
             ));
         };
+        self.caught_up().await?;
         let reader = self
             .sm
             .reader()
@@ -272,6 +277,25 @@ impl Gate {
         }
     }
 
+    /// Makes sure this node, in its current term as leader, has applied everything committed
+    /// before the term began, so no decision reads a state older than the cluster's (a new
+    /// leader may not have applied the last entries yet, and a node restarted after a crash
+    /// re-applies its last entries from the log). Costs one quorum round per term, not per call.
+    async fn caught_up(&self) -> Result<(), tonic::Status> {
+        let term = self.proposer.raft().metrics().borrow().current_term;
+        if self.ready_term.load(std::sync::atomic::Ordering::Acquire) == term {
+            return Ok(());
+        }
+        self.proposer
+            .raft()
+            .ensure_linearizable()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("not ready to decide: {e}")))?;
+        self.ready_term
+            .store(term, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     /// Records a denial, folding repeated denials from one peer into one record per window.
     async fn deny(&self, audit: AuditRecord) {
         let key = audit.actor.clone();
@@ -301,16 +325,22 @@ impl Gate {
             }
         };
         if let Some((record, summary, opened)) = flush {
-            close_window_later(Arc::clone(&self.denials), self.raft.clone(), key, opened);
+            close_window_later(
+                Arc::clone(&self.denials),
+                self.proposer.clone(),
+                key,
+                opened,
+            );
             for r in summary.into_iter().chain(std::iter::once(record)) {
-                commit_denial(&self.raft, r).await;
+                commit_denial(&self.proposer, r).await;
             }
         }
     }
 
     /// Commits the audit record of an allowed read-only call; the call fails if it cannot.
     pub async fn record(&self, allowed: &Allowed) -> Result<(), tonic::Status> {
-        crate::propose(&self.raft, allowed.command(Op::AuditOnly))
+        self.proposer
+            .propose(allowed.command(Op::AuditOnly))
             .await
             .map(|_| ())
             .map_err(|e| tonic::Status::unavailable(format!("audit record not committed: {e}")))
@@ -328,7 +358,7 @@ impl Gate {
 /// the denials it folded — unless a later denial from the same peer has already replaced the
 /// window (and committed that summary itself). Without this, the last denials of a peer that
 /// stops calling would never reach the audit log.
-fn close_window_later(denials: Windows, raft: Raft, key: String, opened: Instant) {
+fn close_window_later(denials: Windows, proposer: Proposer, key: String, opened: Instant) {
     tokio::spawn(async move {
         tokio::time::sleep(DENIAL_WINDOW).await;
         let summary = {
@@ -339,7 +369,7 @@ fn close_window_later(denials: Windows, raft: Raft, key: String, opened: Instant
             }
         };
         if let Some(record) = summary {
-            commit_denial(&raft, record).await;
+            commit_denial(&proposer, record).await;
         }
     });
 }

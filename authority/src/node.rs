@@ -399,6 +399,7 @@ pub async fn bootstrap(
     let text = profile.to_toml().map_err(other)?;
     write_private(&layout.admin_profile(), text.as_bytes(), 0o600)?;
     raft.shutdown().await.map_err(raft_err)?;
+    parts.sm.flush().map_err(other)?;
     Ok(layout.admin_profile())
 }
 
@@ -556,15 +557,16 @@ async fn serve(
     let tls =
         ringzero_policy::tls::server_config(parts.chain.clone(), parts.key.clone_key(), verifier)
             .map_err(other)?;
+    let proposer = crate::Proposer::new(parts.raft.clone());
     let gate = Arc::new(Gate::new(
-        parts.raft.clone(),
+        proposer.clone(),
         parts.sm.clone(),
         parts.config.node_id,
         parts.td.clone(),
         parts.trusted.clone(),
     ));
     let service = AuthorityService::new(
-        parts.raft.clone(),
+        proposer,
         parts.sm.clone(),
         gate,
         parts.keys.clone(),
@@ -572,6 +574,7 @@ async fn serve(
     );
     let incoming = ringzero_proto::transport::incoming(listener, Arc::new(tls), Default::default());
     let raft = parts.raft.clone();
+    let sm = parts.sm.clone();
     let result = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(64)
         .timeout(Duration::from_secs(30))
@@ -587,6 +590,9 @@ async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = raft.shutdown().await;
+    if let Err(e) = sm.flush() {
+        tracing::warn!(error = %e, "could not flush the state database at shutdown");
+    }
     result.map_err(other)
 }
 

@@ -20,7 +20,7 @@ use crate::gate::{Gate, now_ms};
 use crate::keys::NodeKeys;
 use crate::net::{Contacts, authority_id, authority_node_id};
 use crate::store::StateMachineStore;
-use crate::{NodeId, Raft};
+use crate::{NodeId, Proposer, Raft};
 
 /// The node SVID lifetime for authority nodes joining the cluster.
 pub const AUTHORITY_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -32,6 +32,7 @@ pub const LEADER_HINT: &str = "ringzero-leader";
 /// The Authority service of one node.
 pub struct AuthorityService {
     raft: Raft,
+    proposer: Proposer,
     sm: StateMachineStore,
     gate: Arc<Gate>,
     keys: Arc<NodeKeys>,
@@ -56,14 +57,15 @@ fn status_of(e: impl std::fmt::Display) -> tonic::Status {
 
 impl AuthorityService {
     pub fn new(
-        raft: Raft,
+        proposer: Proposer,
         sm: StateMachineStore,
         gate: Arc<Gate>,
         keys: Arc<NodeKeys>,
         contacts: Contacts,
     ) -> Self {
         Self {
-            raft,
+            raft: proposer.raft().clone(),
+            proposer,
             sm,
             gate,
             keys,
@@ -110,7 +112,8 @@ impl AuthorityService {
     }
 
     async fn propose(&self, cmd: Command) -> Result<crate::command::Response, tonic::Status> {
-        crate::propose(&self.raft, cmd)
+        self.proposer
+            .propose(cmd)
             .await
             .map_err(|e| tonic::Status::unavailable(format!("not committed: {e}")))
     }

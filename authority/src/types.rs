@@ -1,16 +1,16 @@
 //! The openraft type configuration of the authority cluster.
 
-use crate::command::{Command, Response};
+use crate::command::{Batch, Response};
 
 /// A Raft node id. Assigned once when a node joins; never reused.
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// ringzero's Raft types: commands in, responses out, snapshots streamed through files so
-    /// their size is bounded by disk, not memory.
+    /// ringzero's Raft types: batches of commands in, one response per command out, snapshots
+    /// streamed through files so their size is bounded by disk, not memory.
     pub TypeConfig:
-        D = Command,
-        R = Response,
+        D = Batch,
+        R = Vec<Response>,
         NodeId = NodeId,
         Node = openraft::BasicNode,
         SnapshotData = tokio::fs::File,

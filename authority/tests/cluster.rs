@@ -45,7 +45,7 @@ async fn a_partitioned_leader_is_replaced_and_the_majority_commits() {
     let raft = c.raft(old).expect("old").clone();
     let stuck = tokio::time::timeout(
         Duration::from_millis(800),
-        raft.client_write(audit_only("lost")),
+        raft.client_write(ringzero_authority::command::Batch::one(audit_only("lost"))),
     )
     .await;
     assert!(
@@ -345,4 +345,43 @@ async fn a_malformed_command_is_refused_before_it_is_proposed() {
     let err = c.write(bad, T).await.expect_err("refused");
     assert!(err.to_string().contains("invalid command"), "{err}");
     assert_eq!(converged(&c).await, ["ok"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_share_entries_and_each_gets_its_response() {
+    let c = Cluster::start(3, test_config(), 31).await.expect("cluster");
+    let leader = c.leader(&[], T).await.expect("leader");
+    c.write(audit_only("first"), T).await.expect("write");
+    let raft = c.raft(leader).expect("leader raft").clone();
+    let before = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    let proposer = ringzero_authority::Proposer::new(raft.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let p = proposer.clone();
+        tasks.spawn(async move { p.propose(audit_only(&format!("c{i}"))).await });
+    }
+    let mut seqs = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let r = r.expect("task").expect("committed");
+        assert!(!r.replayed);
+        seqs.push(r.audit_seq);
+    }
+    seqs.sort();
+    // Every command got its own audit record, numbered without gaps after "first".
+    assert_eq!(seqs, (2..202).collect::<Vec<u64>>());
+    let after = raft.metrics().borrow().last_log_index.unwrap_or(0);
+    assert!(
+        after - before < 200,
+        "200 concurrent commands took {} entries: nothing was batched",
+        after - before
+    );
+    let log = converged(&c).await;
+    assert_eq!(log.len(), 201);
+    // An invalid command is refused before it reaches a batch, and nothing else is affected.
+    let mut bad = audit_only("bad");
+    bad.audit.actor = "x".repeat(10_000);
+    assert!(matches!(
+        proposer.propose(bad).await,
+        Err(ringzero_authority::ProposeError::Invalid(_))
+    ));
 }

@@ -843,15 +843,11 @@ fn whole_cluster_crash_and_restart_keeps_every_committed_write() {
     for n in &mut c.nodes {
         n.kill9();
     }
+    // What each state file holds now is some applied prefix of the log: the state machine
+    // fsyncs at most every 250 ms (the log itself fsyncs every append), so the last applied
+    // entries may be missing here — they are re-applied from the durable log at restart.
     let before: Vec<State> = c.nodes.iter().map(Node::state).collect();
     let leader_before = before.iter().max_by_key(|s| s.audit.len()).unwrap();
-    for t in &acked {
-        assert!(
-            leader_before.token(t).is_some(),
-            "an acknowledged write is not applied"
-        );
-    }
-    let tokens_before = leader_before.tokens.len();
     let audit_before = leader_before.audit.clone();
 
     for n in &mut c.nodes {
@@ -872,7 +868,13 @@ fn whole_cluster_crash_and_restart_keeps_every_committed_write() {
                 n.name
             );
         }
-        assert_eq!(st.tokens.len(), tokens_before + 1, "{}", n.name);
+        for b in &before {
+            assert!(
+                st.audit.starts_with(&b.audit),
+                "{}: a state file after the crash is not a prefix of the state after restart",
+                n.name
+            );
+        }
         assert!(
             st.audit.starts_with(&audit_before),
             "{}: the audit log before the crash ({} records) is not a prefix of the one after \

@@ -61,22 +61,23 @@ fn remove(tx: &WriteTransaction, table: Raw, key: &[u8]) -> Result<bool, StateEr
 }
 
 /// Applies one log entry and records it as the last applied, in `tx`.
-pub(crate) fn apply_entry(tx: &WriteTransaction, entry: &Entry) -> Result<Response, StateError> {
+pub(crate) fn apply_entry(
+    tx: &WriteTransaction,
+    entry: &Entry,
+) -> Result<Vec<Response>, StateError> {
     let response = match &entry.payload {
-        EntryPayload::Blank => Response {
-            audit_seq: 0,
-            outcome: Outcome::Done,
-            replayed: false,
-        },
-        EntryPayload::Normal(cmd) => apply_command(tx, entry.log_id.index, cmd)?,
+        EntryPayload::Blank => Vec::new(),
+        EntryPayload::Normal(batch) => {
+            let mut out = Vec::with_capacity(batch.0.len());
+            for cmd in &batch.0 {
+                out.push(apply_command(tx, entry.log_id.index, cmd)?);
+            }
+            out
+        }
         EntryPayload::Membership(m) => {
             let stored = StoredMembership::new(Some(entry.log_id), m.clone());
             meta_put(tx, META_MEMBERSHIP, &encode(&stored)?)?;
-            Response {
-                audit_seq: 0,
-                outcome: Outcome::Done,
-                replayed: false,
-            }
+            Vec::new()
         }
     };
     meta_put(tx, META_LAST_APPLIED, &encode(&Some(entry.log_id))?)?;

@@ -1,9 +1,13 @@
 //! The state machine on redb, and its snapshots.
 //!
 //! `apply` runs a whole batch of entries — their state changes, their audit records and the new
-//! last-applied log id — in one write transaction with immediate durability. After a crash the
-//! state is exactly that of some applied prefix of the log, never older than what was reported
-//! applied: the state machine never goes backwards.
+//! last-applied log id — in one write transaction, so after a crash the state is exactly that of
+//! some applied prefix of the log. Applied entries are already durable in the log of a quorum,
+//! so the state machine does not fsync every batch: a batch is made durable when the previous
+//! durable apply is older than [`DURABLE_EVERY`], when it changes membership, and always before
+//! a snapshot is built (logs are purged only behind a snapshot) and at shutdown. A crash can
+//! therefore lose at most that window of *applied* state, which openraft re-applies from the
+//! durable log before the node serves again; nothing committed is ever lost.
 //!
 //! A snapshot is a file: a stream of `(table tag, key, value)` records from one read
 //! transaction, closed by a SHA-256 of everything before it. Building, sending (openraft reads
@@ -19,7 +23,7 @@ use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use crate::command::Response;
 use crate::state::{
@@ -34,6 +38,8 @@ const END_TAG: u8 = 0xFF;
 /// The largest key or value a snapshot record may carry.
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
 const CURRENT_META: &str = "current.meta";
+/// The longest a run of applied batches goes without an fsync of the state database.
+pub(crate) const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 fn sm_err(e: impl Into<StateError>) -> StorageError {
     let e: StateError = e.into();
@@ -61,6 +67,8 @@ async fn blocking<T: Send + 'static>(
 pub struct StateMachineStore {
     db: Arc<Database>,
     snapshot_dir: Arc<PathBuf>,
+    /// When the state database was last fsynced by an apply.
+    last_durable: Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -96,7 +104,34 @@ impl StateMachineStore {
         Ok(Self {
             db: Arc::new(db),
             snapshot_dir: Arc::new(snapshot_dir.to_path_buf()),
+            last_durable: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         })
+    }
+
+    /// Makes every applied batch durable (an empty transaction committed with immediate
+    /// durability persists the non-durable commits before it).
+    pub fn flush(&self) -> Result<(), StateError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|e| StateError::Storage(e.to_string()))?;
+        tx.commit()?;
+        if let Ok(mut t) = self.last_durable.lock() {
+            *t = std::time::Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Whether the next apply should be fsynced, and if so, records that it is.
+    fn durable_now(&self, changes_membership: bool) -> bool {
+        let Ok(mut t) = self.last_durable.lock() else {
+            return true;
+        };
+        if changes_membership || t.elapsed() >= DURABLE_EVERY {
+            *t = std::time::Instant::now();
+            true
+        } else {
+            false
+        }
     }
 
     /// A consistent read view of the current state.
@@ -291,6 +326,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let store = self.store.clone();
         let (meta, path) = blocking(move || {
+            // Logs are purged behind a snapshot: the state it captures must be durable first.
+            store.flush().map_err(sm_err)?;
             let nonce = crate::command::CommandId::random();
             let tmp = store
                 .snapshot_dir
@@ -336,7 +373,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         ))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -345,9 +382,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
+        let changes_membership = entries
+            .iter()
+            .any(|e| matches!(e.payload, openraft::EntryPayload::Membership(_)));
+        let durability = if self.durable_now(changes_membership) {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
         let db = self.db.clone();
-        blocking(move || {
-            let tx = db.begin_write().map_err(sm_err)?;
+        let run = move || {
+            let mut tx = db.begin_write().map_err(sm_err)?;
+            tx.set_durability(durability)
+                .map_err(|e| sm_err(StateError::Storage(e.to_string())))?;
             let mut responses = Vec::with_capacity(entries.len());
             for e in &entries {
                 let r = state::apply_entry(&tx, e).map_err(|err| {
@@ -360,8 +407,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             tx.commit().map_err(sm_err)?;
             Ok(responses)
-        })
-        .await
+        };
+        blocking(run).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
