@@ -1,30 +1,24 @@
 //! `ringzero authority …` and `ringzero bundle show`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use ringzero_authority::node::{self, FirstContact};
 use ringzero_policy::svid::pem_encode;
-use ringzero_proto::client::{AuthorityClient, Profile, bundle_cas};
+use ringzero_proto::client::bundle_cas;
 use ringzero_proto::pb;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
+use super::session::{call_failed, print_table, runtime, session};
 use super::{Outcome, bad_input, bad_input_msg, failed};
 use crate::cli::{
     AuthorityCommand, BootstrapArgs, BundleCommand, BundleFormat, GlobalArgs, JoinArgs, JsonArgs,
     RemoveArgs,
 };
-use crate::input::{read_bounded, read_secret, write_file};
-
-fn runtime() -> Result<tokio::runtime::Runtime, super::Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(failed)
-}
+use crate::input::{read_bounded, read_secret};
 
 pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
     let rt = runtime()?;
@@ -166,72 +160,6 @@ async fn join(global: &GlobalArgs, a: JoinArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The profile, its path, and a client built from it and the global overrides.
-struct Session {
-    path: PathBuf,
-    profile: Profile,
-    client: AuthorityClient,
-}
-
-fn session(global: &GlobalArgs) -> Result<Session, super::Failure> {
-    let path = global
-        .profile
-        .clone()
-        .ok_or_else(|| bad_input_msg("no profile: pass --profile FILE or set RINGZERO_PROFILE"))?;
-    let text = read_bounded(&path).map_err(bad_input)?;
-    let profile =
-        Profile::from_toml(&text).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
-    let mut creds = profile
-        .credentials()
-        .map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
-    if let Some(t) = &global.token {
-        creds.token = Some(read_secret(t).map_err(bad_input)?);
-    }
-    let addrs = if global.authority.is_empty() {
-        profile.authorities.clone()
-    } else {
-        global.authority.clone()
-    };
-    Ok(Session {
-        path,
-        client: AuthorityClient::new(creds, addrs),
-        profile,
-    })
-}
-
-impl Session {
-    /// Refreshes the profile's bundle and member list from the cluster (atomic rename, 0600).
-    async fn refresh(&mut self) {
-        let Ok(bundle) = self
-            .client
-            .call(|mut c| async move { c.get_bundle(pb::GetBundleRequest {}).await })
-            .await
-        else {
-            return;
-        };
-        let cas = bundle_cas(&bundle);
-        if cas.is_empty() {
-            return;
-        }
-        let mut updated = self.profile.clone();
-        updated.bundle_pem = cas.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
-        let addrs: Vec<String> = bundle.members.iter().map(|m| m.address.clone()).collect();
-        if !addrs.is_empty() {
-            updated.authorities = addrs;
-        }
-        if updated != self.profile
-            && let Ok(text) = updated.to_toml()
-            && write_file(&self.path, text.as_bytes(), 0o600, true).is_ok()
-        {
-            self.profile = updated;
-        }
-    }
-}
-
-fn call_failed(e: ringzero_proto::client::ClientError) -> super::Failure {
-    failed(anyhow!("{e}"))
-}
-
 async fn join_token(global: &GlobalArgs, ttl: Duration) -> Outcome {
     let mut s = session(global)?;
     let reply = s
@@ -301,29 +229,6 @@ async fn members(global: &GlobalArgs, a: JsonArgs) -> Outcome {
     }
     print_table(&rows);
     Ok(ExitCode::SUCCESS)
-}
-
-fn print_table<const N: usize>(rows: &[[String; N]]) {
-    let mut widths = [0usize; N];
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.len());
-        }
-    }
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i + 1 == N {
-                    c.clone()
-                } else {
-                    format!("{c:<w$}", w = widths[i])
-                }
-            })
-            .collect();
-        println!("{}", line.join("  "));
-    }
 }
 
 async fn remove(global: &GlobalArgs, a: RemoveArgs) -> Outcome {

@@ -3,6 +3,7 @@
 mod authority;
 mod keyfile;
 mod keygen;
+mod session;
 mod token;
 
 use std::fmt::Display;

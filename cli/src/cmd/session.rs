@@ -1,0 +1,120 @@
+//! What every command that talks to the cluster shares: the profile, a client built from it and
+//! the global overrides, the runtime, and error and table helpers.
+
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use ringzero_policy::svid::pem_encode;
+use ringzero_proto::client::{AuthorityClient, ClientError, Profile, bundle_cas};
+use ringzero_proto::pb;
+
+use super::{Failure, bad_input, bad_input_msg, failed};
+use crate::cli::GlobalArgs;
+use crate::input::{read_bounded, read_secret, write_file};
+
+/// A multi-threaded tokio runtime for one command.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(failed)
+}
+
+/// The profile, its path, and a client built from it and the global overrides.
+pub(crate) struct Session {
+    pub(crate) path: PathBuf,
+    pub(crate) profile: Profile,
+    pub(crate) client: AuthorityClient,
+}
+
+pub(crate) fn session(global: &GlobalArgs) -> Result<Session, Failure> {
+    let path = global
+        .profile
+        .clone()
+        .ok_or_else(|| bad_input_msg("no profile: pass --profile FILE or set RINGZERO_PROFILE"))?;
+    let text = read_bounded(&path).map_err(bad_input)?;
+    let profile =
+        Profile::from_toml(&text).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
+    let mut creds = profile
+        .credentials()
+        .map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
+    if let Some(t) = &global.token {
+        creds.token = Some(read_secret(t).map_err(bad_input)?);
+    }
+    let addrs = if global.authority.is_empty() {
+        profile.authorities.clone()
+    } else {
+        global.authority.clone()
+    };
+    Ok(Session {
+        path,
+        client: AuthorityClient::new(creds, addrs),
+        profile,
+    })
+}
+
+impl Session {
+    /// Refreshes the profile's bundle and member list from the cluster (atomic rename, 0600).
+    pub(crate) async fn refresh(&mut self) {
+        let Ok(bundle) = self
+            .client
+            .call(|mut c| async move { c.get_bundle(pb::GetBundleRequest {}).await })
+            .await
+        else {
+            return;
+        };
+        let cas = bundle_cas(&bundle);
+        if cas.is_empty() {
+            return;
+        }
+        let mut updated = self.profile.clone();
+        updated.bundle_pem = cas.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
+        let addrs: Vec<String> = bundle.members.iter().map(|m| m.address.clone()).collect();
+        if !addrs.is_empty() {
+            updated.authorities = addrs;
+        }
+        if updated != self.profile
+            && let Ok(text) = updated.to_toml()
+            && write_file(&self.path, text.as_bytes(), 0o600, true).is_ok()
+        {
+            self.profile = updated;
+        }
+    }
+}
+
+pub(crate) fn call_failed(e: ClientError) -> Failure {
+    failed(anyhow!("{e}"))
+}
+
+/// Prints rows as aligned columns separated by two spaces (the last column unpadded).
+pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
+    for line in render_table(rows) {
+        println!("{line}");
+    }
+}
+
+/// The lines `print_table` prints.
+pub(crate) fn render_table<const N: usize>(rows: &[[String; N]]) -> Vec<String> {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    rows.iter()
+        .map(|r| {
+            let line: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i + 1 == N {
+                        c.clone()
+                    } else {
+                        format!("{c:<w$}", w = widths[i])
+                    }
+                })
+                .collect();
+            line.join("  ")
+        })
+        .collect()
+}
