@@ -22,6 +22,11 @@ use crate::net::{Contacts, authority_id, authority_node_id};
 use crate::store::StateMachineStore;
 use crate::{NodeId, Proposer, Raft};
 
+mod agents;
+pub use agents::{
+    AGENT_SVID_TTL, DEFAULT_ENTRY_TTL, MAX_ENTRY_TTL, MAX_MINT_BATCH, MAX_PAGE, MIN_ENTRY_TTL,
+};
+
 /// The node SVID lifetime for authority nodes joining the cluster.
 pub const AUTHORITY_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The most join tokens one call may ask to live.
@@ -120,23 +125,44 @@ impl AuthorityService {
 
     /// The bundle as the API presents it.
     pub fn bundle(&self) -> Result<pb::Bundle, tonic::Status> {
-        let r = self.sm.reader().map_err(status_of)?;
-        let keys = r.keys().map_err(status_of)?;
         Ok(pb::Bundle {
             trust_domain: self.gate.trust_domain().to_string(),
-            keys: keys
-                .into_iter()
-                .filter(|k| k.status != KeyStatus::Compromised)
-                .map(|k| pb::BundleKey {
-                    key_id: k.id,
-                    authority: k.authority,
-                    kind: key_kind_name(k.kind).into(),
-                    public_key: k.public_der,
-                    status: key_status_name(k.status).into(),
-                    not_after_ms: k.not_after_ms,
-                })
-                .collect(),
+            keys: bundle_keys(&self.sm)?,
             members: self.members()?,
+        })
+    }
+
+    /// A source of the bundle for long-lived streams: keys and member addresses only (no
+    /// contact times), so it changes only when the trust or the membership does.
+    fn bundle_source(&self) -> BundleSource {
+        let (raft, sm, td) = (
+            self.raft.clone(),
+            self.sm.clone(),
+            self.gate.trust_domain().to_string(),
+        );
+        std::sync::Arc::new(move || {
+            let m = raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let voters: Vec<NodeId> = membership.voter_ids().collect();
+            Ok(pb::Bundle {
+                trust_domain: td.clone(),
+                keys: bundle_keys(&sm)?,
+                members: membership
+                    .nodes()
+                    .map(|(id, node)| pb::Member {
+                        node_id: *id,
+                        name: id.to_string(),
+                        address: node.addr.clone(),
+                        role: if voters.contains(id) {
+                            "voter"
+                        } else {
+                            "learner"
+                        }
+                        .into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
         })
     }
 
@@ -239,6 +265,27 @@ fn parse_kind(s: &str) -> Option<KeyKind> {
     })
 }
 
+/// Builds the bundle on demand (see [`AuthorityService::bundle_source`]).
+pub(crate) type BundleSource =
+    std::sync::Arc<dyn Fn() -> Result<pb::Bundle, tonic::Status> + Send + Sync>;
+
+/// The bundle's keys, compromised ones left out.
+fn bundle_keys(sm: &StateMachineStore) -> Result<Vec<pb::BundleKey>, tonic::Status> {
+    let keys = sm.reader().map_err(status_of)?.keys().map_err(status_of)?;
+    Ok(keys
+        .into_iter()
+        .filter(|k| k.status != KeyStatus::Compromised)
+        .map(|k| pb::BundleKey {
+            key_id: k.id,
+            authority: k.authority,
+            kind: key_kind_name(k.kind).into(),
+            public_key: k.public_der,
+            status: key_status_name(k.status).into(),
+            not_after_ms: k.not_after_ms,
+        })
+        .collect())
+}
+
 fn res(s: &str) -> Result<Resource, tonic::Status> {
     Resource::parse(s).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
 }
@@ -294,11 +341,22 @@ impl pb::authority_server::Authority for AuthorityService {
             .issue(&LeafRequest {
                 id: &id,
                 key: LeafKey::Csr(&r.csr),
-                ttl: AUTHORITY_SVID_TTL,
+                ttl: match purpose {
+                    JoinPurpose::Authority => AUTHORITY_SVID_TTL,
+                    JoinPurpose::Agent => AGENT_SVID_TTL,
+                },
                 dns_names: &[],
                 now: SystemTime::now(),
             })
             .map_err(|e| tonic::Status::invalid_argument(format!("CSR: {e}")))?;
+        // An agent also receives its capability, bound to the new SVID; minted now so its
+        // revocation ids go into the enrollment's audit record.
+        let (agent_token, agent_token_ids) = match (purpose, NodeName::parse(&node_name)) {
+            (JoinPurpose::Agent, Ok(name)) if record.is_some() => {
+                self.agent_token(&id, &name, AGENT_SVID_TTL)?
+            }
+            _ => (String::new(), Vec::new()),
+        };
         let not_after = svid
             .not_after
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -335,6 +393,7 @@ impl pb::authority_server::Authority for AuthorityService {
                         hex::encode(&svid.public_key_sha256),
                     ),
                     ("not_after".into(), not_after.to_string()),
+                    ("minted_token".into(), agent_token_ids.join(",")),
                 ],
             },
             op: Op::RedeemJoinToken {
@@ -362,6 +421,7 @@ impl pb::authority_server::Authority for AuthorityService {
             svid_chain: svid.chain.iter().map(|c| c.to_vec()).collect(),
             bundle: Some(self.bundle()?),
             node_id,
+            token: agent_token,
         }))
     }
 
@@ -663,5 +723,77 @@ impl pb::authority_server::Authority for AuthorityService {
         self.propose(allowed.command(Op::RemoveAuthority { node_id: r.node_id }))
             .await?;
         Ok(tonic::Response::new(pb::RemoveMemberReply {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: tonic::Request<pb::ListNodesRequest>,
+    ) -> Result<tonic::Response<pb::ListNodesReply>, tonic::Status> {
+        self.list_nodes_impl(req).await
+    }
+
+    async fn set_node_status(
+        &self,
+        req: tonic::Request<pb::SetNodeStatusRequest>,
+    ) -> Result<tonic::Response<pb::SetNodeStatusReply>, tonic::Status> {
+        self.set_node_status_impl(req).await
+    }
+
+    async fn renew_node(
+        &self,
+        req: tonic::Request<pb::RenewNodeRequest>,
+    ) -> Result<tonic::Response<pb::RenewNodeReply>, tonic::Status> {
+        self.renew_node_impl(req).await
+    }
+
+    async fn mint_svids(
+        &self,
+        req: tonic::Request<pb::MintSvidsRequest>,
+    ) -> Result<tonic::Response<pb::MintSvidsReply>, tonic::Status> {
+        self.mint_svids_impl(req).await
+    }
+
+    type SyncEntriesStream = agents::SyncStream;
+
+    async fn sync_entries(
+        &self,
+        req: tonic::Request<pb::SyncEntriesRequest>,
+    ) -> Result<tonic::Response<Self::SyncEntriesStream>, tonic::Status> {
+        self.sync_entries_impl(req).await
+    }
+
+    async fn create_entry(
+        &self,
+        req: tonic::Request<pb::PutEntryRequest>,
+    ) -> Result<tonic::Response<pb::EntryReply>, tonic::Status> {
+        self.create_entry_impl(req).await
+    }
+
+    async fn update_entry(
+        &self,
+        req: tonic::Request<pb::PutEntryRequest>,
+    ) -> Result<tonic::Response<pb::EntryReply>, tonic::Status> {
+        self.update_entry_impl(req).await
+    }
+
+    async fn delete_entry(
+        &self,
+        req: tonic::Request<pb::DeleteEntryRequest>,
+    ) -> Result<tonic::Response<pb::DeleteEntryReply>, tonic::Status> {
+        self.delete_entry_impl(req).await
+    }
+
+    async fn get_entry(
+        &self,
+        req: tonic::Request<pb::GetEntryRequest>,
+    ) -> Result<tonic::Response<pb::EntryReply>, tonic::Status> {
+        self.get_entry_impl(req).await
+    }
+
+    async fn list_entries(
+        &self,
+        req: tonic::Request<pb::ListEntriesRequest>,
+    ) -> Result<tonic::Response<pb::ListEntriesReply>, tonic::Status> {
+        self.list_entries_impl(req).await
     }
 }

@@ -117,6 +117,92 @@ impl StateReader {
         Ok(out)
     }
 
+    /// The revision of the latest entry change (0 before any).
+    pub fn entry_revision(&self) -> Result<u64, StateError> {
+        let t = self.tx.open_table(META)?;
+        let Some(v) = t.get(CTR_REVISION.as_bytes())? else {
+            return Ok(0);
+        };
+        let bytes: [u8; 8] = v.value().try_into().map_err(|_| StateError::Corrupt {
+            table: "meta",
+            detail: "revision counter".into(),
+        })?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    /// A page of entries in id order after `after` (exclusive; `""` from the start), of
+    /// `parent` when given (through the parent index), that `keep` accepts; and the id to
+    /// continue after when more may follow. At most `page` entries; scans at most 10 × `page`
+    /// rows per call so a selective filter cannot make one call unbounded.
+    pub fn entries_page(
+        &self,
+        parent: Option<&str>,
+        after: &str,
+        page: usize,
+        keep: impl Fn(&RegistrationEntry) -> bool,
+    ) -> Result<(Vec<RegistrationEntry>, Option<String>), StateError> {
+        let mut out = Vec::new();
+        let budget = page.saturating_mul(10).max(1);
+        let mut scanned = 0usize;
+        let mut last: Option<String> = None;
+        let mut exhausted = true;
+        let mut visit = |id: &str, e: Option<RegistrationEntry>| -> bool {
+            scanned += 1;
+            last = Some(id.to_owned());
+            if let Some(e) = e
+                && keep(&e)
+            {
+                out.push(e);
+            }
+            out.len() < page && scanned < budget
+        };
+        match parent {
+            Some(node) => {
+                let index = self.tx.open_table(ENTRIES_BY_PARENT)?;
+                let base = compound(node, b"");
+                let mut start = compound(node, after.as_bytes());
+                if !after.is_empty() {
+                    start.push(0); // strictly after `after`
+                }
+                let mut end = base.clone();
+                if let Some(l) = end.last_mut() {
+                    *l = 1;
+                }
+                for row in index.range(start.as_slice()..end.as_slice())? {
+                    let (k, _) = row?;
+                    let id = std::str::from_utf8(&k.value()[base.len()..])
+                        .map_err(|_| StateError::Corrupt {
+                            table: "entries_by_parent",
+                            detail: "entry id not UTF-8".into(),
+                        })?
+                        .to_owned();
+                    let e = self.entry(&id)?;
+                    if !visit(&id, e) {
+                        exhausted = false;
+                        break;
+                    }
+                }
+            }
+            None => {
+                let t = self.tx.open_table(ENTRIES)?;
+                let mut start = after.as_bytes().to_vec();
+                if !after.is_empty() {
+                    start.push(0);
+                }
+                for row in t.range(start.as_slice()..)? {
+                    let (k, v) = row?;
+                    let id = String::from_utf8_lossy(k.value()).into_owned();
+                    let e: RegistrationEntry = decode("entries", v.value())?;
+                    if !visit(&id, Some(e)) {
+                        exhausted = false;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((out, if exhausted { None } else { last }))
+    }
+
     /// `node`'s entry changes after `revision`, oldest first, at most `limit`.
     pub fn entry_changes_since(
         &self,

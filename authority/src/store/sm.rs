@@ -69,6 +69,8 @@ pub struct StateMachineStore {
     snapshot_dir: Arc<PathBuf>,
     /// When the state database was last fsynced by an apply.
     last_durable: Arc<std::sync::Mutex<std::time::Instant>>,
+    /// The last applied log index, for watchers (entry feeds) to wake on.
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -105,7 +107,13 @@ impl StateMachineStore {
             db: Arc::new(db),
             snapshot_dir: Arc::new(snapshot_dir.to_path_buf()),
             last_durable: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            applied: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
+    }
+
+    /// Changes whenever entries are applied or a snapshot is installed.
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// Makes every applied batch durable (an empty transaction committed with immediate
@@ -390,6 +398,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         } else {
             Durability::None
         };
+        let last_index = entries.last().map(|e| e.log_id.index).unwrap_or(0);
         let db = self.db.clone();
         let run = move || {
             let mut tx = db.begin_write().map_err(sm_err)?;
@@ -408,7 +417,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             tx.commit().map_err(sm_err)?;
             Ok(responses)
         };
-        blocking(run).await
+        let responses = blocking(run).await?;
+        self.applied.send_replace(last_index);
+        Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -460,13 +471,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         drop(file);
         let store = self.clone();
         let meta = meta.clone();
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         blocking(move || {
             install_snapshot_file(&store.db, &received, &meta)?;
             let name = format!("{}.snap", meta.snapshot_id);
             std::fs::rename(&received, store.snapshot_dir.join(&name)).map_err(snap_err)?;
             store.set_current(&meta, &name)
         })
-        .await
+        .await?;
+        self.applied.send_replace(index);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
