@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ringzero_policy::selector::Selector;
 use ringzero_policy::{NodeName, Operation, Resource, SpiffeId};
 
 const ABOUT: &str = "ringzero: one root of trust for a cluster — SPIFFE identities, capability tokens, an audit log";
@@ -67,6 +68,12 @@ Examples:
     /// Show the trust bundle.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Enroll agent nodes, list them, evict or ban them.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Registration entries: which workloads on which node get which SPIFFE ID.
+    #[command(subcommand)]
+    Entry(EntryCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,6 +335,217 @@ pub(crate) struct VerifyArgs {
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Issue a one-time join token for an agent node (prints it alone on the last line).
+    #[command(after_help = "\
+The token is a secret: it is printed only on stdout; what to run on the node goes to stderr.
+
+Examples:
+  ringzero --profile admin.profile node token --name n7 > n7.token
+  T=$(ringzero node token --name n7 --ttl 1h)")]
+    Token(NodeTokenArgs),
+    /// List the nodes that enrolled: name, status (active, evicted, banned), since when.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile node list
+  ringzero node list --json")]
+    List(JsonArgs),
+    /// Evict a node: it can no longer renew, and what it was issued is revoked. It may re-enroll
+    /// with a new join token.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile node evict n7")]
+    Evict(NodeArg),
+    /// Ban a node name: like evict, and the name can never enroll again.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile node ban n7")]
+    Ban(NodeArg),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeTokenArgs {
+    /// The name the node will have (its SVID is spiffe://TD/ringzero/node/NAME).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: NodeName,
+    /// How long the token may be redeemed (at most 24h).
+    #[arg(long, value_parser = parse_join_ttl, default_value = "10m")]
+    pub(crate) ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeArg {
+    /// The node name.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: NodeName,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EntryCommand {
+    /// Create a registration entry (prints its id alone on stdout).
+    #[command(after_help = "\
+An entry gives SPIFFE_ID to the workloads on node NODE that match every --selector.
+Selectors: unix:uid:N, unix:gid:N, unix:user:NAME, unix:group:NAME, unix:path:/ABS/PATH,
+unix:sha256:HEX. Entries without a uid, gid, user or group selector are refused unless
+--allow-weak-selectors: anyone able to run the binary would get the identity.
+
+Examples:
+  ringzero --profile admin.profile entry create --spiffe-id spiffe://example.org/ns/web \\
+      --node n7 --selector unix:uid:1000
+  ID=$(ringzero entry create --spiffe-id spiffe://example.org/db --node n7 \\
+      --selector unix:user:postgres --selector unix:path:/usr/bin/postgres --ttl 30m --dns db.local)")]
+    Create(EntryCreateArgs),
+    /// List entries, all pages, optionally only those of one node or one SPIFFE ID.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile entry list
+  ringzero entry list --node n7
+  ringzero entry list --spiffe-id spiffe://example.org/ns/web --json")]
+    List(EntryListArgs),
+    /// Show one entry.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile entry show 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d
+  ringzero entry show 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --json")]
+    Show(EntryShowArgs),
+    /// Change an entry; what is not given stays as it is (--selector and --dns replace the lists).
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --ttl 15m
+  ringzero entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --selector unix:uid:1001 --node n8
+  ringzero entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --clear-dns")]
+    Update(EntryUpdateArgs),
+    /// Delete an entry: its workloads stop receiving new SVIDs.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile entry delete 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d")]
+    Delete(EntryIdArg),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EntryCreateArgs {
+    /// The SPIFFE ID the matching workloads get.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub(crate) spiffe_id: SpiffeId,
+    /// The node whose agent may issue it (it need not have enrolled yet).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: NodeName,
+    /// A selector the workload must match (repeatable; all must match), e.g. unix:uid:1000.
+    #[arg(long = "selector", value_name = "TYPE:KEY:VALUE", required = true)]
+    pub(crate) selectors: Vec<Selector>,
+    /// Lifetime of the SVIDs issued for the entry (10s to 30d).
+    #[arg(long, value_parser = parse_entry_ttl, default_value = "1h")]
+    pub(crate) ttl: Duration,
+    /// A DNS name to put in the SVIDs (repeatable).
+    #[arg(long = "dns", value_name = "NAME", value_parser = parse_dns_name)]
+    pub(crate) dns_names: Vec<String>,
+    /// Accept selecting only on unix:path / unix:sha256 (anyone who can run the binary gets the
+    /// identity).
+    #[arg(long)]
+    pub(crate) allow_weak_selectors: bool,
+    /// Print the created entry as JSON instead of its id.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EntryListArgs {
+    /// Only the entries of this node.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: Option<NodeName>,
+    /// Only the entries with this SPIFFE ID.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub(crate) spiffe_id: Option<SpiffeId>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EntryShowArgs {
+    /// The entry id (32 hex characters).
+    #[arg(value_name = "ID", value_parser = parse_entry_id)]
+    pub(crate) id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EntryIdArg {
+    /// The entry id (32 hex characters).
+    #[arg(value_name = "ID", value_parser = parse_entry_id)]
+    pub(crate) id: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EntryUpdateArgs {
+    /// The entry id (32 hex characters).
+    #[arg(value_name = "ID", value_parser = parse_entry_id)]
+    pub(crate) id: String,
+    /// A new SPIFFE ID.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub(crate) spiffe_id: Option<SpiffeId>,
+    /// A new parent node.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: Option<NodeName>,
+    /// Replace the selectors with these (repeatable).
+    #[arg(long = "selector", value_name = "TYPE:KEY:VALUE")]
+    pub(crate) selectors: Vec<Selector>,
+    /// A new SVID lifetime (10s to 30d).
+    #[arg(long, value_parser = parse_entry_ttl)]
+    pub(crate) ttl: Option<Duration>,
+    /// Replace the DNS names with these (repeatable).
+    #[arg(long = "dns", value_name = "NAME", value_parser = parse_dns_name, conflicts_with = "clear_dns")]
+    pub(crate) dns_names: Vec<String>,
+    /// Remove every DNS name.
+    #[arg(long)]
+    pub(crate) clear_dns: bool,
+    /// Accept selecting only on unix:path / unix:sha256 (also needed to keep such an entry).
+    #[arg(long)]
+    pub(crate) allow_weak_selectors: bool,
+    /// Print the updated entry as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The longest a join token may stay redeemable.
+pub(crate) const MAX_JOIN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The shortest and longest SVID lifetime an entry may ask for.
+pub(crate) const MIN_ENTRY_TTL: Duration = Duration::from_secs(10);
+pub(crate) const MAX_ENTRY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn parse_join_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > MAX_JOIN_TTL {
+        return Err("must be from 1s to 24h".into());
+    }
+    Ok(d)
+}
+
+fn parse_entry_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_ENTRY_TTL || d > MAX_ENTRY_TTL {
+        return Err("must be from 10s to 30d".into());
+    }
+    Ok(d)
+}
+
+fn parse_dns_name(s: &str) -> Result<String, String> {
+    rustls_pki_types::DnsName::try_from(s)
+        .map(|_| s.to_ascii_lowercase())
+        .map_err(|_| "not a valid DNS name".into())
+}
+
+fn parse_entry_id(s: &str) -> Result<String, String> {
+    if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err("an entry id is 32 hex characters (see `ringzero entry list`)".into())
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

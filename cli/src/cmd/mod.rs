@@ -1,8 +1,10 @@
 //! Command implementations.
 
 mod authority;
+mod entry;
 mod keyfile;
 mod keygen;
+mod node;
 mod session;
 mod token;
 
@@ -49,5 +51,7 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Token(TokenCommand::Verify(a)) => token::verify(a),
         Command::Authority(c) => authority::run(&cli.global, c),
         Command::Bundle(c) => authority::bundle(&cli.global, c),
+        Command::Node(c) => node::run(&cli.global, c),
+        Command::Entry(c) => entry::run(&cli.global, c),
     }
 }

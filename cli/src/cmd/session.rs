@@ -86,6 +86,44 @@ pub(crate) fn call_failed(e: ClientError) -> Failure {
     failed(anyhow!("{e}"))
 }
 
+/// gRPC codes the node and entry commands explain (`tonic::Code` as `i32`).
+const INVALID_ARGUMENT: i32 = 3;
+const NOT_FOUND: i32 = 5;
+const ALREADY_EXISTS: i32 = 6;
+const PERMISSION_DENIED: i32 = 7;
+const FAILED_PRECONDITION: i32 = 9;
+const UNIMPLEMENTED: i32 = 12;
+const UNAUTHENTICATED: i32 = 16;
+
+/// Exit 1 with the server's message, said in words for the codes an operator meets; `what` names
+/// the thing the call was about (`entry 0a1b…`, `node n7`).
+pub(crate) fn refused(e: ClientError, what: &str) -> Failure {
+    failed(anyhow!("{}", explain(&e, what)))
+}
+
+pub(crate) fn explain(e: &ClientError, what: &str) -> String {
+    let ClientError::Status { message, .. } = e else {
+        return e.to_string();
+    };
+    let Some(code) = e.code().map(i32::from) else {
+        return e.to_string();
+    };
+    match code {
+        NOT_FOUND => format!("{what}: not found ({message})"),
+        ALREADY_EXISTS => format!("{what}: already exists ({message})"),
+        INVALID_ARGUMENT => format!("{what}: refused by the authority: {message}"),
+        FAILED_PRECONDITION => format!("{what}: refused by the authority: {message}"),
+        PERMISSION_DENIED => format!("{what}: permission denied: {message}"),
+        UNAUTHENTICATED => {
+            format!("{what}: not authenticated ({message}); is the profile's credential expired?")
+        }
+        UNIMPLEMENTED => format!(
+            "{what}: the authority does not implement this call ({message}); is it older than this CLI?"
+        ),
+        _ => e.to_string(),
+    }
+}
+
 /// Prints rows as aligned columns separated by two spaces (the last column unpadded).
 pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
     for line in render_table(rows) {
