@@ -358,3 +358,66 @@ impl TestDir {
         &self.path
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A one-node authority
+// ---------------------------------------------------------------------------------------------
+
+/// A one-node authority process: bootstrapped with the binary, then served by
+/// `ringzero authority run`. Killed when dropped.
+#[derive(Debug)]
+pub struct SoloAuthority {
+    pub root: TestDir,
+    pub dir: PathBuf,
+    pub addr: String,
+    pub profile: PathBuf,
+    pub trust_domain: String,
+    pub proc: Proc,
+}
+
+impl SoloAuthority {
+    /// Bootstraps and starts the node; returns once `authority status` succeeds.
+    pub fn start(name: &str, trust_domain: &str) -> Self {
+        let root = TestDir::new(name);
+        let dir = root.path().join("n1");
+        let addr = free_addr();
+        let mut cmd = ringzero(root.path());
+        cmd.args(["authority", "bootstrap", "--trust-domain", trust_domain])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--listen", &addr]);
+        let out = run_timeout(cmd, Duration::from_secs(60));
+        assert!(out.status.success(), "bootstrap: {}", show(&out));
+        let profile = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let mut cmd = ringzero(root.path());
+        cmd.args(["authority", "run", "--data-dir"]).arg(&dir);
+        let proc = Proc::spawn("n1", cmd, &root.path().join("n1.log"));
+        let s = Self {
+            root,
+            dir,
+            addr,
+            profile,
+            trust_domain: trust_domain.to_owned(),
+            proc,
+        };
+        wait_until(
+            "the authority to accept writes",
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || {
+                s.cli(&["authority", "status"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+        s
+    }
+
+    /// `ringzero --profile P ARGS…`, run to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = ringzero(self.root.path());
+        cmd.arg("--profile").arg(&self.profile).args(args);
+        run_timeout(cmd, Duration::from_secs(60))
+    }
+}
