@@ -8,6 +8,15 @@
 //!
 //! # Layout
 //!
+//! - [`daemon`]: `agent run` — [`run`] enrolls (or loads the stored enrollment), renews the node
+//!   SVID, follows the entry sync stream, issues and rotates workload SVIDs and serves the
+//!   Workload API until shutdown; an evicted, banned or expired node stops with an
+//!   [`AgentError`] that says how to recover.
+//! - [`enroll`]: first contact, the pin checked before the join secret is sent ([`FirstContact`]).
+//! - [`state`]: the data directory ([`DataDir`]): `node.profile` (credentials, 0600) and
+//!   `agent.toml` (node, authorities, last revision and its entries, 0600).
+//! - [`rotation`]: when to renew: half-life ± 10 % of the certificate's actual validity, never in
+//!   the past.
 //! - [`cache`]: the in-memory [`SvidCache`] of issued identities and trust bundles, which the
 //!   sync loop fills and the Workload API reads (a watch channel of immutable snapshots).
 //! - [`attest`]: workload attestation of a unix-socket peer into selectors, pinned to the
@@ -17,6 +26,27 @@
 //! - [`pb`]: the Workload API's generated gRPC code (the standard proto, no package).
 //!
 //! # Example
+//!
+//! Run an agent that enrolls with a pinned join token on its first start:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use ringzero_agent::{AgentConfig, FirstContact};
+//! use ringzero_policy::join::JoinToken;
+//!
+//! let token = JoinToken::parse(&std::fs::read_to_string("n7.token")?)?;
+//! let config = AgentConfig {
+//!     authorities: vec!["10.0.0.1:7000".into(), "10.0.0.2:7000".into()],
+//!     data_dir: "/var/lib/ringzero-agent".into(),
+//!     socket: None, // <data_dir>/workload.sock
+//!     join: Some(FirstContact::Pinned(token)),
+//! };
+//! ringzero_agent::run(config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Or serve the Workload API from a cache filled some other way:
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,7 +68,12 @@
 
 pub mod attest;
 pub mod cache;
+pub mod daemon;
+pub mod enroll;
+mod error;
 pub mod fetch;
+pub mod rotation;
+pub mod state;
 pub mod workload;
 
 /// The SPIFFE Workload API, generated from `proto/workload.proto`.
@@ -55,3 +90,7 @@ pub mod pb {
 
 pub use self::attest::{Attestation, Attestor};
 pub use self::cache::{Identity, Snapshot, SvidCache};
+pub use self::daemon::{AgentConfig, Ready, run, run_with_ready};
+pub use self::enroll::FirstContact;
+pub use self::error::{AgentError, RecoveryHint};
+pub use self::state::DataDir;

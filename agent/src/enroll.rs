@@ -1,0 +1,163 @@
+//! First contact: check the authority against the join token's pin (or a given bundle) before
+//! the secret leaves this process, then redeem the token with a CSR for a key generated here.
+
+use std::time::SystemTime;
+
+use ringzero_policy::join::{JoinToken, pin_matches};
+use ringzero_policy::svid::{TrustBundle, Usage, csr_for, generate_key, validate_svid};
+use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_proto::client::{
+    bundle_cas, fetch_bundle_unverified, fetch_bundle_verified, redeem_join_token,
+};
+use rustls_pki_types::CertificateDer;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use crate::error::AgentError;
+use crate::state::{NodeCredentials, node_name_of};
+
+/// How a node that has never enrolled learns to trust the authority.
+#[derive(Debug)]
+pub enum FirstContact {
+    /// The join token's pin: the bundle is fetched and must contain the pinned CA key.
+    Pinned(JoinToken),
+    /// A bundle given out of band (`--bundle FILE`): the authority must present an SVID under it.
+    Bundle(JoinToken, Vec<CertificateDer<'static>>),
+    /// No check of the authority before the secret is sent (`--insecure-skip-pin`).
+    InsecureNoPin(JoinToken),
+}
+
+impl FirstContact {
+    fn token(&self) -> &JoinToken {
+        match self {
+            FirstContact::Pinned(t)
+            | FirstContact::Bundle(t, _)
+            | FirstContact::InsecureNoPin(t) => t,
+        }
+    }
+}
+
+/// A node that just enrolled.
+#[derive(Debug)]
+pub(crate) struct Enrolled {
+    pub(crate) node: String,
+    pub(crate) creds: NodeCredentials,
+}
+
+/// Enrolls at the first of `addrs` that answers.
+pub(crate) async fn enroll(
+    addrs: &[String],
+    contact: &FirstContact,
+) -> Result<Enrolled, AgentError> {
+    let mut last = AgentError::Config("no authority address".into());
+    for addr in addrs {
+        match enroll_at(addr, contact).await {
+            Ok(e) => return Ok(e),
+            // Only an unreachable address is worth trying the next one: a refusal is final.
+            Err(Failure::Unreachable(e)) => {
+                warn!(%addr, error = %e, "authority unreachable for enrollment");
+                last = AgentError::Enroll(format!("{addr}: {e}"));
+            }
+            Err(Failure::Final(e)) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+enum Failure {
+    Unreachable(String),
+    Final(AgentError),
+}
+
+fn fin(m: impl Into<String>) -> Failure {
+    Failure::Final(AgentError::Enroll(m.into()))
+}
+
+async fn enroll_at(addr: &str, contact: &FirstContact) -> Result<Enrolled, Failure> {
+    // 1. Learn the bundle, and check it, before anything secret is sent.
+    let unreachable = |e: ringzero_proto::client::ClientError| Failure::Unreachable(e.to_string());
+    let (reply, cas) = match contact {
+        FirstContact::Pinned(token) => {
+            let b = fetch_bundle_unverified(addr).await.map_err(unreachable)?;
+            let cas = bundle_cas(&b);
+            if !pin_matches(&token.pin, &cas) {
+                return Err(fin(format!(
+                    "the trust bundle of the authority at {addr} does not match the join token's \
+                     pin: refusing to send the secret (wrong address, wrong cluster, or someone \
+                     in the middle)"
+                )));
+            }
+            (b, cas)
+        }
+        FirstContact::Bundle(_, cas) => {
+            let b = fetch_bundle_verified(addr, cas)
+                .await
+                .map_err(unreachable)?;
+            (b, cas.clone())
+        }
+        FirstContact::InsecureNoPin(_) => {
+            warn!(%addr, "--insecure-skip-pin: sending the join secret to an unverified authority");
+            let b = fetch_bundle_unverified(addr).await.map_err(unreachable)?;
+            let cas = bundle_cas(&b);
+            (b, cas)
+        }
+    };
+    let td = TrustDomain::new(&reply.trust_domain)
+        .map_err(|e| fin(format!("the authority names a bad trust domain: {e}")))?;
+    let bundle = TrustBundle::new(td.clone(), cas.clone())
+        .map_err(|e| fin(format!("the authority's bundle is unusable: {e}")))?;
+
+    // 2. Redeem over TLS authenticated by that bundle, with a CSR for a key made here. The
+    //    authority names the node (the name is fixed when the token is issued); the CSR
+    //    contributes only its public key.
+    let key = generate_key().map_err(|e| fin(e.to_string()))?;
+    let placeholder = SpiffeId::parse(&format!("spiffe://{td}/ringzero/node/joining"))
+        .map_err(|e| fin(e.to_string()))?;
+    let csr = csr_for(&key, &placeholder).map_err(|e| fin(e.to_string()))?;
+    let reply = redeem_join_token(addr, &bundle, contact.token(), &csr)
+        .await
+        .map_err(|e| match e {
+            ringzero_proto::client::ClientError::Transport(t) => Failure::Unreachable(t),
+            other => fin(format!("the authority refused the join token: {other}")),
+        })?;
+    if reply.node_id != 0 || reply.token.is_empty() {
+        return Err(fin(
+            "this is not an agent join token (authority nodes join with `ringzero authority join`)",
+        ));
+    }
+    let cas = reply
+        .bundle
+        .as_ref()
+        .map(bundle_cas)
+        .filter(|c| !c.is_empty())
+        .unwrap_or(cas);
+    let chain: Vec<CertificateDer<'static>> = reply
+        .svid_chain
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let bundle = TrustBundle::new(td.clone(), cas.clone())
+        .map_err(|e| fin(format!("the authority's bundle is unusable: {e}")))?;
+    let valid = validate_svid(&chain, &bundle, SystemTime::now(), Usage::Client).map_err(|e| {
+        fin(format!(
+            "the node SVID the authority sent does not validate: {e}"
+        ))
+    })?;
+    let node = node_name_of(&valid.id).ok_or_else(|| {
+        fin(format!(
+            "the authority issued {} instead of a node SVID",
+            valid.id
+        ))
+    })?;
+    info!(%node, spiffe_id = %valid.id, "enrolled");
+    Ok(Enrolled {
+        node,
+        creds: NodeCredentials {
+            trust_domain: td,
+            bundle: cas,
+            chain,
+            key: Zeroizing::new(key.serialize_der()),
+            token: Zeroizing::new(reply.token),
+        },
+    })
+}

@@ -1,0 +1,148 @@
+//! When to renew a certificate: at half its actual lifetime, ± 10 % jitter, never in the past.
+//!
+//! The lifetime is the certificate's own `notBefore..notAfter` (the authority backdates
+//! `notBefore` a little for clock skew, so the half-life is computed from what was issued, not
+//! from the entry's TTL). The jitter spreads SVIDs issued together over ± 10 % of the half-life,
+//! so that a thousand entries created at once don't come back as one storm.
+
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+use x509_parser::prelude::FromDer;
+
+/// The jitter, as a fraction of the half-life, either way.
+pub const JITTER: f64 = 0.10;
+
+/// A certificate's validity window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// The validity of a DER certificate.
+    pub fn of(cert: &CertificateDer<'_>) -> Option<Self> {
+        let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+        let v = c.validity();
+        let secs = |t: i64| {
+            u64::try_from(t)
+                .ok()
+                .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+        };
+        Some(Self {
+            not_before: secs(v.not_before.timestamp())?,
+            not_after: secs(v.not_after.timestamp())?,
+        })
+    }
+
+    /// Whether the certificate is expired at `now`.
+    pub fn expired_at(&self, now: SystemTime) -> bool {
+        now >= self.not_after
+    }
+}
+
+/// A jitter factor in `[-JITTER, JITTER]` from the system's random source (0 if it fails).
+pub fn random_jitter() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return 0.0;
+    }
+    let unit = f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX); // [0, 1]
+    (unit * 2.0 - 1.0) * JITTER
+}
+
+/// How long from `now` until the certificate should be renewed: at
+/// `not_before + (lifetime / 2) × (1 + jitter)`, with `jitter` clamped to `±JITTER`; zero when
+/// that moment has passed (renew now, never "in the past").
+pub fn renew_in(validity: Validity, jitter: f64, now: SystemTime) -> Duration {
+    let lifetime = validity
+        .not_after
+        .duration_since(validity.not_before)
+        .unwrap_or(Duration::ZERO);
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(-JITTER, JITTER)
+    } else {
+        0.0
+    };
+    let half = lifetime.as_secs_f64() / 2.0;
+    let offset = Duration::from_secs_f64((half * (1.0 + jitter)).max(0.0));
+    let at = validity.not_before + offset;
+    at.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
+    }
+
+    fn validity(nb: u64, na: u64) -> Validity {
+        Validity {
+            not_before: t(nb),
+            not_after: t(na),
+        }
+    }
+
+    #[test]
+    fn half_life_without_jitter() {
+        // 1 h SVID backdated 60 s: issued at t=60, not_before 0, not_after 3660.
+        let v = validity(0, 3660);
+        assert_eq!(renew_in(v, 0.0, t(60)), Duration::from_secs(1830 - 60));
+        assert_eq!(renew_in(v, 0.0, t(0)), Duration::from_secs(1830));
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent_of_the_half_life() {
+        let v = validity(0, 3600);
+        let now = t(0);
+        assert_eq!(renew_in(v, JITTER, now), Duration::from_secs(1980));
+        assert_eq!(renew_in(v, -JITTER, now), Duration::from_secs(1620));
+        // Out-of-range or nonsense jitter is clamped.
+        assert_eq!(renew_in(v, 5.0, now), Duration::from_secs(1980));
+        assert_eq!(renew_in(v, -5.0, now), Duration::from_secs(1620));
+        assert_eq!(renew_in(v, f64::NAN, now), Duration::from_secs(1800));
+        for _ in 0..1000 {
+            let j = random_jitter();
+            assert!((-JITTER..=JITTER).contains(&j), "{j}");
+            let d = renew_in(v, j, now);
+            assert!(
+                d >= Duration::from_secs(1620) && d <= Duration::from_secs(1980),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn never_in_the_past() {
+        let v = validity(0, 100);
+        assert_eq!(renew_in(v, 0.0, t(50)), Duration::ZERO);
+        assert_eq!(renew_in(v, 0.0, t(99)), Duration::ZERO);
+        assert_eq!(renew_in(v, JITTER, t(500)), Duration::ZERO);
+        // A certificate whose window is inverted renews at once rather than panicking.
+        assert_eq!(renew_in(validity(100, 0), 0.0, t(200)), Duration::ZERO);
+        assert!(v.expired_at(t(100)) && !v.expired_at(t(99)));
+    }
+
+    #[test]
+    fn validity_of_a_real_certificate() {
+        let td = ringzero_policy::TrustDomain::new("example.org").unwrap();
+        let now = SystemTime::now();
+        let ca = ringzero_policy::svid::SigningCa::self_signed(
+            &td,
+            "ca",
+            Duration::from_secs(3600),
+            now,
+            None,
+        )
+        .unwrap();
+        let v = Validity::of(ca.cert_der()).unwrap();
+        assert!(v.not_before <= now && v.not_after > now);
+        assert!(Validity::of(&CertificateDer::from(vec![1, 2, 3])).is_none());
+    }
+}
