@@ -753,12 +753,10 @@ impl pb::authority_server::Authority for AuthorityService {
         self.mint_svids_impl(req).await
     }
 
-    type SyncEntriesStream = agents::SyncStream;
-
     async fn sync_entries(
         &self,
         req: tonic::Request<pb::SyncEntriesRequest>,
-    ) -> Result<tonic::Response<Self::SyncEntriesStream>, tonic::Status> {
+    ) -> Result<tonic::Response<agents::SyncStream>, tonic::Status> {
         self.sync_entries_impl(req).await
     }
 
