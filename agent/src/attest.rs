@@ -378,6 +378,16 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     after_comm.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
+/// The user name of `uid` in `/etc/passwd`, if any (users known only to NSS modules have none).
+pub fn user_name(uid: u32) -> Option<String> {
+    lookup_name("/etc/passwd", uid)
+}
+
+/// The uid of this process.
+pub fn current_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
 /// The name of `id` in a passwd- or group-format file (`name:x:id:…`), if any.
 fn lookup_name(path: &str, id: u32) -> Option<String> {
     let mut text = String::new();

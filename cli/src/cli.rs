@@ -74,6 +74,100 @@ Examples:
     /// Registration entries: which workloads on which node get which SPIFFE ID.
     #[command(subcommand)]
     Entry(EntryCommand),
+    /// Run the node agent (the SPIFFE Workload API) and fetch SVIDs from it.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// A whole single-machine cluster in one command: one authority, one agent, an entry for you.
+    #[command(after_help = DEV_HELP)]
+    Dev(DevArgs),
+}
+
+const DEV_HELP: &str = "\
+Runs one authority node and one enrolled agent in this process, with data in DIR (a new
+temporary directory, removed at exit, when not given), and creates a registration entry
+spiffe://TD/ns/dev/<your user name> for your uid. Prints SPIFFE_ENDPOINT_SOCKET=… and the
+admin profile's path on stdout, then serves until Ctrl-C. Run it again with the same
+--data-dir to pick up where it left off.
+
+Examples:
+  ringzero dev
+  ringzero dev --data-dir ~/.ringzero-dev --listen 127.0.0.1:7000
+  # in another shell, with the two lines it printed exported:
+  ringzero agent fetch
+  ringzero entry list";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentCommand {
+    /// Run the agent: enroll (first start), keep the node SVID renewed, sync entries, issue and
+    /// rotate workload SVIDs, serve the SPIFFE Workload API.
+    #[command(after_help = "\
+The first start needs a join token (from `ringzero node token --name NAME` on an admin machine);
+later starts reuse the credentials in the data directory and need none. The token's pin is
+checked against the authority before its secret is sent; --bundle FILE checks against a given
+bundle instead. Prints `agent ready: node N, E entries, I SVIDs, socket /abs/path` on stderr
+once the Workload API serves and the first sync completed.
+
+Examples:
+  ringzero agent run --authority 10.0.0.1:7000,10.0.0.2:7000 --join-token @n7.token --data-dir /var/lib/ringzero-agent
+  ringzero agent run --data-dir /var/lib/ringzero-agent          # restart: no token needed
+  ringzero node token --name n7 | ringzero agent run --authority 10.0.0.1:7000 --join-token - --data-dir D")]
+    Run(AgentRunArgs),
+    /// Fetch this process's X.509-SVIDs from the Workload API (like `spire-agent api fetch x509`).
+    #[command(after_help = "\
+Examples:
+  ringzero agent fetch                                   # socket from SPIFFE_ENDPOINT_SOCKET
+  ringzero agent fetch --socket /var/lib/ringzero-agent/workload.sock --write /run/my-service
+  ringzero agent fetch --json")]
+    Fetch(AgentFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentRunArgs {
+    /// Where the agent keeps its key, SVID, capability and synced state (created, mode 0700).
+    #[arg(long, value_name = "DIR", env = "RINGZERO_AGENT_DATA_DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// The one-time join token, for the first start (TOKEN, @FILE or -).
+    #[arg(long, value_name = "TOKEN|@FILE|-")]
+    pub(crate) join_token: Option<String>,
+    /// The Workload API socket (default DIR/workload.sock).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+    /// Trust this bundle (PEM CA certificates) instead of checking the join token's pin.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) bundle: Option<PathBuf>,
+    /// Send the join secret without verifying the authority first. Only for throwaway clusters.
+    #[arg(long)]
+    pub(crate) insecure_skip_pin: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentFetchArgs {
+    /// The Workload API socket: a path or unix:///path.
+    #[arg(long, value_name = "PATH|unix:///PATH", env = "SPIFFE_ENDPOINT_SOCKET")]
+    pub(crate) socket: Option<String>,
+    /// Also write svid.pem, svid.key (0600) and bundle.pem of the default SVID into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) write: Option<PathBuf>,
+    /// How long to wait for an answer.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub(crate) timeout: Duration,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DevArgs {
+    /// Keep the cluster's data here (reused when it exists). Default: a new temporary directory,
+    /// removed at exit.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Where the authority listens (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub(crate) listen: String,
+    /// The trust domain of a new cluster.
+    #[arg(long, default_value = "dev.ringzero.internal")]
+    pub(crate) trust_domain: ringzero_policy::TrustDomain,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,8 @@
 //! Command implementations.
 
+mod agent;
 mod authority;
+mod dev;
 mod entry;
 mod keyfile;
 mod keygen;
@@ -53,5 +55,7 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Bundle(c) => authority::bundle(&cli.global, c),
         Command::Node(c) => node::run(&cli.global, c),
         Command::Entry(c) => entry::run(&cli.global, c),
+        Command::Agent(c) => agent::run(&cli.global, c),
+        Command::Dev(a) => dev::run(&cli.global, a),
     }
 }

@@ -1,0 +1,278 @@
+//! `ringzero agent run` and `ringzero agent fetch`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::anyhow;
+use ringzero_agent::fetch::{X509Svid, endpoint_path, fetch_x509};
+use ringzero_agent::{AgentConfig, AgentError, FirstContact, Ready};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use super::session::runtime;
+use super::{Failure, Outcome, bad_input, bad_input_msg, failed};
+use crate::cli::{AgentCommand, AgentFetchArgs, AgentRunArgs, GlobalArgs};
+use crate::input::{read_bounded, read_secret};
+
+pub(crate) fn run(global: &GlobalArgs, cmd: AgentCommand) -> Outcome {
+    let rt = runtime()?;
+    rt.block_on(async move {
+        match cmd {
+            AgentCommand::Run(a) => run_agent(global, a).await,
+            AgentCommand::Fetch(a) => fetch(a).await,
+        }
+    })
+}
+
+/// Logs to stderr (`RINGZERO_LOG` filters; `--log-json` for JSON lines).
+pub(crate) fn init_logging(global: &GlobalArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGZERO_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if global.log_json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}
+
+/// `path` made absolute against the current directory.
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf, Failure> {
+    std::path::absolute(path).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))
+}
+
+/// The readiness line on stderr, which scripts and tests wait for.
+pub(crate) fn ready_line(r: &Ready) -> String {
+    format!(
+        "agent ready: node {}, {} entries, {} SVIDs, socket {}",
+        r.node,
+        r.entries,
+        r.identities,
+        r.socket.display()
+    )
+}
+
+/// An agent error as a CLI failure, with its exit code.
+pub(crate) fn agent_failed(e: AgentError) -> Failure {
+    Failure {
+        code: e.exit_code(),
+        error: e.into(),
+    }
+}
+
+fn first_contact(a: &AgentRunArgs) -> Result<Option<FirstContact>, Failure> {
+    if a.bundle.is_some() && a.insecure_skip_pin {
+        return Err(bad_input_msg(
+            "--bundle and --insecure-skip-pin exclude each other",
+        ));
+    }
+    let Some(arg) = &a.join_token else {
+        if a.bundle.is_some() || a.insecure_skip_pin {
+            return Err(bad_input_msg(
+                "--bundle and --insecure-skip-pin only apply with --join-token",
+            ));
+        }
+        return Ok(None);
+    };
+    let text = zeroize::Zeroizing::new(read_secret(arg).map_err(bad_input)?);
+    let token = ringzero_policy::join::JoinToken::parse(&text).map_err(bad_input)?;
+    Ok(Some(match (&a.bundle, a.insecure_skip_pin) {
+        (Some(path), _) => {
+            let pem = read_bounded(path).map_err(bad_input)?;
+            let cas: Result<Vec<CertificateDer<'static>>, _> =
+                CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+            let cas = cas.map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
+            if cas.is_empty() {
+                return Err(bad_input_msg(format!("{}: no certificate", path.display())));
+            }
+            FirstContact::Bundle(token, cas)
+        }
+        (None, true) => FirstContact::InsecureNoPin(token),
+        (None, false) => FirstContact::Pinned(token),
+    }))
+}
+
+async fn run_agent(global: &GlobalArgs, a: AgentRunArgs) -> Outcome {
+    init_logging(global);
+    let join = first_contact(&a)?;
+    let data_dir = absolute(&a.data_dir)?;
+    let socket = a.socket.as_deref().map(absolute).transpose()?;
+    let config = AgentConfig {
+        authorities: global.authority.clone(),
+        data_dir,
+        socket,
+        join,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<Ready>();
+    let announce = tokio::spawn(async move {
+        if let Ok(r) = rx.await {
+            println!("SPIFFE_ENDPOINT_SOCKET=unix://{}", r.socket.display());
+            eprintln!("{}", ready_line(&r));
+        }
+    });
+    let result = ringzero_agent::run_with_ready(config, Some(tx), shutdown_signal()).await;
+    announce.abort();
+    result.map_err(agent_failed)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fetch(a: AgentFetchArgs) -> Outcome {
+    let endpoint = a.socket.ok_or_else(|| {
+        bad_input_msg("no Workload API socket: pass --socket PATH or set SPIFFE_ENDPOINT_SOCKET")
+    })?;
+    let socket = endpoint_path(&endpoint).map_err(bad_input)?;
+    let started = std::time::Instant::now();
+    let svids = fetch_x509(&socket, a.timeout).await.map_err(failed)?;
+    let took = started.elapsed();
+    if let Some(dir) = &a.write {
+        let default = svids
+            .first()
+            .ok_or_else(|| failed(anyhow!("the Workload API sent no SVID")))?;
+        std::fs::create_dir_all(dir).map_err(|e| failed(anyhow!("{}: {e}", dir.display())))?;
+        default.write_to(dir).map_err(failed)?;
+    }
+    if a.json {
+        let rows: Vec<serde_json::Value> = svids.iter().map(svid_json).collect();
+        let text = serde_json::to_string_pretty(&rows).map_err(failed)?;
+        println!("{text}");
+    } else {
+        println!(
+            "Received {} svid{} after {:.1?}",
+            svids.len(),
+            if svids.len() == 1 { "" } else { "s" },
+            took
+        );
+        for s in &svids {
+            println!();
+            for line in svid_lines(s) {
+                println!("{line}");
+            }
+        }
+    }
+    if let Some(dir) = &a.write {
+        eprintln!(
+            "wrote svid.pem, svid.key (0600) and bundle.pem to {}",
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    };
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("@{secs}"))
+}
+
+fn not_before(cert: &CertificateDer<'_>) -> Option<SystemTime> {
+    use x509_parser::prelude::FromDer;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    let secs = u64::try_from(c.validity().not_before.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+fn svid_lines(s: &X509Svid) -> Vec<String> {
+    let mut out = vec![format!("SPIFFE ID:         {}", s.spiffe_id)];
+    if !s.hint.is_empty() {
+        out.push(format!("Hint:              {}", s.hint));
+    }
+    if let Some(nb) = s.chain.first().and_then(not_before) {
+        out.push(format!("SVID Valid After:  {}", rfc3339(nb)));
+    }
+    let left = s
+        .not_after
+        .duration_since(SystemTime::now())
+        .map(|d| {
+            humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+        })
+        .unwrap_or_else(|_| "expired".into());
+    out.push(format!(
+        "SVID Valid Until:  {} (in {left})",
+        rfc3339(s.not_after)
+    ));
+    for (i, ca) in s.bundle.iter().enumerate() {
+        out.push(format!(
+            "CA #{} Valid Until: {}",
+            i + 1,
+            ca_not_after(ca).map_or_else(|| "?".into(), rfc3339)
+        ));
+    }
+    out
+}
+
+fn ca_not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
+    use x509_parser::prelude::FromDer;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    let secs = u64::try_from(c.validity().not_after.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+fn svid_json(s: &X509Svid) -> serde_json::Value {
+    serde_json::json!({
+        "spiffe_id": s.spiffe_id.to_string(),
+        "hint": s.hint,
+        "not_before": s.chain.first().and_then(not_before).map(rfc3339),
+        "not_after": rfc3339(s.not_after),
+        "chain_len": s.chain.len(),
+        "bundle_len": s.bundle.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn the_ready_line_is_stable() {
+        let r = Ready {
+            node: "n7".into(),
+            spiffe_id: ringzero_policy::SpiffeId::parse("spiffe://td/ringzero/node/n7").unwrap(),
+            entries: 2,
+            identities: 1,
+            socket: "/run/a.sock".into(),
+        };
+        assert_eq!(
+            ready_line(&r),
+            "agent ready: node n7, 2 entries, 1 SVIDs, socket /run/a.sock"
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! `ringzero dev`: a whole single-machine cluster in one process — one authority node, one
+//! enrolled agent, and a registration entry for the calling user.
+//!
+//! Data layout: `D/authority` (the authority node, `admin.profile` in it) and `D/agent` (the
+//! agent's data directory, `workload.sock` in it). A second run with the same `D` starts both
+//! again with no new bootstrap, enrollment or entry.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use ringzero_agent::attest::{current_uid, user_name};
+use ringzero_agent::{AgentConfig, DataDir, FirstContact};
+use ringzero_authority::node;
+use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_proto::client::{AuthorityClient, Profile};
+use ringzero_proto::pb;
+use tokio::sync::oneshot;
+
+use super::agent::{absolute, agent_failed, init_logging, ready_line, shutdown_signal};
+use super::session::{explain, runtime};
+use super::{Failure, Outcome, failed};
+use crate::cli::{DevArgs, GlobalArgs};
+use crate::input::read_bounded;
+
+/// The agent node's name.
+const NODE: &str = "dev";
+/// How long the agent's join token stays redeemable.
+const JOIN_TTL: Duration = Duration::from_secs(600);
+/// The SVID lifetime of the entry created for the caller.
+const ENTRY_TTL: u32 = 3600;
+/// How long to wait for the authority to accept writes.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) fn run(global: &GlobalArgs, a: DevArgs) -> Outcome {
+    let rt = runtime()?;
+    rt.block_on(dev(global, a))
+}
+
+async fn dev(global: &GlobalArgs, a: DevArgs) -> Outcome {
+    init_logging(global);
+    // Kept until the end of this function: dropping it removes the temporary directory.
+    let (root, temp) = match &a.data_dir {
+        Some(d) => (absolute(d)?, None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("ringzero-dev-")
+                .tempdir()
+                .map_err(|e| failed(anyhow!("creating a temporary directory: {e}")))?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    DataDir::open(&root).map_err(agent_failed)?; // the root too is 0700
+    let auth_dir = root.join("authority");
+    let agent_dir = root.join("agent");
+
+    // 1. The authority: bootstrap once, then serve it in a task.
+    let (listener, addr, profile_path) = start_authority(&a, &auth_dir).await?;
+    let (auth_stop, auth_stopped) = oneshot::channel::<()>();
+    let dir = auth_dir.clone();
+    let mut authority = tokio::spawn(async move {
+        node::run(&dir, listener, async {
+            let _ = auth_stopped.await;
+        })
+        .await
+    });
+
+    let outcome = with_authority(&root, &agent_dir, &addr, &profile_path, temp.is_some()).await;
+
+    // Last: the authority.
+    let _ = auth_stop.send(());
+    match tokio::time::timeout(Duration::from_secs(20), &mut authority).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("authority stopped with an error: {e}"),
+        Ok(Err(e)) => eprintln!("authority task failed: {e}"),
+        Err(_) => {
+            authority.abort();
+            eprintln!("authority did not stop within 20s");
+        }
+    }
+    if let Some(t) = temp {
+        let shown = t.path().display().to_string();
+        if t.close().is_ok() {
+            eprintln!("removed {shown}");
+        }
+    }
+    outcome
+}
+
+async fn start_authority(
+    a: &DevArgs,
+    auth_dir: &Path,
+) -> Result<(tokio::net::TcpListener, String, PathBuf), Failure> {
+    let profile_path = auth_dir.join("admin.profile");
+    if auth_dir.join("node.toml").exists() {
+        let addr = node::listen_address(auth_dir).map_err(failed)?;
+        if a.listen != "127.0.0.1:0" && a.listen != addr {
+            eprintln!(
+                "note: {} already listens on {addr}; --listen {} ignored",
+                auth_dir.display(),
+                a.listen
+            );
+        }
+        let listener = bind(&addr).await?;
+        eprintln!("authority: reusing {}", auth_dir.display());
+        return Ok((listener, addr, profile_path));
+    }
+    // Bind first, so that port 0 becomes a real port the node can advertise.
+    let listener = bind(&a.listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| failed(anyhow!("listener address: {e}")))?
+        .to_string();
+    let written = node::bootstrap(&a.trust_domain, auth_dir, &addr, node::ADMIN_TTL)
+        .await
+        .map_err(failed)?;
+    eprintln!(
+        "authority: bootstrapped trust domain {} in {}",
+        a.trust_domain,
+        auth_dir.display()
+    );
+    Ok((listener, addr, written))
+}
+
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, Failure> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
+        .map_err(failed)
+}
+
+/// Everything while the authority runs: admin setup, the agent, waiting for Ctrl-C.
+async fn with_authority(
+    root: &Path,
+    agent_dir: &Path,
+    addr: &str,
+    profile_path: &Path,
+    temporary: bool,
+) -> Outcome {
+    let text = read_bounded(profile_path).map_err(failed)?;
+    let profile = Profile::from_toml(&text)
+        .map_err(|e| failed(anyhow!("{}: {e}", profile_path.display())))?;
+    let td = TrustDomain::new(&profile.trust_domain).map_err(failed)?;
+    let creds = profile
+        .credentials()
+        .map_err(|e| failed(anyhow!("{}: {e}", profile_path.display())))?;
+    let mut admin = AuthorityClient::new(creds, vec![addr.to_owned()]);
+    wait_writable(&mut admin).await?;
+
+    let uid = current_uid();
+    let workload_id = workload_id(&td, uid)?;
+    let enrolled = DataDir::open(agent_dir)
+        .map_err(agent_failed)?
+        .is_enrolled();
+
+    // 2. The caller's entry (before the agent starts, so its first sync has it), then a join
+    //    token if the agent has not enrolled yet. On a restart with an expired admin profile
+    //    these calls fail: the agent still runs on its own credentials.
+    if let Err(e) = ensure_entry(&mut admin, &workload_id, uid).await {
+        if !enrolled {
+            return Err(e);
+        }
+        eprintln!("warning: {:#}", e.error);
+    }
+    let join = if enrolled {
+        None
+    } else {
+        let reply = admin
+            .call(|mut c| async move {
+                c.create_join_token(pb::CreateJoinTokenRequest {
+                    purpose: "agent".into(),
+                    node_name: NODE.into(),
+                    ttl_seconds: JOIN_TTL.as_secs(),
+                })
+                .await
+            })
+            .await
+            .map_err(|e| failed(anyhow!(explain(&e, "creating the agent's join token"))))?;
+        let token = ringzero_policy::join::JoinToken::parse(&zeroize::Zeroizing::new(reply.token))
+            .map_err(failed)?;
+        // The real first-contact path: the pin is checked before the secret is sent.
+        Some(FirstContact::Pinned(token))
+    };
+
+    // 3. The agent, in a task.
+    let config = AgentConfig {
+        authorities: vec![addr.to_owned()],
+        data_dir: agent_dir.to_path_buf(),
+        socket: None,
+        join,
+    };
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (agent_stop, agent_stopped) = oneshot::channel::<()>();
+    let mut agent = tokio::spawn(ringzero_agent::run_with_ready(
+        config,
+        Some(ready_tx),
+        async {
+            let _ = agent_stopped.await;
+        },
+    ));
+
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    tokio::select! {
+        r = ready_rx => match r {
+            Ok(ready) => {
+                eprintln!("{}", ready_line(&ready));
+                print_banner(root, addr, profile_path, &ready.socket, &workload_id, temporary);
+            }
+            // The agent stopped before it was ready: its result says why.
+            Err(_) => return agent_result(agent.await),
+        },
+        r = &mut agent => return agent_result(r),
+        () = &mut signal => {
+            let _ = agent_stop.send(());
+            return agent_result(agent.await);
+        }
+    }
+
+    // 4. Serve until Ctrl-C / SIGTERM, or until the agent stops on its own.
+    tokio::select! {
+        r = &mut agent => return agent_result(r),
+        () = &mut signal => {}
+    }
+    let _ = agent_stop.send(());
+    agent_result(agent.await)
+}
+
+fn agent_result(
+    r: Result<Result<(), ringzero_agent::AgentError>, tokio::task::JoinError>,
+) -> Outcome {
+    match r {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(agent_failed(e)),
+        Err(e) => Err(failed(anyhow!("agent task failed: {e}"))),
+    }
+}
+
+/// `spiffe://TD/ns/dev/<user name>`, or `…/uid-N` when the name is unknown or unusable.
+fn workload_id(td: &TrustDomain, uid: u32) -> Result<SpiffeId, Failure> {
+    if let Some(name) = user_name(uid)
+        && let Ok(id) = td.id_with_path(&["ns", "dev", name.as_str()])
+    {
+        return Ok(id);
+    }
+    td.id_with_path(&["ns", "dev", &format!("uid-{uid}")])
+        .map_err(failed)
+}
+
+/// Waits until the authority has a leader that accepts writes.
+async fn wait_writable(admin: &mut AuthorityClient) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let status = admin
+            .call(|mut c| async move { c.status(pb::StatusRequest {}).await })
+            .await;
+        match status {
+            Ok(s) if s.writable => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.code() == Some(tonic::Code::Unauthenticated) => {
+                return Err(failed(anyhow!(explain(&e, "calling the authority"))));
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(failed(anyhow!(
+                    "the authority did not become ready: {}",
+                    explain(&e, "status")
+                )));
+            }
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(failed(anyhow!(
+                "the authority did not become ready within {READY_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates the caller's entry unless one with this SPIFFE ID is parented to the dev node.
+async fn ensure_entry(admin: &mut AuthorityClient, id: &SpiffeId, uid: u32) -> Result<(), Failure> {
+    let wanted = id.to_string();
+    let list_id = wanted.clone();
+    let existing = admin
+        .call(move |mut c| {
+            let spiffe_id = list_id.clone();
+            async move {
+                c.list_entries(pb::ListEntriesRequest {
+                    parent: NODE.into(),
+                    spiffe_id,
+                    page_token: String::new(),
+                    page_size: 100,
+                })
+                .await
+            }
+        })
+        .await
+        .map_err(|e| failed(anyhow!(explain(&e, "listing entries"))))?;
+    if existing.entries.iter().any(|e| e.spiffe_id == wanted) {
+        return Ok(());
+    }
+    let req = pb::PutEntryRequest {
+        id: String::new(),
+        spiffe_id: wanted,
+        parent: NODE.into(),
+        selectors: vec![format!("unix:uid:{uid}")],
+        ttl_seconds: ENTRY_TTL,
+        dns_names: Vec::new(),
+        allow_weak_selectors: false,
+    };
+    admin
+        .call(move |mut c| {
+            let req = req.clone();
+            async move { c.create_entry(req).await }
+        })
+        .await
+        .map_err(|e| failed(anyhow!(explain(&e, "creating the entry"))))?;
+    eprintln!("created entry {id} for uid {uid} on node {NODE}");
+    Ok(())
+}
+
+fn print_banner(
+    root: &Path,
+    addr: &str,
+    profile: &Path,
+    socket: &Path,
+    workload: &SpiffeId,
+    temporary: bool,
+) {
+    let socket = format!("unix://{}", socket.display());
+    let kept = if temporary {
+        " (a temporary directory, removed at exit)"
+    } else {
+        ""
+    };
+    println!("ringzero dev: one authority on {addr}, agent node {NODE}");
+    println!("data: {}{kept}", root.display());
+    println!();
+    println!("SPIFFE_ENDPOINT_SOCKET={socket}");
+    println!("RINGZERO_PROFILE={}", profile.display());
+    println!();
+    println!("Try, in another shell:");
+    println!(
+        "  export SPIFFE_ENDPOINT_SOCKET={socket} RINGZERO_PROFILE={}",
+        profile.display()
+    );
+    println!("  ringzero agent fetch                # your SVID: {workload}");
+    println!("  ringzero agent fetch --write ./svid # svid.pem, svid.key, bundle.pem");
+    println!("  ringzero entry list");
+    println!("  ringzero node list");
+    println!("  ringzero authority members");
+    if temporary {
+        println!("  (pass --data-dir DIR to keep the cluster between runs)");
+    }
+    println!();
+    println!("Ctrl-C stops the agent, then the authority.");
+}
