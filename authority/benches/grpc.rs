@@ -12,24 +12,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringzero_authority::node::{self, FirstContact};
 use ringzero_authority::testing::Cluster;
-use ringzero_policy::TrustDomain;
 use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
 
 mod common;
-use common::{cluster_point, cpu_time, percentiles, secs};
-
-async fn listener() -> (tokio::net::TcpListener, String) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    (l, addr)
-}
-
-fn client(profile: &Profile) -> AuthorityClient {
-    AuthorityClient::new(profile.credentials().unwrap(), profile.authorities.clone())
-}
+use common::{client, cluster_point, cpu_time, percentiles, secs, three_node_cluster};
 
 async fn write(c: &mut AuthorityClient, name: String) {
     c.call(|mut g| {
@@ -85,54 +73,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let td = TrustDomain::new("bench.example").unwrap();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|v| *v).await;
-        };
-
-        let (l1, a1) = listener().await;
-        let profile_path = node::bootstrap(&td, &dir.path().join("n1"), &a1, Duration::from_secs(3600))
-            .await
-            .unwrap();
-        let n1 = dir.path().join("n1");
-        let s1 = stop(shutdown_rx.clone());
-        tokio::spawn(async move { node::run(&n1, l1, s1).await.unwrap() });
-        let profile = Profile::from_toml(&std::fs::read_to_string(&profile_path).unwrap()).unwrap();
-        let mut admin = client(&profile);
-        for n in 2..=3 {
-            let token = admin
-                .call(|mut g| async move {
-                    g.create_join_token(pb::CreateJoinTokenRequest {
-                        purpose: "authority".into(),
-                        node_name: String::new(),
-                        ttl_seconds: 600,
-                    })
-                    .await
-                })
-                .await
-                .unwrap()
-                .token;
-            let token = ringzero_policy::join::JoinToken::parse(&token).unwrap();
-            let (l, addr) = listener().await;
-            let d = dir.path().join(format!("n{n}"));
-            let (peer, s) = (a1.clone(), stop(shutdown_rx.clone()));
-            tokio::spawn(async move {
-                node::join(&d, &addr, l, &peer, FirstContact::Pinned(token), s).await.unwrap()
-            });
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let m = admin
-                    .call(|mut g| async move { g.members(pb::MembersRequest {}).await })
-                    .await
-                    .unwrap();
-                if m.members.iter().filter(|m| m.role == "voter").count() == n {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {n} did not join");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        let (profile, shutdown_tx) = three_node_cluster(dir.path()).await;
         println!("ringzero gRPC bench: {run:?} per point; 3 authority nodes on loopback in one process; durable redb; mTLS + capability + audit per write");
         // Warm up connections and caches.
         grpc_point(&profile, 4, Duration::from_millis(500)).await;

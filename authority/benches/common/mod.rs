@@ -4,7 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringzero_authority::node::{self, FirstContact};
 use ringzero_authority::testing::{Cluster, audit_only};
+use ringzero_policy::TrustDomain;
+use ringzero_proto::client::{AuthorityClient, Profile};
+use ringzero_proto::pb;
 
 /// Seconds per measured point: `RINGZERO_BENCH_SECS`, default 3.
 pub(crate) fn secs() -> Duration {
@@ -71,4 +75,71 @@ pub(crate) fn cpu_time() -> Duration {
         .filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok()))
         .sum();
     Duration::from_millis(ticks * 10)
+}
+
+pub(crate) async fn listener() -> (tokio::net::TcpListener, String) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    (l, addr)
+}
+
+pub(crate) fn client(profile: &Profile) -> AuthorityClient {
+    AuthorityClient::new(profile.credentials().unwrap(), profile.authorities.clone())
+}
+
+/// Bootstraps node 1 in `dir`, joins nodes 2 and 3 (real gRPC over mTLS on loopback, durable
+/// redb, all in this process), and returns the admin profile and the sender that stops them.
+pub(crate) async fn three_node_cluster(
+    dir: &std::path::Path,
+) -> (Profile, tokio::sync::watch::Sender<bool>) {
+    let td = TrustDomain::new("bench.example").unwrap();
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let (l1, a1) = listener().await;
+    let profile_path = node::bootstrap(&td, &dir.join("n1"), &a1, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let n1 = dir.join("n1");
+    let s1 = stop(shutdown_rx.clone());
+    tokio::spawn(async move { node::run(&n1, l1, s1).await.unwrap() });
+    let profile = Profile::from_toml(&std::fs::read_to_string(&profile_path).unwrap()).unwrap();
+    let mut admin = client(&profile);
+    for n in 2..=3 {
+        let token = admin
+            .call(|mut g| async move {
+                g.create_join_token(pb::CreateJoinTokenRequest {
+                    purpose: "authority".into(),
+                    node_name: String::new(),
+                    ttl_seconds: 600,
+                })
+                .await
+            })
+            .await
+            .unwrap()
+            .token;
+        let token = ringzero_policy::join::JoinToken::parse(&token).unwrap();
+        let (l, addr) = listener().await;
+        let d = dir.join(format!("n{n}"));
+        let (peer, s) = (a1.clone(), stop(shutdown_rx.clone()));
+        tokio::spawn(async move {
+            node::join(&d, &addr, l, &peer, FirstContact::Pinned(token), s)
+                .await
+                .unwrap()
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let m = admin
+                .call(|mut g| async move { g.members(pb::MembersRequest {}).await })
+                .await
+                .unwrap();
+            if m.members.iter().filter(|m| m.role == "voter").count() == n {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {n} did not join");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    (profile, shutdown_tx)
 }
