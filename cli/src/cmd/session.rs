@@ -108,11 +108,24 @@ pub(crate) fn explain(e: &ClientError, what: &str) -> String {
     let Some(code) = e.code().map(i32::from) else {
         return e.to_string();
     };
+    // The server's message is repeated only when it adds something to what we say.
+    let detail = |said: &str| {
+        let subject = what.rsplit(' ').next().unwrap_or(what);
+        if message.is_empty() || message.contains(subject) {
+            format!("{what}: {said}")
+        } else {
+            format!("{what}: {said} ({message})")
+        }
+    };
     match code {
-        NOT_FOUND => format!("{what}: not found ({message})"),
-        ALREADY_EXISTS => format!("{what}: already exists ({message})"),
-        INVALID_ARGUMENT => format!("{what}: refused by the authority: {message}"),
-        FAILED_PRECONDITION => format!("{what}: refused by the authority: {message}"),
+        NOT_FOUND => detail("not found"),
+        ALREADY_EXISTS => detail("already exists"),
+        INVALID_ARGUMENT | FAILED_PRECONDITION if message.starts_with("refused") => {
+            format!("{what}: {message}")
+        }
+        INVALID_ARGUMENT | FAILED_PRECONDITION => {
+            format!("{what}: refused by the authority: {message}")
+        }
         PERMISSION_DENIED => format!("{what}: permission denied: {message}"),
         UNAUTHENTICATED => {
             format!("{what}: not authenticated ({message}); is the profile's credential expired?")
