@@ -399,7 +399,13 @@ impl pb::authority_server::Authority for AuthorityService {
             op: Op::RedeemJoinToken {
                 token_id,
                 presented_sha256: presented,
-                node_name: node_name.clone(),
+                // A joiner that names itself must name the node the token was issued for; the
+                // check is apply's, so a refusal is recorded like any other.
+                node_name: if r.node_name.is_empty() {
+                    node_name.clone()
+                } else {
+                    r.node_name.clone()
+                },
             },
         };
         let resp = self.propose(cmd).await?;

@@ -473,12 +473,24 @@ pub async fn redeem_join_token(
     token: &ringzero_policy::join::JoinToken,
     csr: &[u8],
 ) -> Result<pb::RedeemJoinTokenReply, ClientError> {
+    redeem_join_token_as(addr, bundle, token, "", csr).await
+}
+
+/// Like [`redeem_join_token`], naming the node the joiner expects to become: the authority
+/// refuses a token issued for another name. An empty name takes the token's.
+pub async fn redeem_join_token_as(
+    addr: &str,
+    bundle: &TrustBundle,
+    token: &ringzero_policy::join::JoinToken,
+    node_name: &str,
+    csr: &[u8],
+) -> Result<pb::RedeemJoinTokenReply, ClientError> {
     let server = authority_server_verifier(addr, bundle.roots(), Some(bundle.trust_domain()))?;
     let tls = anonymous_tls(server)?;
     let req = pb::RedeemJoinTokenRequest {
         token_id: hex::encode(token.id),
         secret: token.secret().to_vec(),
-        node_name: String::new(),
+        node_name: node_name.to_owned(),
         csr: csr.to_vec(),
     };
     // Follow leader hints: redemption happens on the leader.

@@ -450,6 +450,19 @@ fn agents_get_only_their_own_identities_and_follow_their_entries() {
             .unwrap();
         let e = enroll(&a.addr, &t2b).await.err().expect("banned");
         assert!(e.to_string().contains("banned"), "{e}");
+        // A joiner naming another node than the token's is refused, and the token stays
+        // unused for the right node.
+        let t5 = node_token(&mut admin, "n5", 600).await;
+        let jt = JoinToken::parse(&t5).unwrap();
+        let key = generate_key().unwrap();
+        let csr = csr_for(&key, &SpiffeId::parse(&format!("spiffe://{TD}/x")).unwrap()).unwrap();
+        let e = ringzero_proto::client::redeem_join_token_as(&a.addr, &n1.bundle, &jt, "n6", &csr)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("another node name"), "{e}");
+        ringzero_proto::client::redeem_join_token_as(&a.addr, &n1.bundle, &jt, "n5", &csr)
+            .await
+            .unwrap();
         // An expired join token is refused.
         let short = node_token(&mut admin, "n4", 1).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
