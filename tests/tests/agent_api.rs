@@ -306,6 +306,10 @@ fn agents_get_only_their_own_identities_and_follow_their_entries() {
         let first = next_event(&mut feed).await.unwrap();
         assert!(first.synced);
         assert!(first.bundle.is_some());
+        assert!(
+            first.revocations.is_some(),
+            "the revocation set comes first"
+        );
         let mut ids: Vec<&str> = first.upserts.iter().map(|e| e.spiffe_id.as_str()).collect();
         ids.sort();
         assert_eq!(

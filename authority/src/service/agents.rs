@@ -10,7 +10,8 @@
 //!   records, proposed together so they share Raft entries.
 //! - `SyncEntries` streams the entries of the caller's node: every change since the revision the
 //!   agent already has, then each new change as it is applied (woken by the state machine, no
-//!   polling), and the bundle whenever it changes.
+//!   polling), the bundle whenever it changes, and the set of revoked capabilities whenever it
+//!   changes, so verifiers on the node follow revocations.
 //! - Entries are gated on `entry:read` / `entry:write` with the SPIFFE ID's path as the resource
 //!   (`spiffe://TD/ns/a/web` → `ns/a/web`), so a developer of namespace `a` manages exactly the
 //!   identities under `ns/a`.
@@ -669,6 +670,7 @@ impl Feed {
         let mut applied = self.sm.watch_applied();
         let mut revision = since;
         let mut last_bundle: Option<Vec<u8>> = None;
+        let mut last_revocations: Option<Vec<(Vec<u8>, u64)>> = None;
         let mut first = true;
         loop {
             // Mark the current applied state seen before reading, so a change applied while
@@ -703,12 +705,25 @@ impl Feed {
             let bundle = (self.service_bundle)()?;
             let encoded = prost::Message::encode_to_vec(&bundle);
             let bundle_changed = last_bundle.as_deref() != Some(encoded.as_slice());
+            let revocations = self
+                .sm
+                .reader()
+                .map_err(status_of)?
+                .revocations()
+                .map_err(status_of)?;
+            let revocations_changed = last_revocations.as_ref() != Some(&revocations);
             let mut sent_any = false;
             loop {
                 let (upserts, removed, next) = self.changes(revision, first)?;
                 let more = next.1;
                 let send_bundle = bundle_changed && !sent_any;
-                if upserts.is_empty() && removed.is_empty() && !first && !send_bundle {
+                let send_revocations = revocations_changed && !sent_any;
+                if upserts.is_empty()
+                    && removed.is_empty()
+                    && !first
+                    && !send_bundle
+                    && !send_revocations
+                {
                     break;
                 }
                 let event = pb::SyncEntriesEvent {
@@ -716,6 +731,15 @@ impl Feed {
                     removed,
                     revision: next.0,
                     bundle: send_bundle.then(|| bundle.clone()),
+                    revocations: send_revocations.then(|| pb::RevocationSet {
+                        revocations: revocations
+                            .iter()
+                            .map(|(id, expires_ms)| pb::Revocation {
+                                id: id.clone(),
+                                expires_ms: *expires_ms,
+                            })
+                            .collect(),
+                    }),
                     synced: first && !more,
                 };
                 if tx.send(Ok(event)).await.is_err() {
@@ -730,6 +754,9 @@ impl Feed {
             }
             if bundle_changed {
                 last_bundle = Some(encoded);
+            }
+            if revocations_changed {
+                last_revocations = Some(revocations);
             }
             tokio::select! {
                 changed = applied.changed() => {
