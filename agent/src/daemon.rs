@@ -41,6 +41,9 @@ use crate::workload;
 pub const MINT_BATCH: usize = 256;
 /// How long before retrying an SVID the authority refused.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
+/// The least time between two issuances for one entry: a guard against reissue loops (an SVID
+/// that is "due" the moment it arrives).
+const MIN_REISSUE: Duration = Duration::from_secs(1);
 /// Timers due within this window are served in the same batch.
 const COALESCE: Duration = Duration::from_millis(250);
 
@@ -149,7 +152,7 @@ pub async fn run_with_ready(
     let node_validity = creds
         .chain
         .first()
-        .and_then(Validity::of)
+        .and_then(|c| Validity::of(c, SystemTime::now()))
         .ok_or_else(|| AgentError::Corrupt("the node SVID does not parse".into()))?;
     if node_validity.expired_at(SystemTime::now()) {
         return Err(AgentError::Expired(hint));
@@ -591,8 +594,12 @@ impl Agent {
             let checked = validate_svid(&chain, &bundle, SystemTime::now(), Usage::Client)
                 .ok()
                 .filter(|v| v.id == spiffe_id);
-            let (Some(valid), Some(validity)) = (checked, chain.first().and_then(Validity::of))
-            else {
+            let (Some(valid), Some(validity)) = (
+                checked,
+                chain
+                    .first()
+                    .and_then(|c| Validity::of(c, SystemTime::now())),
+            ) else {
                 warn!(entry = %id, "the authority sent an SVID that does not validate");
                 self.schedule(&id, Instant::now() + REFUSED_RETRY);
                 continue;
@@ -606,7 +613,7 @@ impl Agent {
                 not_after: valid.not_after,
                 hint: String::new(),
             });
-            let wait = renew_in(validity, random_jitter(), SystemTime::now());
+            let wait = renew_in(validity, random_jitter(), SystemTime::now()).max(MIN_REISSUE);
             self.schedule(&id, Instant::now() + wait);
             issued += 1;
         }
@@ -658,7 +665,12 @@ impl Agent {
             .ok()
             .and_then(|b| validate_svid(&chain, &b, SystemTime::now(), Usage::Client).ok())
             .filter(|v| v.id == self.node_id);
-        let (Some(_), Some(validity)) = (checked, chain.first().and_then(Validity::of)) else {
+        let (Some(_), Some(validity)) = (
+            checked,
+            chain
+                .first()
+                .and_then(|c| Validity::of(c, SystemTime::now())),
+        ) else {
             let retry = self.node_backoff.next();
             warn!(retry_in = ?retry, "the renewed node SVID does not validate; retrying");
             self.node_renew_at = Instant::now() + retry;
@@ -768,7 +780,7 @@ async fn sync_task(
                 continue;
             }
         };
-        debug!(since, "entry sync stream open");
+        info!(since = from, "entry sync connected");
         if from == 0 && tx.send(SyncMsg::Reset).await.is_err() {
             return;
         }

@@ -1,12 +1,17 @@
 //! When to renew a certificate: at half its actual lifetime, ± 10 % jitter, never in the past.
 //!
-//! The lifetime is the certificate's own `notBefore..notAfter` (the authority backdates
-//! `notBefore` a little for clock skew, so the half-life is computed from what was issued, not
-//! from the entry's TTL). The jitter spreads SVIDs issued together over ± 10 % of the half-life,
-//! so that a thousand entries created at once don't come back as one storm.
+//! The lifetime is the certificate's own validity, from the moment it was issued to `notAfter`.
+//! The authority backdates `notBefore` by [`NOT_BEFORE_BACKDATE`] for clock skew; counting the
+//! half-life from `notBefore` would pull it earlier, and for short TTLs into the past (a 20 s
+//! SVID backdated 60 s is "past half-life" at birth, and would be reissued in a loop). So the
+//! start is `notBefore + NOT_BEFORE_BACKDATE`, but never later than when the certificate was
+//! received (an issuer that does not backdate) nor earlier than `notBefore`. The jitter spreads
+//! SVIDs issued together over ± 10 % of the half-life, so that a thousand entries created at
+//! once don't come back as one storm.
 
 use std::time::{Duration, SystemTime};
 
+use ringzero_policy::svid::NOT_BEFORE_BACKDATE;
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::FromDer;
 
@@ -18,11 +23,28 @@ pub const JITTER: f64 = 0.10;
 pub struct Validity {
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When its lifetime is counted from: see the module docs.
+    pub start: SystemTime,
 }
 
 impl Validity {
-    /// The validity of a DER certificate.
-    pub fn of(cert: &CertificateDer<'_>) -> Option<Self> {
+    /// A window whose lifetime counts from `notBefore + NOT_BEFORE_BACKDATE`, at most from
+    /// `received` (when this process got the certificate, or any later time) and at least
+    /// from `notBefore`.
+    pub fn new(not_before: SystemTime, not_after: SystemTime, received: SystemTime) -> Self {
+        let start = (not_before + NOT_BEFORE_BACKDATE)
+            .min(received)
+            .min(not_after)
+            .max(not_before);
+        Self {
+            not_before,
+            not_after,
+            start,
+        }
+    }
+
+    /// The validity of a DER certificate received at `received`.
+    pub fn of(cert: &CertificateDer<'_>, received: SystemTime) -> Option<Self> {
         let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
         let v = c.validity();
         let secs = |t: i64| {
@@ -30,10 +52,11 @@ impl Validity {
                 .ok()
                 .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
         };
-        Some(Self {
-            not_before: secs(v.not_before.timestamp())?,
-            not_after: secs(v.not_after.timestamp())?,
-        })
+        Some(Self::new(
+            secs(v.not_before.timestamp())?,
+            secs(v.not_after.timestamp())?,
+            received,
+        ))
     }
 
     /// Whether the certificate is expired at `now`.
@@ -54,12 +77,12 @@ pub fn random_jitter() -> f64 {
 }
 
 /// How long from `now` until the certificate should be renewed: at
-/// `not_before + (lifetime / 2) × (1 + jitter)`, with `jitter` clamped to `±JITTER`; zero when
-/// that moment has passed (renew now, never "in the past").
+/// `start + (lifetime / 2) × (1 + jitter)` where `lifetime = not_after - start`, with `jitter`
+/// clamped to `±JITTER`; zero when that moment has passed (renew now, never "in the past").
 pub fn renew_in(validity: Validity, jitter: f64, now: SystemTime) -> Duration {
     let lifetime = validity
         .not_after
-        .duration_since(validity.not_before)
+        .duration_since(validity.start)
         .unwrap_or(Duration::ZERO);
     let jitter = if jitter.is_finite() {
         jitter.clamp(-JITTER, JITTER)
@@ -68,7 +91,7 @@ pub fn renew_in(validity: Validity, jitter: f64, now: SystemTime) -> Duration {
     };
     let half = lifetime.as_secs_f64() / 2.0;
     let offset = Duration::from_secs_f64((half * (1.0 + jitter)).max(0.0));
-    let at = validity.not_before + offset;
+    let at = validity.start + offset;
     at.duration_since(now).unwrap_or(Duration::ZERO)
 }
 
@@ -82,19 +105,38 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + s)
     }
 
+    /// Not backdated, received at `nb`.
     fn validity(nb: u64, na: u64) -> Validity {
-        Validity {
-            not_before: t(nb),
-            not_after: t(na),
-        }
+        Validity::new(t(nb), t(na), t(nb))
     }
 
     #[test]
     fn half_life_without_jitter() {
-        // 1 h SVID backdated 60 s: issued at t=60, not_before 0, not_after 3660.
-        let v = validity(0, 3660);
-        assert_eq!(renew_in(v, 0.0, t(60)), Duration::from_secs(1830 - 60));
-        assert_eq!(renew_in(v, 0.0, t(0)), Duration::from_secs(1830));
+        // A 1 h SVID backdated 60 s: issued and received at t=60.
+        let v = Validity::new(t(0), t(3660), t(60));
+        assert_eq!(v.start, t(60));
+        assert_eq!(renew_in(v, 0.0, t(60)), Duration::from_secs(1800));
+        // Loaded from disk much later: the backdate is still taken off.
+        let v = Validity::new(t(0), t(3660), t(3000));
+        assert_eq!(renew_in(v, 0.0, t(1000)), Duration::from_secs(1860 - 1000));
+        // Not backdated: counted from not_before.
+        let v = validity(0, 3600);
+        assert_eq!(renew_in(v, 0.0, t(0)), Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn short_backdated_svids_are_not_renewed_at_birth() {
+        // A 20 s SVID backdated 60 s: from not_before its half-life is already past; counted
+        // from issuance it is 10 s away.
+        let v = Validity::new(t(0), t(80), t(60));
+        assert_eq!(renew_in(v, 0.0, t(60)), Duration::from_secs(10));
+        for _ in 0..100 {
+            let d = renew_in(v, random_jitter(), t(60));
+            assert!(
+                d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]
@@ -125,7 +167,10 @@ mod tests {
         assert_eq!(renew_in(v, 0.0, t(99)), Duration::ZERO);
         assert_eq!(renew_in(v, JITTER, t(500)), Duration::ZERO);
         // A certificate whose window is inverted renews at once rather than panicking.
-        assert_eq!(renew_in(validity(100, 0), 0.0, t(200)), Duration::ZERO);
+        assert_eq!(
+            renew_in(Validity::new(t(100), t(0), t(200)), 0.0, t(200)),
+            Duration::ZERO
+        );
         assert!(v.expired_at(t(100)) && !v.expired_at(t(99)));
     }
 
@@ -141,8 +186,9 @@ mod tests {
             None,
         )
         .unwrap();
-        let v = Validity::of(ca.cert_der()).unwrap();
+        let v = Validity::of(ca.cert_der(), now).unwrap();
         assert!(v.not_before <= now && v.not_after > now);
-        assert!(Validity::of(&CertificateDer::from(vec![1, 2, 3])).is_none());
+        assert!(v.start >= v.not_before && v.start <= now);
+        assert!(Validity::of(&CertificateDer::from(vec![1, 2, 3]), now).is_none());
     }
 }

@@ -32,7 +32,8 @@ pub(crate) fn init_logging(global: &GlobalArgs) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if global.log_json {
         let _ = builder.json().try_init();
     } else {

@@ -66,7 +66,18 @@ async fn dev(global: &GlobalArgs, a: DevArgs) -> Outcome {
         .await
     });
 
-    let outcome = with_authority(&root, &agent_dir, &addr, &profile_path, temp.is_some()).await;
+    // An authority that stops on its own (its database locked by another process, say) ends
+    // everything at once, with its error.
+    let outcome = tokio::select! {
+        o = with_authority(&root, &agent_dir, &addr, &profile_path, temp.is_some()) => o,
+        r = &mut authority => {
+            return match r {
+                Ok(Ok(())) => Err(failed(anyhow!("the authority stopped unexpectedly"))),
+                Ok(Err(e)) => Err(failed(anyhow!("authority: {e}"))),
+                Err(e) => Err(failed(anyhow!("authority task failed: {e}"))),
+            };
+        }
+    };
 
     // Last: the authority.
     let _ = auth_stop.send(());
@@ -209,29 +220,39 @@ async fn with_authority(
                 print_banner(root, addr, profile_path, &ready.socket, &workload_id, temporary);
             }
             // The agent stopped before it was ready: its result says why.
-            Err(_) => return agent_result(agent.await),
+            Err(_) => return agent_result(agent.await, root),
         },
-        r = &mut agent => return agent_result(r),
+        r = &mut agent => return agent_result(r, root),
         () = &mut signal => {
             let _ = agent_stop.send(());
-            return agent_result(agent.await);
+            return agent_result(agent.await, root);
         }
     }
 
     // 4. Serve until Ctrl-C / SIGTERM, or until the agent stops on its own.
     tokio::select! {
-        r = &mut agent => return agent_result(r),
+        r = &mut agent => return agent_result(r, root),
         () = &mut signal => {}
     }
     let _ = agent_stop.send(());
-    agent_result(agent.await)
+    agent_result(agent.await, root)
 }
 
 fn agent_result(
     r: Result<Result<(), ringzero_agent::AgentError>, tokio::task::JoinError>,
+    root: &Path,
 ) -> Outcome {
+    use ringzero_agent::AgentError;
     match r {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e @ AgentError::Banned(_))) => Err(failed(anyhow!(
+            "{e}\nwith `ringzero dev`, the node name is fixed: start over with another --data-dir"
+        ))),
+        Ok(Err(e @ (AgentError::Evicted(_) | AgentError::Expired(_)))) => Err(failed(anyhow!(
+            "{e}\nwith `ringzero dev`, all it takes is: rm -r {} && ringzero dev --data-dir {}",
+            root.join("agent").display(),
+            root.display()
+        ))),
         Ok(Err(e)) => Err(agent_failed(e)),
         Err(e) => Err(failed(anyhow!("agent task failed: {e}"))),
     }
