@@ -395,7 +395,24 @@ pub async fn bootstrap(
     config.biscuit_key_id = biscuit_id;
     config.save(&layout.config())?;
 
-    let profile = admin_profile(&raft, &keys, td, node_id, listen, admin_ttl).await?;
+    let mut profile = admin_profile(&raft, &keys, td, node_id, listen, admin_ttl).await?;
+    // Pin the audit key(s) as the CAs are pinned.
+    for k in parts.sm.reader().map_err(other)?.keys().map_err(other)? {
+        if k.kind != KeyKind::Audit {
+            continue;
+        }
+        let key = ringzero_proto::pb::BundleKey {
+            key_id: k.id,
+            authority: k.authority,
+            kind: "audit".into(),
+            public_key: k.public_der,
+            status: crate::service::key_status_name(k.status).into(),
+            not_after_ms: k.not_after_ms,
+        };
+        profile
+            .audit_keys
+            .extend(ringzero_proto::client::AuditKeyPin::from_bundle_key(&key));
+    }
     let text = profile.to_toml().map_err(other)?;
     write_private(&layout.admin_profile(), text.as_bytes(), 0o600)?;
     raft.shutdown().await.map_err(raft_err)?;

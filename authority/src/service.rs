@@ -246,7 +246,7 @@ pub(crate) fn key_kind_name(k: KeyKind) -> &'static str {
     }
 }
 
-fn key_status_name(s: KeyStatus) -> &'static str {
+pub(crate) fn key_status_name(s: KeyStatus) -> &'static str {
     match s {
         KeyStatus::Published => "published",
         KeyStatus::Active => "active",

@@ -93,6 +93,64 @@ pub struct Profile {
     pub key_pem: String,
     /// The capability presented with every call.
     pub token: String,
+    /// The audit keys this client trusts to sign tree heads: pinned like the CAs (written at
+    /// bootstrap, login or enrollment; refreshed only from authenticated calls), so `audit
+    /// verify` never trusts a key carried by the data it verifies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_keys: Vec<AuditKeyPin>,
+}
+
+/// A pinned audit key: an authority node's Ed25519 tree-head key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditKeyPin {
+    /// The bundle key id.
+    pub id: u64,
+    /// The raw 32-byte Ed25519 public key, hex.
+    pub public_key: String,
+    /// "published" | "active" | "retired" | "compromised"
+    pub status: String,
+    /// For a retired key: when it stopped signing (unix ms), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_ms: Option<u64>,
+}
+
+/// The SubjectPublicKeyInfo prefix of an Ed25519 key (RFC 8410): the raw key follows.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+impl AuditKeyPin {
+    /// A pin from a bundle key of kind "audit" (SPKI DER of an Ed25519 key), or `None` for any
+    /// other key.
+    pub fn from_bundle_key(k: &pb::BundleKey) -> Option<Self> {
+        if k.kind != "audit" {
+            return None;
+        }
+        let raw = k.public_key.strip_prefix(&ED25519_SPKI_PREFIX[..])?;
+        if raw.len() != 32 {
+            return None;
+        }
+        Some(Self {
+            id: k.key_id,
+            public_key: hex::encode(raw),
+            status: k.status.clone(),
+            retired_ms: (k.status == "retired" && k.not_after_ms > 0).then_some(k.not_after_ms),
+        })
+    }
+
+    /// The pins of every audit key of `bundle`.
+    pub fn all_from(bundle: &pb::Bundle) -> Vec<Self> {
+        bundle
+            .keys
+            .iter()
+            .filter_map(Self::from_bundle_key)
+            .collect()
+    }
+
+    /// The raw public key, if the pin is well formed.
+    pub fn public_key_bytes(&self) -> Option<[u8; 32]> {
+        hex::decode(&self.public_key).ok()?.try_into().ok()
+    }
 }
 
 impl Profile {
@@ -115,6 +173,20 @@ impl Profile {
             svid_pem: chain.iter().map(|c| pem_encode("CERTIFICATE", c)).collect(),
             key_pem: pem_encode("PRIVATE KEY", key_pkcs8),
             token: token.to_owned(),
+            audit_keys: Vec::new(),
+        }
+    }
+
+    /// Merges the audit keys of a bundle received over an authenticated channel into the
+    /// pins: new keys are added, known keys take the new status; a key once pinned is never
+    /// dropped (a retired key still verifies old heads) and a compromised one never revives.
+    pub fn merge_audit_keys(&mut self, bundle: &pb::Bundle) {
+        for k in AuditKeyPin::all_from(bundle) {
+            match self.audit_keys.iter_mut().find(|p| p.id == k.id) {
+                Some(p) if p.public_key != k.public_key || p.status == "compromised" => {}
+                Some(p) => *p = k,
+                None => self.audit_keys.push(k),
+            }
         }
     }
 
