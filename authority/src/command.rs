@@ -236,6 +236,11 @@ pub enum Op {
     },
     /// Drop revocations, join tokens and idempotency records past their expiry.
     PurgeExpired,
+    /// Drop the live audit records before `up_to` (the caller holds them in a sealed, signed
+    /// export whose root the leader checked); the tree keeps their hashes.
+    SealAudit {
+        up_to: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,7 +389,10 @@ impl Command {
             check_len("detail", v, limits::MAX_TEXT)?;
         }
         match &self.op {
-            Op::AuditOnly | Op::PurgeExpired | Op::RemoveAuthority { .. } => Ok(()),
+            Op::AuditOnly
+            | Op::PurgeExpired
+            | Op::RemoveAuthority { .. }
+            | Op::SealAudit { .. } => Ok(()),
             Op::PublishKey { public_der, .. } => {
                 if public_der.is_empty() || public_der.len() > limits::MAX_KEY {
                     return Err(invalid("public key size"));

@@ -34,8 +34,8 @@ mod types;
 pub mod testing;
 
 pub use self::state::{
-    AuthorityRecord, COMMAND_ID_RETENTION_MS, EntryChange, JoinTokenRecord, KeyRecord, NodeRecord,
-    StateError, StateReader, StoredAudit,
+    AuditQuery, AuditTree, AuthorityRecord, COMMAND_ID_RETENTION_MS, EntryChange, JoinTokenRecord,
+    KeyRecord, NodeRecord, StateError, StateReader, StoredAudit, audit_entry,
 };
 pub use self::types::*;
 

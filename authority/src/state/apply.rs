@@ -19,6 +19,14 @@ pub(crate) fn meta_put(tx: &WriteTransaction, key: &str, value: &[u8]) -> Result
     Ok(())
 }
 
+/// The current value of a counter (0 before its first use).
+pub(crate) fn counter(tx: &WriteTransaction, key: &str) -> Result<u64, StateError> {
+    match meta_get(tx, key)? {
+        Some(b) => read_u64(&b),
+        None => Ok(0),
+    }
+}
+
 fn next_counter(tx: &WriteTransaction, key: &str) -> Result<u64, StateError> {
     let current = match meta_get(tx, key)? {
         Some(b) => {
@@ -101,11 +109,10 @@ pub(crate) fn apply_command(
         Err(e) => Outcome::Rejected(Rejection::Invalid(e.0)),
         Ok(()) => apply_op(tx, cmd)?,
     };
-    let seq = next_counter(tx, CTR_AUDIT)?;
-    put(
+    // Sequence numbers start at 0: a record's sequence is its leaf index in the audit tree.
+    let seq = next_counter(tx, CTR_AUDIT)? - 1;
+    super::audit_log::append(
         tx,
-        AUDIT,
-        &be(seq),
         &StoredAudit {
             seq,
             log_index,
@@ -363,6 +370,23 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
                 };
                 t.insert(id.as_slice(), be(keep_until).as_slice())?;
             }
+            Ok(Outcome::Done)
+        }
+        Op::SealAudit { up_to } => {
+            let sealed = match meta_get(tx, META_AUDIT_SEALED)? {
+                Some(v) => read_u64(&v)?,
+                None => 0,
+            };
+            // The seal command's own record is appended after this, so the tree's current
+            // size is an upper bound that never includes it.
+            let size = super::audit_log::size_in(tx)?;
+            if *up_to <= sealed || *up_to > size {
+                return rejected(Rejection::Invalid(format!(
+                    "can seal only between {sealed} and {size}"
+                )));
+            }
+            super::audit_log::seal(tx, sealed, *up_to)?;
+            meta_put(tx, META_AUDIT_SEALED, &be(*up_to))?;
             Ok(Outcome::Done)
         }
         Op::PurgeExpired => {

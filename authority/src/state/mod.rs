@@ -18,7 +18,9 @@ use crate::command::{
 };
 use crate::types::NodeId;
 
+mod audit_log;
 pub(crate) use self::apply::{apply_entry, meta_put};
+pub use self::audit_log::{AuditQuery, AuditTree, audit_entry};
 pub use self::read::StateReader;
 
 pub(crate) type Raw = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -49,6 +51,18 @@ pub(crate) const REVOCATIONS: Raw = TableDefinition::new("revocations");
 pub(crate) const AUDIT: Raw = TableDefinition::new("audit");
 /// command id → [`CommandRecord`]: idempotency
 pub(crate) const COMMANDS: Raw = TableDefinition::new("commands");
+/// sequence (u64 BE) → the record's RFC 6962 leaf hash (32 bytes); kept after sealing
+pub(crate) const AUDIT_LEAVES: Raw = TableDefinition::new("audit_leaves");
+/// `level (u8) ‖ index (u64 BE)` → hash of the perfect subtree of 2^level leaves at that index
+pub(crate) const AUDIT_NODES: Raw = TableDefinition::new("audit_nodes");
+/// `actor \0 seq (u64 BE)` → empty
+pub(crate) const AUDIT_BY_ACTOR: Raw = TableDefinition::new("audit_by_actor");
+/// `operation \0 seq (u64 BE)` → empty
+pub(crate) const AUDIT_BY_OPERATION: Raw = TableDefinition::new("audit_by_operation");
+/// seq (u64 BE) → empty: the denials
+pub(crate) const AUDIT_DENIALS: Raw = TableDefinition::new("audit_denials");
+/// `time (u64 BE) ‖ seq (u64 BE)` → empty
+pub(crate) const AUDIT_BY_TIME: Raw = TableDefinition::new("audit_by_time");
 
 /// Every table, with the tag it carries in snapshots. Tags are stable: never reuse one.
 pub(crate) const TABLES: &[(u8, Raw)] = &[
@@ -65,6 +79,12 @@ pub(crate) const TABLES: &[(u8, Raw)] = &[
     (11, REVOCATIONS),
     (12, AUDIT),
     (13, COMMANDS),
+    (14, AUDIT_LEAVES),
+    (15, AUDIT_NODES),
+    (16, AUDIT_BY_ACTOR),
+    (17, AUDIT_BY_OPERATION),
+    (18, AUDIT_DENIALS),
+    (19, AUDIT_BY_TIME),
 ];
 
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";
@@ -72,6 +92,8 @@ pub(crate) const META_MEMBERSHIP: &str = "membership";
 pub(crate) const CTR_AUDIT: &str = "ctr:audit";
 pub(crate) const CTR_KEY: &str = "ctr:key";
 pub(crate) const CTR_REVISION: &str = "ctr:revision";
+/// Records before this sequence were sealed (exported, then dropped from the live state).
+pub(crate) const META_AUDIT_SEALED: &str = "audit:sealed";
 
 /// How long a command id is remembered for idempotent retries.
 pub const COMMAND_ID_RETENTION_MS: u64 = 24 * 3600 * 1000;

@@ -7,7 +7,7 @@ use crate::types::{LogId, StoredMembership};
 
 /// A consistent read view of the state machine.
 pub struct StateReader {
-    tx: ReadTransaction,
+    pub(super) tx: ReadTransaction,
 }
 
 impl std::fmt::Debug for StateReader {
@@ -23,7 +23,7 @@ impl StateReader {
         })
     }
 
-    fn get<T: for<'de> serde::Deserialize<'de>>(
+    pub(super) fn get<T: for<'de> serde::Deserialize<'de>>(
         &self,
         table: Raw,
         name: &'static str,
