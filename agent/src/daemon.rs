@@ -44,6 +44,9 @@ const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// The least time between two issuances for one entry: a guard against reissue loops (an SVID
 /// that is "due" the moment it arrives).
 const MIN_REISSUE: Duration = Duration::from_secs(1);
+/// A new or changed entry waits this long before issuance, so that a burst of changes (a
+/// deployment creating many entries) shares one `MintSvids` call.
+const CHANGE_DELAY: Duration = Duration::from_millis(50);
 /// Timers due within this window are served in the same batch.
 const COALESCE: Duration = Duration::from_millis(250);
 
@@ -327,7 +330,7 @@ impl Agent {
             self.cache.remove(&id);
             self.unschedule(&id);
         } else {
-            self.schedule(&id, Instant::now());
+            self.schedule(&id, Instant::now() + CHANGE_DELAY);
         }
         self.entries.insert(
             id,

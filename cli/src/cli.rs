@@ -108,9 +108,10 @@ bundle instead. Prints `agent ready: node N, E entries, I SVIDs, socket /abs/pat
 once the Workload API serves and the first sync completed.
 
 Examples:
-  ringzero agent run --authority 10.0.0.1:7000,10.0.0.2:7000 --join-token @n7.token --data-dir /var/lib/ringzero-agent
-  ringzero agent run --data-dir /var/lib/ringzero-agent          # restart: no token needed
-  ringzero node token --name n7 | ringzero agent run --authority 10.0.0.1:7000 --join-token - --data-dir D")]
+  ringzero agent run --authority 10.0.0.1:7000,10.0.0.2:7000 --join-token @n7.token \\
+      --data-dir /var/lib/ringzero-agent
+  ringzero agent run --data-dir /var/lib/ringzero-agent     # a restart: no token needed
+  ringzero agent run --authority A --join-token - --data-dir D < n7.token")]
     Run(AgentRunArgs),
     /// Fetch this process's X.509-SVIDs from the Workload API (like `spire-agent api fetch x509`).
     #[command(after_help = "\
