@@ -213,6 +213,12 @@ impl NodeKeys {
         Ok(ed25519_spki(pair.public_key().as_ref()))
     }
 
+    /// The audit key pair, for signing tree heads.
+    pub fn audit_key_pair(&self) -> Result<ring::signature::Ed25519KeyPair, KeyError> {
+        ring::signature::Ed25519KeyPair::from_pkcs8(&self.audit_pkcs8)
+            .map_err(|e| KeyError::Generate(e.to_string()))
+    }
+
     /// Signs `msg` with the audit key (Ed25519).
     pub fn audit_sign(&self, msg: &[u8]) -> Result<Vec<u8>, KeyError> {
         let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&self.audit_pkcs8)

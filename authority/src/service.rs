@@ -23,6 +23,7 @@ use crate::store::StateMachineStore;
 use crate::{NodeId, Proposer, Raft};
 
 mod agents;
+mod audit;
 pub use agents::{
     AGENT_SVID_TTL, DEFAULT_ENTRY_TTL, MAX_ENTRY_TTL, MAX_MINT_BATCH, MAX_PAGE, MIN_ENTRY_TTL,
 };
@@ -799,5 +800,54 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::ListEntriesRequest>,
     ) -> Result<tonic::Response<pb::ListEntriesReply>, tonic::Status> {
         self.list_entries_impl(req).await
+    }
+
+    async fn get_tree_head(
+        &self,
+        req: tonic::Request<pb::GetTreeHeadRequest>,
+    ) -> Result<tonic::Response<pb::SignedTreeHead>, tonic::Status> {
+        self.get_tree_head_impl(req).await
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        req: tonic::Request<pb::InclusionProofRequest>,
+    ) -> Result<tonic::Response<pb::ProofReply>, tonic::Status> {
+        self.get_inclusion_proof_impl(req).await
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        req: tonic::Request<pb::ConsistencyProofRequest>,
+    ) -> Result<tonic::Response<pb::ProofReply>, tonic::Status> {
+        self.get_consistency_proof_impl(req).await
+    }
+
+    async fn query_audit(
+        &self,
+        req: tonic::Request<pb::QueryAuditRequest>,
+    ) -> Result<tonic::Response<pb::QueryAuditReply>, tonic::Status> {
+        self.query_audit_impl(req).await
+    }
+
+    async fn tail_audit(
+        &self,
+        req: tonic::Request<pb::TailAuditRequest>,
+    ) -> Result<tonic::Response<audit::RecordStream>, tonic::Status> {
+        self.tail_audit_impl(req).await
+    }
+
+    async fn export_audit(
+        &self,
+        req: tonic::Request<pb::ExportAuditRequest>,
+    ) -> Result<tonic::Response<audit::ExportStream>, tonic::Status> {
+        self.export_audit_impl(req).await
+    }
+
+    async fn seal_audit(
+        &self,
+        req: tonic::Request<pb::SealAuditRequest>,
+    ) -> Result<tonic::Response<pb::SealAuditReply>, tonic::Status> {
+        self.seal_audit_impl(req).await
     }
 }

@@ -454,7 +454,14 @@ fn the_audit_tree_matches_the_reference_and_survives_sealing() {
     }
     let tree = r.audit_tree(37);
     let proof = consistency_proof(&tree, 10, 37).unwrap();
-    verify_consistency(10, 37, &reference.root(10).unwrap(), &reference.root(37).unwrap(), &proof).unwrap();
+    verify_consistency(
+        10,
+        37,
+        &reference.root(10).unwrap(),
+        &reference.root(37).unwrap(),
+        &proof,
+    )
+    .unwrap();
 
     // Queries go through the indexes and agree with a scan.
     let q = AuditQuery {
