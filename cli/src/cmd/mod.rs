@@ -1,6 +1,7 @@
 //! Command implementations.
 
 mod agent;
+mod audit;
 mod authority;
 mod dev;
 mod entry;
@@ -57,5 +58,6 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Entry(c) => entry::run(&cli.global, c),
         Command::Agent(c) => agent::run(&cli.global, c),
         Command::Dev(a) => dev::run(&cli.global, a),
+        Command::Audit(c) => audit::run(&cli.global, c),
     }
 }

@@ -73,6 +73,9 @@ impl Session {
         if !addrs.is_empty() {
             updated.authorities = addrs;
         }
+        // The bundle came over mTLS checked against the pinned CAs: new audit keys (a node that
+        // joined) are learned here; pinned ones are never dropped, compromised never revived.
+        updated.merge_audit_keys(&bundle);
         if updated != self.profile
             && let Ok(text) = updated.to_toml()
             && write_file(&self.path, text.as_bytes(), 0o600, true).is_ok()
