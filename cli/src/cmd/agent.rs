@@ -63,6 +63,14 @@ pub(crate) fn absolute(path: &Path) -> Result<PathBuf, Failure> {
     std::path::absolute(path).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))
 }
 
+/// Writes `text` to stdout; a closed stdout (`| head`) is not an error worth a panic.
+pub(crate) fn print_out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
 /// The readiness line on stderr, which scripts and tests wait for.
 pub(crate) fn ready_line(r: &Ready) -> String {
     format!(
@@ -153,24 +161,27 @@ async fn fetch(a: AgentFetchArgs) -> Outcome {
         std::fs::create_dir_all(dir).map_err(|e| failed(anyhow!("{}: {e}", dir.display())))?;
         default.write_to(dir).map_err(failed)?;
     }
+    let mut out = String::new();
     if a.json {
         let rows: Vec<serde_json::Value> = svids.iter().map(svid_json).collect();
-        let text = serde_json::to_string_pretty(&rows).map_err(failed)?;
-        println!("{text}");
+        out = serde_json::to_string_pretty(&rows).map_err(failed)?;
+        out.push('\n');
     } else {
-        println!(
-            "Received {} svid{} after {:.1?}",
+        out.push_str(&format!(
+            "Received {} svid{} after {:.1?}\n",
             svids.len(),
             if svids.len() == 1 { "" } else { "s" },
             took
-        );
+        ));
         for s in &svids {
-            println!();
+            out.push('\n');
             for line in svid_lines(s) {
-                println!("{line}");
+                out.push_str(&line);
+                out.push('\n');
             }
         }
     }
+    print_out(&out);
     if let Some(dir) = &a.write {
         eprintln!(
             "wrote svid.pem, svid.key (0600) and bundle.pem to {}",

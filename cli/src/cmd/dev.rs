@@ -18,7 +18,7 @@ use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
 use tokio::sync::oneshot;
 
-use super::agent::{absolute, agent_failed, init_logging, ready_line, shutdown_signal};
+use super::agent::{absolute, agent_failed, init_logging, print_out, ready_line, shutdown_signal};
 use super::session::{explain, runtime};
 use super::{Failure, Outcome, failed};
 use crate::cli::{DevArgs, GlobalArgs};
@@ -350,30 +350,33 @@ fn print_banner(
     temporary: bool,
 ) {
     let socket = format!("unix://{}", socket.display());
+    let profile = profile.display();
     let kept = if temporary {
         " (a temporary directory, removed at exit)"
     } else {
         ""
     };
-    println!("ringzero dev: one authority on {addr}, agent node {NODE}");
-    println!("data: {}{kept}", root.display());
-    println!();
-    println!("SPIFFE_ENDPOINT_SOCKET={socket}");
-    println!("RINGZERO_PROFILE={}", profile.display());
-    println!();
-    println!("Try, in another shell:");
-    println!(
-        "  export SPIFFE_ENDPOINT_SOCKET={socket} RINGZERO_PROFILE={}",
-        profile.display()
+    let mut out = format!(
+        "\
+ringzero dev: one authority on {addr}, agent node {NODE}
+data: {root}{kept}
+
+SPIFFE_ENDPOINT_SOCKET={socket}
+RINGZERO_PROFILE={profile}
+
+Try, in another shell:
+  export SPIFFE_ENDPOINT_SOCKET={socket} RINGZERO_PROFILE={profile}
+  ringzero agent fetch                # your SVID: {workload}
+  ringzero agent fetch --write ./svid # svid.pem, svid.key, bundle.pem
+  ringzero entry list
+  ringzero node list
+  ringzero authority members
+",
+        root = root.display()
     );
-    println!("  ringzero agent fetch                # your SVID: {workload}");
-    println!("  ringzero agent fetch --write ./svid # svid.pem, svid.key, bundle.pem");
-    println!("  ringzero entry list");
-    println!("  ringzero node list");
-    println!("  ringzero authority members");
     if temporary {
-        println!("  (pass --data-dir DIR to keep the cluster between runs)");
+        out.push_str("  (pass --data-dir DIR to keep the cluster between runs)\n");
     }
-    println!();
-    println!("Ctrl-C stops the agent, then the authority.");
+    out.push_str("\nCtrl-C stops the agent, then the authority.\n");
+    print_out(&out);
 }
