@@ -55,7 +55,7 @@ const COALESCE: Duration = Duration::from_millis(250);
 pub struct AgentConfig {
     /// Authority addresses (host:port). Empty: the ones stored at enrollment.
     pub authorities: Vec<String>,
-    /// The data directory (created `0700`).
+    /// The data directory (created; mode `0711`, files `0600`).
     pub data_dir: PathBuf,
     /// The Workload API socket; default `<data_dir>/workload.sock`.
     pub socket: Option<PathBuf>,

@@ -1,7 +1,7 @@
 //! The agent's data directory: what survives a restart.
 //!
 //! ```text
-//! D/                 0700
+//! D/                 0711  (others may only traverse it, to reach the socket; no listing)
 //!   node.profile     0600  the node's credentials, one file so they change together: trust
 //!                          domain, authority addresses, bundle (PEM), node SVID chain (PEM),
 //!                          node key (PKCS#8 PEM) and the svid:mint capability. The format is
@@ -30,6 +30,8 @@ use zeroize::Zeroizing;
 
 use crate::error::AgentError;
 
+/// The data directory's mode: see [`DataDir::open`].
+pub const DIR_MODE: u32 = 0o711;
 /// The largest state file read (entries included).
 const MAX_STATE_LEN: u64 = 64 * 1024 * 1024;
 /// The largest credentials file read.
@@ -151,8 +153,11 @@ pub struct AgentState {
 }
 
 impl DataDir {
-    /// Opens `root`, creating it with mode `0700` if needed; an existing directory is
-    /// tightened to `0700`.
+    /// Opens `root`, creating it if needed, and sets its mode to `0711`: only the agent's user
+    /// can list or create files in it, and every file holding a secret is `0600`; other users
+    /// may traverse it, because the Workload API socket inside is for every local workload
+    /// (attestation, not file modes, decides what a caller gets). `0700` would lock out every
+    /// workload not running as the agent's user.
     pub fn open(root: &Path) -> Result<Self, AgentError> {
         let io = |e| AgentError::io(root, e);
         std::fs::create_dir_all(root).map_err(io)?;
@@ -163,8 +168,9 @@ impl DataDir {
                 root.display()
             )));
         }
-        if meta.permissions().mode() & 0o777 != 0o700 {
-            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        if meta.permissions().mode() & 0o777 != DIR_MODE {
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(DIR_MODE))
+                .map_err(io)?;
         }
         Ok(Self {
             root: root.to_path_buf(),
@@ -351,7 +357,7 @@ mod tests {
         let dir = DataDir::open(&root).unwrap();
         assert_eq!(
             std::fs::metadata(&root).unwrap().permissions().mode() & 0o777,
-            0o700
+            DIR_MODE
         );
         assert!(!dir.is_enrolled());
         assert!(dir.load_credentials().unwrap().is_none());
@@ -405,7 +411,7 @@ mod tests {
         let dir = DataDir::open(tmp.path()).unwrap();
         assert_eq!(
             std::fs::metadata(tmp.path()).unwrap().permissions().mode() & 0o777,
-            0o700
+            DIR_MODE
         );
         std::fs::write(dir.credentials_path(), "not = [toml").unwrap();
         assert!(matches!(

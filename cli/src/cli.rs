@@ -127,7 +127,7 @@ Examples:
 
 #[derive(Debug, Args)]
 pub(crate) struct AgentRunArgs {
-    /// Where the agent keeps its key, SVID, capability and synced state (created, mode 0700).
+    /// Where the agent keeps its key, SVID, capability and synced state (created; files 0600).
     #[arg(long, value_name = "DIR", env = "RINGZERO_AGENT_DATA_DIR")]
     pub(crate) data_dir: PathBuf,
     /// The one-time join token, for the first start (TOKEN, @FILE or -).

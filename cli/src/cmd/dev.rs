@@ -51,7 +51,7 @@ async fn dev(global: &GlobalArgs, a: DevArgs) -> Outcome {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    DataDir::open(&root).map_err(agent_failed)?; // the root too is 0700
+    DataDir::open(&root).map_err(agent_failed)?; // 0711, like the agent's: the socket below must be reachable
     let auth_dir = root.join("authority");
     let agent_dir = root.join("agent");
 
