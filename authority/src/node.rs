@@ -582,13 +582,21 @@ async fn serve(
         parts.td.clone(),
         parts.trusted.clone(),
     ));
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        // Long-lived streams (entry feeds, audit tails) end first, so the graceful shutdown
+        // below does not wait on them.
+        let _ = stopping_tx.send(true);
+    };
     let service = AuthorityService::new(
         proposer,
         parts.sm.clone(),
         gate,
         parts.keys.clone(),
         parts.contacts.clone(),
-    );
+    )
+    .with_shutdown(stopping);
     let incoming = ringzero_proto::transport::incoming(listener, Arc::new(tls), Default::default());
     let raft = parts.raft.clone();
     let sm = parts.sm.clone();

@@ -47,6 +47,9 @@ pub struct AuthorityService {
     membership: Mutex<()>,
     /// First-contact calls (token redemption) are rate limited.
     enroll_limiter: std::sync::Mutex<(std::time::Instant, u32)>,
+    /// Becomes true when the node shuts down: long-lived streams end then, so a graceful
+    /// shutdown does not wait on them.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for AuthorityService {
@@ -78,7 +81,14 @@ impl AuthorityService {
             contacts,
             membership: Mutex::new(()),
             enroll_limiter: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+            stopping: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// Ends the service's long-lived streams when `stopping` becomes true.
+    pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     /// Refuses unless this node leads, naming the leader it knows.

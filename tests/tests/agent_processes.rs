@@ -269,3 +269,18 @@ fn enrollment_is_refused_for_a_reused_wrong_pin_or_expired_token() {
     assert!(!out.status.success());
     assert!(show(&out).contains("expired"), "{}", show(&out));
 }
+
+#[test]
+fn an_authority_with_open_agent_feeds_shuts_down_promptly() {
+    let mut a = SoloAuthority::start("agent-shutdown", TD);
+    let token = node_token(&a, "n1", "10m");
+    let (mut agent, _, _) = start_agent(&a, "n1", &token);
+    // The agent holds its entry feed open; SIGTERM must still stop the authority at once.
+    let t = Instant::now();
+    let status = a.proc.terminate(Duration::from_secs(15));
+    let took = t.elapsed();
+    assert!(status.is_some_and(|s| s.success()), "{}", a.proc.log());
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    // The agent keeps serving its cache while the authority is away.
+    assert!(agent.is_running(), "{}", agent.log());
+}

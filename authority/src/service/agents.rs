@@ -429,6 +429,7 @@ impl AuthorityService {
         let since = req.get_ref().since_revision;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let feed = Feed {
+            stopping: self.stopping.clone(),
             sm: self.sm.clone(),
             service_bundle: self.bundle_source(),
             name,
@@ -652,6 +653,7 @@ impl AuthorityService {
 
 /// One agent's entry feed.
 struct Feed {
+    stopping: tokio::sync::watch::Receiver<bool>,
     sm: crate::store::StateMachineStore,
     service_bundle: super::BundleSource,
     name: NodeName,
@@ -668,6 +670,7 @@ impl Feed {
 
     async fn feed(&self, since: u64, tx: &FeedTx) -> Result<(), tonic::Status> {
         let mut applied = self.sm.watch_applied();
+        let mut stopping = self.stopping.clone();
         let mut revision = since;
         let mut last_bundle: Option<Vec<u8>> = None;
         let mut last_revocations: Option<Vec<(Vec<u8>, u64)>> = None;
@@ -765,6 +768,9 @@ impl Feed {
                     }
                 }
                 _ = tx.closed() => return Ok(()),
+                _ = stopping.wait_for(|s| *s) => {
+                    return Err(tonic::Status::unavailable("the authority is shutting down"));
+                }
             }
         }
     }

@@ -233,6 +233,7 @@ impl AuthorityService {
         self.gate.record(&allowed).await?;
         let (from, follow) = (req.get_ref().from_seq, req.get_ref().follow);
         let sm = self.sm.clone();
+        let mut stopping = self.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
             let mut applied = sm.watch_applied();
@@ -275,6 +276,7 @@ impl AuthorityService {
                 tokio::select! {
                     changed = applied.changed() => if changed.is_err() { return; },
                     _ = tx.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => return,
                 }
             }
         });
