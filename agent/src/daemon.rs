@@ -215,6 +215,7 @@ pub async fn run_with_ready(
         full_sync: None,
         synced: false,
         ready,
+        revocations: crate::RevocationSet::new(),
         socket,
     };
     agent.schedule_node_renewal();
@@ -291,6 +292,8 @@ struct Agent {
     synced: bool,
     ready: Option<oneshot::Sender<Ready>>,
     socket: PathBuf,
+    /// Revoked capabilities, followed from the feed, for the node's verifiers.
+    revocations: crate::RevocationSet,
 }
 
 enum SyncMsg {
@@ -352,6 +355,10 @@ impl Agent {
     async fn apply(&mut self, ev: pb::SyncEntriesEvent) -> Result<(), AgentError> {
         if let Some(b) = &ev.bundle {
             self.apply_bundle(b);
+        }
+        if let Some(r) = &ev.revocations {
+            let n = self.revocations.replace(r);
+            info!(revocations = n, "revoked capabilities updated");
         }
         for e in ev.upserts {
             if let Some(seen) = &mut self.full_sync {
