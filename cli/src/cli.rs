@@ -612,8 +612,7 @@ pub(crate) struct EntryUpdateArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AuditCommand {
-    /// Check the audit log against the audit keys pinned in the profile (exit 0 only if it all
-    /// checks): the live cluster by default, or exported files.
+    /// Check the log against the profile's pinned audit keys: live, or exported files.
     #[command(after_help = AUDIT_VERIFY_HELP)]
     Verify(AuditVerifyArgs),
     /// Find records by actor, operation, resource, decision and time (oldest first).

@@ -583,7 +583,7 @@ fn sealed_segments_and_the_live_log_verify_as_a_chain() {
     );
     fails_with(
         &verify_files(&a, &[&live, &seg1]),
-        &["seg-1.jsonl"],
+        &["seg-1.jsonl: ends at record", "oldest first"],
         "wrong order",
     );
 

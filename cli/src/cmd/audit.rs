@@ -475,8 +475,18 @@ fn verify_files(files: &[PathBuf], keys: &AuditKeys) -> Result<Summary, Failure>
             trusted_consistency: None,
             keep_records: false,
         };
-        let v = verify_export_with(BufReader::with_capacity(1 << 16, f), keys, &opts)
-            .map_err(|e| export_failed(&path.display().to_string(), e))?;
+        let v = verify_export_with(BufReader::with_capacity(1 << 16, f), keys, &opts).map_err(
+            |e| match e {
+                ExportError::Rollback {
+                    seen_size,
+                    got_size,
+                } if got_size < seen_size => failed(anyhow!(
+                    "{}: ends at record {got_size}, but the files before it reach {seen_size}:                      give the files oldest first (or this one is from a rolled-back log)",
+                    path.display()
+                )),
+                e => export_failed(&path.display().to_string(), e),
+            },
+        )?;
         let records = v.head.head.size - v.first_seq;
         if previous.is_none() && v.first_seq > 0 {
             eprintln!(

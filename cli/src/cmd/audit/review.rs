@@ -188,6 +188,13 @@ pub(super) async fn query(global: &GlobalArgs, a: AuditQueryArgs) -> Outcome {
         match reply.next_after_seq {
             // Each page must move forward, so a confused server cannot keep us paging.
             Some(next) if after.is_none_or(|prev| next > prev) => after = Some(next),
+            Some(next) if remaining > 0 => {
+                eprintln!(
+                    "warning: the authority asked to continue after record {next} again; \
+                     stopping here, so more records may match"
+                );
+                break;
+            }
             _ => break,
         }
     }

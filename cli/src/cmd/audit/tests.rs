@@ -30,12 +30,12 @@ fn entry(seq: u64) -> AuditEntry {
         revocation_ids: vec!["ab".repeat(16)],
         operation: "entry:write".into(),
         resource: format!("ns/default/w{seq}"),
-        decision: if seq % 5 == 0 {
+        decision: if seq.is_multiple_of(5) {
             Decision::Deny
         } else {
             Decision::Allow
         },
-        reason: (seq % 5 == 0).then(|| "expired".to_owned()),
+        reason: (seq.is_multiple_of(5)).then(|| "expired".to_owned()),
         request_id: format!("r-{seq}"),
         outcome: "done".into(),
         details: vec![],
