@@ -301,3 +301,27 @@ fn the_table_is_aligned_cut_and_escaped() {
     assert!(!lines[2].contains('\u{1b}'), "{lines:#?}");
     assert!(lines[2].ends_with("deny      expired"), "{lines:#?}");
 }
+
+#[test]
+fn every_audit_command_has_examples_in_its_help() {
+    for sub in ["verify", "query", "tail", "export", "prove", "seal"] {
+        let e = Cli::try_parse_from(["ringzero", "audit", sub, "--help"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{sub}");
+        let help = e.to_string();
+        assert!(help.contains("Examples:\n  ringzero"), "{sub}: {help}");
+        assert!(help.contains(&format!("audit {sub}")), "{sub}: {help}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_bad_input_and_an_empty_one_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys_of(&key());
+    let (code, m) = message(verify_files(&[dir.path().join("nope.jsonl")], &keys).unwrap_err());
+    assert_eq!(code, 2, "{m}");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let (code, m) = message(verify_files(&[empty], &keys).unwrap_err());
+    assert_eq!(code, 1, "{m}");
+    assert!(m.contains("no tree head"), "{m}");
+}
