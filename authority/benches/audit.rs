@@ -75,7 +75,7 @@ fn main() {
                     c.audit.actor = format!("spiffe://bench.example/user/u{}", seq % 100);
                     c.audit.operation = format!("op:{}", seq % 10);
                     c.audit.resource = format!("ns/n{}/svc{}", seq % 7, seq % 13);
-                    if seq % 100 == 0 {
+                    if seq.is_multiple_of(100) {
                         c.audit.decision = AuditDecision::Deny;
                         c.audit.reason = Some("bench denial".into());
                     }
