@@ -206,16 +206,7 @@ impl AuthorityService {
             },
         };
         let reader = self.sm.reader().map_err(status_of)?;
-        let (records, more) = reader.audit_query(&q).map_err(status_of)?;
-        // With no match in a scan budget, continue after the last row looked at is unknown
-        // here; continuing after the last match (or the request's start) is always safe.
-        let next = more.then(|| {
-            records
-                .last()
-                .map(|a| a.seq)
-                .or(r.after_seq)
-                .unwrap_or_default()
-        });
+        let (records, next) = reader.audit_query(&q).map_err(status_of)?;
         Ok(tonic::Response::new(pb::QueryAuditReply {
             records: records
                 .iter()

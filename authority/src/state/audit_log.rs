@@ -249,17 +249,23 @@ impl StateReader {
     }
 
     /// Records matching `q`, oldest first, at most `q.limit`, read through the most selective
-    /// index the query allows; and whether more may follow. Scans at most 100 × `limit` index
-    /// rows per call, so an unselective filter pages rather than runs unbounded.
-    pub fn audit_query(&self, q: &AuditQuery) -> Result<(Vec<StoredAudit>, bool), StateError> {
+    /// index the query allows; and, when more may follow, the sequence to continue after (the
+    /// last row *scanned*, so a sparse filter still makes progress). Scans at most 100 ×
+    /// `limit` index rows per call, so an unselective filter pages rather than runs unbounded.
+    pub fn audit_query(
+        &self,
+        q: &AuditQuery,
+    ) -> Result<(Vec<StoredAudit>, Option<u64>), StateError> {
         let limit = q.limit.max(1);
         let budget = limit.saturating_mul(100);
         let start = q.after_seq.map_or(0, |s| s.saturating_add(1));
         let mut out = Vec::new();
         let mut scanned = 0usize;
         let mut more = false;
+        let mut last = None;
         let mut visit = |seq: u64| -> Result<bool, StateError> {
             scanned += 1;
+            last = Some(seq);
             if let Some(a) = self.audit_record(seq)?
                 && q.matches(&a)
             {
@@ -305,17 +311,24 @@ impl StateReader {
         } else if q.since_ms.is_some() || q.until_ms.is_some() {
             // By time; results come in time order, which for records of one cluster is seq
             // order up to clock skew between authority nodes.
+            // A continuation resumes right after the row it stopped at: (its time, its seq).
             let t = self.tx.open_table(AUDIT_BY_TIME)?;
-            let from = time_key(q.since_ms.unwrap_or(0), 0);
+            let mut from = time_key(q.since_ms.unwrap_or(0), 0);
+            if let Some(after) = q.after_seq
+                && let Some(a) = self.audit_record(after)?
+            {
+                from = time_key(
+                    a.time_ms.max(q.since_ms.unwrap_or(0)),
+                    after.saturating_add(1),
+                );
+            }
             let to = time_key(q.until_ms.unwrap_or(u64::MAX), u64::MAX);
-            for row in t.range(&from[..]..=&to[..])? {
-                let (k, _) = row?;
-                let seq = seq_of(k.value())?;
-                if seq < start {
-                    continue;
-                }
-                if !visit(seq)? {
-                    break;
+            if from <= to {
+                for row in t.range(&from[..]..=&to[..])? {
+                    let (k, _) = row?;
+                    if !visit(seq_of(k.value())?)? {
+                        break;
+                    }
                 }
             }
         } else {
@@ -327,6 +340,6 @@ impl StateReader {
                 }
             }
         }
-        Ok((out, more))
+        Ok((out, if more { last } else { None }))
     }
 }

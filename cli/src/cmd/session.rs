@@ -142,8 +142,13 @@ pub(crate) fn explain(e: &ClientError, what: &str) -> String {
 
 /// Prints rows as aligned columns separated by two spaces (the last column unpadded).
 pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     for line in render_table(rows) {
-        println!("{line}");
+        // A closed pipe (`| head`) ends the output quietly instead of panicking.
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
     }
 }
 
