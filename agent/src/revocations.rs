@@ -1,6 +1,7 @@
-//! The revoked capabilities this node's verifiers refuse, as pushed by the authority on the
-//! entry feed (the whole set on connecting and on every change), each kept until the token it
-//! revokes would have expired anyway.
+//! The revoked capabilities and certificates this node's verifiers refuse, as pushed by the
+//! authority on the entry feed (the whole set on connecting and on every change): revocation
+//! ids of capabilities, and serials of SVIDs issued to nodes since evicted or banned, each kept
+//! until what it revokes would have expired anyway.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -10,7 +11,15 @@ use ringzero_proto::pb;
 
 /// A shared, replaceable set of revocation ids. Cloning shares it.
 #[derive(Debug, Clone, Default)]
-pub struct RevocationSet(Arc<RwLock<HashMap<Vec<u8>, u64>>>);
+pub struct RevocationSet(Arc<RwLock<Sets>>);
+
+#[derive(Debug, Default)]
+struct Sets {
+    /// Capability revocation ids → when the token would have expired.
+    tokens: HashMap<Vec<u8>, u64>,
+    /// Certificate serials of evicted or banned nodes → their not-after.
+    serials: HashMap<Vec<u8>, u64>,
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -27,19 +36,36 @@ impl RevocationSet {
     /// Replaces the set with the authority's; returns how many entries it now holds.
     pub fn replace(&self, set: &pb::RevocationSet) -> usize {
         let now = now_ms();
-        let fresh: HashMap<Vec<u8>, u64> = set
+        let tokens: HashMap<Vec<u8>, u64> = set
             .revocations
             .iter()
             .filter(|r| r.expires_ms > now && !r.id.is_empty() && r.id.len() <= 128)
             .map(|r| (r.id.clone(), r.expires_ms))
             .collect();
-        let n = fresh.len();
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        let serials: HashMap<Vec<u8>, u64> = set
+            .serials
+            .iter()
+            .filter(|r| r.not_after_ms > now && !r.serial.is_empty() && r.serial.len() <= 20)
+            .map(|r| (r.serial.clone(), r.not_after_ms))
+            .collect();
+        let n = tokens.len() + serials.len();
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Sets { tokens, serials };
         n
     }
 
+    /// Whether a certificate with this serial was revoked (its node evicted or banned).
+    pub fn is_serial_revoked(&self, serial: &[u8]) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .serials
+            .get(serial)
+            .is_some_and(|&until| until > now_ms())
+    }
+
     pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+        let s = self.0.read().unwrap_or_else(|p| p.into_inner());
+        s.tokens.len() + s.serials.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -52,6 +78,7 @@ impl ringzero_policy::token::Revocations for RevocationSet {
         self.0
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .tokens
             .get(id)
             .is_some_and(|&expires| expires > now_ms())
     }
@@ -81,8 +108,13 @@ mod tests {
                     expires_ms: later,
                 },
             ],
+            serials: vec![pb::RevokedSerial {
+                serial: vec![9; 16],
+                not_after_ms: later,
+            }],
         });
-        assert_eq!(n, 1);
+        assert_eq!(n, 2);
+        assert!(set.is_serial_revoked(&[9; 16]));
         assert!(set.is_revoked(&[1; 64]));
         assert!(!set.is_revoked(&[2; 64]));
         // A later push replaces the set: an entry the authority dropped is dropped here.

@@ -241,6 +241,14 @@ pub enum Op {
     SealAudit {
         up_to: u64,
     },
+    /// Record an SVID issued to (or for a workload of) an agent node, before it is released;
+    /// refused when the node is no longer active. Evicting or banning the node revokes every
+    /// serial recorded for it that has not expired.
+    IssueSvid {
+        node: String,
+        serial: Vec<u8>,
+        not_after_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,6 +352,8 @@ pub enum Rejection {
     JoinTokenWrongName,
     #[error("node name is banned")]
     Banned,
+    #[error("the node is not active (evicted or banned)")]
+    NodeInactive,
 }
 
 /// Why a command is malformed.
@@ -393,6 +403,13 @@ impl Command {
             | Op::PurgeExpired
             | Op::RemoveAuthority { .. }
             | Op::SealAudit { .. } => Ok(()),
+            Op::IssueSvid { node, serial, .. } => {
+                check_node_name(node)?;
+                if serial.is_empty() || serial.len() > 20 {
+                    return Err(invalid("a certificate serial is 1 to 20 bytes"));
+                }
+                Ok(())
+            }
             Op::PublishKey { public_der, .. } => {
                 if public_der.is_empty() || public_der.len() > limits::MAX_KEY {
                     return Err(invalid("public key size"));

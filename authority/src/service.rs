@@ -405,6 +405,14 @@ impl pb::authority_server::Authority for AuthorityService {
                     ),
                     ("not_after".into(), not_after.to_string()),
                     ("minted_token".into(), agent_token_ids.join(",")),
+                    (
+                        "rights".into(),
+                        if agent_token_ids.is_empty() {
+                            String::new()
+                        } else {
+                            format!("svid:mint on node/{node_name}")
+                        },
+                    ),
                 ],
             },
             op: Op::RedeemJoinToken {
@@ -419,6 +427,7 @@ impl pb::authority_server::Authority for AuthorityService {
                 },
             },
         };
+        let enrollment_record = cmd.audit.clone();
         let resp = self.propose(cmd).await?;
         match resp.outcome {
             Outcome::Done => {}
@@ -430,6 +439,27 @@ impl pb::authority_server::Authority for AuthorityService {
             other => {
                 return Err(tonic::Status::internal(format!(
                     "unexpected outcome {other:?}"
+                )));
+            }
+        }
+        if purpose == JoinPurpose::Agent {
+            // The node's first SVID joins the serials an eviction or ban revokes.
+            let mut audit = enrollment_record;
+            audit.operation = "svid:mint".into();
+            audit.details.retain(|(k, _)| k != "minted_token");
+            let record = Command {
+                id: CommandId::random(),
+                time_ms: now_ms(),
+                audit,
+                op: Op::IssueSvid {
+                    node: node_name.clone(),
+                    serial: svid.serial.clone(),
+                    not_after_ms: not_after.saturating_mul(1000),
+                },
+            };
+            if let Outcome::Rejected(why) = self.propose(record).await?.outcome {
+                return Err(tonic::Status::permission_denied(format!(
+                    "join refused: {why}"
                 )));
             }
         }

@@ -412,6 +412,14 @@ fn agents_get_only_their_own_identities_and_follow_their_entries() {
             .await
             .unwrap();
         assert!(!renewed.token.is_empty());
+        // n2 watches its feed: n1's eviction revokes n1's serials, and every node learns it.
+        let mut c2 = n2.client();
+        let mut feed2 = open_feed(&mut c2, 0).await;
+        let first2 = next_event(&mut feed2).await.unwrap();
+        assert!(first2.revocations.unwrap().serials.is_empty());
+        let node_serial = validate_svid(&n1.chain, &n1.bundle, SystemTime::now(), Usage::Client)
+            .unwrap()
+            .serial;
         admin
             .call(|mut g| async move {
                 g.set_node_status(pb::SetNodeStatusRequest {
@@ -422,6 +430,21 @@ fn agents_get_only_their_own_identities_and_follow_their_entries() {
             })
             .await
             .unwrap();
+        let revoked = loop {
+            let ev = next_event(&mut feed2).await.unwrap();
+            if let Some(r) = ev.revocations {
+                break r;
+            }
+        };
+        let serials: Vec<Vec<u8>> = revoked.serials.iter().map(|s| s.serial.clone()).collect();
+        assert!(
+            serials.contains(&v.serial),
+            "the workload SVID's serial is revoked"
+        );
+        assert!(
+            serials.contains(&node_serial),
+            "the node SVID's serial is revoked"
+        );
         let e = c1
             .call(|mut g| {
                 let csr = csr.clone();

@@ -290,13 +290,18 @@ impl AuthorityService {
             ),
             ("not_after".into(), unix_secs(svid.not_after).to_string()),
             ("minted_token".into(), token_ids.join(",")),
+            ("rights".into(), format!("svid:mint on node/{name}")),
         ]);
         let cmd = crate::command::Command {
             audit,
-            ..allowed.command(Op::AuditOnly)
+            ..allowed.command(Op::IssueSvid {
+                node: name.to_string(),
+                serial: svid.serial.clone(),
+                not_after_ms: unix_secs(svid.not_after).saturating_mul(1000),
+            })
         };
-        // Recorded before anything is released.
-        self.propose(cmd).await?;
+        // Recorded before anything is released; refused if the node was evicted meanwhile.
+        outcome_status(self.propose(cmd).await?.outcome)?;
         Ok(tonic::Response::new(pb::RenewNodeReply {
             svid_chain: svid.chain.iter().map(|c| c.to_vec()).collect(),
             bundle: Some(self.bundle()?),
@@ -344,7 +349,7 @@ impl AuthorityService {
                 audit.decision = AuditDecision::Deny;
                 audit.reason = Some(format!("entry {} is parented to another node", entry.id));
                 audit.resource = format!("node/{}", entry.parent);
-                records.push((None, audit));
+                records.push((None, audit, Op::AuditOnly));
                 out.push(refused("entry is not parented to this node"));
                 continue;
             }
@@ -381,7 +386,12 @@ impl AuthorityService {
                 ),
                 ("not_after".into(), unix_secs(svid.not_after).to_string()),
             ]);
-            records.push((Some(out.len()), audit));
+            let op = Op::IssueSvid {
+                node: name.to_string(),
+                serial: svid.serial.clone(),
+                not_after_ms: unix_secs(svid.not_after).saturating_mul(1000),
+            };
+            records.push((Some(out.len()), audit, op));
             out.push(pb::MintedSvid {
                 entry_id: entry.id.clone(),
                 svid_chain: svid.chain.iter().map(|c| c.to_vec()).collect(),
@@ -393,17 +403,24 @@ impl AuthorityService {
         // Every record is committed before any certificate is released; an SVID whose record
         // did not commit is withheld.
         let mut pending = tokio::task::JoinSet::new();
-        for (slot, audit) in records {
+        for (slot, audit, op) in records {
             let cmd = crate::command::Command {
                 audit,
-                ..allowed.command(Op::AuditOnly)
+                ..allowed.command(op)
             };
             let proposer = self.proposer.clone();
             pending.spawn(async move { (slot, proposer.propose(cmd).await) });
         }
         while let Some(done) = pending.join_next().await {
             match done {
-                Ok((_, Ok(_))) => {}
+                Ok((_, Ok(r))) if !matches!(r.outcome, Outcome::Rejected(_)) => {}
+                Ok((Some(slot), Ok(r))) => {
+                    if let (Some(s), Outcome::Rejected(why)) = (out.get_mut(slot), r.outcome) {
+                        s.svid_chain.clear();
+                        s.error = format!("refused: {why}");
+                    }
+                }
+                Ok((None, Ok(_))) => {}
                 Ok((Some(slot), Err(e))) => {
                     if let Some(s) = out.get_mut(slot) {
                         s.svid_chain.clear();
@@ -673,7 +690,7 @@ impl Feed {
         let mut stopping = self.stopping.clone();
         let mut revision = since;
         let mut last_bundle: Option<Vec<u8>> = None;
-        let mut last_revocations: Option<Vec<(Vec<u8>, u64)>> = None;
+        let mut last_revocations: Option<(Vec<(Vec<u8>, u64)>, Vec<(Vec<u8>, u64)>)> = None;
         let mut first = true;
         loop {
             // Mark the current applied state seen before reading, so a change applied while
@@ -714,6 +731,13 @@ impl Feed {
                 .map_err(status_of)?
                 .revocations()
                 .map_err(status_of)?;
+            let serials = self
+                .sm
+                .reader()
+                .map_err(status_of)?
+                .revoked_serials()
+                .map_err(status_of)?;
+            let revocations = (revocations, serials);
             let revocations_changed = last_revocations.as_ref() != Some(&revocations);
             let mut sent_any = false;
             loop {
@@ -736,10 +760,19 @@ impl Feed {
                     bundle: send_bundle.then(|| bundle.clone()),
                     revocations: send_revocations.then(|| pb::RevocationSet {
                         revocations: revocations
+                            .0
                             .iter()
                             .map(|(id, expires_ms)| pb::Revocation {
                                 id: id.clone(),
                                 expires_ms: *expires_ms,
+                            })
+                            .collect(),
+                        serials: revocations
+                            .1
+                            .iter()
+                            .map(|(serial, not_after_ms)| pb::RevokedSerial {
+                                serial: serial.clone(),
+                                not_after_ms: *not_after_ms,
                             })
                             .collect(),
                     }),

@@ -298,6 +298,9 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
                     since_ms: now,
                 },
             )?;
+            if *status != NodeStatus::Active {
+                revoke_node_serials(tx, name, now)?;
+            }
             Ok(Outcome::Done)
         }
         Op::PutEntry { entry } => {
@@ -372,6 +375,20 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             }
             Ok(Outcome::Done)
         }
+        Op::IssueSvid {
+            node,
+            serial,
+            not_after_ms,
+        } => {
+            let active = get::<NodeRecord>(tx, NODES, "nodes", node.as_bytes())?
+                .is_some_and(|r| r.status == NodeStatus::Active);
+            if !active {
+                return rejected(Rejection::NodeInactive);
+            }
+            tx.open_table(NODE_SERIALS)?
+                .insert(compound(node, serial).as_slice(), &be(*not_after_ms)[..])?;
+            Ok(Outcome::Done)
+        }
         Op::SealAudit { up_to } => {
             let sealed = match meta_get(tx, META_AUDIT_SEALED)? {
                 Some(v) => read_u64(&v)?,
@@ -391,6 +408,8 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
         }
         Op::PurgeExpired => {
             purge_where(tx, REVOCATIONS, |v| Ok(read_u64(v)? <= now))?;
+            purge_where(tx, NODE_SERIALS, |v| Ok(read_u64(v)? <= now))?;
+            purge_where(tx, REVOKED_SERIALS, |v| Ok(read_u64(v)? <= now))?;
             purge_where(tx, JOIN_TOKENS, |v| {
                 Ok(decode::<JoinTokenRecord>("join_tokens", v)?.expires_ms <= now)
             })?;
@@ -436,6 +455,32 @@ pub(crate) fn read_u64(v: &[u8]) -> Result<u64, StateError> {
             detail: "not 8 bytes".into(),
         }
     })?))
+}
+
+/// Moves every unexpired serial recorded for `node` to the revoked serials.
+fn revoke_node_serials(tx: &WriteTransaction, node: &str, now: u64) -> Result<(), StateError> {
+    let start = compound(node, b"");
+    let mut end = start.clone();
+    if let Some(l) = end.last_mut() {
+        *l = 1;
+    }
+    let mut taken = Vec::new();
+    {
+        let t = tx.open_table(NODE_SERIALS)?;
+        for row in t.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = row?;
+            taken.push((k.value().to_vec(), read_u64(v.value())?));
+        }
+    }
+    let mut serials = tx.open_table(NODE_SERIALS)?;
+    let mut revoked = tx.open_table(REVOKED_SERIALS)?;
+    for (key, not_after) in taken {
+        serials.remove(key.as_slice())?;
+        if not_after > now {
+            revoked.insert(&key[start.len()..], &be(not_after)[..])?;
+        }
+    }
+    Ok(())
 }
 
 fn purge_where(

@@ -63,6 +63,10 @@ pub(crate) const AUDIT_BY_OPERATION: Raw = TableDefinition::new("audit_by_operat
 pub(crate) const AUDIT_DENIALS: Raw = TableDefinition::new("audit_denials");
 /// `time (u64 BE) ‖ seq (u64 BE)` → empty
 pub(crate) const AUDIT_BY_TIME: Raw = TableDefinition::new("audit_by_time");
+/// `node \0 serial` → not-after (unix ms, u64 BE): the SVIDs issued for an agent node
+pub(crate) const NODE_SERIALS: Raw = TableDefinition::new("node_serials");
+/// serial → not-after (unix ms, u64 BE): serials revoked by evicting or banning their node
+pub(crate) const REVOKED_SERIALS: Raw = TableDefinition::new("revoked_serials");
 
 /// Every table, with the tag it carries in snapshots. Tags are stable: never reuse one.
 pub(crate) const TABLES: &[(u8, Raw)] = &[
@@ -85,6 +89,8 @@ pub(crate) const TABLES: &[(u8, Raw)] = &[
     (17, AUDIT_BY_OPERATION),
     (18, AUDIT_DENIALS),
     (19, AUDIT_BY_TIME),
+    (20, NODE_SERIALS),
+    (21, REVOKED_SERIALS),
 ];
 
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";

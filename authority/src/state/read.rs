@@ -251,6 +251,17 @@ impl StateReader {
         Ok(out)
     }
 
+    /// Serials revoked by evicting or banning their node, with their not-after (unix ms).
+    pub fn revoked_serials(&self) -> Result<Vec<(Vec<u8>, u64)>, StateError> {
+        let t = self.tx.open_table(REVOKED_SERIALS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_vec(), super::apply::read_u64(v.value())?));
+        }
+        Ok(out)
+    }
+
     /// The number of audit records.
     pub fn audit_len(&self) -> Result<u64, StateError> {
         Ok(self.tx.open_table(AUDIT)?.len()?)
