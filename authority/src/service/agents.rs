@@ -676,6 +676,9 @@ struct Feed {
     name: NodeName,
 }
 
+/// Revoked capability ids and revoked serials, each with its expiry (unix ms).
+type RevokedSets = (Vec<(Vec<u8>, u64)>, Vec<(Vec<u8>, u64)>);
+
 type FeedTx = tokio::sync::mpsc::Sender<Result<pb::SyncEntriesEvent, tonic::Status>>;
 
 impl Feed {
@@ -690,7 +693,7 @@ impl Feed {
         let mut stopping = self.stopping.clone();
         let mut revision = since;
         let mut last_bundle: Option<Vec<u8>> = None;
-        let mut last_revocations: Option<(Vec<(Vec<u8>, u64)>, Vec<(Vec<u8>, u64)>)> = None;
+        let mut last_revocations: Option<RevokedSets> = None;
         let mut first = true;
         loop {
             // Mark the current applied state seen before reading, so a change applied while
