@@ -20,8 +20,6 @@
 //! # }
 //! ```
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -140,27 +138,10 @@ impl X509Svid {
 }
 
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), FetchError> {
-    let err = |source| FetchError::Write {
+    crate::state::write_file_atomic(path, data, mode).map_err(|source| FetchError::Write {
         path: path.display().to_string(),
         source,
-    };
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    file.write_all(data).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 /// The socket path of a Workload API endpoint: an absolute path, or a `unix:` URI of one

@@ -283,25 +283,29 @@ fn read_bounded(path: &Path, max: u64) -> Result<Option<String>, AgentError> {
 
 /// Writes `data` to `path` through a temporary file created with `mode`, fsynced, renamed.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AgentError> {
-    let err = |e| AgentError::io(path, e);
+    write_file_atomic(path, data, mode).map_err(|e| AgentError::io(path, e))
+}
+
+/// Writes `data` to `path` through a temporary file created with `mode`, fsynced, renamed, and
+/// the directory synced: readers see the old file or the new one, never a part.
+pub(crate) fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
+        Err(e) => return Err(e),
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    file.write_all(data).map_err(err)?;
-    file.sync_all().map_err(err)?;
+        .open(&tmp)?;
+    file.write_all(data)?;
+    file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(err)?;
+    std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent()
         && let Ok(d) = std::fs::File::open(dir)
     {

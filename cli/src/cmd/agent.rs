@@ -8,12 +8,11 @@ use anyhow::anyhow;
 use ringzero_agent::fetch::{X509Svid, endpoint_path, fetch_x509};
 use ringzero_agent::{AgentConfig, AgentError, FirstContact, Ready};
 use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use super::session::runtime;
 use super::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::cli::{AgentCommand, AgentFetchArgs, AgentRunArgs, GlobalArgs};
-use crate::input::{read_bounded, read_secret};
+use crate::input::read_secret;
 
 pub(crate) fn run(global: &GlobalArgs, cmd: AgentCommand) -> Outcome {
     let rt = runtime()?;
@@ -107,16 +106,7 @@ fn first_contact(a: &AgentRunArgs) -> Result<Option<FirstContact>, Failure> {
     let text = zeroize::Zeroizing::new(read_secret(arg).map_err(bad_input)?);
     let token = ringzero_policy::join::JoinToken::parse(&text).map_err(bad_input)?;
     Ok(Some(match (&a.bundle, a.insecure_skip_pin) {
-        (Some(path), _) => {
-            let pem = read_bounded(path).map_err(bad_input)?;
-            let cas: Result<Vec<CertificateDer<'static>>, _> =
-                CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-            let cas = cas.map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
-            if cas.is_empty() {
-                return Err(bad_input_msg(format!("{}: no certificate", path.display())));
-            }
-            FirstContact::Bundle(token, cas)
-        }
+        (Some(path), _) => FirstContact::Bundle(token, super::session::bundle_file(path)?),
         (None, true) => FirstContact::InsecureNoPin(token),
         (None, false) => FirstContact::Pinned(token),
     }))

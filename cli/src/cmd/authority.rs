@@ -9,8 +9,6 @@ use ringzero_authority::node::{self, FirstContact};
 use ringzero_policy::svid::pem_encode;
 use ringzero_proto::client::bundle_cas;
 use ringzero_proto::pb;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
 use super::session::{call_failed, print_table, runtime, session};
 use super::{Outcome, bad_input, bad_input_msg, failed};
@@ -18,7 +16,7 @@ use crate::cli::{
     AuthorityCommand, BootstrapArgs, BundleCommand, BundleFormat, GlobalArgs, JoinArgs, JsonArgs,
     RemoveArgs,
 };
-use crate::input::{read_bounded, read_secret};
+use crate::input::read_secret;
 
 pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
     let rt = runtime()?;
@@ -132,16 +130,7 @@ async fn join(global: &GlobalArgs, a: JoinArgs) -> Outcome {
                 "--bundle and --insecure-skip-pin exclude each other",
             ));
         }
-        (Some(path), false) => {
-            let pem = read_bounded(path).map_err(bad_input)?;
-            let cas: Result<Vec<CertificateDer<'static>>, _> =
-                CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-            let cas = cas.map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
-            if cas.is_empty() {
-                return Err(bad_input_msg(format!("{}: no certificate", path.display())));
-            }
-            FirstContact::Bundle(token, cas)
-        }
+        (Some(path), false) => FirstContact::Bundle(token, super::session::bundle_file(path)?),
         (None, true) => FirstContact::InsecureNoPin(token),
         (None, false) => FirstContact::Pinned(token),
     };

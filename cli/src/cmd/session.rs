@@ -177,3 +177,21 @@ pub(crate) fn render_table<const N: usize>(rows: &[[String; N]]) -> Vec<String> 
         })
         .collect()
 }
+
+/// The CA certificates of a `--bundle FILE` (PEM): at least one, or a clear error (exit 2).
+pub(crate) fn bundle_file(
+    path: &std::path::Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, super::Failure> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = crate::input::read_bounded(path).map_err(super::bad_input)?;
+    let cas: Result<Vec<rustls_pki_types::CertificateDer<'static>>, _> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let cas = cas.map_err(|e| super::bad_input(anyhow::anyhow!("{}: {e}", path.display())))?;
+    if cas.is_empty() {
+        return Err(super::bad_input_msg(format!(
+            "{}: no certificate",
+            path.display()
+        )));
+    }
+    Ok(cas)
+}
