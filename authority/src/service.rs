@@ -24,6 +24,8 @@ use crate::{NodeId, Proposer, Raft};
 
 mod agents;
 mod audit;
+mod tokens;
+mod users;
 pub use agents::{
     AGENT_SVID_TTL, DEFAULT_ENTRY_TTL, MAX_ENTRY_TTL, MAX_MINT_BATCH, MAX_PAGE, MIN_ENTRY_TTL,
 };
@@ -889,5 +891,68 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::SealAuditRequest>,
     ) -> Result<tonic::Response<pb::SealAuditReply>, tonic::Status> {
         self.seal_audit_impl(req).await
+    }
+
+    async fn add_user(
+        &self,
+        req: tonic::Request<pb::AddUserRequest>,
+    ) -> Result<tonic::Response<pb::UserCredentials>, tonic::Status> {
+        self.add_user_impl(req).await
+    }
+
+    async fn invite_user(
+        &self,
+        req: tonic::Request<pb::InviteUserRequest>,
+    ) -> Result<tonic::Response<pb::InviteReply>, tonic::Status> {
+        self.invite_user_impl(req).await
+    }
+
+    async fn login(
+        &self,
+        req: tonic::Request<pb::LoginRequest>,
+    ) -> Result<tonic::Response<pb::UserCredentials>, tonic::Status> {
+        self.login_impl(req).await
+    }
+
+    async fn list_users(
+        &self,
+        req: tonic::Request<pb::ListUsersRequest>,
+    ) -> Result<tonic::Response<pb::ListUsersReply>, tonic::Status> {
+        self.list_users_impl(req).await
+    }
+
+    async fn remove_user(
+        &self,
+        req: tonic::Request<pb::RemoveUserRequest>,
+    ) -> Result<tonic::Response<pb::RemoveUserReply>, tonic::Status> {
+        self.remove_user_impl(req).await
+    }
+
+    async fn apply_roles(
+        &self,
+        req: tonic::Request<pb::ApplyRolesRequest>,
+    ) -> Result<tonic::Response<pb::ApplyRolesReply>, tonic::Status> {
+        self.apply_roles_impl(req).await
+    }
+
+    async fn list_roles(
+        &self,
+        req: tonic::Request<pb::ListRolesRequest>,
+    ) -> Result<tonic::Response<pb::ListRolesReply>, tonic::Status> {
+        self.list_roles_impl(req).await
+    }
+
+    async fn mint_token(
+        &self,
+        req: tonic::Request<pb::MintTokenRequest>,
+    ) -> Result<tonic::Response<pb::MintTokenReply>, tonic::Status> {
+        self.mint_token_impl(req).await
+    }
+
+    async fn revoke_token(
+        &self,
+        req: tonic::Request<pb::RevokeTokenRequest>,
+    ) -> Result<tonic::Response<pb::RevokeTokenReply>, tonic::Status> {
+        self.revoke_token_impl(req).await
     }
 }

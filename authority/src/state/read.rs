@@ -232,6 +232,11 @@ impl StateReader {
         self.all(USERS, "users")
     }
 
+    /// Every custom role, by name.
+    pub fn roles(&self) -> Result<Vec<RoleDef>, StateError> {
+        self.all(ROLES, "roles")
+    }
+
     pub fn role(&self, name: &str) -> Result<Option<RoleDef>, StateError> {
         self.get(ROLES, "roles", name.as_bytes())
     }
