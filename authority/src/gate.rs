@@ -346,6 +346,44 @@ impl Gate {
             .map_err(|e| tonic::Status::unavailable(format!("audit record not committed: {e}")))
     }
 
+    /// Whether the capability presented with `req` would also allow `operation` on `resource`
+    /// for `peer`, decided exactly as [`Gate::check`] decides but neither audited nor cached
+    /// as a denial. Delegation uses it so a minted token never grants more than its minter holds.
+    pub fn also_allows<T>(
+        &self,
+        req: &tonic::Request<T>,
+        peer: &SpiffeId,
+        operation: Operation,
+        resource: &Resource,
+    ) -> bool {
+        let Some(token) = bearer(req) else {
+            return false;
+        };
+        let Ok(reader) = self.sm.reader() else {
+            return false;
+        };
+        self.cache
+            .authorize(
+                &token,
+                &self.keys.current(),
+                &StateRevocations(&reader),
+                &Request {
+                    operation,
+                    resource,
+                    peer: Some(peer),
+                    node: None,
+                    time: SystemTime::now(),
+                },
+                Limits::default(),
+            )
+            .is_allowed()
+    }
+
+    /// The bearer capability presented with `req`, already verified by [`Gate::check`].
+    pub fn presented_token<T>(&self, req: &tonic::Request<T>) -> Option<String> {
+        bearer(req)
+    }
+
     /// Forgets cached tokens that a revocation now covers.
     pub fn forget_revoked(&self) {
         if let Ok(reader) = self.sm.reader() {

@@ -548,6 +548,27 @@ fn spawn_bundle_refresher(parts: &Parts) {
     });
 }
 
+/// Makes the gate forget cached tokens as soon as an applied revocation covers them, on every
+/// node (the revocation set itself is read from the state on every decision).
+fn spawn_revocation_watch(sm: StateMachineStore, gate: Arc<Gate>) {
+    let mut applied = sm.watch_applied();
+    tokio::spawn(async move {
+        let mut last: Vec<Vec<u8>> = Vec::new();
+        loop {
+            if let Ok(now) = sm.reader().and_then(|r| r.revocations()) {
+                let ids: Vec<Vec<u8>> = now.into_iter().map(|(id, _)| id).collect();
+                if ids != last {
+                    gate.forget_revoked();
+                    last = ids;
+                }
+            }
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// The address a node in `dir` listens on (from its `node.toml`).
 pub fn listen_address(dir: &Path) -> Result<String, NodeError> {
     Ok(NodeConfig::load(&Layout(dir.to_path_buf()).config())?.listen)
@@ -582,6 +603,7 @@ async fn serve(
         parts.td.clone(),
         parts.trusted.clone(),
     ));
+    spawn_revocation_watch(parts.sm.clone(), Arc::clone(&gate));
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
