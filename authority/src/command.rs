@@ -249,6 +249,26 @@ pub enum Op {
         serial: Vec<u8>,
         not_after_ms: u64,
     },
+    /// Store a one-time user invite: a join token of purpose [`JoinPurpose::User`] (only the
+    /// SHA-256 of its secret, named for the user) and the user it creates when redeemed
+    /// (role, namespace). Redeeming it with [`Op::RedeemJoinToken`] creates the user in the
+    /// same transaction as the compare-and-set.
+    IssueUserInvite {
+        token_id: [u8; 16],
+        secret_sha256: [u8; 32],
+        user: User,
+        expires_ms: u64,
+    },
+    /// Record credentials issued to a user (its SVID serial and its capability's revocation
+    /// ids, each with its expiry) before they are released; refused when the user does not
+    /// exist (removed meanwhile). Removing the user revokes every unexpired one.
+    IssueUserCredential {
+        user: String,
+        serial: Vec<u8>,
+        not_after_ms: u64,
+        revocation_ids: Vec<Vec<u8>>,
+        expires_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +295,8 @@ pub enum KeyStatus {
 pub enum JoinPurpose {
     Agent,
     Authority,
+    /// A user invite: `node_name` is the user's name.
+    User,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,8 +427,22 @@ impl Command {
             | Op::SealAudit { .. } => Ok(()),
             Op::IssueSvid { node, serial, .. } => {
                 check_node_name(node)?;
-                if serial.is_empty() || serial.len() > 20 {
-                    return Err(invalid("a certificate serial is 1 to 20 bytes"));
+                check_serial(serial)
+            }
+            Op::IssueUserInvite { user, .. } => user.validate(),
+            Op::IssueUserCredential {
+                user,
+                serial,
+                revocation_ids,
+                ..
+            } => {
+                check_node_name(user)?;
+                check_serial(serial)?;
+                if revocation_ids.is_empty() || revocation_ids.len() > 64 {
+                    return Err(invalid("a capability has 1 to 64 revocation ids"));
+                }
+                if revocation_ids.iter().any(|i| i.is_empty() || i.len() > 128) {
+                    return Err(invalid("revocation id size"));
                 }
                 Ok(())
             }
@@ -427,14 +463,7 @@ impl Command {
             Op::SetNodeStatus { name, .. } => check_node_name(name),
             Op::PutEntry { entry } => entry.validate(),
             Op::DeleteEntry { id } => check_entry_id(id),
-            Op::PutUser { user } => {
-                check_node_name(&user.name)?;
-                check_len("role", &user.role, limits::MAX_NAME)?;
-                if let Some(ns) = &user.namespace {
-                    check_node_name(ns)?;
-                }
-                Ok(())
-            }
+            Op::PutUser { user } => user.validate(),
             Op::RemoveUser { name } | Op::RemoveRole { name } => check_node_name(name),
             Op::PutRole { role } => {
                 check_node_name(&role.name)?;
@@ -468,6 +497,28 @@ impl Command {
     /// Decodes a command, refusing unknown versions and trailing bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, Invalid> {
         Self::try_from(Envelope(bytes.to_vec()))
+    }
+}
+
+fn check_serial(serial: &[u8]) -> Result<(), Invalid> {
+    if serial.is_empty() || serial.len() > 20 {
+        return Err(invalid("a certificate serial is 1 to 20 bytes"));
+    }
+    Ok(())
+}
+
+impl User {
+    /// Checks the name (a node-name-like segment), the role name and the namespace.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_node_name(&self.name)?;
+        check_len("role", &self.role, limits::MAX_NAME)?;
+        if self.role.is_empty() {
+            return Err(invalid("a user needs a role"));
+        }
+        if let Some(ns) = &self.namespace {
+            check_node_name(ns)?;
+        }
+        Ok(())
     }
 }
 

@@ -35,7 +35,7 @@ pub mod testing;
 
 pub use self::state::{
     AuditQuery, AuditTree, AuthorityRecord, COMMAND_ID_RETENTION_MS, EntryChange, JoinTokenRecord,
-    KeyRecord, NodeRecord, StateError, StateReader, StoredAudit, audit_entry,
+    KeyRecord, NodeRecord, StateError, StateReader, StoredAudit, UserInvite, audit_entry,
 };
 pub use self::types::*;
 

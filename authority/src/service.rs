@@ -29,6 +29,7 @@ mod users;
 pub use agents::{
     AGENT_SVID_TTL, DEFAULT_ENTRY_TTL, MAX_ENTRY_TTL, MAX_MINT_BATCH, MAX_PAGE, MIN_ENTRY_TTL,
 };
+pub use users::{DEFAULT_INVITE_TTL, DEFAULT_USER_TTL, MAX_USER_TTL};
 
 /// The node SVID lifetime for authority nodes joining the cluster.
 pub const AUTHORITY_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -342,10 +343,18 @@ impl pb::authority_server::Authority for AuthorityService {
             Some(t) => (t.node_name.clone(), t.purpose),
             None => (String::from("unknown"), JoinPurpose::Agent),
         };
+        if purpose == JoinPurpose::User {
+            // A user invite is redeemed only by `Login`, which issues a user SVID.
+            return Err(tonic::Status::permission_denied(
+                "join refused: this is a user invite (use `ringzero login --invite`)",
+            ));
+        }
         let td = self.gate.trust_domain().clone();
         let id = match purpose {
             JoinPurpose::Authority => td.id_with_path(&["ringzero", "authority", &node_name]),
-            JoinPurpose::Agent => td.id_with_path(&["ringzero", "node", &node_name]),
+            JoinPurpose::Agent | JoinPurpose::User => {
+                td.id_with_path(&["ringzero", "node", &node_name])
+            }
         }
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let svid = self
@@ -356,7 +365,7 @@ impl pb::authority_server::Authority for AuthorityService {
                 key: LeafKey::Csr(&r.csr),
                 ttl: match purpose {
                     JoinPurpose::Authority => AUTHORITY_SVID_TTL,
-                    JoinPurpose::Agent => AGENT_SVID_TTL,
+                    JoinPurpose::Agent | JoinPurpose::User => AGENT_SVID_TTL,
                 },
                 dns_names: &[],
                 now: SystemTime::now(),
@@ -557,6 +566,11 @@ impl pb::authority_server::Authority for AuthorityService {
             }
             (JoinPurpose::Agent, None) => {
                 return Err(tonic::Status::invalid_argument("node name required"));
+            }
+            (JoinPurpose::User, _) => {
+                return Err(tonic::Status::invalid_argument(
+                    "user invites come from InviteUser",
+                ));
             }
         };
         // Allocating an authority node id must not race another allocation; agent tokens name

@@ -260,10 +260,24 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             if rec.purpose == JoinPurpose::Agent && is_banned(tx, node_name)? {
                 return rejected(Rejection::Banned);
             }
+            let invite = if rec.purpose == JoinPurpose::User {
+                let Some(invite) = get::<UserInvite>(tx, USER_INVITES, "user_invites", token_id)?
+                else {
+                    return rejected(Rejection::JoinTokenUnknown);
+                };
+                Some(invite)
+            } else {
+                None
+            };
             // The compare-and-set: this entry is applied in log order on every replica, so of
             // two redemptions of one token exactly the first finds `used == false`.
             rec.used = true;
             put(tx, JOIN_TOKENS, token_id, &rec)?;
+            if let Some(invite) = invite {
+                // The invite becomes the user, in the same transaction.
+                remove(tx, USER_INVITES, token_id)?;
+                put(tx, USERS, invite.user.name.as_bytes(), &invite.user)?;
+            }
             if rec.purpose == JoinPurpose::Agent {
                 put(
                     tx,
@@ -348,6 +362,7 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
         }
         Op::RemoveUser { name } => {
             if remove(tx, USERS, name.as_bytes())? {
+                revoke_user_credentials(tx, name, now)?;
                 Ok(Outcome::Done)
             } else {
                 rejected(Rejection::NotFound)
@@ -389,6 +404,56 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
                 .insert(compound(node, serial).as_slice(), &be(*not_after_ms)[..])?;
             Ok(Outcome::Done)
         }
+        Op::IssueUserInvite {
+            token_id,
+            secret_sha256,
+            user,
+            expires_ms,
+        } => {
+            if get::<JoinTokenRecord>(tx, JOIN_TOKENS, "join_tokens", token_id)?.is_some() {
+                return rejected(Rejection::Invalid("join token id already exists".into()));
+            }
+            put(
+                tx,
+                JOIN_TOKENS,
+                token_id,
+                &JoinTokenRecord {
+                    secret_sha256: *secret_sha256,
+                    node_name: user.name.clone(),
+                    purpose: JoinPurpose::User,
+                    expires_ms: *expires_ms,
+                    used: false,
+                },
+            )?;
+            put(
+                tx,
+                USER_INVITES,
+                token_id,
+                &UserInvite {
+                    user: user.clone(),
+                    expires_ms: *expires_ms,
+                },
+            )?;
+            Ok(Outcome::Done)
+        }
+        Op::IssueUserCredential {
+            user,
+            serial,
+            not_after_ms,
+            revocation_ids,
+            expires_ms,
+        } => {
+            if get::<User>(tx, USERS, "users", user.as_bytes())?.is_none() {
+                return rejected(Rejection::NotFound);
+            }
+            tx.open_table(USER_SERIALS)?
+                .insert(compound(user, serial).as_slice(), &be(*not_after_ms)[..])?;
+            let mut t = tx.open_table(USER_TOKENS)?;
+            for id in revocation_ids {
+                t.insert(compound(user, id).as_slice(), &be(*expires_ms)[..])?;
+            }
+            Ok(Outcome::Done)
+        }
         Op::SealAudit { up_to } => {
             let sealed = match meta_get(tx, META_AUDIT_SEALED)? {
                 Some(v) => read_u64(&v)?,
@@ -410,6 +475,11 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             purge_where(tx, REVOCATIONS, |v| Ok(read_u64(v)? <= now))?;
             purge_where(tx, NODE_SERIALS, |v| Ok(read_u64(v)? <= now))?;
             purge_where(tx, REVOKED_SERIALS, |v| Ok(read_u64(v)? <= now))?;
+            purge_where(tx, USER_SERIALS, |v| Ok(read_u64(v)? <= now))?;
+            purge_where(tx, USER_TOKENS, |v| Ok(read_u64(v)? <= now))?;
+            purge_where(tx, USER_INVITES, |v| {
+                Ok(decode::<UserInvite>("user_invites", v)?.expires_ms <= now)
+            })?;
             purge_where(tx, JOIN_TOKENS, |v| {
                 Ok(decode::<JoinTokenRecord>("join_tokens", v)?.expires_ms <= now)
             })?;
@@ -479,6 +549,56 @@ fn revoke_node_serials(tx: &WriteTransaction, node: &str, now: u64) -> Result<()
         if not_after > now {
             revoked.insert(&key[start.len()..], &be(not_after)[..])?;
         }
+    }
+    Ok(())
+}
+
+/// Takes every row of `table` under `owner \0`, as (the part after the prefix, value).
+fn take_rows(
+    tx: &WriteTransaction,
+    table: Raw,
+    owner: &str,
+) -> Result<Vec<(Vec<u8>, u64)>, StateError> {
+    let start = compound(owner, b"");
+    let mut end = start.clone();
+    if let Some(l) = end.last_mut() {
+        *l = 1;
+    }
+    let mut taken = Vec::new();
+    {
+        let t = tx.open_table(table)?;
+        for row in t.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = row?;
+            taken.push((k.value().to_vec(), read_u64(v.value())?));
+        }
+    }
+    let mut t = tx.open_table(table)?;
+    let mut out = Vec::with_capacity(taken.len());
+    for (key, value) in taken {
+        t.remove(key.as_slice())?;
+        out.push((key[start.len()..].to_vec(), value));
+    }
+    Ok(out)
+}
+
+/// A removed user's unexpired serials join the revoked serials, and its unexpired
+/// capabilities the revocations (so every gate refuses them from this entry on).
+fn revoke_user_credentials(tx: &WriteTransaction, user: &str, now: u64) -> Result<(), StateError> {
+    let serials = take_rows(tx, USER_SERIALS, user)?;
+    let tokens = take_rows(tx, USER_TOKENS, user)?;
+    {
+        let mut revoked = tx.open_table(REVOKED_SERIALS)?;
+        for (serial, not_after) in serials.into_iter().filter(|(_, t)| *t > now) {
+            revoked.insert(serial.as_slice(), &be(not_after)[..])?;
+        }
+    }
+    let mut revocations = tx.open_table(REVOCATIONS)?;
+    for (id, expires) in tokens.into_iter().filter(|(_, t)| *t > now) {
+        let keep_until = match revocations.get(id.as_slice())? {
+            Some(v) => read_u64(v.value())?.max(expires),
+            None => expires,
+        };
+        revocations.insert(id.as_slice(), be(keep_until).as_slice())?;
     }
     Ok(())
 }

@@ -67,6 +67,12 @@ pub(crate) const AUDIT_BY_TIME: Raw = TableDefinition::new("audit_by_time");
 pub(crate) const NODE_SERIALS: Raw = TableDefinition::new("node_serials");
 /// serial → not-after (unix ms, u64 BE): serials revoked by evicting or banning their node
 pub(crate) const REVOKED_SERIALS: Raw = TableDefinition::new("revoked_serials");
+/// `user \0 serial` → not-after (unix ms, u64 BE): the SVIDs issued to a user
+pub(crate) const USER_SERIALS: Raw = TableDefinition::new("user_serials");
+/// `user \0 revocation id` → expiry (unix ms, u64 BE): the capabilities issued to a user
+pub(crate) const USER_TOKENS: Raw = TableDefinition::new("user_tokens");
+/// invite token id (16 bytes) → [`UserInvite`]: the user an unredeemed invite creates
+pub(crate) const USER_INVITES: Raw = TableDefinition::new("user_invites");
 
 /// Every table, with the tag it carries in snapshots. Tags are stable: never reuse one.
 pub(crate) const TABLES: &[(u8, Raw)] = &[
@@ -91,6 +97,9 @@ pub(crate) const TABLES: &[(u8, Raw)] = &[
     (19, AUDIT_BY_TIME),
     (20, NODE_SERIALS),
     (21, REVOKED_SERIALS),
+    (22, USER_SERIALS),
+    (23, USER_TOKENS),
+    (24, USER_INVITES),
 ];
 
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";
@@ -137,6 +146,13 @@ pub struct JoinTokenRecord {
     pub purpose: JoinPurpose,
     pub expires_ms: u64,
     pub used: bool,
+}
+
+/// The user a pending invite creates when it is redeemed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInvite {
+    pub user: User,
+    pub expires_ms: u64,
 }
 
 /// One change in a node's entry feed.

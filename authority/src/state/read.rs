@@ -232,6 +232,11 @@ impl StateReader {
         self.all(USERS, "users")
     }
 
+    /// The user an unredeemed invite will create.
+    pub fn user_invite(&self, token_id: &[u8; 16]) -> Result<Option<UserInvite>, StateError> {
+        self.get(USER_INVITES, "user_invites", token_id)
+    }
+
     /// Every custom role, by name.
     pub fn roles(&self) -> Result<Vec<RoleDef>, StateError> {
         self.all(ROLES, "roles")

@@ -564,3 +564,85 @@ fn the_audit_tree_matches_the_reference_and_survives_sealing() {
     };
     assert!(r.audit_query(&q).unwrap().0.iter().all(|a| a.seq >= 20));
 }
+
+#[test]
+fn a_user_invite_creates_the_user_once_and_removal_revokes_its_credentials() {
+    let mut d = db();
+    let alice = crate::command::User {
+        name: "alice".into(),
+        role: "developer".into(),
+        namespace: Some("web".into()),
+    };
+    let invite = Op::IssueUserInvite {
+        token_id: [3; 16],
+        secret_sha256: sha(b"inv"),
+        user: alice.clone(),
+        expires_ms: 1000,
+    };
+    assert_eq!(d.run(0, invite), Outcome::Done);
+    assert!(d.read().user("alice").unwrap().is_none());
+    // A credential for a user that does not exist (yet) is refused.
+    let credential = |serial: u8, expires_ms: u64| Op::IssueUserCredential {
+        user: "alice".into(),
+        serial: vec![serial; 16],
+        not_after_ms: expires_ms,
+        revocation_ids: vec![vec![serial; 64], vec![serial + 1; 64]],
+        expires_ms,
+    };
+    assert_eq!(
+        d.run(5, credential(1, 5000)),
+        Outcome::Rejected(Rejection::NotFound)
+    );
+    assert_eq!(
+        redeem(&mut d, 10, 3, b"bad", "alice"),
+        Outcome::Rejected(Rejection::JoinTokenMismatch)
+    );
+    assert_eq!(redeem(&mut d, 10, 3, b"inv", "alice"), Outcome::Done);
+    assert_eq!(d.read().user("alice").unwrap(), Some(alice));
+    assert!(d.read().user_invite(&[3; 16]).unwrap().is_none());
+    assert_eq!(
+        redeem(&mut d, 11, 3, b"inv", "alice"),
+        Outcome::Rejected(Rejection::JoinTokenUsed)
+    );
+    // Two credentials: one already expired when the user is removed, one still valid.
+    assert_eq!(d.run(20, credential(1, 50)), Outcome::Done);
+    assert_eq!(d.run(20, credential(4, 5000)), Outcome::Done);
+    assert!(!d.read().is_revoked(&[4; 64]).unwrap());
+    assert_eq!(
+        d.run(
+            100,
+            Op::RemoveUser {
+                name: "alice".into()
+            }
+        ),
+        Outcome::Done
+    );
+    let r = d.read();
+    assert!(r.user("alice").unwrap().is_none());
+    assert!(r.is_revoked(&[4; 64]).unwrap() && r.is_revoked(&[5; 64]).unwrap());
+    assert!(!r.is_revoked(&[1; 64]).unwrap(), "expired ids are not kept");
+    assert_eq!(r.revoked_serials().unwrap(), vec![(vec![4; 16], 5000)]);
+    drop(r);
+    // Gone: no credential is recorded for it any more.
+    assert_eq!(
+        d.run(200, credential(6, 5000)),
+        Outcome::Rejected(Rejection::NotFound)
+    );
+    // An expired invite is refused.
+    let late = Op::IssueUserInvite {
+        token_id: [4; 16],
+        secret_sha256: sha(b"late"),
+        user: crate::command::User {
+            name: "bob".into(),
+            role: "auditor".into(),
+            namespace: None,
+        },
+        expires_ms: 1000,
+    };
+    assert_eq!(d.run(0, late), Outcome::Done);
+    assert_eq!(
+        redeem(&mut d, 1000, 4, b"late", "bob"),
+        Outcome::Rejected(Rejection::JoinTokenExpired)
+    );
+    assert!(d.read().user("bob").unwrap().is_none());
+}
