@@ -356,6 +356,7 @@ impl Agent {
         if let Some(b) = &ev.bundle {
             self.apply_bundle(b);
         }
+        self.revocations.heard();
         if let Some(r) = &ev.revocations {
             let n = self.revocations.replace(r);
             info!(revocations = n, "revoked capabilities updated");

@@ -9,12 +9,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ringzero_proto::pb;
 
+/// How stale the set may be before verifiers refuse privileged operations.
+pub const MAX_STALENESS: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A shared, replaceable set of revocation ids. Cloning shares it.
 #[derive(Debug, Clone, Default)]
 pub struct RevocationSet(Arc<RwLock<Sets>>);
 
 #[derive(Debug, Default)]
 struct Sets {
+    /// When the authority last spoke on the feed (any event, heartbeats included).
+    heard: Option<std::time::Instant>,
     /// Capability revocation ids → when the token would have expired.
     tokens: HashMap<Vec<u8>, u64>,
     /// Certificate serials of evicted or banned nodes → their not-after.
@@ -49,8 +54,28 @@ impl RevocationSet {
             .map(|r| (r.serial.clone(), r.not_after_ms))
             .collect();
         let n = tokens.len() + serials.len();
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Sets { tokens, serials };
+        let mut s = self.0.write().unwrap_or_else(|p| p.into_inner());
+        *s = Sets {
+            heard: Some(std::time::Instant::now()),
+            tokens,
+            serials,
+        };
         n
+    }
+
+    /// Marks the feed alive (every event, heartbeats included).
+    pub fn heard(&self) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).heard = Some(std::time::Instant::now());
+    }
+
+    /// Whether the set is current: the feed spoke within [`MAX_STALENESS`]. A verifier on the
+    /// node refuses privileged operations otherwise — a revocation it has not seen may exist.
+    pub fn is_fresh(&self) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .heard
+            .is_some_and(|t| t.elapsed() <= MAX_STALENESS)
     }
 
     /// Whether a certificate with this serial was revoked (its node evicted or banned).
@@ -92,6 +117,7 @@ mod tests {
     #[test]
     fn the_set_follows_the_authority_and_forgets_expired_entries() {
         let set = RevocationSet::new();
+        assert!(!set.is_fresh(), "never heard from the authority: not fresh");
         let later = now_ms() + 60_000;
         let n = set.replace(&pb::RevocationSet {
             revocations: vec![
@@ -114,6 +140,7 @@ mod tests {
             }],
         });
         assert_eq!(n, 2);
+        assert!(set.is_fresh());
         assert!(set.is_serial_revoked(&[9; 16]));
         assert!(set.is_revoked(&[1; 64]));
         assert!(!set.is_revoked(&[2; 64]));

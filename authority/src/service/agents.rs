@@ -44,6 +44,9 @@ pub const MAX_MINT_BATCH: usize = 256;
 pub const MAX_PAGE: usize = 1000;
 /// Changes per sync event, at most.
 const SYNC_CHUNK: usize = 512;
+/// An idle feed sends an empty event this often, so verifiers on the node can tell a quiet
+/// feed from a dead one (they refuse privileged operations when it is staler than 30 s).
+pub const FEED_HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub(crate) type SyncStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SyncEntriesEvent, tonic::Status>> + Send>>;
@@ -797,15 +800,27 @@ impl Feed {
             if revocations_changed {
                 last_revocations = Some(revocations);
             }
-            tokio::select! {
+            let idle = tokio::select! {
                 changed = applied.changed() => {
                     if changed.is_err() {
                         return Err(tonic::Status::unavailable("the authority is shutting down"));
                     }
+                    false
                 }
                 _ = tx.closed() => return Ok(()),
                 _ = stopping.wait_for(|s| *s) => {
                     return Err(tonic::Status::unavailable("the authority is shutting down"));
+                }
+                () = tokio::time::sleep(FEED_HEARTBEAT) => true,
+            };
+            if idle {
+                // Nothing changed: say so, so the agent knows its revocations are current.
+                let beat = pb::SyncEntriesEvent {
+                    revision,
+                    ..Default::default()
+                };
+                if tx.send(Ok(beat)).await.is_err() {
+                    return Ok(());
                 }
             }
         }
