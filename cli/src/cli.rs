@@ -83,6 +83,9 @@ Examples:
     /// Verify, search and export the audit log: a signed, append-only transparency log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Roles: the built-in ones and custom ones applied from a TOML file.
+    #[command(subcommand)]
+    Role(RoleCommand),
 }
 
 const DEV_HELP: &str = "\
@@ -321,14 +324,32 @@ pub(crate) struct KeygenArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TokenCommand {
-    /// Mint a token offline with a root key (prints the token alone on stdout).
+    /// Mint a token: through the cluster for another identity (--for), or offline with a root
+    /// key (--root-key). Prints the token alone on stdout.
     #[command(after_help = "\
+Through the cluster (needs a profile and token:mint), the token is bound to the --for identity
+and can never grant more than your own capability: every operation must be yours on the whole
+resource prefix, and it never outlives your token. Without --resource, each operation takes
+the narrowest prefix your own capability grants it on.
+
 Examples:
+  T=$(ringzero --profile alice.profile token mint --for spiffe://example.org/ns/ci/deployer \\
+        --operation sched:submit --resource ns/ci --ttl 30m)
   T=$(ringzero token mint --root-key root.key --subject spiffe://example.org/user/alice \\
         --operation logs:read --operation debug:attach --resource ns/default --ttl 1h)
   ringzero token mint --root-key root.key --subject spiffe://example.org/ns/ci/deployer \\
         --operation sched:submit --resource ns/ci --bind-subject")]
     Mint(MintArgs),
+    /// Revoke a token's last block (it and every attenuation of it, not its parent), or a
+    /// revocation id, through the cluster.
+    #[command(after_help = "\
+Every connected verifier refuses the revoked token within a second; the revocation is kept
+until the token would have expired (24 h for a bare revocation id).
+
+Examples:
+  ringzero --profile admin.profile token revoke @deployer.token
+  ringzero token revoke --id 3f2a…   # a revocation id from `token inspect` or the audit log")]
+    Revoke(RevokeArgs),
     /// Narrow a token offline (prints the new token alone on stdout).
     #[command(after_help = "\
 Examples:
@@ -355,16 +376,21 @@ Examples:
 
 #[derive(Debug, Args)]
 pub(crate) struct MintArgs {
-    /// Root key file written by `ringzero keygen`.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) root_key: PathBuf,
-    /// Who the token is for (a SPIFFE ID).
+    /// Mint through the cluster for this identity (a SPIFFE ID of the trust domain); the token
+    /// is bound to it.
+    #[arg(long = "for", value_name = "SPIFFE_ID", conflicts_with_all = ["root_key", "subject", "bind_subject", "bind_node"], required_unless_present = "root_key")]
+    pub(crate) for_id: Option<SpiffeId>,
+    /// Mint offline with this root key file, written by `ringzero keygen`.
+    #[arg(long, value_name = "FILE", requires = "subject")]
+    pub(crate) root_key: Option<PathBuf>,
+    /// Who an offline token is for (a SPIFFE ID).
     #[arg(long, value_name = "SPIFFE_ID")]
-    pub(crate) subject: SpiffeId,
+    pub(crate) subject: Option<SpiffeId>,
     /// An operation to allow (repeatable), e.g. logs:read.
     #[arg(long = "operation", value_name = "OP", required = true)]
     pub(crate) operations: Vec<Operation>,
-    /// The resource prefix the operations apply to (whole segments). Default: every resource.
+    /// The resource prefix the operations apply to (whole segments). Default: offline, every
+    /// resource; through the cluster, your own scope.
     #[arg(long, value_name = "PREFIX")]
     pub(crate) resource: Option<Resource>,
     /// Lifetime, e.g. 10m, 1h (default 1h, at most 24h).
@@ -376,6 +402,67 @@ pub(crate) struct MintArgs {
     /// Bind the token to one node.
     #[arg(long, value_name = "NAME")]
     pub(crate) bind_node: Option<NodeName>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RevokeArgs {
+    /// The token to revoke: the value, '-' for stdin, or @FILE.
+    #[arg(value_name = "TOKEN|-|@FILE", required_unless_present = "id", conflicts_with = "id")]
+    pub(crate) token: Option<String>,
+    /// A revocation id (hex) instead of a token.
+    #[arg(long, value_name = "HEX")]
+    pub(crate) id: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RoleCommand {
+    /// Apply custom roles from a TOML file (checked before anything is sent).
+    #[command(after_help = "\
+The file holds [[role]] tables, each with a name and its rights:
+
+  [[role]]
+  name = \"deployer\"
+  rights = [ { operation = \"sched:submit\", resource = \"ns/shop\" },
+             { operation = \"logs:read\", resource = \"ns/shop\" } ]
+
+Unknown operations, malformed, repeated or built-in names and bad resource prefixes are
+reported with their line, and nothing is applied (exit 2).
+
+Examples:
+  ringzero --profile admin.profile role apply roles.toml")]
+    Apply(RoleApplyArgs),
+    /// List the built-in and custom roles.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile role list
+  ringzero role list --json")]
+    List(JsonArgs),
+    /// Show one role's rights.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile role show developer
+  ringzero role show deployer --json")]
+    Show(RoleShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RoleApplyArgs {
+    /// The TOML file of [[role]] tables.
+    #[arg(value_name = "FILE")]
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RoleShowArgs {
+    /// The role's name.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod entry;
 mod keyfile;
 mod keygen;
 mod node;
+mod role;
 mod session;
 mod token;
 
@@ -48,7 +49,8 @@ pub(crate) type Outcome = Result<ExitCode, Failure>;
 pub(crate) fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Keygen(a) => keygen::run(a),
-        Command::Token(TokenCommand::Mint(a)) => token::mint(a),
+        Command::Token(TokenCommand::Mint(a)) => token::mint(&cli.global, a),
+        Command::Token(TokenCommand::Revoke(a)) => token::revoke(&cli.global, a),
         Command::Token(TokenCommand::Attenuate(a)) => token::attenuate(a),
         Command::Token(TokenCommand::Inspect(a)) => token::inspect(a),
         Command::Token(TokenCommand::Verify(a)) => token::verify(a),
@@ -59,5 +61,6 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Agent(c) => agent::run(&cli.global, c),
         Command::Dev(a) => dev::run(&cli.global, a),
         Command::Audit(c) => audit::run(&cli.global, c),
+        Command::Role(c) => role::run(&cli.global, c),
     }
 }

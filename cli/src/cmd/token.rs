@@ -1,26 +1,132 @@
-//! `ringzero token mint|attenuate|inspect|verify`
+//! `ringzero token mint|revoke|attenuate|inspect|verify`
 
 use std::collections::HashSet;
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ringzero_policy::token::{
     self, Attenuation, Decision, KeySet, Lifetime, Limits, MintRequest, Request, RevocationId,
 };
 use ringzero_policy::{Resource, Right};
 
+use ringzero_proto::pb;
+
+use super::session::{refused, runtime, session};
 use super::{Outcome, bad_input, bad_input_msg, failed};
-use crate::cli::{AttenuateArgs, InspectArgs, MintArgs, VerifyArgs};
+use crate::cli::{AttenuateArgs, GlobalArgs, InspectArgs, MintArgs, RevokeArgs, VerifyArgs};
 use crate::input::read_secret;
 
-pub(crate) fn mint(a: MintArgs) -> Outcome {
-    let key = super::keyfile::load_private(&a.root_key).map_err(bad_input)?;
+pub(crate) fn mint(global: &GlobalArgs, a: MintArgs) -> Outcome {
+    match (&a.for_id, &a.root_key, &a.subject) {
+        (Some(_), _, _) => mint_through_cluster(global, a),
+        (None, Some(key), Some(subject)) => {
+            let (key, subject) = (key.clone(), subject.clone());
+            mint_offline(&key, subject, a)
+        }
+        _ => Err(bad_input_msg(
+            "give --for SPIFFE_ID (through the cluster) or --root-key FILE --subject SPIFFE_ID (offline)",
+        )),
+    }
+}
+
+/// Asks the cluster to mint a token for another identity out of the caller's own rights.
+fn mint_through_cluster(global: &GlobalArgs, a: MintArgs) -> Outcome {
+    let subject = a.for_id.map(|s| s.to_string()).unwrap_or_default();
+    let operations: Vec<String> = a.operations.iter().map(|o| o.as_str().to_owned()).collect();
+    let resource = a
+        .resource
+        .map(|r| r.as_str().to_owned())
+        .unwrap_or_default();
+    let ttl_seconds = a.ttl.map_or(0, |t| t.as_secs());
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut s = session(global)?;
+        let what = format!("token for {subject}");
+        let reply = s
+            .client
+            .call(|mut c| {
+                let req = pb::MintTokenRequest {
+                    subject: subject.clone(),
+                    operations: operations.clone(),
+                    resource: resource.clone(),
+                    ttl_seconds,
+                    rights: Vec::new(),
+                };
+                async move { c.mint_token(req).await }
+            })
+            .await
+            .map_err(|e| refused(e, &what))?;
+        let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(reply.expires_unix);
+        eprintln!(
+            "minted {what}, bound to it, expires {}; revocation id {}",
+            humantime::format_rfc3339_seconds(expires),
+            reply.revocation_ids.last().map_or("-", String::as_str)
+        );
+        println!("{}", reply.token);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Revokes a token's last block, or a revocation id, through the cluster.
+pub(crate) fn revoke(global: &GlobalArgs, a: RevokeArgs) -> Outcome {
+    let (token, revocation_id) = match (&a.token, &a.id) {
+        (Some(t), None) => {
+            let t = read_secret(t).map_err(bad_input)?;
+            // Malformed input is exit 2: decode before calling.
+            token::inspect(&t).map_err(bad_input)?;
+            (t, String::new())
+        }
+        (None, Some(id)) => {
+            RevocationId::from_hex(id).map_err(bad_input)?;
+            (String::new(), id.trim().to_owned())
+        }
+        _ => return Err(bad_input_msg("give a token or --id HEX, not both")),
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let mut s = session(global)?;
+        let reply = s
+            .client
+            .call(|mut c| {
+                let req = pb::RevokeTokenRequest {
+                    token: token.clone(),
+                    revocation_id: revocation_id.clone(),
+                };
+                async move { c.revoke_token(req).await }
+            })
+            .await
+            .map_err(|e| refused(e, "revocation"))?;
+        let until = SystemTime::UNIX_EPOCH + Duration::from_secs(reply.until_unix);
+        if a.json {
+            let json = serde_json::json!({
+                "revoked": reply.revoked,
+                "until_unix": reply.until_unix,
+            });
+            println!("{json}");
+        } else {
+            for id in &reply.revoked {
+                println!(
+                    "revoked {id} (kept until {})",
+                    humantime::format_rfc3339_seconds(until)
+                );
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn mint_offline(
+    root_key: &std::path::Path,
+    subject: ringzero_policy::SpiffeId,
+    a: MintArgs,
+) -> Outcome {
+    let key = super::keyfile::load_private(root_key).map_err(bad_input)?;
     let prefix = a.resource.unwrap_or_else(Resource::root);
     let mut operations = a.operations;
     operations.sort();
     operations.dedup();
     let req = MintRequest {
-        subject: a.subject,
+        subject,
         rights: operations
             .into_iter()
             .map(|op| Right::new(op, prefix.clone()))
