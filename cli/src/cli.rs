@@ -406,9 +406,14 @@ pub(crate) struct MintArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RevokeArgs {
-    /// The token to revoke: the value, '-' for stdin, or @FILE.
-    #[arg(value_name = "TOKEN|-|@FILE", required_unless_present = "id", conflicts_with = "id")]
-    pub(crate) token: Option<String>,
+    /// The token to revoke: the value, '-' for stdin, or @FILE. (Not named `token`: that is
+    /// the global flag for the capability presented.)
+    #[arg(
+        value_name = "TOKEN|-|@FILE",
+        required_unless_present = "id",
+        conflicts_with = "id"
+    )]
+    pub(crate) revoked: Option<String>,
     /// A revocation id (hex) instead of a token.
     #[arg(long, value_name = "HEX")]
     pub(crate) id: Option<String>,

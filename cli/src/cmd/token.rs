@@ -69,7 +69,7 @@ fn mint_through_cluster(global: &GlobalArgs, a: MintArgs) -> Outcome {
 
 /// Revokes a token's last block, or a revocation id, through the cluster.
 pub(crate) fn revoke(global: &GlobalArgs, a: RevokeArgs) -> Outcome {
-    let (token, revocation_id) = match (&a.token, &a.id) {
+    let (token, revocation_id) = match (&a.revoked, &a.id) {
         (Some(t), None) => {
             let t = read_secret(t).map_err(bad_input)?;
             // Malformed input is exit 2: decode before calling.
