@@ -83,6 +83,12 @@ Examples:
     /// Verify, search and export the audit log: a signed, append-only transparency log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Users: add one (writes its profile), invite one, list and remove them.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Get a user profile with an invite (first login), or renew a profile before it expires.
+    #[command(after_help = LOGIN_HELP)]
+    Login(LoginArgs),
     /// Roles: the built-in ones and custom ones applied from a TOML file.
     #[command(subcommand)]
     Role(RoleCommand),
@@ -573,6 +579,116 @@ pub(crate) struct NodeArg {
     pub(crate) name: NodeName,
 }
 
+const LOGIN_HELP: &str = "\
+With --invite (from `ringzero user invite`): fetches the cluster's trust bundle from
+--authority, refuses to go on unless it matches the invite's pin, generates the key on this
+machine, and only then sends the invite's secret; writes the new profile to --out (0600). An
+invite works once.
+
+Without --invite: renews the --profile given, in place (or into --out), with its SVID while
+that is still valid: a new key, SVID and capability for the user's current role. An expired
+profile cannot renew (ask for a new invite). Credentials last 24h unless --ttl (at most 7d).
+
+Examples:
+  ringzero login --invite @alice.invite --authority 10.0.0.1:7000,10.0.0.2:7000 --out alice.profile
+  ringzero login --invite - --authority 10.0.0.1:7000 --out alice.profile --ttl 8h < alice.invite
+  ringzero --profile alice.profile login                  # renew before it expires";
+
+#[derive(Debug, Args)]
+pub(crate) struct LoginArgs {
+    /// A one-time invite (INVITE, @FILE or -), for a first login; needs --authority and --out.
+    #[arg(long, value_name = "INVITE|@FILE|-", requires = "out")]
+    pub(crate) invite: Option<String>,
+    /// Where to write the profile (mode 0600). Default when renewing: the --profile itself.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Lifetime of the credential (default 24h, at most 7d).
+    #[arg(long, value_parser = parse_user_ttl)]
+    pub(crate) ttl: Option<Duration>,
+    /// Replace --out if it exists (a first login never replaces a file otherwise).
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserCommand {
+    /// Add a user and write its profile: key generated here, SVID spiffe://TD/user/NAME and the
+    /// role's capability bound to it.
+    #[command(after_help = "\
+Needs user:write (the admin role). The profile holds the user's private key: hand it over
+safely, or prefer `user invite`, which lets the key be generated on the user's machine.
+Built-in roles: admin, operator, developer (needs --namespace), auditor; or a custom role.
+
+Examples:
+  ringzero --profile admin.profile user add bob --role operator --out bob.profile
+  ringzero user add carol --role developer --namespace shop --ttl 8h --out carol.profile")]
+    Add(UserAddArgs),
+    /// Invite a user: prints a one-time invite alone on the last line of stdout.
+    #[command(after_help = "\
+The invite is a secret: it is printed only on stdout; what the user runs goes to stderr.
+
+Examples:
+  ringzero --profile admin.profile user invite alice --role developer --namespace shop > alice.invite
+  I=$(ringzero user invite dave --role auditor --ttl 2h)")]
+    Invite(UserInviteArgs),
+    /// List the users: name, role, namespace.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile user list
+  ringzero user list --json")]
+    List(JsonArgs),
+    /// Remove a user: its SVIDs and capabilities are revoked at once.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile user remove alice")]
+    Remove(UserArg),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UserAddArgs {
+    /// The user name (its SVID is spiffe://TD/user/NAME).
+    #[arg(value_name = "NAME")]
+    pub(crate) name: NodeName,
+    /// A built-in role (admin, operator, developer, auditor) or a custom one.
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) role: String,
+    /// The namespace, for roles confined to one (developer).
+    #[arg(long, value_name = "NS")]
+    pub(crate) namespace: Option<NodeName>,
+    /// Lifetime of the credential (default 24h, at most 7d).
+    #[arg(long, value_parser = parse_user_ttl)]
+    pub(crate) ttl: Option<Duration>,
+    /// Where to write the user's profile (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UserInviteArgs {
+    /// The user name (its SVID will be spiffe://TD/user/NAME).
+    #[arg(value_name = "NAME")]
+    pub(crate) name: NodeName,
+    /// A built-in role (admin, operator, developer, auditor) or a custom one.
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) role: String,
+    /// The namespace, for roles confined to one (developer).
+    #[arg(long, value_name = "NS")]
+    pub(crate) namespace: Option<NodeName>,
+    /// How long the invite may be used (at most 24h).
+    #[arg(long, value_parser = parse_join_ttl, default_value = "1h")]
+    pub(crate) ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UserArg {
+    /// The user name.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: NodeName,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum EntryCommand {
     /// Create a registration entry (prints its id alone on stdout).
@@ -928,6 +1044,14 @@ fn parse_join_ttl(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_secs(1) || d > MAX_JOIN_TTL {
         return Err("must be from 1s to 24h".into());
+    }
+    Ok(d)
+}
+
+fn parse_user_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(60) || d > Duration::from_secs(7 * 24 * 3600) {
+        return Err("must be from 1m to 7d".into());
     }
     Ok(d)
 }

@@ -5,7 +5,7 @@
 //!   leader-hint retry: a follower answers `Unavailable` with the leader's address in the
 //!   `ringzero-leader` metadata, and the client retries there; an unreachable address is skipped.
 //! - First contact: [`fetch_bundle_unverified`] (for a pin check), [`fetch_bundle_verified`],
-//!   [`redeem_join_token`].
+//!   [`redeem_join_token`], [`login_with_invite`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +39,13 @@ pub enum ClientError {
     Status { code: tonic::Code, message: String },
     #[error("transport: {0}")]
     Transport(String),
+    /// First contact: the server's bundle does not hold the pinned CA, so nothing secret was
+    /// sent to it.
+    #[error(
+        "the trust bundle of the authority at {0} does not match the pin: refusing to send the \
+         secret (wrong address, wrong cluster, or someone in the middle)"
+    )]
+    PinMismatch(String),
 }
 
 impl From<tonic::Status> for ClientError {
@@ -573,6 +580,96 @@ pub async fn redeem_join_token_as(
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         let mut c = Grpc::new(channel);
         match tokio::time::timeout(CALL_TIMEOUT, c.redeem_join_token(req.clone())).await {
+            Ok(Ok(r)) => return Ok(r.into_inner()),
+            Ok(Err(status)) => {
+                let hint = leader_hint(&status);
+                let unavailable = status.code() == tonic::Code::Unavailable;
+                last = status.into();
+                match hint {
+                    Some(h) if unavailable => addr = h,
+                    _ if unavailable => tokio::time::sleep(Duration::from_millis(300)).await,
+                    _ => return Err(last),
+                }
+            }
+            Err(_) => last = ClientError::Transport(format!("{addr}: timed out")),
+        }
+    }
+    Err(last)
+}
+
+/// What a first login with an invite returns: the credentials and the trust domain and CAs of
+/// the cluster that issued them (the bundle checked against the invite's pin).
+#[derive(Debug)]
+pub struct InviteLogin {
+    pub credentials: pb::UserCredentials,
+    pub trust_domain: TrustDomain,
+    pub cas: Vec<CertificateDer<'static>>,
+}
+
+/// Logs in with a user invite, at the first of `addrs` that answers: fetches the bundle without
+/// authenticating the server, refuses to go on unless a CA in it has the invite's pinned key
+/// hash, and only then sends the invite's secret with the CSR `csr_for` makes (given the
+/// cluster's trust domain; the key stays with the caller), over TLS authenticated by that
+/// bundle. Follows leader hints like [`redeem_join_token`].
+pub async fn login_with_invite<E: std::fmt::Display>(
+    addrs: &[String],
+    invite: &ringzero_policy::join::JoinToken,
+    csr_for: impl Fn(&TrustDomain) -> Result<Vec<u8>, E>,
+    ttl_seconds: u64,
+) -> Result<InviteLogin, ClientError> {
+    let mut last = ClientError::NoAddress;
+    for addr in addrs {
+        let bundle = match fetch_bundle_unverified(addr).await {
+            Ok(b) => b,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        let cas = bundle_cas(&bundle);
+        if !ringzero_policy::join::pin_matches(&invite.pin, &cas) {
+            return Err(ClientError::PinMismatch(addr.clone()));
+        }
+        let td = TrustDomain::new(&bundle.trust_domain)
+            .map_err(|e| ClientError::Profile(format!("the authority's trust domain: {e}")))?;
+        let trust = TrustBundle::new(td.clone(), cas.clone())
+            .map_err(|e| ClientError::Profile(format!("the authority's bundle: {e}")))?;
+        let csr = csr_for(&td).map_err(|e| ClientError::Profile(format!("CSR: {e}")))?;
+        let req = pb::LoginRequest {
+            invite_id: hex::encode(invite.id),
+            invite_secret: invite.secret().to_vec(),
+            csr,
+            ttl_seconds,
+        };
+        match login_at(addr, &trust, req).await {
+            Ok(credentials) => {
+                return Ok(InviteLogin {
+                    credentials,
+                    trust_domain: td,
+                    cas,
+                });
+            }
+            Err(ClientError::Transport(t)) => last = ClientError::Transport(t),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+async fn login_at(
+    addr: &str,
+    bundle: &TrustBundle,
+    req: pb::LoginRequest,
+) -> Result<pb::UserCredentials, ClientError> {
+    let server = authority_server_verifier(addr, bundle.roots(), Some(bundle.trust_domain()))?;
+    let tls = anonymous_tls(server)?;
+    let mut addr = addr.to_owned();
+    let mut last = ClientError::NoAddress;
+    for _ in 0..5 {
+        let channel = crate::transport::channel(&addr, tls.clone(), CONNECT_TIMEOUT)
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let mut c = Grpc::new(channel).max_decoding_message_size(4 * 1024 * 1024);
+        match tokio::time::timeout(CALL_TIMEOUT, c.login(req.clone())).await {
             Ok(Ok(r)) => return Ok(r.into_inner()),
             Ok(Err(status)) => {
                 let hint = leader_hint(&status);

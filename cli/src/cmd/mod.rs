@@ -11,6 +11,7 @@ mod node;
 mod role;
 mod session;
 mod token;
+mod user;
 
 use std::fmt::Display;
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Agent(c) => agent::run(&cli.global, c),
         Command::Dev(a) => dev::run(&cli.global, a),
         Command::Audit(c) => audit::run(&cli.global, c),
+        Command::User(c) => user::run(&cli.global, c),
+        Command::Login(a) => user::login(&cli.global, a),
         Command::Role(c) => role::run(&cli.global, c),
     }
 }

@@ -1,0 +1,287 @@
+//! Users end to end, all real processes: an authority (`authority run`) and the CLI. `user add`
+//! profiles, role confinement, token binding, one-time invites, renewal with `login`, expiry,
+//! removal (revoking what the user holds), and no secret in the authority's log.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use ringzero_policy::svid::{csr_for, generate_key};
+use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_proto::client::{AuthorityClient, Profile, bundle_cas};
+use ringzero_proto::pb;
+use ringzero_tests::{SoloAuthority, ringzero, run_timeout, show};
+use rustls_pki_types::CertificateDer;
+
+const TD: &str = "users.test";
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `ringzero --profile PROFILE ARGS…`.
+fn as_user(a: &SoloAuthority, profile: &Path, args: &[&str]) -> Output {
+    let mut cmd = ringzero(a.root.path());
+    cmd.arg("--profile").arg(profile).args(args);
+    run_timeout(cmd, Duration::from_secs(60))
+}
+
+fn profile(path: &Path) -> Profile {
+    Profile::from_toml(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn add_user(a: &SoloAuthority, name: &str, role: &[&str]) -> PathBuf {
+    let out_path = a.root.path().join(format!("{name}.profile"));
+    let mut args = vec!["user", "add", name];
+    args.extend_from_slice(role);
+    let out_arg = out_path.to_string_lossy().into_owned();
+    args.extend_from_slice(&["--out", &out_arg]);
+    let out = a.cli(&args);
+    assert!(out.status.success(), "user add {name}: {}", show(&out));
+    assert_eq!(mode(&out_path), 0o600);
+    out_path
+}
+
+fn invite(a: &SoloAuthority, name: &str, role: &[&str]) -> PathBuf {
+    let mut args = vec!["user", "invite", name];
+    args.extend_from_slice(role);
+    let out = a.cli(&args);
+    assert!(out.status.success(), "user invite: {}", show(&out));
+    let invite = stdout(&out).lines().last().unwrap().trim().to_owned();
+    assert!(
+        !stderr(&out).contains(&invite),
+        "the invite went to stderr: {}",
+        show(&out)
+    );
+    let path = a.root.path().join(format!("{name}.invite"));
+    std::fs::write(&path, &invite).unwrap();
+    path
+}
+
+fn login_invite(a: &SoloAuthority, invite: &Path, out_path: &Path) -> Output {
+    let mut cmd = ringzero(a.root.path());
+    cmd.args(["login", "--authority", &a.addr])
+        .arg("--invite")
+        .arg(format!("@{}", invite.display()))
+        .arg("--out")
+        .arg(out_path);
+    run_timeout(cmd, Duration::from_secs(60))
+}
+
+fn entry_create(a: &SoloAuthority, profile: &Path, id: &str) -> Output {
+    as_user(
+        a,
+        profile,
+        &[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--node",
+            "n1",
+            "--selector",
+            "unix:uid:1000",
+        ],
+    )
+}
+
+#[test]
+fn users_roles_invites_renewal_and_removal() {
+    let a = SoloAuthority::start("users-proc", TD);
+
+    // An operator added by the admin: a 0600 profile that works.
+    let bob = add_user(&a, "bob", &["--role", "operator"]);
+    let out = as_user(&a, &bob, &["authority", "status"]);
+    assert!(out.status.success(), "bob's status: {}", show(&out));
+    let out = as_user(
+        &a,
+        &bob,
+        &["user", "add", "eve", "--role", "admin", "--out", "eve.p"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an operator adds no users: {}",
+        show(&out)
+    );
+    assert!(stderr(&out).contains("permission denied"), "{}", show(&out));
+
+    // Bad input is refused before or by the authority, exit 2 or 1 with a reason.
+    let out = a.cli(&["user", "add", "x", "--role", "developer", "--out", "x.p"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(stderr(&out).contains("namespace"), "{}", show(&out));
+    let out = a.cli(&["user", "add", "x", "--role", "nosuchrole", "--out", "x.p"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let out = a.cli(&["user", "add", "a/b", "--role", "auditor", "--out", "x.p"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let out = a.cli(&["user", "add", "bob", "--role", "auditor", "--out", "bob2.p"]);
+    assert_eq!(out.status.code(), Some(1), "bob exists: {}", show(&out));
+
+    // A developer is confined to its namespace.
+    let carol = add_user(&a, "carol", &["--role", "developer", "--namespace", "shop"]);
+    let out = entry_create(&a, &carol, &format!("spiffe://{TD}/ns/shop/x"));
+    assert!(
+        out.status.success(),
+        "carol in her namespace: {}",
+        show(&out)
+    );
+    let out = entry_create(&a, &carol, &format!("spiffe://{TD}/ns/other/x"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "carol elsewhere: {}",
+        show(&out)
+    );
+    assert!(stderr(&out).contains("permission denied"), "{}", show(&out));
+
+    // A token bound to one user is refused over another user's mTLS identity.
+    let mut crossed = profile(&bob);
+    crossed.token = profile(&carol).token;
+    let crossed_path = a.root.path().join("crossed.profile");
+    std::fs::write(&crossed_path, crossed.to_toml().unwrap()).unwrap();
+    let out = as_user(&a, &crossed_path, &["authority", "status"]);
+    assert_eq!(out.status.code(), Some(1), "crossed token: {}", show(&out));
+    assert!(stderr(&out).contains("peer"), "{}", show(&out));
+
+    // An invite works once; the key is made by `login`.
+    let dave_invite = invite(&a, "dave", &["--role", "auditor"]);
+    let dave = a.root.path().join("dave.profile");
+    let out = login_invite(&a, &dave_invite, &dave);
+    assert!(out.status.success(), "dave's login: {}", show(&out));
+    assert_eq!(mode(&dave), 0o600);
+    let out = as_user(&a, &dave, &["authority", "status"]);
+    assert!(out.status.success(), "dave's status: {}", show(&out));
+    let out = login_invite(&a, &dave_invite, &a.root.path().join("dave2.profile"));
+    assert_eq!(out.status.code(), Some(1), "a second login: {}", show(&out));
+    assert!(stderr(&out).contains("already used"), "{}", show(&out));
+    let out = a.cli(&["user", "list", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let users: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let names: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bob", "carol", "dave"]);
+
+    // `login` renews a profile in place: new key, new SVID, new token, still working.
+    let before = profile(&dave);
+    let out = as_user(&a, &dave, &["login"]);
+    assert!(out.status.success(), "renewal: {}", show(&out));
+    let after = profile(&dave);
+    assert_ne!(before.svid_pem, after.svid_pem);
+    assert_ne!(before.key_pem, after.key_pem);
+    assert_ne!(before.token, after.token);
+    assert_eq!(mode(&dave), 0o600);
+    let out = as_user(&a, &dave, &["authority", "status"]);
+    assert!(out.status.success(), "renewed status: {}", show(&out));
+
+    // Removing a user revokes what it holds: its still-valid profile is refused, and it
+    // cannot renew.
+    let out = a.cli(&["user", "remove", "bob"]);
+    assert!(out.status.success(), "remove bob: {}", show(&out));
+    let out = as_user(&a, &bob, &["authority", "status"]);
+    assert_eq!(out.status.code(), Some(1), "removed bob: {}", show(&out));
+    assert!(stderr(&out).contains("revoked"), "{}", show(&out));
+    let out = as_user(&a, &bob, &["login"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "removed bob renews: {}",
+        show(&out)
+    );
+    let out = a.cli(&["user", "remove", "bob"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(stderr(&out).contains("not found"), "{}", show(&out));
+
+    // An expired profile is refused, renewal included (its SVID no longer connects).
+    let short = short_lived_profile(&a, "frank", 4);
+    std::thread::sleep(Duration::from_secs(5));
+    let out = as_user(&a, &short, &["authority", "status"]);
+    assert_eq!(out.status.code(), Some(1), "expired: {}", show(&out));
+    let out = as_user(&a, &short, &["login"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expired renewal: {}",
+        show(&out)
+    );
+
+    // No capability, key or invite secret in the authority's log.
+    let log = std::fs::read_to_string(a.root.path().join("n1.log")).unwrap();
+    for p in [&bob, &carol, &dave] {
+        let p = profile(p);
+        assert!(!log.contains(&p.token), "a token in the log");
+        assert!(
+            !log.contains(p.key_pem.lines().nth(1).unwrap()),
+            "a key in the log"
+        );
+    }
+    assert!(!log.contains(&before.token));
+    let dave_invite = std::fs::read_to_string(&dave_invite).unwrap();
+    let secret = dave_invite.split('.').nth(1).unwrap();
+    assert!(!log.contains(secret), "an invite secret in the log");
+    assert!(!log.contains("PRIVATE KEY"));
+}
+
+/// Adds a user through the API with a credential lifetime of `secs` seconds (the CLI's
+/// minimum is a minute) and writes its profile.
+fn short_lived_profile(a: &SoloAuthority, name: &str, secs: u64) -> PathBuf {
+    let admin = profile(&a.profile);
+    let td = TrustDomain::new(TD).unwrap();
+    let key = generate_key().unwrap();
+    let id = SpiffeId::parse(&format!("spiffe://{TD}/user/{name}")).unwrap();
+    let csr = csr_for(&key, &id).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(async {
+        let mut client =
+            AuthorityClient::new(admin.credentials().unwrap(), admin.authorities.clone());
+        client
+            .call(|mut c| {
+                let csr = csr.clone();
+                let name = name.to_owned();
+                async move {
+                    c.add_user(pb::AddUserRequest {
+                        name,
+                        role: "auditor".into(),
+                        namespace: String::new(),
+                        csr,
+                        ttl_seconds: secs,
+                    })
+                    .await
+                }
+            })
+            .await
+            .unwrap()
+    });
+    let chain: Vec<CertificateDer<'static>> = reply
+        .svid_chain
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    let cas = bundle_cas(reply.bundle.as_ref().unwrap());
+    let p = Profile::new(
+        &td,
+        admin.authorities.clone(),
+        &cas,
+        &chain,
+        &key.serialize_der(),
+        &reply.token,
+    );
+    let path = a.root.path().join(format!("{name}.profile"));
+    std::fs::write(&path, p.to_toml().unwrap()).unwrap();
+    let out = as_user(a, &path, &["authority", "status"]);
+    assert!(out.status.success(), "{name} before expiry: {}", show(&out));
+    path
+}
