@@ -377,6 +377,19 @@ fn delegation_cannot_widen_and_binds_the_token_to_its_subject() {
         assert!(!out.status.success(), "{extra:?} must be refused");
         assert!(out.stdout.is_empty(), "{extra:?}: no token on stdout");
     }
+    // Refusals and grants alike are on the audit log; the grant names the subject, the rights
+    // and the minted token's revocation ids — never the token.
+    let out = a.cli(&["audit", "query", "--operation", "token:mint", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("delegation would widen"), "{log}");
+    assert!(log.contains(&bob), "{log}");
+    assert!(
+        log.contains(view.blocks[0].revocation_id.to_hex().as_str()),
+        "{log}"
+    );
+    assert!(!log.contains(minted.trim()), "no token in the audit log");
+
     // Narrower is fine.
     let out = a.cli(&[
         "--token",
