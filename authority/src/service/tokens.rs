@@ -321,7 +321,24 @@ impl AuthorityService {
         let allowed = self
             .gate
             .check(&req, Operation::TokenMint, &common_prefix(&rights), None)
-            .await?;
+            .await
+            .map_err(|e| match rights.iter().find(|x| x.prefix.is_root()) {
+                // Say why the scope became the root: the caller asked for an operation without
+                // a resource, and holds it nowhere.
+                Some(x)
+                    if e.code() == tonic::Code::PermissionDenied
+                        && r.resource.is_empty()
+                        && r.rights.is_empty() =>
+                {
+                    tonic::Status::permission_denied(format!(
+                        "{} (asked for {} without --resource: delegating it needs it on every \
+                         resource, or give a resource you hold it on)",
+                        e.message(),
+                        x.operation
+                    ))
+                }
+                _ => e,
+            })?;
         // Never more than the caller holds: its own capability must allow every right, on the
         // whole prefix, for the caller itself.
         if let Some(wider) = rights.iter().find(|x| {
@@ -331,6 +348,7 @@ impl AuthorityService {
         }) {
             let mut cmd = allowed.command(Op::AuditOnly);
             cmd.audit.decision = crate::command::AuditDecision::Deny;
+            let wider = rights_summary(std::slice::from_ref(wider));
             cmd.audit.reason = Some(format!("delegation would widen: {wider}"));
             cmd.audit
                 .details
