@@ -1730,3 +1730,50 @@ fn a_removed_member_cannot_rejoin_without_a_new_token() {
     );
     assert_eq!(ms.len(), 2, "{ms:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Revocation across nodes
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_revocation_made_through_one_node_is_enforced_by_the_next_leader() {
+    let _g = shared();
+    let mut c = Cluster::with_voters("revoke-failover", 3);
+    c.wait_replicated(Duration::from_secs(10));
+    let admin = ringzero_policy::token::inspect(&c.profile().token)
+        .unwrap()
+        .subject
+        .unwrap();
+    let out = c.cli(&[
+        "token",
+        "mint",
+        "--for",
+        &admin,
+        "--operation",
+        "authority:read",
+        "--resource",
+        "authority",
+    ]);
+    assert!(out.status.success(), "mint: {}", show(&out));
+    let file = c.path().join("delegated.token");
+    std::fs::write(&file, stdout(&out).trim()).unwrap();
+    let with_token = format!("@{}", file.display());
+    let status_with = |c: &Cluster| c.cli(&["--token", &with_token, "authority", "status"]);
+    assert!(status_with(&c).status.success());
+
+    let out = c.cli(&["token", "revoke", &with_token]);
+    assert!(out.status.success(), "revoke: {}", show(&out));
+    let out = status_with(&c);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(stderr(&out).contains("revoked"), "{}", show(&out));
+
+    // The leader that took the revocation dies; the next one refuses the token too, and the
+    // admin's own capability still works there.
+    let old = c.leader();
+    c.nodes[old].kill9();
+    c.wait_writable(Duration::from_secs(15));
+    let out = status_with(&c);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(stderr(&out).contains("revoked"), "{}", show(&out));
+    assert!(c.status_ok());
+}
