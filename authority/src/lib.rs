@@ -13,6 +13,7 @@
 //! - `state`: the tables, the deterministic `apply`, and [`StateReader`] for reads.
 //! - [`store`]: [`LogStore`](store::LogStore) and [`StateMachineStore`](store::StateMachineStore),
 //!   openraft's v2 storage traits on redb, with file-streamed snapshots.
+//! - [`node`]: bootstrap, join and run a node; [`admin_socket`]: the break-glass admin socket.
 //! - [`testing`] (feature `testing`): an in-process cluster whose network can drop, delay,
 //!   partition and reorder messages, and whose nodes restart from their redb files.
 //!
@@ -20,6 +21,7 @@
 //! issue. See `ARCHITECTURE.md`.
 #![forbid(unsafe_code)]
 
+pub mod admin_socket;
 pub mod command;
 pub mod gate;
 pub mod keys;

@@ -8,6 +8,7 @@
 //! D/raft/              log.redb, state.redb, snapshots/
 //! D/trust-bundle.der   the bundle learned at join, until the replicated one is applied
 //! D/admin.profile      written by bootstrap (0600)
+//! D/admin.sock         the break-glass admin socket while the node runs (0600, root only)
 //! ```
 
 use std::future::Future;
@@ -236,6 +237,7 @@ async fn propose(raft: &Raft, audit: AuditRecord, op: Op) -> Result<Outcome, Nod
 
 /// Everything a running node is made of.
 struct Parts {
+    dir: PathBuf,
     config: NodeConfig,
     td: TrustDomain,
     keys: Arc<NodeKeys>,
@@ -290,6 +292,7 @@ async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Parts, NodeEr
         .await
         .map_err(raft_err)?;
     Ok(Parts {
+        dir: dir.to_path_buf(),
         config,
         td,
         keys,
@@ -395,24 +398,18 @@ pub async fn bootstrap(
     config.biscuit_key_id = biscuit_id;
     config.save(&layout.config())?;
 
-    let mut profile = admin_profile(&raft, &keys, td, node_id, listen, admin_ttl).await?;
+    let mut profile = admin_profile(
+        &raft,
+        &keys,
+        td,
+        node_id,
+        listen,
+        admin_ttl,
+        "local:bootstrap",
+    )
+    .await?;
     // Pin the audit key(s) as the CAs are pinned.
-    for k in parts.sm.reader().map_err(other)?.keys().map_err(other)? {
-        if k.kind != KeyKind::Audit {
-            continue;
-        }
-        let key = ringzero_proto::pb::BundleKey {
-            key_id: k.id,
-            authority: k.authority,
-            kind: "audit".into(),
-            public_key: k.public_der,
-            status: crate::service::key_status_name(k.status).into(),
-            not_after_ms: k.not_after_ms,
-        };
-        profile
-            .audit_keys
-            .extend(ringzero_proto::client::AuditKeyPin::from_bundle_key(&key));
-    }
+    pin_audit_keys(&mut profile, &parts.sm)?;
     let text = profile.to_toml().map_err(other)?;
     write_private(&layout.admin_profile(), text.as_bytes(), 0o600)?;
     raft.shutdown().await.map_err(raft_err)?;
@@ -420,18 +417,24 @@ pub async fn bootstrap(
     Ok(layout.admin_profile())
 }
 
-/// Issues an admin SVID and an admin capability bound to it, recording both first.
-async fn admin_profile(
+/// Issues an admin SVID and an admin capability bound to it, recording both first: the
+/// `admin` user (role admin) is stored, or restored, and the credential is recorded for it
+/// (`IssueUserCredential`), so `login` renews it and `user remove admin` revokes it. Proposed
+/// directly to Raft: this node must lead. `actor` names who asked (`local:bootstrap`,
+/// `local:admin-socket …`).
+pub(crate) async fn admin_profile(
     raft: &Raft,
     keys: &NodeKeys,
     td: &TrustDomain,
     node_id: NodeId,
     listen: &str,
     ttl: Duration,
+    actor: &str,
 ) -> Result<Profile, NodeError> {
     let admin_id = td.id_with_path(&["user", "admin"]).map_err(other)?;
     let key = generate_key().map_err(other)?;
     let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let now = SystemTime::now();
     let svid = keys
         .ca
         .issue(&LeafRequest {
@@ -439,7 +442,7 @@ async fn admin_profile(
             key: LeafKey::PublicKey(&spki),
             ttl,
             dns_names: &[],
-            now: SystemTime::now(),
+            now,
         })
         .map_err(other)?;
     let token = ringzero_policy::token::mint(
@@ -455,37 +458,69 @@ async fn admin_profile(
             default: ttl,
             max: ttl,
         },
-        SystemTime::now(),
+        now,
     )
     .map_err(other)?;
     let view = ringzero_policy::token::inspect(&token).map_err(other)?;
-    let not_after = svid
-        .not_after
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let unix = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let not_after = unix(svid.not_after);
     let mut audit = local_audit(
         node_id,
-        "token:mint",
+        "user:write",
         "user/admin",
-        vec![
-            ("svid_serial".into(), hex::encode(&svid.serial)),
-            ("spiffe_id".into(), admin_id.to_string()),
-            (
-                "public_key_sha256".into(),
-                hex::encode(&svid.public_key_sha256),
-            ),
-            ("not_after".into(), not_after.to_string()),
-            ("rights".into(), "role admin".into()),
-        ],
+        vec![("rights".into(), "role admin".into())],
     );
+    audit.actor = actor.to_owned();
+    let admin = crate::command::User {
+        name: "admin".into(),
+        role: "admin".into(),
+        namespace: None,
+    };
+    if let Outcome::Rejected(why) =
+        propose(raft, audit.clone(), Op::PutUser { user: admin }).await?
+    {
+        return Err(NodeError::Other(format!("storing the admin user: {why}")));
+    }
+    audit.operation = "token:mint".into();
+    audit.details = vec![
+        ("svid_serial".into(), hex::encode(&svid.serial)),
+        ("spiffe_id".into(), admin_id.to_string()),
+        (
+            "public_key_sha256".into(),
+            hex::encode(&svid.public_key_sha256),
+        ),
+        ("not_after".into(), not_after.to_string()),
+        ("rights".into(), "role admin".into()),
+    ];
     audit.revocation_ids = view
         .blocks
         .iter()
         .map(|b| b.revocation_id.to_hex())
         .collect();
     // Committed before the credential is written anywhere.
-    propose(raft, audit, Op::AuditOnly).await?;
+    let record = Op::IssueUserCredential {
+        user: "admin".into(),
+        serial: svid.serial.clone(),
+        not_after_ms: not_after.saturating_mul(1000),
+        revocation_ids: view
+            .blocks
+            .iter()
+            .map(|b| b.revocation_id.0.clone())
+            .collect(),
+        expires_ms: unix(now)
+            .saturating_add(ttl.as_secs())
+            .saturating_add(1)
+            .saturating_mul(1000),
+    };
+    if let Outcome::Rejected(why) = propose(raft, audit, record).await? {
+        return Err(NodeError::Other(format!(
+            "recording the admin credential: {why}"
+        )));
+    }
     Ok(Profile::new(
         td,
         vec![listen.to_owned()],
@@ -494,6 +529,30 @@ async fn admin_profile(
         &key.serialize_der(),
         &token,
     ))
+}
+
+/// Pins the audit keys of the replicated bundle in `profile`, as the CAs are pinned.
+pub(crate) fn pin_audit_keys(
+    profile: &mut Profile,
+    sm: &StateMachineStore,
+) -> Result<(), NodeError> {
+    for k in sm.reader().map_err(other)?.keys().map_err(other)? {
+        if k.kind != KeyKind::Audit {
+            continue;
+        }
+        let key = ringzero_proto::pb::BundleKey {
+            key_id: k.id,
+            authority: k.authority,
+            kind: "audit".into(),
+            public_key: k.public_der,
+            status: crate::service::key_status_name(k.status).into(),
+            not_after_ms: k.not_after_ms,
+        };
+        profile
+            .audit_keys
+            .extend(ringzero_proto::client::AuditKeyPin::from_bundle_key(&key));
+    }
+    Ok(())
 }
 
 async fn wait_leader(raft: &Raft, timeout: Duration) -> Result<NodeId, NodeError> {
@@ -569,6 +628,42 @@ fn spawn_revocation_watch(sm: StateMachineStore, gate: Arc<Gate>) {
     });
 }
 
+/// How often the leader looks for revocations past the expiry of the tokens they name.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// On the leader, drops revocations (with expired join tokens and idempotency records) once the
+/// tokens they name would have expired anyway, so the revocation set stays as small as the
+/// tokens still alive. Proposes only when a revocation has expired: no audit noise otherwise.
+fn spawn_revocation_purger(sm: StateMachineStore, raft: Raft, node_id: NodeId) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PURGE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if raft.metrics().borrow().current_leader != Some(node_id) {
+                continue;
+            }
+            let now = now_ms();
+            let expired = sm
+                .reader()
+                .and_then(|r| r.revocations())
+                .map(|all| all.iter().filter(|(_, until)| *until <= now).count())
+                .unwrap_or(0);
+            if expired == 0 {
+                continue;
+            }
+            let audit = AuditRecord {
+                actor: "local:purge".into(),
+                details: vec![("expired_revocations".into(), expired.to_string())],
+                ..local_audit(node_id, "token:revoke", "token", Vec::new())
+            };
+            if let Err(e) = propose(&raft, audit, Op::PurgeExpired).await {
+                tracing::warn!(error = %e, "could not purge expired revocations");
+            }
+        }
+    });
+}
+
 /// The address a node in `dir` listens on (from its `node.toml`).
 pub fn listen_address(dir: &Path) -> Result<String, NodeError> {
     Ok(NodeConfig::load(&Layout(dir.to_path_buf()).config())?.listen)
@@ -604,6 +699,7 @@ async fn serve(
         parts.trusted.clone(),
     ));
     spawn_revocation_watch(parts.sm.clone(), Arc::clone(&gate));
+    spawn_revocation_purger(parts.sm.clone(), parts.raft.clone(), parts.config.node_id);
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
@@ -611,6 +707,18 @@ async fn serve(
         // below does not wait on them.
         let _ = stopping_tx.send(true);
     };
+    crate::admin_socket::spawn(
+        &parts.dir,
+        crate::admin_socket::Issuer {
+            raft: parts.raft.clone(),
+            keys: parts.keys.clone(),
+            td: parts.td.clone(),
+            node_id: parts.config.node_id,
+            listen: parts.config.listen.clone(),
+            sm: parts.sm.clone(),
+        },
+        stopping.clone(),
+    )?;
     let service = AuthorityService::new(
         proposer,
         parts.sm.clone(),

@@ -224,6 +224,32 @@ Examples:
 Examples:
   ringzero --profile admin.profile authority status")]
     Status(JsonArgs),
+    /// Break-glass: get a fresh admin profile from the authority node running on this machine.
+    #[command(after_help = "\
+Run as root on the machine of the leader node: talks to the node's local admin socket
+(DIR/admin.sock, root only, checked by the kernel's peer credentials), which issues a new admin
+key, SVID and capability. Every request, granted or refused, is in the audit log.
+
+Examples:
+  sudo ringzero authority admin-profile --data-dir /var/lib/ringzero --out /root/admin.profile
+  sudo ringzero authority admin-profile --data-dir /var/lib/ringzero --out admin.profile --ttl 1h --force")]
+    AdminProfile(AdminProfileArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AdminProfileArgs {
+    /// The data directory of the authority node running here.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// Where to write the admin profile (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// Lifetime of the credential (default 24h, at most 7d).
+    #[arg(long, value_parser = parse_user_ttl)]
+    pub(crate) ttl: Option<Duration>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -237,8 +263,8 @@ pub(crate) struct BootstrapArgs {
     /// host:port this node listens on and peers reach it at.
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: String,
-    /// Lifetime of the admin credential (default 24h).
-    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    /// Lifetime of the admin credential (default 24h, at most 7d; renew it with `login`).
+    #[arg(long, value_parser = parse_user_ttl, default_value = "24h")]
     pub(crate) admin_ttl: Duration,
 }
 

@@ -173,7 +173,7 @@ fn users_roles_invites_renewal_and_removal() {
         .iter()
         .map(|u| u["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["bob", "carol", "dave"]);
+    assert_eq!(names, ["admin", "bob", "carol", "dave"]);
 
     // `login` renews a profile in place: new key, new SVID, new token, still working.
     let before = profile(&dave);
@@ -284,4 +284,97 @@ fn short_lived_profile(a: &SoloAuthority, name: &str, secs: u64) -> PathBuf {
     let out = as_user(a, &path, &["authority", "status"]);
     assert!(out.status.success(), "{name} before expiry: {}", show(&out));
     path
+}
+
+#[test]
+fn break_glass_admin_profile_and_admin_renewal() {
+    use std::os::unix::fs::PermissionsExt;
+    let a = SoloAuthority::start("users-breakglass", TD);
+
+    // The bootstrap admin is a user like any other: it renews with `login`.
+    let before = profile(&a.profile);
+    let out = a.cli(&["login"]);
+    assert!(out.status.success(), "admin renewal: {}", show(&out));
+    assert_ne!(profile(&a.profile).svid_pem, before.svid_pem);
+    let out = a.cli(&["user", "list"]);
+    assert!(
+        out.status.success() && stdout(&out).contains("admin"),
+        "{}",
+        show(&out)
+    );
+
+    // Root on the node's machine gets a fresh admin profile from the admin socket.
+    let bg = a.root.path().join("bg.profile");
+    let mut cmd = ringzero(a.root.path());
+    cmd.args(["authority", "admin-profile", "--ttl", "1h", "--data-dir"])
+        .arg(&a.dir)
+        .arg("--out")
+        .arg(&bg);
+    let out = run_timeout(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "admin-profile: {}", show(&out));
+    assert_eq!(mode(&bg), 0o600);
+    assert_eq!(
+        mode(&a.dir.join("admin.sock")),
+        0o600,
+        "the socket is root's alone"
+    );
+    let out = as_user(&a, &bg, &["authority", "status"]);
+    assert!(out.status.success(), "break-glass status: {}", show(&out));
+    let out = as_user(
+        &a,
+        &bg,
+        &["user", "add", "gina", "--role", "auditor", "--out", "g.p"],
+    );
+    assert!(
+        out.status.success(),
+        "break-glass admin adds: {}",
+        show(&out)
+    );
+
+    // Anyone else is refused by the peer-credential check (the socket opened up on purpose to
+    // reach it), and the refusal is audited.
+    let whoami = run_timeout(
+        {
+            let mut c = std::process::Command::new("id");
+            c.arg("-u");
+            c
+        },
+        Duration::from_secs(5),
+    );
+    let as_root = whoami.stdout == b"0\n";
+    if as_root && Path::new("/usr/bin/setpriv").exists() {
+        for dir in [a.root.path(), a.dir.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        std::fs::set_permissions(
+            a.dir.join("admin.sock"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new("/usr/bin/setpriv");
+        cmd.current_dir("/")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(ringzero_tests::ringzero_bin())
+            .args(["authority", "admin-profile", "--data-dir"])
+            .arg(&a.dir)
+            .args(["--out", "/tmp/never.profile"]);
+        let out = run_timeout(cmd, Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(1), "non-root: {}", show(&out));
+        assert!(stderr(&out).contains("root only"), "{}", show(&out));
+        assert!(!Path::new("/tmp/never.profile").exists());
+        let out = a.cli(&["audit", "query", "--decision", "deny", "--json"]);
+        assert!(out.status.success(), "{}", show(&out));
+        assert!(
+            stdout(&out).contains("local:admin-socket uid=65534"),
+            "the refusal is audited: {}",
+            show(&out)
+        );
+    }
+    let out = a.cli(&["audit", "query", "--operation", "token:mint", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        stdout(&out).contains("local:admin-socket uid=0"),
+        "the break-glass issue is audited: {}",
+        show(&out)
+    );
 }

@@ -29,6 +29,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
             AuthorityCommand::Members(a) => members(global, a).await,
             AuthorityCommand::Remove(a) => remove(global, a).await,
             AuthorityCommand::Status(a) => status(global, a).await,
+            AuthorityCommand::AdminProfile(a) => super::user::admin_profile(a).await,
         }
     })
 }

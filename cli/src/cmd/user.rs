@@ -17,7 +17,9 @@ use rustls_pki_types::CertificateDer;
 
 use super::session::{Session, print_table, refused, runtime, session};
 use super::{Outcome, bad_input, bad_input_msg, failed};
-use crate::cli::{GlobalArgs, JsonArgs, LoginArgs, UserAddArgs, UserCommand, UserInviteArgs};
+use crate::cli::{
+    AdminProfileArgs, GlobalArgs, JsonArgs, LoginArgs, UserAddArgs, UserCommand, UserInviteArgs,
+};
 use crate::input::{read_secret, write_file};
 
 pub(crate) fn run(global: &GlobalArgs, cmd: UserCommand) -> Outcome {
@@ -381,5 +383,27 @@ async fn renew(global: &GlobalArgs, a: LoginArgs) -> Outcome {
         out.display(),
         expiry(reply.expires_unix)
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Break-glass: a fresh admin profile from the local node's admin socket (root only).
+pub(crate) async fn admin_profile(a: AdminProfileArgs) -> Outcome {
+    if !a.force && a.out.exists() {
+        return Err(bad_input_msg(format!(
+            "{} exists (use --force to replace it)",
+            a.out.display()
+        )));
+    }
+    let text = ringzero_authority::admin_socket::request_admin_profile(&a.data_dir, a.ttl)
+        .await
+        .map_err(failed)?;
+    let profile = Profile::from_toml(&text)
+        .map_err(|e| failed(anyhow!("the authority sent a bad profile: {e}")))?;
+    write_profile(&a.out, &profile, a.force)?;
+    eprintln!(
+        "admin profile written to {} (0600); this was recorded in the audit log",
+        a.out.display()
+    );
+    println!("{}", a.out.display());
     Ok(ExitCode::SUCCESS)
 }
