@@ -664,42 +664,6 @@ fn spawn_revocation_purger(sm: StateMachineStore, raft: Raft, node_id: NodeId) {
     });
 }
 
-/// How often the leader looks for revocations past the expiry of the tokens they name.
-const PURGE_EVERY: Duration = Duration::from_secs(60);
-
-/// On the leader, drops revocations (with expired join tokens and idempotency records) once the
-/// tokens they name would have expired anyway, so the revocation set stays as small as the
-/// tokens still alive. Proposes only when a revocation has expired: no audit noise otherwise.
-fn spawn_revocation_purger(sm: StateMachineStore, raft: Raft, node_id: NodeId) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PURGE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if raft.metrics().borrow().current_leader != Some(node_id) {
-                continue;
-            }
-            let now = now_ms();
-            let expired = sm
-                .reader()
-                .and_then(|r| r.revocations())
-                .map(|all| all.iter().filter(|(_, until)| *until <= now).count())
-                .unwrap_or(0);
-            if expired == 0 {
-                continue;
-            }
-            let audit = AuditRecord {
-                actor: "local:purge".into(),
-                details: vec![("expired_revocations".into(), expired.to_string())],
-                ..local_audit(node_id, "token:revoke", "token", Vec::new())
-            };
-            if let Err(e) = propose(&raft, audit, Op::PurgeExpired).await {
-                tracing::warn!(error = %e, "could not purge expired revocations");
-            }
-        }
-    });
-}
-
 /// The address a node in `dir` listens on (from its `node.toml`).
 pub fn listen_address(dir: &Path) -> Result<String, NodeError> {
     Ok(NodeConfig::load(&Layout(dir.to_path_buf()).config())?.listen)
@@ -735,7 +699,6 @@ async fn serve(
         parts.trusted.clone(),
     ));
     spawn_revocation_watch(parts.sm.clone(), Arc::clone(&gate));
-    spawn_revocation_purger(parts.sm.clone(), parts.raft.clone(), parts.config.node_id);
     spawn_revocation_purger(parts.sm.clone(), parts.raft.clone(), parts.config.node_id);
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
