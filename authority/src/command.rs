@@ -376,6 +376,10 @@ pub enum Rejection {
     Banned,
     #[error("the node is not active (evicted or banned)")]
     NodeInactive,
+    /// An invite names a user that was created meanwhile (by `AddUser` or another invite):
+    /// redeeming it must not change that user's role.
+    #[error("the invited user already exists")]
+    UserExists,
 }
 
 /// Why a command is malformed.

@@ -265,6 +265,9 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
                 else {
                     return rejected(Rejection::JoinTokenUnknown);
                 };
+                if get::<User>(tx, USERS, "users", invite.user.name.as_bytes())?.is_some() {
+                    return rejected(Rejection::UserExists);
+                }
                 Some(invite)
             } else {
                 None

@@ -645,4 +645,31 @@ fn a_user_invite_creates_the_user_once_and_removal_revokes_its_credentials() {
         Outcome::Rejected(Rejection::JoinTokenExpired)
     );
     assert!(d.read().user("bob").unwrap().is_none());
+    // An invite does not change a user created meanwhile.
+    let carol = |role: &str| crate::command::User {
+        name: "carol".into(),
+        role: role.into(),
+        namespace: None,
+    };
+    let invite = Op::IssueUserInvite {
+        token_id: [5; 16],
+        secret_sha256: sha(b"c"),
+        user: carol("admin"),
+        expires_ms: 1000,
+    };
+    assert_eq!(d.run(0, invite), Outcome::Done);
+    assert_eq!(
+        d.run(
+            1,
+            Op::PutUser {
+                user: carol("auditor")
+            }
+        ),
+        Outcome::Done
+    );
+    assert_eq!(
+        redeem(&mut d, 2, 5, b"c", "carol"),
+        Outcome::Rejected(Rejection::UserExists)
+    );
+    assert_eq!(d.read().user("carol").unwrap(), Some(carol("auditor")));
 }
