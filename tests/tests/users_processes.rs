@@ -189,8 +189,40 @@ fn users_roles_invites_renewal_and_removal() {
 
     // Removing a user revokes what it holds: its still-valid profile is refused, and it
     // cannot renew.
+    // A capability delegated to bob (not minted with his user record) must die with him too.
+    let td = profile(&bob).trust_domain;
+    let out = a.cli(&[
+        "token",
+        "mint",
+        "--for",
+        &format!("spiffe://{td}/user/bob"),
+        "--operation",
+        "authority:read",
+        "--resource",
+        "authority",
+    ]);
+    assert!(out.status.success(), "mint for bob: {}", show(&out));
+    let delegated = stdout(&out).lines().last().unwrap().trim().to_owned();
+    let bob_delegated = a.root.path().join("bob-delegated.profile");
+    let mut p = profile(&bob);
+    p.token = delegated;
+    std::fs::write(&bob_delegated, p.to_toml().unwrap()).unwrap();
+    let out = as_user(&a, &bob_delegated, &["authority", "status"]);
+    assert!(
+        out.status.success(),
+        "delegated before removal: {}",
+        show(&out)
+    );
+
     let out = a.cli(&["user", "remove", "bob"]);
     assert!(out.status.success(), "remove bob: {}", show(&out));
+    let out = as_user(&a, &bob_delegated, &["authority", "status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "delegated after removal: {}",
+        show(&out)
+    );
     let out = as_user(&a, &bob, &["authority", "status"]);
     assert_eq!(out.status.code(), Some(1), "removed bob: {}", show(&out));
     assert!(stderr(&out).contains("revoked"), "{}", show(&out));
