@@ -280,6 +280,43 @@ fn parse_kind(s: &str) -> Option<KeyKind> {
     })
 }
 
+impl AuthorityService {
+    /// The Biscuit key this node mints with, under the id Raft gave it. A node that joined
+    /// learns that id only after its key was published, so the id is looked up in the bundle
+    /// when the key was loaded without one.
+    pub(crate) fn minting_key(&self) -> Result<ringzero_policy::token::RootKey, tonic::Status> {
+        minting_key(&self.keys, &self.sm)
+    }
+}
+
+/// See [`AuthorityService::minting_key`].
+pub(crate) fn minting_key(
+    keys: &NodeKeys,
+    sm: &StateMachineStore,
+) -> Result<ringzero_policy::token::RootKey, tonic::Status> {
+    let loaded = keys.biscuit.id().0;
+    let id = if loaded != 0 {
+        loaded
+    } else {
+        let own = keys.biscuit.public().key.to_bytes().to_vec();
+        sm.reader()
+            .map_err(status_of)?
+            .keys()
+            .map_err(status_of)?
+            .iter()
+            .find(|k| k.kind == KeyKind::Biscuit && k.public_der == own)
+            .and_then(|k| u32::try_from(k.id).ok())
+            .ok_or_else(|| {
+                tonic::Status::unavailable("this node's Biscuit key is not published yet")
+            })?
+    };
+    ringzero_policy::token::RootKey::from_private_text(
+        ringzero_policy::token::RootKeyId(id),
+        &keys.biscuit.private_text(),
+    )
+    .map_err(status_of)
+}
+
 /// Builds the bundle on demand (see [`AuthorityService::bundle_source`]).
 pub(crate) type BundleSource =
     std::sync::Arc<dyn Fn() -> Result<pb::Bundle, tonic::Status> + Send + Sync>;

@@ -1777,3 +1777,61 @@ fn a_revocation_made_through_one_node_is_enforced_by_the_next_leader() {
     assert!(stderr(&out).contains("revoked"), "{}", show(&out));
     assert!(c.status_ok());
 }
+
+#[test]
+fn tokens_signed_by_a_node_removed_as_compromised_are_refused() {
+    let _g = shared();
+    let mut c = Cluster::with_voters("compromised", 3);
+    c.wait_replicated(Duration::from_secs(10));
+    let admin = ringzero_policy::token::inspect(&c.profile().token)
+        .unwrap()
+        .subject
+        .unwrap();
+    // Kill the bootstrap leader, so that another node — with its own Biscuit key — leads and
+    // mints the next token.
+    let first = c.leader();
+    c.nodes[first].kill9();
+    c.wait_writable(Duration::from_secs(15));
+    let signer = c.leader();
+    let signer_id = c.nodes[signer].node_id();
+    let out = c.cli(&[
+        "token",
+        "mint",
+        "--for",
+        &admin,
+        "--operation",
+        "authority:read",
+        "--resource",
+        "authority",
+    ]);
+    assert!(out.status.success(), "mint: {}", show(&out));
+    let file = c.path().join("by-signer.token");
+    std::fs::write(&file, stdout(&out).trim()).unwrap();
+    let with_token = format!("@{}", file.display());
+    let status_with = |c: &Cluster| c.cli(&["--token", &with_token, "authority", "status"]);
+    let out = status_with(&c);
+    assert!(out.status.success(), "{}", show(&out));
+
+    // Bring the first node back, stop the signer, and remove it as compromised.
+    c.nodes[first].start();
+    c.wait_replicated(Duration::from_secs(15));
+    c.nodes[signer].kill9();
+    c.wait_writable(Duration::from_secs(15));
+    let out = c.cli(&[
+        "authority",
+        "remove",
+        &signer_id.to_string(),
+        "--compromised",
+    ]);
+    assert!(out.status.success(), "remove --compromised: {}", show(&out));
+
+    // Its keys left the bundle at once: what it signed no longer verifies anywhere.
+    let out = status_with(&c);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        c.status_ok(),
+        "the admin's own capability (another key) still works"
+    );
+    let out = c.cli(&["bundle", "show", "--format", "jwks"]);
+    assert!(out.status.success(), "{}", show(&out));
+}

@@ -176,7 +176,7 @@ impl AuthorityService {
         ttl: Duration,
     ) -> Result<(String, Vec<String>), tonic::Status> {
         let token = ringzero_policy::token::mint(
-            &self.keys.biscuit,
+            &self.minting_key()?,
             &MintRequest {
                 subject: id.clone(),
                 rights: vec![Right::new(Operation::SvidMint, node_resource(name)?)],

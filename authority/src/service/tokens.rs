@@ -381,7 +381,7 @@ impl AuthorityService {
             s => Duration::from_secs(s),
         };
         let token = ringzero_policy::token::mint(
-            &self.keys.biscuit,
+            &self.minting_key()?,
             &MintRequest {
                 subject: subject.clone(),
                 rights: rights.clone(),

@@ -209,7 +209,7 @@ impl AuthorityService {
             })
             .map_err(|e| invalid(format!("CSR: {e}")))?;
         let token = ringzero_policy::token::mint(
-            &self.keys.biscuit,
+            &self.minting_key()?,
             &MintRequest {
                 subject: id.clone(),
                 rights,
