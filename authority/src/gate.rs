@@ -249,23 +249,6 @@ impl Gate {
             .sm
             .reader()
             .map_err(|e| tonic::Status::internal(format!("state: {e}")))?;
-        // A user's identity ends with the user: whatever capability a removed user still holds
-        // (its own, already revoked, or one delegated to it), its certificate opens nothing.
-        let segments: Vec<&str> = peer_id.segments().collect();
-        if let ["user", name] = segments.as_slice() {
-            let exists = reader
-                .user(name)
-                .map_err(|e| tonic::Status::internal(format!("state: {e}")))?
-                .is_some();
-            if !exists {
-                drop(reader);
-                audit.reason = Some("user_removed: the caller's user does not exist".into());
-                self.deny(audit).await;
-                return Err(tonic::Status::permission_denied(
-                    "denied: this user was removed; everything it held is revoked",
-                ));
-            }
-        }
         let keys = self.keys.current();
         let decision = self.cache.authorize(
             &token,
@@ -280,7 +263,24 @@ impl Gate {
             },
             Limits::default(),
         );
+        // A user's identity ends with the user: whatever capability an unknown or removed
+        // user still holds (its own are revoked on removal; one delegated to it is not), its
+        // certificate opens nothing.
+        let unknown_user = match (&decision, peer_id.segments().collect::<Vec<_>>().as_slice()) {
+            (Decision::Allow(_), ["user", name]) => reader
+                .user(name)
+                .map_err(|e| tonic::Status::internal(format!("state: {e}")))?
+                .is_none(),
+            _ => false,
+        };
         drop(reader);
+        if unknown_user {
+            audit.reason = Some("unknown_user: the caller's user does not exist".into());
+            self.deny(audit).await;
+            return Err(tonic::Status::permission_denied(
+                "denied: this user does not exist (removed?); its credentials are revoked",
+            ));
+        }
         match decision {
             Decision::Allow(grant) => {
                 audit.decision = AuditDecision::Allow;

@@ -564,37 +564,17 @@ pub async fn redeem_join_token_as(
     node_name: &str,
     csr: &[u8],
 ) -> Result<pb::RedeemJoinTokenReply, ClientError> {
-    let server = authority_server_verifier(addr, bundle.roots(), Some(bundle.trust_domain()))?;
-    let tls = anonymous_tls(server)?;
     let req = pb::RedeemJoinTokenRequest {
         token_id: hex::encode(token.id),
         secret: token.secret().to_vec(),
         node_name: node_name.to_owned(),
         csr: csr.to_vec(),
     };
-    // Follow leader hints: redemption happens on the leader.
-    let mut addr = addr.to_owned();
-    let mut last = ClientError::NoAddress;
-    for _ in 0..5 {
-        let channel = crate::transport::channel(&addr, tls.clone(), CONNECT_TIMEOUT)
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let mut c = Grpc::new(channel);
-        match tokio::time::timeout(CALL_TIMEOUT, c.redeem_join_token(req.clone())).await {
-            Ok(Ok(r)) => return Ok(r.into_inner()),
-            Ok(Err(status)) => {
-                let hint = leader_hint(&status);
-                let unavailable = status.code() == tonic::Code::Unavailable;
-                last = status.into();
-                match hint {
-                    Some(h) if unavailable => addr = h,
-                    _ if unavailable => tokio::time::sleep(Duration::from_millis(300)).await,
-                    _ => return Err(last),
-                }
-            }
-            Err(_) => last = ClientError::Transport(format!("{addr}: timed out")),
-        }
-    }
-    Err(last)
+    first_contact_call(addr, bundle, |mut c| {
+        let req = req.clone();
+        async move { c.redeem_join_token(req).await }
+    })
+    .await
 }
 
 /// What a first login with an invite returns: the credentials and the trust domain and CAs of
@@ -661,6 +641,24 @@ async fn login_at(
     bundle: &TrustBundle,
     req: pb::LoginRequest,
 ) -> Result<pb::UserCredentials, ClientError> {
+    first_contact_call(addr, bundle, |mut c| {
+        let req = req.clone();
+        async move { c.login(req).await }
+    })
+    .await
+}
+
+/// One unauthenticated-client call at the leader, over TLS authenticated by `bundle`: follows
+/// leader hints (redemptions and logins happen on the leader), retrying a few times.
+async fn first_contact_call<R, F, Fut>(
+    addr: &str,
+    bundle: &TrustBundle,
+    mut f: F,
+) -> Result<R, ClientError>
+where
+    F: FnMut(Grpc<Channel>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
     let server = authority_server_verifier(addr, bundle.roots(), Some(bundle.trust_domain()))?;
     let tls = anonymous_tls(server)?;
     let mut addr = addr.to_owned();
@@ -668,8 +666,8 @@ async fn login_at(
     for _ in 0..5 {
         let channel = crate::transport::channel(&addr, tls.clone(), CONNECT_TIMEOUT)
             .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let mut c = Grpc::new(channel).max_decoding_message_size(4 * 1024 * 1024);
-        match tokio::time::timeout(CALL_TIMEOUT, c.login(req.clone())).await {
+        let c = Grpc::new(channel).max_decoding_message_size(4 * 1024 * 1024);
+        match tokio::time::timeout(CALL_TIMEOUT, f(c)).await {
             Ok(Ok(r)) => return Ok(r.into_inner()),
             Ok(Err(status)) => {
                 let hint = leader_hint(&status);
