@@ -26,6 +26,10 @@ use crate::pb::authority_client::AuthorityClient as Grpc;
 pub const LEADER_HINT: &str = "ringzero-leader";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a call keeps looking for a leader that answers.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+/// The pause between attempts once every address has been tried.
+const RETRY_PAUSE: Duration = Duration::from_millis(150);
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -377,11 +381,16 @@ impl AuthorityClient {
         if self.addrs.is_empty() {
             return Err(ClientError::NoAddress);
         }
-        let attempts = self.addrs.len() * 3 + 4;
+        // Keep trying for a while: an election takes up to a couple of seconds. Every address
+        // is tried in turn; a leader hint is followed at once; once every address has been
+        // tried, a short pause separates attempts (never right after a fresh hint).
+        let deadline = std::time::Instant::now() + RETRY_FOR;
         let mut last = ClientError::NoAddress;
-        for attempt in 0..attempts {
+        let mut attempt = 0usize;
+        while attempt == 0 || std::time::Instant::now() < deadline {
             let addr = self.addrs[self.current].clone();
             let grpc = self.grpc(&addr)?;
+            let mut hinted = false;
             match tokio::time::timeout(CALL_TIMEOUT, f(grpc)).await {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) => {
@@ -396,6 +405,7 @@ impl AuthorityClient {
                     }
                     match hint {
                         Some(h) if h != addr => {
+                            hinted = true;
                             if let Some(i) = self.addrs.iter().position(|a| *a == h) {
                                 self.current = i;
                             } else {
@@ -411,9 +421,9 @@ impl AuthorityClient {
                     self.current = (self.current + 1) % self.addrs.len();
                 }
             }
-            // Back off a little once every address has been tried (an election may be running).
-            if attempt + 1 >= self.addrs.len() {
-                tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1).min(10))).await;
+            attempt += 1;
+            if !hinted && attempt >= self.addrs.len() {
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
         Err(last)
