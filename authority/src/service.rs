@@ -281,6 +281,20 @@ fn parse_kind(s: &str) -> Option<KeyKind> {
 }
 
 impl AuthorityService {
+    /// A gated, audited read on the leader: the caller's capability must allow `operation` on
+    /// `resource`, and the read's audit record is committed before the state is read.
+    pub(crate) async fn read_gated<T>(
+        &self,
+        req: &tonic::Request<T>,
+        operation: Operation,
+        resource: &Resource,
+    ) -> Result<crate::StateReader, tonic::Status> {
+        self.require_leader()?;
+        let allowed = self.gate.check(req, operation, resource, None).await?;
+        self.gate.record(&allowed).await?;
+        self.sm.reader().map_err(status_of)
+    }
+
     /// The Biscuit key this node mints with, under the id Raft gave it. A node that joined
     /// learns that id only after its key was published, so the id is looked up in the bundle
     /// when the key was loaded without one.

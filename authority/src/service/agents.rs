@@ -203,16 +203,9 @@ impl AuthorityService {
         &self,
         req: tonic::Request<pb::ListNodesRequest>,
     ) -> Result<tonic::Response<pb::ListNodesReply>, tonic::Status> {
-        self.require_leader()?;
-        let allowed = self
-            .gate
-            .check(&req, Operation::NodeRead, &super::res("node")?, None)
-            .await?;
-        self.gate.record(&allowed).await?;
         let nodes = self
-            .sm
-            .reader()
-            .map_err(status_of)?
+            .read_gated(&req, Operation::NodeRead, &super::res("node")?)
+            .await?
             .nodes()
             .map_err(status_of)?;
         Ok(tonic::Response::new(pb::ListNodesReply {

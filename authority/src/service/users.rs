@@ -507,16 +507,9 @@ impl AuthorityService {
         &self,
         req: tonic::Request<pb::ListUsersRequest>,
     ) -> Result<tonic::Response<pb::ListUsersReply>, tonic::Status> {
-        self.require_leader()?;
-        let allowed = self
-            .gate
-            .check(&req, Operation::UserRead, &super::res("user")?, None)
-            .await?;
-        self.gate.record(&allowed).await?;
         let users = self
-            .sm
-            .reader()
-            .map_err(status_of)?
+            .read_gated(&req, Operation::UserRead, &super::res("user")?)
+            .await?
             .users()
             .map_err(status_of)?;
         Ok(tonic::Response::new(pb::ListUsersReply {
