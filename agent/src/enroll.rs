@@ -3,11 +3,11 @@
 
 use std::time::SystemTime;
 
-use ringzero_policy::join::{JoinToken, pin_matches};
+use ringzero_policy::SpiffeId;
+use ringzero_policy::join::JoinToken;
 use ringzero_policy::svid::{TrustBundle, Usage, csr_for, generate_key, validate_svid};
-use ringzero_policy::{SpiffeId, TrustDomain};
 use ringzero_proto::client::{
-    bundle_cas, fetch_bundle_unverified, fetch_bundle_verified, redeem_join_token,
+    ClientError, FirstTrust, bundle_cas, first_contact_bundle, redeem_join_token,
 };
 use rustls_pki_types::CertificateDer;
 use tracing::{info, warn};
@@ -75,37 +75,26 @@ fn fin(m: impl Into<String>) -> Failure {
 
 async fn enroll_at(addr: &str, contact: &FirstContact) -> Result<Enrolled, Failure> {
     // 1. Learn the bundle, and check it, before anything secret is sent.
-    let unreachable = |e: ringzero_proto::client::ClientError| Failure::Unreachable(e.to_string());
-    let (reply, cas) = match contact {
-        FirstContact::Pinned(token) => {
-            let b = fetch_bundle_unverified(addr).await.map_err(unreachable)?;
-            let cas = bundle_cas(&b);
-            if !pin_matches(&token.pin, &cas) {
-                return Err(fin(format!(
-                    "the trust bundle of the authority at {addr} does not match the join token's \
-                     pin: refusing to send the secret (wrong address, wrong cluster, or someone \
-                     in the middle)"
-                )));
-            }
-            (b, cas)
-        }
-        FirstContact::Bundle(_, cas) => {
-            let b = fetch_bundle_verified(addr, cas)
-                .await
-                .map_err(unreachable)?;
-            (b, cas.clone())
-        }
+    let trust = match contact {
+        FirstContact::Pinned(token) => FirstTrust::Pin(&token.pin),
+        FirstContact::Bundle(_, cas) => FirstTrust::Bundle(cas),
         FirstContact::InsecureNoPin(_) => {
             warn!(%addr, "--insecure-skip-pin: sending the join secret to an unverified authority");
-            let b = fetch_bundle_unverified(addr).await.map_err(unreachable)?;
-            let cas = bundle_cas(&b);
-            (b, cas)
+            FirstTrust::Insecure
         }
     };
-    let td = TrustDomain::new(&reply.trust_domain)
-        .map_err(|e| fin(format!("the authority names a bad trust domain: {e}")))?;
-    let bundle = TrustBundle::new(td.clone(), cas.clone())
-        .map_err(|e| fin(format!("the authority's bundle is unusable: {e}")))?;
+    let (_, bundle) = first_contact_bundle(addr, trust)
+        .await
+        .map_err(|e| match e {
+            ClientError::PinMismatch(_) => fin(format!(
+                "the trust bundle of the authority at {addr} does not match the join token's \
+                 pin: refusing to send the secret (wrong address, wrong cluster, or someone \
+                 in the middle)"
+            )),
+            ClientError::Profile(m) => fin(format!("the authority's bundle is unusable: {m}")),
+            other => Failure::Unreachable(other.to_string()),
+        })?;
+    let td = bundle.trust_domain().clone();
 
     // 2. Redeem over TLS authenticated by that bundle, with a CSR for a key made here. The
     //    authority names the node (the name is fixed when the token is issued); the CSR
@@ -130,7 +119,7 @@ async fn enroll_at(addr: &str, contact: &FirstContact) -> Result<Enrolled, Failu
         .as_ref()
         .map(bundle_cas)
         .filter(|c| !c.is_empty())
-        .unwrap_or(cas);
+        .unwrap_or_else(|| bundle.roots().to_vec());
     let chain: Vec<CertificateDer<'static>> = reply
         .svid_chain
         .into_iter()

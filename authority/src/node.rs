@@ -20,7 +20,10 @@ use ringzero_policy::svid::{LeafKey, LeafRequest, TrustBundle, generate_key};
 use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeClientVerifier};
 use ringzero_policy::token::{Lifetime, MintRequest};
 use ringzero_policy::{Role, SpiffeId, TrustDomain};
-use ringzero_proto::client::{AuthorityClient, Credentials, Profile, bundle_cas};
+use ringzero_proto::client::{
+    AuthorityClient, ClientError, Credentials, FirstTrust, Profile, bundle_cas,
+    first_contact_bundle,
+};
 use ringzero_proto::pb;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
@@ -779,47 +782,27 @@ pub async fn join(
         return Err(NodeError::AlreadyInitialized(dir.display().to_string()));
     }
     // 1. Learn and check the bundle before anything secret leaves this process.
-    let (token, cas, td) = match contact {
-        FirstContact::Pinned(token) => {
-            let b = ringzero_proto::client::fetch_bundle_unverified(peer)
-                .await
-                .map_err(|e| NodeError::Join(e.to_string()))?;
-            let cas = bundle_cas(&b);
-            if !ringzero_policy::join::pin_matches(&token.pin, &cas) {
-                return Err(NodeError::Join(
-                    "the authority's trust bundle does not match the token's pin: refusing to send the secret".into(),
-                ));
-            }
-            let td =
-                TrustDomain::new(&b.trust_domain).map_err(|e| NodeError::Join(e.to_string()))?;
-            (token, cas, td)
-        }
-        FirstContact::Bundle(token, cas) => {
-            let b = ringzero_proto::client::fetch_bundle_verified(peer, &cas)
-                .await
-                .map_err(|e| NodeError::Join(e.to_string()))?;
-            let td =
-                TrustDomain::new(&b.trust_domain).map_err(|e| NodeError::Join(e.to_string()))?;
-            (token, cas, td)
-        }
-        FirstContact::InsecureNoPin(token) => {
-            let b = ringzero_proto::client::fetch_bundle_unverified(peer)
-                .await
-                .map_err(|e| NodeError::Join(e.to_string()))?;
-            let td =
-                TrustDomain::new(&b.trust_domain).map_err(|e| NodeError::Join(e.to_string()))?;
-            (token, bundle_cas(&b), td)
-        }
+    let (token, trust) = match &contact {
+        FirstContact::Pinned(token) => (token, FirstTrust::Pin(&token.pin)),
+        FirstContact::Bundle(token, cas) => (token, FirstTrust::Bundle(cas)),
+        FirstContact::InsecureNoPin(token) => (token, FirstTrust::Insecure),
     };
-    let bundle =
-        TrustBundle::new(td.clone(), cas.clone()).map_err(|e| NodeError::Join(e.to_string()))?;
+    let (_, bundle) = first_contact_bundle(peer, trust)
+        .await
+        .map_err(|e| match e {
+            ClientError::PinMismatch(_) => NodeError::Join(
+                "the authority's trust bundle does not match the token's pin: refusing to send the secret".into(),
+            ),
+            other => NodeError::Join(other.to_string()),
+        })?;
+    let td = bundle.trust_domain().clone();
 
     // 2. Redeem the token over TLS authenticated by that bundle, with a CSR for a local key.
     let enroll_key = generate_key().map_err(other)?;
     let placeholder =
         SpiffeId::parse(&format!("spiffe://{td}/ringzero/authority/joining")).map_err(other)?;
     let csr = ringzero_policy::svid::csr_for(&enroll_key, &placeholder).map_err(other)?;
-    let reply = ringzero_proto::client::redeem_join_token(peer, &bundle, &token, &csr)
+    let reply = ringzero_proto::client::redeem_join_token(peer, &bundle, token, &csr)
         .await
         .map_err(|e| NodeError::Join(e.to_string()))?;
     let node_id = reply.node_id;
@@ -833,7 +816,11 @@ pub async fn join(
         .into_iter()
         .map(CertificateDer::from)
         .collect();
-    let cas = reply.bundle.as_ref().map(bundle_cas).unwrap_or(cas);
+    let cas = reply
+        .bundle
+        .as_ref()
+        .map(bundle_cas)
+        .unwrap_or_else(|| bundle.roots().to_vec());
 
     // 3. Create this node's own keys and data directory.
     std::fs::create_dir_all(dir).map_err(other)?;

@@ -494,6 +494,48 @@ async fn get_bundle(addr: &str, tls: Arc<rustls::ClientConfig>) -> Result<pb::Bu
     Ok(b.into_inner())
 }
 
+/// How a joiner that holds no bundle yet decides whom it may send a secret to.
+#[derive(Debug, Clone, Copy)]
+pub enum FirstTrust<'a> {
+    /// The pin a join token or invite carries: a CA of the bundle must have this key hash.
+    Pin(&'a [u8; 32]),
+    /// Given CA certificates (`--bundle FILE`): the server must present an authority SVID
+    /// under them.
+    Bundle(&'a [CertificateDer<'static>]),
+    /// Nothing is checked (`--insecure-…` flags only).
+    Insecure,
+}
+
+/// First contact: fetches the cluster's bundle at `addr` and checks it as `trust` says, before
+/// anything secret is sent. Returns the bundle as served and the trust it establishes (the
+/// given CAs for [`FirstTrust::Bundle`], the served ones otherwise).
+pub async fn first_contact_bundle(
+    addr: &str,
+    trust: FirstTrust<'_>,
+) -> Result<(pb::Bundle, TrustBundle), ClientError> {
+    let (bundle, cas) = match trust {
+        FirstTrust::Pin(pin) => {
+            let b = fetch_bundle_unverified(addr).await?;
+            let cas = bundle_cas(&b);
+            if !ringzero_policy::join::pin_matches(pin, &cas) {
+                return Err(ClientError::PinMismatch(addr.to_owned()));
+            }
+            (b, cas)
+        }
+        FirstTrust::Bundle(cas) => (fetch_bundle_verified(addr, cas).await?, cas.to_vec()),
+        FirstTrust::Insecure => {
+            let b = fetch_bundle_unverified(addr).await?;
+            let cas = bundle_cas(&b);
+            (b, cas)
+        }
+    };
+    let td = TrustDomain::new(&bundle.trust_domain)
+        .map_err(|e| ClientError::Profile(format!("the authority's trust domain: {e}")))?;
+    let trust = TrustBundle::new(td, cas)
+        .map_err(|e| ClientError::Profile(format!("the authority's bundle: {e}")))?;
+    Ok((bundle, trust))
+}
+
 /// Fetches the bundle without authenticating the server. The result must be checked against a
 /// pin (or otherwise) before anything is sent to or trusted from this server.
 pub async fn fetch_bundle_unverified(addr: &str) -> Result<pb::Bundle, ClientError> {
@@ -609,21 +651,16 @@ pub async fn login_with_invite<E: std::fmt::Display>(
 ) -> Result<InviteLogin, ClientError> {
     let mut last = ClientError::NoAddress;
     for addr in addrs {
-        let bundle = match fetch_bundle_unverified(addr).await {
-            Ok(b) => b,
+        let trust = match first_contact_bundle(addr, FirstTrust::Pin(&invite.pin)).await {
+            Ok((_, trust)) => trust,
+            Err(e @ (ClientError::PinMismatch(_) | ClientError::Profile(_))) => return Err(e),
             Err(e) => {
                 last = e;
                 continue;
             }
         };
-        let cas = bundle_cas(&bundle);
-        if !ringzero_policy::join::pin_matches(&invite.pin, &cas) {
-            return Err(ClientError::PinMismatch(addr.clone()));
-        }
-        let td = TrustDomain::new(&bundle.trust_domain)
-            .map_err(|e| ClientError::Profile(format!("the authority's trust domain: {e}")))?;
-        let trust = TrustBundle::new(td.clone(), cas.clone())
-            .map_err(|e| ClientError::Profile(format!("the authority's bundle: {e}")))?;
+        let td = trust.trust_domain().clone();
+        let cas = trust.roots().to_vec();
         let csr = csr_for(&td).map_err(|e| ClientError::Profile(format!("CSR: {e}")))?;
         let req = pb::LoginRequest {
             invite_id: hex::encode(invite.id),
