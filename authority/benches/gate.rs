@@ -9,45 +9,27 @@
 //! `cargo bench -p ringzero-authority --bench gate` (`RINGZERO_BENCH_SECS` per point, default 3).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringzero_authority::gate::bypass::{self, Mode};
 use ringzero_proto::client::Profile;
 use ringzero_proto::pb;
 
 mod common;
-use common::{client, cpu_time, percentiles, secs, three_node_cluster};
+use common::{closed_loop, secs, three_node_cluster};
 
 async fn point(
     profile: &Profile,
     clients: usize,
     run: Duration,
 ) -> (f64, Duration, Duration, Duration) {
-    let start = Instant::now();
-    let cpu = cpu_time();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let mut c = client(profile);
-        tasks.spawn(async move {
-            let mut lat = Vec::new();
-            while start.elapsed() < run {
-                let t = Instant::now();
-                c.call(|mut g| async move { g.list_nodes(pb::ListNodesRequest {}).await })
-                    .await
-                    .unwrap();
-                lat.push(t.elapsed());
-            }
-            lat
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        all.extend(r.unwrap());
-    }
-    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
-    let cpu = (cpu_time() - cpu) / all.len().max(1) as u32;
-    let (p50, p99) = percentiles(&mut all);
-    (rate, p50, p99, cpu)
+    closed_loop(profile, clients, run, |mut c, _, _| async move {
+        c.call(|mut g| async move { g.list_nodes(pb::ListNodesRequest {}).await })
+            .await
+            .unwrap();
+        c
+    })
+    .await
 }
 
 fn main() {

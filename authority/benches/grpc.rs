@@ -10,14 +10,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringzero_authority::testing::Cluster;
 use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
 
 mod common;
-use common::{client, cluster_point, cpu_time, percentiles, secs, three_node_cluster};
+use common::{closed_loop, cluster_point, cpu_time, secs, three_node_cluster};
 
 async fn write(c: &mut AuthorityClient, name: String) {
     c.call(|mut g| {
@@ -37,31 +37,11 @@ async fn grpc_point(
     clients: usize,
     run: Duration,
 ) -> (f64, Duration, Duration, Duration) {
-    let start = Instant::now();
-    let cpu = cpu_time();
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..clients {
-        let mut c = client(profile);
-        tasks.spawn(async move {
-            let mut lat = Vec::new();
-            let mut i = 0u64;
-            while start.elapsed() < run {
-                let s = Instant::now();
-                write(&mut c, format!("b{t}-{i}")).await;
-                lat.push(s.elapsed());
-                i += 1;
-            }
-            lat
-        });
-    }
-    let mut all = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        all.extend(r.unwrap());
-    }
-    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
-    let cpu_per_write = (cpu_time() - cpu) / all.len().max(1) as u32;
-    let (p50, p99) = percentiles(&mut all);
-    (rate, p50, p99, cpu_per_write)
+    closed_loop(profile, clients, run, |mut c, t, i| async move {
+        write(&mut c, format!("b{t}-{i}")).await;
+        c
+    })
+    .await
 }
 
 fn main() {

@@ -143,3 +143,43 @@ pub(crate) async fn three_node_cluster(
     }
     (profile, shutdown_tx)
 }
+
+/// `clients` tasks, each with its own client of `profile`, calling `call(client, task, i)` back to
+/// back for `run`: (calls/s, p50, p99, CPU per call). `call` hands its client back.
+pub(crate) async fn closed_loop<F, Fut>(
+    profile: &Profile,
+    clients: usize,
+    run: Duration,
+    call: F,
+) -> (f64, Duration, Duration, Duration)
+where
+    F: Fn(AuthorityClient, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = AuthorityClient> + Send,
+{
+    let start = Instant::now();
+    let cpu = cpu_time();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..clients {
+        let mut c = client(profile);
+        let call = call.clone();
+        tasks.spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while start.elapsed() < run {
+                let s = Instant::now();
+                c = call(c, t, i).await;
+                lat.push(s.elapsed());
+                i += 1;
+            }
+            lat
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        all.extend(r.expect("client task"));
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu) / all.len().max(1) as u32;
+    let (p50, p99) = percentiles(&mut all);
+    (rate, p50, p99, cpu)
+}
