@@ -114,7 +114,7 @@ impl NodeKeys {
     pub fn generate(td: &TrustDomain, node_id: u64, now: SystemTime) -> Result<Self, KeyError> {
         let ca = SigningCa::self_signed(
             td,
-            &format!("ringzero authority {node_id}"),
+            &ringzero_policy::svid::authority_ca_common_name(node_id),
             CA_TTL,
             now,
             Some(0),

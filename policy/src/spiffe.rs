@@ -179,6 +179,57 @@ impl SpiffeId {
     }
 }
 
+/// The principals whose SPIFFE IDs the authority issues itself, under the reserved paths
+/// `ringzero/…` and `user/…`. No registration entry and no workload SVID may carry a reserved
+/// path, and a certificate claiming one is trusted only if the right issuer made it (an
+/// authority member's chains to that member's own CA; a node's or user's serial is one the
+/// authority recorded issuing to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal<'a> {
+    /// `ringzero/authority/<id>`: authority member `<id>`.
+    Authority(u64),
+    /// `ringzero/node/<name>`: an enrolled agent node.
+    Node(&'a str),
+    /// `user/<name>`: a user.
+    User(&'a str),
+    /// Any other reserved path (`ringzero/sched`, a malformed `ringzero/authority/x`, …):
+    /// reserved, but no principal the authority has enrolled.
+    OtherReserved,
+}
+
+/// The first path segments the authority reserves (compared case-insensitively, so that a
+/// look-alike such as `RingZero/…` cannot be registered either).
+pub const RESERVED_FIRST_SEGMENTS: &[&str] = &["ringzero", "user"];
+
+impl SpiffeId {
+    /// Whether the path is reserved for principals the authority enrolls itself.
+    pub fn is_reserved(&self) -> bool {
+        self.segments().next().is_some_and(|first| {
+            RESERVED_FIRST_SEGMENTS
+                .iter()
+                .any(|r| first.eq_ignore_ascii_case(r))
+        })
+    }
+
+    /// The principal a reserved ID names, or `None` for an unreserved (workload) ID.
+    pub fn principal(&self) -> Option<Principal<'_>> {
+        if !self.is_reserved() {
+            return None;
+        }
+        let segs: Vec<&str> = self.segments().collect();
+        Some(match segs.as_slice() {
+            ["ringzero", "authority", n] => match n.parse::<u64>() {
+                // Canonical decimal only: `01` would name member 1 twice.
+                Ok(id) if id.to_string() == *n => Principal::Authority(id),
+                _ => Principal::OtherReserved,
+            },
+            ["ringzero", "node", name] => Principal::Node(name),
+            ["user", name] => Principal::User(name),
+            _ => Principal::OtherReserved,
+        })
+    }
+}
+
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.uri)

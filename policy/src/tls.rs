@@ -18,7 +18,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::spiffe::{SpiffeId, SpiffeIdPattern};
-use crate::svid::{TrustBundle, Usage, validate_svid};
+use crate::svid::{TrustBundle, Usage, ValidatedSvid, validate_svid};
 
 /// The current trust bundle, replaceable at run time.
 #[derive(Debug, Clone)]
@@ -266,6 +266,13 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)
+}
+
+/// What the verified client SVID of an established connection says: its SPIFFE ID, serial,
+/// expiry and issuing member. Call it only on a connection whose verifier validated the chain.
+pub fn peer_svid(peer_certificates: Option<&[CertificateDer<'_>]>) -> Option<ValidatedSvid> {
+    let certs = peer_certificates?;
+    crate::svid::leaf_facts(certs.first()?, certs.len()).ok()
 }
 
 /// The SPIFFE ID of the peer of an established connection: the URI SAN of the first

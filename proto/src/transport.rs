@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use ringzero_policy::SpiffeId;
-use ringzero_policy::tls::peer_id;
+use ringzero_policy::tls::peer_svid;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -89,6 +89,12 @@ pub struct PeerInfo {
     pub addr: Option<SocketAddr>,
     /// The SPIFFE ID of the caller's verified client SVID.
     pub spiffe_id: Option<SpiffeId>,
+    /// The serial number of that SVID (as encoded in the certificate).
+    pub serial: Option<Vec<u8>>,
+    /// When that SVID expires: calls after this instant are refused, whatever the connection.
+    pub not_after: Option<std::time::SystemTime>,
+    /// The authority member whose own CA signed that SVID directly, when one did.
+    pub issuer_authority: Option<u64>,
 }
 
 /// Bounds on what unauthenticated network peers may cost a server.
@@ -172,12 +178,15 @@ impl Incoming {
                 .await
                 .ok()?
                 .ok()?;
-            let spiffe_id = peer_id(stream.get_ref().1.peer_certificates());
+            let svid = peer_svid(stream.get_ref().1.peer_certificates());
             Some(TlsConnection {
                 stream,
                 peer: PeerInfo {
                     addr: Some(addr),
-                    spiffe_id,
+                    spiffe_id: svid.as_ref().map(|s| s.id.clone()),
+                    serial: svid.as_ref().map(|s| s.serial.clone()),
+                    not_after: svid.as_ref().map(|s| s.not_after),
+                    issuer_authority: svid.and_then(|s| s.issuer_authority),
                 },
                 _slot: slot,
             })

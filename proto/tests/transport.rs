@@ -145,7 +145,9 @@ struct Echo {
 impl Echo {
     fn reply(&self, req: &Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let PeerInfo { addr, spiffe_id } = peer(req);
+        let PeerInfo {
+            addr, spiffe_id, ..
+        } = peer(req);
         let who = spiffe_id.map_or_else(|| "-".to_owned(), |id| id.to_string());
         let addr = addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
         Ok(Response::new(RaftPayload {
@@ -600,7 +602,10 @@ async fn peer_of_a_request_without_connection_info_is_empty() {
         peer(&req),
         PeerInfo {
             addr: None,
-            spiffe_id: None
+            spiffe_id: None,
+            serial: None,
+            not_after: None,
+            issuer_authority: None,
         }
     );
 }

@@ -74,8 +74,13 @@ fn entry_resource(id: &SpiffeId) -> Result<Resource, tonic::Status> {
     Resource::from_segments(&segments).map_err(invalid)
 }
 
-pub(crate) fn entry_to_pb(e: &RegistrationEntry) -> pb::RegistrationEntry {
-    pb::RegistrationEntry {
+/// The wire form of `e`, with its creation revision read from `reader`.
+pub(crate) fn entry_to_pb(
+    reader: &crate::StateReader,
+    e: &RegistrationEntry,
+) -> Result<pb::RegistrationEntry, tonic::Status> {
+    Ok(pb::RegistrationEntry {
+        created_revision: reader.entry_created(e).map_err(status_of)?,
         id: e.id.clone(),
         spiffe_id: e.spiffe_id.clone(),
         parent: e.parent.clone(),
@@ -83,7 +88,7 @@ pub(crate) fn entry_to_pb(e: &RegistrationEntry) -> pb::RegistrationEntry {
         ttl_seconds: e.ttl_s,
         dns_names: e.dns_names.clone(),
         revision: e.revision,
-    }
+    })
 }
 
 fn status_name(s: NodeStatus) -> &'static str {
@@ -551,8 +556,12 @@ impl AuthorityService {
             Outcome::Revision(r) => r,
             _ => 0,
         };
+        let reader = self.sm.reader().map_err(status_of)?;
         Ok(tonic::Response::new(pb::EntryReply {
-            entry: Some(entry_to_pb(&RegistrationEntry { revision, ..entry })),
+            entry: Some(entry_to_pb(
+                &reader,
+                &RegistrationEntry { revision, ..entry },
+            )?),
         }))
     }
 
@@ -617,8 +626,9 @@ impl AuthorityService {
             .check(&req, Operation::EntryRead, &entry_resource(&id)?, None)
             .await?;
         self.gate.record(&allowed).await?;
+        let reader = self.sm.reader().map_err(status_of)?;
         Ok(tonic::Response::new(pb::EntryReply {
-            entry: Some(entry_to_pb(&entry)),
+            entry: Some(entry_to_pb(&reader, &entry)?),
         }))
     }
 
@@ -658,7 +668,10 @@ impl AuthorityService {
             })
             .map_err(status_of)?;
         Ok(tonic::Response::new(pb::ListEntriesReply {
-            entries: entries.iter().map(entry_to_pb).collect(),
+            entries: entries
+                .iter()
+                .map(|e| entry_to_pb(&reader, e))
+                .collect::<Result<_, _>>()?,
             next_page_token: next.unwrap_or_default(),
         }))
     }
@@ -832,7 +845,10 @@ impl Feed {
             let entries = reader.entries_of(self.name.as_str()).map_err(status_of)?;
             let top = reader.entry_revision().map_err(status_of)?;
             return Ok((
-                entries.iter().map(entry_to_pb).collect(),
+                entries
+                    .iter()
+                    .map(|e| entry_to_pb(&reader, e))
+                    .collect::<Result<_, _>>()?,
                 Vec::new(),
                 (top, false),
             ));
@@ -856,7 +872,9 @@ impl Feed {
                 reader.entry(&id).map_err(status_of)?
             };
             match current {
-                Some(e) if e.parent == self.name.as_str() => upserts.push(entry_to_pb(&e)),
+                Some(e) if e.parent == self.name.as_str() => {
+                    upserts.push(entry_to_pb(&reader, &e)?)
+                }
                 _ => removed.push(id),
             }
         }

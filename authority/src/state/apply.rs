@@ -323,6 +323,10 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
         Op::PutEntry { entry } => {
             let revision = next_counter(tx, CTR_REVISION)?;
             let previous = get::<RegistrationEntry>(tx, ENTRIES, "entries", entry.id.as_bytes())?;
+            if previous.is_none() {
+                tx.open_table(ENTRY_CREATED)?
+                    .insert(entry.id.as_bytes(), &be(revision)[..])?;
+            }
             if let Some(prev) = previous.filter(|p| p.parent != entry.parent) {
                 // Moved to another node: the old parent's feed says it is gone.
                 remove(
@@ -351,6 +355,7 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             };
             let revision = next_counter(tx, CTR_REVISION)?;
             remove(tx, ENTRIES, id.as_bytes())?;
+            remove(tx, ENTRY_CREATED, id.as_bytes())?;
             remove(
                 tx,
                 ENTRIES_BY_PARENT,

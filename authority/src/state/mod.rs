@@ -74,6 +74,9 @@ pub(crate) const USER_TOKENS: Raw = TableDefinition::new("user_tokens");
 /// invite token id (16 bytes) → [`UserInvite`]: the user an unredeemed invite creates
 pub(crate) const USER_INVITES: Raw = TableDefinition::new("user_invites");
 
+/// entry id → the revision at which the entry was created (u64 BE); updates keep it.
+pub(crate) const ENTRY_CREATED: Raw = TableDefinition::new("entry_created");
+
 /// Every table, with the tag it carries in snapshots. Tags are stable: never reuse one.
 pub(crate) const TABLES: &[(u8, Raw)] = &[
     (1, META),
@@ -100,6 +103,7 @@ pub(crate) const TABLES: &[(u8, Raw)] = &[
     (22, USER_SERIALS),
     (23, USER_TOKENS),
     (24, USER_INVITES),
+    (25, ENTRY_CREATED),
 ];
 
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";

@@ -95,6 +95,18 @@ impl StateReader {
     }
 
     /// The entries parented to `node`, through the parent index (no full scan).
+    /// The revision at which entry `e` was created (entries older than this record count
+    /// as created at their last revision).
+    pub fn entry_created(&self, e: &RegistrationEntry) -> Result<u64, StateError> {
+        let t = self.tx.open_table(ENTRY_CREATED)?;
+        Ok(match t.get(e.id.as_bytes())? {
+            Some(v) => <[u8; 8]>::try_from(v.value())
+                .map(u64::from_be_bytes)
+                .unwrap_or(e.revision),
+            None => e.revision,
+        })
+    }
+
     pub fn entries_of(&self, node: &str) -> Result<Vec<RegistrationEntry>, StateError> {
         let index = self.tx.open_table(ENTRIES_BY_PARENT)?;
         let start = compound(node, b"");

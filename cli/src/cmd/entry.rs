@@ -389,6 +389,7 @@ mod tests {
             ttl_seconds: 3600,
             dns_names: vec!["web.local".into()],
             revision: 42,
+            created_revision: 40,
         }
     }
 

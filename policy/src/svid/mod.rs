@@ -17,7 +17,8 @@ use std::time::Duration;
 
 pub use self::ca::{IssuedSvid, LeafKey, LeafRequest, SigningCa, csr_for, generate_key};
 pub use self::validate::{
-    TrustBundle, Usage, ValidatedSvid, pem_encode, spiffe_id_of, validate_svid,
+    AUTHORITY_CA_CN_PREFIX, TrustBundle, Usage, ValidatedSvid, authority_ca_common_name, ca_owner,
+    leaf_facts, pem_encode, spiffe_id_of, validate_svid,
 };
 
 /// The largest certificate or CSR accepted, in bytes of DER.
@@ -62,6 +63,8 @@ pub enum SvidError {
     Expired,
     #[error("not issued by a CA in the trust bundle")]
     UntrustedIssuer,
+    #[error("an authority member's SVID must be signed by that member's own CA")]
+    NotMembersOwnCa,
     #[error("chain does not validate: {0}")]
     Path(String),
     #[error("CSR signature does not verify (no proof of key possession)")]

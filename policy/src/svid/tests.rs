@@ -775,6 +775,7 @@ fn validate_accepts_a_good_chain_for_both_usages() {
                 id: id.clone(),
                 not_after: now() + LEAF_TTL,
                 serial: svid.serial.clone(),
+                issuer_authority: None,
             }
         );
     }

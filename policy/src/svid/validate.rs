@@ -10,7 +10,30 @@ use x509_parser::prelude::FromDer;
 
 use super::ca::parse_err;
 use super::{MAX_CHAIN_LEN, MAX_DER_LEN, SvidError};
-use crate::spiffe::{SpiffeId, TrustDomain};
+use crate::spiffe::{Principal, SpiffeId, TrustDomain};
+
+/// The common name prefix of an authority member's signing CA: member `n`'s CA is
+/// `CN=ringzero authority n`. The state machine publishes a CA only under the member its name
+/// says, so a verifier can tell from the bundle alone which member owns each root.
+pub const AUTHORITY_CA_CN_PREFIX: &str = "ringzero authority ";
+
+/// The common name of authority member `id`'s signing CA.
+pub fn authority_ca_common_name(id: u64) -> String {
+    format!("{AUTHORITY_CA_CN_PREFIX}{id}")
+}
+
+/// The authority member a CA certificate's subject names (`CN=ringzero authority <n>`), if any.
+pub fn ca_owner(cert_der: &[u8]) -> Option<u64> {
+    let cert = parse_cert(cert_der).ok()?;
+    owner_of_name(cert.subject())
+}
+
+fn owner_of_name(name: &x509_parser::x509::X509Name<'_>) -> Option<u64> {
+    let cn = name.iter_common_name().next()?.as_str().ok()?;
+    let n = cn.strip_prefix(AUTHORITY_CA_CN_PREFIX)?;
+    let id: u64 = n.parse().ok()?;
+    (id.to_string() == n).then_some(id)
+}
 
 /// The CA certificates a verifier trusts for one trust domain: every authority node's signing
 /// CA (or the upstream root that signs them).
@@ -22,6 +45,8 @@ pub struct TrustBundle {
     /// Each root's path length constraint, by anchor index. rustls-webpki does not enforce a
     /// trust anchor's own constraints, so validation does.
     path_lens: Arc<Vec<Option<u32>>>,
+    /// The authority member that owns each root, by anchor index (from its subject name).
+    owners: Arc<Vec<Option<u64>>>,
 }
 
 impl TrustBundle {
@@ -33,6 +58,7 @@ impl TrustBundle {
     ) -> Result<Self, SvidError> {
         let mut anchors = Vec::with_capacity(roots.len());
         let mut path_lens = Vec::with_capacity(roots.len());
+        let mut owners = Vec::with_capacity(roots.len());
         for root in &roots {
             if root.len() > MAX_DER_LEN {
                 return Err(SvidError::TooLarge);
@@ -53,6 +79,7 @@ impl TrustBundle {
                     });
                 }
             }
+            owners.push(owner_of_name(cert.subject()));
             path_lens.push(
                 cert.basic_constraints()
                     .ok()
@@ -69,7 +96,13 @@ impl TrustBundle {
             roots,
             anchors: Arc::new(anchors),
             path_lens: Arc::new(path_lens),
+            owners: Arc::new(owners),
         })
+    }
+
+    /// The authority member owning each root, in [`roots`](Self::roots) order.
+    pub fn owners(&self) -> &[Option<u64>] {
+        &self.owners
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
@@ -118,10 +151,16 @@ pub struct ValidatedSvid {
     pub id: SpiffeId,
     pub not_after: SystemTime,
     pub serial: Vec<u8>,
+    /// The authority member whose own CA signed the leaf directly, if it was one.
+    pub issuer_authority: Option<u64>,
 }
 
 /// Validates `chain` (leaf first) against `bundle` at `now`, enforcing the X509-SVID profile,
 /// and returns the SPIFFE ID it proves.
+///
+/// An authority member's SVID (`ringzero/authority/<n>`) validates only when member `n`'s own
+/// CA signed it directly: another member's CA, a removed member's CA or an upstream root
+/// cannot vouch for a member.
 pub fn validate_svid(
     chain: &[CertificateDer<'_>],
     bundle: &TrustBundle,
@@ -198,21 +237,36 @@ pub fn validate_svid(
         Usage::Client => webpki::KeyUsage::client_auth(),
         Usage::Server => webpki::KeyUsage::server_auth(),
     };
-    let anchor_path_len = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
+    let member = match id.principal() {
+        Some(Principal::Authority(n)) => Some(n),
+        _ => None,
+    };
+    let wrong_member_ca = std::cell::Cell::new(false);
+    let issuer = std::cell::Cell::new(None);
+    let anchor_checks = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
         let used = path.anchor();
-        let limit = bundle
-            .anchors
-            .iter()
-            .position(|a| {
-                a.subject_public_key_info == used.subject_public_key_info
-                    && a.subject == used.subject
-            })
-            .and_then(|i| bundle.path_lens.get(i).copied().flatten());
+        let index = bundle.anchors.iter().position(|a| {
+            a.subject_public_key_info == used.subject_public_key_info && a.subject == used.subject
+        });
+        let limit = index.and_then(|i| bundle.path_lens.get(i).copied().flatten());
+        let direct = path.intermediate_certificates().count() == 0;
+        let owner = index
+            .and_then(|i| bundle.owners.get(i).copied().flatten())
+            .filter(|_| direct);
+        if let Some(n) = member
+            && owner != Some(n)
+        {
+            wrong_member_ca.set(true);
+            return Err(webpki::Error::UnknownIssuer);
+        }
         match limit {
             Some(n) if path.intermediate_certificates().count() > n as usize => {
                 Err(webpki::Error::PathLenConstraintViolated)
             }
-            _ => Ok(()),
+            _ => {
+                issuer.set(owner);
+                Ok(())
+            }
         }
     };
     ee.verify_for_usage(
@@ -222,9 +276,15 @@ pub fn validate_svid(
         UnixTime::since_unix_epoch(since_epoch),
         eku,
         None,
-        Some(&anchor_path_len),
+        Some(&anchor_checks),
     )
-    .map_err(map_webpki_error)?;
+    .map_err(|e| {
+        if wrong_member_ca.get() {
+            SvidError::NotMembersOwnCa
+        } else {
+            map_webpki_error(e)
+        }
+    })?;
 
     let not_after = SystemTime::UNIX_EPOCH
         + Duration::from_secs(u64::try_from(leaf.validity().not_after.timestamp()).unwrap_or(0));
@@ -232,6 +292,30 @@ pub fn validate_svid(
         id,
         not_after,
         serial: leaf.raw_serial().to_vec(),
+        issuer_authority: issuer.get(),
+    })
+}
+
+/// What a server needs to remember about a client's leaf after the handshake validated it:
+/// who, which certificate (serial), until when, and which member's CA signed it (from the
+/// issuer name, which path validation matched to a bundle root's subject).
+pub fn leaf_facts(cert: &[u8], chain_len: usize) -> Result<ValidatedSvid, SvidError> {
+    if cert.len() > MAX_DER_LEN {
+        return Err(SvidError::TooLarge);
+    }
+    let leaf = parse_cert(cert)?;
+    let id = leaf_spiffe_id(&leaf)?;
+    let not_after = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(leaf.validity().not_after.timestamp()).unwrap_or(0));
+    Ok(ValidatedSvid {
+        id,
+        not_after,
+        serial: leaf.raw_serial().to_vec(),
+        issuer_authority: if chain_len == 1 {
+            owner_of_name(leaf.issuer())
+        } else {
+            None
+        },
     })
 }
 
