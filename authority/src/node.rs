@@ -800,7 +800,7 @@ pub async fn join(
     // 2. Redeem the token over TLS authenticated by that bundle, with a CSR for a local key.
     let enroll_key = generate_key().map_err(other)?;
     let placeholder =
-        SpiffeId::parse(&format!("spiffe://{td}/ringzero/authority/joining")).map_err(other)?;
+        SpiffeId::parse(&format!("spiffe://{td}/ringzero/joining/0")).map_err(other)?;
     let csr = ringzero_policy::svid::csr_for(&enroll_key, &placeholder).map_err(other)?;
     let reply = ringzero_proto::client::redeem_join_token(peer, &bundle, token, &csr)
         .await

@@ -18,7 +18,7 @@ use crate::command::{
 };
 use crate::gate::{Gate, now_ms};
 use crate::keys::NodeKeys;
-use crate::net::{Contacts, authority_id, authority_node_id};
+use crate::net::{Contacts, authority_id};
 use crate::store::StateMachineStore;
 use crate::{NodeId, Proposer, Raft};
 
@@ -403,7 +403,9 @@ impl pb::authority_server::Authority for AuthorityService {
         }
         let td = self.gate.trust_domain().clone();
         let id = match purpose {
-            JoinPurpose::Authority => td.id_with_path(&["ringzero", "authority", &node_name]),
+            // Not `ringzero/authority/<id>`: a member's SVID must come from its own CA, which a
+            // joiner does not have yet. This one only lets it ask to join (`JoinCluster`).
+            JoinPurpose::Authority => td.id_with_path(&["ringzero", "joining", &node_name]),
             JoinPurpose::Agent | JoinPurpose::User => {
                 td.id_with_path(&["ringzero", "node", &node_name])
             }
@@ -673,11 +675,26 @@ impl pb::authority_server::Authority for AuthorityService {
         self.require_leader()?;
         let td = self.gate.trust_domain().clone();
         let peer = ringzero_proto::transport::peer(&req);
-        // The caller proves itself with the SVID it received for a redeemed authority token.
+        // The caller proves itself with the SVID it received for a redeemed authority token
+        // (`ringzero/joining/<id>`), signed by the CA of a current member.
+        let members: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
         let node_id = peer
             .spiffe_id
             .as_ref()
-            .and_then(|id| authority_node_id(&td, id))
+            .filter(|id| id.is_member_of(&td))
+            .and_then(|id| match id.segments().collect::<Vec<_>>().as_slice() {
+                ["ringzero", "joining", n] => n.parse::<NodeId>().ok(),
+                _ => None,
+            })
+            .filter(|_| peer.issuer_authority.is_some_and(|a| members.contains(&a)))
             .ok_or_else(|| {
                 tonic::Status::permission_denied("join: caller is not an enrolled authority node")
             })?;
