@@ -930,6 +930,11 @@ fn only_members_speak_raft_and_only_enrolled_authorities_join() {
         "not an authority node",
     );
     denied(
+        "the admin SVID (Vote)",
+        raft_call(mtls(&profile, &admin), false, forged_vote(1000, 1)),
+        "not an authority node",
+    );
+    denied(
         "no client certificate",
         raft_call(
             anonymous_tls(&profile),
