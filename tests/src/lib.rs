@@ -4,6 +4,8 @@
 //! commands under a deadline, and polling with deadlines instead of fixed sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cluster;
+
 use std::ffi::OsStr;
 use std::fs::File;
 use std::net::TcpListener;
