@@ -537,7 +537,17 @@ fn check_entry_id(id: &str) -> Result<(), Invalid> {
 impl RegistrationEntry {
     pub fn validate(&self) -> Result<(), Invalid> {
         check_entry_id(&self.id)?;
-        SpiffeId::parse(&self.spiffe_id).map_err(|e| invalid(format!("spiffe id: {e}")))?;
+        let id =
+            SpiffeId::parse(&self.spiffe_id).map_err(|e| invalid(format!("spiffe id: {e}")))?;
+        if id.is_reserved() {
+            // `ringzero/…` and `user/…` name principals the authority enrolls itself (authority
+            // members, nodes, users, system services); an entry carrying one would let whoever
+            // selects a process there impersonate that principal.
+            return Err(invalid(format!(
+                "spiffe id {id}: the paths ringzero/… and user/… are reserved for principals \
+                 the authority enrolls itself"
+            )));
+        }
         check_node_name(&self.parent)?;
         if self.selectors.is_empty() || self.selectors.len() > limits::MAX_SELECTORS {
             return Err(invalid("an entry needs 1 to 32 selectors"));

@@ -93,6 +93,14 @@ operations! {
     AuditRead => "audit:read",
     /// Seal old audit records into signed segments.
     AuditSeal => "audit:seal",
+    /// Select processes in a registration entry: on `selector/unix/<uid|gid|user|group>/<value>/node/<node>`
+    /// (`selector/unix/any/node/<node>` for an entry that names no user or group). Granted by an admin,
+    /// so a namespace's entries can only select the processes it was given.
+    EntrySelect => "entry:select",
+    /// Put a DNS name in the SVIDs of a registration entry: on `dns/<labels, last first>`
+    /// (`api.payments.internal` is `dns/internal/payments/api`; `*.payments.internal` is
+    /// `dns/internal/payments/_wildcard`).
+    EntryDns => "entry:dns",
 }
 
 impl Operation {
@@ -223,6 +231,56 @@ impl FromStr for Resource {
 }
 
 /// A node name, as it appears in `spiffe://TD/ringzero/node/<name>` and `node/<name>`.
+/// The resource `entry:dns` is checked on for a DNS name: its labels, last first, under `dns`
+/// (`api.payments.internal` → `dns/internal/payments/api`), so a right on `dns/internal/payments`
+/// covers every name below `payments.internal`, by whole labels. A leading wildcard label
+/// becomes `_wildcard` (not a DNS label), which only a right on the parent name covers.
+pub fn dns_resource(name: &str) -> Result<Resource, ResourceError> {
+    let lower = name.to_ascii_lowercase();
+    let mut segments: Vec<&str> = lower.split('.').collect();
+    if let Some(first) = segments.first_mut()
+        && *first == "*"
+    {
+        *first = "_wildcard";
+    }
+    if segments.iter().any(|s| s.is_empty() || s.contains('_') && *s != "_wildcard") {
+        return Err(ResourceError::Segment(IdError::EmptySegment));
+    }
+    segments.reverse();
+    let mut all = vec!["dns"];
+    all.extend(segments);
+    Resource::from_segments(&all)
+}
+
+/// The resource `entry:select` is checked on for a selector of an entry parented to `node`:
+/// `selector/unix/uid/1000/node/n7`, so a right on `selector/unix/uid/1000` covers that uid on
+/// every node. Only selectors that say who runs a process have one (`None` for path and hash:
+/// they narrow an entry, never widen it); an entry with none of those is checked on
+/// `selector/unix/any/node/<node>` (see [`any_principal_resource`]).
+pub fn selector_resource(
+    selector: &crate::selector::Selector,
+    node: &NodeName,
+) -> Option<Result<Resource, ResourceError>> {
+    let kind = selector.kind();
+    if !kind.identifies_principal() {
+        return None;
+    }
+    Some(Resource::from_segments(&[
+        "selector",
+        kind.type_name(),
+        kind.key(),
+        selector.value(),
+        "node",
+        node.as_str(),
+    ]))
+}
+
+/// The resource `entry:select` is checked on for an entry that selects processes of every user
+/// (only a path or a hash, allowed with `--allow-weak-selectors`).
+pub fn any_principal_resource(node: &NodeName) -> Result<Resource, ResourceError> {
+    Resource::from_segments(&["selector", "unix", "any", "node", node.as_str()])
+}
+
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeName(String);
 
@@ -335,6 +393,8 @@ impl Role {
                 NodeBan,
                 EntryRead,
                 EntryWrite,
+                EntrySelect,
+                EntryDns,
                 TokenMint,
                 TokenRevoke,
                 UserRead,

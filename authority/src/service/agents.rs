@@ -354,9 +354,22 @@ impl AuthorityService {
                 out.push(refused("entry is not parented to this node"));
                 continue;
             }
-            let Ok(id) = SpiffeId::parse(&entry.spiffe_id) else {
-                out.push(refused("entry has an invalid SPIFFE ID"));
-                continue;
+            let id = match SpiffeId::parse(&entry.spiffe_id) {
+                Ok(id) if !id.is_reserved() => id,
+                Ok(id) => {
+                    // Entries with reserved IDs are refused when written; one that predates
+                    // that rule is still never signed, and the attempt is recorded.
+                    let mut audit = allowed.audit.clone();
+                    audit.decision = AuditDecision::Deny;
+                    audit.reason = Some(format!("reserved_id: {id} is reserved"));
+                    records.push((None, audit, Op::AuditOnly));
+                    out.push(refused("the entry's SPIFFE ID is reserved"));
+                    continue;
+                }
+                Err(_) => {
+                    out.push(refused("entry has an invalid SPIFFE ID"));
+                    continue;
+                }
             };
             let ttl =
                 Duration::from_secs(u64::from(entry.ttl_s)).clamp(MIN_ENTRY_TTL, MAX_ENTRY_TTL);
@@ -514,6 +527,14 @@ impl AuthorityService {
             .gate
             .check(&req, Operation::EntryWrite, &resource, None)
             .await?;
+        self.check_selectable(&req, &selectors, &parent).await?;
+        for name in &r.dns_names {
+            let dns = ringzero_policy::rights::dns_resource(name)
+                .map_err(|e| invalid(format!("dns name {name:?}: {e}")))?;
+            self.gate
+                .check(&req, Operation::EntryDns, &dns, None)
+                .await?;
+        }
         if update {
             // Changing an entry needs the right on what it was, too.
             let existing = self
@@ -563,6 +584,44 @@ impl AuthorityService {
                 &RegistrationEntry { revision, ..entry },
             )?),
         }))
+    }
+
+    /// Which processes an entry may select is a right of its own (`entry:select`), granted by
+    /// an admin: a namespace that may write entries may still only select the users and groups
+    /// it was given. The entry matches only processes that carry *every* selector, so one
+    /// covered principal selector bounds it; an entry without any (path or hash only) selects
+    /// every user's processes and needs `selector/unix/any/node/<node>`.
+    async fn check_selectable<T>(
+        &self,
+        req: &tonic::Request<T>,
+        selectors: &[Selector],
+        parent: &NodeName,
+    ) -> Result<(), tonic::Status> {
+        let mut candidates = Vec::new();
+        for sel in selectors {
+            if let Some(r) = ringzero_policy::rights::selector_resource(sel, parent) {
+                candidates.push(r.map_err(|e| invalid(format!("selector {sel}: {e}")))?);
+            }
+        }
+        if candidates.is_empty() {
+            candidates.push(
+                ringzero_policy::rights::any_principal_resource(parent).map_err(invalid)?,
+            );
+        }
+        let Some(peer) = ringzero_proto::transport::peer(req).spiffe_id else {
+            return Err(tonic::Status::unauthenticated("an mTLS client SVID is required"));
+        };
+        if candidates
+            .iter()
+            .any(|r| self.gate.also_allows(req, &peer, Operation::EntrySelect, r))
+        {
+            return Ok(());
+        }
+        // None is covered: decide (and audit) the denial on the first one.
+        self.gate
+            .check(req, Operation::EntrySelect, &candidates[0], None)
+            .await
+            .map(|_| ())
     }
 
     pub(crate) async fn create_entry_impl(
