@@ -27,6 +27,7 @@ pub mod gate;
 pub mod keys;
 pub mod net;
 pub mod node;
+mod private_fs;
 pub mod service;
 mod state;
 pub mod store;

@@ -60,6 +60,8 @@ pub enum NodeError {
     #[error("join: {0}")]
     Join(String),
     #[error("{0}")]
+    NotPrivate(#[from] crate::private_fs::NotPrivate),
+    #[error("{0}")]
     Other(String),
 }
 
@@ -132,7 +134,7 @@ fn save_bundle(path: &Path, cas: &[CertificateDer<'_>]) -> Result<(), NodeError>
         out.extend_from_slice(&(c.len() as u32).to_be_bytes());
         out.extend_from_slice(c);
     }
-    write_private(path, &out, 0o644)?;
+    write_private(path, &out, 0o600)?;
     Ok(())
 }
 
@@ -254,6 +256,7 @@ struct Parts {
 }
 
 async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Parts, NodeError> {
+    crate::private_fs::check_tree(dir)?;
     let layout = Layout(dir.to_path_buf());
     let config = NodeConfig::load(&layout.config())?;
     let td = config.trust_domain()?;
@@ -321,7 +324,7 @@ pub async fn bootstrap(
     if layout.config().exists() {
         return Err(NodeError::AlreadyInitialized(dir.display().to_string()));
     }
-    std::fs::create_dir_all(dir).map_err(other)?;
+    crate::private_fs::create_dir(dir).map_err(other)?;
     let node_id: NodeId = 1;
     let mut keys = NodeKeys::generate(td, node_id, SystemTime::now())?;
     keys.save(&layout.keys())?;
@@ -823,7 +826,7 @@ pub async fn join(
         .unwrap_or_else(|| bundle.roots().to_vec());
 
     // 3. Create this node's own keys and data directory.
-    std::fs::create_dir_all(dir).map_err(other)?;
+    crate::private_fs::create_dir(dir).map_err(other)?;
     let keys = NodeKeys::generate(&td, node_id, SystemTime::now())?;
     keys.save(&layout.keys())?;
     NodeConfig {

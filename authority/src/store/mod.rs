@@ -11,9 +11,13 @@ use crate::state::StateError;
 
 /// Opens both stores of one node under `dir`: `log.redb`, `state.redb` and `snapshots/`.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StateError> {
-    std::fs::create_dir_all(dir)
+    crate::private_fs::create_dir(dir)
         .map_err(|e| StateError::Storage(format!("{}: {e}", dir.display())))?;
     let log = LogStore::open(&dir.join("log.redb"))?;
     let sm = StateMachineStore::open(&dir.join("state.redb"), &dir.join("snapshots"))?;
+    for f in ["log.redb", "state.redb"] {
+        crate::private_fs::restrict_file(&dir.join(f))
+            .map_err(|e| StateError::Storage(format!("{}: {e}", dir.join(f).display())))?;
+    }
     Ok((log, sm))
 }

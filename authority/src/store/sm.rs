@@ -91,7 +91,7 @@ impl StateMachineStore {
     /// Opens (creating if needed) the state database at `path`, with snapshots in
     /// `snapshot_dir`.
     pub fn open(path: &Path, snapshot_dir: &Path) -> Result<Self, StateError> {
-        std::fs::create_dir_all(snapshot_dir)
+        crate::private_fs::create_dir(snapshot_dir)
             .map_err(|e| StateError::Storage(format!("{}: {e}", snapshot_dir.display())))?;
         // Leftovers of a crash while building or receiving a snapshot are never current.
         if let Ok(dir) = std::fs::read_dir(snapshot_dir) {
@@ -180,7 +180,7 @@ impl StateMachineStore {
 }
 
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
+    let mut f = crate::private_fs::create_file(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -217,7 +217,7 @@ fn write_snapshot(
     let last_applied = reader.last_applied().map_err(sm_err)?;
     let membership = reader.membership().map_err(sm_err)?;
     drop(reader);
-    let file = std::fs::File::create(path).map_err(snap_err)?;
+    let file = crate::private_fs::create_file(path).map_err(snap_err)?;
     let mut w = Hashing {
         inner: BufWriter::new(file),
         ctx: ring::digest::Context::new(&ring::digest::SHA256),
@@ -437,6 +437,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .create_new(true)
             .read(true)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .await
             .map_err(snap_err)?;
@@ -461,7 +462,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let path = self
                     .snapshot_dir
                     .join(format!("receiving-{}.tmp", hex::encode(&nonce.0[..6])));
-                let mut out = std::fs::File::create(&path).map_err(snap_err)?;
+                let mut out = crate::private_fs::create_file(&path).map_err(snap_err)?;
                 file.seek(std::io::SeekFrom::Start(0)).map_err(snap_err)?;
                 std::io::copy(&mut file, &mut out).map_err(snap_err)?;
                 out.sync_all().map_err(snap_err)?;
