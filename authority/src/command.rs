@@ -269,6 +269,23 @@ pub enum Op {
         revocation_ids: Vec<Vec<u8>>,
         expires_ms: u64,
     },
+    /// Suspend or resume a user without deleting it: while suspended its certificates open
+    /// nothing, it cannot renew, and no token it minted (or one minted from those) is honoured.
+    SetUserSuspended {
+        name: String,
+        suspended: bool,
+    },
+    /// Record a capability the cluster minted, before it is released: its authority block's
+    /// revocation id, the revocation ids of the token presented to mint it (its lineage:
+    /// revoking any of them revokes it too), who minted it, for whom, and until when. Refused
+    /// when one of the parents is already revoked.
+    RecordMint {
+        id: Vec<u8>,
+        parents: Vec<Vec<u8>>,
+        minter: String,
+        subject: String,
+        expires_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -380,6 +397,12 @@ pub enum Rejection {
     /// redeeming it must not change that user's role.
     #[error("the invited user already exists")]
     UserExists,
+    /// A token was to be minted from a capability revoked meanwhile.
+    #[error("the capability it was minted from is revoked")]
+    ParentRevoked,
+    /// The user is suspended.
+    #[error("the user is suspended")]
+    UserSuspended,
 }
 
 /// Why a command is malformed.
@@ -465,6 +488,23 @@ impl Command {
                 check_node_name(node_name)
             }
             Op::SetNodeStatus { name, .. } => check_node_name(name),
+            Op::SetUserSuspended { name, .. } => check_node_name(name),
+            Op::RecordMint {
+                id,
+                parents,
+                minter,
+                subject,
+                ..
+            } => {
+                if id.is_empty() || id.len() > 128 {
+                    return Err(invalid("revocation id size"));
+                }
+                if parents.len() > 64 || parents.iter().any(|p| p.is_empty() || p.len() > 128) {
+                    return Err(invalid("a token has at most 64 parents of 1 to 128 bytes"));
+                }
+                check_len("minter", minter, limits::MAX_TEXT)?;
+                check_len("subject", subject, limits::MAX_TEXT)
+            }
             Op::PutEntry { entry } => entry.validate(),
             Op::DeleteEntry { id } => check_entry_id(id),
             Op::PutUser { user } => user.validate(),

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use ringzero_policy::spiffe::Principal;
 use ringzero_policy::token::{
     Decision, Denial, KeySet, Limits, PublicRootKey, Request, Revocations, RootKeyId, TokenCache,
 };
@@ -24,18 +25,30 @@ use crate::{NodeId, Proposer};
 /// How long denials from one peer are folded into one record.
 pub const DENIAL_WINDOW: Duration = Duration::from_secs(5);
 
-/// The capability keys verifiers trust, rebuilt from the replicated bundle.
+/// The capability keys verifiers trust, rebuilt from the replicated bundle, and which of them
+/// belong to removed members (retired).
 #[derive(Debug, Clone, Default)]
-pub struct TrustedKeys(Arc<RwLock<KeySet>>);
+pub struct TrustedKeys(Arc<RwLock<(KeySet, std::collections::HashSet<u32>)>>);
 
 impl TrustedKeys {
     pub fn current(&self) -> KeySet {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    /// Whether the key with this id is retired: what it signs is honoured only if the cluster
+    /// recorded minting it (before the key's owner was removed).
+    pub fn is_retired(&self, id: RootKeyId) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .contains(&id.0)
     }
 
     /// Replaces the key set with the Biscuit keys of `records` that are not compromised.
     pub fn update(&self, records: &[crate::KeyRecord]) {
         let mut set = KeySet::new();
+        let mut retired = std::collections::HashSet::new();
         for r in records {
             if r.kind != KeyKind::Biscuit || r.status == KeyStatus::Compromised {
                 continue;
@@ -50,9 +63,12 @@ impl TrustedKeys {
                     id: RootKeyId(id),
                     key,
                 });
+                if r.status == KeyStatus::Retired {
+                    retired.insert(id);
+                }
             }
         }
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = set;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = (set, retired);
     }
 }
 
@@ -297,6 +313,14 @@ impl Gate {
                 "an mTLS client SVID is required",
             ));
         };
+        // A certificate that expired while its connection stayed open opens nothing.
+        if peer.not_after.is_none_or(|t| t <= SystemTime::now()) {
+            audit.reason = Some("expired_certificate: the client SVID has expired".into());
+            self.deny(audit).await;
+            return Err(tonic::Status::unauthenticated(
+                "the client SVID has expired; renew it",
+            ));
+        }
         #[cfg(feature = "testing")]
         if bypass::mode() == bypass::Mode::Everything {
             audit.decision = AuditDecision::Allow;
@@ -331,23 +355,24 @@ impl Gate {
             },
             Limits::default(),
         );
-        // A user's identity ends with the user: whatever capability an unknown or removed
-        // user still holds (its own are revoked on removal; one delegated to it is not), its
-        // certificate opens nothing.
-        let unknown_user = match (&decision, peer_id.segments().collect::<Vec<_>>().as_slice()) {
-            (Decision::Allow(_), ["user", name]) => reader
-                .user(name)
-                .map_err(|e| tonic::Status::internal(format!("state: {e}")))?
-                .is_none(),
-            _ => false,
+        // Who the certificate says is not enough: the authority must have issued it to that
+        // principal, and the principal must still be one.
+        let refusal = match &decision {
+            Decision::Allow(grant) => self
+                .principal_refusal(&reader, &peer_id, &peer)
+                .or_else(|| self.lineage_refusal(&reader, grant).transpose())
+                .transpose()
+                .map_err(|e| tonic::Status::internal(format!("state: {e}")))?,
+            Decision::Deny(_) => None,
         };
         drop(reader);
-        if unknown_user {
-            audit.reason = Some("unknown_user: the caller's user does not exist".into());
+        if let Some((code, why)) = refusal {
+            if let Ok(ids) = ringzero_policy::token::revocation_ids(&token) {
+                audit.revocation_ids = ids.iter().map(|id| id.to_hex()).collect();
+            }
+            audit.reason = Some(format!("{code}: {why}"));
             self.deny(audit).await;
-            return Err(tonic::Status::permission_denied(
-                "denied: this user does not exist (removed?); its credentials are revoked",
-            ));
+            return Err(tonic::Status::permission_denied(format!("denied: {why}")));
         }
         match decision {
             Decision::Allow(grant) => {
@@ -368,6 +393,108 @@ impl Gate {
                 Err(denied(&d))
             }
         }
+    }
+
+    /// Why the caller's certificate opens nothing although it validated, if it does not: a
+    /// node's or user's SVID must be one the authority recorded issuing to that principal (and
+    /// not revoked); a user must exist and not be suspended; an authority member must still be
+    /// one; other reserved identities are never callers here; a workload SVID signed by a CA
+    /// whose member was removed opens nothing.
+    fn principal_refusal(
+        &self,
+        reader: &crate::StateReader,
+        id: &SpiffeId,
+        peer: &ringzero_proto::transport::PeerInfo,
+    ) -> Option<Result<(&'static str, String), crate::StateError>> {
+        let serial = peer.serial.as_deref().unwrap_or_default();
+        let check = || -> Result<Option<(&'static str, String)>, crate::StateError> {
+            if reader.is_serial_revoked(serial)? {
+                return Ok(Some((
+                    "revoked_certificate",
+                    "this certificate is revoked".into(),
+                )));
+            }
+            Ok(match id.principal() {
+                Some(Principal::Node(name)) => {
+                    (!reader.has_node_serial(name, serial)?).then(|| {
+                        (
+                            "unrecorded_certificate",
+                            format!("the authority never issued this certificate to node {name}"),
+                        )
+                    })
+                }
+                Some(Principal::User(name)) => {
+                    if reader.user(name)?.is_none() {
+                        Some((
+                            "unknown_user",
+                            "this user does not exist (removed?); its credentials are revoked"
+                                .to_owned(),
+                        ))
+                    } else if reader.is_suspended(name)? {
+                        Some(("suspended_user", format!("user {name} is suspended")))
+                    } else if !reader.has_user_serial(name, serial)? {
+                        Some((
+                            "unrecorded_certificate",
+                            format!("the authority never issued this certificate to user {name}"),
+                        ))
+                    } else {
+                        None
+                    }
+                }
+                Some(Principal::Authority(n)) => {
+                    let members = self
+                        .proposer
+                        .raft()
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .clone();
+                    (!members.membership().nodes().any(|(m, _)| *m == n)).then(|| {
+                        (
+                            "not_a_member",
+                            format!("authority node {n} is not a member"),
+                        )
+                    })
+                }
+                Some(Principal::OtherReserved) => Some((
+                    "reserved_identity",
+                    format!("{id} is reserved and cannot call the authority API"),
+                )),
+                None => match peer.issuer_authority {
+                    Some(n) if reader.authorities()?.iter().all(|a| a.node_id != n) => Some((
+                        "removed_issuer",
+                        format!("this certificate was signed by removed authority node {n}"),
+                    )),
+                    _ => None,
+                },
+            })
+        };
+        check().transpose()
+    }
+
+    /// Why an allowed capability may no longer be honoured: signed by a removed member's key
+    /// but never recorded as minted by the cluster, or minted (through any number of
+    /// delegations) by a user now suspended or removed.
+    fn lineage_refusal(
+        &self,
+        reader: &crate::StateReader,
+        grant: &ringzero_policy::token::Grant,
+    ) -> Result<Option<(&'static str, String)>, crate::StateError> {
+        let ids: Vec<Vec<u8>> = grant.revocation_ids.iter().map(|r| r.0.clone()).collect();
+        if self.keys.is_retired(grant.root_key_id)
+            && match ids.first() {
+                Some(first) => reader.minted(first)?.is_none(),
+                None => true,
+            }
+        {
+            return Ok(Some((
+                "retired_key",
+                "signed by the key of a removed authority node after its removal".into(),
+            )));
+        }
+        Ok(reader
+            .lineage_cut_off(&ids)?
+            .map(|why| ("cut_off_lineage", why)))
     }
 
     /// Makes sure this node, in its current term as leader, has applied everything committed
@@ -411,7 +538,9 @@ impl Gate {
         let (now_commit, summary, opened) = {
             let mut w = self.denials.lock().unwrap_or_else(|p| p.into_inner());
             match w.get_mut(&key) {
-                Some(win) if win.opened.elapsed() < DENIAL_WINDOW => (win.fold(&audit), Vec::new(), None),
+                Some(win) if win.opened.elapsed() < DENIAL_WINDOW => {
+                    (win.fold(&audit), Vec::new(), None)
+                }
                 previous => {
                     // A new window: commit this denial now, plus the summary of a previous
                     // window whose closing timer has not run yet.
@@ -605,7 +734,9 @@ mod tests {
         let mut w = Window::new(Instant::now(), &first);
         let mut committed = 1;
         for i in 1..100 {
-            if w.fold(&denial("entry:read", &format!("ns/{i}"), "x")).is_some() {
+            if w.fold(&denial("entry:read", &format!("ns/{i}"), "x"))
+                .is_some()
+            {
                 committed += 1;
             }
         }

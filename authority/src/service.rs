@@ -522,11 +522,15 @@ impl pb::authority_server::Authority for AuthorityService {
                     not_after_ms: not_after.saturating_mul(1000),
                 },
             };
+            let audit = record.audit.clone();
             if let Outcome::Rejected(why) = self.propose(record).await?.outcome {
                 return Err(tonic::Status::permission_denied(format!(
                     "join refused: {why}"
                 )));
             }
+            let token_ids: Vec<String> = agent_token_ids.clone();
+            self.record_agent_mint(audit, &id, &token_ids, AGENT_SVID_TTL)
+                .await?;
         }
         let node_id = node_name.parse::<NodeId>().unwrap_or(0);
         Ok(tonic::Response::new(pb::RedeemJoinTokenReply {
@@ -1009,6 +1013,13 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::RemoveUserRequest>,
     ) -> Result<tonic::Response<pb::RemoveUserReply>, tonic::Status> {
         self.remove_user_impl(req).await
+    }
+
+    async fn suspend_user(
+        &self,
+        req: tonic::Request<pb::SuspendUserRequest>,
+    ) -> Result<tonic::Response<pb::SuspendUserReply>, tonic::Status> {
+        self.suspend_user_impl(req).await
     }
 
     async fn apply_roles(

@@ -668,6 +668,15 @@ Examples:
 Examples:
   ringzero --profile admin.profile user remove alice")]
     Remove(UserArg),
+    /// Suspend a user without deleting it: its certificates open nothing, it cannot renew, and
+    /// no token it minted (or one minted from those) is honoured, until `user resume`.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile user suspend alice
+  ringzero --profile admin.profile user resume alice")]
+    Suspend(UserArg),
+    /// Resume a suspended user: its unexpired credentials and delegations work again.
+    Resume(UserArg),
 }
 
 #[derive(Debug, Args)]

@@ -243,7 +243,10 @@ pub fn dns_resource(name: &str) -> Result<Resource, ResourceError> {
     {
         *first = "_wildcard";
     }
-    if segments.iter().any(|s| s.is_empty() || s.contains('_') && *s != "_wildcard") {
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || s.contains('_') && *s != "_wildcard")
+    {
         return Err(ResourceError::Segment(IdError::EmptySegment));
     }
     segments.reverse();

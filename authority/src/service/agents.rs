@@ -204,6 +204,47 @@ impl AuthorityService {
         Ok((token, ids))
     }
 
+    /// Records an agent capability as minted by the cluster (so it keeps verifying if this
+    /// node is later removed), before it is released; `audit` is the record of the act that
+    /// minted it.
+    pub(crate) async fn record_agent_mint(
+        &self,
+        mut audit: crate::command::AuditRecord,
+        subject: &SpiffeId,
+        token_ids: &[String],
+        ttl: Duration,
+    ) -> Result<(), tonic::Status> {
+        let Some(first) = token_ids.first().and_then(|h| hex::decode(h).ok()) else {
+            return Err(tonic::Status::internal("a minted token has no block"));
+        };
+        audit.operation = Operation::TokenMint.as_str().into();
+        audit
+            .details
+            .retain(|(k, _)| k == "rights" || k == "node" || k == "spiffe_id");
+        audit
+            .details
+            .push(("minted_token".into(), token_ids.join(",")));
+        let cmd = crate::command::Command {
+            id: crate::command::CommandId::random(),
+            time_ms: crate::gate::now_ms(),
+            audit,
+            op: Op::RecordMint {
+                id: first,
+                parents: Vec::new(),
+                minter: "authority".into(),
+                subject: subject.to_string(),
+                expires_ms: crate::gate::now_ms()
+                    .saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            },
+        };
+        match self.propose(cmd).await?.outcome {
+            Outcome::Rejected(why) => {
+                Err(tonic::Status::permission_denied(format!("refused: {why}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) async fn list_nodes_impl(
         &self,
         req: tonic::Request<pb::ListNodesRequest>,
@@ -294,7 +335,7 @@ impl AuthorityService {
             ("rights".into(), format!("svid:mint on node/{name}")),
         ]);
         let cmd = crate::command::Command {
-            audit,
+            audit: audit.clone(),
             ..allowed.command(Op::IssueSvid {
                 node: name.to_string(),
                 serial: svid.serial.clone(),
@@ -303,6 +344,8 @@ impl AuthorityService {
         };
         // Recorded before anything is released; refused if the node was evicted meanwhile.
         outcome_status(self.propose(cmd).await?.outcome)?;
+        self.record_agent_mint(audit, &id, &token_ids, AGENT_SVID_TTL)
+            .await?;
         Ok(tonic::Response::new(pb::RenewNodeReply {
             svid_chain: svid.chain.iter().map(|c| c.to_vec()).collect(),
             bundle: Some(self.bundle()?),
@@ -604,12 +647,13 @@ impl AuthorityService {
             }
         }
         if candidates.is_empty() {
-            candidates.push(
-                ringzero_policy::rights::any_principal_resource(parent).map_err(invalid)?,
-            );
+            candidates
+                .push(ringzero_policy::rights::any_principal_resource(parent).map_err(invalid)?);
         }
         let Some(peer) = ringzero_proto::transport::peer(req).spiffe_id else {
-            return Err(tonic::Status::unauthenticated("an mTLS client SVID is required"));
+            return Err(tonic::Status::unauthenticated(
+                "an mTLS client SVID is required",
+            ));
         };
         if candidates
             .iter()

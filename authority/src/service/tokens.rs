@@ -402,7 +402,29 @@ impl AuthorityService {
             .map(RevocationId::to_hex)
             .collect();
         let expires_unix = unix_secs(now).saturating_add(ttl.as_secs());
-        let mut cmd = allowed.command(Op::AuditOnly);
+        // Its lineage: every block of the token presented to mint it. Revoking any of them
+        // (or suspending or removing the minter) revokes this one too.
+        let parents: Vec<Vec<u8>> = self
+            .gate
+            .presented_token(&req)
+            .and_then(|t| ringzero_policy::token::revocation_ids(&t).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| id.0)
+            .collect();
+        let first_id = ringzero_policy::token::revocation_ids(&token)
+            .map_err(status_of)?
+            .into_iter()
+            .next()
+            .map(|id| id.0)
+            .ok_or_else(|| tonic::Status::internal("a minted token has no block"))?;
+        let mut cmd = allowed.command(Op::RecordMint {
+            id: first_id,
+            parents,
+            minter: allowed.peer.to_string(),
+            subject: subject.to_string(),
+            expires_ms: expires_unix.saturating_mul(1000),
+        });
         cmd.audit.details.extend([
             ("subject".into(), subject.to_string()),
             ("rights".into(), rights_summary(&rights)),
@@ -410,7 +432,9 @@ impl AuthorityService {
             ("expires_unix".into(), expires_unix.to_string()),
         ]);
         // The token is released only once its record is committed.
-        self.propose(cmd).await?;
+        if let Outcome::Rejected(why) = self.propose(cmd).await?.outcome {
+            return Err(tonic::Status::permission_denied(format!("denied: {why}")));
+        }
         Ok(tonic::Response::new(pb::MintTokenReply {
             token,
             expires_unix,

@@ -492,6 +492,39 @@ impl AuthorityService {
             .gate
             .check(&req, first.operation, &first.prefix, None)
             .await?;
+        // Only the user's own credential renews: the capability the authority issued to it,
+        // unattenuated. An attenuated or delegated token (narrower, shorter-lived, perhaps
+        // handed to a CI job) must never turn back into the whole role for days.
+        let own = self
+            .gate
+            .presented_token(&req)
+            .and_then(|t| ringzero_policy::token::revocation_ids(&t).ok())
+            .filter(|ids| ids.len() == 1)
+            .and_then(|ids| ids.into_iter().next())
+            .map(|id| {
+                self.sm
+                    .reader()
+                    .and_then(|r| r.has_user_token(name.as_str(), &id.0))
+            })
+            .transpose()
+            .map_err(status_of)?
+            .unwrap_or(false);
+        if !own {
+            let mut cmd = allowed.command(Op::AuditOnly);
+            cmd.audit.decision = crate::command::AuditDecision::Deny;
+            cmd.audit.operation = "user:renew".into();
+            cmd.audit.resource = format!("user/{name}");
+            cmd.audit.reason = Some(
+                "not_own_credential: renewal needs the user's own, unattenuated capability".into(),
+            );
+            if let Err(e) = self.propose(cmd).await {
+                tracing::warn!(error = %e, "could not record a refused renewal");
+            }
+            return Err(tonic::Status::permission_denied(
+                "denied: only the user's own capability, unattenuated, renews its credentials \
+                 (an attenuated or delegated token cannot)",
+            ));
+        }
         let r = req.get_ref();
         let issued = self.issue_user(&user, &r.csr, user_ttl(r.ttl_seconds))?;
         let mut audit = allowed.audit.clone();
@@ -507,21 +540,53 @@ impl AuthorityService {
         &self,
         req: tonic::Request<pb::ListUsersRequest>,
     ) -> Result<tonic::Response<pb::ListUsersReply>, tonic::Status> {
-        let users = self
+        let reader = self
             .read_gated(&req, Operation::UserRead, &super::res("user")?)
-            .await?
-            .users()
-            .map_err(status_of)?;
-        Ok(tonic::Response::new(pb::ListUsersReply {
-            users: users
-                .into_iter()
-                .map(|u| pb::UserInfo {
-                    name: u.name,
-                    role: u.role,
-                    namespace: u.namespace.unwrap_or_default(),
-                })
-                .collect(),
-        }))
+            .await?;
+        let users = reader.users().map_err(status_of)?;
+        let mut out = Vec::with_capacity(users.len());
+        for u in users {
+            out.push(pb::UserInfo {
+                suspended: reader.is_suspended(&u.name).map_err(status_of)?,
+                name: u.name,
+                role: u.role,
+                namespace: u.namespace.unwrap_or_default(),
+            });
+        }
+        Ok(tonic::Response::new(pb::ListUsersReply { users: out }))
+    }
+
+    pub(crate) async fn suspend_user_impl(
+        &self,
+        req: tonic::Request<pb::SuspendUserRequest>,
+    ) -> Result<tonic::Response<pb::SuspendUserReply>, tonic::Status> {
+        self.require_leader()?;
+        let name = parse_name(&req.get_ref().name)?;
+        let suspended = req.get_ref().suspended;
+        let allowed = self
+            .gate
+            .check(&req, Operation::UserWrite, &user_resource(&name)?, None)
+            .await?;
+        let mut cmd = allowed.command(Op::SetUserSuspended {
+            name: name.to_string(),
+            suspended,
+        });
+        cmd.audit.details.extend([
+            ("user".into(), name.to_string()),
+            (
+                "suspended".into(),
+                if suspended { "true" } else { "false" }.into(),
+            ),
+        ]);
+        match self.propose(cmd).await?.outcome {
+            Outcome::Rejected(Rejection::NotFound) => {
+                Err(tonic::Status::not_found(format!("no user {name}")))
+            }
+            Outcome::Rejected(why) => Err(tonic::Status::failed_precondition(format!(
+                "refused: {why}"
+            ))),
+            _ => Ok(tonic::Response::new(pb::SuspendUserReply {})),
+        }
     }
 
     pub(crate) async fn remove_user_impl(

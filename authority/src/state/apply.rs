@@ -179,6 +179,10 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
                     "a compromised key stays compromised".into(),
                 ));
             }
+            if *status == KeyStatus::Retired && rec.status != KeyStatus::Retired {
+                tx.open_table(KEY_RETIRED)?
+                    .insert(&be(*key_id)[..], &be(now)[..])?;
+            }
             rec.status = *status;
             put(tx, KEYS, &be(*key_id), &rec)?;
             Ok(Outcome::Done)
@@ -370,6 +374,7 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
         }
         Op::RemoveUser { name } => {
             if remove(tx, USERS, name.as_bytes())? {
+                remove(tx, SUSPENDED_USERS, name.as_bytes())?;
                 revoke_user_credentials(tx, name, now)?;
                 Ok(Outcome::Done)
             } else {
@@ -388,14 +393,8 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             }
         }
         Op::Revoke { ids, expires_ms } => {
-            let mut t = tx.open_table(REVOCATIONS)?;
-            for id in ids {
-                let keep_until = match t.get(id.as_slice())? {
-                    Some(v) => read_u64(v.value())?.max(*expires_ms),
-                    None => *expires_ms,
-                };
-                t.insert(id.as_slice(), be(keep_until).as_slice())?;
-            }
+            let ids: Vec<(Vec<u8>, u64)> = ids.iter().map(|i| (i.clone(), *expires_ms)).collect();
+            super::lineage::revoke_with_descendants(tx, &ids)?;
             Ok(Outcome::Done)
         }
         Op::IssueSvid {
@@ -410,6 +409,7 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             }
             tx.open_table(NODE_SERIALS)?
                 .insert(compound(node, serial).as_slice(), &be(*not_after_ms)[..])?;
+            super::lineage::mark_issued_until(tx, cmd.audit.authority, *not_after_ms)?;
             Ok(Outcome::Done)
         }
         Op::IssueUserInvite {
@@ -454,14 +454,58 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             if get::<User>(tx, USERS, "users", user.as_bytes())?.is_none() {
                 return rejected(Rejection::NotFound);
             }
+            if get::<u64>(tx, SUSPENDED_USERS, "suspended_users", user.as_bytes())?.is_some() {
+                return rejected(Rejection::UserSuspended);
+            }
             tx.open_table(USER_SERIALS)?
                 .insert(compound(user, serial).as_slice(), &be(*not_after_ms)[..])?;
-            let mut t = tx.open_table(USER_TOKENS)?;
-            for id in revocation_ids {
-                t.insert(compound(user, id).as_slice(), &be(*expires_ms)[..])?;
+            {
+                let mut t = tx.open_table(USER_TOKENS)?;
+                for id in revocation_ids {
+                    t.insert(compound(user, id).as_slice(), &be(*expires_ms)[..])?;
+                }
+            }
+            if let Some(first) = revocation_ids.first() {
+                let record = MintRecord {
+                    parents: Vec::new(),
+                    minter: "authority".into(),
+                    subject: format!("user/{user}"),
+                    expires_ms: *expires_ms,
+                };
+                tx.open_table(MINTED)?
+                    .insert(first.as_slice(), encode(&record)?.as_slice())?;
+            }
+            super::lineage::mark_issued_until(tx, cmd.audit.authority, *not_after_ms)?;
+            Ok(Outcome::Done)
+        }
+        Op::SetUserSuspended { name, suspended } => {
+            if get::<User>(tx, USERS, "users", name.as_bytes())?.is_none() {
+                return rejected(Rejection::NotFound);
+            }
+            if *suspended {
+                tx.open_table(SUSPENDED_USERS)?
+                    .insert(name.as_bytes(), &be(now)[..])?;
+            } else {
+                remove(tx, SUSPENDED_USERS, name.as_bytes())?;
             }
             Ok(Outcome::Done)
         }
+        Op::RecordMint {
+            id,
+            parents,
+            minter,
+            subject,
+            expires_ms,
+        } => super::lineage::record_mint(
+            tx,
+            id,
+            &MintRecord {
+                parents: parents.clone(),
+                minter: minter.clone(),
+                subject: subject.clone(),
+                expires_ms: *expires_ms,
+            },
+        ),
         Op::SealAudit { up_to } => {
             let sealed = match meta_get(tx, META_AUDIT_SEALED)? {
                 Some(v) => read_u64(&v)?,
@@ -485,6 +529,7 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             purge_where(tx, REVOKED_SERIALS, |v| Ok(read_u64(v)? <= now))?;
             purge_where(tx, USER_SERIALS, |v| Ok(read_u64(v)? <= now))?;
             purge_where(tx, USER_TOKENS, |v| Ok(read_u64(v)? <= now))?;
+            super::lineage::purge_expired(tx, now)?;
             purge_where(tx, USER_INVITES, |v| {
                 Ok(decode::<UserInvite>("user_invites", v)?.expires_ms <= now)
             })?;
@@ -600,18 +645,12 @@ fn revoke_user_credentials(tx: &WriteTransaction, user: &str, now: u64) -> Resul
             revoked.insert(serial.as_slice(), &be(not_after)[..])?;
         }
     }
-    let mut revocations = tx.open_table(REVOCATIONS)?;
-    for (id, expires) in tokens.into_iter().filter(|(_, t)| *t > now) {
-        let keep_until = match revocations.get(id.as_slice())? {
-            Some(v) => read_u64(v.value())?.max(expires),
-            None => expires,
-        };
-        revocations.insert(id.as_slice(), be(keep_until).as_slice())?;
-    }
-    Ok(())
+    // The user's own capabilities, and every token minted from them.
+    let live: Vec<(Vec<u8>, u64)> = tokens.into_iter().filter(|(_, t)| *t > now).collect();
+    super::lineage::revoke_with_descendants(tx, &live)
 }
 
-fn purge_where(
+pub(crate) fn purge_where(
     tx: &WriteTransaction,
     table: Raw,
     expired: impl Fn(&[u8]) -> Result<bool, StateError>,

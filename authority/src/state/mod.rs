@@ -7,6 +7,7 @@
 //! hold.
 
 mod apply;
+mod lineage;
 mod read;
 
 use redb::TableDefinition;
@@ -77,6 +78,16 @@ pub(crate) const USER_INVITES: Raw = TableDefinition::new("user_invites");
 /// entry id → the revision at which the entry was created (u64 BE); updates keep it.
 pub(crate) const ENTRY_CREATED: Raw = TableDefinition::new("entry_created");
 
+/// user name → since (unix ms, u64 BE): suspended users
+pub(crate) const SUSPENDED_USERS: Raw = TableDefinition::new("suspended_users");
+/// authority-block revocation id → [`MintRecord`]: every capability the cluster minted
+pub(crate) const MINTED: Raw = TableDefinition::new("minted");
+/// `len(parent) (u8) ‖ parent ‖ child` → child's expiry (unix ms, u64 BE): which minted tokens
+/// each revocation id begot
+pub(crate) const MINT_CHILDREN: Raw = TableDefinition::new("mint_children");
+/// key id (u64 BE) → when it was retired (unix ms, u64 BE)
+pub(crate) const KEY_RETIRED: Raw = TableDefinition::new("key_retired");
+
 /// Every table, with the tag it carries in snapshots. Tags are stable: never reuse one.
 pub(crate) const TABLES: &[(u8, Raw)] = &[
     (1, META),
@@ -104,6 +115,10 @@ pub(crate) const TABLES: &[(u8, Raw)] = &[
     (23, USER_TOKENS),
     (24, USER_INVITES),
     (25, ENTRY_CREATED),
+    (26, SUSPENDED_USERS),
+    (27, MINTED),
+    (28, MINT_CHILDREN),
+    (29, KEY_RETIRED),
 ];
 
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";
@@ -111,6 +126,10 @@ pub(crate) const META_MEMBERSHIP: &str = "membership";
 pub(crate) const CTR_AUDIT: &str = "ctr:audit";
 pub(crate) const CTR_KEY: &str = "ctr:key";
 pub(crate) const CTR_REVISION: &str = "ctr:revision";
+/// `issued_until:<authority id>`: the latest not-after (unix ms) of any SVID recorded as issued
+/// by that member; a removed member's CA is trusted by verifiers outside the authority until
+/// then, and not after.
+pub(crate) const META_ISSUED_UNTIL: &str = "issued_until:";
 /// Records before this sequence were sealed (exported, then dropped from the live state).
 pub(crate) const META_AUDIT_SEALED: &str = "audit:sealed";
 
@@ -127,6 +146,16 @@ pub struct KeyRecord {
     pub status: KeyStatus,
     pub not_after_ms: u64,
     pub published_ms: u64,
+}
+
+/// A capability the cluster minted: who minted it (a SPIFFE ID, or `authority` for credentials
+/// the authority issues itself), for whom, from which capability, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MintRecord {
+    pub parents: Vec<Vec<u8>>,
+    pub minter: String,
+    pub subject: String,
+    pub expires_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

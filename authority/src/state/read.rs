@@ -258,6 +258,102 @@ impl StateReader {
         self.get(ROLES, "roles", name.as_bytes())
     }
 
+    /// Whether `user` is suspended.
+    pub fn is_suspended(&self, user: &str) -> Result<bool, StateError> {
+        Ok(self
+            .tx
+            .open_table(SUSPENDED_USERS)?
+            .get(user.as_bytes())?
+            .is_some())
+    }
+
+    /// The record of a capability the cluster minted, by its authority block's revocation id.
+    pub fn minted(&self, id: &[u8]) -> Result<Option<MintRecord>, StateError> {
+        self.get(MINTED, "minted", id)
+    }
+
+    /// Whether a serial was recorded as issued to (or for) agent node `node`.
+    pub fn has_node_serial(&self, node: &str, serial: &[u8]) -> Result<bool, StateError> {
+        Ok(self
+            .tx
+            .open_table(NODE_SERIALS)?
+            .get(compound(node, serial).as_slice())?
+            .is_some())
+    }
+
+    /// Whether `id` is the revocation id of a capability the authority issued to `user` (at
+    /// `user add`, invite redemption or renewal).
+    pub fn has_user_token(&self, user: &str, id: &[u8]) -> Result<bool, StateError> {
+        Ok(self
+            .tx
+            .open_table(USER_TOKENS)?
+            .get(compound(user, id).as_slice())?
+            .is_some())
+    }
+
+    /// Whether a serial was recorded as issued to user `user`.
+    pub fn has_user_serial(&self, user: &str, serial: &[u8]) -> Result<bool, StateError> {
+        Ok(self
+            .tx
+            .open_table(USER_SERIALS)?
+            .get(compound(user, serial).as_slice())?
+            .is_some())
+    }
+
+    /// Whether a certificate serial was revoked (its node evicted or banned, its user removed).
+    pub fn is_serial_revoked(&self, serial: &[u8]) -> Result<bool, StateError> {
+        Ok(self.tx.open_table(REVOKED_SERIALS)?.get(serial)?.is_some())
+    }
+
+    /// When key `id` was retired, if it was.
+    pub fn key_retired_ms(&self, id: u64) -> Result<Option<u64>, StateError> {
+        let t = self.tx.open_table(KEY_RETIRED)?;
+        t.get(&be(id)[..])?
+            .map(|v| super::apply::read_u64(v.value()))
+            .transpose()
+    }
+
+    /// The latest not-after of any SVID recorded as issued by member `authority` (0: none).
+    pub fn issued_until(&self, authority: NodeId) -> Result<u64, StateError> {
+        let t = self.tx.open_table(META)?;
+        let key = format!("{META_ISSUED_UNTIL}{authority}");
+        Ok(match t.get(key.as_bytes())? {
+            Some(v) => super::apply::read_u64(v.value())?,
+            None => 0,
+        })
+    }
+
+    /// Why a capability, by the revocation ids of its blocks, may no longer be honoured
+    /// although its own blocks are not revoked: it was minted — directly or through tokens
+    /// minted from tokens — by a user now suspended or removed. `None` when nothing in its
+    /// lineage is cut off (or it was not minted by the cluster).
+    pub fn lineage_cut_off(&self, ids: &[Vec<u8>]) -> Result<Option<String>, StateError> {
+        let mut next = ids.first().cloned();
+        for _ in 0..super::lineage::MAX_LINEAGE_DEPTH {
+            let Some(id) = next.take() else {
+                return Ok(None);
+            };
+            let Some(rec) = self.minted(&id)? else {
+                return Ok(None);
+            };
+            if let Some(user) = rec
+                .minter
+                .split_once("/user/")
+                .map(|(_, u)| u)
+                .filter(|u| !u.contains('/'))
+            {
+                if self.user(user)?.is_none() {
+                    return Ok(Some(format!("minted by user {user}, who was removed")));
+                }
+                if self.is_suspended(user)? {
+                    return Ok(Some(format!("minted by user {user}, who is suspended")));
+                }
+            }
+            next = rec.parents.first().cloned();
+        }
+        Ok(Some("lineage deeper than the cluster follows".into()))
+    }
+
     pub fn is_revoked(&self, id: &[u8]) -> Result<bool, StateError> {
         Ok(self.tx.open_table(REVOCATIONS)?.get(id)?.is_some())
     }

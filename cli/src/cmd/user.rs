@@ -30,6 +30,8 @@ pub(crate) fn run(global: &GlobalArgs, cmd: UserCommand) -> Outcome {
             UserCommand::Invite(a) => invite(global, a).await,
             UserCommand::List(a) => list(global, a).await,
             UserCommand::Remove(a) => remove(global, a.name.as_str()).await,
+            UserCommand::Suspend(a) => suspend(global, a.name.as_str(), true).await,
+            UserCommand::Resume(a) => suspend(global, a.name.as_str(), false).await,
         }
     })
 }
@@ -235,19 +237,26 @@ async fn list(global: &GlobalArgs, a: JsonArgs) -> Outcome {
                     "name": u.name,
                     "role": u.role,
                     "namespace": (!u.namespace.is_empty()).then_some(&u.namespace),
+                    "suspended": u.suspended,
                 })
             })
             .collect();
         println!("{users}");
     } else {
-        let mut rows = vec![["NAME".to_owned(), "ROLE".into(), "NAMESPACE".into()]];
+        let mut rows = vec![[
+            "NAME".to_owned(),
+            "ROLE".into(),
+            "NAMESPACE".into(),
+            "STATE".into(),
+        ]];
         for u in &reply.users {
             let ns = if u.namespace.is_empty() {
                 "-".to_owned()
             } else {
                 u.namespace.clone()
             };
-            rows.push([u.name.clone(), u.role.clone(), ns]);
+            let state = if u.suspended { "suspended" } else { "active" };
+            rows.push([u.name.clone(), u.role.clone(), ns, state.into()]);
         }
         print_table(&rows);
     }
@@ -268,6 +277,31 @@ async fn remove(global: &GlobalArgs, name: &str) -> Outcome {
         .map_err(|e| refused(e, &format!("user {name}")))?;
     s.refresh().await;
     eprintln!("user {name} removed: its SVIDs and capabilities are revoked");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn suspend(global: &GlobalArgs, name: &str, suspended: bool) -> Outcome {
+    let mut s = session(global)?;
+    let req = pb::SuspendUserRequest {
+        name: name.to_owned(),
+        suspended,
+    };
+    s.client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.suspend_user(req).await }
+        })
+        .await
+        .map_err(|e| refused(e, &format!("user {name}")))?;
+    s.refresh().await;
+    if suspended {
+        eprintln!(
+            "user {name} suspended: its certificates, renewals and delegated tokens open nothing \
+             until `ringzero user resume {name}`"
+        );
+    } else {
+        eprintln!("user {name} resumed");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
