@@ -144,7 +144,7 @@ impl NodeKeys {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(io(dir))?;
         }
-        write_private(&dir.join(CA_CERT), self.ca.cert_der(), 0o644)?;
+        write_private(&dir.join(CA_CERT), self.ca.cert_der(), 0o600)?;
         write_private(&dir.join(CA_KEY), &self.ca.key_pkcs8_der(), 0o600)?;
         write_private(
             &dir.join(BISCUIT_KEY),

@@ -59,7 +59,7 @@ pub enum NodeError {
     Raft(String),
     #[error("join: {0}")]
     Join(String),
-    #[error("{0}")]
+    #[error(transparent)]
     NotPrivate(#[from] crate::private_fs::NotPrivate),
     #[error("{0}")]
     Other(String),

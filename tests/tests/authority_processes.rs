@@ -1087,8 +1087,35 @@ fn calls_without_a_valid_capability_are_denied_and_audited_with_the_cause() {
             "no Deny record by {actor} naming {cause:?}; denials: {denials:#?}"
         );
     }
-    // Per peer: the first denial, then one summary of the 3 folded after it (admin: 2 CLI runs
-    // and 1 call with the expired token; mallory: 3 CLI runs), naming the last one's cause.
+    // Per peer and window, each distinct (operation, resource, failed check) is committed once
+    // at once, and its repeats are counted into one summary record when the window closes.
+    let firsts: Vec<(&str, &str, &str, &str)> = st
+        .audit
+        .iter()
+        .filter(|a| a.record.decision == AuditDecision::Deny)
+        .filter(|a| {
+            !a.record
+                .details
+                .iter()
+                .any(|(k, _)| k == "suppressed_denials")
+        })
+        .map(|a| {
+            (
+                a.record.actor.as_str(),
+                a.record.operation.as_str(),
+                a.record.resource.as_str(),
+                a.record.reason.as_deref().unwrap_or(""),
+            )
+        })
+        .collect();
+    let distinct: BTreeSet<_> = firsts.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        firsts.len(),
+        "a distinct denial was committed twice: {firsts:#?}"
+    );
+    // Mallory's stolen token was denied on the same read more than once (direct `status`,
+    // then the CLI's reads): one record, and one summary counting the repeats.
     let summaries: Vec<(&str, &str, &str)> = st
         .audit
         .iter()
@@ -1106,16 +1133,20 @@ fn calls_without_a_valid_capability_are_denied_and_audited_with_the_cause() {
             ))
         })
         .collect();
-    assert_eq!(denials.len(), 4, "{denials:#?}");
-    assert_eq!(summaries.len(), 2, "{summaries:#?}");
-    for (actor, cause) in [(&admin_id, "expired"), (&mallory_id, "peer_mismatch")] {
-        assert!(
-            summaries
-                .iter()
-                .any(|(a, n, r)| a == actor && *n == "3" && r.starts_with(cause)),
-            "{summaries:#?}"
-        );
-    }
+    assert!(
+        summaries.iter().any(|(a, n, r)| *a == mallory_id
+            && n.parse::<u64>().is_ok_and(|n| n >= 1)
+            && r.starts_with("peer_mismatch")),
+        "{summaries:#?}"
+    );
+    // Every distinct denial of the admin peer is there: no capability, and the expired token
+    // on `status` and on `join-token`.
+    let admin_causes: BTreeSet<(&str, &str)> = firsts
+        .iter()
+        .filter(|(a, ..)| *a == admin_id)
+        .map(|(_, op, _, r)| (*op, r.split(':').next().unwrap_or("")))
+        .collect();
+    assert!(admin_causes.len() >= 3, "{admin_causes:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -127,12 +127,34 @@ fn users_roles_invites_renewal_and_removal() {
     let out = a.cli(&["user", "add", "bob", "--role", "auditor", "--out", "bob2.p"]);
     assert_eq!(out.status.code(), Some(1), "bob exists: {}", show(&out));
 
-    // A developer is confined to its namespace.
+    // A developer is confined to its namespace, and may select only the processes an admin
+    // gave it: the built-in role gives none.
     let carol = add_user(&a, "carol", &["--role", "developer", "--namespace", "shop"]);
     let out = entry_create(&a, &carol, &format!("spiffe://{TD}/ns/shop/x"));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "carol selects uid 1000: {}",
+        show(&out)
+    );
+    assert!(
+        stderr(&out).contains("entry:select on selector/unix/uid/1000/node/n1"),
+        "{}",
+        show(&out)
+    );
+    let roles = a.root.path().join("shop.toml");
+    std::fs::write(
+        &roles,
+        "[[role]]\nname = \"shop-dev\"\nrights = [ { operation = \"entry:write\", resource = \"ns/shop\" }, { operation = \"entry:select\", resource = \"selector/unix/uid/1000\" }, { operation = \"authority:read\", resource = \"authority\" } ]\n",
+    )
+    .unwrap();
+    let out = a.cli(&["role", "apply", roles.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    let erin = add_user(&a, "erin", &["--role", "shop-dev"]);
+    let out = entry_create(&a, &erin, &format!("spiffe://{TD}/ns/shop/x"));
     assert!(
         out.status.success(),
-        "carol in her namespace: {}",
+        "erin in her namespace with her uid: {}",
         show(&out)
     );
     let out = entry_create(&a, &carol, &format!("spiffe://{TD}/ns/other/x"));
@@ -173,7 +195,7 @@ fn users_roles_invites_renewal_and_removal() {
         .iter()
         .map(|u| u["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["admin", "bob", "carol", "dave"]);
+    assert_eq!(names, ["admin", "bob", "carol", "dave", "erin"]);
 
     // `login` renews a profile in place: new key, new SVID, new token, still working.
     let before = profile(&dave);
