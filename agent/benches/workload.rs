@@ -154,6 +154,7 @@ fn identity(ca: &SigningCa, entry: &str) -> Identity {
         key: Zeroizing::new(key.serialize_der()),
         not_after: svid.not_after,
         hint: String::new(),
+        created_revision: 0,
     }
 }
 
