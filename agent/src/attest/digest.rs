@@ -233,6 +233,22 @@ impl Digests {
         })
     }
 
+    /// The cached hash of `key` or the flight to wait for, without taking the lead (`None`:
+    /// neither).
+    pub(crate) fn lookup(&self, key: FileId) -> Option<Join> {
+        let mut state = self.state.lock().ok()?;
+        state.clock += 1;
+        let now = state.clock;
+        if let Some(hit) = state.cache.get_mut(&key) {
+            hit.used = now;
+            return Some(Join::Cached(hit.digest));
+        }
+        state
+            .flights
+            .get(&key)
+            .map(|rx| Join::Wait(Waiter(rx.clone())))
+    }
+
     /// How many hashes are cached.
     #[cfg(test)]
     pub(crate) fn cached(&self) -> usize {

@@ -68,6 +68,28 @@ impl Drop for UidPermit {
     }
 }
 
+/// A uid's slot and one of the gate's, held: dropping it gives them back.
+pub(crate) struct Slot {
+    _uid: UidPermit,
+    _global: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Runs `job` on the blocking pool, holding this slot until the job ends. Cancelling the
+    /// returned future does not stop the job, nor give the slot back before it ends.
+    pub(crate) async fn run<T: Send + 'static>(
+        self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, GateError> {
+        tokio::task::spawn_blocking(move || {
+            let _held = self;
+            job()
+        })
+        .await
+        .map_err(|_| GateError::Interrupted)
+    }
+}
+
 impl Gate {
     /// A gate letting `per_uid` jobs of one uid and `global` jobs in all run at once (each at
     /// least 1).
@@ -79,14 +101,18 @@ impl Gate {
         }
     }
 
-    /// Runs `job` on the blocking pool once `uid` and the gate have a free slot (waiting in
-    /// FIFO order for each). Cancelling the returned future before the job starts drops the
-    /// job; after it started, the job runs to its end and keeps both slots until then.
+    /// Runs `job` on the blocking pool once `uid` and the gate have a free slot: [`Gate::slot`]
+    /// then [`Slot::run`].
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         uid: u32,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, GateError> {
+        self.slot(uid).await?.run(job).await
+    }
+
+    /// Waits (in FIFO order) for a free slot of `uid`, then for one of the gate's.
+    pub(crate) async fn slot(&self, uid: u32) -> Result<Slot, GateError> {
         let sem = self.uid_semaphore(uid)?;
         let mut slot = UidPermit {
             uid,
@@ -103,12 +129,10 @@ impl Gate {
             .acquire_owned()
             .await
             .map_err(|_| GateError::Interrupted)?;
-        tokio::task::spawn_blocking(move || {
-            let _held = (slot, global);
-            job()
+        Ok(Slot {
+            _uid: slot,
+            _global: global,
         })
-        .await
-        .map_err(|_| GateError::Interrupted)
     }
 
     /// Jobs of `uid` in flight now.

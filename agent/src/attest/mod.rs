@@ -21,7 +21,7 @@
 //!   the process shares the agent's **mount namespace** and `P`, resolved in the agent's own
 //!   namespace, is the **same file** (device and inode) as the running executable. A process
 //!   that bind-mounted another binary over `P` in a namespace of its own never has it.
-//! - `unix:sha256:H` — the hash of the running executable (see [`digest`]): read through
+//! - `unix:sha256:H` — the hash of the running executable (module `digest`): read through
 //!   `/proc/<pid>/exe`, cached by a key its owner cannot forge (ctime included), computed once
 //!   for concurrent callers, at most [`MAX_HASHED_EXE_LEN`] bytes. It is computed only when an
 //!   entry with a `unix:sha256` selector has all its other selectors among the caller's.
@@ -559,28 +559,43 @@ impl Attestor {
 
     /// The hash of the caller's executable: cached, another caller's in flight, or computed
     /// here once the file's ctime has settled.
+    ///
+    /// A caller becomes the one hashing (and makes others wait for it) only once it holds its
+    /// uid's slot: a uid whose slot is taken (by a read that never ends) cannot make other
+    /// uids wait for a hash of a binary they share.
     async fn digest(&self, att: &Arc<Attestation>) -> Result<Option<[u8; 32]>, AttestError> {
         let max = self.limits.max_hashed_len;
         if att.exe.size > max {
             return Ok(None);
         }
         loop {
+            match self.digests.lookup(att.exe) {
+                Some(Join::Cached(d)) => return Ok(Some(d)),
+                Some(Join::Wait(w)) => {
+                    if let Waited::Digest(d) = w.wait().await {
+                        return Ok(d);
+                    }
+                    continue;
+                }
+                Some(Join::Lead(_)) | None => {}
+            }
+            let wait = digest::wait_before_hashing(att.exe.ctime, SystemTime::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let slot = self.exe_reads.slot(att.uid).await?;
             match self.digests.join(att.exe, att.exe_owner) {
                 Join::Cached(d) => return Ok(Some(d)),
                 Join::Wait(w) => {
+                    drop(slot);
                     if let Waited::Digest(d) = w.wait().await {
                         return Ok(d);
                     }
                 }
                 Join::Lead(guard) => {
-                    let wait = digest::wait_before_hashing(att.exe.ctime, SystemTime::now());
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                    }
                     let a = Arc::clone(att);
-                    let hashed = self
-                        .exe_reads
-                        .run(att.uid, move || {
+                    let hashed = slot
+                        .run(move || {
                             let out = digest::hash_exe(&a.proc_dir, a.exe, max);
                             guard.publish(&out);
                             out
@@ -670,288 +685,4 @@ fn find_name(db: &str, id: u32) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-    use super::*;
-
-    #[test]
-    fn start_time_survives_hostile_comm() {
-        let rest = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 20 21";
-        assert_eq!(
-            parse_start_time(&format!("42 (a) b) c) {rest}")),
-            Some(987654)
-        );
-        assert_eq!(parse_start_time(&format!("42 (x) {rest}")), Some(987654));
-        assert_eq!(parse_start_time("42 (x) S 1 2"), None);
-        assert_eq!(parse_start_time("garbage"), None);
-    }
-
-    #[test]
-    fn names_from_passwd_format() {
-        let db = "# comment\nroot:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/a:/bin/sh\n\
-                  bad\n:x:7:7\n";
-        assert_eq!(find_name(db, 0).as_deref(), Some("root"));
-        assert_eq!(find_name(db, 1000).as_deref(), Some("alice"));
-        assert_eq!(find_name(db, 7), None);
-        assert_eq!(find_name(db, 5), None);
-    }
-
-    fn sha256_of(path: &std::path::Path) -> [u8; 32] {
-        let hash = ring::digest::digest(&ring::digest::SHA256, &std::fs::read(path).unwrap());
-        hash.as_ref().try_into().unwrap()
-    }
-
-    fn path_sel(p: &std::path::Path) -> Selector {
-        Selector::new(SelectorKind::UnixPath, p.to_str().unwrap()).unwrap()
-    }
-
-    fn me(attestor: &Attestor) -> Arc<Attestation> {
-        let pid = i32::try_from(std::process::id()).unwrap();
-        let uid = rustix::process::getuid().as_raw();
-        let gid = rustix::process::getgid().as_raw();
-        Arc::new(attestor.attest_process(pid, uid, gid).unwrap())
-    }
-
-    /// A copy of `sleep` with `extra` bytes appended (the ELF loader ignores them), so that a
-    /// test can rewrite them and still run it.
-    fn sleeper(dir: &std::path::Path, name: &str, extra: &[u8]) -> std::path::PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let path = dir.join(name);
-        let mut bytes = std::fs::read("/bin/sleep").unwrap();
-        bytes.extend_from_slice(extra);
-        std::fs::write(&path, bytes).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
-
-    struct Running(std::process::Child);
-
-    impl Running {
-        fn start(cmd: &mut std::process::Command) -> Self {
-            let child = cmd.spawn().unwrap();
-            // Until it has exec'd, /proc/<pid>/exe is the test binary.
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            Self(child)
-        }
-
-        fn pid(&self) -> i32 {
-            i32::try_from(self.0.id()).unwrap()
-        }
-    }
-
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn attests_and_verifies_this_process() {
-        let attestor = Attestor::new();
-        let a = me(&attestor);
-        a.verify().unwrap();
-        let uid = Selector::uid(a.uid());
-        assert!(a.selectors().contains(&uid));
-        let exe = std::env::current_exe().unwrap();
-        let path = path_sel(&exe);
-        let hash = Selector::sha256(&sha256_of(&exe));
-        // Path and hash are established only when some entry needs them.
-        assert!(a.pending([std::slice::from_ref(&uid)]).is_none());
-        attestor
-            .resolve(&a, &[std::slice::from_ref(&uid)])
-            .await
-            .unwrap();
-        assert!(!a.selectors().contains(&path));
-        assert_eq!(attestor.digests.cached(), 0, "nothing asked for a hash");
-
-        let by_path = [uid.clone(), path.clone()];
-        let by_hash = [uid.clone(), hash.clone()];
-        attestor.resolve(&a, &[&by_path, &by_hash]).await.unwrap();
-        assert!(a.selectors().contains(&path), "{:?}", a.selectors());
-        assert!(a.selectors().contains(&hash), "{:?}", a.selectors());
-        assert_eq!(attestor.digests.cached(), 1);
-        // A second connection of the same binary gets the hash from the cache.
-        let b = me(&attestor);
-        attestor.resolve(&b, &[&by_hash]).await.unwrap();
-        assert!(b.selectors().contains(&hash));
-        assert_eq!(attestor.digests.cached(), 1);
-
-        let small = Attestor::with_max_hashed_len(1);
-        let c = me(&small);
-        small.resolve(&c, &[&by_hash]).await.unwrap();
-        assert!(
-            !c.selectors()
-                .iter()
-                .any(|s| s.kind() == SelectorKind::UnixSha256)
-        );
-    }
-
-    /// The hash is computed only for an entry whose other selectors already match the caller.
-    #[test]
-    fn only_entries_that_could_match_call_for_a_hash_or_a_path_check() {
-        let attestor = Attestor::new();
-        let a = me(&attestor);
-        let mine = Selector::uid(a.uid());
-        let theirs = Selector::uid(a.uid().wrapping_add(1));
-        let h1 = Selector::sha256(&[1; 32]);
-        let h2 = Selector::sha256(&[2; 32]);
-        let exe = path_sel(&std::env::current_exe().unwrap());
-        let elsewhere = path_sel(std::path::Path::new("/nonexistent/bin"));
-        let p = |entries: &[&[Selector]]| a.pending(entries.iter().copied());
-        assert!(p(&[&[theirs.clone(), h1.clone()]]).is_none());
-        assert!(p(&[&[h1.clone(), h2.clone(), mine.clone()]]).is_none());
-        assert!(p(&[&[mine.clone(), elsewhere.clone(), h1.clone()]]).is_none());
-        assert!(p(&[&[theirs.clone(), exe.clone()]]).is_none());
-        assert!(p(&[&[]]).is_none());
-        assert_eq!(
-            p(&[&[theirs.clone(), h1.clone()], &[mine.clone(), h1.clone()]]),
-            Pending {
-                path: false,
-                sha256: true
-            }
-        );
-        assert_eq!(
-            p(&[&[mine.clone(), exe.clone(), h2.clone()]]),
-            Pending {
-                path: true,
-                sha256: true
-            }
-        );
-        // A path that turned out not to be the executable rules out its entries.
-        a.path_ok.set(false).unwrap();
-        assert!(p(&[&[mine, exe, h2]]).is_none());
-    }
-
-    /// The attack: the owner of an executable rewrites six bytes in place (same size) and
-    /// restores its mtime. The hash attested is the new content's, not the cached one.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_rewritten_executable_with_its_mtime_restored_is_hashed_again() {
-        use std::io::{Seek, SeekFrom, Write};
-        let dir = tempfile::tempdir().unwrap();
-        let tool = sleeper(dir.path(), "tool", &[b'A'; 64]);
-        let original = sha256_of(&tool);
-        let attestor = Attestor::new();
-        let attest = |pid: i32| {
-            let uid = rustix::process::getuid().as_raw();
-            Arc::new(attestor.attest_process(pid, uid, 0).unwrap())
-        };
-        let wanted = [Selector::sha256(&original)];
-
-        let first = Running::start(std::process::Command::new(&tool).arg("30"));
-        let a = attest(first.pid());
-        attestor.resolve(&a, &[&wanted]).await.unwrap();
-        assert!(a.selectors().contains(&wanted[0]));
-        assert_eq!(attestor.digests.cached(), 1);
-        drop(first);
-
-        let mtime = std::fs::metadata(&tool).unwrap().modified().unwrap();
-        let mut f = std::fs::OpenOptions::new().write(true).open(&tool).unwrap();
-        let len = f.metadata().unwrap().len();
-        f.seek(SeekFrom::Start(len - 10)).unwrap();
-        f.write_all(b"EVIL!!").unwrap();
-        f.set_modified(mtime).unwrap();
-        drop(f);
-        assert_eq!(std::fs::metadata(&tool).unwrap().modified().unwrap(), mtime);
-        assert_eq!(std::fs::metadata(&tool).unwrap().len(), len);
-
-        let second = Running::start(std::process::Command::new(&tool).arg("30"));
-        let b = attest(second.pid());
-        attestor.resolve(&b, &[&wanted]).await.unwrap();
-        assert!(!b.selectors().contains(&wanted[0]), "{:?}", b.selectors());
-        // It was hashed again, as what it is now.
-        let now = [Selector::sha256(&sha256_of(&tool))];
-        attestor.resolve(&b, &[&now]).await.unwrap();
-        assert!(b.selectors().contains(&now[0]));
-    }
-
-    /// `unix:path` holds only if the path, in the agent's namespace, is the running file.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_path_is_granted_only_while_it_names_the_running_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let tool = sleeper(dir.path(), "tool", b"");
-        let attestor = Attestor::new();
-        let uid = rustix::process::getuid().as_raw();
-        let wanted = [path_sel(&tool)];
-
-        let run = Running::start(std::process::Command::new(&tool).arg("30"));
-        let a = Arc::new(attestor.attest_process(run.pid(), uid, 0).unwrap());
-        attestor.resolve(&a, &[&wanted]).await.unwrap();
-        assert!(a.selectors().contains(&wanted[0]));
-
-        // Another file renamed over the path: the running process is no longer "the file at
-        // that path".
-        let other = sleeper(dir.path(), "other", b"x");
-        let b = Arc::new(attestor.attest_process(run.pid(), uid, 0).unwrap());
-        std::fs::rename(&other, &tool).unwrap();
-        attestor.resolve(&b, &[&wanted]).await.unwrap();
-        assert!(!b.selectors().contains(&wanted[0]), "{:?}", b.selectors());
-    }
-
-    /// A process in another mount namespace never gets a path selector, even for a path that
-    /// is the same file in the agent's namespace.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_process_in_another_mount_namespace_gets_no_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let tool = sleeper(dir.path(), "tool", b"");
-        let mut cmd = std::process::Command::new("unshare");
-        if rustix::process::getuid().as_raw() != 0 {
-            cmd.arg("--map-root-user");
-        }
-        cmd.args(["--mount", "--"]).arg(&tool).arg("30");
-        let probe = std::process::Command::new("unshare")
-            .args(if rustix::process::getuid().as_raw() == 0 {
-                &["--mount", "true"][..]
-            } else {
-                &["--map-root-user", "--mount", "true"][..]
-            })
-            .status();
-        if !probe.is_ok_and(|s| s.success()) {
-            eprintln!("SKIPPED a_process_in_another_mount_namespace_gets_no_path: no unshare");
-            return;
-        }
-        let run = Running::start(&mut cmd);
-        let attestor = Attestor::new();
-        let uid = rustix::process::getuid().as_raw();
-        let a = Arc::new(attestor.attest_process(run.pid(), uid, 0).unwrap());
-        assert!(a.exe_path.is_none());
-        let wanted = [path_sel(&tool)];
-        assert!(a.pending([&wanted[..]]).is_none());
-        // The namespace is checked again at the moment of the path check.
-        let own = attestor.own_mnt_ns;
-        let same_file_elsewhere = Attestation {
-            exe_path: Some(wanted[0].clone()),
-            path_ok: OnceLock::new(),
-            digest: OnceLock::new(),
-            base: Vec::new(),
-            pidfd: a.pidfd.try_clone().unwrap(),
-            proc_dir: a.proc_dir.try_clone().unwrap(),
-            ..*a
-        };
-        assert!(!same_file_elsewhere.path_is_exe(own).unwrap());
-        // Control: the same binary in the agent's namespace.
-        let here = Running::start(std::process::Command::new(&tool).arg("30"));
-        let b = Arc::new(attestor.attest_process(here.pid(), uid, 0).unwrap());
-        attestor.resolve(&b, &[&wanted]).await.unwrap();
-        assert!(b.selectors().contains(&wanted[0]));
-    }
-
-    #[test]
-    fn a_dead_process_fails_verification() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = i32::try_from(child.id()).unwrap();
-        let a = Attestor::new().attest_process(pid, 0, 0).unwrap();
-        a.verify().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(matches!(a.verify(), Err(AttestError::ProcessGone)));
-        assert!(matches!(
-            Attestor::new().attest_process(pid, 0, 0),
-            Err(AttestError::ProcessGone)
-        ));
-    }
-}
+mod tests;
