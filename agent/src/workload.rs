@@ -82,7 +82,8 @@ pub struct Limits {
     pub max_connections_per_uid: usize,
     /// Concurrent gRPC calls per connection.
     pub max_streams_per_connection: u32,
-    /// How long attesting one connection may take (it may hash a large executable once).
+    /// How long attesting one connection may take, and, on each call, establishing the
+    /// selectors read from the executable (a path check, a hash).
     pub attest_timeout: Duration,
 }
 
