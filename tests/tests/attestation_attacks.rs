@@ -629,7 +629,7 @@ fn a_uid_hammering_with_large_executables_holds_back_neither_other_uids_nor_the_
     );
     // The attack was real: the agent did hash Mallory's executables.
     assert!(
-        cpu >= 50,
+        cpu >= 25,
         "the agent spent only {cpu} ticks: was it attacked at all?\n{}",
         node.agent.log()
     );
