@@ -2,10 +2,11 @@
 //! fan-out of one rotation to 1,000 open `FetchX509SVID` streams.
 //!
 //! The server is the real one (`workload::bind` + `serve_listener`, the default `Attestor`:
-//! `SO_PEERCRED`, pidfd, `/proc` reads, executable hash cached after the first connection,
-//! re-verification before every message) on a temp unix socket, serving an `SvidCache` holding
-//! real P-256 SVIDs issued by a `ringzero_policy::svid::SigningCa`, each for an entry selecting
-//! `unix:uid:<this process's uid>`, so every identity in the cache is the caller's.
+//! `SO_PEERCRED`, pidfd, `/proc` reads through its gate — no executable read, since no entry
+//! selects a path or hash — and re-verification before every message) on a temp unix socket,
+//! serving an `SvidCache` holding real P-256 SVIDs issued by a
+//! `ringzero_policy::svid::SigningCa`, each for an entry selecting `unix:uid:<this process's
+//! uid>`, so every identity in the cache is the caller's.
 //!
 //! 1. **Fetch latency**, with 1 and 50 identities in the cache (every message carries all of
 //!    them: 1 or 50 SVIDs, keys and bundles), single client and 16 concurrent clients; a fetch is
@@ -154,6 +155,7 @@ fn identity(ca: &SigningCa, entry: &str) -> Identity {
         key: Zeroizing::new(key.serialize_der()),
         not_after: svid.not_after,
         hint: String::new(),
+        created_revision: 0,
     }
 }
 

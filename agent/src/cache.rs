@@ -36,6 +36,9 @@ pub struct Identity {
     /// An operator-chosen label telling workloads with several identities which to use; often
     /// empty.
     pub hint: String,
+    /// The revision at which the entry was created: of several identities of one workload, the
+    /// oldest (lowest, then by entry id) is its default.
+    pub created_revision: u64,
 }
 
 impl fmt::Debug for Identity {
@@ -48,6 +51,7 @@ impl fmt::Debug for Identity {
             .field("key", &"<redacted>")
             .field("not_after", &self.not_after)
             .field("hint", &self.hint)
+            .field("created_revision", &self.created_revision)
             .finish()
     }
 }
@@ -72,14 +76,18 @@ impl Snapshot {
     }
 
     /// The identities whose entry selectors all appear among `workload` selectors (SPIRE's
-    /// matching), ordered by entry id.
-    pub fn matching<'a>(
-        &'a self,
-        workload: &'a [Selector],
-    ) -> impl Iterator<Item = &'a Arc<Identity>> + 'a {
-        self.identities
+    /// matching), oldest entry first (by `created_revision`, then entry id): the first is the
+    /// workload's default SVID, and an entry created later can never take its place, whatever
+    /// its id.
+    pub fn matching(&self, workload: &[Selector]) -> impl Iterator<Item = &Arc<Identity>> + '_ {
+        let mut found: Vec<&Arc<Identity>> = self
+            .identities
             .values()
-            .filter(move |id| selector::matches(&id.selectors, workload))
+            .filter(|id| selector::matches(&id.selectors, workload))
+            .collect();
+        // Stable, and the map iterates by id: equal revisions stay in id order.
+        found.sort_by_key(|id| id.created_revision);
+        found.into_iter()
     }
 
     /// The CA certificates trusted for `td`.
@@ -210,6 +218,7 @@ mod tests {
             key: Zeroizing::new(vec![1, 2, 3]),
             not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(10),
             hint: String::new(),
+            created_revision: 0,
         }
     }
 
@@ -246,6 +255,24 @@ mod tests {
         assert_eq!(matched, ["c"]);
         assert!(cache.remove("b"));
         assert_eq!(cache.snapshot().identities().count(), 1);
+    }
+
+    /// Of several identities matching one workload, the oldest entry comes first, even when a
+    /// newer entry's id sorts before it.
+    #[test]
+    fn the_oldest_entry_is_the_default_whatever_the_ids() {
+        let cache = SvidCache::new();
+        let mut old = identity("ffff-payments", 7, b"p");
+        old.created_revision = 10;
+        let mut newer = identity("0000-attacker", 7, b"a");
+        newer.created_revision = 42;
+        let mut same_rev_b = identity("bbbb", 7, b"b");
+        same_rev_b.created_revision = 42;
+        cache.replace_all(vec![same_rev_b, newer, old]);
+        let snap = cache.snapshot();
+        let uid = [Selector::uid(7)];
+        let order: Vec<_> = snap.matching(&uid).map(|i| i.entry_id.as_str()).collect();
+        assert_eq!(order, ["ffff-payments", "0000-attacker", "bbbb"]);
     }
 
     #[test]

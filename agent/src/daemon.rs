@@ -372,6 +372,7 @@ impl Agent {
                 ttl_seconds: e.ttl_seconds,
                 dns_names: e.dns_names,
                 revision: e.revision,
+                created_revision: e.created_revision,
             };
             let unchanged = self.entries.get(&stored.id).is_some_and(|h| {
                 h.entry == stored && self.cache.snapshot().identity(&stored.id).is_some()
@@ -511,7 +512,7 @@ impl Agent {
     }
 
     async fn issue(&mut self, ids: &[String]) -> Result<(), AgentError> {
-        let mut keys: HashMap<String, (rcgen::KeyPair, SpiffeId, Vec<Selector>, u64)> =
+        let mut keys: HashMap<String, (rcgen::KeyPair, SpiffeId, Vec<Selector>, u64, u64)> =
             HashMap::new();
         let mut requests = Vec::with_capacity(ids.len());
         for id in ids {
@@ -549,6 +550,7 @@ impl Agent {
                     spiffe_id.clone(),
                     selectors.clone(),
                     held.entry.revision,
+                    held.entry.created_revision,
                 ),
             );
         }
@@ -583,7 +585,9 @@ impl Agent {
             .map_err(|e| AgentError::Corrupt(format!("bundle: {e}")))?;
         let mut issued = 0usize;
         for minted in reply.svids {
-            let Some((key, spiffe_id, selectors, revision)) = keys.remove(&minted.entry_id) else {
+            let Some((key, spiffe_id, selectors, revision, created_revision)) =
+                keys.remove(&minted.entry_id)
+            else {
                 continue;
             };
             let id = minted.entry_id;
@@ -623,6 +627,7 @@ impl Agent {
                 key: Zeroizing::new(key.serialize_der()),
                 not_after: valid.not_after,
                 hint: String::new(),
+                created_revision,
             });
             let wait = renew_in(validity, random_jitter(), SystemTime::now()).max(MIN_REISSUE);
             self.schedule(&id, Instant::now() + wait);
@@ -883,6 +888,7 @@ mod tests {
             ttl_seconds: 3600,
             dns_names: vec![],
             revision: 1,
+            created_revision: 1,
         };
         assert!(parse_entry(&e, &td).is_ok());
         e.spiffe_id = "spiffe://other.org/ns/a".into();

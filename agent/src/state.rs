@@ -134,6 +134,9 @@ pub struct StoredEntry {
     #[serde(default)]
     pub dns_names: Vec<String>,
     pub revision: u64,
+    /// The revision at which the entry was created (0 when unknown: from an older authority).
+    #[serde(default)]
+    pub created_revision: u64,
 }
 
 /// `agent.toml`.
@@ -391,6 +394,7 @@ mod tests {
                 ttl_seconds: 3600,
                 dns_names: vec!["a.example".into()],
                 revision: 41,
+                created_revision: 12,
             }],
         };
         dir.save_state(&state).unwrap();

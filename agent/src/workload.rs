@@ -10,6 +10,12 @@
 //!   Every request carries the connection's [`Attestation`] (tonic connect info), and is served
 //!   only after [`Attestation::verify`] shows the caller is still the process attested at accept,
 //!   on the same executable.
+//! - **Selectors read from the executable** (`unix:path`, `unix:sha256`) are established before
+//!   an answer only if an identity held at that moment needs them ([`Attestor::resolve`]),
+//!   within [`Limits::attest_timeout`]: past it the call fails with `DeadlineExceeded`, while the
+//!   read goes on holding its uid's slot (one per uid; see [`crate::attest`]).
+//! - **Order**: of the caller's identities, the oldest entry (lowest `created_revision`, then
+//!   entry id) comes first and is the default SVID, so that a newer entry can never displace it.
 //! - **Requests** (per the SPIFFE Workload API standard): the metadata `workload.spiffe.io:
 //!   true` is required (`InvalidArgument` otherwise). `FetchX509SVID` streams the full set of
 //!   the caller's identities — every cached identity whose entry selectors are all among the
@@ -34,6 +40,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ringzero_policy::TrustDomain;
+use ringzero_policy::selector::Selector;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -75,7 +82,8 @@ pub struct Limits {
     pub max_connections_per_uid: usize,
     /// Concurrent gRPC calls per connection.
     pub max_streams_per_connection: u32,
-    /// How long attesting one connection may take (it may hash a large executable once).
+    /// How long attesting one connection may take, and, on each call, establishing the
+    /// selectors read from the executable (a path check, a hash).
     pub attest_timeout: Duration,
 }
 
@@ -171,6 +179,8 @@ pub async fn serve_listener(
     let service = SpiffeWorkloadApiServer::new(WorkloadApi {
         cache,
         stopping: stopping.clone(),
+        attestor: attestor.clone(),
+        attest_timeout: limits.attest_timeout,
     })
     .max_decoding_message_size(MAX_REQUEST_LEN)
     .max_encoding_message_size(MAX_RESPONSE_LEN);
@@ -336,16 +346,14 @@ impl Incoming {
         let attestor = self.attestor.clone();
         let deadline = self.attest_timeout;
         self.attesting.spawn(async move {
-            let job = tokio::task::spawn_blocking(move || {
-                let result = attestor.attest(&stream);
-                (stream, result)
-            });
-            let (stream, result) = match tokio::time::timeout(deadline, job).await {
-                Ok(Ok(done)) => done,
-                Ok(Err(_)) | Err(_) => {
-                    warn!("Workload API caller attestation timed out or failed; closing");
-                    return None;
-                }
+            // The /proc reads run through the attestor's gate; if they outlast the deadline
+            // the job keeps its slot until it ends, and the connection is closed.
+            let Ok(result) = tokio::time::timeout(deadline, attestor.attest(&stream)).await else {
+                warn!(
+                    uid = cred.uid(),
+                    "Workload API caller attestation timed out; closing"
+                );
+                return None;
             };
             match result {
                 Ok(attestation) => {
@@ -427,6 +435,9 @@ struct WorkloadApi {
     cache: SvidCache,
     /// Becomes `true` when the server shuts down: open streams end.
     stopping: watch::Receiver<bool>,
+    /// Establishes the selectors that read the caller's executable, when entries need them.
+    attestor: Attestor,
+    attest_timeout: Duration,
 }
 
 type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
@@ -456,22 +467,58 @@ fn admit<T>(req: &Request<T>, method: &'static str) -> Result<Arc<Attestation>, 
 
 /// [`Attestation::verify`], as a status.
 fn recheck(caller: &Attestation, method: &'static str) -> Result<(), Status> {
-    caller.verify().map_err(|e| {
-        info!(method, pid = caller.pid(), uid = caller.uid(), error = %e, "Workload API caller refused");
-        match e {
-            AttestError::ProcessGone | AttestError::ExecutableChanged => {
-                Status::permission_denied(e.to_string())
-            }
-            _ => Status::unavailable("cannot re-attest the caller"),
+    caller.verify().map_err(|e| refusal(caller, method, &e))
+}
+
+/// An attestation failure, logged, as a status.
+fn refusal(caller: &Attestation, method: &'static str, e: &AttestError) -> Status {
+    info!(method, pid = caller.pid(), uid = caller.uid(), error = %e, "Workload API caller refused");
+    match e {
+        AttestError::ProcessGone | AttestError::ExecutableChanged => {
+            Status::permission_denied(e.to_string())
         }
-    })
+        _ => Status::unavailable("cannot re-attest the caller"),
+    }
+}
+
+/// Establishes the caller's `unix:path` and `unix:sha256` selectors if an identity of `snap`
+/// needs them ([`Attestor::resolve`]), within `deadline`. On timeout the caller gets
+/// `DeadlineExceeded`; the read goes on in the background, holding the caller's uid's slot,
+/// and its result serves the next call.
+async fn establish(
+    attestor: &Attestor,
+    deadline: Duration,
+    caller: &Arc<Attestation>,
+    snap: &Snapshot,
+    method: &'static str,
+) -> Result<(), Status> {
+    let entries: Vec<&[Selector]> = snap.identities().map(|i| i.selectors.as_slice()).collect();
+    if caller.pending(entries.iter().copied()).is_none() {
+        return Ok(());
+    }
+    match tokio::time::timeout(deadline, attestor.resolve(caller, &entries)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(refusal(caller, method, &e)),
+        Err(_) => {
+            warn!(
+                method,
+                pid = caller.pid(),
+                uid = caller.uid(),
+                "attesting the caller's executable timed out"
+            );
+            Err(Status::deadline_exceeded(format!(
+                "attesting the caller's executable took longer than {} s",
+                deadline.as_secs()
+            )))
+        }
+    }
 }
 
 /// The caller's full X.509 state, or `PermissionDenied` when nothing matches it.
 fn x509_response(snap: &Snapshot, caller: &Attestation) -> Result<pb::X509svidResponse, Status> {
     let mut svids = Vec::new();
     let mut own_domains: Vec<&TrustDomain> = Vec::new();
-    for identity in snap.matching(caller.selectors()) {
+    for identity in snap.matching(&caller.selectors()) {
         let td = identity.spiffe_id.trust_domain();
         let Some(bundle) = snap.bundle(&td).filter(|b| !b.is_empty()) else {
             warn!(entry = %identity.entry_id, trust_domain = %td, "no bundle for an identity's trust domain; not served");
@@ -531,6 +578,7 @@ fn stream_updates<T: Send + 'static>(
     mut stopping: watch::Receiver<bool>,
     caller: Arc<Attestation>,
     method: &'static str,
+    resolver: Option<(Attestor, Duration)>,
     build: impl Fn(&Snapshot, &Attestation) -> Result<Option<T>, Status> + Send + 'static,
 ) -> ReceiverStream<Result<T, Status>> {
     // One message in flight: a client that does not read holds only its own task back.
@@ -538,8 +586,14 @@ fn stream_updates<T: Send + 'static>(
     tokio::spawn(async move {
         loop {
             let snap = Arc::clone(&rx.borrow_and_update());
-            // A few small reads of /proc: cheap enough to run on the runtime.
-            let next = recheck(&caller, method).and_then(|()| build(&snap, &caller));
+            // A few small reads of /proc and cached attributes: cheap enough to run on the
+            // runtime. Reads of the executable (new entries may need them) go through the
+            // attestor's gate.
+            let mut next = recheck(&caller, method);
+            if let (Ok(()), Some((attestor, deadline))) = (&next, &resolver) {
+                next = establish(attestor, *deadline, &caller, &snap, method).await;
+            }
+            let next = next.and_then(|()| build(&snap, &caller));
             match next {
                 Ok(Some(msg)) => {
                     if tx.send(Ok(msg)).await.is_err() {
@@ -581,9 +635,18 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let caller = admit(&req, "FetchX509SVID")?;
         let rx = self.cache.subscribe();
+        let snap = Arc::clone(&rx.borrow());
+        establish(
+            &self.attestor,
+            self.attest_timeout,
+            &caller,
+            &snap,
+            "FetchX509SVID",
+        )
+        .await?;
         // The first answer is decided here, so that a caller with no identity gets the status
         // on the call itself, as from SPIRE.
-        let first = x509_response(&rx.borrow(), &caller);
+        let first = x509_response(&snap, &caller);
         match &first {
             Ok(msg) => info!(
                 pid = caller.pid(),
@@ -605,6 +668,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             self.stopping.clone(),
             caller,
             "FetchX509SVID",
+            Some((self.attestor.clone(), self.attest_timeout)),
             |snap, caller| x509_response(snap, caller).map(Some),
         )))
     }
@@ -624,6 +688,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             self.stopping.clone(),
             caller,
             "FetchX509Bundles",
+            None,
             |snap, _| Ok(bundles_response(snap)),
         )))
     }

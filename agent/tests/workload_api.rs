@@ -68,6 +68,7 @@ fn identity(ca: &SigningCa, entry: &str, path: &str, selectors: Vec<Selector>) -
         key: Zeroizing::new(key.serialize_der()),
         not_after: svid.not_after,
         hint: String::new(),
+        created_revision: 0,
     }
 }
 
