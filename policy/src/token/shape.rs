@@ -255,7 +255,7 @@ fn block_shape(
         );
         if index == 0 && !authority_may_say {
             return Err(unsupported(
-                "an operation or resource check in the authority block",
+                "an operation or resource check (those belong in appended blocks)",
             ));
         }
         shape.checks.push(c);
@@ -286,7 +286,7 @@ fn check_shape(
         return Err(unsupported("a check with an unusual head"));
     }
     let [pred] = query.body.as_slice() else {
-        return Err(unsupported("a check over several predicates"));
+        return Err(unsupported("a check not over exactly one predicate"));
     };
     let name = symbols.get_symbol(pred.name);
     let exprs = query.expressions.as_slice();
