@@ -7,6 +7,18 @@
 //!   lookup, key-id resolution, subject query, decision mapping).
 //! - `ringzero_check/N`: `token::authorize` on first sight, against 1,000 revoked ids.
 //! - `ringzero_cached/N`: `TokenCache::authorize` on a warm cache.
+//!
+//! And, in group `hostile_block`, the reported attack — one appended block of 18 facts and a
+//! check joining six atoms, a minute of CPU per call before the block whitelist — refused,
+//! against a normal 2-block token allowed, in the same run:
+//!
+//! - `normal_2_blocks`: `token::authorize` of a minted token with one attenuation block;
+//! - `hostile_refused`: `token::authorize` of the attack token (denied `unsupported_block`);
+//! - `hostile_refused_cached`: the same through a `TokenCache` (never cached: every call is a
+//!   miss);
+//! - `shape_check_2_blocks`: `token::check_shape` alone on the normal token — what the
+//!   whitelist adds to every uncached authorization, beyond decoding, which
+//!   `decode_only_2_blocks` (`token::revocation_ids`) measures.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashSet;
@@ -209,6 +221,99 @@ fn bench_check(c: &mut Criterion) {
     group.finish();
 }
 
+/// The reported attack: the token with one block appended offline by its holder.
+fn attack_token(t: &str) -> String {
+    let mut code = String::new();
+    for i in 0..18 {
+        code.push_str(&format!("f({i});\n"));
+    }
+    code.push_str(
+        "check if f($a), f($b), f($c), f($d), f($e), f($g), $a + $b + $c + $d + $e + $g == -1;",
+    );
+    biscuit_auth::UnverifiedBiscuit::from_base64(t)
+        .unwrap()
+        .append(biscuit_auth::builder::BlockBuilder::new().code(&code).unwrap())
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}
+
+fn bench_hostile(c: &mut Criterion) {
+    let now = SystemTime::now();
+    let root = RootKey::generate(RootKeyId(7));
+    let keys = KeySet::single(root.public());
+    let revocations = revocation_set();
+    let alice = SpiffeId::parse(ALICE).unwrap();
+    let resource = Resource::parse(RESOURCE).unwrap();
+    let req = Request {
+        operation: Operation::LogsRead,
+        resource: &resource,
+        peer: Some(&alice),
+        node: None,
+        time: now,
+    };
+    let normal = token_with_blocks(&root, 2, now);
+    let hostile = attack_token(&token_with_blocks(&root, 1, now));
+    let d = token::authorize(&normal, &keys, &revocations, &req, Limits::default());
+    assert!(d.is_allowed(), "{d:?}");
+    let refused = |t: &str, d: token::Decision| match d {
+        token::Decision::Deny(why) => assert_eq!(why.code(), "unsupported_block", "{t}"),
+        other => panic!("the attack token is not refused: {other:?}"),
+    };
+    refused(
+        "uncached",
+        token::authorize(&hostile, &keys, &revocations, &req, Limits::default()),
+    );
+    let cache = TokenCache::new(1024);
+
+    let mut group = c.benchmark_group("hostile_block");
+    group.bench_function("normal_2_blocks", |b| {
+        b.iter(|| {
+            token::authorize(
+                black_box(&normal),
+                &keys,
+                &revocations,
+                black_box(&req),
+                Limits::default(),
+            )
+        })
+    });
+    group.bench_function("hostile_refused", |b| {
+        b.iter(|| {
+            token::authorize(
+                black_box(&hostile),
+                &keys,
+                &revocations,
+                black_box(&req),
+                Limits::default(),
+            )
+        })
+    });
+    group.bench_function("hostile_refused_cached", |b| {
+        b.iter(|| {
+            cache.authorize(
+                black_box(&hostile),
+                &keys,
+                &revocations,
+                black_box(&req),
+                Limits::default(),
+            )
+        })
+    });
+    group.bench_function("shape_check_2_blocks", |b| {
+        b.iter(|| token::check_shape(black_box(&normal)))
+    });
+    group.bench_function("decode_only_2_blocks", |b| {
+        b.iter(|| token::revocation_ids(black_box(&normal)))
+    });
+    group.finish();
+    refused(
+        "cached",
+        cache.authorize(&hostile, &keys, &revocations, &req, Limits::default()),
+    );
+    assert!(cache.is_empty(), "the attack token was cached");
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(50)
@@ -219,6 +324,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_check
+    targets = bench_check, bench_hostile
 }
 criterion_main!(benches);
