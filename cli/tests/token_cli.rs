@@ -207,7 +207,11 @@ fn verify_refuses_a_hostile_block_quickly_and_says_why() {
     );
     let hostile = biscuit_auth::UnverifiedBiscuit::from_base64(&t)
         .unwrap()
-        .append(biscuit_auth::builder::BlockBuilder::new().code(&code).unwrap())
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(&code)
+                .unwrap(),
+        )
         .unwrap()
         .to_base64()
         .unwrap();
@@ -217,7 +221,10 @@ fn verify_refuses_a_hostile_block_quickly_and_says_why() {
     let took = start.elapsed();
     assert_eq!(status, 1, "{out}");
     assert!(out.contains("refused before evaluation"), "{out}");
-    assert!(out.contains("block 1 holds a fact in an appended block"), "{out}");
+    assert!(
+        out.contains("block 1 holds a fact in an appended block"),
+        "{out}"
+    );
     assert!(!out.contains(&hostile), "the reason never echoes the token");
     // A whole process run, on a loaded machine: seconds at most, not a minute.
     assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
@@ -232,7 +239,11 @@ fn verify_refuses_a_hostile_block_quickly_and_says_why() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(stdout(&out).contains("UNSUPPORTED: block 1"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("UNSUPPORTED: block 1"),
+        "{}",
+        stdout(&out)
+    );
     let out = rz(d.path())
         .args(["token", "attenuate", &hostile, "--ttl", "1m"])
         .output()

@@ -16,6 +16,9 @@
 //! - `hostile_refused`: `token::authorize` of the attack token (denied `unsupported_block`);
 //! - `hostile_refused_cached`: the same through a `TokenCache` (never cached: every call is a
 //!   miss);
+//! - `largest_accepted`: `token::authorize` of the largest token the whitelist accepts within
+//!   16 KiB (256 rights, then blocks of 16 checks while they fit) on the deepest resource
+//!   accepted (257 prefixes): the worst case the bound allows, allowed;
 //! - `shape_check_2_blocks`: `token::check_shape` alone on the normal token — what the
 //!   whitelist adds to every uncached authorization, beyond decoding, which
 //!   `decode_only_2_blocks` (`token::revocation_ids`) measures.
@@ -232,10 +235,68 @@ fn attack_token(t: &str) -> String {
     );
     biscuit_auth::UnverifiedBiscuit::from_base64(t)
         .unwrap()
-        .append(biscuit_auth::builder::BlockBuilder::new().code(&code).unwrap())
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(&code)
+                .unwrap(),
+        )
         .unwrap()
         .to_base64()
         .unwrap()
+}
+
+/// The largest token the whitelist accepts within the size bound, allowing `logs:read` under
+/// `ns/default`.
+fn largest_token(root: &RootKey, now: SystemTime) -> String {
+    let mut rights: Vec<Right> = (1..token::MAX_RIGHTS)
+        .map(|i| {
+            Right::new(
+                Operation::LogsRead,
+                Resource::parse(&format!("n{i}")).unwrap(),
+            )
+        })
+        .collect();
+    rights.push(Right::new(
+        Operation::LogsRead,
+        Resource::parse("ns/default").unwrap(),
+    ));
+    let mut t = token::mint(
+        root,
+        &MintRequest {
+            subject: SpiffeId::parse(ALICE).unwrap(),
+            rights,
+            ttl: None,
+            bind_to_subject: true,
+            bind_node: None,
+        },
+        &Lifetime::default(),
+        now,
+    )
+    .unwrap();
+    let mut code = String::from(
+        "check if time($t), $t <= 2100-01-01T00:00:00Z;\n\
+         check if operation($op), {\"logs:read\", \"sched:read\"}.contains($op);\n\
+         check if resource_within(\"ns/default\");\n",
+    );
+    for _ in 3..token::MAX_CHECKS_PER_BLOCK {
+        code.push_str(&format!("check if peer(\"{ALICE}\");\n"));
+    }
+    loop {
+        let next = biscuit_auth::UnverifiedBiscuit::from_base64(&t)
+            .unwrap()
+            .append(
+                biscuit_auth::builder::BlockBuilder::new()
+                    .code(&code)
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        if next.len() > token::MAX_TOKEN_LEN {
+            return t;
+        }
+        t = next;
+    }
 }
 
 fn bench_hostile(c: &mut Criterion) {
@@ -256,15 +317,30 @@ fn bench_hostile(c: &mut Criterion) {
     let hostile = attack_token(&token_with_blocks(&root, 1, now));
     let d = token::authorize(&normal, &keys, &revocations, &req, Limits::default());
     assert!(d.is_allowed(), "{d:?}");
-    let refused = |t: &str, d: token::Decision| match d {
-        token::Decision::Deny(why) => assert_eq!(why.code(), "unsupported_block", "{t}"),
-        other => panic!("the attack token is not refused: {other:?}"),
+    let refused = |t: &str, d: token::Decision| {
+        let code = match &d {
+            token::Decision::Deny(why) => why.code(),
+            token::Decision::Allow(_) => "allow",
+        };
+        assert_eq!(code, "unsupported_block", "{t}: {d:?}");
     };
     refused(
         "uncached",
         token::authorize(&hostile, &keys, &revocations, &req, Limits::default()),
     );
     let cache = TokenCache::new(1024);
+    let largest = largest_token(&root, now);
+    let mut deep = String::from("ns/default");
+    while deep.len() + 2 <= ringzero_policy::rights::MAX_RESOURCE_LEN {
+        deep.push_str("/a");
+    }
+    let deep = Resource::parse(&deep).unwrap();
+    let deep_req = Request {
+        resource: &deep,
+        ..req
+    };
+    let d = token::authorize(&largest, &keys, &revocations, &deep_req, Limits::default());
+    assert!(d.is_allowed(), "{d:?}");
 
     let mut group = c.benchmark_group("hostile_block");
     group.bench_function("normal_2_blocks", |b| {
@@ -296,6 +372,17 @@ fn bench_hostile(c: &mut Criterion) {
                 &keys,
                 &revocations,
                 black_box(&req),
+                Limits::default(),
+            )
+        })
+    });
+    group.bench_function("largest_accepted", |b| {
+        b.iter(|| {
+            token::authorize(
+                black_box(&largest),
+                &keys,
+                &revocations,
+                black_box(&deep_req),
                 Limits::default(),
             )
         })

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::TokenCache;
 use crate::rights::{NodeName, Operation, Resource};
 use crate::spiffe::{SpiffeId, SpiffeIdPattern, TrustDomain};
 use crate::svid::{SigningCa, TrustBundle, Usage, validate_svid};
-use crate::TokenCache;
 use crate::token::{
     self, Decision, Denial, KeySet, NoRevocations, Request, RootKey, RootKeyId, TokenError,
 };
@@ -74,7 +74,9 @@ pub fn token_shape(data: &[u8]) {
     let token = match mode % 4 {
         0 => append_raw_block(rest),
         1 => std::str::from_utf8(rest).ok().and_then(append_block_source),
-        2 => std::str::from_utf8(rest).ok().and_then(authority_from_source),
+        2 => std::str::from_utf8(rest)
+            .ok()
+            .and_then(authority_from_source),
         _ => std::str::from_utf8(rest).ok().map(str::to_owned),
     };
     if let Some(token) = token {
@@ -118,7 +120,9 @@ pub fn append_raw_block(payload: &[u8]) -> Option<String> {
 
 /// Appends a block written in Datalog to the corpus base token.
 pub fn append_block_source(source: &str) -> Option<String> {
-    let block = biscuit_auth::builder::BlockBuilder::new().code(source).ok()?;
+    let block = biscuit_auth::builder::BlockBuilder::new()
+        .code(source)
+        .ok()?;
     biscuit_auth::UnverifiedBiscuit::from_base64(corpus_base_token()?)
         .ok()?
         .append(block)
@@ -164,10 +168,7 @@ fn exercise_token(s: &str) {
     assert!(took < Duration::from_secs(2), "authorize took {took:?}");
 
     // The whitelist's verdict is the same everywhere it is consulted.
-    let refused = matches!(
-        &decision,
-        Decision::Deny(Denial::UnsupportedBlock(_))
-    );
+    let refused = matches!(&decision, Decision::Deny(Denial::UnsupportedBlock(_)));
     match &shape {
         Ok(()) => {
             assert!(!refused, "{decision:?}");

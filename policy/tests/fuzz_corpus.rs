@@ -79,7 +79,9 @@ fn appended_blocks() -> Vec<(&'static str, String)> {
     for i in 0..18 {
         attack.push_str(&format!("f({i});\n"));
     }
-    attack.push_str("check if f($a), f($b), f($c), f($d), f($e), f($g), $a + $b + $c + $d + $e + $g == -1;");
+    attack.push_str(
+        "check if f($a), f($b), f($c), f($d), f($e), f($g), $a + $b + $c + $d + $e + $g == -1;",
+    );
     let ops65: Vec<String> = (0..65).map(|i| format!("\"op{i}\"")).collect();
     vec![
         ("ok_expiry_lt", "check if time($time), $time < 2030-01-01T00:00:00Z;".into()),
@@ -112,19 +114,34 @@ fn appended_blocks() -> Vec<(&'static str, String)> {
 
 /// Authority blocks for the `token_shape` seeds: (name, Datalog).
 fn authority_blocks() -> Vec<(&'static str, String)> {
-    let head = "subject(\"spiffe://example.org/user/alice\");\nright(\"logs\", \"logs:read\", \"\");\n";
+    let head =
+        "subject(\"spiffe://example.org/user/alice\");\nright(\"logs\", \"logs:read\", \"\");\n";
     let rights: String = (0..257)
         .map(|i| format!("right(\"logs\", \"logs:read\", \"n{i}\");\n"))
         .collect();
     vec![
-        ("ok_minted_shape", format!("{head}check if time($time), $time < 2030-01-01T00:00:00Z;\ncheck if peer(\"spiffe://example.org/user/alice\");\ncheck if node(\"n1\");")),
-        ("ok_le", format!("{head}check if time($time), $time <= 2030-01-01T00:00:00Z;")),
+        (
+            "ok_minted_shape",
+            format!(
+                "{head}check if time($time), $time < 2030-01-01T00:00:00Z;\ncheck if peer(\"spiffe://example.org/user/alice\");\ncheck if node(\"n1\");"
+            ),
+        ),
+        (
+            "ok_le",
+            format!("{head}check if time($time), $time <= 2030-01-01T00:00:00Z;"),
+        ),
         ("ok_no_expiry", head.to_owned()),
         ("rule", format!("{head}p($x) <- right($a, $x, $b);")),
         ("request_fact", format!("{head}operation(\"logs:read\");")),
         ("no_subject", "right(\"logs\", \"logs:read\", \"\");".into()),
-        ("resource_check", format!("{head}check if resource_within(\"ns\");")),
-        ("rights_257", format!("subject(\"spiffe://example.org/user/alice\");\n{rights}")),
+        (
+            "resource_check",
+            format!("{head}check if resource_within(\"ns\");"),
+        ),
+        (
+            "rights_257",
+            format!("subject(\"spiffe://example.org/user/alice\");\n{rights}"),
+        ),
     ]
 }
 
@@ -144,9 +161,14 @@ fn regenerate_token_shape_corpus() {
         write(format!("source_{name}"), 1, source.as_bytes());
         // The same block as the raw payload biscuit signs.
         let token = fuzzing::append_block_source(&source).unwrap();
-        let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE, &token).unwrap();
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE, &token).unwrap();
         let proto = biscuit_auth::format::schema::Biscuit::decode(bytes.as_slice()).unwrap();
-        write(format!("raw_{name}"), 0, &proto.blocks.last().unwrap().block);
+        write(
+            format!("raw_{name}"),
+            0,
+            &proto.blocks.last().unwrap().block,
+        );
         write(format!("token_{name}"), 3, token.as_bytes());
     }
     for (name, source) in authority_blocks() {
@@ -155,7 +177,8 @@ fn regenerate_token_shape_corpus() {
     write("raw_not_protobuf".into(), 0, b"\xff\xff\xff\xff");
     write("raw_empty".into(), 0, b"");
     // A third-party block, signed by a key of its own.
-    let base = biscuit_auth::UnverifiedBiscuit::from_base64(fuzzing::corpus_base_token().unwrap()).unwrap();
+    let base = biscuit_auth::UnverifiedBiscuit::from_base64(fuzzing::corpus_base_token().unwrap())
+        .unwrap();
     let external = biscuit_auth::KeyPair::new();
     let block = base
         .third_party_request()
@@ -174,7 +197,11 @@ fn regenerate_token_shape_corpus() {
         .unwrap();
     write("token_third_party".into(), 3, third.as_bytes());
     // The reported attack, as text, for the `token_authorize` target too.
-    let attack = appended_blocks().into_iter().find(|(n, _)| *n == "attack_18_facts_join_6").unwrap().1;
+    let attack = appended_blocks()
+        .into_iter()
+        .find(|(n, _)| *n == "attack_18_facts_join_6")
+        .unwrap()
+        .1;
     std::fs::write(
         corpus_dir("token_authorize").join("unsupported_attack_18_facts_join_6"),
         fuzzing::append_block_source(&attack).unwrap(),

@@ -91,7 +91,7 @@ pub enum CheckKind {
     Peer,
     /// `check if node(…)`
     Node,
-    /// `check if operation($op), […].contains($op)`
+    /// `check if operation($op), {…}.contains($op)`
     Operation,
     /// `check if resource_within(…)`
     Resource,

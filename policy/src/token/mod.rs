@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! check if time($time), $time < 2026-11-26T22:10:00Z;
-//! check if operation($op), ["logs:read"].contains($op);
+//! check if operation($op), {"logs:read"}.contains($op);
 //! check if resource_within("ns/default/web");
 //! check if peer("spiffe://example.org/ns/ci/deployer");
 //! check if node("n7");
@@ -38,8 +38,9 @@
 //! [`MAX_CHECKS_PER_BLOCK`] checks per block, [`MAX_RIGHTS`] rights and [`MAX_SET_LEN`]
 //! operations per set — and anything else is denied as `unsupported_block` or
 //! `limits_exceeded` (see [`ShapeError`]). Each accepted check then costs one scan of at most
-//! ~270 facts, and a token holds at most `MAX_BLOCKS × MAX_CHECKS_PER_BLOCK` = 512 checks, so
-//! evaluation is bounded by roughly 512 × 270 fact matches plus the allow policy's join
+//! ~520 facts (257 from the token, the request's own), and a token holds at most
+//! `MAX_BLOCKS × MAX_CHECKS_PER_BLOCK` = 512 checks, so evaluation is bounded by
+//! 512 × 520 fact matches plus the allow policy's join
 //! (1 × ≤256 rights × the resource's prefixes). The explicit [`Limits`] (facts, iterations,
 //! time) still apply during evaluation; with these shapes biscuit's between-checks time limit
 //! is an effective hard deadline.

@@ -6,13 +6,15 @@
 //! the evaluation therefore has to happen before it starts, by refusing every construct ringzero
 //! never writes. What is accepted:
 //!
-//! | block     | facts                                         | checks (`check if`, one query)          |
-//! |-----------|-----------------------------------------------|-----------------------------------------|
-//! | authority | exactly one `subject("…")`; up to [`MAX_RIGHTS`] `right("…", "…", "…")` | `time($t), $t < D` or `$t <= D`; `peer("…")`; `node("…")` |
-//! | appended  | none                                          | the same, plus `operation($o), [..].contains($o)` (1 to [`MAX_SET_LEN`] strings) and `resource_within("…")` |
+//! - the authority block: exactly one `subject("…")` fact, at most [`MAX_RIGHTS`]
+//!   `right("…", "…", "…")` facts, and checks `time($t), $t < D` (or `$t <= D`), `peer("…")`
+//!   and `node("…")`;
+//! - appended blocks: no facts; the same checks, plus `operation($op), {…}.contains($op)` (1 to
+//!   [`MAX_SET_LEN`] strings) and `resource_within("…")`.
 //!
-//! No block may hold rules, `check all` / `reject if`, `trusting` scopes, public-key tables or a
-//! third-party signature, and each holds at most [`MAX_CHECKS_PER_BLOCK`] checks.
+//! Every check is a `check if` with one query over one predicate. No block may hold rules,
+//! `check all` / `reject if`, `trusting` scopes, public-key tables or a third-party signature,
+//! and each holds at most [`MAX_CHECKS_PER_BLOCK`] checks.
 //!
 //! Blocks are read structurally: the token's protobuf form (`biscuit_auth::format::schema`) is
 //! decoded block by block, and symbols are resolved with biscuit's own symbol table built the
@@ -21,13 +23,14 @@
 //!
 //! # The bound this gives
 //!
-//! With these shapes every check has one body predicate and at most one expression, so it costs
-//! one scan of the facts: at most `1 + MAX_RIGHTS` token facts plus the request's own (five, and
-//! one `resource_within` per segment of the resource). A token holds at most
-//! `MAX_BLOCKS × MAX_CHECKS_PER_BLOCK` = 512 checks, so evaluation is at most
-//! 512 × ~270 fact matches, plus the allow policy's join of one `operation` × at most 256
-//! `right`s × the resource's prefixes — well under a millisecond. biscuit's time limit, checked
-//! between checks, is then an effective hard deadline.
+//! With these shapes no fact is ever derived, and every check has one body predicate and at
+//! most one expression, so it costs one scan of the facts: at most `1 + MAX_RIGHTS` from the
+//! token plus the request's own (five, and one `resource_within` per prefix of the resource —
+//! at most 257 for the longest resource accepted), about 520 in all. A token holds at most
+//! `MAX_BLOCKS × MAX_CHECKS_PER_BLOCK` = 512 checks, so evaluation is at most 512 × 520 fact
+//! matches, plus the allow policy's join of one `operation` × at most 256 `right`s × the
+//! resource's prefixes. biscuit's time limit, checked between checks, is then an effective hard
+//! deadline.
 
 use std::time::{Duration, SystemTime};
 
@@ -42,7 +45,7 @@ use super::TokenError;
 pub const MAX_RIGHTS: usize = 256;
 /// The most checks one block may hold.
 pub const MAX_CHECKS_PER_BLOCK: usize = 16;
-/// The most operations one `operation($op), [..].contains($op)` check may list.
+/// The most operations one `operation($op), {…}.contains($op)` check may list.
 pub const MAX_SET_LEN: usize = 64;
 
 /// Why a token's blocks are refused before evaluation. Names the construct, never the token
@@ -72,7 +75,7 @@ impl ShapeError {
 pub(crate) enum CheckShape {
     /// `check if time($t), $t < date` (`inclusive`: `<=`).
     Expiry { date: u64, inclusive: bool },
-    /// `check if operation($op), [..].contains($op)`
+    /// `check if operation($op), {…}.contains($op)`
     Operations(Vec<String>),
     /// `check if resource_within("…")`
     ResourceWithin(String),
@@ -88,9 +91,11 @@ impl CheckShape {
     /// until D and `$t <= D` holds through second D, that is until D + 1.
     fn expires_at(&self) -> Option<u64> {
         match self {
-            CheckShape::Expiry { date, inclusive } => {
-                Some(if *inclusive { date.saturating_add(1) } else { *date })
-            }
+            CheckShape::Expiry { date, inclusive } => Some(if *inclusive {
+                date.saturating_add(1)
+            } else {
+                *date
+            }),
             _ => None,
         }
     }
@@ -204,7 +209,9 @@ fn block_shape(
         return Err(unsupported("a `trusting` scope annotation"));
     }
     if !block.public_keys.is_empty() {
-        return Err(unsupported("a public key table (used by `trusting` scopes)"));
+        return Err(unsupported(
+            "a public key table (used by `trusting` scopes)",
+        ));
     }
     if !block.rules.is_empty() {
         return Err(unsupported("a rule"));
@@ -219,7 +226,10 @@ fn block_shape(
         }
         for fact in &block.facts {
             let p = &fact.predicate;
-            match (symbols.get_symbol(p.name), strings(&p.terms, symbols).as_deref()) {
+            match (
+                symbols.get_symbol(p.name),
+                strings(&p.terms, symbols).as_deref(),
+            ) {
                 (Some("subject"), Some([s])) if shape.subject.is_none() => {
                     shape.subject = Some(s.clone());
                 }
@@ -236,7 +246,9 @@ fn block_shape(
             }
         }
         if shape.subject.is_none() {
-            return Err(unsupported("no subject fact (an authority block names one)"));
+            return Err(unsupported(
+                "no subject fact (an authority block names one)",
+            ));
         }
     } else if !block.facts.is_empty() {
         return Err(unsupported("a fact in an appended block"));
@@ -296,15 +308,17 @@ fn check_shape(
             match (v, ops(expr).as_deref()) {
                 (
                     Some(v),
-                    Some([
-                        op::Content::Value(schema::Term {
-                            content: Some(term::Content::Variable(lhs)),
-                        }),
-                        op::Content::Value(schema::Term {
-                            content: Some(term::Content::Date(date)),
-                        }),
-                        op::Content::Binary(b),
-                    ]),
+                    Some(
+                        [
+                            op::Content::Value(schema::Term {
+                                content: Some(term::Content::Variable(lhs)),
+                            }),
+                            op::Content::Value(schema::Term {
+                                content: Some(term::Content::Date(date)),
+                            }),
+                            op::Content::Binary(b),
+                        ],
+                    ),
                 ) if *lhs == v && b.ffi_name.is_none() => {
                     let inclusive = match b.kind {
                         k if k == op_binary::Kind::LessThan as i32 => false,
@@ -324,15 +338,17 @@ fn check_shape(
             match (v, ops(expr).as_deref()) {
                 (
                     Some(v),
-                    Some([
-                        op::Content::Value(schema::Term {
-                            content: Some(term::Content::Set(set)),
-                        }),
-                        op::Content::Value(schema::Term {
-                            content: Some(term::Content::Variable(arg)),
-                        }),
-                        op::Content::Binary(b),
-                    ]),
+                    Some(
+                        [
+                            op::Content::Value(schema::Term {
+                                content: Some(term::Content::Set(set)),
+                            }),
+                            op::Content::Value(schema::Term {
+                                content: Some(term::Content::Variable(arg)),
+                            }),
+                            op::Content::Binary(b),
+                        ],
+                    ),
                 ) if *arg == v
                     && b.kind == op_binary::Kind::Contains as i32
                     && b.ffi_name.is_none() =>
