@@ -190,11 +190,15 @@ fn exercise_token(s: &str) {
     if let (Ok(Some(e)), true) = (&expiry, decision.is_allowed()) {
         assert!(*e > req.time, "allowed at {:?}, expiring {e:?}", req.time);
     }
-    // The cache decides as the uncached path, on first sight and on a hit.
+    // The cache decides as the uncached path, on first sight and on a hit — unless a run hit
+    // the time limit, which depends on the machine's load, not on the token.
+    let timed_out = |d: &Decision| matches!(d, Decision::Deny(Denial::LimitExceeded(_)));
     let cache = TokenCache::new(2);
     for _ in 0..2 {
         let cached = cache.authorize(s, &keys, &NoRevocations, &req, Default::default());
-        assert_eq!(cached, decision);
+        if !timed_out(&cached) && !timed_out(&decision) {
+            assert_eq!(cached, decision);
+        }
     }
 }
 

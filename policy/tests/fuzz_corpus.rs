@@ -68,6 +68,53 @@ fn token_shape_corpus() {
     replay("token_shape", 40, fuzzing::token_shape);
 }
 
+/// A stable stand-in for a fuzzing run: random mutations of the `token_shape` seeds (mostly
+/// of the raw block payloads, which are signed as they are and so reach the whitelist and
+/// evaluation) keep every invariant the target asserts.
+mod mutated_token_shape_seeds {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn seeds() -> &'static [Vec<u8>] {
+        static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        SEEDS.get_or_init(|| {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir("token_shape"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn keep_the_invariants(
+            pick in any::<prop::sample::Index>(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
+        ) {
+            let mut data = pick.get(seeds()).clone();
+            for (at, byte, kind) in edits {
+                // Byte 0 picks the mode: keep it, so edits land in the payload.
+                let len = data.len().max(2);
+                let i = 1 + at.index(len - 1);
+                match kind {
+                    0 if i < data.len() => data[i] = byte,
+                    1 => data.insert(i.min(data.len()), byte),
+                    _ if i < data.len() => {
+                        data.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            fuzzing::token_shape(&data);
+        }
+    }
+}
+
 #[test]
 fn svid_chain_corpus() {
     replay("svid_chain", 10, fuzzing::svid_chain);
