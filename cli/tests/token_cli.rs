@@ -192,6 +192,67 @@ fn a_token_from_another_root_is_denied() {
 }
 
 #[test]
+fn verify_refuses_a_hostile_block_quickly_and_says_why() {
+    // The reported attack: a holder appends 18 facts and a check joining six atoms (about 34
+    // million combinations; a minute of CPU before blocks were vetted before evaluation).
+    let d = tempfile::tempdir().unwrap();
+    keygen(d.path());
+    let t = mint(d.path(), &[]);
+    let mut code = String::new();
+    for i in 0..18 {
+        code.push_str(&format!("f({i});\n"));
+    }
+    code.push_str(
+        "check if f($a), f($b), f($c), f($d), f($e), f($g), $a + $b + $c + $d + $e + $g == -1;",
+    );
+    let hostile = biscuit_auth::UnverifiedBiscuit::from_base64(&t)
+        .unwrap()
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(&code)
+                .unwrap(),
+        )
+        .unwrap()
+        .to_base64()
+        .unwrap();
+    let ok = ["--operation", "logs:read", "--resource", "ns/default/web"];
+    let start = std::time::Instant::now();
+    let (status, out) = verify(d.path(), &hostile, &ok);
+    let took = start.elapsed();
+    assert_eq!(status, 1, "{out}");
+    assert!(out.contains("refused before evaluation"), "{out}");
+    assert!(
+        out.contains("block 1 holds a fact in an appended block"),
+        "{out}"
+    );
+    assert!(!out.contains(&hostile), "the reason never echoes the token");
+    // A whole process run, on a loaded machine: seconds at most, not a minute.
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    let (status, out) = verify(d.path(), &hostile, &[&ok[..], &["--json"]].concat());
+    assert_eq!(status, 1, "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["code"], "unsupported_block");
+
+    // inspect shows it, flagged; attenuate refuses to extend it (bad input, exit 2).
+    let out = rz(d.path())
+        .args(["token", "inspect", &hostile])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("UNSUPPORTED: block 1"),
+        "{}",
+        stdout(&out)
+    );
+    let out = rz(d.path())
+        .args(["token", "attenuate", &hostile, "--ttl", "1m"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported token"));
+}
+
+#[test]
 fn inspect_human_and_json() {
     let d = tempfile::tempdir().unwrap();
     keygen(d.path());

@@ -7,6 +7,21 @@
 //!   lookup, key-id resolution, subject query, decision mapping).
 //! - `ringzero_check/N`: `token::authorize` on first sight, against 1,000 revoked ids.
 //! - `ringzero_cached/N`: `TokenCache::authorize` on a warm cache.
+//!
+//! And, in group `hostile_block`, the reported attack — one appended block of 18 facts and a
+//! check joining six atoms, a minute of CPU per call before the block whitelist — refused,
+//! against a normal 2-block token allowed, in the same run:
+//!
+//! - `normal_2_blocks`: `token::authorize` of a minted token with one attenuation block;
+//! - `hostile_refused`: `token::authorize` of the attack token (denied `unsupported_block`);
+//! - `hostile_refused_cached`: the same through a `TokenCache` (never cached: every call is a
+//!   miss);
+//! - `largest_accepted`: `token::authorize` of the largest token the whitelist accepts within
+//!   16 KiB (256 rights, then blocks of 16 checks while they fit) on the deepest resource
+//!   accepted (257 prefixes): the worst case the bound allows, allowed;
+//! - `shape_check_2_blocks`: `token::check_shape` alone on the normal token — what the
+//!   whitelist adds to every uncached authorization, beyond decoding, which
+//!   `decode_only_2_blocks` (`token::revocation_ids`) measures.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashSet;
@@ -209,6 +224,183 @@ fn bench_check(c: &mut Criterion) {
     group.finish();
 }
 
+/// The reported attack: the token with one block appended offline by its holder.
+fn attack_token(t: &str) -> String {
+    let mut code = String::new();
+    for i in 0..18 {
+        code.push_str(&format!("f({i});\n"));
+    }
+    code.push_str(
+        "check if f($a), f($b), f($c), f($d), f($e), f($g), $a + $b + $c + $d + $e + $g == -1;",
+    );
+    biscuit_auth::UnverifiedBiscuit::from_base64(t)
+        .unwrap()
+        .append(
+            biscuit_auth::builder::BlockBuilder::new()
+                .code(&code)
+                .unwrap(),
+        )
+        .unwrap()
+        .to_base64()
+        .unwrap()
+}
+
+/// The largest token the whitelist accepts within the size bound, allowing `logs:read` under
+/// `ns/default`.
+fn largest_token(root: &RootKey, now: SystemTime) -> String {
+    let mut rights: Vec<Right> = (1..token::MAX_RIGHTS)
+        .map(|i| {
+            Right::new(
+                Operation::LogsRead,
+                Resource::parse(&format!("n{i}")).unwrap(),
+            )
+        })
+        .collect();
+    rights.push(Right::new(
+        Operation::LogsRead,
+        Resource::parse("ns/default").unwrap(),
+    ));
+    let mut t = token::mint(
+        root,
+        &MintRequest {
+            subject: SpiffeId::parse(ALICE).unwrap(),
+            rights,
+            ttl: None,
+            bind_to_subject: true,
+            bind_node: None,
+        },
+        &Lifetime::default(),
+        now,
+    )
+    .unwrap();
+    let mut code = String::from(
+        "check if time($t), $t <= 2100-01-01T00:00:00Z;\n\
+         check if operation($op), {\"logs:read\", \"sched:read\"}.contains($op);\n\
+         check if resource_within(\"ns/default\");\n",
+    );
+    for _ in 3..token::MAX_CHECKS_PER_BLOCK {
+        code.push_str(&format!("check if peer(\"{ALICE}\");\n"));
+    }
+    loop {
+        let next = biscuit_auth::UnverifiedBiscuit::from_base64(&t)
+            .unwrap()
+            .append(
+                biscuit_auth::builder::BlockBuilder::new()
+                    .code(&code)
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        if next.len() > token::MAX_TOKEN_LEN {
+            return t;
+        }
+        t = next;
+    }
+}
+
+fn bench_hostile(c: &mut Criterion) {
+    let now = SystemTime::now();
+    let root = RootKey::generate(RootKeyId(7));
+    let keys = KeySet::single(root.public());
+    let revocations = revocation_set();
+    let alice = SpiffeId::parse(ALICE).unwrap();
+    let resource = Resource::parse(RESOURCE).unwrap();
+    let req = Request {
+        operation: Operation::LogsRead,
+        resource: &resource,
+        peer: Some(&alice),
+        node: None,
+        time: now,
+    };
+    let normal = token_with_blocks(&root, 2, now);
+    let hostile = attack_token(&token_with_blocks(&root, 1, now));
+    let d = token::authorize(&normal, &keys, &revocations, &req, Limits::default());
+    assert!(d.is_allowed(), "{d:?}");
+    let refused = |t: &str, d: token::Decision| {
+        let code = match &d {
+            token::Decision::Deny(why) => why.code(),
+            token::Decision::Allow(_) => "allow",
+        };
+        assert_eq!(code, "unsupported_block", "{t}: {d:?}");
+    };
+    refused(
+        "uncached",
+        token::authorize(&hostile, &keys, &revocations, &req, Limits::default()),
+    );
+    let cache = TokenCache::new(1024);
+    let largest = largest_token(&root, now);
+    let mut deep = String::from("ns/default");
+    while deep.len() + 2 <= ringzero_policy::rights::MAX_RESOURCE_LEN {
+        deep.push_str("/a");
+    }
+    let deep = Resource::parse(&deep).unwrap();
+    let deep_req = Request {
+        resource: &deep,
+        ..req
+    };
+    let d = token::authorize(&largest, &keys, &revocations, &deep_req, Limits::default());
+    assert!(d.is_allowed(), "{d:?}");
+
+    let mut group = c.benchmark_group("hostile_block");
+    group.bench_function("normal_2_blocks", |b| {
+        b.iter(|| {
+            token::authorize(
+                black_box(&normal),
+                &keys,
+                &revocations,
+                black_box(&req),
+                Limits::default(),
+            )
+        })
+    });
+    group.bench_function("hostile_refused", |b| {
+        b.iter(|| {
+            token::authorize(
+                black_box(&hostile),
+                &keys,
+                &revocations,
+                black_box(&req),
+                Limits::default(),
+            )
+        })
+    });
+    group.bench_function("hostile_refused_cached", |b| {
+        b.iter(|| {
+            cache.authorize(
+                black_box(&hostile),
+                &keys,
+                &revocations,
+                black_box(&req),
+                Limits::default(),
+            )
+        })
+    });
+    group.bench_function("largest_accepted", |b| {
+        b.iter(|| {
+            token::authorize(
+                black_box(&largest),
+                &keys,
+                &revocations,
+                black_box(&deep_req),
+                Limits::default(),
+            )
+        })
+    });
+    group.bench_function("shape_check_2_blocks", |b| {
+        b.iter(|| token::check_shape(black_box(&normal)))
+    });
+    group.bench_function("decode_only_2_blocks", |b| {
+        b.iter(|| token::revocation_ids(black_box(&normal)))
+    });
+    group.finish();
+    refused(
+        "cached",
+        cache.authorize(&hostile, &keys, &revocations, &req, Limits::default()),
+    );
+    assert!(cache.is_empty(), "the attack token was cached");
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(50)
@@ -219,6 +411,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_check
+    targets = bench_check, bench_hostile
 }
 criterion_main!(benches);

@@ -3,10 +3,13 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::TokenCache;
 use crate::rights::{NodeName, Operation, Resource};
 use crate::spiffe::{SpiffeId, SpiffeIdPattern, TrustDomain};
 use crate::svid::{SigningCa, TrustBundle, Usage, validate_svid};
-use crate::token::{self, KeySet, NoRevocations, Request, RootKey, RootKeyId};
+use crate::token::{
+    self, Decision, Denial, KeySet, NoRevocations, Request, RootKey, RootKeyId, TokenError,
+};
 
 /// SPIFFE ID, trust domain, pattern, resource and node name parsing.
 pub fn spiffe_id(data: &[u8]) {
@@ -32,30 +35,171 @@ pub fn spiffe_id(data: &[u8]) {
     let _ = s.parse::<Operation>();
 }
 
+/// The private key that signs the checked-in token corpus (id 1), so that its tokens verify and
+/// the fuzzer reaches evaluation. A test key: never use it for anything else.
+pub const CORPUS_ROOT_KEY: &str =
+    "ed25519-private/0101010101010101010101010101010101010101010101010101010101010101";
+/// The time every fuzzed request is made at (2027-01-15T08:00:00Z).
+pub const CORPUS_NOW_UNIX: u64 = 1_800_000_000;
+/// The peer every fuzzed request is made by.
+pub const CORPUS_PEER: &str = "spiffe://example.org/user/alice";
+
+/// The corpus root key.
+pub fn corpus_root_key() -> Option<RootKey> {
+    RootKey::from_private_text(RootKeyId(1), CORPUS_ROOT_KEY).ok()
+}
+
 /// Token decoding, inspection and authorization with a fixed key, against fixed requests.
 pub fn token_authorize(data: &[u8]) {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = token::inspect(s);
-    // A fixed key: random input will not verify, but everything up to the signature check runs.
-    let key = RootKey::from_private_text(
-        RootKeyId(1),
-        "ed25519-private/0101010101010101010101010101010101010101010101010101010101010101",
-    );
-    let Ok(key) = key else { return };
+    exercise_token(s);
+}
+
+/// The block whitelist, fed signed tokens whose blocks come from the input. The first byte
+/// picks how the rest is used:
+///
+/// - 0: as the raw protobuf payload of a block appended (and signed) to a valid token;
+/// - 1: as Datalog source for a block appended to a valid token;
+/// - 2: as Datalog source for an authority block signed with the corpus key;
+/// - 3: as token text.
+///
+/// Whatever the blocks hold, the whitelist's verdict must agree with `authorize`, `inspect`
+/// and `expiry`, and no call may take long.
+pub fn token_shape(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let token = match mode % 4 {
+        0 => append_raw_block(rest),
+        1 => std::str::from_utf8(rest).ok().and_then(append_block_source),
+        2 => std::str::from_utf8(rest)
+            .ok()
+            .and_then(authority_from_source),
+        _ => std::str::from_utf8(rest).ok().map(str::to_owned),
+    };
+    if let Some(token) = token {
+        exercise_token(&token);
+    }
+}
+
+/// A valid token signed by the corpus key, allowing the fixed request.
+pub fn corpus_base_token() -> Option<&'static str> {
+    static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TOKEN
+        .get_or_init(|| {
+            let key = corpus_root_key()?;
+            let req = token::MintRequest {
+                subject: SpiffeId::parse(CORPUS_PEER).ok()?,
+                rights: vec![crate::Right::new(Operation::LogsRead, Resource::root())],
+                ttl: Some(Duration::from_secs(3600)),
+                bind_to_subject: true,
+                bind_node: None,
+            };
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(CORPUS_NOW_UNIX - 60);
+            token::mint(&key, &req, &token::Lifetime::default(), now).ok()
+        })
+        .as_deref()
+}
+
+/// Appends `payload` as a block of the corpus base token, signed as biscuit signs blocks.
+pub fn append_raw_block(payload: &[u8]) -> Option<String> {
+    use base64::Engine as _;
+    let key = corpus_root_key()?;
+    let base = biscuit_auth::Biscuit::from_base64(corpus_base_token()?, key.public().key).ok()?;
+    let next = biscuit_auth::KeyPair::new_with_algorithm(biscuit_auth::Algorithm::Ed25519);
+    let bytes = base
+        .container()
+        .append_serialized(&next, payload.to_vec(), None)
+        .ok()?
+        .to_vec()
+        .ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE.encode(bytes))
+}
+
+/// Appends a block written in Datalog to the corpus base token.
+pub fn append_block_source(source: &str) -> Option<String> {
+    let block = biscuit_auth::builder::BlockBuilder::new()
+        .code(source)
+        .ok()?;
+    biscuit_auth::UnverifiedBiscuit::from_base64(corpus_base_token()?)
+        .ok()?
+        .append(block)
+        .ok()?
+        .to_base64()
+        .ok()
+}
+
+/// An authority block written in Datalog, signed by the corpus key.
+pub fn authority_from_source(source: &str) -> Option<String> {
+    let key = corpus_root_key()?;
+    biscuit_auth::Biscuit::builder()
+        .root_key_id(1)
+        .code(source)
+        .ok()?
+        .build(key.pair())
+        .ok()?
+        .to_base64()
+        .ok()
+}
+
+fn exercise_token(s: &str) {
+    let shape = token::check_shape(s);
+    let expiry = token::expiry(s);
+    let view = token::inspect(s);
+    let Some(key) = corpus_root_key() else { return };
     let keys = KeySet::single(key.public());
     let resource = Resource::parse("ns/default/web").unwrap_or_default();
-    let peer = SpiffeId::parse("spiffe://example.org/user/alice").ok();
+    let peer = SpiffeId::parse(CORPUS_PEER).ok();
     let node = NodeName::parse("n1").ok();
     let req = Request {
         operation: Operation::LogsRead,
         resource: &resource,
         peer: peer.as_ref(),
         node: node.as_ref(),
-        time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        time: SystemTime::UNIX_EPOCH + Duration::from_secs(CORPUS_NOW_UNIX),
     };
-    let _ = token::authorize(s, &keys, &NoRevocations, &req, Default::default());
+    let start = std::time::Instant::now();
+    let decision = token::authorize(s, &keys, &NoRevocations, &req, Default::default());
+    let took = start.elapsed();
+    // Generous, for a debug build on a loaded machine: an accepted shape evaluates in
+    // milliseconds, and before the whitelist a hostile block took minutes.
+    assert!(took < Duration::from_secs(2), "authorize took {took:?}");
+
+    // The whitelist's verdict is the same everywhere it is consulted.
+    let refused = matches!(&decision, Decision::Deny(Denial::UnsupportedBlock(_)));
+    match &shape {
+        Ok(()) => {
+            assert!(!refused, "{decision:?}");
+            assert!(expiry.is_ok());
+            if let Ok(v) = &view {
+                assert!(v.unsupported.is_none());
+            }
+        }
+        Err(TokenError::Unsupported(_)) => {
+            assert!(refused, "{decision:?}");
+            assert!(matches!(expiry, Err(TokenError::Unsupported(_))));
+            if let Ok(v) = &view {
+                assert!(v.unsupported.is_some());
+            }
+        }
+        Err(_) => assert!(!decision.is_allowed()),
+    }
+    // An expired token is never allowed.
+    if let (Ok(Some(e)), true) = (&expiry, decision.is_allowed()) {
+        assert!(*e > req.time, "allowed at {:?}, expiring {e:?}", req.time);
+    }
+    // The cache decides as the uncached path, on first sight and on a hit — unless a run hit
+    // the time limit, which depends on the machine's load, not on the token.
+    let timed_out = |d: &Decision| matches!(d, Decision::Deny(Denial::LimitExceeded(_)));
+    let cache = TokenCache::new(2);
+    for _ in 0..2 {
+        let cached = cache.authorize(s, &keys, &NoRevocations, &req, Default::default());
+        if !timed_out(&cached) && !timed_out(&decision) {
+            assert_eq!(cached, decision);
+        }
+    }
 }
 
 /// Certificate-chain validation: the input is split into DER certificates by a 2-byte length

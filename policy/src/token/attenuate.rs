@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use biscuit_auth::builder::Term;
 
 use super::mint::{biscuit_err, params};
+use super::shape::shape_of;
 use super::{MAX_BLOCKS, TokenError, decode_unverified, unix_secs};
 use crate::rights::{NodeName, Operation, Resource};
 use crate::spiffe::SpiffeId;
@@ -36,7 +37,8 @@ impl Attenuation {
     }
 }
 
-/// Appends one block of checks to `token` (base64url) and returns the new token.
+/// Appends one block of checks to `token` (base64url) and returns the new token. A token with a
+/// block ringzero would refuse (see [`super::ShapeError`]) is not extended.
 pub fn attenuate(token: &str, a: &Attenuation, now: SystemTime) -> Result<String, TokenError> {
     if a.is_empty() {
         return Err(TokenError::EmptyAttenuation);
@@ -45,6 +47,7 @@ pub fn attenuate(token: &str, a: &Attenuation, now: SystemTime) -> Result<String
     if unverified.block_count() >= MAX_BLOCKS {
         return Err(TokenError::TooManyBlocks(unverified.block_count() + 1));
     }
+    shape_of(&unverified)?;
     let mut block = biscuit_auth::builder::BlockBuilder::new();
     if let Some(ttl) = a.ttl {
         if ttl < Duration::from_secs(1) {

@@ -1,4 +1,5 @@
-//! Authorization: revocation check, signature verification, then Datalog under explicit limits.
+//! Authorization: size bounds, revocation check, the block-shape whitelist, signature
+//! verification, then Datalog under explicit limits.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -8,6 +9,7 @@ use biscuit_auth::builder::{Fact, Policy, Rule, Term};
 use biscuit_auth::error::{FailedCheck, Logic, MatchedPolicy, Token as BiscuitError};
 use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit};
 
+use super::shape::{Refusal, ShapeError, shape_of};
 use super::{KeySet, RevocationId, Revocations, RootKeyId, decode_unverified, unix_secs};
 use crate::rights::{NodeName, Operation, Resource};
 use crate::spiffe::SpiffeId;
@@ -26,6 +28,9 @@ pub struct Request<'a> {
 
 /// Bounds on Datalog evaluation. Biscuit's default time bound (1 ms) fails spuriously on a busy
 /// machine; the default here is looser in time and as tight in facts and iterations.
+///
+/// biscuit-auth checks the time bound only between checks; it is a hard deadline because the
+/// block whitelist (see the [module docs](super)) makes every single check cheap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_facts: u64,
@@ -86,7 +91,7 @@ pub enum CheckKind {
     Peer,
     /// `check if node(…)`
     Node,
-    /// `check if operation($op), […].contains($op)`
+    /// `check if operation($op), {…}.contains($op)`
     Operation,
     /// `check if resource_within(…)`
     Resource,
@@ -121,6 +126,9 @@ pub enum Denial {
     },
     /// Datalog evaluation hit the run limits.
     LimitExceeded(String),
+    /// A block has a shape ringzero never writes, or exceeds the caps on checks, rights or set
+    /// sizes: refused before any Datalog runs.
+    UnsupportedBlock(ShapeError),
 }
 
 impl Denial {
@@ -142,6 +150,8 @@ impl Denial {
             },
             Denial::NoMatchingRight { .. } => "no_matching_right",
             Denial::LimitExceeded(_) => "limits_exceeded",
+            Denial::UnsupportedBlock(ShapeError::TooLarge { .. }) => "limits_exceeded",
+            Denial::UnsupportedBlock(_) => "unsupported_block",
         }
     }
 }
@@ -183,6 +193,7 @@ impl fmt::Display for Denial {
                 resource,
             } => write!(f, "no right allows {operation} on {resource}"),
             Denial::LimitExceeded(m) => write!(f, "evaluation limits exceeded: {m}"),
+            Denial::UnsupportedBlock(e) => write!(f, "refused before evaluation: {e}"),
         }
     }
 }
@@ -196,8 +207,10 @@ pub(super) struct Verified {
     pub(super) revocation_ids: Vec<RevocationId>,
 }
 
-/// Decodes `token`, refuses it if any block is revoked, then verifies its signatures with the
-/// key its `root_key_id` names.
+/// Decodes `token`, refuses it if any block is revoked or any block's shape is not one ringzero
+/// writes, then verifies its signatures with the key its `root_key_id` names. Only a token that
+/// passed the shape check becomes `Verified`, so the cache (keyed by the token's exact bytes)
+/// never holds one that did not.
 pub(super) fn verify(
     token: &str,
     keys: &KeySet,
@@ -212,6 +225,12 @@ pub(super) fn verify(
     if let Some(denial) = first_revoked(&revocation_ids, revocations) {
         return Err(denial);
     }
+    // Before any Datalog (and before spending a signature check on it): the whitelist is what
+    // bounds the cost of evaluation.
+    shape_of(&unverified).map_err(|r| match r {
+        Refusal::Malformed(m) => Denial::Malformed(m),
+        Refusal::Shape(s) => Denial::UnsupportedBlock(s),
+    })?;
     let root_key_id = RootKeyId(unverified.root_key_id().ok_or(Denial::NoRootKeyId)?);
     let key = *keys
         .get(root_key_id)

@@ -8,6 +8,8 @@
 //!   the full path then refuses the token);
 //! - every call checks the entry's revocation ids against the caller's revocation set, before
 //!   Datalog, exactly as the uncached path does, and drops the entry when one is revoked;
+//! - only tokens whose every block passed the shape whitelist are ever inserted (a `Verified`
+//!   exists only past it), so a hit never evaluates a block the uncached path would refuse;
 //! - Datalog — expiry, bindings, rights — runs on every call against the current request;
 //! - denied tokens are never cached.
 
@@ -16,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::authorize::{Verified, first_revoked, run_datalog, verify};
-use super::{Decision, Denial, Grant, KeySet, Limits, MAX_TOKEN_LEN, Request, Revocations};
+use super::{
+    Decision, Denial, Grant, KeySet, Limits, MAX_TOKEN_LEN, Request, Revocations, TokenError,
+};
 
 type Digest = [u8; 32];
 
@@ -77,7 +81,8 @@ impl TokenCache {
     ) -> Decision {
         let token = token.trim();
         if token.len() > MAX_TOKEN_LEN {
-            return Decision::Deny(Denial::Malformed("token too large".into()));
+            // Worded as the uncached path words it.
+            return Decision::Deny(Denial::Malformed(TokenError::TooLarge.to_string()));
         }
         let digest = digest(token.as_bytes());
         let cached = self.lock().entries.get(&digest).cloned();

@@ -5,8 +5,7 @@
 
 use std::fmt;
 
-use biscuit_auth::builder::{Binary, BlockBuilder, Op, Term};
-
+use super::shape::{CheckShape, Refusal, shape_of};
 use super::{RevocationId, TokenError, decode_unverified};
 
 /// A decoded, **unverified** view of a token.
@@ -17,7 +16,9 @@ pub struct TokenView {
     pub subject: Option<String>,
     /// The rights of the authority block, as `(operation, resource prefix)`.
     pub rights: Vec<RightView>,
-    /// The earliest expiry any block states, in unix seconds.
+    /// When the token stops being valid, in unix seconds: the earliest expiry any block
+    /// states, as [`super::expiry`] computes it (`$time < D` expires at D, `$time <= D` at
+    /// D + 1).
     pub expires_unix: Option<u64>,
     /// The same, as RFC 3339.
     pub expires: Option<String>,
@@ -26,6 +27,9 @@ pub struct TokenView {
     pub bound_peers: Vec<String>,
     /// Nodes the token is bound to.
     pub bound_nodes: Vec<String>,
+    /// Set when a block has a shape ringzero never writes: why. Such a token authorizes
+    /// nothing, and subject, rights, expiry and bindings above are left empty.
+    pub unsupported: Option<String>,
     pub blocks: Vec<BlockView>,
 }
 
@@ -55,6 +59,10 @@ pub fn revocation_ids(token: &str) -> Result<Vec<RevocationId>, TokenError> {
 }
 
 /// Decodes `token` (base64url) without verifying any signature.
+///
+/// A token with a block outside the whitelist (see [`super::ShapeError`]) is still shown — its
+/// blocks' source as biscuit prints it — but flagged in [`TokenView::unsupported`], and nothing
+/// is read out of it: subject, rights, expiry and bindings come only from blocks that passed.
 pub fn inspect(token: &str) -> Result<TokenView, TokenError> {
     let unverified = decode_unverified(token)?;
     let ids = unverified.revocation_identifiers();
@@ -66,51 +74,40 @@ pub fn inspect(token: &str) -> Result<TokenView, TokenError> {
         expires: None,
         bound_peers: Vec::new(),
         bound_nodes: Vec::new(),
+        unsupported: None,
         blocks: Vec::new(),
     };
+    match shape_of(&unverified) {
+        Ok(shape) => {
+            view.expires_unix = shape.expires_at_unix();
+            for (index, block) in shape.blocks.iter().enumerate() {
+                if index == 0 {
+                    view.subject = block.subject.clone();
+                    view.rights = block
+                        .rights
+                        .iter()
+                        .map(|r| RightView {
+                            operation: r.operation.clone(),
+                            prefix: r.prefix.clone(),
+                        })
+                        .collect();
+                }
+                for check in &block.checks {
+                    match check {
+                        CheckShape::Peer(p) => push_unique(&mut view.bound_peers, p),
+                        CheckShape::Node(n) => push_unique(&mut view.bound_nodes, n),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Err(Refusal::Shape(e)) => view.unsupported = Some(e.to_string()),
+        Err(Refusal::Malformed(m)) => return Err(TokenError::Malformed(m)),
+    }
     for (index, id) in ids.into_iter().enumerate() {
         let source = unverified
             .print_block_source(index)
             .map_err(|e| TokenError::Malformed(e.to_string()))?;
-        let parsed = BlockBuilder::new()
-            .code(&source)
-            .map_err(|e| TokenError::Malformed(e.to_string()))?;
-        if index == 0 {
-            for fact in &parsed.facts {
-                let p = &fact.predicate;
-                match (p.name.as_str(), p.terms.as_slice()) {
-                    ("subject", [Term::Str(s)]) => view.subject = Some(s.clone()),
-                    ("right", [Term::Str(_), Term::Str(op), Term::Str(prefix)]) => {
-                        view.rights.push(RightView {
-                            operation: op.clone(),
-                            prefix: prefix.clone(),
-                        })
-                    }
-                    _ => {}
-                }
-            }
-        }
-        for check in &parsed.checks {
-            for query in &check.queries {
-                for pred in &query.body {
-                    match (pred.name.as_str(), pred.terms.as_slice()) {
-                        ("peer", [Term::Str(s)]) => push_unique(&mut view.bound_peers, s),
-                        ("node", [Term::Str(s)]) => push_unique(&mut view.bound_nodes, s),
-                        _ => {}
-                    }
-                }
-                for expr in &query.expressions {
-                    if let [
-                        Op::Value(Term::Variable(_)),
-                        Op::Value(Term::Date(d)),
-                        Op::Binary(Binary::LessThan),
-                    ] = expr.ops.as_slice()
-                    {
-                        view.expires_unix = Some(view.expires_unix.map_or(*d, |e| e.min(*d)));
-                    }
-                }
-            }
-        }
         view.blocks.push(BlockView {
             index,
             revocation_id: RevocationId(id),
@@ -141,6 +138,9 @@ fn rfc3339(secs: u64) -> String {
 impl fmt::Display for TokenView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "UNVERIFIED token (signatures not checked)")?;
+        if let Some(why) = &self.unsupported {
+            writeln!(f, "UNSUPPORTED: {why}; this token authorizes nothing")?;
+        }
         let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         writeln!(
             f,

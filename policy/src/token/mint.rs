@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use biscuit_auth::builder::Term;
 
-use super::{RootKey, TokenError, unix_secs};
+use super::{MAX_RIGHTS, RootKey, TokenError, unix_secs};
 use crate::rights::{NodeName, Right};
 use crate::spiffe::SpiffeId;
 
@@ -70,6 +70,10 @@ pub fn mint(
 ) -> Result<String, TokenError> {
     if req.rights.is_empty() {
         return Err(TokenError::NoRights);
+    }
+    // More would make a token every verifier refuses.
+    if req.rights.len() > MAX_RIGHTS {
+        return Err(TokenError::TooManyRights(req.rights.len()));
     }
     let ttl = lifetime.resolve(req.ttl)?;
     let expiry = unix_secs(now).saturating_add(ttl.as_secs());

@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! check if time($time), $time < 2026-11-26T22:10:00Z;
-//! check if operation($op), ["logs:read"].contains($op);
+//! check if operation($op), {"logs:read"}.contains($op);
 //! check if resource_within("ns/default/web");
 //! check if peer("spiffe://example.org/ns/ci/deployer");
 //! check if node("n7");
@@ -27,22 +27,41 @@
 //! whole segments — and allows only if a `right` of the authority block matches. Stating the
 //! covering prefixes as facts keeps prefix matching exact (`ns/a` never covers `ns/ab`) and
 //! turns it into an equality join, which is what Datalog is fast at.
+//!
+//! # Bounded evaluation
+//!
+//! A token's blocks are attacker-written (any holder can append one offline), and biscuit-auth
+//! checks its time limit only between checks, so a single check joining a few predicates could
+//! run for minutes. Every block is therefore vetted against a whitelist of the shapes above
+//! before any Datalog runs — no rules, no facts outside the authority block, no scopes, no
+//! third-party blocks, only the listed single-predicate checks, at most
+//! [`MAX_CHECKS_PER_BLOCK`] checks per block, [`MAX_RIGHTS`] rights and [`MAX_SET_LEN`]
+//! operations per set — and anything else is denied as `unsupported_block` or
+//! `limits_exceeded` (see [`ShapeError`]). Each accepted check then costs one scan of at most
+//! ~520 facts (257 from the token, the request's own), and a token holds at most
+//! `MAX_BLOCKS × MAX_CHECKS_PER_BLOCK` = 512 checks, so evaluation is bounded by
+//! 512 × 520 fact matches plus the allow policy's join
+//! (1 × ≤256 rights × the resource's prefixes). The explicit [`Limits`] (facts, iterations,
+//! time) still apply during evaluation; with these shapes biscuit's between-checks time limit
+//! is an effective hard deadline.
 
 mod attenuate;
 mod authorize;
 mod cache;
 mod inspect;
 mod mint;
+mod shape;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub use self::attenuate::{Attenuation, attenuate};
 pub use self::authorize::{CheckKind, Decision, Denial, Grant, Limits, Request, authorize};
 pub use self::cache::TokenCache;
 pub use self::inspect::{BlockView, TokenView, inspect, revocation_ids};
 pub use self::mint::{Lifetime, MintRequest, mint};
+pub use self::shape::{MAX_CHECKS_PER_BLOCK, MAX_RIGHTS, MAX_SET_LEN, ShapeError};
 
 /// The largest token accepted, in bytes of its base64 form. Larger input is refused before it is
 /// decoded.
@@ -280,6 +299,12 @@ pub enum TokenError {
     TooManyBlocks(usize),
     #[error("token is larger than {MAX_TOKEN_LEN} bytes")]
     TooLarge,
+    #[error("{0} rights; a token holds at most {MAX_RIGHTS}")]
+    TooManyRights(usize),
+    /// A block has a shape ringzero never writes (see [`ShapeError`]); such a token can
+    /// authorize nothing.
+    #[error("unsupported token: {0}")]
+    Unsupported(ShapeError),
     #[error("biscuit: {0}")]
     Biscuit(String),
 }
@@ -301,6 +326,29 @@ pub(crate) fn decode_unverified(
         return Err(TokenError::TooManyBlocks(unverified.block_count()));
     }
     Ok(unverified)
+}
+
+/// Checks, without verifying any signature, that every block of `token` has a shape ringzero
+/// writes (see [`ShapeError`]). [`authorize`] makes the same check before any Datalog runs.
+pub fn check_shape(token: &str) -> Result<(), TokenError> {
+    shape::shape_of(&decode_unverified(token)?)?;
+    Ok(())
+}
+
+/// When `token` stops being valid: the earliest expiry across every time check of every block,
+/// or `None` if no block has one. Signatures are not verified: use it on a token already
+/// authorized (as `MintToken` does with the caller's own token, to cap a delegated one).
+///
+/// The instant returned is the first one at which the token is no longer valid, which is what
+/// [`mint`] writes as `check if time($time), $time < <instant>`: the verifier states the time
+/// in whole seconds (truncated), so `$time < D` expires at D and `$time <= D` — valid through
+/// second D — at D + 1 s. A token minted with `ttl` ending at or before this instant never
+/// outlives `token`. A date too far away for `SystemTime` bounds nothing.
+///
+/// A token with any block outside the whitelist is refused with [`TokenError::Unsupported`],
+/// as [`authorize`] refuses it: so every token that can authorize has its expiry found here.
+pub fn expiry(token: &str) -> Result<Option<SystemTime>, TokenError> {
+    Ok(shape::shape_of(&decode_unverified(token)?)?.expires_at())
 }
 
 pub(crate) fn unix_secs(t: std::time::SystemTime) -> u64 {

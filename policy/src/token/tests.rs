@@ -420,8 +420,8 @@ fn attenuation_narrows_each_dimension() {
 
 #[test]
 fn a_block_cannot_forge_rights_or_request_facts() {
-    // Someone holding a token appends a block that states rights and request facts: the
-    // verifier's allow policy trusts only the authority block and its own facts.
+    // Someone holding a token appends a block that states rights and request facts: refused
+    // before evaluation (appended blocks hold checks only), whoever presents it.
     let f = fixture();
     let t = mint_for(
         &f.key,
@@ -456,7 +456,7 @@ fn a_block_cannot_forge_rights_or_request_facts() {
             None,
             t0()
         )),
-        "no_matching_right"
+        "unsupported_block"
     );
     assert_eq!(
         code(&ask(
@@ -469,7 +469,7 @@ fn a_block_cannot_forge_rights_or_request_facts() {
             None,
             t0()
         )),
-        "peer_mismatch"
+        "unsupported_block"
     );
 }
 
@@ -708,14 +708,32 @@ fn too_many_blocks_are_refused() {
 
 #[test]
 fn run_limits_bound_evaluation() {
+    // Whitelisted blocks hold no rules, so no fact is ever generated and the fact and
+    // iteration limits are never reached; the time limit still applies to every evaluation.
     let f = fixture();
-    let t = mint_for(
-        &f.key,
-        vec![Right::new(Operation::LogsRead, Resource::root())],
-        600,
-        false,
+    let rights: Vec<Right> = (0..20)
+        .map(|i| Right::new(Operation::LogsRead, res(&format!("ns/n{i}"))))
+        .collect();
+    let t = mint_for(&f.key, rights, 600, false);
+    let r = res("ns/n3");
+    let req = Request {
+        operation: Operation::LogsRead,
+        resource: &r,
+        peer: None,
+        node: None,
+        time: t0(),
+    };
+    assert_eq!(
+        code(&authorize(&t, &f.keys, &f.none, &req, Limits::default())),
+        "allow"
     );
-    // A block whose rules generate many facts.
+    let tight = Limits {
+        max_time: Duration::ZERO,
+        ..Limits::default()
+    };
+    let d = authorize(&t, &f.keys, &f.none, &req, tight);
+    assert_eq!(code(&d), "limits_exceeded", "{d:?}");
+    // A block whose rules would generate many facts never reaches evaluation.
     let mut code_text = String::new();
     for i in 0..60 {
         code_text.push_str(&format!("n({i});\n"));
@@ -731,23 +749,15 @@ fn run_limits_bound_evaluation() {
         .unwrap()
         .to_base64()
         .unwrap();
-    let d = ask(
-        &heavy,
-        &f.keys,
-        &f.none,
-        Operation::LogsRead,
-        "x",
-        None,
-        None,
-        t0(),
-    );
-    assert_eq!(code(&d), "limits_exceeded", "{d:?}");
+    let d = authorize(&heavy, &f.keys, &f.none, &req, Limits::default());
+    assert_eq!(code(&d), "unsupported_block", "{d:?}");
 }
 
 #[test]
-fn a_rule_chain_past_the_iteration_limit_is_denied_not_a_panic() {
-    // Found by the fuzz corpus: each round derives one more fact, so evaluation stops at the
-    // iteration limit; the subject query must not then evaluate again.
+fn a_rule_chain_is_refused_before_evaluation_not_a_panic() {
+    // Found by the fuzz corpus: each round derives one more fact, so evaluation stopped at the
+    // iteration limit (and the subject query must not then evaluate again). Rules are now
+    // refused before evaluation, on the uncached and the cached path alike.
     let f = fixture();
     let t = mint_for(
         &f.key,
@@ -779,7 +789,7 @@ fn a_rule_chain_past_the_iteration_limit_is_denied_not_a_panic() {
         None,
         t0(),
     );
-    assert_eq!(code(&d), "limits_exceeded", "{d:?}");
+    assert_eq!(code(&d), "unsupported_block", "{d:?}");
     let cache = TokenCache::new(4);
     let r = Resource::root();
     let req = Request {
@@ -792,7 +802,7 @@ fn a_rule_chain_past_the_iteration_limit_is_denied_not_a_panic() {
     for _ in 0..2 {
         assert_eq!(
             code(&cache.authorize(&hostile, &f.keys, &f.none, &req, Limits::default())),
-            "limits_exceeded"
+            "unsupported_block"
         );
     }
 }
