@@ -145,7 +145,7 @@ pub fn anonymous_client(trusted: &SigningCa) -> Arc<rustls::ClientConfig> {
 /// Answers every call with the caller as the handler saw it: `"<spiffe id or ->|<addr>"`.
 #[derive(Debug, Default)]
 pub struct Echo {
-    calls: Arc<AtomicUsize>,
+    pub calls: Arc<AtomicUsize>,
 }
 
 impl Echo {
