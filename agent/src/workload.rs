@@ -176,13 +176,12 @@ pub async fn serve_listener(
     .max_encoding_message_size(MAX_RESPONSE_LEN);
     // The shared per-connection bounds (HTTP/2 memory, reset floods, request deadline), with
     // this server's stream cap; no connection age: Workload API streams are meant to last.
-    let server = ringzero_proto::transport::server_builder(
-        &ringzero_proto::transport::StreamLimits {
+    let server =
+        ringzero_proto::transport::server_builder(&ringzero_proto::transport::StreamLimits {
             max_concurrent_streams: limits.max_streams_per_connection,
             ..Default::default()
-        },
-    )
-    .add_service(service)
+        })
+        .add_service(service)
         .serve_with_incoming_shutdown(incoming(listener, attestor, limits), async move {
             shutdown.await;
             let _ = stopping_tx.send(true);

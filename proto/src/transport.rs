@@ -29,7 +29,7 @@
 //! #     client_cfg: std::sync::Arc<rustls::ClientConfig>,
 //! #     svc: ringzero_proto::pb::raft_server::RaftServer<impl ringzero_proto::pb::raft_server::Raft>,
 //! # ) -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
+//! use std::time::{Duration, SystemTime};
 //! use ringzero_proto::transport::{RefuseExpiredLayer, ServerPolicy, channel};
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -53,7 +53,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use ringzero_policy::SpiffeId;
@@ -68,8 +68,8 @@ use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
-use admission::{Lifetime, Pools, Slot};
 pub use admission::{ConnectionClass, ServerLimits};
+use admission::{Lifetime, Pools, Slot};
 pub use layers::{
     ANONYMOUS_MESSAGE, AnonymousAllowList, AnonymousAllowListLayer, EXPIRED_MESSAGE,
     MEMBERS_ONLY_MESSAGE, MembersOnly, MembersOnlyLayer, RefusalFuture, RefuseExpired,
@@ -146,6 +146,12 @@ pub fn incoming(
 ) -> impl Stream<Item = Result<TlsConnection, io::Error>> + Send + 'static {
     let mut config = Arc::unwrap_or_clone(config);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No session resumption: a resumed TLS 1.3 session carries the client certificate of the
+    // session it resumes without verifying it again, so a certificate that has expired since,
+    // or whose CA has left the bundle, would authenticate a new connection. Every connection
+    // verifies its client certificate (a full handshake costs one signature more).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Incoming {
         listener,
         acceptor: TlsAcceptor::from(Arc::new(config)),
@@ -194,6 +200,11 @@ impl Incoming {
                 not_after: svid.as_ref().map(|s| s.not_after),
                 issuer_authority: svid.and_then(|s| s.issuer_authority),
             };
+            // The verifier compares whole seconds, so a certificate is still accepted during
+            // the second after its `not_after`: not here (as `RefuseExpiredLayer` decides).
+            if peer.not_after.is_some_and(|t| t < SystemTime::now()) {
+                return None;
+            }
             let class = ConnectionClass::of(&peer);
             // A full pool: the connection is dropped, which closes it.
             let slot = pools.admit(class, addr.ip())?;

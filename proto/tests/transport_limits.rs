@@ -47,7 +47,10 @@ fn connection_class_follows_the_certificate_and_its_issuer() {
         issuer_authority: issuer,
         ..PeerInfo::default()
     };
-    assert_eq!(ConnectionClass::of(&peer(None, None)), ConnectionClass::Anonymous);
+    assert_eq!(
+        ConnectionClass::of(&peer(None, None)),
+        ConnectionClass::Anonymous
+    );
     assert_eq!(
         ConnectionClass::of(&peer(Some(MEMBER_ID), Some(1))),
         ConnectionClass::Member(1)
@@ -140,7 +143,11 @@ async fn expired_certificate_is_refused_before_the_handler() {
     // Valid, anonymous (nothing expires) and no connection info at all: served.
     let future = SystemTime::now() + Duration::from_secs(60);
     for peer in [Some(authenticated(future)), Some(anonymous()), None] {
-        let resp = svc.clone().oneshot(request(VOTE, peer.clone())).await.unwrap();
+        let resp = svc
+            .clone()
+            .oneshot(request(VOTE, peer.clone()))
+            .await
+            .unwrap();
         assert!(refusal(&resp).is_none(), "{peer:?}");
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -158,14 +165,22 @@ async fn anonymous_callers_reach_only_the_allowed_methods() {
         "/ringzero.v1.Raft/VoteX",
         "/x/ringzero.v1.Raft/Vote",
     ] {
-        let resp = svc.clone().oneshot(request(path, Some(anonymous()))).await.unwrap();
+        let resp = svc
+            .clone()
+            .oneshot(request(path, Some(anonymous())))
+            .await
+            .unwrap();
         let status = refusal(&resp).unwrap_or_else(|| panic!("{path}: served"));
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{path}");
         assert_eq!(status.message(), ANONYMOUS_MESSAGE);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 
-    let resp = svc.clone().oneshot(request(VOTE, Some(anonymous()))).await.unwrap();
+    let resp = svc
+        .clone()
+        .oneshot(request(VOTE, Some(anonymous())))
+        .await
+        .unwrap();
     assert!(refusal(&resp).is_none());
     // A caller with a certificate is not this layer's business.
     let future = SystemTime::now() + Duration::from_secs(60);
@@ -216,7 +231,11 @@ async fn members_only_methods_refuse_everyone_else_before_the_handler() {
         .unwrap();
     assert!(refusal(&resp).is_none());
     // Other methods are open to anyone the other checks let through.
-    let resp = svc.clone().oneshot(request(VOTE, Some(anonymous()))).await.unwrap();
+    let resp = svc
+        .clone()
+        .oneshot(request(VOTE, Some(anonymous())))
+        .await
+        .unwrap();
     assert!(refusal(&resp).is_none());
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -280,7 +299,11 @@ async fn anonymous_connections_beyond_the_per_ip_cap_are_closed_after_the_handsh
     let anon = anonymous_client(&authority);
     let mut held = Vec::new();
     for _ in 0..2 {
-        held.push(tls_from(ip("127.0.0.2"), server.addr, anon.clone()).await.unwrap());
+        held.push(
+            tls_from(ip("127.0.0.2"), server.addr, anon.clone())
+                .await
+                .unwrap(),
+        );
     }
     // The third from the same source: closed (its handshake may complete on the client first).
     match tls_from(ip("127.0.0.2"), server.addr, anon.clone()).await {
@@ -294,7 +317,9 @@ async fn anonymous_connections_beyond_the_per_ip_cap_are_closed_after_the_handsh
         assert!(!tls_closed(c, Duration::from_millis(300)).await);
     }
     // Another source, and an authenticated client from the same source, still get in.
-    let mut other = tls_from(ip("127.0.0.3"), server.addr, anon.clone()).await.unwrap();
+    let mut other = tls_from(ip("127.0.0.3"), server.addr, anon.clone())
+        .await
+        .unwrap();
     assert!(!tls_closed(&mut other, Duration::from_millis(300)).await);
     let me = svid(&authority, CLIENT_ID);
     let mine = client(&me, &authority, PeerMatch::AnyInTrustDomain);
@@ -315,8 +340,16 @@ async fn a_full_general_pool_leaves_the_members_reserved_pool() {
     };
     let server = TestServer::start_guarded(optional_server(&authority), limits).await;
     let src = ip("127.0.0.1");
-    let node = client(&svid(&authority, CLIENT_ID), &authority, PeerMatch::AnyInTrustDomain);
-    let member = client(&svid(&authority, MEMBER_ID), &authority, PeerMatch::AnyInTrustDomain);
+    let node = client(
+        &svid(&authority, CLIENT_ID),
+        &authority,
+        PeerMatch::AnyInTrustDomain,
+    );
+    let member = client(
+        &svid(&authority, MEMBER_ID),
+        &authority,
+        PeerMatch::AnyInTrustDomain,
+    );
     let anon = anonymous_client(&authority);
 
     // Fill the anonymous and the general pool.
@@ -393,8 +426,14 @@ async fn idle_anonymous_connection_is_closed_after_its_idle_timeout() {
         .unwrap();
     assert!(tls_closed(&mut conn, PATIENCE).await, "never closed");
     let took = started.elapsed();
-    assert!(took >= idle, "closed after {took:?}, before the idle timeout");
-    assert!(took < idle + Duration::from_secs(5), "closed after {took:?}");
+    assert!(
+        took >= idle,
+        "closed after {took:?}, before the idle timeout"
+    );
+    assert!(
+        took < idle + Duration::from_secs(5),
+        "closed after {took:?}"
+    );
     server.stop().await;
 }
 
@@ -421,8 +460,14 @@ async fn busy_anonymous_connection_is_closed_at_its_maximum_age() {
         assert!(started.elapsed() < age + PATIENCE, "never reconnected");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(moved + Duration::from_millis(200) >= age, "ended after {moved:?}");
-    assert!(moved < age + Duration::from_secs(5), "ended after {moved:?}");
+    assert!(
+        moved + Duration::from_millis(200) >= age,
+        "ended after {moved:?}"
+    );
+    assert!(
+        moved < age + Duration::from_secs(5),
+        "ended after {moved:?}"
+    );
     drop(channel);
     server.stop().await;
 }
@@ -451,5 +496,53 @@ async fn connection_is_cut_when_its_client_certificate_expires() {
     whoami(channel.clone()).await.unwrap_err();
     assert_eq!(server.calls(), calls);
     drop(channel);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_resumed_tls_session_cannot_skip_the_client_certificate_check() {
+    // Two CAs in the bundle; the client's SVID is from the second.
+    let first = ca(&td("td"), "ringzero authority a1");
+    let second = ca(&td("td"), "ringzero authority a2");
+    let both = ringzero_policy::svid::TrustBundle::new(
+        td("td"),
+        vec![first.cert_der().clone(), second.cert_der().clone()],
+    )
+    .unwrap();
+    let bundle = ringzero_policy::tls::BundleSource::new(both);
+    let me = svid(&first, SERVER_ID);
+    let verifier = ringzero_policy::tls::SpiffeClientVerifier::new(
+        bundle.clone(),
+        PeerMatch::AnyInTrustDomain,
+    );
+    let config = Arc::new(
+        ringzero_policy::tls::server_config(me.chain.clone(), me.key(), verifier).unwrap(),
+    );
+    let server = TestServer::start_guarded(config, ServerLimits::default()).await;
+    // One client configuration, as a long-running client keeps: it caches TLS sessions.
+    let mine = client(
+        &svid(&second, CLIENT_ID),
+        &first,
+        PeerMatch::AnyInTrustDomain,
+    );
+    assert_eq!(
+        whoami(server.channel(mine.clone())).await.unwrap().0,
+        CLIENT_ID
+    );
+
+    // The second CA leaves the bundle (compromised): a new connection must verify the
+    // certificate again, not resume the session it had.
+    bundle.replace(
+        ringzero_policy::svid::TrustBundle::new(td("td"), vec![first.cert_der().clone()]).unwrap(),
+    );
+    let calls = server.calls();
+    let status = whoami(server.channel(mine.clone())).await.unwrap_err();
+    assert_eq!(
+        server.calls(),
+        calls,
+        "served after its CA left: {status:?}"
+    );
+    let mut raw = tls_from(ip("127.0.0.1"), server.addr, mine).await.unwrap();
+    assert!(tls_closed(&mut raw, PATIENCE).await);
     server.stop().await;
 }

@@ -286,7 +286,10 @@ impl Pools {
         };
         // Never past the certificate's expiry; an already expired one ends at once.
         let age = match not_after {
-            Some(t) => age.min(t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)),
+            Some(t) => age.min(
+                t.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            ),
             None => age,
         };
         Lifetime::new(idle, age)

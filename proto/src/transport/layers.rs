@@ -58,8 +58,9 @@ where
                 Some(r) => Poll::Ready(Ok(r)),
                 // Polled again after completion: answer with an empty refusal rather than
                 // panicking (futures may not be polled after Ready, but never panic on it).
-                None => Poll::Ready(Ok(tonic::Status::internal("polled after completion")
-                    .into_http())),
+                None => Poll::Ready(Ok(
+                    tonic::Status::internal("polled after completion").into_http()
+                )),
             },
         }
     }
@@ -126,7 +127,9 @@ macro_rules! refusal_service {
 
             fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
                 let layer = &self.layer;
-                gate(&mut self.inner, req, |peer, path| $decide(layer, peer, path))
+                gate(&mut self.inner, req, |peer, path| {
+                    $decide(layer, peer, path)
+                })
             }
         }
     };
@@ -150,7 +153,11 @@ impl RefuseExpiredLayer {
     }
 }
 
-refusal_service!(RefuseExpiredLayer, RefuseExpired, RefuseExpiredLayer::decide);
+refusal_service!(
+    RefuseExpiredLayer,
+    RefuseExpired,
+    RefuseExpiredLayer::decide
+);
 
 // ---------------------------------------------------------------------------------------------
 
@@ -220,7 +227,9 @@ impl MembersOnlyLayer {
         }
         match ConnectionClass::of(peer) {
             ConnectionClass::Member(_) => None,
-            ConnectionClass::Anonymous => Some(tonic::Status::unauthenticated(MEMBERS_ONLY_MESSAGE)),
+            ConnectionClass::Anonymous => {
+                Some(tonic::Status::unauthenticated(MEMBERS_ONLY_MESSAGE))
+            }
             ConnectionClass::Authenticated => {
                 Some(tonic::Status::permission_denied(MEMBERS_ONLY_MESSAGE))
             }

@@ -102,9 +102,8 @@ impl ServerPolicy {
         &self,
         listener: tokio::net::TcpListener,
         config: std::sync::Arc<rustls::ServerConfig>,
-    ) -> impl tokio_stream::Stream<Item = Result<super::TlsConnection, std::io::Error>>
-    + Send
-    + 'static {
+    ) -> impl tokio_stream::Stream<Item = Result<super::TlsConnection, std::io::Error>> + Send + 'static
+    {
         super::incoming(listener, config, self.connections)
     }
 }

@@ -1,6 +1,12 @@
 //! What the transport tests share: certificates, a test server that echoes the caller, raw
 //! connection probes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    dead_code,
+    unreachable_pub
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -299,7 +305,6 @@ pub async fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
 pub async fn still_open(conn: &mut TcpStream) -> bool {
     !closed_by_server(conn, Duration::from_millis(300)).await
 }
-
 
 /// A TLS connection to `addr` from `source` (any 127.0.0.0/8 address) with `config`; `None`
 /// if the server closed it during the handshake.
