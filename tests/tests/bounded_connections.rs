@@ -27,6 +27,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// The bound on `authority status` through the admin profile while under attack.
 const STATUS_BOUND: Duration = Duration::from_secs(1);
+/// The bound while 1,030 TLS handshakes are being made: the attacker runs on the same two
+/// cores as the node here, so this measures CPU contention as much as the node.
+const STORM_BOUND: Duration = Duration::from_secs(5);
 /// The node's default anonymous pool and per-IP cap (`ServerLimits::default()`).
 const ANONYMOUS_POOL: usize = 256;
 const ANONYMOUS_PER_IP: usize = 16;
@@ -93,16 +96,26 @@ fn rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-/// One `authority status` through the admin profile: whether it succeeded, and how long it
-/// took (the whole CLI process).
-fn timed_status(c: &Cluster) -> (bool, Duration) {
-    let t = Instant::now();
+/// One `authority status` through the admin profile (the whole CLI process).
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    started: Instant,
+    ok: bool,
+    took: Duration,
+}
+
+fn timed_status(c: &Cluster) -> Probe {
+    let started = Instant::now();
     let ok = c.status_ok();
-    (ok, t.elapsed())
+    Probe {
+        started,
+        ok,
+        took: started.elapsed(),
+    }
 }
 
 /// Runs `authority status` in a loop until `stop`, recording each outcome.
-fn probe_status(c: &Cluster, stop: &AtomicBool) -> Vec<(bool, Duration)> {
+fn probe_status(c: &Cluster, stop: &AtomicBool) -> Vec<Probe> {
     let mut out = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         out.push(timed_status(c));
@@ -115,17 +128,18 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
-/// Asserts that every probe succeeded within [`STATUS_BOUND`]; prints p50/p99/max.
-fn assert_status_bounded(what: &str, probes: &[(bool, Duration)]) {
+/// Asserts that every probe succeeded within `bound`; prints p50/p99/max.
+fn assert_status_bounded(what: &str, probes: &[Probe], bound: Duration) {
     assert!(!probes.is_empty(), "{what}: no status probe ran");
-    for (i, (ok, took)) in probes.iter().enumerate() {
-        assert!(ok, "{what}: status #{i} failed");
+    for (i, p) in probes.iter().enumerate() {
+        assert!(p.ok, "{what}: status #{i} failed");
         assert!(
-            *took < STATUS_BOUND,
-            "{what}: status #{i} took {took:?} (bound {STATUS_BOUND:?})"
+            p.took < bound,
+            "{what}: status #{i} took {:?} (bound {bound:?})",
+            p.took
         );
     }
-    let mut sorted: Vec<Duration> = probes.iter().map(|(_, d)| *d).collect();
+    let mut sorted: Vec<Duration> = probes.iter().map(|p| p.took).collect();
     sorted.sort();
     eprintln!(
         "{what}: authority status x{}: p50 {:?}, p99 {:?}, max {:?}",
@@ -175,13 +189,23 @@ fn anonymous_flood_of_1030_connections_leaves_status_and_raft_working_and_is_clo
             flood_started.elapsed(),
             held.len()
         );
+        let connected = Instant::now();
         // While they are held: the admin and Raft (a write) still work.
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_secs(3));
         c.join_token("10m");
         stop.store(true, Ordering::SeqCst);
-        (prober.join().unwrap(), flood_started, held)
+        let probes = prober.join().unwrap();
+        let (storm, held_phase): (Vec<Probe>, Vec<Probe>) =
+            probes.into_iter().partition(|p| p.started < connected);
+        ((storm, held_phase), flood_started, held)
     });
-    assert_status_bounded("during the anonymous flood", &during);
+    let (storm, held_phase) = during;
+    assert_status_bounded("while the 1030 handshakes were made", &storm, STORM_BOUND);
+    assert_status_bounded(
+        "while the anonymous connections were held",
+        &held_phase,
+        STATUS_BOUND,
+    );
 
     // The excess was closed: no more open than the anonymous pool, nor than the per-IP cap
     // from any source.
@@ -243,8 +267,30 @@ fn anonymous_flood_of_1030_connections_leaves_status_and_raft_working_and_is_clo
         "idle anonymous connections closed only after {took:?}"
     );
 
+    // One source alone, with the pool free again: no more than the per-IP cap.
+    let one_source = rt.block_on(async {
+        let src = Ipv4Addr::new(127, 0, 2, 1);
+        let mut conns = Vec::new();
+        for _ in 0..40 {
+            if let Some(conn) = tls_from(src, addr, &connector).await {
+                conns.push(conn);
+            }
+        }
+        let mut open = 0;
+        for conn in &mut conns {
+            open += usize::from(!closed(conn, Duration::from_millis(300)).await);
+        }
+        open
+    });
+    eprintln!("anonymous flood: 40 from one source, {one_source} left open");
+    assert_eq!(one_source, ANONYMOUS_PER_IP);
+
     // Afterwards: still answering, three voters replicating.
-    assert_status_bounded("after the anonymous flood", &[timed_status(&c)]);
+    assert_status_bounded(
+        "after the anonymous flood",
+        &[timed_status(&c)],
+        STATUS_BOUND,
+    );
     let members = c.wait_replicated(Duration::from_secs(10));
     assert_eq!(members.len(), 3, "{members:?}");
 }
@@ -308,6 +354,8 @@ struct StreamFlood {
     refused: u32,
     other_resets: u32,
     goaway: Option<u32>,
+    /// The last stream the server says it processed (its GOAWAY's last-stream-id).
+    last_stream: Option<u32>,
     closed_by_server: bool,
 }
 
@@ -356,6 +404,10 @@ async fn stream_flood(
                     }
                 }
                 GOAWAY if payload.len() >= 8 => {
+                    seen.last_stream = Some(
+                        u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                            & 0x7fff_ffff,
+                    );
                     seen.goaway = Some(u32::from_be_bytes([
                         payload[4], payload[5], payload[6], payload[7],
                     ]));
@@ -418,6 +470,24 @@ fn one_connection_300k_streams_is_refused_past_the_cap_with_memory_and_status_bo
         let t = Instant::now();
         let flood = rt.block_on(stream_flood(addr, &connector, 300_000));
         let took = t.elapsed();
+        // The attacker starts over on fresh connections until it has sent 300,000 streams in
+        // all (or 15 s pass): each connection is cut the same way.
+        let processed = |f: &StreamFlood| f.last_stream.map_or(0, |l| l / 2 + 1);
+        let (mut streams, mut seen, mut connections) = (flood.written, processed(&flood), 1);
+        rt.block_on(async {
+            while streams < 300_000 && t.elapsed() < Duration::from_secs(15) {
+                let again = stream_flood(addr, &connector, 300_000 - streams).await;
+                assert!(again.closed_by_server, "{again:?}");
+                streams += again.written;
+                seen += processed(&again);
+                connections += 1;
+            }
+        });
+        eprintln!(
+            "300k streams: then {streams} streams sent in all on {connections} connections in \
+             {:?}; the server processed {seen} of them before each GOAWAY",
+            t.elapsed()
+        );
         // Keep measuring a little after the connection is gone.
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, Ordering::SeqCst);
@@ -440,7 +510,7 @@ fn one_connection_300k_streams_is_refused_past_the_cap_with_memory_and_status_bo
     );
     assert!(peak_rss < 150.0, "peak RSS {peak_rss:.1} MiB");
     assert!(after_rss < 150.0, "RSS after {after_rss:.1} MiB");
-    assert_status_bounded("during the 300k-stream flood", &probes);
+    assert_status_bounded("during the 300k-stream flood", &probes, STATUS_BOUND);
     assert!(took < Duration::from_secs(25), "the flood took {took:?}");
 }
 
