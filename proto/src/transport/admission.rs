@@ -309,14 +309,22 @@ pub(super) struct Lifetime {
     over: bool,
 }
 
+/// `at + d`, or about 30 years from `at` when a limit is too large to add (no panic on a
+/// limit configured as "never").
+fn after(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(30 * 365 * 86_400)))
+        .unwrap_or(at)
+}
+
 impl Lifetime {
     fn new(idle: Duration, age: Duration) -> Self {
         let now = Instant::now();
         Self {
             idle,
             last_activity: now,
-            idle_timer: Box::pin(tokio::time::sleep_until(now + idle)),
-            end: Box::pin(tokio::time::sleep_until(now + age)),
+            idle_timer: Box::pin(tokio::time::sleep_until(after(now, idle))),
+            end: Box::pin(tokio::time::sleep_until(after(now, age))),
             over: false,
         }
     }
@@ -337,7 +345,7 @@ impl Lifetime {
             return true;
         }
         while self.idle_timer.as_mut().poll(cx).is_ready() {
-            let due = self.last_activity + self.idle;
+            let due = after(self.last_activity, self.idle);
             if Instant::now() >= due {
                 self.over = true;
                 return true;
