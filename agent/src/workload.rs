@@ -184,12 +184,13 @@ pub async fn serve_listener(
     })
     .max_decoding_message_size(MAX_REQUEST_LEN)
     .max_encoding_message_size(MAX_RESPONSE_LEN);
-    let server = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.max_streams_per_connection)
-        .concurrency_limit_per_connection(
-            usize::try_from(limits.max_streams_per_connection).unwrap_or(usize::MAX),
-        )
-        .http2_max_header_list_size(16 * 1024)
+    // The shared per-connection bounds (HTTP/2 memory, reset floods, request deadline), with
+    // this server's stream cap; no connection age: Workload API streams are meant to last.
+    let server =
+        ringzero_proto::transport::server_builder(&ringzero_proto::transport::StreamLimits {
+            max_concurrent_streams: limits.max_streams_per_connection,
+            ..Default::default()
+        })
         .add_service(service)
         .serve_with_incoming_shutdown(incoming(listener, attestor, limits), async move {
             shutdown.await;

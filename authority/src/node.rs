@@ -733,12 +733,23 @@ async fn serve(
         parts.contacts.clone(),
     )
     .with_shutdown(stopping);
-    let incoming = ringzero_proto::transport::incoming(listener, Arc::new(tls), Default::default());
+    // Connections bounded per class and per source IP, streams and HTTP/2 memory per
+    // connection, one deadline per call (proto::transport::ServerPolicy). In front of every
+    // handler: expired certificates authenticate nothing, anonymous clients reach only the
+    // first-contact methods, and only members may send the Raft service a body to decode.
+    let policy = ringzero_proto::transport::ServerPolicy::default();
+    let incoming = policy.incoming(listener, Arc::new(tls));
     let raft = parts.raft.clone();
     let sm = parts.sm.clone();
-    let result = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(64)
-        .timeout(Duration::from_secs(30))
+    let result = policy
+        .server()
+        .layer(ringzero_proto::transport::RefuseExpiredLayer)
+        .layer(ringzero_proto::transport::AnonymousAllowListLayer::new(
+            ringzero_proto::AUTHORITY_FIRST_CONTACT,
+        ))
+        .layer(ringzero_proto::transport::MembersOnlyLayer::new([
+            ringzero_proto::RAFT_METHODS,
+        ]))
         .add_service(raft_server(RaftService::new(
             parts.raft.clone(),
             parts.td.clone(),

@@ -28,3 +28,17 @@ pub mod pb {
 
 pub mod client;
 pub mod transport;
+
+/// The methods of `ringzero.v1.Authority` a client without a certificate may call (the
+/// service's "first contact" section): fetching the trust bundle to check it against a pin,
+/// redeeming a join token, and logging in with a user invite (`Login` renews with an SVID
+/// otherwise). For [`transport::AnonymousAllowListLayer`].
+pub const AUTHORITY_FIRST_CONTACT: [&str; 3] = [
+    "/ringzero.v1.Authority/GetBundle",
+    "/ringzero.v1.Authority/RedeemJoinToken",
+    "/ringzero.v1.Authority/Login",
+];
+
+/// The path prefix of the Raft service's methods, which only authority members may call. For
+/// [`transport::MembersOnlyLayer`].
+pub const RAFT_METHODS: &str = "/ringzero.v1.Raft/";

@@ -4,10 +4,17 @@
 //!
 //! - **Server**: [`incoming`] turns a bound [`TcpListener`] into a stream of [`TlsConnection`]s
 //!   for [`tonic::transport::Server::serve_with_incoming`] (or `…_shutdown`). Each handshake
-//!   runs in its own task under a deadline, and the number of open connections is bounded, so a
-//!   slow or hostile client costs one slot for at most `handshake_timeout` and never delays
-//!   anybody else. Every request then carries the caller's [`PeerInfo`] (address and SPIFFE ID
-//!   from the verified client SVID), read back with [`peer`].
+//!   runs in its own task under a deadline; handshakes and connections are bounded per
+//!   [`ConnectionClass`] (authority members, authenticated, anonymous) and per source IP, and
+//!   each connection lives at most as long as its class and its certificate allow (see
+//!   [`ServerLimits`]). Every request then carries the caller's [`PeerInfo`] (address and
+//!   SPIFFE ID from the verified client SVID), read back with [`peer`].
+//! - **Server policy**: [`ServerPolicy`] holds those connection bounds with the per-connection
+//!   stream bounds ([`StreamLimits`]: stream cap, HTTP/2 memory, request deadline), and builds
+//!   both the tonic `Server` and the incoming stream, so every ringzero server is bounded the
+//!   same way. The layers [`RefuseExpiredLayer`], [`AnonymousAllowListLayer`] and
+//!   [`MembersOnlyLayer`] refuse calls from what the connection's [`PeerInfo`] says, before
+//!   any handler runs.
 //! - **Client**: [`channel`] builds a lazily connecting tonic [`Channel`] whose connector does
 //!   TCP + TLS with a given [`rustls::ClientConfig`], normally one from
 //!   [`ringzero_policy::tls::client_config`], whose SPIFFE server verifier decides which
@@ -22,15 +29,18 @@
 //! #     client_cfg: std::sync::Arc<rustls::ClientConfig>,
 //! #     svc: ringzero_proto::pb::raft_server::RaftServer<impl ringzero_proto::pb::raft_server::Raft>,
 //! # ) -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
-//! use ringzero_proto::transport::{ServerLimits, channel, incoming};
+//! use std::time::{Duration, SystemTime};
+//! use ringzero_proto::transport::{RefuseExpiredLayer, ServerPolicy, channel};
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let addr = listener.local_addr()?;
+//! let policy = ServerPolicy::default();
 //! tokio::spawn(
-//!     tonic::transport::Server::builder()
+//!     policy
+//!         .server()
+//!         .layer(RefuseExpiredLayer)
 //!         .add_service(svc)
-//!         .serve_with_incoming(incoming(listener, server_cfg, ServerLimits::default())),
+//!         .serve_with_incoming(policy.incoming(listener, server_cfg)),
 //! );
 //! let channel = channel(&addr.to_string(), client_cfg, Duration::from_secs(5))?;
 //! let mut client = ringzero_proto::pb::raft_client::RaftClient::new(channel);
@@ -43,7 +53,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use ringzero_policy::SpiffeId;
@@ -51,13 +61,25 @@ use ringzero_policy::tls::peer_svid;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
+
+pub use admission::{ConnectionClass, ServerLimits};
+use admission::{Lifetime, Pools, Slot};
+pub use layers::{
+    ANONYMOUS_MESSAGE, AnonymousAllowList, AnonymousAllowListLayer, EXPIRED_MESSAGE,
+    MEMBERS_ONLY_MESSAGE, MembersOnly, MembersOnlyLayer, RefusalFuture, RefuseExpired,
+    RefuseExpiredLayer,
+};
+pub use policy::{ServerPolicy, StreamLimits, server_builder};
+
+mod admission;
+mod layers;
+mod policy;
 
 /// The TLS server name a client sends. SPIFFE servers are identified by the SPIFFE ID in their
 /// SVID, which the server verifier checks; it ignores this name.
@@ -97,34 +119,22 @@ pub struct PeerInfo {
     pub issuer_authority: Option<u64>,
 }
 
-/// Bounds on what unauthenticated network peers may cost a server.
-#[derive(Debug, Clone, Copy)]
-pub struct ServerLimits {
-    /// Open connections, handshaking or established; a connection beyond this is closed as soon
-    /// as it is accepted.
-    pub max_connections: usize,
-    /// How long a client may take to complete the TLS handshake before it is disconnected.
-    pub handshake_timeout: Duration,
-}
-
-impl Default for ServerLimits {
-    /// 1024 connections, 10 s per handshake.
-    fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            handshake_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 /// Accepts TCP connections from `listener`, runs the rustls handshake with `config`
-/// concurrently (a slow or hostile client never blocks others: each handshake in its own task,
-/// bounded by `handshake_timeout`; at most `max_connections` open connections, excess ones
-/// closed at once), and yields TLS connections for
-/// [`tonic::transport::Server::serve_with_incoming`]. Handshake failures are dropped (and never
-/// end the stream).
+/// concurrently, admits each verified connection to the pool of its [`ConnectionClass`], and
+/// yields TLS connections for [`tonic::transport::Server::serve_with_incoming`].
 ///
-/// `config` is typically [`ringzero_policy::tls::server_config`] with a
+/// What `limits` bounds (see [`ServerLimits`]):
+/// - handshakes in progress, globally and per source IP, each for at most
+///   `handshake_timeout` (a slow or hostile client never blocks others: each handshake runs in
+///   its own task); a connection beyond either cap is closed as soon as it is accepted;
+/// - connections per class: authority members have a reserved pool, authenticated clients
+///   share the general one, anonymous clients have their own small pool, capped per source IP
+///   too; a connection whose pool is full is closed right after its handshake;
+/// - each connection's life: closed after its class's idle time without a byte, and at its
+///   class's maximum age, and never later than its client certificate's expiry.
+///
+/// Handshake failures are dropped (and never end the stream). `config` is typically
+/// [`ringzero_policy::tls::server_config`] with a
 /// [`SpiffeClientVerifier`](ringzero_policy::tls::SpiffeClientVerifier); ALPN is set to `h2` on
 /// a copy. The stream never ends by itself; it yields an error only when the listener fails
 /// (for instance, out of file descriptors), after which it pauses accepting briefly. Dropping
@@ -136,13 +146,16 @@ pub fn incoming(
 ) -> impl Stream<Item = Result<TlsConnection, io::Error>> + Send + 'static {
     let mut config = Arc::unwrap_or_clone(config);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No session resumption: a resumed TLS 1.3 session carries the client certificate of the
+    // session it resumes without verifying it again, so a certificate that has expired since,
+    // or whose CA has left the bundle, would authenticate a new connection. Every connection
+    // verifies its client certificate (a full handshake costs one signature more).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Incoming {
         listener,
         acceptor: TlsAcceptor::from(Arc::new(config)),
-        handshake_timeout: limits.handshake_timeout,
-        slots: Arc::new(Semaphore::new(
-            limits.max_connections.min(Semaphore::MAX_PERMITS),
-        )),
+        pools: Arc::new(Pools::new(limits)),
         handshakes: JoinSet::new(),
         backoff: None,
     }
@@ -152,10 +165,8 @@ pub fn incoming(
 struct Incoming {
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    handshake_timeout: Duration,
-    /// One permit per open connection; a [`TlsConnection`] holds its permit until dropped.
-    slots: Arc<Semaphore>,
-    /// Handshakes in progress; `None` is a failed or timed-out one.
+    pools: Arc<Pools>,
+    /// Handshakes in progress; `None` is a failed or timed-out one, or one refused a slot.
     handshakes: JoinSet<Option<TlsConnection>>,
     /// Set after a listener error: no accepting until it fires.
     backoff: Option<Pin<Box<Sleep>>>,
@@ -163,31 +174,46 @@ struct Incoming {
 
 impl Incoming {
     /// Starts the handshake of a new TCP connection in its own task, or closes the connection
-    /// at once when every slot is taken.
+    /// at once when no handshake slot is free for it.
     fn start(&mut self, tcp: TcpStream, addr: SocketAddr) {
-        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+        let Some(handshake_slot) = self.pools.handshake(addr.ip()) else {
             drop(tcp);
             return;
         };
         let acceptor = self.acceptor.clone();
-        let deadline = self.handshake_timeout;
+        let pools = Arc::clone(&self.pools);
         self.handshakes.spawn(async move {
+            let limits = *pools.limits();
             // Best effort: gRPC messages are small and latency-bound.
             let _ = tcp.set_nodelay(true);
-            let stream = tokio::time::timeout(deadline, acceptor.accept(tcp))
+            admission::set_keepalive(&tcp, limits.tcp_keepalive);
+            let stream = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
                 .await
                 .ok()?
                 .ok()?;
+            drop(handshake_slot);
             let svid = peer_svid(stream.get_ref().1.peer_certificates());
+            let peer = PeerInfo {
+                addr: Some(addr),
+                spiffe_id: svid.as_ref().map(|s| s.id.clone()),
+                serial: svid.as_ref().map(|s| s.serial.clone()),
+                not_after: svid.as_ref().map(|s| s.not_after),
+                issuer_authority: svid.and_then(|s| s.issuer_authority),
+            };
+            // The verifier compares whole seconds, so a certificate is still accepted during
+            // the second after its `not_after`: not here (as `RefuseExpiredLayer` decides).
+            if peer.not_after.is_some_and(|t| t < SystemTime::now()) {
+                return None;
+            }
+            let class = ConnectionClass::of(&peer);
+            // A full pool: the connection is dropped, which closes it.
+            let slot = pools.admit(class, addr.ip())?;
+            let lifetime = pools.lifetime(class, peer.not_after);
             Some(TlsConnection {
                 stream,
-                peer: PeerInfo {
-                    addr: Some(addr),
-                    spiffe_id: svid.as_ref().map(|s| s.id.clone()),
-                    serial: svid.as_ref().map(|s| s.serial.clone()),
-                    not_after: svid.as_ref().map(|s| s.not_after),
-                    issuer_authority: svid.and_then(|s| s.issuer_authority),
-                },
+                peer,
+                class,
+                lifetime,
                 _slot: slot,
             })
         });
@@ -230,7 +256,7 @@ impl Stream for Incoming {
         loop {
             match this.handshakes.poll_join_next(cx) {
                 Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
-                // A failed or timed-out handshake (or a panicked task): the client is gone.
+                // A failed, timed-out or refused connection (or a panicked task): it is closed.
                 Poll::Ready(Some(Ok(None) | Err(_))) => {}
                 // No handshake in progress: the listener's waker is registered.
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
@@ -253,17 +279,29 @@ fn is_per_connection(e: &io::Error) -> bool {
 /// A server-side TLS connection; implements tonic's [`Connected`] so that handlers see
 /// [`PeerInfo`] (through [`peer`]).
 ///
-/// It occupies one of the server's `max_connections` slots until dropped.
+/// It occupies a slot of its class's pool until dropped. Once it has been idle for its class's
+/// idle time, or reaches its end (maximum age or certificate expiry), reads see the end of the
+/// stream and writes fail, so that the server drops it.
 pub struct TlsConnection {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerInfo,
-    _slot: OwnedSemaphorePermit,
+    class: ConnectionClass,
+    lifetime: Lifetime,
+    _slot: Slot,
+}
+
+impl TlsConnection {
+    /// The class this connection was admitted as.
+    pub fn class(&self) -> ConnectionClass {
+        self.class
+    }
 }
 
 impl std::fmt::Debug for TlsConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsConnection")
             .field("peer", &self.peer)
+            .field("class", &self.class)
             .finish_non_exhaustive()
     }
 }
@@ -284,7 +322,43 @@ impl AsyncRead for TlsConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.lifetime.poll_over(cx) {
+            // End of stream: the server closes the connection.
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && buf.filled().len() > before
+        {
+            this.lifetime.touch();
+        }
+        polled
+    }
+}
+
+impl TlsConnection {
+    /// Polls a write with the connection's lifetime: fails once it is over, and counts bytes
+    /// written as activity.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(
+            Pin<&mut tokio_rustls::server::TlsStream<TcpStream>>,
+            &mut Context<'_>,
+        ) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if self.lifetime.poll_over(cx) {
+            return Poll::Ready(Err(Lifetime::over_error()));
+        }
+        let polled = write(Pin::new(&mut self.stream), cx);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.lifetime.touch();
+        }
+        polled
     }
 }
 
@@ -294,7 +368,8 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.get_mut()
+            .poll_write_with(cx, |s, cx| s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -302,7 +377,8 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        self.get_mut()
+            .poll_write_with(cx, |s, cx| s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -310,7 +386,11 @@ impl AsyncWrite for TlsConnection {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        if this.lifetime.poll_over(cx) {
+            return Poll::Ready(Err(Lifetime::over_error()));
+        }
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -6,260 +6,19 @@
 //! every wait is bounded by a timeout so that a hang fails instead of blocking.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, TrustBundle, csr_for, generate_key};
-use ringzero_policy::tls::{
-    BundleSource, PeerMatch, SpiffeClientVerifier, SpiffeServerVerifier, client_config,
-    server_config,
-};
-use ringzero_policy::{SpiffeId, SpiffeIdPattern, TrustDomain};
+use common::*;
+use ringzero_policy::tls::{PeerMatch, SpiffeClientVerifier, server_config};
 use ringzero_proto::pb::RaftPayload;
-use ringzero_proto::pb::raft_client::RaftClient;
-use ringzero_proto::pb::raft_server::{Raft, RaftServer};
-use ringzero_proto::transport::{PeerInfo, ServerLimits, TransportError, channel, incoming, peer};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ringzero_proto::transport::{PeerInfo, ServerLimits, TransportError, channel, peer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::{Request, Response, Status};
-
-// ---------------------------------------------------------------------------------------------
-// Certificates
-// ---------------------------------------------------------------------------------------------
-
-const SERVER_ID: &str = "spiffe://td/ringzero/authority/a1";
-const CLIENT_ID: &str = "spiffe://td/ringzero/node/n1";
-const CA_TTL: Duration = Duration::from_secs(24 * 3600);
-const LEAF_TTL: Duration = Duration::from_secs(3600);
-/// Bound on any single call or wait; generous for a loaded 2-core machine.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn td(name: &str) -> TrustDomain {
-    TrustDomain::new(name).unwrap()
-}
-
-fn id(s: &str) -> SpiffeId {
-    SpiffeId::parse(s).unwrap()
-}
-
-fn ca(td: &TrustDomain, cn: &str) -> SigningCa {
-    let since = SystemTime::now() - Duration::from_secs(3600);
-    SigningCa::self_signed(td, cn, CA_TTL, since, None).unwrap()
-}
-
-/// An SVID chain and its private key.
-struct Svid {
-    chain: Vec<CertificateDer<'static>>,
-    key_pkcs8: Vec<u8>,
-}
-
-impl Svid {
-    fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(self.key_pkcs8.clone().into())
-    }
-}
-
-fn svid(ca: &SigningCa, spiffe_id: &str) -> Svid {
-    let key = generate_key().unwrap();
-    let spiffe_id = id(spiffe_id);
-    let csr = csr_for(&key, &spiffe_id).unwrap();
-    let issued = ca
-        .issue(&LeafRequest {
-            id: &spiffe_id,
-            key: LeafKey::Csr(&csr),
-            ttl: LEAF_TTL,
-            dns_names: &[],
-            now: SystemTime::now(),
-        })
-        .unwrap();
-    Svid {
-        chain: issued.chain,
-        key_pkcs8: key.serialize_der(),
-    }
-}
-
-fn bundle(ca: &SigningCa) -> BundleSource {
-    BundleSource::new(
-        TrustBundle::new(ca.trust_domain().clone(), vec![ca.cert_der().clone()]).unwrap(),
-    )
-}
-
-fn one_of(patterns: &[&str]) -> PeerMatch {
-    PeerMatch::OneOf(
-        patterns
-            .iter()
-            .map(|p| SpiffeIdPattern::parse(p).unwrap())
-            .collect(),
-    )
-}
-
-/// A server that requires a client SVID of the CA's trust domain.
-fn mandatory_server(ca: &SigningCa) -> Arc<rustls::ServerConfig> {
-    let me = svid(ca, SERVER_ID);
-    let verifier = SpiffeClientVerifier::new(bundle(ca), PeerMatch::AnyInTrustDomain);
-    Arc::new(server_config(me.chain.clone(), me.key(), verifier).unwrap())
-}
-
-/// A server that lets clients without a certificate through.
-fn optional_server(ca: &SigningCa) -> Arc<rustls::ServerConfig> {
-    let me = svid(ca, SERVER_ID);
-    let verifier = SpiffeClientVerifier::optional(bundle(ca), PeerMatch::AnyInTrustDomain);
-    Arc::new(server_config(me.chain.clone(), me.key(), verifier).unwrap())
-}
-
-/// A client presenting `me`, trusting servers of `trusted` that match `peers`.
-fn client(me: &Svid, trusted: &SigningCa, peers: PeerMatch) -> Arc<rustls::ClientConfig> {
-    let verifier = SpiffeServerVerifier::new(bundle(trusted), peers);
-    Arc::new(client_config(me.chain.clone(), me.key(), verifier).unwrap())
-}
-
-/// A client without a certificate, trusting any server of `trusted`.
-fn anonymous_client(trusted: &SigningCa) -> Arc<rustls::ClientConfig> {
-    let verifier = SpiffeServerVerifier::new(bundle(trusted), PeerMatch::AnyInTrustDomain);
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(verifier)
-    .with_no_client_auth();
-    Arc::new(config)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The server under test
-// ---------------------------------------------------------------------------------------------
-
-/// Answers every call with the caller as the handler saw it: `"<spiffe id or ->|<addr>"`.
-#[derive(Debug, Default)]
-struct Echo {
-    calls: Arc<AtomicUsize>,
-}
-
-impl Echo {
-    fn reply(&self, req: &Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let PeerInfo {
-            addr, spiffe_id, ..
-        } = peer(req);
-        let who = spiffe_id.map_or_else(|| "-".to_owned(), |id| id.to_string());
-        let addr = addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
-        Ok(Response::new(RaftPayload {
-            data: format!("{who}|{addr}").into_bytes(),
-        }))
-    }
-}
-
-#[tonic::async_trait]
-impl Raft for Echo {
-    async fn append_entries(
-        &self,
-        req: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
-        self.reply(&req)
-    }
-
-    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.reply(&req)
-    }
-
-    async fn install_snapshot(
-        &self,
-        req: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
-        self.reply(&req)
-    }
-}
-
-struct TestServer {
-    addr: SocketAddr,
-    /// Calls that reached a handler.
-    calls: Arc<AtomicUsize>,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl TestServer {
-    async fn start(config: Arc<rustls::ServerConfig>, limits: ServerLimits) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let echo = Echo::default();
-        let calls = Arc::clone(&echo.calls);
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let task = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(RaftServer::new(echo))
-                .serve_with_incoming_shutdown(incoming(listener, config, limits), async {
-                    let _ = stop.await;
-                }),
-        );
-        Self {
-            addr,
-            calls,
-            shutdown,
-            task,
-        }
-    }
-
-    fn channel(&self, config: Arc<rustls::ClientConfig>) -> tonic::transport::Channel {
-        channel(&self.addr.to_string(), config, Duration::from_secs(5)).unwrap()
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    /// Shuts the server down gracefully; its clients must be gone.
-    async fn stop(self) {
-        self.shutdown.send(()).unwrap();
-        tokio::time::timeout(PATIENCE, self.task)
-            .await
-            .expect("the server did not shut down")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-/// One `Vote` call: the caller as the server saw it, as `(spiffe id or "-", addr)`.
-async fn whoami(channel: tonic::transport::Channel) -> Result<(String, String), Status> {
-    let reply = tokio::time::timeout(
-        PATIENCE,
-        RaftClient::new(channel).vote(RaftPayload { data: Vec::new() }),
-    )
-    .await
-    .expect("the call hung")?;
-    let text = String::from_utf8(reply.into_inner().data).unwrap();
-    let (who, addr) = text.split_once('|').unwrap();
-    Ok((who.to_owned(), addr.to_owned()))
-}
-
-/// Reads from a raw connection until the server closes it (EOF or reset), or `within` passes.
-async fn closed_by_server(conn: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    tokio::time::timeout(within, async {
-        loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                // TLS alerts the server may send before closing.
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
-/// Still open: nothing to read and no EOF for a short while.
-async fn still_open(conn: &mut TcpStream) -> bool {
-    !closed_by_server(conn, Duration::from_millis(300)).await
-}
-
+use tonic::Request;
 // ---------------------------------------------------------------------------------------------
 // Identity
 // ---------------------------------------------------------------------------------------------
@@ -427,8 +186,9 @@ async fn garbage_and_silent_connections_do_not_block_a_real_client() {
     let authority = ca(&td("td"), "ringzero authority a1");
     let handshake_timeout = Duration::from_secs(5);
     let limits = ServerLimits {
-        max_connections: 16,
+        max_handshakes: 16,
         handshake_timeout,
+        ..ServerLimits::default()
     };
     let server = TestServer::start(mandatory_server(&authority), limits).await;
 
@@ -461,12 +221,13 @@ async fn garbage_and_silent_connections_do_not_block_a_real_client() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_limit_are_closed_at_once() {
+async fn handshakes_beyond_the_limit_are_closed_at_once() {
     let authority = ca(&td("td"), "ringzero authority a1");
     let limits = ServerLimits {
-        max_connections: 2,
+        max_handshakes: 2,
         // Long enough that the held connections keep their slots for the whole test.
         handshake_timeout: Duration::from_secs(120),
+        ..ServerLimits::default()
     };
     let server = TestServer::start(mandatory_server(&authority), limits).await;
 

@@ -454,6 +454,11 @@ impl Svid {
 
     /// An SVID for `id` issued by `ca`.
     pub fn forge(ca: &SigningCa, id: &str) -> Self {
+        Self::forge_for(ca, id, Duration::from_secs(3600))
+    }
+
+    /// An SVID for `id` issued by `ca` that expires `ttl` from now (to the second).
+    pub fn forge_for(ca: &SigningCa, id: &str, ttl: Duration) -> Self {
         let key = generate_key().unwrap();
         let id = SpiffeId::parse(id).unwrap();
         let csr = csr_for(&key, &id).unwrap();
@@ -461,7 +466,7 @@ impl Svid {
             .issue(&LeafRequest {
                 id: &id,
                 key: LeafKey::Csr(&csr),
-                ttl: Duration::from_secs(3600),
+                ttl,
                 dns_names: &[],
                 now: SystemTime::now(),
             })

@@ -367,15 +367,18 @@ fn only_members_speak_raft_and_only_enrolled_authorities_join() {
         raft_call(mtls(&profile, &admin), false, forged_vote(1000, 1)),
         "not an authority node",
     );
-    denied(
-        "no client certificate",
-        raft_call(
-            anonymous_tls(&profile),
-            true,
-            forged_append_entries(1000, 99),
-        ),
-        "not an authority node",
-    );
+    // Without a certificate the call is refused before the Raft service sees it.
+    match raft_call(
+        anonymous_tls(&profile),
+        true,
+        forged_append_entries(1000, 99),
+    ) {
+        Err(s) => {
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+            assert_eq!(s.message(), ringzero_proto::transport::ANONYMOUS_MESSAGE);
+        }
+        Ok(_) => panic!("no client certificate: a Raft RPC was accepted"),
+    }
 
     // SVIDs from CAs outside the bundle do not even complete the TLS handshake: another trust
     // domain, and a rogue CA claiming this trust domain and a member's ID.
@@ -817,6 +820,16 @@ fn two_joiners_racing_one_token_through_two_peers_make_exactly_one_member() {
 // 8. Hostile bytes on the port
 // ---------------------------------------------------------------------------------------------
 
+/// A TCP connection to `addr` from 127.0.0.2.
+fn connect_from_2(addr: &str) -> std::net::TcpStream {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .unwrap();
+    s.connect(&addr.into()).unwrap();
+    s.into()
+}
+
 /// Writes `bytes` on a fresh connection and waits for the server to close it.
 fn send_and_expect_close(addr: &str, what: &str, bytes: &[u8]) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -870,11 +883,10 @@ fn garbage_half_open_connections_and_oversized_messages_do_not_take_a_node_down(
     send_and_expect_close(&addr, "bogus TLS record", &record);
 
     // Half-open connections: 100 that never send a byte and one stuck in the middle of a
-    // ClientHello, held while a client works normally.
-    let mut idle: Vec<std::net::TcpStream> = (0..100)
-        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
-        .collect();
-    let mut partial = std::net::TcpStream::connect(&addr).unwrap();
+    // ClientHello, held while a client works normally. They come from another source than the
+    // client (127.0.0.2): handshakes in progress are capped per source IP.
+    let mut idle: Vec<std::net::TcpStream> = (0..100).map(|_| connect_from_2(&addr)).collect();
+    let mut partial = connect_from_2(&addr);
     partial
         .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
         .unwrap();
