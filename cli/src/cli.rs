@@ -898,12 +898,17 @@ consistency proof from the last head this profile accepted (remembered in PROFIL
 a smaller or diverging tree is reported as a rollback), re-derives the tree from every live
 record, then remembers the new head. With --file: verifies the files in order as one chain
 (sealed segments oldest first, then optionally a live export), each continuing the previous
-one. The first altered, dropped, reordered, inserted or truncated record is named.
+one, and holds them to the remembered head exactly as the live check does: their tree at its
+size must be the one accepted (a fork is named by its first differing record), files that end
+before it or start after it are refused; the chain's last head is then remembered. The first
+altered, dropped, reordered, inserted or truncated record is named. --no-remember checks
+against the remembered head without updating it.
 
 Examples:
   ringzero --profile admin.profile audit verify
   ringzero audit verify --json
-  ringzero audit verify --file seg-0.jsonl --file seg-1.jsonl --file live.jsonl";
+  ringzero audit verify --file seg-0.jsonl --file seg-1.jsonl --file live.jsonl
+  ringzero audit verify --no-remember --file copy-from-a-colleague.jsonl";
 
 const AUDIT_SEAL_HELP: &str = "\
 Exports the live records from the current start up to --up-to (default: all but the last
@@ -922,6 +927,9 @@ pub(crate) struct AuditVerifyArgs {
     /// Verify this export instead of the live log (repeatable: a chain, oldest first).
     #[arg(long = "file", value_name = "EXPORT")]
     pub(crate) files: Vec<PathBuf>,
+    /// Check against the remembered head, but do not remember the head verified now.
+    #[arg(long)]
+    pub(crate) no_remember: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub(crate) json: bool,
