@@ -213,7 +213,7 @@ Examples:
   ringzero --profile admin.profile authority members
   ringzero --profile admin.profile authority members --json")]
     Members(JsonArgs),
-    /// Remove a member; --compromised also drops its keys from the bundle at once.
+    /// Remove a member; --compromised also marks its keys compromised in the bundle at once.
     #[command(after_help = "\
 Examples:
   ringzero --profile admin.profile authority remove 3
@@ -313,7 +313,7 @@ pub(crate) struct JsonArgs {
 pub(crate) struct RemoveArgs {
     /// The node id to remove.
     pub(crate) node: u64,
-    /// The node's keys leave the bundle at once: everything it issued stops verifying.
+    /// Mark the node's keys compromised at once: everything it issued stops verifying.
     #[arg(long)]
     pub(crate) compromised: bool,
 }

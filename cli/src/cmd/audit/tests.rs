@@ -138,6 +138,7 @@ fn pinned_keys_follow_the_pin_status() {
         key_pem: String::new(),
         token: String::new(),
         audit_keys: vec![],
+        compromised_keys: vec![],
     };
     let path = Path::new("p.profile");
     assert_eq!(pinned_keys(&profile, path).unwrap_err().code, 1);
