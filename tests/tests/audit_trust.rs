@@ -130,7 +130,11 @@ fn a_forked_log_exported_and_verified_offline_is_refused_naming_the_first_diverg
     let export_as = |profile: &Path, name: &str| {
         let out = root.join(name);
         ok(
-            cli_as(&root, profile, &["audit", "export", "--out", path_str(&out)]),
+            cli_as(
+                &root,
+                profile,
+                &["audit", "export", "--out", path_str(&out)],
+            ),
             name,
         );
         out
@@ -176,7 +180,10 @@ fn a_forked_log_exported_and_verified_offline_is_refused_naming_the_first_diverg
 
     // Validly signed: a verifier that never saw the log accepts it…
     let fresh = copy_profile(&a.profile, &root, "fresh.profile");
-    ok(verify_as(&fresh, &[], &fork), "the fork, to a fresh verifier");
+    ok(
+        verify_as(&fresh, &[], &fork),
+        "the fork, to a fresh verifier",
+    );
     // …the auditor, which remembers the head it accepted, refuses it, offline as live.
     for extra in [&[][..], &["--no-remember"]] {
         fails_with(
@@ -190,7 +197,11 @@ fn a_forked_log_exported_and_verified_offline_is_refused_naming_the_first_diverg
             "the forked export",
         );
     }
-    assert_eq!(remembered_size(&auditor), seen, "a refused head was remembered");
+    assert_eq!(
+        remembered_size(&auditor),
+        seen,
+        "a refused head was remembered"
+    );
     fails_with(
         &cli_as(&root, &auditor, &["audit", "verify"]),
         &["rollback", "does not extend"],
@@ -203,7 +214,14 @@ fn a_forked_log_exported_and_verified_offline_is_refused_naming_the_first_diverg
         cli_as(
             &root,
             &auditor,
-            &["audit", "export", "--since", &since, "--out", path_str(&late)],
+            &[
+                "audit",
+                "export",
+                "--since",
+                &since,
+                "--out",
+                path_str(&late),
+            ],
         ),
         "export --since",
     );
@@ -310,8 +328,8 @@ fn a_node_removed_as_compromised_is_trusted_by_no_profile_that_refreshes() {
     let key_of = |kind: &str| theirs.iter().find(|k| k.kind == kind).unwrap().clone();
     let (audit_key, ca_key, jwt_key) = (key_of("audit"), key_of("x509-ca"), key_of("jwt"));
     let dir = c.nodes[victim].dir.clone();
-    let stolen = Ed25519KeyPair::from_pkcs8(&std::fs::read(dir.join("keys/audit.key")).unwrap())
-        .unwrap();
+    let stolen =
+        Ed25519KeyPair::from_pkcs8(&std::fs::read(dir.join("keys/audit.key")).unwrap()).unwrap();
     let pin = pins.iter().find(|p| p.id == audit_key.key_id).unwrap();
     assert_eq!(pin.public_key, hex::encode(stolen.public_key().as_ref()));
     let ca_der = std::fs::read(dir.join("keys/ca.der")).unwrap();
@@ -329,7 +347,13 @@ fn a_node_removed_as_compromised_is_trusted_by_no_profile_that_refreshes() {
         cli_as(
             &root,
             profile,
-            &["audit", "verify", "--no-remember", "--file", path_str(&forged)],
+            &[
+                "audit",
+                "verify",
+                "--no-remember",
+                "--file",
+                path_str(&forged),
+            ],
         )
     };
     ok(verify_forged(&auditor), "signed by a trusted node");
@@ -366,12 +390,19 @@ fn a_node_removed_as_compromised_is_trusted_by_no_profile_that_refreshes() {
         let name = profile.file_name().unwrap().to_string_lossy().into_owned();
         ok(cli_as(&root, profile, &["authority", "status"]), &name);
         let p = read_profile(profile);
-        let pin = p.audit_keys.iter().find(|k| k.id == audit_key.key_id).unwrap();
+        let pin = p
+            .audit_keys
+            .iter()
+            .find(|k| k.id == audit_key.key_id)
+            .unwrap();
         assert_eq!(pin.status, "compromised", "{name}: {pin:?}");
         assert_eq!(p.audit_keys.len(), 3, "{name}: pins are never dropped");
         let cas = p.bundle_certs().unwrap();
         assert_eq!(cas.len(), 2, "{name}");
-        assert!(cas.iter().all(|c| c.as_ref() != ca_der), "{name}: node 2's CA");
+        assert!(
+            cas.iter().all(|c| c.as_ref() != ca_der),
+            "{name}: node 2's CA"
+        );
         fails_with(
             &verify_forged(profile),
             &[&format!("audit key {} is compromised", audit_key.key_id)],

@@ -251,13 +251,18 @@ fn files_are_held_to_the_remembered_head_and_a_fork_is_named() {
     let first = export_file(dir.path(), "first.jsonl", &k, &[], &honest[..30]);
     let accepted = verify_files(&[first], &keys, None).unwrap();
     save_remembered(&memory, &accepted.head, accepted.digest.as_ref()).unwrap();
-    let seen = load_remembered(&memory).unwrap().unwrap();
+    let remembered = load_remembered(&memory).unwrap().unwrap();
+    let seen = &remembered;
     assert_eq!(seen.head.size, 30);
     assert!(
         seen.digest.is_some(),
         "an export from record 0 leaves a digest"
     );
-    let seen = Some((&seen, memory.as_path()));
+    let bare = Remembered {
+        digest: None,
+        ..remembered.clone()
+    };
+    let seen = Some((seen, memory.as_path()));
 
     // The data directory restored from its copy at 20 and grown to 39 without what was seen.
     let fork = export_file(dir.path(), "fork.jsonl", &k, &[], &history(39, 20));
@@ -273,10 +278,6 @@ fn files_are_held_to_the_remembered_head_and_a_fork_is_named() {
         assert!(m.contains(needle), "{needle:?} in {m}");
     }
     // A remembered head without a digest still refuses it, without naming the record.
-    let bare = Remembered {
-        digest: None,
-        ..seen.unwrap().0.clone()
-    };
     let (code, m) = message(
         verify_files(std::slice::from_ref(&fork), &keys, Some((&bare, &memory))).unwrap_err(),
     );
