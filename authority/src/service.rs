@@ -335,12 +335,14 @@ pub(crate) fn minting_key(
 pub(crate) type BundleSource =
     std::sync::Arc<dyn Fn() -> Result<pb::Bundle, tonic::Status> + Send + Sync>;
 
-/// The bundle's keys, compromised ones left out.
+/// The bundle's keys, every one with its status. A compromised key is published *as
+/// compromised*, never left out: a client only updates the keys it is sent, so an absent key
+/// would stay trusted wherever it was pinned. Every consumer excludes compromised keys from
+/// what it trusts (`ringzero_proto::client::bundle_cas`, `Profile::apply_bundle`).
 fn bundle_keys(sm: &StateMachineStore) -> Result<Vec<pb::BundleKey>, tonic::Status> {
     let keys = sm.reader().map_err(status_of)?.keys().map_err(status_of)?;
     Ok(keys
         .into_iter()
-        .filter(|k| k.status != KeyStatus::Compromised)
         .map(|k| pb::BundleKey {
             key_id: k.id,
             authority: k.authority,

@@ -213,7 +213,7 @@ Examples:
   ringzero --profile admin.profile authority members
   ringzero --profile admin.profile authority members --json")]
     Members(JsonArgs),
-    /// Remove a member; --compromised also drops its keys from the bundle at once.
+    /// Remove a member; --compromised also marks its keys compromised in the bundle at once.
     #[command(after_help = "\
 Examples:
   ringzero --profile admin.profile authority remove 3
@@ -313,7 +313,7 @@ pub(crate) struct JsonArgs {
 pub(crate) struct RemoveArgs {
     /// The node id to remove.
     pub(crate) node: u64,
-    /// The node's keys leave the bundle at once: everything it issued stops verifying.
+    /// Mark the node's keys compromised at once: everything it issued stops verifying.
     #[arg(long)]
     pub(crate) compromised: bool,
 }
@@ -907,12 +907,17 @@ consistency proof from the last head this profile accepted (remembered in PROFIL
 a smaller or diverging tree is reported as a rollback), re-derives the tree from every live
 record, then remembers the new head. With --file: verifies the files in order as one chain
 (sealed segments oldest first, then optionally a live export), each continuing the previous
-one. The first altered, dropped, reordered, inserted or truncated record is named.
+one, and holds them to the remembered head exactly as the live check does: their tree at its
+size must be the one accepted (a fork is named by its first differing record), files that end
+before it or start after it are refused; the chain's last head is then remembered. The first
+altered, dropped, reordered, inserted or truncated record is named. --no-remember checks
+against the remembered head without updating it.
 
 Examples:
   ringzero --profile admin.profile audit verify
   ringzero audit verify --json
-  ringzero audit verify --file seg-0.jsonl --file seg-1.jsonl --file live.jsonl";
+  ringzero audit verify --file seg-0.jsonl --file seg-1.jsonl --file live.jsonl
+  ringzero audit verify --no-remember --file copy-from-a-colleague.jsonl";
 
 const AUDIT_SEAL_HELP: &str = "\
 Exports the live records from the current start up to --up-to (default: all but the last
@@ -931,6 +936,9 @@ pub(crate) struct AuditVerifyArgs {
     /// Verify this export instead of the live log (repeatable: a chain, oldest first).
     #[arg(long = "file", value_name = "EXPORT")]
     pub(crate) files: Vec<PathBuf>,
+    /// Check against the remembered head, but do not remember the head verified now.
+    #[arg(long)]
+    pub(crate) no_remember: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub(crate) json: bool,

@@ -590,6 +590,7 @@ fn segments_chain_through_the_trusted_head() {
                 trusted: Some(trusted),
                 trusted_consistency: Some(proof),
                 keep_records: false,
+                ..VerifyOptions::default()
             },
         )
     };

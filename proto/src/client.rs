@@ -71,7 +71,12 @@ impl ClientError {
     }
 }
 
-/// The CA certificates of a bundle reply, leaving out compromised keys whatever the server says.
+mod trust;
+
+pub use self::trust::{COMPROMISED, key_fingerprint};
+
+/// The CA certificates of a bundle reply, leaving out compromised keys whatever the server says
+/// (a profile also leaves out those it learned were compromised: [`Profile::trusted_cas`]).
 pub fn bundle_cas(b: &pb::Bundle) -> Vec<CertificateDer<'static>> {
     b.keys
         .iter()
@@ -109,6 +114,10 @@ pub struct Profile {
     /// verify` never trusts a key carried by the data it verifies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audit_keys: Vec<AuditKeyPin>,
+    /// The [`key_fingerprint`]s of every key a bundle marked compromised: never trusted again,
+    /// whatever a later bundle says ([`Profile::apply_bundle`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compromised_keys: Vec<String>,
 }
 
 /// A pinned audit key: an authority node's Ed25519 tree-head key.
@@ -185,6 +194,7 @@ impl Profile {
             key_pem: pem_encode("PRIVATE KEY", key_pkcs8),
             token: token.to_owned(),
             audit_keys: Vec::new(),
+            compromised_keys: Vec::new(),
         }
     }
 

@@ -468,6 +468,8 @@ fn a_live_log_restored_from_a_backup_is_a_rollback() {
     let later = std::fs::read_to_string(remembered(&a)).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&later).unwrap();
     v["size"] = (seen + 1000).into();
+    // The digest of the records is of the real size: a hand-made head goes without one.
+    v.as_object_mut().unwrap().remove("digest");
     std::fs::write(remembered(&a), v.to_string()).unwrap();
     fails_with(
         &a.cli(&["audit", "verify"]),

@@ -2,16 +2,21 @@
 //!
 //! Trust comes from the profile alone: tree heads are checked only against its pinned audit
 //! keys ([`Profile::audit_keys`], learned at bootstrap and from authenticated bundle refreshes),
-//! never against keys carried by what is verified. `verify` remembers the last tree head it
-//! accepted next to the profile (`PROFILE.audit-head`) and demands that every later head extend
-//! it (a consistency proof), so a log rolled back or forked after it was seen is caught.
+//! never against keys carried by what is verified. `verify` — live or `--file` — remembers the
+//! last tree head it accepted next to the profile (`PROFILE.audit-head`) and demands that every
+//! later head extend it (a consistency proof from the cluster, or the files' own tree at that
+//! size), so a log rolled back or forked after it was seen is caught.
 //!
 //! # Layout
 //!
-//! - this file: `verify` (live and `--file`), `prove`, `seal`, the remembered head.
+//! - this file: live `verify`, `prove`, `seal`.
+//! - [`files`]: `verify --file`, a chain of exports checked offline.
+//! - [`memory`]: the remembered head and the digest of its records.
 //! - [`review`]: `query`, `tail`, `export` and the record table.
 //! - [`stream`]: feeding an export stream to the (blocking) verifier, and to files.
 
+mod files;
+mod memory;
 mod review;
 mod stream;
 
@@ -28,12 +33,13 @@ use ringzero_policy::audit::{
 };
 use ringzero_proto::client::Profile;
 use ringzero_proto::pb;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use self::memory::{load_remembered, remembered_path, save_remembered};
 use super::session::{Session, refused, runtime, session};
 use super::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::cli::{AuditCommand, AuditProveArgs, AuditSealArgs, AuditVerifyArgs, GlobalArgs};
-use crate::input::{read_bounded, write_file};
+use crate::input::read_bounded;
 
 /// Records `seal` leaves in the live log by default.
 pub(crate) const SEAL_KEEP_LIVE: u64 = 1000;
@@ -43,7 +49,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: AuditCommand) -> Outcome {
     if let AuditCommand::Verify(a) = &cmd
         && !a.files.is_empty()
     {
-        return verify_files_cmd(global, a);
+        return files::verify_files_cmd(global, a);
     }
     let rt = runtime()?;
     rt.block_on(async move {
@@ -178,75 +184,8 @@ async fn consistency_proof(
 }
 
 // ---------------------------------------------------------------------------------------------
-// The remembered head
+// The remembered head (see [`memory`])
 // ---------------------------------------------------------------------------------------------
-
-/// The last tree head `verify` accepted, as stored next to the profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RememberedHead {
-    size: u64,
-    /// Hex.
-    root: String,
-    time_ms: u64,
-    key_id: u64,
-    /// Hex.
-    signature: String,
-}
-
-impl RememberedHead {
-    fn of(sth: &SignedTreeHead) -> Self {
-        Self {
-            size: sth.head.size,
-            root: hex::encode(sth.head.root),
-            time_ms: sth.head.time_ms,
-            key_id: sth.head.key_id,
-            signature: hex::encode(&sth.signature),
-        }
-    }
-
-    fn head(&self) -> Option<TreeHead> {
-        let mut root = [0u8; 32];
-        hex::decode_to_slice(&self.root, &mut root).ok()?;
-        Some(TreeHead {
-            size: self.size,
-            root,
-            time_ms: self.time_ms,
-            key_id: self.key_id,
-        })
-    }
-}
-
-/// `PROFILE.audit-head`.
-pub(crate) fn remembered_path(profile: &Path) -> PathBuf {
-    let mut name = profile.as_os_str().to_owned();
-    name.push(".audit-head");
-    PathBuf::from(name)
-}
-
-fn load_remembered(path: &Path) -> Result<Option<TreeHead>, Failure> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let unreadable = |why: String| {
-        failed(anyhow!(
-            "{}: the remembered tree head is unreadable ({why}); it is what a rollback is \
-             detected against, so find out why before removing it",
-            path.display()
-        ))
-    };
-    let text = read_bounded(path).map_err(|e| unreadable(format!("{e:#}")))?;
-    let r: RememberedHead = serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?;
-    r.head()
-        .map(Some)
-        .ok_or_else(|| unreadable("the root is not 64 hex digits".into()))
-}
-
-fn save_remembered(path: &Path, sth: &SignedTreeHead) -> Result<(), Failure> {
-    let text = serde_json::to_string_pretty(&RememberedHead::of(sth)).map_err(failed)?;
-    write_file(path, format!("{text}\n").as_bytes(), 0o600, true)
-        .map_err(|e| failed(e.context("remembering the verified tree head")))
-}
 
 /// Checks that `sth` extends the remembered head `seen` (same tree at `seen.size`), asking the
 /// cluster for a consistency proof. Anything else is a rollback or a fork.
@@ -295,7 +234,7 @@ struct Summary {
     /// The first record verified (the live log's start or the first file's).
     first_seq: u64,
     records_verified: u64,
-    /// The head accepted before, which the new one extends (live only).
+    /// The head accepted before (remembered), which the new one extends.
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_size: Option<u64>,
     /// The files of a `--file` chain, in order.
@@ -380,7 +319,8 @@ async fn verify_live(global: &GlobalArgs, a: &AuditVerifyArgs) -> Outcome {
     let keys = pinned_keys(&s.profile, &s.path)?;
     let (sth, sealed) = current_head(&mut s, &keys).await?;
     let file = remembered_path(&s.path);
-    let seen = load_remembered(&file)?;
+    let remembered = load_remembered(&file)?;
+    let seen = remembered.as_ref().map(|r| r.head);
     if let Some(seen) = &seen {
         check_extends(&mut s, seen, &sth, &file).await?;
     }
@@ -389,7 +329,9 @@ async fn verify_live(global: &GlobalArgs, a: &AuditVerifyArgs) -> Outcome {
     let records = size - first_seq;
     let previous_size = seen.as_ref().map(|t| t.size);
     if size == 0 {
-        save_remembered(&file, &sth)?;
+        if !a.no_remember {
+            save_remembered(&file, &sth, None)?;
+        }
         let summary = Summary {
             size: 0,
             root: hex::encode(sth.head.root),
@@ -412,7 +354,8 @@ async fn verify_live(global: &GlobalArgs, a: &AuditVerifyArgs) -> Outcome {
         _ => None,
     };
     let chunks = stream::export(&mut s, first_seq, size).await?;
-    let verified = stream::verify(chunks, keys, seen, seen_to_start)
+    let seen_digest = remembered.and_then(|r| r.digest);
+    let verified = stream::verify(chunks, keys, seen, seen_to_start, seen_digest)
         .await?
         .map_err(|e| export_failed("the live audit log", e))?;
     if verified.head.head.size != size {
@@ -428,7 +371,9 @@ async fn verify_live(global: &GlobalArgs, a: &AuditVerifyArgs) -> Outcome {
              the cluster equivocated"
         )));
     }
-    save_remembered(&file, &sth)?;
+    if !a.no_remember {
+        save_remembered(&file, &sth, verified.digest.as_ref())?;
+    }
     s.refresh().await;
     let mut summary = Summary::new(&verified, first_seq, records);
     // The cluster's head (the one remembered), which the export's last head equals.
@@ -450,71 +395,6 @@ fn load_profile(global: &GlobalArgs) -> Result<(PathBuf, Profile), Failure> {
     let profile =
         Profile::from_toml(&text).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
     Ok((path, profile))
-}
-
-fn verify_files_cmd(global: &GlobalArgs, a: &AuditVerifyArgs) -> Outcome {
-    let (path, profile) = load_profile(global)?;
-    let keys = pinned_keys(&profile, &path)?;
-    let summary = verify_files(&a.files, &keys)?;
-    summary.print(a.json);
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Verifies `files` in order as one chain: each continues the tree where the previous one's
-/// last signed head left it (that head is the next file's trusted head).
-fn verify_files(files: &[PathBuf], keys: &AuditKeys) -> Result<Summary, Failure> {
-    let mut previous: Option<SignedTreeHead> = None;
-    let mut parts = Vec::with_capacity(files.len());
-    let mut last = None;
-    for path in files {
-        let f =
-            File::open(path).map_err(|e| bad_input(anyhow!("opening {}: {e}", path.display())))?;
-        let trusted = previous.as_ref().map(|h| h.head);
-        let opts = VerifyOptions {
-            trusted: trusted.as_ref(),
-            trusted_consistency: None,
-            keep_records: false,
-        };
-        let v = verify_export_with(BufReader::with_capacity(1 << 16, f), keys, &opts).map_err(
-            |e| match e {
-                ExportError::Rollback {
-                    seen_size,
-                    got_size,
-                } if got_size < seen_size => failed(anyhow!(
-                    "{}: ends at record {got_size}, but the files before it reach {seen_size}:                      give the files oldest first (or this one is from a rolled-back log)",
-                    path.display()
-                )),
-                e => export_failed(&path.display().to_string(), e),
-            },
-        )?;
-        let records = v.head.head.size - v.first_seq;
-        if previous.is_none() && v.first_seq > 0 {
-            eprintln!(
-                "note: {} starts at record {}: the records before it are vouched for only by \
-                 the signed roots (give their segment files first to verify them too)",
-                path.display(),
-                v.first_seq
-            );
-        }
-        parts.push(FileSummary {
-            file: path.display().to_string(),
-            first_seq: v.first_seq,
-            size: v.head.head.size,
-            root: hex::encode(v.head.head.root),
-            key_id: v.head.head.key_id,
-            records,
-        });
-        previous = Some(v.head.clone());
-        last = Some(v);
-    }
-    let Some(last) = last else {
-        return Err(bad_input_msg("no --file given"));
-    };
-    let first_seq = parts.first().map_or(0, |p| p.first_seq);
-    let records = last.head.head.size - first_seq;
-    let mut summary = Summary::new(&last, first_seq, records);
-    summary.files = parts;
-    Ok(summary)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -615,7 +495,7 @@ async fn seal(global: &GlobalArgs, a: AuditSealArgs) -> Outcome {
     let (sth, sealed) = current_head(&mut s, &keys).await?;
     let file = remembered_path(&s.path);
     if let Some(seen) = load_remembered(&file)? {
-        check_extends(&mut s, &seen, &sth, &file).await?;
+        check_extends(&mut s, &seen.head, &sth, &file).await?;
     }
     let size = sth.head.size;
     let up_to = match a.up_to {

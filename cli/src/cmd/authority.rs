@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use ringzero_authority::node::{self, FirstContact};
 use ringzero_policy::svid::pem_encode;
-use ringzero_proto::client::bundle_cas;
+use ringzero_proto::client::Profile;
 use ringzero_proto::pb;
 
 use super::session::{call_failed, print_table, runtime, session};
@@ -237,7 +237,8 @@ async fn remove(global: &GlobalArgs, a: RemoveArgs) -> Outcome {
     s.refresh().await;
     if compromised {
         eprintln!(
-            "removed node {node_id}; its keys left the bundle: everything it issued must be reissued"
+            "removed node {node_id}; its keys are published as compromised and trusted nowhere \
+             any more: everything it issued must be reissued"
         );
     } else {
         eprintln!(
@@ -295,27 +296,29 @@ async fn bundle_show(global: &GlobalArgs, format: BundleFormat) -> Outcome {
         .call(|mut c| async move { c.get_bundle(pb::GetBundleRequest {}).await })
         .await
         .map_err(call_failed)?;
+    // The refreshed profile knows every key marked compromised, in this bundle or before.
     s.refresh().await;
     match format {
         BundleFormat::Pem => {
-            for c in bundle_cas(&bundle) {
+            for c in s.profile.trusted_cas(&bundle) {
                 print!("{}", pem_encode("CERTIFICATE", &c));
             }
         }
-        BundleFormat::Jwks => println!("{}", jwks(&bundle).map_err(failed)?),
+        BundleFormat::Jwks => println!("{}", jwks(&bundle, &s.profile).map_err(failed)?),
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The SPIFFE bundle format: a JWK set with `use: x509-svid` keys (carrying `x5c`) and
-/// `use: jwt-svid` keys.
-fn jwks(b: &pb::Bundle) -> anyhow::Result<serde_json::Value> {
+/// `use: jwt-svid` keys. Compromised keys are not in it: a SPIFFE bundle lists usable keys
+/// only (it has no status to mark them with).
+fn jwks(b: &pb::Bundle, profile: &Profile) -> anyhow::Result<serde_json::Value> {
     use base64::Engine;
     use x509_parser::prelude::FromDer;
     let b64 = base64::engine::general_purpose::STANDARD;
     let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut keys = Vec::new();
-    for k in &b.keys {
+    for k in b.keys.iter().filter(|k| !profile.is_compromised(k)) {
         let point = match k.kind.as_str() {
             "x509-ca" => {
                 let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&k.public_key)

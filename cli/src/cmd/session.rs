@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use ringzero_policy::svid::pem_encode;
-use ringzero_proto::client::{AuthorityClient, ClientError, Profile, bundle_cas};
+use ringzero_proto::client::{AuthorityClient, ClientError, Profile};
 use ringzero_proto::pb;
 
 use super::{Failure, bad_input, bad_input_msg, failed};
@@ -63,19 +62,11 @@ impl Session {
         else {
             return;
         };
-        let cas = bundle_cas(&bundle);
-        if cas.is_empty() {
-            return;
-        }
-        let mut updated = self.profile.clone();
-        updated.bundle_pem = cas.iter().map(|c| pem_encode("CERTIFICATE", c)).collect();
-        let addrs: Vec<String> = bundle.members.iter().map(|m| m.address.clone()).collect();
-        if !addrs.is_empty() {
-            updated.authorities = addrs;
-        }
         // The bundle came over mTLS checked against the pinned CAs: new audit keys (a node that
-        // joined) are learned here; pinned ones are never dropped, compromised never revived.
-        updated.merge_audit_keys(&bundle);
+        // joined) are learned here, and keys marked compromised leave every trusted set for
+        // good — the CAs, the audit pins — whatever a later bundle says.
+        let mut updated = self.profile.clone();
+        updated.apply_bundle(&bundle);
         if updated != self.profile
             && let Ok(text) = updated.to_toml()
             && write_file(&self.path, text.as_bytes(), 0o600, true).is_ok()

@@ -11,7 +11,7 @@ use anyhow::anyhow;
 use ringzero_policy::join::JoinToken;
 use ringzero_policy::svid::{csr_for, generate_key};
 use ringzero_policy::{SpiffeId, TrustDomain};
-use ringzero_proto::client::{ClientError, Profile, bundle_cas, login_with_invite};
+use ringzero_proto::client::{ClientError, Profile, login_with_invite};
 use ringzero_proto::pb;
 use rustls_pki_types::CertificateDer;
 
@@ -69,33 +69,31 @@ fn chain(reply: &pb::UserCredentials) -> Vec<CertificateDer<'static>> {
 }
 
 /// A profile for `reply`'s credentials: the key made here, the bundle of the reply (which came
-/// over TLS authenticated by the CAs the caller already trusts), and the audit keys pinned so
-/// far plus those of that bundle.
+/// over TLS authenticated by the CAs the caller already trusts), and what the caller's own
+/// profile `known` learned so far — its audit pins and the keys it knows are compromised —
+/// merged with that bundle.
 fn profile_from(
     td: &TrustDomain,
     authorities: Vec<String>,
     fallback_cas: &[CertificateDer<'static>],
-    audit_keys: Vec<ringzero_proto::client::AuditKeyPin>,
+    known: Option<&Profile>,
     reply: &pb::UserCredentials,
     key_pkcs8: &[u8],
 ) -> Profile {
-    let cas = reply
-        .bundle
-        .as_ref()
-        .map(bundle_cas)
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| fallback_cas.to_vec());
     let mut profile = Profile::new(
         td,
         authorities,
-        &cas,
+        fallback_cas,
         &chain(reply),
         key_pkcs8,
         &reply.token,
     );
-    profile.audit_keys = audit_keys;
+    if let Some(k) = known {
+        profile.audit_keys = k.audit_keys.clone();
+        profile.compromised_keys = k.compromised_keys.clone();
+    }
     if let Some(b) = &reply.bundle {
-        profile.merge_audit_keys(b);
+        profile.apply_bundle(b);
     }
     profile
 }
@@ -152,7 +150,7 @@ async fn add(global: &GlobalArgs, a: UserAddArgs) -> Outcome {
         &td,
         s.profile.authorities.clone(),
         &cas,
-        s.profile.audit_keys.clone(),
+        Some(&s.profile),
         &reply,
         &key,
     );
@@ -353,7 +351,7 @@ async fn login_invite(global: &GlobalArgs, invite: &str, a: LoginArgs) -> Outcom
         &login.trust_domain,
         authorities,
         &login.cas,
-        Vec::new(),
+        None,
         &login.credentials,
         &key.serialize_der(),
     );
@@ -395,7 +393,7 @@ async fn renew(global: &GlobalArgs, a: LoginArgs) -> Outcome {
         &td,
         s.profile.authorities.clone(),
         &cas,
-        s.profile.audit_keys.clone(),
+        Some(&s.profile),
         &reply,
         &key,
     );

@@ -3,12 +3,14 @@
 
 use std::borrow::Borrow;
 use std::io::{self, BufRead, Read, Write};
+use std::ops::Range;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ring::signature::Ed25519KeyPair;
 use serde::{Deserialize, Serialize};
 
+use super::digest::LeafDigest;
 use super::entry::{AuditEntry, Decision};
 use super::head::{AuditKeySource, HeadError, SignedTreeHead, TreeHead};
 use super::merkle::{Frontier, Hash, leaf_hash, verify_consistency};
@@ -338,16 +340,69 @@ pub enum ExportError {
         /// The segment's first seq.
         to: u64,
     },
+    /// The export's tree at the size of a head the verifier trusts (or remembers) has another
+    /// root, and the verifier's [`LeafDigest`] of that head names where: records
+    /// `first_seq..=last_seq` hold the first difference (one record when they are equal).
+    /// Decided, like [`Rollback`](ExportError::Rollback), once the next head checks out.
+    #[error(
+        "the tree of {seen_size} records accepted before is not a prefix of this export (signed \
+         up to {got_size}): {}",
+        first_difference(*first_seq, *last_seq)
+    )]
+    Diverged {
+        /// The trusted head's size.
+        seen_size: u64,
+        /// The export's signed size.
+        got_size: u64,
+        /// The first record of the first differing block.
+        first_seq: u64,
+        /// Its last record.
+        last_seq: u64,
+    },
+    /// The export starts (with a segment line) after the remembered head
+    /// ([`VerifyOptions::remembered`]), and no proof links them: nothing in it can show that the
+    /// log still extends that head.
+    #[error(
+        "cannot prove consistency with the remembered head at size {seen_size}: the export starts \
+         at record {first_seq}"
+    )]
+    Unprovable {
+        /// The remembered head's size.
+        seen_size: u64,
+        /// The segment's first seq.
+        first_seq: u64,
+    },
+}
+
+fn first_difference(first: u64, last: u64) -> String {
+    if first == last {
+        format!("record {first} is the first that differs")
+    } else {
+        format!("the first record that differs is among {first}..={last}")
+    }
 }
 
 /// What the verifier is given besides the export and the keys.
 #[derive(Clone, Copy, Debug)]
 pub struct VerifyOptions<'a> {
-    /// The last tree head this verifier accepted (it remembers it; never from the export).
+    /// A tree head the export must extend (never from the export): the last one this verifier
+    /// accepted, or the previous file's last head in a chain of segments. An export that ends
+    /// before it is a [`Rollback`](ExportError::Rollback).
     pub trusted: Option<&'a TreeHead>,
     /// When the export is a segment starting after `trusted.size`: the consistency proof from
     /// `trusted.size` to the segment's first seq (from the live cluster).
     pub trusted_consistency: Option<&'a [Hash]>,
+    /// The verifier's [`LeafDigest`] of `trusted` (ignored unless it hashes to it): names the
+    /// first differing records when the export disagrees with `trusted`, and carries the
+    /// returned [`VerifiedExport::digest`] back to record 0 when the export starts later.
+    pub trusted_digest: Option<&'a LeafDigest>,
+    /// The head this verifier remembers having accepted, checked like `trusted` where the
+    /// export's tree reaches its size ([`VerifiedExport::remembered_reached`]); an export that
+    /// ends before it is not refused for that (a chain's earlier files do), one that starts
+    /// after it is ([`Unprovable`](ExportError::Unprovable)).
+    pub remembered: Option<&'a TreeHead>,
+    /// The verifier's [`LeafDigest`] of `remembered`, used like `trusted_digest`.
+    pub remembered_digest: Option<&'a LeafDigest>,
     /// Whether to return the parsed records (turn off to verify huge exports in O(window)
     /// memory).
     pub keep_records: bool,
@@ -358,6 +413,9 @@ impl Default for VerifyOptions<'_> {
         Self {
             trusted: None,
             trusted_consistency: None,
+            trusted_digest: None,
+            remembered: None,
+            remembered_digest: None,
             keep_records: true,
         }
     }
@@ -376,6 +434,12 @@ pub struct VerifiedExport {
     pub head: SignedTreeHead,
     /// The tree's frontier at `head.size`: where a following segment continues.
     pub frontier: Frontier,
+    /// The [`LeafDigest`] at `head.size`, for the verifier to remember with the head: known
+    /// when the export starts at record 0, or reaches a trusted or remembered head whose digest
+    /// was given.
+    pub digest: Option<LeafDigest>,
+    /// Whether the export reached [`VerifyOptions::remembered`]'s size (and so agrees with it).
+    pub remembered_reached: bool,
 }
 
 /// Verifies an export against the pinned `keys` and, if given, the last head this verifier
@@ -402,7 +466,7 @@ pub fn verify_export_with<R: BufRead>(
     opts: &VerifyOptions<'_>,
 ) -> Result<VerifiedExport, ExportError> {
     let mut v = Verifier::new(keys, opts);
-    v.check_trusted();
+    v.check_anchors();
     let mut line = Vec::with_capacity(1024);
     let mut line_no = 0u64;
     let mut content_lines = 0u64;
@@ -619,22 +683,97 @@ enum RecordStep {
     Gap { expected: u64 },
 }
 
+/// A head the export must agree with where its tree reaches that size.
+struct Anchor<'a> {
+    head: &'a TreeHead,
+    /// The caller's digest of `head`, when it hashes to it.
+    digest: Option<&'a LeafDigest>,
+    checked: bool,
+}
+
+impl<'a> Anchor<'a> {
+    fn new(head: Option<&'a TreeHead>, digest: Option<&'a LeafDigest>) -> Option<Self> {
+        let head = head?;
+        Some(Self {
+            head,
+            digest: digest.filter(|d| d.size() == head.size && d.root() == head.root),
+            checked: false,
+        })
+    }
+
+    /// Compares the running tree with this head once the tree reaches its size: agreement
+    /// lends the head's digest to an export that started after record 0; disagreement is a
+    /// divergence, located with the two digests when both are known.
+    fn check(
+        anchor: &mut Option<Self>,
+        frontier: &Frontier,
+        digest: &mut Option<LeafDigest>,
+        pending: &mut Option<Divergence>,
+    ) {
+        let Some(a) = anchor else { return };
+        if a.checked || a.head.size != frontier.size() {
+            return;
+        }
+        a.checked = true;
+        if frontier.root() == a.head.root {
+            if digest.is_none() {
+                *digest = a.digest.cloned();
+            }
+        } else if pending.is_none() {
+            let first = match (digest.as_ref(), a.digest) {
+                (Some(ours), Some(seen)) => ours.first_difference(seen),
+                _ => None,
+            };
+            *pending = Some(Divergence {
+                seen_size: a.head.size,
+                first,
+            });
+        }
+    }
+}
+
+/// The running tree disagreed with a trusted head; blame is decided at the next head (valid:
+/// the log forked or rolled back; invalid: records were altered).
+struct Divergence {
+    seen_size: u64,
+    /// The first differing records, when both digests were known.
+    first: Option<Range<u64>>,
+}
+
+impl Divergence {
+    fn error(&self, got_size: u64) -> ExportError {
+        match &self.first {
+            Some(r) => ExportError::Diverged {
+                seen_size: self.seen_size,
+                got_size,
+                first_seq: r.start,
+                last_seq: r.end.saturating_sub(1),
+            },
+            None => ExportError::Rollback {
+                seen_size: self.seen_size,
+                got_size,
+            },
+        }
+    }
+}
+
 struct Verifier<'a, K: ?Sized> {
     keys: &'a K,
     opts: &'a VerifyOptions<'a>,
     first_seq: u64,
     /// The running tree over every record so far (`frontier.size()` is the next seq).
     frontier: Frontier,
+    /// The running digest, while it reaches back to record 0.
+    digest: Option<LeafDigest>,
     /// The tree at the last verified head (or the segment start): the start of the window.
     window_start: Frontier,
     /// Leaf hashes of the records since `window_start`.
     window: Vec<Hash>,
     records: Vec<AuditEntry>,
     heads: Vec<SignedTreeHead>,
-    trusted_checked: bool,
-    /// The running tree disagreed with the trusted head at this size; blame is decided at the
-    /// next head (valid: the log forked or rolled back; invalid: records were altered).
-    pending_rollback: Option<u64>,
+    trusted: Option<Anchor<'a>>,
+    remembered: Option<Anchor<'a>>,
+    pending: Option<Divergence>,
     leaf_buf: Vec<u8>,
 }
 
@@ -645,25 +784,22 @@ impl<'a, K: AuditKeySource + ?Sized> Verifier<'a, K> {
             opts,
             first_seq: 0,
             frontier: Frontier::new(),
+            digest: Some(LeafDigest::new()),
             window_start: Frontier::new(),
             window: Vec::new(),
             records: Vec::new(),
             heads: Vec::new(),
-            trusted_checked: false,
-            pending_rollback: None,
+            trusted: Anchor::new(opts.trusted, opts.trusted_digest),
+            remembered: Anchor::new(opts.remembered, opts.remembered_digest),
+            pending: None,
             leaf_buf: Vec::with_capacity(512),
         }
     }
 
-    /// Compares the running tree with the trusted head once the tree reaches its size.
-    fn check_trusted(&mut self) {
-        let Some(t) = self.opts.trusted else { return };
-        if self.trusted_checked || t.size != self.frontier.size() {
-            return;
-        }
-        self.trusted_checked = true;
-        if self.frontier.root() != t.root {
-            self.pending_rollback = Some(t.size);
+    /// Checks the trusted and remembered heads the running tree has just reached.
+    fn check_anchors(&mut self) {
+        for anchor in [&mut self.trusted, &mut self.remembered] {
+            Anchor::check(anchor, &self.frontier, &mut self.digest, &mut self.pending);
         }
     }
 
@@ -696,24 +832,41 @@ impl<'a, K: AuditKeySource + ?Sized> Verifier<'a, K> {
         self.first_seq = first_seq;
         self.frontier = frontier.clone();
         self.window_start = frontier;
-        if let Some(t) = self.opts.trusted
-            && t.size > 0
-            && t.size < prior_size
+        // The records before the segment are not here: the digest is known again only where
+        // the tree meets a trusted head whose digest is.
+        self.digest = None;
+        if let Some(t) = self.trusted.as_mut()
+            && !t.checked
+            && t.head.size < prior_size
         {
             // The trusted head lies before this segment: only a consistency proof links them.
             let proof = self
                 .opts
                 .trusted_consistency
                 .ok_or(ExportError::ConsistencyRequired {
-                    from: t.size,
+                    from: t.head.size,
                     to: prior_size,
                 })?;
-            self.trusted_checked = true;
-            if verify_consistency(t.size, prior_size, &t.root, &prior_root, proof).is_err() {
-                self.pending_rollback = Some(t.size);
+            t.checked = true;
+            if verify_consistency(t.head.size, prior_size, &t.head.root, &prior_root, proof)
+                .is_err()
+            {
+                self.pending = Some(Divergence {
+                    seen_size: t.head.size,
+                    first: None,
+                });
             }
         }
-        self.check_trusted();
+        if let Some(r) = &self.remembered
+            && !r.checked
+            && r.head.size < prior_size
+        {
+            return Err(ExportError::Unprovable {
+                seen_size: r.head.size,
+                first_seq,
+            });
+        }
+        self.check_anchors();
         Ok(())
     }
 
@@ -748,11 +901,14 @@ impl<'a, K: AuditKeySource + ?Sized> Verifier<'a, K> {
         entry.write_leaf(&mut self.leaf_buf);
         let h = leaf_hash(&self.leaf_buf);
         self.frontier.push(h);
+        if let Some(d) = self.digest.as_mut() {
+            d.push(h);
+        }
         self.window.push(h);
         if self.opts.keep_records {
             self.records.push(entry);
         }
-        self.check_trusted();
+        self.check_anchors();
         Ok(RecordStep::Absorbed)
     }
 
@@ -804,11 +960,8 @@ impl<'a, K: AuditKeySource + ?Sized> Verifier<'a, K> {
         if self.frontier.root() != root {
             return Err(self.localize(&sth, w.leaves.as_deref()));
         }
-        if let Some(seen_size) = self.pending_rollback {
-            return Err(ExportError::Rollback {
-                seen_size,
-                got_size: size,
-            });
+        if let Some(p) = &self.pending {
+            return Err(p.error(size));
         }
         self.window_start = self.frontier.clone();
         self.window.clear();
@@ -879,11 +1032,8 @@ impl<'a, K: AuditKeySource + ?Sized> Verifier<'a, K> {
                 got_size: head.head.size,
             });
         }
-        if let Some(seen_size) = self.pending_rollback {
-            return Err(ExportError::Rollback {
-                seen_size,
-                got_size: head.head.size,
-            });
+        if let Some(p) = &self.pending {
+            return Err(p.error(head.head.size));
         }
         Ok(VerifiedExport {
             first_seq: self.first_seq,
@@ -891,6 +1041,8 @@ impl<'a, K: AuditKeySource + ?Sized> Verifier<'a, K> {
             heads: self.heads,
             head,
             frontier: self.frontier,
+            digest: self.digest,
+            remembered_reached: self.remembered.is_some_and(|r| r.checked),
         })
     }
 }

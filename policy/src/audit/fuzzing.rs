@@ -3,7 +3,9 @@
 
 use ring::signature::Ed25519KeyPair;
 
-use super::{AuditKeys, KeyStatus, TreeHead, public_key_of, verify_export};
+use super::{
+    AuditKeys, KeyStatus, TreeHead, VerifyOptions, public_key_of, verify_export, verify_export_with,
+};
 
 /// The seed of the fixed key that signs the checked-in corpus, so that its heads verify and the
 /// fuzzer reaches the tree checks. A test key: never use it for anything else.
@@ -21,9 +23,25 @@ pub fn audit_export(data: &[u8]) {
     let Some(key) = corpus_key() else { return };
     let keys = AuditKeys::new().with(CORPUS_KEY_ID, public_key_of(&key), KeyStatus::Active);
     if let Ok(v) = verify_export(data, &keys, None) {
-        // A verified export commits to its records: its frontier is the signed root.
+        // A verified export commits to its records: its frontier is the signed root, and so
+        // does the digest a verifier would remember.
         assert_eq!(v.frontier.root(), v.head.head.root);
         assert_eq!(v.frontier.size(), v.head.head.size);
+        if let Some(d) = &v.digest {
+            assert_eq!(d.root(), v.head.head.root);
+        }
+        // Remembering the head it ends at, the same export verifies again.
+        let again = verify_export_with(
+            data,
+            &keys,
+            &VerifyOptions {
+                remembered: Some(&v.head.head),
+                remembered_digest: v.digest.as_ref(),
+                keep_records: false,
+                ..VerifyOptions::default()
+            },
+        );
+        assert!(again.is_ok_and(|w| w.remembered_reached && w.digest == v.digest));
     }
     let trusted = TreeHead {
         size: 2,

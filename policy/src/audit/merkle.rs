@@ -139,6 +139,21 @@ impl Frontier {
     pub fn root(&self) -> Hash {
         fold_right(&self.nodes).unwrap_or_else(empty_root)
     }
+
+    /// The frontier of a perfect subtree of `2^height` leaves (root `left`) followed by this
+    /// frontier's leaves, which must be fewer than `2^height`: `left` is then the largest
+    /// piece, and this frontier's pieces follow it unchanged.
+    pub(super) fn after_perfect(&self, left: Hash, height: u32) -> Self {
+        let span = 1u64 << height;
+        debug_assert!(self.size < span, "a piece larger than the one before it");
+        let mut nodes = Vec::with_capacity(self.nodes.len() + 1);
+        nodes.push(left);
+        nodes.extend_from_slice(&self.nodes);
+        Self {
+            size: span + self.size,
+            nodes,
+        }
+    }
 }
 
 /// A source of leaf hashes for proof generation, e.g. an in-memory slice, [`MerkleTree`], or a

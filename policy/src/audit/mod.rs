@@ -10,6 +10,8 @@
 //! - [`TreeHead`] / [`SignedTreeHead`]: Ed25519 over a domain-separated message, verified only
 //!   with the caller's pinned [`AuditKeys`].
 //! - [`write_export`] / [`verify_export`]: the export format below.
+//! - [`LeafDigest`]: the bounded digest of a tree's leaves a verifier keeps with the head it
+//!   accepted, so that a later fork is pinned to the first records that differ.
 //!
 //! # Why not `ct-merkle`
 //!
@@ -59,7 +61,13 @@
 //! equals the tree's. On success, every returned record is exactly what the holder of a pinned
 //! audit key signed at the position shown, and the final head commits to all of them (and,
 //! for a segment, to the sealed records before it); if `trusted` was given, the returned head
-//! is an append-only extension of it (same root at its size, or a verified consistency proof).
+//! is an append-only extension of it (same root at its size, or a verified consistency proof);
+//! if `remembered` was given and the export reaches its size, the export's tree there is the
+//! remembered one (an export that starts after it, with no proof, is
+//! [`Unprovable`](ExportError::Unprovable)). A disagreement with either is a
+//! [`Rollback`](ExportError::Rollback), or [`Diverged`](ExportError::Diverged) naming the first
+//! differing records when the caller's [`LeafDigest`] of that head and the export's own leaves
+//! (from record 0, or carried over from an earlier agreeing head) allow it.
 //!
 //! Errors name the first problem: a gap ([`ExportError::Dropped`] — or
 //! [`Reordered`](ExportError::Reordered) when the missing seq shows up within the next 4096
@@ -84,6 +92,7 @@
 
 pub mod merkle;
 
+mod digest;
 mod entry;
 mod export;
 mod head;
@@ -92,6 +101,7 @@ mod head;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use self::digest::{InvalidDigest, LeafDigest, MAX_DIGEST_BLOCKS, digest_level};
 pub use self::entry::{AuditEntry, Decision, InvalidEntry};
 pub use self::export::{
     ExportError, ExportOptions, ExportWriteError, FORMAT_VERSION, HEAD_TYPE, MAX_CHECKPOINT_EVERY,

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use ringzero_policy::audit::{
-    AuditKeys, ExportError, Hash, TreeHead, VerifiedExport, VerifyOptions, verify_export_with,
+    AuditKeys, ExportError, Hash, LeafDigest, TreeHead, VerifiedExport, VerifyOptions,
+    verify_export_with,
 };
 use ringzero_proto::client::ClientError;
 use ringzero_proto::pb;
@@ -70,6 +71,7 @@ pub(super) async fn verify(
     keys: AuditKeys,
     trusted: Option<TreeHead>,
     trusted_consistency: Option<Vec<Hash>>,
+    trusted_digest: Option<LeafDigest>,
 ) -> Result<Result<VerifiedExport, ExportError>, Failure> {
     let (tx, rx) = mpsc::channel::<io::Result<Vec<u8>>>(QUEUE);
     let verifier = tokio::task::spawn_blocking(move || {
@@ -77,7 +79,9 @@ pub(super) async fn verify(
         let opts = VerifyOptions {
             trusted: trusted.as_ref(),
             trusted_consistency: trusted_consistency.as_deref(),
+            trusted_digest: trusted_digest.as_ref(),
             keep_records: false,
+            ..VerifyOptions::default()
         };
         verify_export_with(reader, &keys, &opts)
     });

@@ -10,6 +10,8 @@ use ringzero_policy::audit::{
 };
 use ringzero_proto::client::AuditKeyPin;
 
+use super::files::verify_files;
+use super::memory::{Remembered, load_remembered, remembered_path, save_remembered};
 use super::review::{resolve, row, truncate};
 use super::*;
 use crate::cli::{AuditTime, Cli, Command, parse_audit_time};
@@ -81,14 +83,15 @@ fn a_chain_of_segments_verifies_and_a_gap_or_an_edit_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let k = key();
     let files = chain(dir.path(), &k, &[40, 70], 100);
-    let s = verify_files(&files, &keys_of(&k)).unwrap();
+    let s = verify_files(&files, &keys_of(&k), None).unwrap().summary;
     assert_eq!((s.first_seq, s.size, s.records_verified), (0, 100, 100));
     assert_eq!(s.files.len(), 3);
     assert_eq!((s.files[1].first_seq, s.files[1].size), (40, 70));
 
     // The middle segment left out: the chain has a hole.
-    let (code, m) =
-        message(verify_files(&[files[0].clone(), files[2].clone()], &keys_of(&k)).unwrap_err());
+    let (code, m) = message(
+        verify_files(&[files[0].clone(), files[2].clone()], &keys_of(&k), None).unwrap_err(),
+    );
     assert_eq!(code, 1);
     assert!(m.contains("records 40..70 are missing"), "{m}");
 
@@ -97,7 +100,7 @@ fn a_chain_of_segments_verifies_and_a_gap_or_an_edit_is_named() {
     let edited = text.replace("\"ns/default/w83\"", "\"ns/default/w83x\"");
     assert_ne!(text, edited);
     std::fs::write(&files[2], edited).unwrap();
-    let (code, m) = message(verify_files(&files, &keys_of(&k)).unwrap_err());
+    let (code, m) = message(verify_files(&files, &keys_of(&k), None).unwrap_err());
     assert_eq!(code, 1);
     assert!(
         m.contains("part-2.jsonl") && m.contains("record 83 was altered"),
@@ -110,10 +113,10 @@ fn a_chain_signed_by_another_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (k, other) = (key(), key());
     let files = chain(dir.path(), &other, &[], 20);
-    let (code, m) = message(verify_files(&files, &keys_of(&k)).unwrap_err());
+    let (code, m) = message(verify_files(&files, &keys_of(&k), None).unwrap_err());
     assert_eq!(code, 1);
     assert!(m.contains("bad tree-head signature"), "{m}");
-    let (_, m) = message(verify_files(&files, &AuditKeys::new()).unwrap_err());
+    let (_, m) = message(verify_files(&files, &AuditKeys::new(), None).unwrap_err());
     assert!(m.contains("unknown audit key 7"), "{m}");
 }
 
@@ -135,6 +138,7 @@ fn pinned_keys_follow_the_pin_status() {
         key_pem: String::new(),
         token: String::new(),
         audit_keys: vec![],
+        compromised_keys: vec![],
     };
     let path = Path::new("p.profile");
     assert_eq!(pinned_keys(&profile, path).unwrap_err().code, 1);
@@ -180,8 +184,11 @@ fn the_remembered_head_round_trips_beside_the_profile() {
             key_id: 7,
         },
     );
-    save_remembered(&file, &sth).unwrap();
-    assert_eq!(load_remembered(&file).unwrap(), Some(sth.head));
+    save_remembered(&file, &sth, None).unwrap();
+    assert_eq!(
+        load_remembered(&file).unwrap().map(|r| r.head),
+        Some(sth.head)
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
@@ -189,6 +196,159 @@ fn the_remembered_head_round_trips_beside_the_profile() {
     let (code, m) = message(load_remembered(&file).unwrap_err());
     assert_eq!(code, 1);
     assert!(m.contains("unreadable"), "{m}");
+}
+
+/// One export file of `records`, continuing the tree of `prior`, signed as key 7.
+fn export_file(
+    dir: &Path,
+    name: &str,
+    key: &Ed25519KeyPair,
+    prior: &[AuditEntry],
+    records: &[AuditEntry],
+) -> PathBuf {
+    let mut frontier = Frontier::new();
+    prior.iter().for_each(|r| frontier.push(r.leaf_hash()));
+    let mut out = Vec::new();
+    let opts = ExportOptions {
+        checkpoint_every: 16,
+        leaf_hashes: true,
+    };
+    write_export(
+        &mut out,
+        &frontier,
+        records,
+        key,
+        7,
+        1_800_000_100_000,
+        &opts,
+    )
+    .unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// Records `0..n`, another history's from `fork_at` on.
+fn history(n: u64, fork_at: u64) -> Vec<AuditEntry> {
+    (0..n)
+        .map(|s| {
+            let mut e = entry(s);
+            if s >= fork_at {
+                e.request_id = format!("forked-{s}");
+            }
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn files_are_held_to_the_remembered_head_and_a_fork_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key();
+    let keys = keys_of(&k);
+    let memory = dir.path().join("p.profile.audit-head");
+    let honest = history(45, u64::MAX);
+    let first = export_file(dir.path(), "first.jsonl", &k, &[], &honest[..30]);
+    let accepted = verify_files(&[first], &keys, None).unwrap();
+    save_remembered(&memory, &accepted.head, accepted.digest.as_ref()).unwrap();
+    let remembered = load_remembered(&memory).unwrap().unwrap();
+    let seen = &remembered;
+    assert_eq!(seen.head.size, 30);
+    assert!(
+        seen.digest.is_some(),
+        "an export from record 0 leaves a digest"
+    );
+    let bare = Remembered {
+        digest: None,
+        ..remembered.clone()
+    };
+    let seen = Some((seen, memory.as_path()));
+
+    // The data directory restored from its copy at 20 and grown to 39 without what was seen.
+    let fork = export_file(dir.path(), "fork.jsonl", &k, &[], &history(39, 20));
+    verify_files(std::slice::from_ref(&fork), &keys, None).unwrap();
+    let (code, m) = message(verify_files(std::slice::from_ref(&fork), &keys, seen).unwrap_err());
+    assert_eq!(code, 1);
+    for needle in [
+        "fork.jsonl: rollback",
+        "forked or rewritten after the head of 30 records",
+        "p.profile.audit-head",
+        "record 20 is the first that differs",
+    ] {
+        assert!(m.contains(needle), "{needle:?} in {m}");
+    }
+    // A remembered head without a digest still refuses it, without naming the record.
+    let (code, m) = message(
+        verify_files(std::slice::from_ref(&fork), &keys, Some((&bare, &memory))).unwrap_err(),
+    );
+    assert_eq!(code, 1);
+    assert!(m.contains("keeps no record digest"), "{m}");
+
+    // An honest, longer export verifies and extends it; a partial one keeps the digest.
+    let longer = export_file(dir.path(), "longer.jsonl", &k, &[], &honest);
+    let c = verify_files(&[longer], &keys, seen).unwrap();
+    assert_eq!(c.summary.previous_size, Some(30));
+    assert_eq!(c.digest.as_ref().map(|d| d.size()), Some(45));
+    let partial = export_file(
+        dir.path(),
+        "partial.jsonl",
+        &k,
+        &honest[..12],
+        &honest[12..],
+    );
+    let c = verify_files(&[partial], &keys, seen).unwrap();
+    assert_eq!(c.digest.as_ref().map(|d| d.root()), Some(c.head.head.root));
+
+    // An export starting after the remembered head cannot be linked to it…
+    let late = export_file(dir.path(), "late.jsonl", &k, &honest[..35], &honest[35..]);
+    let (code, m) = message(verify_files(&[late], &keys, seen).unwrap_err());
+    assert_eq!(code, 1);
+    assert!(
+        m.contains("cannot prove consistency with the remembered head at size 30"),
+        "{m}"
+    );
+    // …and one ending before it cannot show the log still extends it.
+    let short = export_file(dir.path(), "short.jsonl", &k, &[], &honest[..20]);
+    let (code, m) = message(verify_files(&[short], &keys, seen).unwrap_err());
+    assert_eq!(code, 1);
+    assert!(
+        m.contains("the files end at record 20, but a head of 30"),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_remembered_digest_round_trips_and_a_corrupt_one_is_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.profile.audit-head");
+    let k = key();
+    let records = history(1500, u64::MAX);
+    let path = export_file(dir.path(), "all.jsonl", &k, &[], &records);
+    let c = verify_files(&[path], &keys_of(&k), None).unwrap();
+    let digest = c.digest.clone().unwrap();
+    assert_eq!(digest.level(), 1, "1500 records: blocks of two");
+    save_remembered(&file, &c.head, Some(&digest)).unwrap();
+    let back = load_remembered(&file).unwrap().unwrap();
+    assert_eq!(back.digest, Some(digest));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.len() < 64 * 1024, "{} bytes", text.len());
+
+    // A digest of another tree is not saved (it would blame the wrong records).
+    let other = history(1500, 3);
+    let mut wrong = ringzero_policy::audit::LeafDigest::new();
+    other.iter().for_each(|r| wrong.push(r.leaf_hash()));
+    save_remembered(&file, &c.head, Some(&wrong)).unwrap();
+    assert_eq!(load_remembered(&file).unwrap().unwrap().digest, None);
+
+    // Edited on disk: refused as unreadable, not silently ignored.
+    save_remembered(&file, &c.head, c.digest.as_ref()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let blocks = v["digest"]["blocks"].as_str().unwrap().to_owned();
+    v["digest"]["blocks"] = format!("AAAA{}", &blocks[4..]).into();
+    std::fs::write(&file, v.to_string()).unwrap();
+    let (code, m) = message(load_remembered(&file).unwrap_err());
+    assert_eq!(code, 1);
+    assert!(m.contains("does not hash to the remembered root"), "{m}");
 }
 
 #[test]
@@ -317,11 +477,12 @@ fn every_audit_command_has_examples_in_its_help() {
 fn a_missing_file_is_bad_input_and_an_empty_one_fails() {
     let dir = tempfile::tempdir().unwrap();
     let keys = keys_of(&key());
-    let (code, m) = message(verify_files(&[dir.path().join("nope.jsonl")], &keys).unwrap_err());
+    let (code, m) =
+        message(verify_files(&[dir.path().join("nope.jsonl")], &keys, None).unwrap_err());
     assert_eq!(code, 2, "{m}");
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "").unwrap();
-    let (code, m) = message(verify_files(&[empty], &keys).unwrap_err());
+    let (code, m) = message(verify_files(&[empty], &keys, None).unwrap_err());
     assert_eq!(code, 1, "{m}");
     assert!(m.contains("no tree head"), "{m}");
 }
