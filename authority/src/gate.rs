@@ -342,19 +342,25 @@ impl Gate {
             .reader()
             .map_err(|e| tonic::Status::internal(format!("state: {e}")))?;
         let keys = self.keys.current();
-        let decision = self.cache.authorize(
-            &token,
-            &keys,
-            &StateRevocations(&reader),
-            &Request {
-                operation,
-                resource,
-                peer: Some(&peer_id),
-                node,
-                time: SystemTime::now(),
-            },
-            Limits::default(),
-        );
+        // Evaluation is bounded before it starts (`policy` accepts only the block shapes
+        // ringzero writes, so every check costs at most one pass over a bounded set of facts)
+        // and by the authorizer's time limit while it runs; it still is CPU work of up to a
+        // few milliseconds, so this worker hands its other tasks to the runtime meanwhile.
+        let decision = off_the_runtime(|| {
+            self.cache.authorize(
+                &token,
+                &keys,
+                &StateRevocations(&reader),
+                &Request {
+                    operation,
+                    resource,
+                    peer: Some(&peer_id),
+                    node,
+                    time: SystemTime::now(),
+                },
+                Limits::default(),
+            )
+        });
         // Who the certificate says is not enough: the authority must have issued it to that
         // principal, and the principal must still be one.
         let refusal = match &decision {
@@ -643,6 +649,15 @@ fn close_window_later(denials: Windows, proposer: Proposer, key: String, opened:
             commit_denial(&proposer, record).await;
         }
     });
+}
+
+/// Runs CPU-bound `f` so that the runtime moves this worker's other tasks elsewhere meanwhile
+/// (on a multi-threaded runtime; a current-thread runtime, as in some tests, just runs it).
+fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn denied(d: &Denial) -> tonic::Status {

@@ -243,15 +243,24 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 
 /// A TLS 1.3 server configuration (ring provider) that presents `chain`/`key` and requires a
 /// client SVID accepted by `verifier`.
+///
+/// Session resumption is off: a resumed session carries the client certificate of the session
+/// it resumes without asking the verifier again, so an expired certificate, or one whose CA
+/// has left the bundle, would keep opening new connections.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     verifier: Arc<SpiffeClientVerifier>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_client_cert_verifier(verifier)
+    .with_single_cert(chain, key)?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
 }
 
 /// A TLS 1.3 client configuration (ring provider) that presents `chain`/`key` and accepts only

@@ -363,12 +363,16 @@ impl AuthorityService {
         }
         // Never beyond the caller's own token.
         let now = SystemTime::now();
+        // The earliest time check of *every* block of the caller's token, whatever its syntax
+        // (`policy` refuses any other shape of time check before this token was allowed).
         let own_expiry = self
             .gate
             .presented_token(&req)
-            .and_then(|t| ringzero_policy::token::inspect(&t).ok())
-            .and_then(|v| v.expires_unix);
-        let remaining = own_expiry.map(|e| Duration::from_secs(e.saturating_sub(unix_secs(now))));
+            .map(|t| ringzero_policy::token::expiry(&t))
+            .transpose()
+            .map_err(invalid)?
+            .flatten();
+        let remaining = own_expiry.map(|e| e.duration_since(now).unwrap_or_default());
         let cap = remaining.map_or(MAX_TOKEN_LIFETIME, |rem| rem.min(MAX_TOKEN_LIFETIME));
         let ttl = match r.ttl_seconds {
             0 => DEFAULT_DELEGATED_TTL.min(cap),
