@@ -570,6 +570,12 @@ impl Gate {
         }
     }
 
+    /// Records a denial decided outside [`Gate::check`] (first contact, Raft admission),
+    /// folded into the same per-actor windows.
+    pub(crate) async fn record_denial(&self, audit: AuditRecord) {
+        self.deny(audit).await;
+    }
+
     /// Commits the audit record of an allowed read-only call; the call fails if it cannot.
     pub async fn record(&self, allowed: &Allowed) -> Result<(), tonic::Status> {
         #[cfg(feature = "testing")]

@@ -23,6 +23,7 @@
 
 pub mod admin_socket;
 pub mod command;
+pub mod first_contact;
 pub mod gate;
 pub mod keys;
 pub mod net;

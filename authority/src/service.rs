@@ -50,7 +50,7 @@ pub struct AuthorityService {
     /// Membership changes and join-token id allocation are serialized here.
     membership: Mutex<()>,
     /// First-contact calls (token redemption) are rate limited.
-    enroll_limiter: std::sync::Mutex<(std::time::Instant, u32)>,
+    first_contact: crate::first_contact::PerSourceLimiter,
     /// Becomes true when the node shuts down: long-lived streams end then, so a graceful
     /// shutdown does not wait on them.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -61,8 +61,6 @@ impl std::fmt::Debug for AuthorityService {
         f.debug_struct("AuthorityService").finish_non_exhaustive()
     }
 }
-
-const ENROLL_PER_SECOND: u32 = 20;
 
 fn status_of(e: impl std::fmt::Display) -> tonic::Status {
     tonic::Status::internal(e.to_string())
@@ -84,7 +82,7 @@ impl AuthorityService {
             keys,
             contacts,
             membership: Mutex::new(()),
-            enroll_limiter: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+            first_contact: Default::default(),
             stopping: tokio::sync::watch::channel(false).1,
         }
     }
@@ -114,21 +112,45 @@ impl AuthorityService {
         Err(status)
     }
 
-    fn rate_limit(&self) -> Result<(), tonic::Status> {
-        let mut l = self
-            .enroll_limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if l.0.elapsed() >= Duration::from_secs(1) {
-            *l = (std::time::Instant::now(), 0);
+    /// Admits one first-contact attempt from `peer`'s address (its own token bucket).
+    pub(crate) fn first_contact_allowed(
+        &self,
+        peer: &ringzero_proto::transport::PeerInfo,
+    ) -> Result<(), tonic::Status> {
+        if self.first_contact.allow(peer.addr) {
+            Ok(())
+        } else {
+            Err(tonic::Status::resource_exhausted(
+                "too many attempts from this address; retry shortly",
+            ))
         }
-        l.1 += 1;
-        if l.1 > ENROLL_PER_SECOND {
-            return Err(tonic::Status::resource_exhausted(
-                "enrollment rate limit; retry shortly",
-            ));
-        }
-        Ok(())
+    }
+
+    /// Records a refused first-contact attempt through the gate's denial windows (one record
+    /// per distinct cause and window, with a count), never a Raft write per attempt.
+    pub(crate) async fn first_contact_refused(
+        &self,
+        peer: &ringzero_proto::transport::PeerInfo,
+        operation: &str,
+        resource: String,
+        token_id: &[u8; 16],
+        why: &crate::command::Rejection,
+    ) {
+        let record = AuditRecord {
+            actor: "anonymous".into(),
+            revocation_ids: vec![],
+            operation: operation.into(),
+            resource,
+            decision: AuditDecision::Deny,
+            reason: Some(format!("first_contact: {why}")),
+            authority: self.gate.node_id(),
+            request_id: hex::encode(token_id),
+            details: vec![(
+                "source".into(),
+                peer.addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+            )],
+        };
+        self.gate.record_denial(record).await;
     }
 
     async fn propose(&self, cmd: Command) -> Result<crate::command::Response, tonic::Status> {
@@ -371,9 +393,9 @@ impl pb::authority_server::Authority for AuthorityService {
         &self,
         req: tonic::Request<pb::RedeemJoinTokenRequest>,
     ) -> Result<tonic::Response<pb::RedeemJoinTokenReply>, tonic::Status> {
-        self.rate_limit()?;
-        self.require_leader()?;
         let peer = ringzero_proto::transport::peer(&req);
+        self.first_contact_allowed(&peer)?;
+        self.require_leader()?;
         let r = req.into_inner();
         if r.csr.len() > MAX_DER_LEN {
             return Err(tonic::Status::invalid_argument("CSR too large"));
@@ -392,10 +414,36 @@ impl pb::authority_server::Authority for AuthorityService {
             .map_err(status_of)?
             .join_token(&token_id)
             .map_err(status_of)?;
-        // An unknown token gets the same answer as a wrong secret, after the same work.
-        let (node_name, purpose) = match &record {
-            Some(t) => (t.node_name.clone(), t.purpose),
-            None => (String::from("unknown"), JoinPurpose::Agent),
+        // Refused from the leader's state before anything is signed or proposed; apply's
+        // compare-and-set still decides between racing valid redemptions.
+        if let Err(why) = crate::first_contact::precheck(
+            record.as_ref(),
+            &presented,
+            Some(r.node_name.as_str()),
+            &[
+                JoinPurpose::Agent,
+                JoinPurpose::Authority,
+                JoinPurpose::User,
+            ],
+            now_ms(),
+        ) {
+            let resource = match &record {
+                Some(t) if t.purpose == JoinPurpose::Authority => {
+                    format!("authority/{}", t.node_name)
+                }
+                Some(t) => format!("node/{}", t.node_name),
+                None => "join-token".into(),
+            };
+            self.first_contact_refused(&peer, "node:enroll", resource, &token_id, &why)
+                .await;
+            return Err(tonic::Status::permission_denied(format!(
+                "join refused: {}",
+                crate::first_contact::public_reason(&why)
+            )));
+        }
+        let Some((node_name, purpose)) = record.as_ref().map(|t| (t.node_name.clone(), t.purpose))
+        else {
+            return Err(tonic::Status::internal("a checked token has no record"));
         };
         if purpose == JoinPurpose::User {
             // A user invite is redeemed only by `Login`, which issues a user SVID.

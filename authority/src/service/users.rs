@@ -364,9 +364,9 @@ impl AuthorityService {
         &self,
         req: tonic::Request<pb::LoginRequest>,
     ) -> Result<tonic::Response<pb::UserCredentials>, tonic::Status> {
-        self.rate_limit()?;
-        self.require_leader()?;
         let peer = ringzero_proto::transport::peer(&req);
+        self.first_contact_allowed(&peer)?;
+        self.require_leader()?;
         let r = req.into_inner();
         let token_id: [u8; 16] = hex::decode(&r.invite_id)
             .ok()
@@ -384,11 +384,32 @@ impl AuthorityService {
             .map_err(status_of)?
             .join_token(&token_id)
             .map_err(status_of)?;
-        let Some(record) = record.filter(|t| t.purpose == JoinPurpose::User) else {
+        if let Err(why) = crate::first_contact::precheck(
+            record.as_ref(),
+            &sha256(&r.invite_secret),
+            None,
+            &[JoinPurpose::User],
+            now_ms(),
+        ) {
+            let resource = match &record {
+                Some(t) if t.purpose == JoinPurpose::User => format!("user/{}", t.node_name),
+                _ => "invite".into(),
+            };
+            self.first_contact_refused(
+                &peer,
+                Operation::UserWrite.as_str(),
+                resource,
+                &token_id,
+                &why,
+            )
+            .await;
             return Err(tonic::Status::permission_denied(format!(
                 "login refused: {}",
-                Rejection::JoinTokenUnknown
+                crate::first_contact::public_reason(&why)
             )));
+        }
+        let Some(record) = record else {
+            return Err(tonic::Status::internal("a checked invite has no record"));
         };
         let name = record.node_name.clone();
         let id = self.user_id(&name)?;
