@@ -29,6 +29,7 @@ pub mod keys;
 pub mod net;
 pub mod node;
 mod private_fs;
+mod raft_guard;
 pub mod service;
 mod state;
 pub mod store;

@@ -26,6 +26,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::raft_guard::check_append;
 use crate::{NodeId, Raft, TypeConfig};
 
 /// The largest Raft message accepted or sent (a batch of entries, a snapshot chunk).
@@ -237,11 +238,39 @@ impl RaftNetwork<TypeConfig> for GrpcConnection {
     }
 }
 
+/// Sends the record of a refused Raft message to the leader `leader` at `addr`.
+pub(crate) async fn send_report(
+    creds: &PeerCredentials,
+    leader: NodeId,
+    addr: &str,
+    record: &crate::command::AuditRecord,
+) -> Result<(), String> {
+    let mut client = client_for(creds, leader, addr)?;
+    let mut request = tonic::Request::new(pb::RaftPayload {
+        data: encode(record).map_err(|e| e.to_string())?,
+    });
+    request.set_timeout(crate::raft_guard::REPORT_TIMEOUT);
+    client
+        .report_denial(request)
+        .await
+        .map(|_| ())
+        .map_err(|s| s.message().to_owned())
+}
+
 /// The server side of the Raft transport.
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft,
     trust_domain: TrustDomain,
+    guard: Option<Guard>,
+}
+
+/// What the server checks messages against, and where it reports refusals.
+#[derive(Clone, Debug)]
+struct Guard {
+    log: crate::store::LogStore,
+    sm: crate::store::StateMachineStore,
+    reporter: crate::raft_guard::Reporter,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -252,13 +281,52 @@ impl std::fmt::Debug for RaftService {
 
 impl RaftService {
     pub fn new(raft: Raft, trust_domain: TrustDomain) -> Self {
-        Self { raft, trust_domain }
+        Self {
+            raft,
+            trust_domain,
+            guard: None,
+        }
+    }
+
+    /// Checks messages against this node's log and state, and records refusals through `gate`
+    /// (or the leader, reached with `creds`).
+    pub fn guarded(
+        mut self,
+        node_id: NodeId,
+        log: crate::store::LogStore,
+        sm: crate::store::StateMachineStore,
+        gate: Arc<crate::gate::Gate>,
+        creds: PeerCredentials,
+    ) -> Self {
+        self.guard = Some(Guard {
+            log,
+            sm,
+            reporter: crate::raft_guard::Reporter {
+                raft: self.raft.clone(),
+                node_id,
+                gate: Some(gate),
+                creds: Some(creds),
+            },
+        });
+        self
+    }
+
+    /// Refuses (and reports) a message that failed a check.
+    async fn refuse<T>(&self, sender: NodeId, what: &str, why: String) -> Result<T, tonic::Status> {
+        if let Some(g) = &self.guard {
+            let actor = authority_id(&self.trust_domain, sender)
+                .map(|i| i.to_string())
+                .unwrap_or_default();
+            let record = g.reporter.record(actor, what, why.clone());
+            g.reporter.report(record).await;
+        }
+        Err(tonic::Status::permission_denied(format!("raft: {why}")))
     }
 
     /// Refuses any caller that is not a current member (voter or learner) of the cluster. A node
     /// that has just joined and knows no membership yet accepts any authority node of its trust
     /// domain (the cluster it enrolled into) until the first membership entry arrives.
-    fn admit<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+    fn admit<T>(&self, req: &tonic::Request<T>) -> Result<NodeId, tonic::Status> {
         let peer = ringzero_proto::transport::peer(req);
         let id = peer
             .spiffe_id
@@ -276,7 +344,7 @@ impl RaftService {
                 "raft: authority node {id} is not a member"
             )));
         }
-        Ok(())
+        Ok(id)
     }
 }
 
@@ -295,8 +363,18 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: tonic::Request<pb::RaftPayload>,
     ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
-        self.admit(&req)?;
+        let sender = self.admit(&req)?;
         let rpc: AppendEntriesRequest<TypeConfig> = request(req)?;
+        if let Err(why) = crate::raft_guard::sender_matches(sender, &rpc.vote, "AppendEntries")
+            .and_then(|()| crate::raft_guard::check_append(&rpc))
+        {
+            return self.refuse(sender, "AppendEntries", why).await;
+        }
+        if let Some(g) = &self.guard
+            && let Err(why) = crate::raft_guard::check_against_applied(&g.log, &g.sm, &rpc).await
+        {
+            return self.refuse(sender, "AppendEntries", why).await;
+        }
         reply(&self.raft.append_entries(rpc).await)
     }
 
@@ -304,8 +382,11 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: tonic::Request<pb::RaftPayload>,
     ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
-        self.admit(&req)?;
+        let sender = self.admit(&req)?;
         let rpc: VoteRequest<NodeId> = request(req)?;
+        if let Err(why) = crate::raft_guard::sender_matches(sender, &rpc.vote, "Vote") {
+            return self.refuse(sender, "Vote", why).await;
+        }
         reply(&self.raft.vote(rpc).await)
     }
 
@@ -313,9 +394,35 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         req: tonic::Request<pb::RaftPayload>,
     ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
-        self.admit(&req)?;
+        let sender = self.admit(&req)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = request(req)?;
+        if let Err(why) = crate::raft_guard::sender_matches(sender, &rpc.vote, "InstallSnapshot") {
+            return self.refuse(sender, "InstallSnapshot", why).await;
+        }
         reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn report_denial(
+        &self,
+        req: tonic::Request<pb::RaftPayload>,
+    ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+        let sender = self.admit(&req)?;
+        let record: crate::command::AuditRecord = request(req)?;
+        // A member reports only what it refused itself.
+        if record.authority != sender {
+            return Err(tonic::Status::permission_denied(
+                "raft: a report names another reporter",
+            ));
+        }
+        let mut record = record;
+        record.decision = crate::command::AuditDecision::Deny;
+        match self.guard.as_ref().and_then(|g| g.reporter.gate.clone()) {
+            Some(gate) if self.raft.metrics().borrow().current_leader == Some(gate.node_id()) => {
+                gate.record_denial(record).await;
+                reply(&())
+            }
+            _ => Err(tonic::Status::unavailable("raft: not the leader")),
+        }
     }
 }
 

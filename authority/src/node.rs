@@ -246,6 +246,8 @@ struct Parts {
     config: NodeConfig,
     td: TrustDomain,
     keys: Arc<NodeKeys>,
+    log: store::LogStore,
+    peer_creds: PeerCredentials,
     sm: StateMachineStore,
     raft: Raft,
     bundle: BundleSource,
@@ -285,23 +287,29 @@ async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Parts, NodeEr
     trusted.update(&sm.reader()?.keys()?);
     let (chain, key) = own_svid(&keys, &td, config.node_id)?;
     let contacts = Contacts::default();
-    let net = GrpcNetwork::new(
-        PeerCredentials {
-            trust_domain: td.clone(),
-            chain: chain.clone(),
-            key: Arc::new(key.clone_key()),
-            bundle: bundle.clone(),
-        },
-        contacts.clone(),
-    );
-    let raft = Raft::new(config.node_id, Arc::new(raft_config), net, log, sm.clone())
-        .await
-        .map_err(raft_err)?;
+    let peer_creds = PeerCredentials {
+        trust_domain: td.clone(),
+        chain: chain.clone(),
+        key: Arc::new(key.clone_key()),
+        bundle: bundle.clone(),
+    };
+    let net = GrpcNetwork::new(peer_creds.clone(), contacts.clone());
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        net,
+        log.clone(),
+        sm.clone(),
+    )
+    .await
+    .map_err(raft_err)?;
     Ok(Parts {
         dir: dir.to_path_buf(),
         config,
         td,
         keys,
+        log,
+        peer_creds,
         sm,
         raft,
         bundle,
@@ -705,6 +713,13 @@ async fn serve(
         parts.trusted.clone(),
     ));
     spawn_revocation_watch(parts.sm.clone(), Arc::clone(&gate));
+    let raft_service = RaftService::new(parts.raft.clone(), parts.td.clone()).guarded(
+        parts.config.node_id,
+        parts.log.clone(),
+        parts.sm.clone(),
+        Arc::clone(&gate),
+        parts.peer_creds.clone(),
+    );
     spawn_revocation_purger(parts.sm.clone(), parts.raft.clone(), parts.config.node_id);
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
@@ -750,10 +765,7 @@ async fn serve(
         .layer(ringzero_proto::transport::MembersOnlyLayer::new([
             ringzero_proto::RAFT_METHODS,
         ]))
-        .add_service(raft_server(RaftService::new(
-            parts.raft.clone(),
-            parts.td.clone(),
-        )))
+        .add_service(raft_server(raft_service))
         .add_service(
             pb::authority_server::AuthorityServer::new(service)
                 .max_decoding_message_size(256 * 1024)

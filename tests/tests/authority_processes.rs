@@ -738,15 +738,27 @@ fn wrong_secret_reused_and_expired_tokens_are_refused_with_the_cause() {
     assert_eq!(done.len(), 1, "{attempts:#?}");
     assert_eq!(done[0].outcome, Outcome::Done);
     assert!(
-        attempts.iter().any(|a| a.record.decision == AuditDecision::Deny
-            && a.record.reason.as_deref().unwrap_or("").contains("already used")),
+        attempts
+            .iter()
+            .any(|a| a.record.decision == AuditDecision::Deny
+                && a.record
+                    .reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("already used")),
         "{attempts:#?}"
     );
     let attempts = st.redemptions(&mismatched);
     assert!(
         !attempts.is_empty()
-            && attempts.iter().all(|a| a.record.decision == AuditDecision::Deny
-                && a.record.reason.as_deref().unwrap_or("").contains("does not match")),
+            && attempts
+                .iter()
+                .all(|a| a.record.decision == AuditDecision::Deny
+                    && a.record
+                        .reason
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("does not match")),
         "{attempts:#?}"
     );
 }
