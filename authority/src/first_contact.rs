@@ -58,10 +58,11 @@ impl PerSourceLimiter {
         let key = source_key(addr);
         let now = Instant::now();
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if b.len() >= MAX_SOURCES && !b.contains_key(&key) {
-            if let Some(oldest) = b.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
-                b.remove(&oldest);
-            }
+        if b.len() >= MAX_SOURCES
+            && !b.contains_key(&key)
+            && let Some(oldest) = b.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k)
+        {
+            b.remove(&oldest);
         }
         let (tokens, last) = b.entry(key).or_insert((ATTEMPTS_BURST, now));
         let refill = now.duration_since(*last).as_secs_f64() * ATTEMPTS_PER_SECOND;

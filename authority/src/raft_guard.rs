@@ -47,9 +47,9 @@ pub fn check_append(rpc: &AppendEntriesRequest<TypeConfig>) -> Result<(), String
             prev.leader_id.term
         ));
     }
-    let mut expected = rpc.prev_log_id.map_or(0, |p| p.index + 1);
+    let first = rpc.prev_log_id.map_or(0, |p| p.index + 1);
     let mut last_term = rpc.prev_log_id.map_or(0, |p| p.leader_id.term);
-    for e in &rpc.entries {
+    for (expected, e) in (first..).zip(rpc.entries.iter()) {
         if e.log_id.index != expected {
             return Err(format!(
                 "entry index {} where {expected} was due (entries must follow prev_log_id \
@@ -64,7 +64,6 @@ pub fn check_append(rpc: &AppendEntriesRequest<TypeConfig>) -> Result<(), String
             ));
         }
         last_term = e.log_id.leader_id.term;
-        expected += 1;
     }
     Ok(())
 }
