@@ -157,6 +157,28 @@ impl NodeKeys {
     }
 
     /// Loads the keys written by [`NodeKeys::save`]; the Biscuit key takes `biscuit_key_id`.
+    /// Deletes the private keys in `dir` (overwritten with zeros first, best effort): a removed
+    /// member's keys must never sign again, wherever its disk ends up. Returns the files it
+    /// deleted.
+    pub fn destroy(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut gone = Vec::new();
+        for f in [CA_KEY, BISCUIT_KEY, JWT_KEY, AUDIT_KEY] {
+            let path = dir.join(f);
+            if let Ok(meta) = std::fs::metadata(&path) {
+                let zeros = vec![0u8; usize::try_from(meta.len()).unwrap_or(0).min(1 << 20)];
+                if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(&path) {
+                    let _ = file.write_all(&zeros);
+                    let _ = file.sync_all();
+                }
+                if std::fs::remove_file(&path).is_ok() {
+                    gone.push(path);
+                }
+            }
+        }
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        gone
+    }
+
     pub fn load(dir: &Path, biscuit_key_id: u32) -> Result<Self, KeyError> {
         let cert_path = dir.join(CA_CERT);
         let cert = std::fs::read(&cert_path).map_err(io(&cert_path))?;

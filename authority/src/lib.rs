@@ -30,6 +30,7 @@ pub mod net;
 pub mod node;
 mod private_fs;
 mod raft_guard;
+pub mod removal;
 pub mod service;
 mod state;
 pub mod store;

@@ -69,9 +69,13 @@ impl std::fmt::Debug for PeerCredentials {
     }
 }
 
-/// When each peer last answered, for `authority members`.
+/// When each peer last answered, for `authority members`, and which peers refuse this node
+/// as not a member (how a removed node learns it was removed when no log entry tells it).
 #[derive(Debug, Default, Clone)]
-pub struct Contacts(Arc<Mutex<BTreeMap<NodeId, Instant>>>);
+pub struct Contacts(
+    Arc<Mutex<BTreeMap<NodeId, Instant>>>,
+    Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
+);
 
 impl Contacts {
     fn touch(&self, id: NodeId) {
@@ -79,6 +83,16 @@ impl Contacts {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, Instant::now());
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    fn refused_as_non_member(&self, id: NodeId) {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    }
+
+    /// The peers whose last answer was that this node is not a member.
+    pub(crate) fn refusing(&self) -> std::collections::BTreeSet<NodeId> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// How long ago `id` last answered this node.
@@ -185,6 +199,12 @@ impl GrpcConnection {
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
+        if let Err(status) = &reply
+            && status.code() == tonic::Code::PermissionDenied
+            && status.message().contains("is not a member")
+        {
+            self.contacts.refused_as_non_member(self.target);
+        }
         let reply = reply.map_err(|status| match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
                 RPCError::Unreachable(Unreachable::new(&NetError(status.message().to_owned())))

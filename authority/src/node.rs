@@ -61,6 +61,12 @@ pub enum NodeError {
     Join(String),
     #[error(transparent)]
     NotPrivate(#[from] crate::private_fs::NotPrivate),
+    #[error(
+        "this authority node was removed from the cluster and its private keys were deleted \
+         ({0}/REMOVED says when); it cannot serve again: join a new node with a new token \
+         (`ringzero authority join-token`) in a new data directory"
+    )]
+    Removed(String),
     #[error("{0}")]
     Other(String),
 }
@@ -259,8 +265,33 @@ struct Parts {
 
 async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Parts, NodeError> {
     crate::private_fs::check_tree(dir)?;
+    if crate::removal::marker(dir).exists() {
+        return Err(NodeError::Removed(dir.display().to_string()));
+    }
     let layout = Layout(dir.to_path_buf());
     let config = NodeConfig::load(&layout.config())?;
+    // Removed while it was down: the replicated keys say so before the keys are even loaded.
+    if let Ok((_, sm)) = store::open(&layout.raft())
+        && let Ok(records) = sm.reader().and_then(|r| r.keys())
+        && records.iter().any(|k| {
+            k.authority == config.node_id
+                && matches!(k.status, KeyStatus::Retired | KeyStatus::Compromised)
+        })
+    {
+        drop(sm);
+        let gone = NodeKeys::destroy(&layout.keys());
+        let _ = write_private(
+            &crate::removal::marker(dir),
+            format!(
+                "authority node {} was removed from the cluster; {} key files deleted\n",
+                config.node_id,
+                gone.len()
+            )
+            .as_bytes(),
+            0o600,
+        );
+        return Err(NodeError::Removed(dir.display().to_string()));
+    }
     let td = config.trust_domain()?;
     let keys = Arc::new(NodeKeys::load(&layout.keys(), config.biscuit_key_id)?);
     // In one process, a node just shut down may hold its database for a moment longer.
@@ -721,9 +752,22 @@ async fn serve(
         parts.peer_creds.clone(),
     );
     spawn_revocation_purger(parts.sm.clone(), parts.raft.clone(), parts.config.node_id);
+    let (removed_tx, mut removed_rx) = tokio::sync::watch::channel(false);
+    crate::removal::spawn_watch(
+        parts.raft.clone(),
+        parts.config.node_id,
+        parts.contacts.clone(),
+        parts.dir.clone(),
+        Layout(parts.dir.clone()).keys(),
+        removed_tx,
+    );
+    let was_removed = removed_rx.clone();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            _ = removed_rx.wait_for(|r| *r) => {}
+        }
         // Long-lived streams (entry feeds, audit tails) end first, so the graceful shutdown
         // below does not wait on them.
         let _ = stopping_tx.send(true);
@@ -776,6 +820,9 @@ async fn serve(
     let _ = raft.shutdown().await;
     if let Err(e) = sm.flush() {
         tracing::warn!(error = %e, "could not flush the state database at shutdown");
+    }
+    if *was_removed.borrow() {
+        return Err(NodeError::Removed(parts.dir.display().to_string()));
     }
     result.map_err(other)
 }

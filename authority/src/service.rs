@@ -361,9 +361,37 @@ pub(crate) type BundleSource =
 /// compromised*, never left out: a client only updates the keys it is sent, so an absent key
 /// would stay trusted wherever it was pinned. Every consumer excludes compromised keys from
 /// what it trusts (`ringzero_proto::client::bundle_cas`, `Profile::apply_bundle`).
+/// The trust bundle as verifiers receive it. Compromised keys are sent marked as such (so
+/// every verifier drops them, never merely forgets them). The CA of a member removed without
+/// `--compromised` is sent as retired until everything it was recorded issuing has expired,
+/// and then no more: verifiers outside the authority stop trusting it then.
 fn bundle_keys(sm: &StateMachineStore) -> Result<Vec<pb::BundleKey>, tonic::Status> {
-    let keys = sm.reader().map_err(status_of)?.keys().map_err(status_of)?;
-    Ok(keys
+    let reader = sm.reader().map_err(status_of)?;
+    let keys = reader.keys().map_err(status_of)?;
+    let now = now_ms();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if k.kind == KeyKind::X509Ca && k.status == KeyStatus::Retired {
+            let until = match reader.issued_until(k.authority).map_err(status_of)? {
+                // Nothing recorded (a cluster older than the record): the longest lifetime an
+                // SVID can have, from the removal.
+                0 => reader
+                    .key_retired_ms(k.id)
+                    .map_err(status_of)?
+                    .unwrap_or(k.published_ms)
+                    .saturating_add(
+                        u64::try_from(crate::service::agents::MAX_ENTRY_TTL.as_millis())
+                            .unwrap_or(u64::MAX),
+                    ),
+                t => t,
+            };
+            if until <= now {
+                continue;
+            }
+        }
+        out.push(k);
+    }
+    Ok(out
         .into_iter()
         .map(|k| pb::BundleKey {
             key_id: k.id,
@@ -869,10 +897,33 @@ impl pb::authority_server::Authority for AuthorityService {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         if !membership.nodes().any(|(id, _)| *id == r.node_id) {
-            return Err(tonic::Status::not_found(format!(
-                "node {} is not a member",
-                r.node_id
-            )));
+            // Already removed: `--compromised` may still follow a plain removal, once it turns
+            // out the node's keys may have left with its disk.
+            let keys = self
+                .sm
+                .reader()
+                .map_err(status_of)?
+                .keys()
+                .map_err(status_of)?;
+            let retired: Vec<u64> = keys
+                .iter()
+                .filter(|k| k.authority == r.node_id && k.status == KeyStatus::Retired)
+                .map(|k| k.id)
+                .collect();
+            if !r.compromised || retired.is_empty() {
+                return Err(tonic::Status::not_found(format!(
+                    "node {} is not a member",
+                    r.node_id
+                )));
+            }
+            for key_id in retired {
+                self.propose(allowed.command(Op::SetKeyStatus {
+                    key_id,
+                    status: KeyStatus::Compromised,
+                }))
+                .await?;
+            }
+            return Ok(tonic::Response::new(pb::RemoveMemberReply {}));
         }
         let voters: std::collections::BTreeSet<NodeId> =
             membership.voter_ids().filter(|v| *v != r.node_id).collect();

@@ -242,7 +242,14 @@ async fn remove(global: &GlobalArgs, a: RemoveArgs) -> Outcome {
         );
     } else {
         eprintln!(
-            "removed node {node_id}; its keys stay in the bundle until what they issued expires"
+            "removed node {node_id}: its keys are retired. Nothing they sign from now on opens \
+             anything on the authority; what node {node_id} issued before stays valid until it \
+             expires, and node {node_id} deletes its own keys as soon as it learns it was \
+             removed.\n\
+             If node {node_id}'s machine, disk or backups may be in someone else's hands (lost, \
+             stolen, breached, or decommissioned without wiping), run \
+             `ringzero authority remove {node_id} --compromised` now: its keys are then trusted \
+             nowhere at once, and everything it issued must be reissued."
         );
     }
     Ok(ExitCode::SUCCESS)
