@@ -673,3 +673,216 @@ fn a_user_invite_creates_the_user_once_and_removal_revokes_its_credentials() {
     );
     assert_eq!(d.read().user("carol").unwrap(), Some(carol("auditor")));
 }
+
+fn mint(d: &mut Db, id: &[u8], parents: &[&[u8]], minter: &str, expires_ms: u64) -> Outcome {
+    d.run(
+        0,
+        Op::RecordMint {
+            id: id.to_vec(),
+            parents: parents.iter().map(|p| p.to_vec()).collect(),
+            minter: minter.into(),
+            subject: "spiffe://td/ns/a/b".into(),
+            expires_ms,
+        },
+    )
+}
+
+#[test]
+fn revoking_a_token_revokes_everything_minted_from_it_transitively() {
+    let mut d = db();
+    // main → delegated (minted from main's two blocks) → grandchild; an unrelated token.
+    assert_eq!(
+        mint(&mut d, b"main", &[], "authority", 9_000),
+        Outcome::Done
+    );
+    assert_eq!(
+        mint(
+            &mut d,
+            b"child",
+            &[b"main", b"main-att"],
+            "spiffe://td/user/a",
+            8_000
+        ),
+        Outcome::Done
+    );
+    assert_eq!(
+        mint(
+            &mut d,
+            b"grandchild",
+            &[b"child"],
+            "spiffe://td/ns/a/b",
+            7_000
+        ),
+        Outcome::Done
+    );
+    assert_eq!(
+        mint(&mut d, b"other", &[], "authority", 9_000),
+        Outcome::Done
+    );
+    // Revoking the attenuation the child was minted from reaches it and its own child.
+    assert_eq!(
+        d.run(
+            1,
+            Op::Revoke {
+                ids: vec![b"main-att".to_vec()],
+                expires_ms: 9_000
+            }
+        ),
+        Outcome::Done
+    );
+    let r = d.read();
+    for id in [&b"main-att"[..], b"child", b"grandchild"] {
+        assert!(r.is_revoked(id).unwrap(), "{}", String::from_utf8_lossy(id));
+    }
+    assert!(!r.is_revoked(b"main").unwrap(), "a parent is never revoked");
+    assert!(!r.is_revoked(b"other").unwrap());
+    // Descendants are kept revoked until their own expiry, then purged with their lineage.
+    let revs: std::collections::BTreeMap<Vec<u8>, u64> =
+        r.revocations().unwrap().into_iter().collect();
+    assert_eq!(revs[&b"grandchild".to_vec()], 7_000);
+    drop(r);
+    // A token cannot be minted from a revoked one.
+    assert_eq!(
+        mint(&mut d, b"late", &[b"child"], "spiffe://td/ns/a/b", 5_000),
+        Outcome::Rejected(Rejection::ParentRevoked)
+    );
+    assert_eq!(d.run(9_500, Op::PurgeExpired), Outcome::Done);
+    let r = d.read();
+    assert!(r.minted(b"child").unwrap().is_none());
+    assert!(r.minted(b"other").unwrap().is_none());
+}
+
+#[test]
+fn a_suspended_or_removed_minter_cuts_off_its_lineage() {
+    let mut d = db();
+    let user = |name: &str| User {
+        name: name.into(),
+        role: "developer".into(),
+        namespace: Some("shop".into()),
+    };
+    assert_eq!(
+        d.run(
+            0,
+            Op::PutUser {
+                user: user("alice")
+            }
+        ),
+        Outcome::Done
+    );
+    assert_eq!(
+        mint(&mut d, b"alice-main", &[], "authority", 9_000),
+        Outcome::Done
+    );
+    assert_eq!(
+        mint(
+            &mut d,
+            b"for-ci",
+            &[b"alice-main"],
+            "spiffe://td/user/alice",
+            9_000
+        ),
+        Outcome::Done
+    );
+    assert_eq!(
+        mint(
+            &mut d,
+            b"ci-sub",
+            &[b"for-ci"],
+            "spiffe://td/ns/shop/ci",
+            9_000
+        ),
+        Outcome::Done
+    );
+    let ids = |x: &[u8]| vec![x.to_vec(), b"attenuation".to_vec()];
+    assert_eq!(d.read().lineage_cut_off(&ids(b"ci-sub")).unwrap(), None);
+    let suspend = |s| Op::SetUserSuspended {
+        name: "alice".into(),
+        suspended: s,
+    };
+    assert_eq!(d.run(1, suspend(true)), Outcome::Done);
+    let r = d.read();
+    assert!(r.is_suspended("alice").unwrap());
+    let why = r.lineage_cut_off(&ids(b"ci-sub")).unwrap().unwrap();
+    assert!(why.contains("alice") && why.contains("suspended"), "{why}");
+    // Her own credential is not cut off by lineage (the gate refuses her certificate instead).
+    assert_eq!(r.lineage_cut_off(&ids(b"alice-main")).unwrap(), None);
+    drop(r);
+    // No credential is issued to a suspended user.
+    assert_eq!(
+        d.run(
+            2,
+            Op::IssueUserCredential {
+                user: "alice".into(),
+                serial: vec![1],
+                not_after_ms: 9_000,
+                revocation_ids: vec![b"new".to_vec()],
+                expires_ms: 9_000,
+            }
+        ),
+        Outcome::Rejected(Rejection::UserSuspended)
+    );
+    assert_eq!(d.run(3, suspend(false)), Outcome::Done);
+    assert_eq!(d.read().lineage_cut_off(&ids(b"ci-sub")).unwrap(), None);
+    assert_eq!(
+        d.run(
+            4,
+            Op::RemoveUser {
+                name: "alice".into()
+            }
+        ),
+        Outcome::Done
+    );
+    let why = d.read().lineage_cut_off(&ids(b"for-ci")).unwrap().unwrap();
+    assert!(why.contains("removed"), "{why}");
+    assert_eq!(
+        d.run(5, suspend(true)),
+        Outcome::Rejected(Rejection::NotFound)
+    );
+}
+
+#[test]
+fn retirement_and_issuance_are_recorded_for_verifiers_outside_the_authority() {
+    let mut d = db();
+    let id = match d.run(
+        10,
+        Op::PublishKey {
+            authority: 1,
+            kind: KeyKind::X509Ca,
+            public_der: vec![1, 2, 3],
+            not_after_ms: 99_000,
+        },
+    ) {
+        Outcome::KeyId(id) => id,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(issue(&mut d, 9, b"s", "n1", 99_000), Outcome::Done);
+    assert_eq!(redeem(&mut d, 1, 9, b"s", "n1"), Outcome::Done);
+    // The audit record names the issuing member (1): its high-water mark follows.
+    for not_after in [5_000, 7_000, 6_000] {
+        assert_eq!(
+            d.run(
+                0,
+                Op::IssueSvid {
+                    node: "n1".into(),
+                    serial: vec![not_after as u8],
+                    not_after_ms: not_after
+                }
+            ),
+            Outcome::Done
+        );
+    }
+    assert_eq!(d.read().issued_until(1).unwrap(), 7_000);
+    assert_eq!(d.read().issued_until(2).unwrap(), 0);
+    assert_eq!(d.read().key_retired_ms(id).unwrap(), None);
+    assert_eq!(
+        d.run(
+            42,
+            Op::SetKeyStatus {
+                key_id: id,
+                status: KeyStatus::Retired
+            }
+        ),
+        Outcome::Done
+    );
+    assert_eq!(d.read().key_retired_ms(id).unwrap(), Some(42));
+}
