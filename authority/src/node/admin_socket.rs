@@ -18,10 +18,10 @@ use ringzero_policy::TrustDomain;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use super::{NodeError, admin_profile, pin_audit_keys};
 use crate::command::{AuditDecision, AuditRecord, Command, CommandId, Op};
 use crate::gate::now_ms;
 use crate::keys::NodeKeys;
-use crate::node::{NodeError, admin_profile, pin_audit_keys};
 use crate::store::StateMachineStore;
 use crate::{NodeId, Raft};
 

@@ -1,0 +1,98 @@
+//! The data directory: its layout, the node's own configuration, the bundle learned at join.
+
+use std::path::{Path, PathBuf};
+
+use ringzero_policy::TrustDomain;
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+use crate::keys::write_private;
+
+use super::*;
+
+/// What a node persists about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    pub trust_domain: String,
+    /// host:port, as given to `--listen` and as peers reach it.
+    pub listen: String,
+    /// The id Raft assigned to this node's Biscuit key.
+    pub biscuit_key_id: u32,
+}
+
+pub(super) struct Layout(pub(super) PathBuf);
+
+impl Layout {
+    pub(super) fn config(&self) -> PathBuf {
+        self.0.join("node.toml")
+    }
+    pub(super) fn keys(&self) -> PathBuf {
+        self.0.join("keys")
+    }
+    pub(super) fn raft(&self) -> PathBuf {
+        self.0.join("raft")
+    }
+    pub(super) fn bundle(&self) -> PathBuf {
+        self.0.join("trust-bundle.der")
+    }
+    pub(super) fn admin_profile(&self) -> PathBuf {
+        self.0.join("admin.profile")
+    }
+}
+
+impl NodeConfig {
+    pub(super) fn load(path: &Path) -> Result<Self, NodeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| NodeError::Config {
+            path: path.to_path_buf(),
+            detail: format!("{e} (is this an authority data directory?)"),
+        })?;
+        toml::from_str(&text).map_err(|e| NodeError::Config {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })
+    }
+
+    pub(super) fn save(&self, path: &Path) -> Result<(), NodeError> {
+        let text = toml::to_string(self).map_err(|source| NodeError::ConfigWrite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        write_private(path, text.as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    pub(super) fn trust_domain(&self) -> Result<TrustDomain, NodeError> {
+        Ok(TrustDomain::new(&self.trust_domain)?)
+    }
+}
+
+pub(super) fn save_bundle(path: &Path, cas: &[CertificateDer<'_>]) -> Result<(), NodeError> {
+    // Length-prefixed DER certificates.
+    let mut out = Vec::new();
+    for c in cas {
+        out.extend_from_slice(&(c.len() as u32).to_be_bytes());
+        out.extend_from_slice(c);
+    }
+    write_private(path, &out, 0o600)?;
+    Ok(())
+}
+
+pub(super) fn load_bundle(path: &Path) -> Vec<CertificateDer<'static>> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut rest = bytes.as_slice();
+    while rest.len() >= 4 {
+        let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        rest = &rest[4..];
+        if n > rest.len() {
+            break;
+        }
+        out.push(CertificateDer::from(rest[..n].to_vec()));
+        rest = &rest[n..];
+    }
+    out
+}

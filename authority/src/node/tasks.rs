@@ -1,0 +1,123 @@
+//! Background tasks of a running node: bundle refresh, revocation watch and purge.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringzero_policy::svid::TrustBundle;
+use rustls_pki_types::CertificateDer;
+
+use crate::command::{AuditRecord, KeyKind, KeyStatus, Op};
+use crate::gate::{Gate, now_ms};
+use crate::store::StateMachineStore;
+use crate::{NodeId, Raft};
+
+use super::*;
+
+pub(super) async fn wait_leader(raft: &Raft, timeout: Duration) -> Result<NodeId, NodeError> {
+    let mut rx = raft.metrics();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(l) = rx.borrow().current_leader {
+            return Ok(l);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(NodeError::Raft("no leader elected".into()));
+        }
+        let _ = tokio::time::timeout(left, rx.changed()).await;
+    }
+}
+
+/// Keeps the TLS bundle and the capability key set in step with the replicated trust bundle.
+pub(super) fn spawn_bundle_refresher(parts: &Parts) {
+    let (sm, bundle, trusted, td, own) = (
+        parts.sm.clone(),
+        parts.bundle.clone(),
+        parts.trusted.clone(),
+        parts.td.clone(),
+        parts.keys.ca.cert_der().clone(),
+    );
+    let mut rx = parts.raft.metrics();
+    tokio::spawn(async move {
+        let mut last: Vec<crate::KeyRecord> = Vec::new();
+        loop {
+            if let Ok(keys) = sm.reader().and_then(|r| r.keys())
+                && keys != last
+            {
+                trusted.update(&keys);
+                let mut cas: Vec<CertificateDer<'static>> = keys
+                    .iter()
+                    .filter(|k| k.kind == KeyKind::X509Ca && k.status != KeyStatus::Compromised)
+                    .map(|k| CertificateDer::from(k.public_der.clone()))
+                    .collect();
+                if !cas.contains(&own) {
+                    cas.push(own.clone());
+                }
+                if let Ok(b) = TrustBundle::new(td.clone(), cas) {
+                    bundle.replace(b);
+                }
+                last = keys;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Makes the gate forget cached tokens as soon as an applied revocation covers them, on every
+/// node (the revocation set itself is read from the state on every decision).
+pub(super) fn spawn_revocation_watch(sm: StateMachineStore, gate: Arc<Gate>) {
+    let mut applied = sm.watch_applied();
+    tokio::spawn(async move {
+        let mut last: Vec<Vec<u8>> = Vec::new();
+        loop {
+            if let Ok(now) = sm.reader().and_then(|r| r.revocations()) {
+                let ids: Vec<Vec<u8>> = now.into_iter().map(|(id, _)| id).collect();
+                if ids != last {
+                    gate.forget_revoked();
+                    last = ids;
+                }
+            }
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// How often the leader looks for revocations past the expiry of the tokens they name.
+pub(super) const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// On the leader, drops revocations (with expired join tokens and idempotency records) once the
+/// tokens they name would have expired anyway, so the revocation set stays as small as the
+/// tokens still alive. Proposes only when a revocation has expired: no audit noise otherwise.
+pub(super) fn spawn_revocation_purger(sm: StateMachineStore, raft: Raft, node_id: NodeId) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PURGE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if raft.metrics().borrow().current_leader != Some(node_id) {
+                continue;
+            }
+            let now = now_ms();
+            let expired = sm
+                .reader()
+                .and_then(|r| r.revocations())
+                .map(|all| all.iter().filter(|(_, until)| *until <= now).count())
+                .unwrap_or(0);
+            if expired == 0 {
+                continue;
+            }
+            let audit = AuditRecord {
+                actor: "local:purge".into(),
+                details: vec![("expired_revocations".into(), expired.to_string())],
+                ..local_audit(node_id, "token:revoke", "token", Vec::new())
+            };
+            if let Err(e) = propose(&raft, audit, Op::PurgeExpired).await {
+                tracing::warn!(error = %e, "could not purge expired revocations");
+            }
+        }
+    });
+}
