@@ -15,7 +15,7 @@ use ringzero_policy::{Operation, Resource};
 use ringzero_proto::pb;
 
 use super::{AuthorityService, status_of};
-use crate::command::{AuditDecision, KeyKind, KeyStatus, Op, Outcome};
+use crate::command::{AuditDecision, KeyKind, KeyStatus, Op};
 use crate::gate::now_ms;
 use crate::state::{AuditQuery, audit_entry};
 
@@ -379,9 +379,7 @@ impl AuthorityService {
             .details
             .push(("root".into(), hex::encode(&r.root)));
         let resp = self.propose(cmd).await?;
-        if let Outcome::Rejected(why) = resp.outcome {
-            return Err(tonic::Status::failed_precondition(why.to_string()));
-        }
+        super::status::accepted("refused", resp.outcome)?;
         Ok(tonic::Response::new(pb::SealAuditReply {
             sealed_up_to: r.up_to_seq,
         }))

@@ -28,9 +28,7 @@ pub(crate) const DEFAULT_DELEGATED_TTL: Duration = Duration::from_secs(3600);
 /// The most roles one `ApplyRoles` call may carry.
 pub(crate) const MAX_ROLES_PER_APPLY: usize = 64;
 
-fn invalid(e: impl std::fmt::Display) -> tonic::Status {
-    tonic::Status::invalid_argument(e.to_string())
-}
+use super::status::invalid;
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -40,10 +38,7 @@ fn unix_secs(t: SystemTime) -> u64 {
 
 /// Maps a command that apply refused to the call's status.
 fn refused(outcome: Outcome) -> Result<Outcome, tonic::Status> {
-    match outcome {
-        Outcome::Rejected(why) => Err(tonic::Status::failed_precondition(why.to_string())),
-        other => Ok(other),
-    }
+    super::status::accepted("refused", outcome)
 }
 
 /// A built-in role as the API lists it; a namespaced right shows its prefix as `ns/<namespace>`.
@@ -436,9 +431,7 @@ impl AuthorityService {
             ("expires_unix".into(), expires_unix.to_string()),
         ]);
         // The token is released only once its record is committed.
-        if let Outcome::Rejected(why) = self.propose(cmd).await?.outcome {
-            return Err(tonic::Status::permission_denied(format!("denied: {why}")));
-        }
+        super::status::accepted("denied", self.propose(cmd).await?.outcome)?;
         Ok(tonic::Response::new(pb::MintTokenReply {
             token,
             expires_unix,

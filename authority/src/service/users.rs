@@ -36,9 +36,7 @@ pub const MAX_USER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long an invite may be redeemed when no lifetime is asked for.
 pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
 
-fn invalid(e: impl std::fmt::Display) -> tonic::Status {
-    tonic::Status::invalid_argument(e.to_string())
-}
+use super::status::invalid;
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -133,10 +131,7 @@ fn credential_refused(outcome: Outcome, user: &str) -> Result<(), tonic::Status>
         Outcome::Rejected(Rejection::NotFound) => Err(tonic::Status::permission_denied(format!(
             "user {user} does not exist (removed?)"
         ))),
-        Outcome::Rejected(why) => Err(tonic::Status::failed_precondition(format!(
-            "refused: {why}"
-        ))),
-        _ => Ok(()),
+        other => super::status::accepted("refused", other).map(|_| ()),
     }
 }
 
@@ -439,13 +434,8 @@ impl AuthorityService {
                 node_name: name.clone(),
             },
         };
-        match self.propose(redeem).await?.outcome {
+        match super::status::accepted("login refused", self.propose(redeem).await?.outcome)? {
             Outcome::Done => {}
-            Outcome::Rejected(why) => {
-                return Err(tonic::Status::permission_denied(format!(
-                    "login refused: {why}"
-                )));
-            }
             other => {
                 return Err(tonic::Status::internal(format!(
                     "unexpected outcome {other:?}"
@@ -603,9 +593,7 @@ impl AuthorityService {
             Outcome::Rejected(Rejection::NotFound) => {
                 Err(tonic::Status::not_found(format!("no user {name}")))
             }
-            Outcome::Rejected(why) => Err(tonic::Status::failed_precondition(format!(
-                "refused: {why}"
-            ))),
+            Outcome::Rejected(why) => Err(super::status::rejected("refused", &why)),
             _ => Ok(tonic::Response::new(pb::SuspendUserReply {})),
         }
     }
@@ -628,9 +616,7 @@ impl AuthorityService {
             Outcome::Rejected(Rejection::NotFound) => {
                 Err(tonic::Status::not_found(format!("no user {name}")))
             }
-            Outcome::Rejected(why) => Err(tonic::Status::failed_precondition(format!(
-                "refused: {why}"
-            ))),
+            Outcome::Rejected(why) => Err(super::status::rejected("refused", &why)),
             _ => {
                 self.gate.forget_revoked();
                 Ok(tonic::Response::new(pb::RemoveUserReply {}))

@@ -1,0 +1,242 @@
+//! `SyncEntries`: one agent's entry feed. Every change since the revision the agent already has,
+//! then each new change as it is applied (woken by the state machine, no polling), the bundle
+//! whenever it changes, and the revoked capabilities and serials whenever they change, with a
+//! heartbeat when idle.
+
+use std::collections::BTreeMap;
+
+use ringzero_policy::NodeName;
+use ringzero_proto::pb;
+
+use super::entries::entry_to_pb;
+use super::nodes::*;
+use super::{AuthorityService, status_of};
+use crate::command::NodeStatus;
+
+impl AuthorityService {
+    pub(crate) async fn sync_entries_impl(
+        &self,
+        req: tonic::Request<pb::SyncEntriesRequest>,
+    ) -> Result<tonic::Response<SyncStream>, tonic::Status> {
+        self.require_leader()?;
+        let (name, allowed) = self.gate_agent(&req).await?;
+        self.gate.record(&allowed).await?;
+        let since = req.get_ref().since_revision;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let feed = Feed {
+            stopping: self.stopping.clone(),
+            sm: self.sm.clone(),
+            service_bundle: self.bundle_source(),
+            name,
+        };
+        tokio::spawn(feed.run(since, tx));
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// One agent's entry feed.
+struct Feed {
+    stopping: tokio::sync::watch::Receiver<bool>,
+    sm: crate::store::StateMachineStore,
+    service_bundle: super::BundleSource,
+    name: NodeName,
+}
+
+/// Revoked capability ids and revoked serials, each with its expiry (unix ms).
+type RevokedSets = (Vec<(Vec<u8>, u64)>, Vec<(Vec<u8>, u64)>);
+
+type FeedTx = tokio::sync::mpsc::Sender<Result<pb::SyncEntriesEvent, tonic::Status>>;
+
+impl Feed {
+    async fn run(self, since: u64, tx: FeedTx) {
+        if let Err(status) = self.feed(since, &tx).await {
+            let _ = tx.send(Err(status)).await;
+        }
+    }
+
+    async fn feed(&self, since: u64, tx: &FeedTx) -> Result<(), tonic::Status> {
+        let mut applied = self.sm.watch_applied();
+        let mut stopping = self.stopping.clone();
+        let mut revision = since;
+        let mut last_bundle: Option<Vec<u8>> = None;
+        let mut last_revocations: Option<RevokedSets> = None;
+        let mut first = true;
+        loop {
+            // Mark the current applied state seen before reading, so a change applied while
+            // this pass reads wakes the next one.
+            applied.borrow_and_update();
+            let status = self
+                .sm
+                .reader()
+                .map_err(status_of)?
+                .node(self.name.as_str())
+                .map_err(status_of)?;
+            match status {
+                Some(r) if r.status == NodeStatus::Active => {}
+                Some(r) => {
+                    return Err(tonic::Status::permission_denied(format!(
+                        "node {} was {}",
+                        self.name,
+                        if r.status == NodeStatus::Banned {
+                            "banned"
+                        } else {
+                            "evicted"
+                        }
+                    )));
+                }
+                None => {
+                    return Err(tonic::Status::permission_denied(format!(
+                        "node {} is not enrolled",
+                        self.name
+                    )));
+                }
+            }
+            let bundle = (self.service_bundle)()?;
+            let encoded = prost::Message::encode_to_vec(&bundle);
+            let bundle_changed = last_bundle.as_deref() != Some(encoded.as_slice());
+            let revocations = self
+                .sm
+                .reader()
+                .map_err(status_of)?
+                .revocations()
+                .map_err(status_of)?;
+            let serials = self
+                .sm
+                .reader()
+                .map_err(status_of)?
+                .revoked_serials()
+                .map_err(status_of)?;
+            let revocations = (revocations, serials);
+            let revocations_changed = last_revocations.as_ref() != Some(&revocations);
+            let mut sent_any = false;
+            loop {
+                let (upserts, removed, next) = self.changes(revision, first)?;
+                let more = next.1;
+                let send_bundle = bundle_changed && !sent_any;
+                let send_revocations = revocations_changed && !sent_any;
+                if upserts.is_empty()
+                    && removed.is_empty()
+                    && !first
+                    && !send_bundle
+                    && !send_revocations
+                {
+                    break;
+                }
+                let event = pb::SyncEntriesEvent {
+                    upserts,
+                    removed,
+                    revision: next.0,
+                    bundle: send_bundle.then(|| bundle.clone()),
+                    revocations: send_revocations.then(|| pb::RevocationSet {
+                        revocations: revocations
+                            .0
+                            .iter()
+                            .map(|(id, expires_ms)| pb::Revocation {
+                                id: id.clone(),
+                                expires_ms: *expires_ms,
+                            })
+                            .collect(),
+                        serials: revocations
+                            .1
+                            .iter()
+                            .map(|(serial, not_after_ms)| pb::RevokedSerial {
+                                serial: serial.clone(),
+                                not_after_ms: *not_after_ms,
+                            })
+                            .collect(),
+                    }),
+                    synced: first && !more,
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return Ok(());
+                }
+                revision = next.0;
+                sent_any = true;
+                if !more {
+                    first = false;
+                    break;
+                }
+            }
+            if bundle_changed {
+                last_bundle = Some(encoded);
+            }
+            if revocations_changed {
+                last_revocations = Some(revocations);
+            }
+            let idle = tokio::select! {
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return Err(tonic::Status::unavailable("the authority is shutting down"));
+                    }
+                    false
+                }
+                _ = tx.closed() => return Ok(()),
+                _ = stopping.wait_for(|s| *s) => {
+                    return Err(tonic::Status::unavailable("the authority is shutting down"));
+                }
+                () = tokio::time::sleep(FEED_HEARTBEAT) => true,
+            };
+            if idle {
+                // Nothing changed: say so, so the agent knows its revocations are current.
+                let beat = pb::SyncEntriesEvent {
+                    revision,
+                    ..Default::default()
+                };
+                if tx.send(Ok(beat)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// The entries changed after `revision` (all current ones when `full`), as upserts and
+    /// removals, with the revision they bring the agent to and whether more remain.
+    #[allow(clippy::type_complexity)]
+    fn changes(
+        &self,
+        revision: u64,
+        full: bool,
+    ) -> Result<(Vec<pb::RegistrationEntry>, Vec<String>, (u64, bool)), tonic::Status> {
+        let reader = self.sm.reader().map_err(status_of)?;
+        if full && revision == 0 {
+            let entries = reader.entries_of(self.name.as_str()).map_err(status_of)?;
+            let top = reader.entry_revision().map_err(status_of)?;
+            return Ok((
+                entries
+                    .iter()
+                    .map(|e| entry_to_pb(&reader, e))
+                    .collect::<Result<_, _>>()?,
+                Vec::new(),
+                (top, false),
+            ));
+        }
+        let changes = reader
+            .entry_changes_since(self.name.as_str(), revision, SYNC_CHUNK)
+            .map_err(status_of)?;
+        let more = changes.len() >= SYNC_CHUNK;
+        let mut latest: BTreeMap<String, bool> = BTreeMap::new();
+        let mut to = revision;
+        for c in &changes {
+            latest.insert(c.entry_id.clone(), c.removed);
+            to = to.max(c.revision);
+        }
+        let mut upserts = Vec::new();
+        let mut removed = Vec::new();
+        for (id, gone) in latest {
+            let current = if gone {
+                None
+            } else {
+                reader.entry(&id).map_err(status_of)?
+            };
+            match current {
+                Some(e) if e.parent == self.name.as_str() => {
+                    upserts.push(entry_to_pb(&reader, &e)?)
+                }
+                _ => removed.push(id),
+            }
+        }
+        Ok((upserts, removed, (to, more)))
+    }
+}

@@ -1,0 +1,577 @@
+//! The `Authority` gRPC service.
+//!
+//! Privileged calls are never proxied: on a follower they fail with `Unavailable` and the
+//! leader's address in the `ringzero-leader` metadata, and the client retries there. Gating, the
+//! revocation check and the audit record all happen on the leader.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ringzero_policy::join::{JoinToken, sha256};
+use ringzero_policy::svid::{LeafKey, LeafRequest, MAX_DER_LEN};
+use ringzero_policy::{NodeName, Operation, Resource};
+use ringzero_proto::pb;
+use tokio::sync::Mutex;
+
+use crate::command::{
+    AuditDecision, AuditRecord, Command, CommandId, JoinPurpose, KeyKind, KeyStatus, Op, Outcome,
+};
+use crate::gate::{Gate, now_ms};
+use crate::keys::NodeKeys;
+use crate::net::{Contacts, authority_id};
+use crate::store::StateMachineStore;
+use crate::{NodeId, Proposer, Raft};
+
+mod audit;
+mod entries;
+mod feed;
+mod membership;
+mod nodes;
+mod status;
+mod tokens;
+mod users;
+pub use nodes::{
+    AGENT_SVID_TTL, DEFAULT_ENTRY_TTL, FEED_HEARTBEAT, MAX_ENTRY_TTL, MAX_MINT_BATCH, MAX_PAGE,
+    MIN_ENTRY_TTL,
+};
+pub use users::{DEFAULT_INVITE_TTL, DEFAULT_USER_TTL, MAX_USER_TTL};
+
+/// The node SVID lifetime for authority nodes joining the cluster.
+pub const AUTHORITY_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most join tokens one call may ask to live.
+pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The metadata key carrying the leader's address on `Unavailable`.
+pub const LEADER_HINT: &str = "ringzero-leader";
+
+/// The Authority service of one node.
+pub struct AuthorityService {
+    raft: Raft,
+    proposer: Proposer,
+    sm: StateMachineStore,
+    gate: Arc<Gate>,
+    keys: Arc<NodeKeys>,
+    contacts: Contacts,
+    /// Membership changes and join-token id allocation are serialized here.
+    membership: Mutex<()>,
+    /// First-contact calls (token redemption) are rate limited.
+    first_contact: crate::first_contact::PerSourceLimiter,
+    /// Becomes true when the node shuts down: long-lived streams end then, so a graceful
+    /// shutdown does not wait on them.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for AuthorityService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityService").finish_non_exhaustive()
+    }
+}
+
+use self::status::internal as status_of;
+
+impl AuthorityService {
+    pub fn new(
+        proposer: Proposer,
+        sm: StateMachineStore,
+        gate: Arc<Gate>,
+        keys: Arc<NodeKeys>,
+        contacts: Contacts,
+    ) -> Self {
+        Self {
+            raft: proposer.raft().clone(),
+            proposer,
+            sm,
+            gate,
+            keys,
+            contacts,
+            membership: Mutex::new(()),
+            first_contact: Default::default(),
+            stopping: tokio::sync::watch::channel(false).1,
+        }
+    }
+
+    /// Ends the service's long-lived streams when `stopping` becomes true.
+    pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
+    }
+
+    /// Refuses unless this node leads, naming the leader it knows.
+    fn require_leader(&self) -> Result<(), tonic::Status> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(m.id) {
+            return Ok(());
+        }
+        let mut status = tonic::Status::unavailable("not the leader; retry at the leader");
+        if let Some(addr) = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        }) && let Ok(v) = addr.parse()
+        {
+            status.metadata_mut().insert(LEADER_HINT, v);
+        }
+        Err(status)
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<crate::command::Response, tonic::Status> {
+        self.proposer
+            .propose(cmd)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("not committed: {e}")))
+    }
+
+    /// The bundle as the API presents it.
+    pub fn bundle(&self) -> Result<pb::Bundle, tonic::Status> {
+        Ok(pb::Bundle {
+            trust_domain: self.gate.trust_domain().to_string(),
+            keys: bundle_keys(&self.sm)?,
+            members: self.members()?,
+        })
+    }
+
+    /// A source of the bundle for long-lived streams: keys and member addresses only (no
+    /// contact times), so it changes only when the trust or the membership does.
+    fn bundle_source(&self) -> BundleSource {
+        let (raft, sm, td) = (
+            self.raft.clone(),
+            self.sm.clone(),
+            self.gate.trust_domain().to_string(),
+        );
+        std::sync::Arc::new(move || {
+            let m = raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let voters: Vec<NodeId> = membership.voter_ids().collect();
+            Ok(pb::Bundle {
+                trust_domain: td.clone(),
+                keys: bundle_keys(&sm)?,
+                members: membership
+                    .nodes()
+                    .map(|(id, node)| pb::Member {
+                        node_id: *id,
+                        name: id.to_string(),
+                        address: node.addr.clone(),
+                        role: if voters.contains(id) {
+                            "voter"
+                        } else {
+                            "learner"
+                        }
+                        .into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn members(&self) -> Result<Vec<pb::Member>, tonic::Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let replication = m.replication.clone().unwrap_or_default();
+        let is_leader = m.current_leader == Some(m.id);
+        Ok(membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                node_id: *id,
+                name: id.to_string(),
+                address: node.addr.clone(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+                state: if m.current_leader == Some(*id) {
+                    "leader"
+                } else {
+                    "follower"
+                }
+                .into(),
+                last_contact_ms: if *id == m.id {
+                    Some(0)
+                } else if is_leader {
+                    self.contacts.since(*id).map(|d| d.as_millis() as u64)
+                } else {
+                    None
+                },
+                matched_index: replication.get(id).and_then(|l| l.map(|l| l.index)),
+            })
+            .collect())
+    }
+}
+
+pub(crate) fn key_kind_name(k: KeyKind) -> &'static str {
+    match k {
+        KeyKind::X509Ca => "x509-ca",
+        KeyKind::Biscuit => "biscuit",
+        KeyKind::Jwt => "jwt",
+        KeyKind::Audit => "audit",
+    }
+}
+
+pub(crate) fn key_status_name(s: KeyStatus) -> &'static str {
+    match s {
+        KeyStatus::Published => "published",
+        KeyStatus::Active => "active",
+        KeyStatus::Retired => "retired",
+        KeyStatus::Compromised => "compromised",
+    }
+}
+
+fn parse_kind(s: &str) -> Option<KeyKind> {
+    Some(match s {
+        "x509-ca" => KeyKind::X509Ca,
+        "biscuit" => KeyKind::Biscuit,
+        "jwt" => KeyKind::Jwt,
+        "audit" => KeyKind::Audit,
+        _ => return None,
+    })
+}
+
+impl AuthorityService {
+    /// A gated, audited read on the leader: the caller's capability must allow `operation` on
+    /// `resource`, and the read's audit record is committed before the state is read.
+    pub(crate) async fn read_gated<T>(
+        &self,
+        req: &tonic::Request<T>,
+        operation: Operation,
+        resource: &Resource,
+    ) -> Result<crate::StateReader, tonic::Status> {
+        self.require_leader()?;
+        let allowed = self.gate.check(req, operation, resource, None).await?;
+        self.gate.record(&allowed).await?;
+        self.sm.reader().map_err(status_of)
+    }
+
+    /// The Biscuit key this node mints with, under the id Raft gave it. A node that joined
+    /// learns that id only after its key was published, so the id is looked up in the bundle
+    /// when the key was loaded without one.
+    pub(crate) fn minting_key(&self) -> Result<ringzero_policy::token::RootKey, tonic::Status> {
+        minting_key(&self.keys, &self.sm)
+    }
+}
+
+/// See [`AuthorityService::minting_key`].
+pub(crate) fn minting_key(
+    keys: &NodeKeys,
+    sm: &StateMachineStore,
+) -> Result<ringzero_policy::token::RootKey, tonic::Status> {
+    let loaded = keys.biscuit.id().0;
+    let id = if loaded != 0 {
+        loaded
+    } else {
+        let own = keys.biscuit.public().key.to_bytes().to_vec();
+        sm.reader()
+            .map_err(status_of)?
+            .keys()
+            .map_err(status_of)?
+            .iter()
+            .find(|k| k.kind == KeyKind::Biscuit && k.public_der == own)
+            .and_then(|k| u32::try_from(k.id).ok())
+            .ok_or_else(|| {
+                tonic::Status::unavailable("this node's Biscuit key is not published yet")
+            })?
+    };
+    ringzero_policy::token::RootKey::from_private_text(
+        ringzero_policy::token::RootKeyId(id),
+        &keys.biscuit.private_text(),
+    )
+    .map_err(status_of)
+}
+
+/// Builds the bundle on demand (see [`AuthorityService::bundle_source`]).
+pub(crate) type BundleSource =
+    std::sync::Arc<dyn Fn() -> Result<pb::Bundle, tonic::Status> + Send + Sync>;
+
+/// The bundle's keys, every one with its status. A compromised key is published *as
+/// compromised*, never left out: a client only updates the keys it is sent, so an absent key
+/// would stay trusted wherever it was pinned. Every consumer excludes compromised keys from
+/// what it trusts (`ringzero_proto::client::bundle_cas`, `Profile::apply_bundle`).
+/// The trust bundle as verifiers receive it. Compromised keys are sent marked as such (so
+/// every verifier drops them, never merely forgets them). The CA of a member removed without
+/// `--compromised` is sent as retired until everything it was recorded issuing has expired,
+/// and then no more: verifiers outside the authority stop trusting it then.
+fn bundle_keys(sm: &StateMachineStore) -> Result<Vec<pb::BundleKey>, tonic::Status> {
+    let reader = sm.reader().map_err(status_of)?;
+    let keys = reader.keys().map_err(status_of)?;
+    let now = now_ms();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if k.kind == KeyKind::X509Ca && k.status == KeyStatus::Retired {
+            let until = match reader.issued_until(k.authority).map_err(status_of)? {
+                // Nothing recorded (a cluster older than the record): the longest lifetime an
+                // SVID can have, from the removal.
+                0 => reader
+                    .key_retired_ms(k.id)
+                    .map_err(status_of)?
+                    .unwrap_or(k.published_ms)
+                    .saturating_add(
+                        u64::try_from(crate::service::nodes::MAX_ENTRY_TTL.as_millis())
+                            .unwrap_or(u64::MAX),
+                    ),
+                t => t,
+            };
+            if until <= now {
+                continue;
+            }
+        }
+        out.push(k);
+    }
+    Ok(out
+        .into_iter()
+        .map(|k| pb::BundleKey {
+            key_id: k.id,
+            authority: k.authority,
+            kind: key_kind_name(k.kind).into(),
+            public_key: k.public_der,
+            status: key_status_name(k.status).into(),
+            not_after_ms: k.not_after_ms,
+        })
+        .collect())
+}
+
+fn res(s: &str) -> Result<Resource, tonic::Status> {
+    Resource::parse(s).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::authority_server::Authority for AuthorityService {
+    async fn get_bundle(
+        &self,
+        _req: tonic::Request<pb::GetBundleRequest>,
+    ) -> Result<tonic::Response<pb::Bundle>, tonic::Status> {
+        Ok(tonic::Response::new(self.bundle()?))
+    }
+
+    async fn redeem_join_token(
+        &self,
+        req: tonic::Request<pb::RedeemJoinTokenRequest>,
+    ) -> Result<tonic::Response<pb::RedeemJoinTokenReply>, tonic::Status> {
+        self.redeem_join_token_impl(req).await
+    }
+
+    async fn status(
+        &self,
+        req: tonic::Request<pb::StatusRequest>,
+    ) -> Result<tonic::Response<pb::StatusReply>, tonic::Status> {
+        self.status_impl(req).await
+    }
+
+    async fn members(
+        &self,
+        req: tonic::Request<pb::MembersRequest>,
+    ) -> Result<tonic::Response<pb::MembersReply>, tonic::Status> {
+        self.members_impl(req).await
+    }
+
+    async fn create_join_token(
+        &self,
+        req: tonic::Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<tonic::Response<pb::CreateJoinTokenReply>, tonic::Status> {
+        self.create_join_token_impl(req).await
+    }
+
+    async fn join_cluster(
+        &self,
+        req: tonic::Request<pb::JoinClusterRequest>,
+    ) -> Result<tonic::Response<pb::JoinClusterReply>, tonic::Status> {
+        self.join_cluster_impl(req).await
+    }
+
+    async fn remove_member(
+        &self,
+        req: tonic::Request<pb::RemoveMemberRequest>,
+    ) -> Result<tonic::Response<pb::RemoveMemberReply>, tonic::Status> {
+        self.remove_member_impl(req).await
+    }
+
+    async fn list_nodes(
+        &self,
+        req: tonic::Request<pb::ListNodesRequest>,
+    ) -> Result<tonic::Response<pb::ListNodesReply>, tonic::Status> {
+        self.list_nodes_impl(req).await
+    }
+
+    async fn set_node_status(
+        &self,
+        req: tonic::Request<pb::SetNodeStatusRequest>,
+    ) -> Result<tonic::Response<pb::SetNodeStatusReply>, tonic::Status> {
+        self.set_node_status_impl(req).await
+    }
+
+    async fn renew_node(
+        &self,
+        req: tonic::Request<pb::RenewNodeRequest>,
+    ) -> Result<tonic::Response<pb::RenewNodeReply>, tonic::Status> {
+        self.renew_node_impl(req).await
+    }
+
+    async fn mint_svids(
+        &self,
+        req: tonic::Request<pb::MintSvidsRequest>,
+    ) -> Result<tonic::Response<pb::MintSvidsReply>, tonic::Status> {
+        self.mint_svids_impl(req).await
+    }
+
+    async fn sync_entries(
+        &self,
+        req: tonic::Request<pb::SyncEntriesRequest>,
+    ) -> Result<tonic::Response<nodes::SyncStream>, tonic::Status> {
+        self.sync_entries_impl(req).await
+    }
+
+    async fn create_entry(
+        &self,
+        req: tonic::Request<pb::PutEntryRequest>,
+    ) -> Result<tonic::Response<pb::EntryReply>, tonic::Status> {
+        self.create_entry_impl(req).await
+    }
+
+    async fn update_entry(
+        &self,
+        req: tonic::Request<pb::PutEntryRequest>,
+    ) -> Result<tonic::Response<pb::EntryReply>, tonic::Status> {
+        self.update_entry_impl(req).await
+    }
+
+    async fn delete_entry(
+        &self,
+        req: tonic::Request<pb::DeleteEntryRequest>,
+    ) -> Result<tonic::Response<pb::DeleteEntryReply>, tonic::Status> {
+        self.delete_entry_impl(req).await
+    }
+
+    async fn get_entry(
+        &self,
+        req: tonic::Request<pb::GetEntryRequest>,
+    ) -> Result<tonic::Response<pb::EntryReply>, tonic::Status> {
+        self.get_entry_impl(req).await
+    }
+
+    async fn list_entries(
+        &self,
+        req: tonic::Request<pb::ListEntriesRequest>,
+    ) -> Result<tonic::Response<pb::ListEntriesReply>, tonic::Status> {
+        self.list_entries_impl(req).await
+    }
+
+    async fn get_tree_head(
+        &self,
+        req: tonic::Request<pb::GetTreeHeadRequest>,
+    ) -> Result<tonic::Response<pb::SignedTreeHead>, tonic::Status> {
+        self.get_tree_head_impl(req).await
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        req: tonic::Request<pb::InclusionProofRequest>,
+    ) -> Result<tonic::Response<pb::ProofReply>, tonic::Status> {
+        self.get_inclusion_proof_impl(req).await
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        req: tonic::Request<pb::ConsistencyProofRequest>,
+    ) -> Result<tonic::Response<pb::ProofReply>, tonic::Status> {
+        self.get_consistency_proof_impl(req).await
+    }
+
+    async fn query_audit(
+        &self,
+        req: tonic::Request<pb::QueryAuditRequest>,
+    ) -> Result<tonic::Response<pb::QueryAuditReply>, tonic::Status> {
+        self.query_audit_impl(req).await
+    }
+
+    async fn tail_audit(
+        &self,
+        req: tonic::Request<pb::TailAuditRequest>,
+    ) -> Result<tonic::Response<audit::RecordStream>, tonic::Status> {
+        self.tail_audit_impl(req).await
+    }
+
+    async fn export_audit(
+        &self,
+        req: tonic::Request<pb::ExportAuditRequest>,
+    ) -> Result<tonic::Response<audit::ExportStream>, tonic::Status> {
+        self.export_audit_impl(req).await
+    }
+
+    async fn seal_audit(
+        &self,
+        req: tonic::Request<pb::SealAuditRequest>,
+    ) -> Result<tonic::Response<pb::SealAuditReply>, tonic::Status> {
+        self.seal_audit_impl(req).await
+    }
+
+    async fn add_user(
+        &self,
+        req: tonic::Request<pb::AddUserRequest>,
+    ) -> Result<tonic::Response<pb::UserCredentials>, tonic::Status> {
+        self.add_user_impl(req).await
+    }
+
+    async fn invite_user(
+        &self,
+        req: tonic::Request<pb::InviteUserRequest>,
+    ) -> Result<tonic::Response<pb::InviteReply>, tonic::Status> {
+        self.invite_user_impl(req).await
+    }
+
+    async fn login(
+        &self,
+        req: tonic::Request<pb::LoginRequest>,
+    ) -> Result<tonic::Response<pb::UserCredentials>, tonic::Status> {
+        self.login_impl(req).await
+    }
+
+    async fn list_users(
+        &self,
+        req: tonic::Request<pb::ListUsersRequest>,
+    ) -> Result<tonic::Response<pb::ListUsersReply>, tonic::Status> {
+        self.list_users_impl(req).await
+    }
+
+    async fn remove_user(
+        &self,
+        req: tonic::Request<pb::RemoveUserRequest>,
+    ) -> Result<tonic::Response<pb::RemoveUserReply>, tonic::Status> {
+        self.remove_user_impl(req).await
+    }
+
+    async fn suspend_user(
+        &self,
+        req: tonic::Request<pb::SuspendUserRequest>,
+    ) -> Result<tonic::Response<pb::SuspendUserReply>, tonic::Status> {
+        self.suspend_user_impl(req).await
+    }
+
+    async fn apply_roles(
+        &self,
+        req: tonic::Request<pb::ApplyRolesRequest>,
+    ) -> Result<tonic::Response<pb::ApplyRolesReply>, tonic::Status> {
+        self.apply_roles_impl(req).await
+    }
+
+    async fn list_roles(
+        &self,
+        req: tonic::Request<pb::ListRolesRequest>,
+    ) -> Result<tonic::Response<pb::ListRolesReply>, tonic::Status> {
+        self.list_roles_impl(req).await
+    }
+
+    async fn mint_token(
+        &self,
+        req: tonic::Request<pb::MintTokenRequest>,
+    ) -> Result<tonic::Response<pb::MintTokenReply>, tonic::Status> {
+        self.mint_token_impl(req).await
+    }
+
+    async fn revoke_token(
+        &self,
+        req: tonic::Request<pb::RevokeTokenRequest>,
+    ) -> Result<tonic::Response<pb::RevokeTokenReply>, tonic::Status> {
+        self.revoke_token_impl(req).await
+    }
+}
