@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use ringzero_policy::{NodeName, Operation, Resource, SpiffeId};
 
-use crate::types::NodeId;
+/// A Raft node id. Assigned once when a node joins; never reused.
+pub type NodeId = u64;
 
 /// The current encoding version of [`Command`].
 pub const COMMAND_VERSION: u8 = 1;

@@ -1,9 +1,7 @@
 //! The openraft type configuration of the authority cluster.
 
+pub use crate::command::NodeId;
 use crate::command::{Batch, Response};
-
-/// A Raft node id. Assigned once when a node joins; never reused.
-pub type NodeId = u64;
 
 openraft::declare_raft_types!(
     /// ringzero's Raft types: batches of commands in, one response per command out, snapshots

@@ -4,69 +4,10 @@ use openraft::EntryPayload;
 use redb::{ReadableTable, WriteTransaction};
 use subtle::ConstantTimeEq;
 
+use super::rows::*;
 use super::*;
 use crate::command::{Command, Op, Rejection};
 use crate::types::{Entry, StoredMembership};
-
-pub(crate) fn meta_get(tx: &WriteTransaction, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-    let t = tx.open_table(META)?;
-    Ok(t.get(key.as_bytes())?.map(|v| v.value().to_vec()))
-}
-
-pub(crate) fn meta_put(tx: &WriteTransaction, key: &str, value: &[u8]) -> Result<(), StateError> {
-    let mut t = tx.open_table(META)?;
-    t.insert(key.as_bytes(), value)?;
-    Ok(())
-}
-
-/// The current value of a counter (0 before its first use).
-pub(crate) fn counter(tx: &WriteTransaction, key: &str) -> Result<u64, StateError> {
-    match meta_get(tx, key)? {
-        Some(b) => read_u64(&b),
-        None => Ok(0),
-    }
-}
-
-fn next_counter(tx: &WriteTransaction, key: &str) -> Result<u64, StateError> {
-    let current = match meta_get(tx, key)? {
-        Some(b) => {
-            u64::from_be_bytes(b.as_slice().try_into().map_err(|_| StateError::Corrupt {
-                table: "meta",
-                detail: format!("counter {key}"),
-            })?)
-        }
-        None => 0,
-    };
-    let next = current + 1;
-    meta_put(tx, key, &be(next))?;
-    Ok(next)
-}
-
-fn get<T: for<'de> serde::Deserialize<'de>>(
-    tx: &WriteTransaction,
-    table: Raw,
-    name: &'static str,
-    key: &[u8],
-) -> Result<Option<T>, StateError> {
-    let t = tx.open_table(table)?;
-    let v = t.get(key)?;
-    v.map(|v| decode(name, v.value())).transpose()
-}
-
-fn put<T: serde::Serialize>(
-    tx: &WriteTransaction,
-    table: Raw,
-    key: &[u8],
-    value: &T,
-) -> Result<(), StateError> {
-    let bytes = encode(value)?;
-    tx.open_table(table)?.insert(key, bytes.as_slice())?;
-    Ok(())
-}
-
-fn remove(tx: &WriteTransaction, table: Raw, key: &[u8]) -> Result<bool, StateError> {
-    Ok(tx.open_table(table)?.remove(key)?.is_some())
-}
 
 /// Applies one log entry and records it as the last applied, in `tx`.
 pub(crate) fn apply_entry(
@@ -571,15 +512,6 @@ fn record_change(
     )
 }
 
-pub(crate) fn read_u64(v: &[u8]) -> Result<u64, StateError> {
-    Ok(u64::from_be_bytes(v.try_into().map_err(|_| {
-        StateError::Corrupt {
-            table: "u64",
-            detail: "not 8 bytes".into(),
-        }
-    })?))
-}
-
 /// Moves every unexpired serial recorded for `node` to the revoked serials.
 fn revoke_node_serials(tx: &WriteTransaction, node: &str, now: u64) -> Result<(), StateError> {
     let start = compound(node, b"");
@@ -648,23 +580,4 @@ fn revoke_user_credentials(tx: &WriteTransaction, user: &str, now: u64) -> Resul
     // The user's own capabilities, and every token minted from them.
     let live: Vec<(Vec<u8>, u64)> = tokens.into_iter().filter(|(_, t)| *t > now).collect();
     super::lineage::revoke_with_descendants(tx, &live)
-}
-
-pub(crate) fn purge_where(
-    tx: &WriteTransaction,
-    table: Raw,
-    expired: impl Fn(&[u8]) -> Result<bool, StateError>,
-) -> Result<(), StateError> {
-    let mut t = tx.open_table(table)?;
-    let mut doomed = Vec::new();
-    for row in t.iter()? {
-        let (k, v) = row?;
-        if expired(v.value())? {
-            doomed.push(k.value().to_vec());
-        }
-    }
-    for k in doomed {
-        t.remove(k.as_slice())?;
-    }
-    Ok(())
 }

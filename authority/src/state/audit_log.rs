@@ -120,7 +120,7 @@ pub(crate) fn append(tx: &WriteTransaction, a: &StoredAudit) -> Result<(), State
 
 /// The number of records (sealed ones included): the tree size.
 pub(crate) fn size_in(tx: &WriteTransaction) -> Result<u64, StateError> {
-    super::apply::counter(tx, CTR_AUDIT)
+    super::rows::counter(tx, CTR_AUDIT)
 }
 
 /// Drops the live records before `up_to` (and their index rows), keeping the tree.
@@ -224,7 +224,7 @@ impl StateReader {
     pub fn audit_size(&self) -> Result<u64, StateError> {
         let t = self.tx.open_table(META)?;
         match t.get(CTR_AUDIT.as_bytes())? {
-            Some(v) => super::apply::read_u64(v.value()),
+            Some(v) => super::rows::read_u64(v.value()),
             None => Ok(0),
         }
     }
@@ -233,7 +233,7 @@ impl StateReader {
     pub fn audit_sealed_up_to(&self) -> Result<u64, StateError> {
         let t = self.tx.open_table(META)?;
         match t.get(META_AUDIT_SEALED.as_bytes())? {
-            Some(v) => super::apply::read_u64(v.value()),
+            Some(v) => super::rows::read_u64(v.value()),
             None => Ok(0),
         }
     }
@@ -282,7 +282,7 @@ impl StateReader {
                 table: "audit index",
                 detail: "short key".into(),
             })?;
-            super::apply::read_u64(&k[tail..])
+            super::rows::read_u64(&k[tail..])
         };
         if let Some(key) = q
             .actor

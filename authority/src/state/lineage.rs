@@ -9,7 +9,7 @@ use std::collections::{HashSet, VecDeque};
 
 use redb::{ReadableTable, WriteTransaction};
 
-use super::apply::read_u64;
+use super::rows::read_u64;
 use super::*;
 
 /// The most tokens one revocation follows through the lineage (a bound on one apply's work;
@@ -96,10 +96,10 @@ pub(crate) fn revoke_with_descendants(
 
 /// Drops mint records and lineage edges of tokens expired by `now`.
 pub(crate) fn purge_expired(tx: &WriteTransaction, now: u64) -> Result<(), StateError> {
-    super::apply::purge_where(tx, MINTED, |v| {
+    super::rows::purge_where(tx, MINTED, |v| {
         Ok(decode::<MintRecord>("minted", v)?.expires_ms <= now)
     })?;
-    super::apply::purge_where(tx, MINT_CHILDREN, |v| Ok(read_u64(v)? <= now))
+    super::rows::purge_where(tx, MINT_CHILDREN, |v| Ok(read_u64(v)? <= now))
 }
 
 /// Raises the recorded end of what member `authority` issued to `not_after_ms`.
@@ -109,12 +109,12 @@ pub(crate) fn mark_issued_until(
     not_after_ms: u64,
 ) -> Result<(), StateError> {
     let key = format!("{META_ISSUED_UNTIL}{authority}");
-    let current = match super::apply::meta_get(tx, &key)? {
+    let current = match super::rows::meta_get(tx, &key)? {
         Some(v) => read_u64(&v)?,
         None => 0,
     };
     if not_after_ms > current {
-        super::apply::meta_put(tx, &key, &be(not_after_ms))?;
+        super::rows::meta_put(tx, &key, &be(not_after_ms))?;
     }
     Ok(())
 }

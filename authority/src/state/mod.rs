@@ -9,6 +9,7 @@
 mod apply;
 mod lineage;
 mod read;
+mod rows;
 
 use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
@@ -20,9 +21,10 @@ use crate::command::{
 use crate::types::NodeId;
 
 mod audit_log;
-pub(crate) use self::apply::{apply_entry, meta_put};
+pub(crate) use self::apply::apply_entry;
 pub use self::audit_log::{AuditQuery, AuditTree, audit_entry};
 pub use self::read::StateReader;
+pub(crate) use self::rows::meta_put;
 
 pub(crate) type Raw = TableDefinition<'static, &'static [u8], &'static [u8]>;
 

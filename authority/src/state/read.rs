@@ -309,7 +309,7 @@ impl StateReader {
     pub fn key_retired_ms(&self, id: u64) -> Result<Option<u64>, StateError> {
         let t = self.tx.open_table(KEY_RETIRED)?;
         t.get(&be(id)[..])?
-            .map(|v| super::apply::read_u64(v.value()))
+            .map(|v| super::rows::read_u64(v.value()))
             .transpose()
     }
 
@@ -318,7 +318,7 @@ impl StateReader {
         let t = self.tx.open_table(META)?;
         let key = format!("{META_ISSUED_UNTIL}{authority}");
         Ok(match t.get(key.as_bytes())? {
-            Some(v) => super::apply::read_u64(v.value())?,
+            Some(v) => super::rows::read_u64(v.value())?,
             None => 0,
         })
     }
@@ -364,7 +364,7 @@ impl StateReader {
         let mut out = Vec::new();
         for row in t.iter()? {
             let (k, v) = row?;
-            out.push((k.value().to_vec(), super::apply::read_u64(v.value())?));
+            out.push((k.value().to_vec(), super::rows::read_u64(v.value())?));
         }
         Ok(out)
     }
@@ -375,7 +375,7 @@ impl StateReader {
         let mut out = Vec::new();
         for row in t.iter()? {
             let (k, v) = row?;
-            out.push((k.value().to_vec(), super::apply::read_u64(v.value())?));
+            out.push((k.value().to_vec(), super::rows::read_u64(v.value())?));
         }
         Ok(out)
     }

@@ -10,6 +10,7 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::FromDer;
 
+use super::der::parse_err;
 use super::{MAX_DER_LEN, NOT_BEFORE_BACKDATE, SvidError};
 use crate::spiffe::{SpiffeId, TrustDomain};
 
@@ -166,7 +167,7 @@ impl SigningCa {
         if !parsed.is_ca() {
             return Err(SvidError::BadIntermediate("not a CA certificate"));
         }
-        let id = super::validate::uri_sans(&parsed)?
+        let id = super::der::uri_sans(&parsed)?
             .into_iter()
             .next()
             .ok_or(SvidError::NoUriSan)?;
@@ -412,11 +413,4 @@ fn random_serial() -> Result<SerialNumber, SvidError> {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01; // never a leading zero byte, so the DER length is fixed
     Ok(SerialNumber::from_slice(&bytes))
-}
-
-pub(super) fn parse_err(what: &'static str, e: impl std::fmt::Display) -> SvidError {
-    SvidError::Parse {
-        what,
-        detail: e.to_string(),
-    }
 }

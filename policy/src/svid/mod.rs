@@ -11,6 +11,7 @@
 //!   from the issuer's decision.
 
 mod ca;
+mod der;
 mod validate;
 
 use std::time::Duration;

@@ -5,10 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::FromDer;
 
-use super::ca::parse_err;
+use super::der::{parse_cert, parse_err, uri_sans};
 use super::{MAX_CHAIN_LEN, MAX_DER_LEN, SvidError};
 use crate::spiffe::{Principal, SpiffeId, TrustDomain};
 
@@ -341,32 +339,6 @@ fn leaf_spiffe_id(leaf: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
         }
         many => Err(SvidError::MultipleUriSans(many.len())),
     }
-}
-
-pub(super) fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, SvidError> {
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| parse_err("subject alternative name", e))?;
-    Ok(san
-        .map(|ext| {
-            ext.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(*u),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-fn parse_cert<'a>(der: &'a [u8]) -> Result<X509Certificate<'a>, SvidError> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| parse_err("certificate", e))?;
-    if !rest.is_empty() {
-        return Err(parse_err("certificate", "trailing bytes"));
-    }
-    Ok(cert)
 }
 
 /// The signature algorithms of rustls' ring provider: one list for path validation and for the
