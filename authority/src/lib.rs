@@ -23,6 +23,8 @@
 
 pub mod command;
 pub mod first_contact;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod gate;
 pub mod keys;
 pub mod net;

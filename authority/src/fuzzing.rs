@@ -1,0 +1,36 @@
+//! Entry points for fuzzing what the network hands the authority (feature `fuzzing`): the
+//! bytes of a Raft message as the Raft service decodes and checks them, and a command batch as
+//! apply decodes and validates it. Each must return for any input; none may panic.
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+
+use crate::command::Batch;
+use crate::{NodeId, TypeConfig};
+
+/// Decodes `data` as each Raft message the service accepts and runs the checks it runs before
+/// openraft sees a message, for a sender `data[0]` names.
+pub fn raft_message(data: &[u8]) {
+    let sender = NodeId::from(data.first().copied().unwrap_or(0));
+    if let Ok(rpc) = postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(data) {
+        let _ = crate::raft_guard::sender_matches(sender, &rpc.vote, "AppendEntries");
+        let _ = crate::raft_guard::check_append(&rpc);
+        for e in &rpc.entries {
+            if let openraft::EntryPayload::Normal(batch) = &e.payload {
+                for cmd in &batch.0 {
+                    let _ = cmd.validate();
+                }
+            }
+        }
+    }
+    if let Ok(rpc) = postcard::from_bytes::<VoteRequest<NodeId>>(data) {
+        let _ = crate::raft_guard::sender_matches(sender, &rpc.vote, "Vote");
+    }
+    if let Ok(rpc) = postcard::from_bytes::<InstallSnapshotRequest<TypeConfig>>(data) {
+        let _ = crate::raft_guard::sender_matches(sender, &rpc.vote, "InstallSnapshot");
+    }
+    if let Ok(batch) = Batch::decode(data) {
+        for cmd in &batch.0 {
+            let _ = cmd.validate();
+        }
+    }
+}
