@@ -24,6 +24,7 @@ use crate::{NodeId, Proposer, Raft};
 
 mod agents;
 mod audit;
+mod blast;
 mod tokens;
 mod users;
 pub use agents::{
@@ -1149,5 +1150,12 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::RevokeTokenRequest>,
     ) -> Result<tonic::Response<pb::RevokeTokenReply>, tonic::Status> {
         self.revoke_token_impl(req).await
+    }
+
+    async fn blast_radius(
+        &self,
+        req: tonic::Request<pb::BlastRadiusRequest>,
+    ) -> Result<tonic::Response<pb::BlastRadiusReply>, tonic::Status> {
+        self.blast_radius_impl(req).await
     }
 }
