@@ -113,9 +113,10 @@ pub(crate) struct BlastRadiusArgs {
     /// node/NAME, user/NAME, authority/ID, or the word `token` followed by the token.
     #[arg(value_name = "PRINCIPAL|token")]
     pub(crate) target: String,
-    /// After `token`: the token, '-' for stdin, or @FILE.
+    /// After `token`: the token, '-' for stdin, or @FILE. (Not named `token`: that is the
+    /// global flag for the capability presented, and clap would merge the two.)
     #[arg(value_name = "TOKEN|-|@FILE")]
-    pub(crate) token: Option<String>,
+    pub(crate) assessed: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,

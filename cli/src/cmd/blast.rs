@@ -18,7 +18,7 @@ use crate::input::read_secret;
 fn request(a: &BlastRadiusArgs) -> Result<pb::BlastRadiusRequest, super::Failure> {
     let target = a.target.trim();
     if target == "token" {
-        let arg = a.token.as_deref().ok_or_else(|| {
+        let arg = a.assessed.as_deref().ok_or_else(|| {
             bad_input_msg("blast-radius token: give the token (TOKEN, @FILE or -)")
         })?;
         let token = read_secret(arg).map_err(bad_input)?;
@@ -29,7 +29,7 @@ fn request(a: &BlastRadiusArgs) -> Result<pb::BlastRadiusRequest, super::Failure
             token,
         });
     }
-    if a.token.is_some() {
+    if a.assessed.is_some() {
         return Err(bad_input_msg(format!(
             "unexpected argument after {target:?} (only `token` takes one)"
         )));
@@ -411,14 +411,39 @@ fn dash(s: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
+
     use super::*;
 
     fn args(target: &str, token: Option<&str>) -> BlastRadiusArgs {
         BlastRadiusArgs {
             target: target.into(),
-            token: token.map(str::to_owned),
+            assessed: token.map(str::to_owned),
             json: false,
         }
+    }
+
+    #[test]
+    fn the_assessed_token_is_never_the_presented_one() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "ringzero",
+            "blast-radius",
+            "token",
+            "@assessed.token",
+        ])
+        .ok();
+        let Some(cli) = cli else {
+            panic!("blast-radius token @FILE does not parse")
+        };
+        assert!(
+            cli.global.token.is_none(),
+            "the assessed token was presented"
+        );
+        let crate::cli::Command::BlastRadius(a) = cli.command else {
+            panic!("not blast-radius")
+        };
+        assert_eq!(a.assessed.as_deref(), Some("@assessed.token"));
     }
 
     #[test]
