@@ -2,13 +2,14 @@
 //! (or token) could reach if it were compromised now — SPIFFE IDs, rights, until when — and the
 //! commands that cut it off, as the authority computes it from its live state.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use ringzero_policy::NodeName;
 use ringzero_proto::pb;
 
-use super::session::{print_table, refused, runtime, session};
+use super::session::{refused, render_table, runtime, session};
 use super::{Outcome, bad_input, bad_input_msg, failed};
 use crate::cli::{BlastRadiusArgs, GlobalArgs};
 use crate::input::read_secret;
@@ -68,14 +69,14 @@ pub(crate) fn run(global: &GlobalArgs, a: BlastRadiusArgs) -> Outcome {
             })
             .await
             .map_err(|e| refused(e, &what))?;
-        if a.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&to_json(&reply)).map_err(failed)?
-            );
+        let text = if a.json {
+            let mut t = serde_json::to_string_pretty(&to_json(&reply)).map_err(failed)?;
+            t.push('\n');
+            t
         } else {
-            print_report(&reply);
-        }
+            report(&reply)
+        };
+        emit(&text)?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -188,14 +189,47 @@ fn short(id: &str) -> String {
     }
 }
 
-fn print_report(r: &pb::BlastRadiusReply) {
-    println!("blast radius of {} ({}, {})", r.principal, r.kind, r.status);
+/// Appends one line to a report (writing to a `String` cannot fail).
+macro_rules! out {
+    ($o:expr) => {
+        $o.push('\n')
+    };
+    ($o:expr, $($arg:tt)*) => {{
+        let _ = writeln!($o, $($arg)*);
+    }};
+}
 
-    println!();
+fn table<const N: usize>(o: &mut String, rows: &[[String; N]]) {
+    for line in render_table(rows) {
+        out!(o, "{line}");
+    }
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) ends the output quietly.
+fn emit(text: &str) -> Result<(), super::Failure> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(failed(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The readable report.
+fn report(r: &pb::BlastRadiusReply) -> String {
+    let mut o = String::new();
+    out!(
+        o,
+        "blast radius of {} ({}, {})",
+        r.principal,
+        r.kind,
+        r.status
+    );
+
+    out!(o);
     if r.all_identities {
-        println!("SPIFFE IDs: every ID of the trust domain");
+        out!(o, "SPIFFE IDs: every ID of the trust domain");
     } else {
-        println!("SPIFFE IDs it could obtain: {}", r.identities.len());
+        out!(o, "SPIFFE IDs it could obtain: {}", r.identities.len());
     }
     if !r.identities.is_empty() {
         let mut rows = vec![[
@@ -219,11 +253,11 @@ fn print_report(r: &pb::BlastRadiusReply) {
             }
             rows.push([i.spiffe_id.clone(), i.via.clone(), detail.join("; ")]);
         }
-        print_table(&rows);
+        table(&mut o, &rows);
     }
 
-    println!();
-    println!("Rights it could exercise: {}", r.rights.len());
+    out!(o);
+    out!(o, "Rights it could exercise: {}", r.rights.len());
     if !r.rights.is_empty() {
         let mut rows = vec![[
             "OPERATION".to_owned(),
@@ -239,24 +273,26 @@ fn print_report(r: &pb::BlastRadiusReply) {
                 x.bound.clone(),
             ]
         }));
-        print_table(&rows);
+        table(&mut o, &rows);
     }
 
-    println!();
+    out!(o);
     match (r.until_cut_off, r.until_ms) {
-        (true, 0) => println!("Until: it is cut off"),
-        (true, t) => println!(
-            "Until: it is cut off; what it holds now stays valid until {}",
+        (true, 0) => out!(o, "Until: it is cut off"),
+        (true, t) => out!(
+            o,
+            "Until: it is cut off; what it already obtained stays valid until {}",
             time_ms(t)
         ),
-        (false, 0) => println!("Until: nothing it holds is valid now"),
-        (false, t) => println!("Until: {}", time_ms(t)),
+        (false, 0) => out!(o, "Until: nothing it holds is valid now"),
+        (false, t) => out!(o, "Until: {}", time_ms(t)),
     }
 
     if let Some(t) = &r.token {
-        println!();
-        println!("Token (never shown): subject {}", dash(&t.subject));
-        println!(
+        out!(o);
+        out!(o, "Token (never shown): subject {}", dash(&t.subject));
+        out!(
+            o,
             "  signature {} (root key {}), expires {}, minted by {}",
             t.signature,
             t.root_key_id,
@@ -264,7 +300,8 @@ fn print_report(r: &pb::BlastRadiusReply) {
             dash(&t.minted_by)
         );
         if !t.bound_peers.is_empty() || !t.bound_nodes.is_empty() {
-            println!(
+            out!(
+                o,
                 "  bound to peer {} node {}",
                 dash(&t.bound_peers.join(", ")),
                 dash(&t.bound_nodes.join(", "))
@@ -302,7 +339,8 @@ fn print_report(r: &pb::BlastRadiusReply) {
             } else {
                 ""
             };
-            println!(
+            out!(
+                o,
                 "  block {} ({}){revoked}: {}",
                 b.index,
                 short(&b.revocation_id),
@@ -310,13 +348,13 @@ fn print_report(r: &pb::BlastRadiusReply) {
             );
         }
         if !t.cut_off_reason.is_empty() {
-            println!("  cut off: {}", t.cut_off_reason);
+            out!(o, "  cut off: {}", t.cut_off_reason);
         }
     }
 
     if !r.credentials.is_empty() {
-        println!();
-        println!("Credentials it holds:");
+        out!(o);
+        out!(o, "Credentials it holds:");
         let mut rows = vec![[
             "KIND".to_owned(),
             "ID".to_owned(),
@@ -331,7 +369,7 @@ fn print_report(r: &pb::BlastRadiusReply) {
                 if c.revoked { "revoked" } else { "valid" }.to_owned(),
             ]
         }));
-        print_table(&rows);
+        table(&mut o, &rows);
     }
     for (title, list) in [
         ("Delegations it holds:", &r.held),
@@ -340,8 +378,8 @@ fn print_report(r: &pb::BlastRadiusReply) {
         if list.is_empty() {
             continue;
         }
-        println!();
-        println!("{title}");
+        out!(o);
+        out!(o, "{title}");
         let mut rows = vec![[
             "REVOCATION ID".to_owned(),
             "MINTER".to_owned(),
@@ -365,11 +403,11 @@ fn print_report(r: &pb::BlastRadiusReply) {
                 .to_owned(),
             ]
         }));
-        print_table(&rows);
+        table(&mut o, &rows);
     }
     if !r.keys.is_empty() {
-        println!();
-        println!("Keys:");
+        out!(o);
+        out!(o, "Keys:");
         let mut rows = vec![[
             "KEY".to_owned(),
             "KIND".to_owned(),
@@ -384,25 +422,26 @@ fn print_report(r: &pb::BlastRadiusReply) {
                 time_ms(k.trusted_until_ms),
             ]
         }));
-        print_table(&rows);
+        table(&mut o, &rows);
     }
 
-    println!();
+    out!(o);
     if r.cut_off.is_empty() {
-        println!("Cut off: nothing left to do");
+        out!(o, "Cut off: nothing left to do");
     } else {
-        println!("Cut it off with:");
+        out!(o, "Cut it off with:");
         for c in &r.cut_off {
-            println!("  {c}");
+            out!(o, "  {c}");
         }
     }
     if !r.notes.is_empty() {
-        println!();
-        println!("Notes:");
+        out!(o);
+        out!(o, "Notes:");
         for n in &r.notes {
-            println!("  - {n}");
+            out!(o, "  - {n}");
         }
     }
+    o
 }
 
 fn dash(s: &str) -> &str {

@@ -118,10 +118,11 @@ impl AuthorityService {
         }
         if svid_until > 0 || longest_ttl > 0 {
             notes.push(format!(
-                "workload SVIDs already issued stay valid until they expire, even after the \
-                 node is cut off (the latest recorded one until `until`; any new one lives at \
-                 most its entry's TTL, here up to {longest_ttl} s): X.509 verifiers outside \
-                 the authority see revoked serials only through the agents' revocation feed"
+                "workload SVIDs already issued stay valid until they expire, even once the \
+                 node is cut off: X.509 verifiers outside the authority see revoked serials \
+                 only through the agents' revocation feed; so the reach ends at the latest \
+                 recorded expiry (until), and an SVID issued later lives at most its entry's \
+                 TTL (here up to {longest_ttl} s)"
             ));
         }
         let pending: Vec<u64> = r
@@ -267,14 +268,8 @@ impl AuthorityService {
                     "every operation on every resource: it holds signing keys",
                 )],
                 until_cut_off: true,
-                until_ms: issued_until.max(
-                    out_keys
-                        .iter()
-                        .filter(|k| k.kind == "x509-ca")
-                        .map(|k| k.trusted_until_ms)
-                        .max()
-                        .unwrap_or(0),
-                ),
+                // What it issued outlives a plain removal until then (not `--compromised`).
+                until_ms: issued_until,
                 ..Default::default()
             }
         } else {

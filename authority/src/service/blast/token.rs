@@ -213,13 +213,22 @@ impl AuthorityService {
                 if first_hex != last_hex {
                     cut_off.push(format!("ringzero token revoke --id {first_hex}"));
                 }
-                notes.push(format!(
-                    "revoking its last block ({}…) kills it and every attenuation of it; \
-                     revoking its first block ({}…) kills it, its parent token and everything \
-                     minted from either",
-                    &last_hex[..last_hex.len().min(16)],
-                    &first_hex[..first_hex.len().min(16)]
-                ));
+                let short = |h: &str| h[..h.len().min(16)].to_owned();
+                notes.push(if first_hex == last_hex {
+                    format!(
+                        "revoking its block ({}…) kills it, every attenuation of it and every \
+                         token minted from them",
+                        short(&last_hex)
+                    )
+                } else {
+                    format!(
+                        "revoking its last block ({}…) kills it, every attenuation of it and \
+                         every token minted from them; revoking its first block ({}…) also kills \
+                         the token it was attenuated from and everything minted from that",
+                        short(&last_hex),
+                        short(&first_hex)
+                    )
+                });
             }
             "revoked" => notes.push("revoked: every verifier refuses it".into()),
             "cut_off" => notes.push(format!(
