@@ -257,7 +257,22 @@ fn report(r: &pb::BlastRadiusReply) -> String {
     }
 
     out!(o);
-    out!(o, "Rights it could exercise: {}", r.rights.len());
+    // Rights are reported as they stand even when the principal is cut off (a resumed user
+    // gets them back); the heading says whether they can be used now.
+    let usable = matches!(
+        r.status.as_str(),
+        "active" | "member" | "valid" | "not_enrolled"
+    );
+    if usable {
+        out!(o, "Rights it could exercise: {}", r.rights.len());
+    } else {
+        out!(
+            o,
+            "Rights (none usable while {}): {}",
+            r.status,
+            r.rights.len()
+        );
+    }
     if !r.rights.is_empty() {
         let mut rows = vec![[
             "OPERATION".to_owned(),
@@ -299,13 +314,11 @@ fn report(r: &pb::BlastRadiusReply) -> String {
             time_ms(t.expires_ms),
             dash(&t.minted_by)
         );
-        if !t.bound_peers.is_empty() || !t.bound_nodes.is_empty() {
-            out!(
-                o,
-                "  bound to peer {} node {}",
-                dash(&t.bound_peers.join(", ")),
-                dash(&t.bound_nodes.join(", "))
-            );
+        if !t.bound_peers.is_empty() {
+            out!(o, "  bound to peer {}", t.bound_peers.join(", "));
+        }
+        if !t.bound_nodes.is_empty() {
+            out!(o, "  bound to node {}", t.bound_nodes.join(", "));
         }
         for b in &t.blocks {
             let mut says = Vec::new();

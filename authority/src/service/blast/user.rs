@@ -160,8 +160,9 @@ impl AuthorityService {
             cut_off.push(format!("ringzero user remove {name}"));
             notes.push(format!(
                 "suspended: its certificates open nothing, it cannot renew, and no token it \
-                 minted (or minted from those) is honoured; `ringzero user resume {name}` would \
-                 restore them, `user remove` makes it final"
+                 minted (or minted from those) is honoured; `ringzero user resume {name}` \
+                 would restore its unexpired credentials and delegations, `user remove` makes \
+                 it final"
             ));
             "suspended"
         } else {
@@ -199,7 +200,8 @@ impl AuthorityService {
             all_identities,
             rights,
             until_cut_off: !suspended,
-            until_ms,
+            // A suspended user's credentials open nothing (until it is resumed).
+            until_ms: if suspended { 0 } else { until_ms },
             credentials,
             minted,
             held,
