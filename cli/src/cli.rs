@@ -92,6 +92,34 @@ Examples:
     /// Roles: the built-in ones and custom ones applied from a TOML file.
     #[command(subcommand)]
     Role(RoleCommand),
+    /// If a node, user, authority member or token were compromised now: which SPIFFE IDs the
+    /// attacker could obtain, which rights it could exercise, until when, and how to cut it off.
+    #[command(after_help = BLAST_HELP)]
+    BlastRadius(BlastRadiusArgs),
+}
+
+const BLAST_HELP: &str = "\
+Answered by the authority from its live state (needs audit:read; the question is audited).
+A token is read from its argument, '-' (stdin) or @FILE, and never printed back.
+
+Examples:
+  ringzero --profile admin.profile blast-radius node/n7
+  ringzero blast-radius user/alice --json
+  ringzero blast-radius authority/2
+  ringzero blast-radius token @ci.token";
+
+#[derive(Debug, Args)]
+pub(crate) struct BlastRadiusArgs {
+    /// node/NAME, user/NAME, authority/ID, or the word `token` followed by the token.
+    #[arg(value_name = "PRINCIPAL|token")]
+    pub(crate) target: String,
+    /// After `token`: the token, '-' for stdin, or @FILE. (Not named `token`: that is the
+    /// global flag for the capability presented, and clap would merge the two.)
+    #[arg(value_name = "TOKEN|-|@FILE")]
+    pub(crate) assessed: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 const DEV_HELP: &str = "\

@@ -190,9 +190,39 @@ fn exercise_token(s: &str) {
     if let (Ok(Some(e)), true) = (&expiry, decision.is_allowed()) {
         assert!(*e > req.time, "allowed at {:?}, expiring {e:?}", req.time);
     }
+    let timed_out = |d: &Decision| matches!(d, Decision::Deny(Denial::LimitExceeded(_)));
+    // Reach agrees with the authorizer: an allowed request lies within a surviving right, and a
+    // request within one — in time, from the bound peer, on the bound node, with signatures
+    // that verify — is allowed.
+    let reach = token::reach(s);
+    match &shape {
+        Ok(()) => assert!(reach.is_ok(), "{reach:?}"),
+        Err(TokenError::Unsupported(_)) => {
+            assert!(matches!(reach, Err(TokenError::Unsupported(_))));
+        }
+        Err(_) => assert!(reach.is_err()),
+    }
+    if let Ok(r) = &reach {
+        let within = r.effective.iter().any(|x| {
+            x.operation == req.operation.as_str()
+                && Resource::parse(&x.prefix).is_ok_and(|p| p.covers(&resource))
+        });
+        if decision.is_allowed() {
+            assert!(within, "allowed outside its reach: {r:?}");
+        }
+        let in_time = r.expires_unix.is_none_or(|e| e > CORPUS_NOW_UNIX);
+        let bound_ok = r.bound_peers.iter().all(|p| p == CORPUS_PEER)
+            && r.bound_nodes.iter().all(|n| n == "n1");
+        let signed = token::verify_signature(s, &keys).is_ok();
+        if within && in_time && bound_ok && signed && !timed_out(&decision) {
+            assert!(
+                decision.is_allowed(),
+                "within reach, yet {decision:?}: {r:?}"
+            );
+        }
+    }
     // The cache decides as the uncached path, on first sight and on a hit — unless a run hit
     // the time limit, which depends on the machine's load, not on the token.
-    let timed_out = |d: &Decision| matches!(d, Decision::Deny(Denial::LimitExceeded(_)));
     let cache = TokenCache::new(2);
     for _ in 0..2 {
         let cached = cache.authorize(s, &keys, &NoRevocations, &req, Default::default());

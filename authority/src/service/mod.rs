@@ -23,6 +23,7 @@ use crate::store::StateMachineStore;
 use crate::{NodeId, Proposer, Raft};
 
 mod audit;
+mod blast;
 mod entries;
 mod feed;
 mod membership;
@@ -573,5 +574,12 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::RevokeTokenRequest>,
     ) -> Result<tonic::Response<pb::RevokeTokenReply>, tonic::Status> {
         self.revoke_token_impl(req).await
+    }
+
+    async fn blast_radius(
+        &self,
+        req: tonic::Request<pb::BlastRadiusRequest>,
+    ) -> Result<tonic::Response<pb::BlastRadiusReply>, tonic::Status> {
+        self.blast_radius_impl(req).await
     }
 }

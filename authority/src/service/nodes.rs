@@ -74,6 +74,12 @@ pub(super) fn outcome_status(outcome: Outcome) -> Result<Outcome, tonic::Status>
     super::status::accepted("refused", outcome)
 }
 
+/// What an agent node's capability grants: `svid:mint` on `node/<name>` (it is also bound to
+/// the node's SVID and to the node). The one definition, used to mint it and to report it.
+pub(crate) fn agent_rights(name: &NodeName) -> Result<Vec<Right>, tonic::Status> {
+    Ok(vec![Right::new(Operation::SvidMint, node_resource(name)?)])
+}
+
 impl AuthorityService {
     /// The node an agent call acts for: from the peer's SVID, which must be an agent node
     /// SVID of an active node.
@@ -149,7 +155,7 @@ impl AuthorityService {
             &self.minting_key()?,
             &MintRequest {
                 subject: id.clone(),
-                rights: vec![Right::new(Operation::SvidMint, node_resource(name)?)],
+                rights: agent_rights(name)?,
                 ttl: Some(ttl),
                 bind_to_subject: true,
                 bind_node: Some(name.clone()),

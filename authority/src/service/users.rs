@@ -138,7 +138,7 @@ fn credential_refused(outcome: Outcome, user: &str) -> Result<(), tonic::Status>
 impl AuthorityService {
     /// The rights of `role` for a user of `namespace`: a built-in role's, or a custom role's
     /// (custom roles are not namespaced).
-    fn role_rights(
+    pub(super) fn role_rights(
         &self,
         role: &str,
         namespace: Option<&str>,

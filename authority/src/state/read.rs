@@ -398,4 +398,154 @@ impl StateReader {
         }
         Ok(out)
     }
+
+    /// The rows of `table` under `owner \0`: (the part after the prefix, a u64 value).
+    fn owned_rows(&self, table: Raw, owner: &str) -> Result<Vec<(Vec<u8>, u64)>, StateError> {
+        let start = compound(owner, b"");
+        let mut end = start.clone();
+        if let Some(l) = end.last_mut() {
+            *l = 1; // `owner \x01` sorts right after every `owner \0 …`
+        }
+        let t = self.tx.open_table(table)?;
+        let mut out = Vec::new();
+        for row in t.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = row?;
+            out.push((
+                k.value().get(start.len()..).unwrap_or_default().to_vec(),
+                super::rows::read_u64(v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The serials recorded for agent node `node` (its node SVIDs and the workload SVIDs it
+    /// obtained) with their not-after (unix ms); an eviction or ban moves them to the revoked
+    /// serials.
+    pub fn node_serials(&self, node: &str) -> Result<Vec<(Vec<u8>, u64)>, StateError> {
+        self.owned_rows(NODE_SERIALS, node)
+    }
+
+    /// The serials issued to user `user`, with their not-after (unix ms).
+    pub fn user_serials(&self, user: &str) -> Result<Vec<(Vec<u8>, u64)>, StateError> {
+        self.owned_rows(USER_SERIALS, user)
+    }
+
+    /// The revocation ids of the capabilities issued to user `user`, with their expiry.
+    pub fn user_tokens(&self, user: &str) -> Result<Vec<(Vec<u8>, u64)>, StateError> {
+        self.owned_rows(USER_TOKENS, user)
+    }
+
+    /// Every recorded mint `keep` accepts, by its authority block's revocation id. A full scan:
+    /// mint records are dropped once their token expired, so the table holds only live ones.
+    fn mints_where(
+        &self,
+        keep: impl Fn(&MintRecord) -> bool,
+    ) -> Result<Vec<(Vec<u8>, MintRecord)>, StateError> {
+        let t = self.tx.open_table(MINTED)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let rec: MintRecord = decode("minted", v.value())?;
+            if keep(&rec) {
+                out.push((k.value().to_vec(), rec));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The capabilities `minter` (a SPIFFE ID, or `authority`) minted through the cluster.
+    pub fn mints_by_minter(&self, minter: &str) -> Result<Vec<(Vec<u8>, MintRecord)>, StateError> {
+        self.mints_where(|r| r.minter == minter)
+    }
+
+    /// The capabilities minted for `subject` (as the mint recorded it).
+    pub fn mints_for_subject(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<(Vec<u8>, MintRecord)>, StateError> {
+        self.mints_where(|r| r.subject == subject)
+    }
+
+    /// The tokens minted from a token holding revocation id `parent`, by their authority
+    /// block's revocation id, with their expiry (unix ms).
+    pub fn mint_children(&self, parent: &[u8]) -> Result<Vec<(Vec<u8>, u64)>, StateError> {
+        let start = super::lineage::child_key(parent, b"");
+        let mut end = start.clone();
+        // Children are at most 128 bytes: `start ‖ 0xff × 129` bounds them.
+        end.extend(std::iter::repeat_n(0xff, 129));
+        let t = self.tx.open_table(MINT_CHILDREN)?;
+        let mut out = Vec::new();
+        for row in t.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = row?;
+            let child = k.value().get(start.len()..).unwrap_or_default().to_vec();
+            if !child.is_empty() {
+                out.push((child, super::rows::read_u64(v.value())?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `rights` detail of the allowed `token:mint` records by `actor` for the tokens whose
+    /// authority-block revocation ids are in `wanted`, keyed by that id. Reads `actor`'s
+    /// records newest first through the actor index, stopping once every wanted id is found,
+    /// at a record older than `since_ms`, or after `budget` records.
+    pub fn minted_rights(
+        &self,
+        actor: &str,
+        wanted: &[Vec<u8>],
+        since_ms: u64,
+        budget: usize,
+    ) -> Result<std::collections::BTreeMap<Vec<u8>, String>, StateError> {
+        let mut found = std::collections::BTreeMap::new();
+        if wanted.is_empty() {
+            return Ok(found);
+        }
+        let start = compound(actor, &be(0));
+        let end = compound(actor, &be(u64::MAX));
+        let t = self.tx.open_table(AUDIT_BY_ACTOR)?;
+        for row in t
+            .range(start.as_slice()..=end.as_slice())?
+            .rev()
+            .take(budget)
+        {
+            let (k, _) = row?;
+            let Some(seq) = k
+                .value()
+                .get(start.len().saturating_sub(8)..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+            else {
+                continue;
+            };
+            let Some(a) = self.get::<StoredAudit>(AUDIT, "audit", &be(seq))? else {
+                continue; // sealed
+            };
+            if a.time_ms < since_ms {
+                break;
+            }
+            let r = &a.record;
+            if r.operation != "token:mint" || r.decision != crate::command::AuditDecision::Allow {
+                continue;
+            }
+            let detail = |name: &str| {
+                r.details
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let Some(first) = detail("minted_token")
+                .and_then(|ids| ids.split(',').next())
+                .and_then(|h| hex::decode(h).ok())
+            else {
+                continue;
+            };
+            if wanted.contains(&first) && !found.contains_key(&first) {
+                found.insert(first, detail("rights").unwrap_or_default().to_owned());
+                if found.len() == wanted.len() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
 }

@@ -3,6 +3,7 @@
 mod agent;
 mod audit;
 mod authority;
+mod blast;
 mod dev;
 mod entry;
 mod keyfile;
@@ -65,5 +66,6 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::User(c) => user::run(&cli.global, c),
         Command::Login(a) => user::login(&cli.global, a),
         Command::Role(c) => role::run(&cli.global, c),
+        Command::BlastRadius(a) => blast::run(&cli.global, a),
     }
 }

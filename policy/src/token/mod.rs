@@ -50,6 +50,7 @@ mod authorize;
 mod cache;
 mod inspect;
 mod mint;
+mod reach;
 mod shape;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -61,6 +62,7 @@ pub use self::authorize::{CheckKind, Decision, Denial, Grant, Limits, Request, a
 pub use self::cache::TokenCache;
 pub use self::inspect::{BlockView, TokenView, inspect, revocation_ids};
 pub use self::mint::{Lifetime, MintRequest, mint};
+pub use self::reach::{BlockReach, Reach, ReachRight, reach, verify_signature};
 pub use self::shape::{MAX_CHECKS_PER_BLOCK, MAX_RIGHTS, MAX_SET_LEN, ShapeError};
 
 /// The largest token accepted, in bytes of its base64 form. Larger input is refused before it is
