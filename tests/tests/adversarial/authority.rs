@@ -200,7 +200,7 @@ fn removed_or_compromised_authority_node_and_local_host() {
     let members = c.members();
     assert_eq!(members.len(), 2, "{members:?}");
 
-    let g = Group::new(REMOVED);
+    let g = Group::new(REMOVED, &c);
     g.case(
         "the removed node deletes its keys, leaves REMOVED, exits, and authority run refuses its directory",
         || {
@@ -434,7 +434,7 @@ fn removed_or_compromised_authority_node_and_local_host() {
     );
     g.finish();
 
-    let g = Group::new(LOCAL);
+    let g = Group::without_audit(LOCAL);
     g.case(
         "a world-readable state.redb makes authority run refuse, naming the file and the chmod",
         || {

@@ -58,7 +58,7 @@ pub(crate) const CASES: &[Case] = &[
         ANON,
         T_ANON,
         "one source past its burst gets ResourceExhausted while a joiner on another address still enrolls",
-        "16 concurrent redemptions from 127.0.0.2: 10 to 12 refused (burst 10, refill 2/s), the rest and the next ResourceExhausted; meanwhile a valid join token redeemed from 127.0.0.1 enrolls",
+        "16 concurrent redemptions from 127.0.0.2: 10 to 13 refused (burst 10, refill 2/s), the rest ResourceExhausted; meanwhile a valid join token redeemed from 127.0.0.1 enrolls",
     ),
     case(
         ANON,
@@ -174,7 +174,7 @@ pub(crate) const CASES: &[Case] = &[
         DEV,
         T_USERS,
         "taking over payments' existing entry by updating it to shop's ID or uid is denied",
-        "UpdateEntry of payments' entry renamed into ns/shop, or re-pointed at uid 1000: PermissionDenied naming entry:write on ns/payments/db (the right on what the entry was); denial on entry:write; the entry keeps its ID and selector",
+        "UpdateEntry of payments' entry renamed into ns/shop, or re-pointed at uid 1000: PermissionDenied naming entry:write on ns/payments/cache (the right on what the entry was); denial on entry:write for that resource; the entry keeps its ID and selector",
     ),
     case(
         DEV,
@@ -192,7 +192,7 @@ pub(crate) const CASES: &[Case] = &[
         DEV,
         T_USERS,
         "entries for the reserved IDs ringzero/authority/1 and user/admin are refused",
-        "exit 1 for each; no entry with either ID",
+        "exit 1 naming entry:write on each (shop holds no right there, so the gate refuses before the reservation is reached); a denial on entry:write for each resource; no entry with either ID",
     ),
     case(
         DEV,
@@ -229,19 +229,19 @@ pub(crate) const CASES: &[Case] = &[
         OPS,
         T_USERS,
         "the look-alike RingZero/Authority/1 is reserved too",
-        "exit 1 \"reserved\" (reserved first segments compare case-insensitively); no such entry",
+        "exit 1 \"reserved\" (reserved first segments compare case-insensitively); no such entry; a reserved_id denial naming it",
     ),
     case(
         OPS,
         T_USERS,
         "an entry for ringzero/node/x is refused as reserved",
-        "exit 1 \"reserved\"; no such entry",
+        "exit 1 \"reserved\"; no such entry; a reserved_id denial naming it",
     ),
     case(
         OPS,
         T_USERS,
         "changing an existing entry's SPIFFE ID to user/admin is refused",
-        "`entry update --spiffe-id spiffe://TD/user/admin` exits 1 \"reserved\"; the entry keeps its ID; no entry for user/admin",
+        "`entry update --spiffe-id spiffe://TD/user/admin` exits 1 \"reserved\"; the entry keeps its ID; no entry for user/admin; a reserved_id denial naming it",
     ),
     case(
         OPS,

@@ -25,10 +25,26 @@ pub(crate) struct Group {
     attacker: &'static str,
     ran: std::cell::RefCell<BTreeSet<&'static str>>,
     started: Instant,
+    /// Where to ask for the audit log's last record before each case (directory, admin
+    /// profile), so that a case only counts the denials it caused.
+    audit: Option<(PathBuf, PathBuf)>,
+}
+
+thread_local! {
+    /// The last audit record before the running case began (see [`denials`]).
+    static MARK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 impl Group {
-    pub(crate) fn new(attacker: &'static str) -> Self {
+    /// A group whose cases check denials in `c`'s audit log.
+    pub(crate) fn new(attacker: &'static str, c: &Cluster) -> Self {
+        let mut g = Self::without_audit(attacker);
+        g.audit = Some((c.path().to_path_buf(), c.profile.clone()));
+        g
+    }
+
+    /// A group whose cases do not read the audit log.
+    pub(crate) fn without_audit(attacker: &'static str) -> Self {
         assert!(
             CASES.iter().any(|c| c.attacker == attacker),
             "no case of attacker {attacker:?} in the index"
@@ -38,7 +54,23 @@ impl Group {
             attacker,
             ran: Default::default(),
             started: Instant::now(),
+            audit: None,
         }
+    }
+
+    /// The sequence number of the audit log's last record now (the query's own record).
+    fn mark(&self) -> u64 {
+        let Some((dir, profile)) = &self.audit else {
+            return 0;
+        };
+        let mut cmd = ringzero(dir);
+        cmd.arg("--profile")
+            .arg(profile)
+            .args(["audit", "tail", "-n", "1", "--json"]);
+        let out = ok(run_timeout(cmd, CLI_TIMEOUT), "audit tail");
+        stdout(&out).lines().last().map_or(0, |l| {
+            AuditEntry::from_leaf_bytes(l.as_bytes()).unwrap().seq
+        })
     }
 
     fn indexed(&self, name: &'static str) {
@@ -58,6 +90,7 @@ impl Group {
     /// Runs one attack; a failure is re-raised naming the attacker and the case.
     pub(crate) fn case(&self, name: &'static str, f: impl FnOnce()) {
         self.indexed(name);
+        MARK.set(self.mark());
         let t = Instant::now();
         eprintln!("[adversarial] {}: {name} ...", self.attacker);
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
@@ -204,9 +237,14 @@ pub(crate) fn spiffe_id(path: &str) -> ringzero_policy::SpiffeId {
 // The audit log
 // ---------------------------------------------------------------------------------------------
 
-/// Every denial in the live log, through the admin profile.
+/// The denials recorded since the running case began, through the admin profile: an earlier
+/// case's record never stands in for this one's.
 pub(crate) fn denials(c: &Cluster) -> Vec<AuditEntry> {
+    let mark = MARK.get();
     records(c, &["--decision", "deny"])
+        .into_iter()
+        .filter(|d| d.seq > mark)
+        .collect()
 }
 
 /// Records matching the `audit query` filters `args`, oldest first.

@@ -155,7 +155,7 @@ fn compromised_agent_node_and_workload_process() {
     let node_profile = read_profile(&agent_dir.join("node.profile"));
     let node_id = id("ringzero/node/n7");
 
-    let g = Group::new(WORKLOAD);
+    let g = Group::new(WORKLOAD, &c);
     g.case(
         "a workload SVID with the admin's stolen token is refused as peer_mismatch",
         || {
@@ -219,7 +219,7 @@ fn compromised_agent_node_and_workload_process() {
     }
     g.finish();
 
-    let g = Group::new(NODE);
+    let g = Group::new(NODE, &c);
     let mut node = node_client(&node_profile, &addr);
     g.case(
         "MintSvids for another node's entry is refused and audited",

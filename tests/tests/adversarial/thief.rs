@@ -33,7 +33,7 @@ fn forge_admin_token(key: &RootKey, op: Operation) -> String {
 #[test]
 fn token_thief() {
     let c = Cluster::new("adv-thief");
-    let g = Group::new(ATTACKER);
+    let g = Group::new(ATTACKER, &c);
     let admin = c.profile();
     let admin_id = id("user/admin");
     let alice = add_user(&c, "alice", &["--role", "auditor"]);

@@ -29,7 +29,7 @@ fn entry_create(
     extra: &[&str],
 ) -> std::process::Output {
     let mut args = vec!["entry", "create", "--spiffe-id", spiffe_id, "--node", "n1"];
-    if !extra.iter().any(|a| *a == "--selector") {
+    if !extra.contains(&"--selector") {
         args.extend_from_slice(&["--selector", "unix:uid:1000"]);
     }
     args.extend_from_slice(extra);
@@ -119,35 +119,34 @@ fn developer_of_another_namespace_and_operator() {
         "shop's own entry",
     );
 
-    // payments' entry, made by the admin: what shop would like to take over.
-    let payments_entry = last_line(&ok(
-        c.cli(&[
-            "entry",
-            "create",
-            "--spiffe-id",
-            &id("ns/payments/db"),
-            "--node",
-            "n1",
-            "--selector",
-            "unix:uid:2000",
-        ]),
-        "payments' entry",
-    ));
-    let payments_unchanged = || {
-        let out = ok(
-            c.cli(&["entry", "show", &payments_entry, "--json"]),
-            "entry show",
-        );
+    // payments' entries, made by the admin: what shop would like to take over or remove.
+    let payments_entry = |path: &str| {
+        last_line(&ok(
+            c.cli(&[
+                "entry",
+                "create",
+                "--spiffe-id",
+                &id(path),
+                "--node",
+                "n1",
+                "--selector",
+                "unix:uid:2000",
+            ]),
+            "payments' entry",
+        ))
+    };
+    let (payments_db, payments_cache) = (
+        payments_entry("ns/payments/db"),
+        payments_entry("ns/payments/cache"),
+    );
+    let payments_unchanged = |entry: &str, path: &str| {
+        let out = ok(c.cli(&["entry", "show", entry, "--json"]), "entry show");
         let e: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-        assert_eq!(
-            e["spiffe_id"].as_str(),
-            Some(id("ns/payments/db").as_str()),
-            "{e}"
-        );
+        assert_eq!(e["spiffe_id"].as_str(), Some(id(path).as_str()), "{e}");
         assert_eq!(e["selectors"], serde_json::json!(["unix:uid:2000"]), "{e}");
     };
 
-    let g = Group::new(DEVELOPER);
+    let g = Group::new(DEVELOPER, &c);
     g.case(
         "an entry in the payments namespace is denied on entry:write",
         || {
@@ -222,11 +221,11 @@ fn developer_of_another_namespace_and_operator() {
             // Through the API: the CLI reads the entry first, which shop may not either.
             let mut me = client(&c, &shop);
             for (what, spiffe_id) in [
-                ("renamed into ns/shop", id("ns/shop/db")),
-                ("re-pointed at uid 1000", id("ns/payments/db")),
+                ("renamed into ns/shop", id("ns/shop/cache")),
+                ("re-pointed at uid 1000", id("ns/payments/cache")),
             ] {
                 let req = pb::PutEntryRequest {
-                    id: payments_entry.clone(),
+                    id: payments_cache.clone(),
                     spiffe_id,
                     parent: "n1".into(),
                     selectors: vec!["unix:uid:1000".into()],
@@ -242,21 +241,33 @@ fn developer_of_another_namespace_and_operator() {
                     .expect_err(what);
                 assert_eq!(e.code(), Some(tonic::Code::PermissionDenied), "{what}: {e}");
                 assert!(
-                    e.to_string().contains("entry:write on ns/payments/db"),
+                    e.to_string().contains("entry:write on ns/payments/cache"),
                     "{what}: {e}"
                 );
             }
-            audited(&c, &shop_id, "entry:write", "no_matching_right");
-            payments_unchanged();
+            let d = audited(&c, &shop_id, "entry:write", "no_matching_right");
+            assert_eq!(d.resource, "ns/payments/cache", "{d:?}");
+            payments_unchanged(&payments_cache, "ns/payments/cache");
         },
     );
 
     g.case("deleting payments' entry is denied", || {
-        let out = as_profile(&c, &shop, &["entry", "delete", &payments_entry]);
-        refused(&out, &["permission denied"], "entry delete");
+        // Through the API: the CLI shows the entry first, which shop may not read either.
+        let mut me = client(&c, &shop);
+        let e = rt
+            .block_on(me.call(|mut g| {
+                let id = payments_db.clone();
+                async move { g.delete_entry(pb::DeleteEntryRequest { id }).await }
+            }))
+            .expect_err("shop deleted payments' entry");
+        assert_eq!(e.code(), Some(tonic::Code::PermissionDenied), "{e}");
+        assert!(
+            e.to_string().contains("entry:write on ns/payments/db"),
+            "{e}"
+        );
         let d = audited(&c, &shop_id, "entry:write", "no_matching_right");
         assert_eq!(d.resource, "ns/payments/db", "{d:?}");
-        payments_unchanged();
+        payments_unchanged(&payments_db, "ns/payments/db");
     });
 
     g.case(
@@ -278,15 +289,19 @@ fn developer_of_another_namespace_and_operator() {
     g.case(
         "entries for the reserved IDs ringzero/authority/1 and user/admin are refused",
         || {
-            for reserved in [id("ringzero/authority/1"), id("user/admin")] {
-                let out = entry_create(&c, &shop, &reserved, &[]);
-                assert_eq!(
-                    out.status.code(),
-                    Some(1),
-                    "{reserved}: {}",
-                    ringzero_tests::show(&out)
+            for reserved in ["ringzero/authority/1", "user/admin"] {
+                let out = entry_create(&c, &shop, &id(reserved), &[]);
+                refused(&out, &[&format!("entry:write on {reserved}")], reserved);
+                no_entry(&c, &id(reserved));
+            }
+            let all = denials(&c);
+            for reserved in ["ringzero/authority/1", "user/admin"] {
+                assert!(
+                    all.iter().any(|d| d.actor == shop_id
+                        && d.operation == "entry:write"
+                        && d.resource == reserved),
+                    "no denial for {reserved}"
                 );
-                no_entry(&c, &reserved);
             }
         },
     );
@@ -329,7 +344,7 @@ fn developer_of_another_namespace_and_operator() {
                 .collect();
             let bad: Vec<&String> = ids
                 .iter()
-                .filter(|i| **i != id("ns/shop/web") && **i != id("ns/payments/db"))
+                .filter(|i| !i.starts_with(&id("ns/payments/")) && **i != id("ns/shop/web"))
                 .collect();
             assert!(bad.is_empty(), "{bad:?}");
         },
@@ -488,7 +503,7 @@ fn developer_of_another_namespace_and_operator() {
     );
     g.finish();
 
-    let g = Group::new(OPERATOR);
+    let g = Group::new(OPERATOR, &c);
     let op_entry = |spiffe_id: &str| {
         as_profile(
             &c,
@@ -512,7 +527,8 @@ fn developer_of_another_namespace_and_operator() {
             let target = id("ringzero/authority/1");
             refused(&op_entry(&target), &["reserved"], "authority/1");
             no_entry(&c, &target);
-            audited(&c, &ops_id, "entry:write", "reserved_id");
+            let d = audited(&c, &ops_id, "entry:write", "reserved_id");
+            assert!(d.reason.unwrap().contains(&target));
         },
     );
 
@@ -522,6 +538,8 @@ fn developer_of_another_namespace_and_operator() {
             let target = id("RingZero/Authority/1");
             refused(&op_entry(&target), &["reserved"], "RingZero/Authority/1");
             no_entry(&c, &target);
+            let d = audited(&c, &ops_id, "entry:write", "reserved_id");
+            assert!(d.reason.unwrap().contains(&target));
         },
     );
 
@@ -531,6 +549,8 @@ fn developer_of_another_namespace_and_operator() {
             let target = id("ringzero/node/x");
             refused(&op_entry(&target), &["reserved"], "node/x");
             no_entry(&c, &target);
+            let d = audited(&c, &ops_id, "entry:write", "reserved_id");
+            assert!(d.reason.unwrap().contains(&target));
         },
     );
 
@@ -552,6 +572,8 @@ fn developer_of_another_namespace_and_operator() {
             );
             refused(&out, &["reserved"], "update to user/admin");
             no_entry(&c, &id("user/admin"));
+            let d = audited(&c, &ops_id, "entry:write", "reserved_id");
+            assert!(d.reason.unwrap().contains(&id("user/admin")));
             let out = ok(c.cli(&["entry", "show", &entry_id, "--json"]), "entry show");
             assert!(stdout(&out).contains(&id("ns/ops/web")), "{}", stdout(&out));
         },
