@@ -581,17 +581,19 @@ pub(crate) fn pin_audit_keys(
     profile: &mut Profile,
     sm: &StateMachineStore,
 ) -> Result<(), NodeError> {
-    for k in sm.reader().map_err(other)?.keys().map_err(other)? {
+    let reader = sm.reader().map_err(other)?;
+    for k in reader.keys().map_err(other)? {
         if k.kind != KeyKind::Audit {
             continue;
         }
+        let not_after_ms = crate::service::wire_not_after(&reader, &k).map_err(other)?;
         let key = ringzero_proto::pb::BundleKey {
             key_id: k.id,
             authority: k.authority,
             kind: "audit".into(),
             public_key: k.public_der,
             status: crate::service::key_status_name(k.status).into(),
-            not_after_ms: k.not_after_ms,
+            not_after_ms,
         };
         profile
             .audit_keys

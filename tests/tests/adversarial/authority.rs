@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use ringzero_policy::audit::{AuditEntry, ExportOptions, Frontier, write_export};
 use ringzero_policy::svid::SigningCa;
 use ringzero_policy::token::{Lifetime, MintRequest, RootKey, RootKeyId};
 use ringzero_policy::{Operation, Resource, Right};
@@ -328,6 +329,81 @@ fn removed_or_compromised_authority_node_and_local_host() {
                 "a token of the retired key",
             );
             audited(&c, &id("user/admin"), "user:read", "retired_key");
+        },
+    );
+
+    g.case(
+        "its audit key signing a rewritten log after the removal is refused by an auditor that refreshed",
+        || {
+            let gone_audit = key_of(&before, gone_id, "audit");
+            // A fresh auditor (nothing remembered), refreshed after the removal.
+            let auditor = c.path().join("auditor.profile");
+            std::fs::copy(&c.profile, &auditor).unwrap();
+            ok(as_profile(&c, &auditor, &["authority", "status"]), "refresh");
+            let pin = read_profile(&auditor)
+                .audit_keys
+                .into_iter()
+                .find(|p| p.id == gone_audit.key_id)
+                .unwrap();
+            assert_eq!(pin.status, "retired", "{pin:?}");
+            let live = c.path().join("live.jsonl");
+            let live_arg = live.display().to_string();
+            ok(c.cli(&["audit", "export", "--out", &live_arg]), "export");
+            ok(
+                as_profile(&c, &auditor, &["audit", "verify", "--no-remember", "--file", &live_arg]),
+                "the honest log",
+            );
+            // The history the attacker prefers: someone else removed node 3. Signed now, with
+            // node 3's audit key.
+            let mut entries: Vec<AuditEntry> = std::fs::read_to_string(&live)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["type"] == "ringzero.audit.record")
+                .map(|v| {
+                    let mut o = v.as_object().unwrap().clone();
+                    o.remove("type");
+                    o.remove("v");
+                    serde_json::from_value(serde_json::Value::Object(o)).unwrap()
+                })
+                .collect();
+            let removal = entries
+                .iter_mut()
+                .rev()
+                .find(|e| e.operation == "cluster:admin" && e.resource == "cluster")
+                .expect("the removal's record");
+            removal.actor = id("user/nobody");
+            let key = ring::signature::Ed25519KeyPair::from_pkcs8(
+                &std::fs::read(stolen.join("audit.key")).unwrap(),
+            )
+            .unwrap();
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            let mut data = Vec::new();
+            write_export(
+                &mut data,
+                &Frontier::new(),
+                &entries,
+                &key,
+                gone_audit.key_id,
+                now,
+                &ExportOptions::default(),
+            )
+            .unwrap();
+            let forged = c.path().join("forged.jsonl");
+            std::fs::write(&forged, data).unwrap();
+            let out = as_profile(
+                &c,
+                &auditor,
+                &["audit", "verify", "--no-remember", "--file", &forged.display().to_string()],
+            );
+            refused(
+                &out,
+                &[&format!("audit key {} was retired at", gone_audit.key_id)],
+                "a rewritten log signed by the removed node's audit key",
+            );
         },
     );
 

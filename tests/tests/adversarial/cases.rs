@@ -387,6 +387,12 @@ pub(crate) const CASES: &[Case] = &[
     case(
         REMOVED,
         T_AUTH,
+        "its audit key signing a rewritten log after the removal is refused by an auditor that refreshed",
+        "a fresh copy of the admin profile, refreshed after the removal, pins node 3's audit key as retired and verifies the honest export; the export with the removal's record rewritten and re-signed now with node 3's audit key exits 1 from `audit verify --no-remember --file`: \"audit key K was retired at\" (before the head's time)",
+    ),
+    case(
+        REMOVED,
+        T_AUTH,
         "member 2 sending AppendEntries that names removed node 3 as leader is refused and audited",
         "with a certificate from member 2's own CA: PermissionDenied \"claims to be from node 3\"; a denial by authority/2 with reason raft_message_refused … AppendEntries",
     ),
