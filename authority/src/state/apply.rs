@@ -407,8 +407,10 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             if !active {
                 return rejected(Rejection::NodeInactive);
             }
-            tx.open_table(NODE_SERIALS)?
-                .insert(compound(node, serial).as_slice(), &be(*not_after_ms)[..])?;
+            tx.open_table(NODE_SERIALS)?.insert(
+                compound(node, serial).as_slice(),
+                &serial_value(*not_after_ms, cmd.audit.authority)[..],
+            )?;
             super::lineage::mark_issued_until(tx, cmd.audit.authority, *not_after_ms)?;
             Ok(Outcome::Done)
         }
@@ -457,8 +459,10 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             if get::<u64>(tx, SUSPENDED_USERS, "suspended_users", user.as_bytes())?.is_some() {
                 return rejected(Rejection::UserSuspended);
             }
-            tx.open_table(USER_SERIALS)?
-                .insert(compound(user, serial).as_slice(), &be(*not_after_ms)[..])?;
+            tx.open_table(USER_SERIALS)?.insert(
+                compound(user, serial).as_slice(),
+                &serial_value(*not_after_ms, cmd.audit.authority)[..],
+            )?;
             {
                 let mut t = tx.open_table(USER_TOKENS)?;
                 for id in revocation_ids {
@@ -525,9 +529,9 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
         }
         Op::PurgeExpired => {
             purge_where(tx, REVOCATIONS, |v| Ok(read_u64(v)? <= now))?;
-            purge_where(tx, NODE_SERIALS, |v| Ok(read_u64(v)? <= now))?;
+            purge_where(tx, NODE_SERIALS, |v| Ok(read_not_after(v)? <= now))?;
             purge_where(tx, REVOKED_SERIALS, |v| Ok(read_u64(v)? <= now))?;
-            purge_where(tx, USER_SERIALS, |v| Ok(read_u64(v)? <= now))?;
+            purge_where(tx, USER_SERIALS, |v| Ok(read_not_after(v)? <= now))?;
             purge_where(tx, USER_TOKENS, |v| Ok(read_u64(v)? <= now))?;
             super::lineage::purge_expired(tx, now)?;
             purge_where(tx, USER_INVITES, |v| {
@@ -571,6 +575,35 @@ fn record_change(
     )
 }
 
+/// The value of a recorded node or user certificate serial: its not-after (unix ms), then the
+/// authority member whose CA signed it (the leader that recorded it). The serial alone does not
+/// name a certificate: a CA key that leaves the cluster (a removed member's) can sign another
+/// certificate with the same serial, which the gate then tells apart by its issuer.
+pub(crate) fn serial_value(not_after_ms: u64, issuer: crate::NodeId) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&be(not_after_ms));
+    v[8..].copy_from_slice(&be(issuer));
+    v
+}
+
+/// The not-after of a recorded serial's value (8 bytes, or 16 with the issuer).
+pub(crate) fn read_not_after(v: &[u8]) -> Result<u64, StateError> {
+    read_u64(v.get(..8).unwrap_or(v))
+}
+
+/// The issuer of a recorded serial's value: `None` for a value written before issuers were
+/// recorded.
+pub(crate) fn read_issuer(v: &[u8]) -> Result<Option<crate::NodeId>, StateError> {
+    match v.len() {
+        8 => Ok(None),
+        16 => read_u64(&v[8..]).map(Some),
+        _ => Err(StateError::Corrupt {
+            table: "serials",
+            detail: "neither 8 nor 16 bytes".into(),
+        }),
+    }
+}
+
 pub(crate) fn read_u64(v: &[u8]) -> Result<u64, StateError> {
     Ok(u64::from_be_bytes(v.try_into().map_err(|_| {
         StateError::Corrupt {
@@ -592,7 +625,7 @@ fn revoke_node_serials(tx: &WriteTransaction, node: &str, now: u64) -> Result<()
         let t = tx.open_table(NODE_SERIALS)?;
         for row in t.range(start.as_slice()..end.as_slice())? {
             let (k, v) = row?;
-            taken.push((k.value().to_vec(), read_u64(v.value())?));
+            taken.push((k.value().to_vec(), read_not_after(v.value())?));
         }
     }
     let mut serials = tx.open_table(NODE_SERIALS)?;
@@ -622,7 +655,7 @@ fn take_rows(
         let t = tx.open_table(table)?;
         for row in t.range(start.as_slice()..end.as_slice())? {
             let (k, v) = row?;
-            taken.push((k.value().to_vec(), read_u64(v.value())?));
+            taken.push((k.value().to_vec(), read_not_after(v.value())?));
         }
     }
     let mut t = tx.open_table(table)?;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use ringzero_policy::audit::{AuditEntry, ExportOptions, Frontier, write_export};
-use ringzero_policy::svid::SigningCa;
+use ringzero_policy::svid::{SigningCa, TrustBundle, Usage, validate_svid};
 use ringzero_policy::token::{Lifetime, MintRequest, RootKey, RootKeyId};
 use ringzero_policy::{Operation, Resource, Right};
 use ringzero_proto::client::Profile;
@@ -112,6 +112,41 @@ fn raft_call(
             client.vote(req).await.map(|_| ())
         }
     })
+}
+
+/// An SVID for `id` signed by the CA in `keys` (a copy of a node's `keys/`) with a chosen
+/// serial number, as only the holder of a CA key can make one.
+fn forge_with_serial(keys: &Path, id: &str, serial: &[u8]) -> Svid {
+    use rcgen::{
+        CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    };
+    let ca_der =
+        rustls_pki_types::CertificateDer::from(std::fs::read(keys.join("ca.der")).unwrap());
+    let ca_key = KeyPair::try_from(std::fs::read(keys.join("ca.key")).unwrap().as_slice()).unwrap();
+    let issuer = Issuer::from_ca_cert_der(&ca_der, &ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "ringzero");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(60)).into();
+    params.not_after = (now + Duration::from_secs(3600)).into();
+    params.serial_number = Some(SerialNumber::from_slice(serial));
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    Svid {
+        chain: vec![cert.der().clone()],
+        key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
 }
 
 /// A token for `subject` with `op` on everything, signed offline with `key`, bound to `subject`.
@@ -299,6 +334,31 @@ fn removed_or_compromised_authority_node_and_local_host() {
                 .expect_err("a user certificate the cluster never issued");
             assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
             audited(&c, &id("user/admin"), "authority:read", "unrecorded_certificate");
+        },
+    );
+
+    g.case(
+        "its CA signing a user/admin certificate that reuses the admin's recorded serial, with the admin's real token, is refused",
+        || {
+            // The admin's serial is no secret: every server it connects to sees it, and the
+            // audit log records it.
+            let admin_svid = Svid::of_profile(&admin);
+            let bundle = TrustBundle::new(td(), admin.bundle_certs().unwrap()).unwrap();
+            let serial = validate_svid(&admin_svid.chain, &bundle, SystemTime::now(), Usage::Client)
+                .unwrap()
+                .serial;
+            let svid = forge_with_serial(&stolen, &id("user/admin"), &serial);
+            // Listing users: a denial distinct from the previous case's, so it is recorded at
+            // once rather than folded into that one.
+            let r = rt.block_on(async {
+                pb::authority_client::AuthorityClient::new(channel(&addr1, mtls(&admin, &svid)))
+                    .list_users(with_bearer(pb::ListUsersRequest {}, Some(&admin.token)))
+                    .await
+                    .map(|_| ())
+            });
+            let s = r.expect_err("a forged admin certificate with a recorded serial opened the API");
+            assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+            audited(&c, &id("user/admin"), "user:read", "unrecorded_certificate");
         },
     );
 

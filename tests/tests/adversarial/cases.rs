@@ -375,6 +375,12 @@ pub(crate) const CASES: &[Case] = &[
     case(
         REMOVED,
         T_AUTH,
+        "its CA signing a user/admin certificate that reuses the admin's recorded serial, with the admin's real token, is refused",
+        "a certificate for user/admin with the serial of the admin's current SVID (public: every TLS server and the audit log see it), a fresh key, signed by node 3's CA, carrying the admin's token, listing users: PermissionDenied; denial on user:read with reason unrecorded_certificate (the serial is recorded with the member whose CA signed it)",
+    ),
+    case(
+        REMOVED,
+        T_AUTH,
         "its CA signing a workload certificate, with a token the cluster minted for that workload, is refused as removed_issuer",
         "the token works over a workload certificate of a current member's CA; over the removed CA's: PermissionDenied, denial with reason removed_issuer",
     ),
