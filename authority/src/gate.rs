@@ -402,11 +402,11 @@ impl Gate {
     }
 
     /// Why the caller's certificate opens nothing although it validated, if it does not: a
-    /// node's or user's SVID must be one the authority recorded issuing to that principal, with
-    /// that serial from that member's CA (a removed member's CA key could sign another
-    /// certificate with a recorded serial), and not revoked; a user must exist and not be suspended; an authority member must still be
-    /// one; other reserved identities are never callers here; a workload SVID signed by a CA
-    /// whose member was removed opens nothing.
+    /// node's or user's SVID must be one the authority recorded issuing to that principal, that
+    /// serial from that member's CA (a removed member's CA key could sign another certificate
+    /// with a recorded serial), and not revoked; a user must exist and not be suspended; an
+    /// authority member must still be one; other reserved identities are never callers here; a
+    /// workload SVID signed by a CA whose member was removed opens nothing.
     fn principal_refusal(
         &self,
         reader: &crate::StateReader,
