@@ -402,10 +402,11 @@ impl Gate {
     }
 
     /// Why the caller's certificate opens nothing although it validated, if it does not: a
-    /// node's or user's SVID must be one the authority recorded issuing to that principal (and
-    /// not revoked); a user must exist and not be suspended; an authority member must still be
-    /// one; other reserved identities are never callers here; a workload SVID signed by a CA
-    /// whose member was removed opens nothing.
+    /// node's or user's SVID must be one the authority recorded issuing to that principal, that
+    /// serial from that member's CA (a removed member's CA key could sign another certificate
+    /// with a recorded serial), and not revoked; a user must exist and not be suspended; an
+    /// authority member must still be one; other reserved identities are never callers here; a
+    /// workload SVID signed by a CA whose member was removed opens nothing.
     fn principal_refusal(
         &self,
         reader: &crate::StateReader,
@@ -422,7 +423,7 @@ impl Gate {
             }
             Ok(match id.principal() {
                 Some(Principal::Node(name)) => {
-                    (!reader.has_node_serial(name, serial)?).then(|| {
+                    (!reader.has_node_serial(name, serial, peer.issuer_authority)?).then(|| {
                         (
                             "unrecorded_certificate",
                             format!("the authority never issued this certificate to node {name}"),
@@ -438,7 +439,7 @@ impl Gate {
                         ))
                     } else if reader.is_suspended(name)? {
                         Some(("suspended_user", format!("user {name} is suspended")))
-                    } else if !reader.has_user_serial(name, serial)? {
+                    } else if !reader.has_user_serial(name, serial, peer.issuer_authority)? {
                         Some((
                             "unrecorded_certificate",
                             format!("the authority never issued this certificate to user {name}"),

@@ -163,17 +163,19 @@ pub(crate) fn pin_audit_keys(
     profile: &mut Profile,
     sm: &StateMachineStore,
 ) -> Result<(), NodeError> {
-    for k in sm.reader()?.keys()? {
+    let reader = sm.reader()?;
+    for k in reader.keys()? {
         if k.kind != KeyKind::Audit {
             continue;
         }
+        let not_after_ms = crate::service::wire_not_after(&reader, &k)?;
         let key = ringzero_proto::pb::BundleKey {
             key_id: k.id,
             authority: k.authority,
             kind: "audit".into(),
             public_key: k.public_der,
             status: crate::service::key_status_name(k.status).into(),
-            not_after_ms: k.not_after_ms,
+            not_after_ms,
         };
         profile
             .audit_keys

@@ -97,6 +97,21 @@ impl AuthorityService {
             .gate
             .check(&req, Operation::EntryWrite, &resource, None)
             .await?;
+        if id.is_reserved() {
+            // Refused whatever the caller's rights (`RegistrationEntry::validate` refuses it
+            // too), and recorded: a caller allowed to write entries asking for a principal's
+            // identity is the attack the reservation exists for.
+            let mut audit = allowed.audit.clone();
+            audit.decision = crate::command::AuditDecision::Deny;
+            audit.reason = Some(format!(
+                "reserved_id: {id} is reserved for principals the authority enrolls itself"
+            ));
+            self.gate.record_denial(audit).await;
+            return Err(invalid(format!(
+                "spiffe id {id}: the paths ringzero/… and user/… are reserved for principals \
+                 the authority enrolls itself"
+            )));
+        }
         self.check_selectable(&req, &selectors, &parent).await?;
         for name in &r.dns_names {
             let dns = ringzero_policy::rights::dns_resource(name)

@@ -319,17 +319,39 @@ fn bundle_keys(sm: &StateMachineStore) -> Result<Vec<pb::BundleKey>, tonic::Stat
         }
         out.push(k);
     }
-    Ok(out
-        .into_iter()
-        .map(|k| pb::BundleKey {
+    let mut wire = Vec::with_capacity(out.len());
+    for k in out {
+        let not_after_ms = wire_not_after(&reader, &k).map_err(status_of)?;
+        wire.push(pb::BundleKey {
             key_id: k.id,
             authority: k.authority,
             kind: key_kind_name(k.kind).into(),
             public_key: k.public_der,
             status: key_status_name(k.status).into(),
-            not_after_ms: k.not_after_ms,
-        })
-        .collect())
+            not_after_ms,
+        });
+    }
+    Ok(wire)
+}
+
+/// The end of a key's validity as verifiers are told it. A retired signing key (Biscuit, JWT,
+/// audit) is good only for what it signed before its retirement, and verifiers read that end
+/// from `not_after_ms` (a retired audit pin verifies heads dated before it): so it is the
+/// retirement time, not the end the key was published with — else a removed member's stolen
+/// audit key would sign tree heads that verify for the rest of its planned life. A CA's
+/// validity is its certificate's own; it is sent as published.
+pub(crate) fn wire_not_after(
+    reader: &crate::StateReader,
+    k: &crate::KeyRecord,
+) -> Result<u64, crate::StateError> {
+    if k.status != KeyStatus::Retired || k.kind == KeyKind::X509Ca {
+        return Ok(k.not_after_ms);
+    }
+    Ok(match reader.key_retired_ms(k.id)? {
+        Some(retired) if k.not_after_ms == 0 => retired,
+        Some(retired) => retired.min(k.not_after_ms),
+        None => k.not_after_ms,
+    })
 }
 
 fn res(s: &str) -> Result<Resource, tonic::Status> {

@@ -348,8 +348,10 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             if !active {
                 return rejected(Rejection::NodeInactive);
             }
-            tx.open_table(NODE_SERIALS)?
-                .insert(compound(node, serial).as_slice(), &be(*not_after_ms)[..])?;
+            tx.open_table(NODE_SERIALS)?.insert(
+                compound(node, serial).as_slice(),
+                &serial_value(*not_after_ms, cmd.audit.authority)[..],
+            )?;
             super::lineage::mark_issued_until(tx, cmd.audit.authority, *not_after_ms)?;
             Ok(Outcome::Done)
         }
@@ -398,8 +400,10 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             if get::<u64>(tx, SUSPENDED_USERS, "suspended_users", user.as_bytes())?.is_some() {
                 return rejected(Rejection::UserSuspended);
             }
-            tx.open_table(USER_SERIALS)?
-                .insert(compound(user, serial).as_slice(), &be(*not_after_ms)[..])?;
+            tx.open_table(USER_SERIALS)?.insert(
+                compound(user, serial).as_slice(),
+                &serial_value(*not_after_ms, cmd.audit.authority)[..],
+            )?;
             {
                 let mut t = tx.open_table(USER_TOKENS)?;
                 for id in revocation_ids {
@@ -466,9 +470,9 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
         }
         Op::PurgeExpired => {
             purge_where(tx, REVOCATIONS, |v| Ok(read_u64(v)? <= now))?;
-            purge_where(tx, NODE_SERIALS, |v| Ok(read_u64(v)? <= now))?;
+            purge_where(tx, NODE_SERIALS, |v| Ok(read_not_after(v)? <= now))?;
             purge_where(tx, REVOKED_SERIALS, |v| Ok(read_u64(v)? <= now))?;
-            purge_where(tx, USER_SERIALS, |v| Ok(read_u64(v)? <= now))?;
+            purge_where(tx, USER_SERIALS, |v| Ok(read_not_after(v)? <= now))?;
             purge_where(tx, USER_TOKENS, |v| Ok(read_u64(v)? <= now))?;
             super::lineage::purge_expired(tx, now)?;
             purge_where(tx, USER_INVITES, |v| {
@@ -524,7 +528,7 @@ fn revoke_node_serials(tx: &WriteTransaction, node: &str, now: u64) -> Result<()
         let t = tx.open_table(NODE_SERIALS)?;
         for row in t.range(start.as_slice()..end.as_slice())? {
             let (k, v) = row?;
-            taken.push((k.value().to_vec(), read_u64(v.value())?));
+            taken.push((k.value().to_vec(), read_not_after(v.value())?));
         }
     }
     let mut serials = tx.open_table(NODE_SERIALS)?;
@@ -554,7 +558,7 @@ fn take_rows(
         let t = tx.open_table(table)?;
         for row in t.range(start.as_slice()..end.as_slice())? {
             let (k, v) = row?;
-            taken.push((k.value().to_vec(), read_u64(v.value())?));
+            taken.push((k.value().to_vec(), read_not_after(v.value())?));
         }
     }
     let mut t = tx.open_table(table)?;

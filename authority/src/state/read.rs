@@ -272,13 +272,33 @@ impl StateReader {
         self.get(MINTED, "minted", id)
     }
 
-    /// Whether a serial was recorded as issued to (or for) agent node `node`.
-    pub fn has_node_serial(&self, node: &str, serial: &[u8]) -> Result<bool, StateError> {
-        Ok(self
-            .tx
-            .open_table(NODE_SERIALS)?
-            .get(compound(node, serial).as_slice())?
-            .is_some())
+    /// Whether a serial was recorded as issued to (or for) agent node `node` by the CA of
+    /// authority member `issuer` (a record from before issuers were kept matches any issuer).
+    pub fn has_node_serial(
+        &self,
+        node: &str,
+        serial: &[u8],
+        issuer: Option<u64>,
+    ) -> Result<bool, StateError> {
+        self.serial_from(NODE_SERIALS, node, serial, issuer)
+    }
+
+    /// Whether `owner`'s `serial` is recorded in `table` as signed by `issuer`'s CA.
+    fn serial_from(
+        &self,
+        table: Raw,
+        owner: &str,
+        serial: &[u8],
+        issuer: Option<u64>,
+    ) -> Result<bool, StateError> {
+        let t = self.tx.open_table(table)?;
+        let Some(v) = t.get(compound(owner, serial).as_slice())? else {
+            return Ok(false);
+        };
+        Ok(match super::rows::read_issuer(v.value())? {
+            Some(recorded) => issuer == Some(recorded),
+            None => true,
+        })
     }
 
     /// Whether `id` is the revocation id of a capability the authority issued to `user` (at
@@ -291,13 +311,15 @@ impl StateReader {
             .is_some())
     }
 
-    /// Whether a serial was recorded as issued to user `user`.
-    pub fn has_user_serial(&self, user: &str, serial: &[u8]) -> Result<bool, StateError> {
-        Ok(self
-            .tx
-            .open_table(USER_SERIALS)?
-            .get(compound(user, serial).as_slice())?
-            .is_some())
+    /// Whether a serial was recorded as issued to user `user` by the CA of authority member
+    /// `issuer` (a record from before issuers were kept matches any issuer).
+    pub fn has_user_serial(
+        &self,
+        user: &str,
+        serial: &[u8],
+        issuer: Option<u64>,
+    ) -> Result<bool, StateError> {
+        self.serial_from(USER_SERIALS, user, serial, issuer)
     }
 
     /// Whether a certificate serial was revoked (its node evicted or banned, its user removed).
@@ -412,7 +434,8 @@ impl StateReader {
             let (k, v) = row?;
             out.push((
                 k.value().get(start.len()..).unwrap_or_default().to_vec(),
-                super::rows::read_u64(v.value())?,
+                // Serial rows also carry their issuer after the not-after.
+                super::rows::read_not_after(v.value())?,
             ));
         }
         Ok(out)

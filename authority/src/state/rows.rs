@@ -93,3 +93,32 @@ pub(crate) fn purge_where(
     }
     Ok(())
 }
+
+/// The value of a recorded node or user certificate serial: its not-after (unix ms), then the
+/// authority member whose CA signed it (the leader that recorded it). The serial alone does not
+/// name a certificate: a CA key that leaves the cluster (a removed member's) can sign another
+/// certificate with the same serial, which the gate then tells apart by its issuer.
+pub(crate) fn serial_value(not_after_ms: u64, issuer: crate::NodeId) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&be(not_after_ms));
+    v[8..].copy_from_slice(&be(issuer));
+    v
+}
+
+/// The not-after of a recorded serial's value (8 bytes, or 16 with the issuer).
+pub(crate) fn read_not_after(v: &[u8]) -> Result<u64, StateError> {
+    read_u64(v.get(..8).unwrap_or(v))
+}
+
+/// The issuer of a recorded serial's value: `None` for a value written before issuers were
+/// recorded.
+pub(crate) fn read_issuer(v: &[u8]) -> Result<Option<crate::NodeId>, StateError> {
+    match v.len() {
+        8 => Ok(None),
+        16 => read_u64(&v[8..]).map(Some),
+        _ => Err(StateError::Corrupt {
+            table: "serials",
+            detail: "neither 8 nor 16 bytes".into(),
+        }),
+    }
+}
