@@ -130,7 +130,30 @@ impl AuthorityService {
         &self,
         req: &tonic::Request<T>,
     ) -> Result<(NodeName, Allowed), tonic::Status> {
-        let name = self.calling_node(req)?;
+        let name = match self.calling_node(req) {
+            Ok(name) => name,
+            Err(status) => {
+                // Refused before any capability is read (not a node SVID, or the node is
+                // evicted, banned or unknown): audited like every other denial.
+                let peer = ringzero_proto::transport::peer(req);
+                let record = crate::command::AuditRecord {
+                    actor: peer
+                        .spiffe_id
+                        .as_ref()
+                        .map_or_else(|| "anonymous".to_owned(), ToString::to_string),
+                    revocation_ids: Vec::new(),
+                    operation: Operation::SvidMint.as_str().into(),
+                    resource: "node".into(),
+                    decision: AuditDecision::Deny,
+                    reason: Some(format!("not_an_active_node: {}", status.message())),
+                    authority: self.gate.node_id(),
+                    request_id: hex::encode(crate::command::CommandId::random().0),
+                    details: Vec::new(),
+                };
+                self.gate.record_denial(record).await;
+                return Err(status);
+            }
+        };
         let allowed = self
             .gate
             .check(
