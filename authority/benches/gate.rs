@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use ringzero_authority::gate::bypass::{self, Mode};
+use ringzero_authority::bypass::{self, Mode};
 use ringzero_proto::client::Profile;
 use ringzero_proto::pb;
 

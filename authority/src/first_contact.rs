@@ -24,16 +24,16 @@ use crate::command::{JoinPurpose, Rejection};
 use crate::state::JoinTokenRecord;
 
 /// Attempts one source may burst.
-pub const ATTEMPTS_BURST: f64 = 10.0;
+pub(crate) const ATTEMPTS_BURST: f64 = 10.0;
 /// Attempts per second one source regains.
-pub const ATTEMPTS_PER_SECOND: f64 = 2.0;
+pub(crate) const ATTEMPTS_PER_SECOND: f64 = 2.0;
 /// Sources remembered at once; the least recently seen is forgotten first (a forgotten source
 /// starts again with a full bucket, which costs at most one burst).
 const MAX_SOURCES: usize = 4096;
 
 /// Token buckets per source address.
 #[derive(Debug, Default)]
-pub struct PerSourceLimiter {
+pub(crate) struct PerSourceLimiter {
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
 
@@ -54,7 +54,7 @@ fn source_key(addr: Option<SocketAddr>) -> IpAddr {
 
 impl PerSourceLimiter {
     /// Takes one attempt from `addr`'s bucket; `false` when it is empty.
-    pub fn allow(&self, addr: Option<SocketAddr>) -> bool {
+    pub(crate) fn allow(&self, addr: Option<SocketAddr>) -> bool {
         let key = source_key(addr);
         let now = Instant::now();
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());

@@ -28,16 +28,16 @@ pub const DENIAL_WINDOW: Duration = Duration::from_secs(5);
 /// The capability keys verifiers trust, rebuilt from the replicated bundle, and which of them
 /// belong to removed members (retired).
 #[derive(Debug, Clone, Default)]
-pub struct TrustedKeys(Arc<RwLock<(KeySet, std::collections::HashSet<u32>)>>);
+pub(crate) struct TrustedKeys(Arc<RwLock<(KeySet, std::collections::HashSet<u32>)>>);
 
 impl TrustedKeys {
-    pub fn current(&self) -> KeySet {
+    pub(crate) fn current(&self) -> KeySet {
         self.0.read().unwrap_or_else(|p| p.into_inner()).0.clone()
     }
 
     /// Whether the key with this id is retired: what it signs is honoured only if the cluster
     /// recorded minting it (before the key's owner was removed).
-    pub fn is_retired(&self, id: RootKeyId) -> bool {
+    pub(crate) fn is_retired(&self, id: RootKeyId) -> bool {
         self.0
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -46,7 +46,7 @@ impl TrustedKeys {
     }
 
     /// Replaces the key set with the Biscuit keys of `records` that are not compromised.
-    pub fn update(&self, records: &[crate::KeyRecord]) {
+    pub(crate) fn update(&self, records: &[crate::KeyRecord]) {
         let mut set = KeySet::new();
         let mut retired = std::collections::HashSet::new();
         for r in records {
@@ -83,14 +83,14 @@ impl Revocations for StateRevocations<'_> {
 
 /// An allowed call: who, with what, and the audit record its command must carry.
 #[derive(Debug, Clone)]
-pub struct Allowed {
+pub(crate) struct Allowed {
     pub peer: SpiffeId,
     pub audit: AuditRecord,
 }
 
 impl Allowed {
     /// A command carrying this call's audit record.
-    pub fn command(&self, op: Op) -> Command {
+    pub(crate) fn command(&self, op: Op) -> Command {
         Command {
             id: CommandId::random(),
             time_ms: now_ms(),
@@ -109,7 +109,7 @@ pub(crate) fn now_ms() -> u64 {
 
 /// How many distinct denials (operation, resource, failed check) one peer's window keeps
 /// apart; more are only counted.
-pub const DENIAL_KEYS_PER_WINDOW: usize = 16;
+pub(crate) const DENIAL_KEYS_PER_WINDOW: usize = 16;
 
 /// What makes two denials "the same" within a window.
 type DenialKey = (String, String, String);
@@ -211,7 +211,7 @@ async fn commit_denial(proposer: &Proposer, record: AuditRecord) {
 }
 
 /// The gate of one authority node.
-pub struct Gate {
+pub(crate) struct Gate {
     proposer: Proposer,
     sm: StateMachineStore,
     node_id: NodeId,
@@ -251,7 +251,7 @@ fn request_id<T>(req: &tonic::Request<T>) -> String {
 }
 
 impl Gate {
-    pub fn new(
+    pub(crate) fn new(
         proposer: Proposer,
         sm: StateMachineStore,
         node_id: NodeId,
@@ -270,16 +270,16 @@ impl Gate {
         }
     }
 
-    pub fn trust_domain(&self) -> &TrustDomain {
+    pub(crate) fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }
 
-    pub fn node_id(&self) -> NodeId {
+    pub(crate) fn node_id(&self) -> NodeId {
         self.node_id
     }
 
     /// Authorizes `operation` on `resource` for this call, or records the denial and refuses.
-    pub async fn check<T>(
+    pub(crate) async fn check<T>(
         &self,
         req: &tonic::Request<T>,
         operation: Operation,
@@ -578,7 +578,7 @@ impl Gate {
     }
 
     /// Commits the audit record of an allowed read-only call; the call fails if it cannot.
-    pub async fn record(&self, allowed: &Allowed) -> Result<(), tonic::Status> {
+    pub(crate) async fn record(&self, allowed: &Allowed) -> Result<(), tonic::Status> {
         #[cfg(feature = "testing")]
         if bypass::mode() != bypass::Mode::Off {
             return Ok(());
@@ -593,7 +593,7 @@ impl Gate {
     /// Whether the capability presented with `req` would also allow `operation` on `resource`
     /// for `peer`, decided exactly as [`Gate::check`] decides but neither audited nor cached
     /// as a denial. Delegation uses it so a minted token never grants more than its minter holds.
-    pub fn also_allows<T>(
+    pub(crate) fn also_allows<T>(
         &self,
         req: &tonic::Request<T>,
         peer: &SpiffeId,
@@ -624,12 +624,12 @@ impl Gate {
     }
 
     /// The bearer capability presented with `req`, already verified by [`Gate::check`].
-    pub fn presented_token<T>(&self, req: &tonic::Request<T>) -> Option<String> {
+    pub(crate) fn presented_token<T>(&self, req: &tonic::Request<T>) -> Option<String> {
         bearer(req)
     }
 
     /// Forgets cached tokens that a revocation now covers.
-    pub fn forget_revoked(&self) {
+    pub(crate) fn forget_revoked(&self) {
         if let Ok(reader) = self.sm.reader() {
             self.cache.forget_revoked(&StateRevocations(&reader));
         }

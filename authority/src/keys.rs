@@ -15,7 +15,7 @@ use ringzero_policy::svid::SigningCa;
 use ringzero_policy::token::{RootKey, RootKeyId};
 
 /// How long a node's signing CA is valid. Leaves it signs are capped at its expiry.
-pub const CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Errors loading or creating key material.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ fn bad(path: &Path, detail: impl std::fmt::Display) -> KeyError {
 }
 
 /// Writes `bytes` to `path` with `mode`, atomically (temp file, fsync, rename, fsync dir).
-pub fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -83,7 +83,7 @@ fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
 }
 
 /// The four key pairs of one authority node.
-pub struct NodeKeys {
+pub(crate) struct NodeKeys {
     pub ca: SigningCa,
     /// The Biscuit root key. Its id is the key id Raft assigned when it was published; before
     /// that it carries id 0 and must not sign.
@@ -111,7 +111,11 @@ const AUDIT_KEY: &str = "audit.key";
 
 impl NodeKeys {
     /// Generates fresh keys for node `node_id` of `td`.
-    pub fn generate(td: &TrustDomain, node_id: u64, now: SystemTime) -> Result<Self, KeyError> {
+    pub(crate) fn generate(
+        td: &TrustDomain,
+        node_id: u64,
+        now: SystemTime,
+    ) -> Result<Self, KeyError> {
         let ca = SigningCa::self_signed(
             td,
             &ringzero_policy::svid::authority_ca_common_name(node_id),
@@ -137,7 +141,7 @@ impl NodeKeys {
     }
 
     /// Writes every key under `dir` (created 0700), private keys 0600.
-    pub fn save(&self, dir: &Path) -> Result<(), KeyError> {
+    pub(crate) fn save(&self, dir: &Path) -> Result<(), KeyError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         {
             use std::os::unix::fs::PermissionsExt;
@@ -160,7 +164,7 @@ impl NodeKeys {
     /// Deletes the private keys in `dir` (overwritten with zeros first, best effort): a removed
     /// member's keys must never sign again, wherever its disk ends up. Returns the files it
     /// deleted.
-    pub fn destroy(dir: &Path) -> Vec<std::path::PathBuf> {
+    pub(crate) fn destroy(dir: &Path) -> Vec<std::path::PathBuf> {
         let mut gone = Vec::new();
         for f in [CA_KEY, BISCUIT_KEY, JWT_KEY, AUDIT_KEY] {
             let path = dir.join(f);
@@ -179,7 +183,7 @@ impl NodeKeys {
         gone
     }
 
-    pub fn load(dir: &Path, biscuit_key_id: u32) -> Result<Self, KeyError> {
+    pub(crate) fn load(dir: &Path, biscuit_key_id: u32) -> Result<Self, KeyError> {
         let cert_path = dir.join(CA_CERT);
         let cert = std::fs::read(&cert_path).map_err(io(&cert_path))?;
         let key_path = dir.join(CA_KEY);
@@ -211,14 +215,14 @@ impl NodeKeys {
     }
 
     /// The Biscuit key re-labelled with the id Raft assigned to it.
-    pub fn set_biscuit_key_id(&mut self, id: u32) -> Result<(), KeyError> {
+    pub(crate) fn set_biscuit_key_id(&mut self, id: u32) -> Result<(), KeyError> {
         self.biscuit = RootKey::from_private_text(RootKeyId(id), &self.biscuit.private_text())
             .map_err(|e| KeyError::Generate(e.to_string()))?;
         Ok(())
     }
 
     /// The JWT public key, as SubjectPublicKeyInfo DER.
-    pub fn jwt_public_spki(&self) -> Result<Vec<u8>, KeyError> {
+    pub(crate) fn jwt_public_spki(&self) -> Result<Vec<u8>, KeyError> {
         let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
             &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             &self.jwt_pkcs8,
@@ -229,23 +233,16 @@ impl NodeKeys {
     }
 
     /// The audit public key, as SubjectPublicKeyInfo DER (Ed25519).
-    pub fn audit_public_spki(&self) -> Result<Vec<u8>, KeyError> {
+    pub(crate) fn audit_public_spki(&self) -> Result<Vec<u8>, KeyError> {
         let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&self.audit_pkcs8)
             .map_err(|e| KeyError::Generate(e.to_string()))?;
         Ok(ed25519_spki(pair.public_key().as_ref()))
     }
 
     /// The audit key pair, for signing tree heads.
-    pub fn audit_key_pair(&self) -> Result<ring::signature::Ed25519KeyPair, KeyError> {
+    pub(crate) fn audit_key_pair(&self) -> Result<ring::signature::Ed25519KeyPair, KeyError> {
         ring::signature::Ed25519KeyPair::from_pkcs8(&self.audit_pkcs8)
             .map_err(|e| KeyError::Generate(e.to_string()))
-    }
-
-    /// Signs `msg` with the audit key (Ed25519).
-    pub fn audit_sign(&self, msg: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&self.audit_pkcs8)
-            .map_err(|e| KeyError::Generate(e.to_string()))?;
-        Ok(pair.sign(msg).as_ref().to_vec())
     }
 }
 

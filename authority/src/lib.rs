@@ -9,31 +9,53 @@
 //!
 //! # Layout
 //!
-//! - [`command`]: the typed, versioned command set, its validation and encoding.
-//! - `state`: the tables, the deterministic `apply`, and [`StateReader`] for reads.
+//! The replicated state:
+//! - [`command`]: the typed, versioned command set, its validation and encoding; `types`: the
+//!   openraft type configuration.
+//! - `state`: the tables (`mod.rs`), the deterministic `apply`, the audit log's tree and indexes
+//!   (`audit_log`), token lineage and revocation that follows it (`lineage`), shared row
+//!   helpers (`rows`), and [`StateReader`] for reads (`read`).
 //! - [`store`]: [`LogStore`](store::LogStore) and [`StateMachineStore`](store::StateMachineStore),
-//!   openraft's v2 storage traits on redb, with file-streamed snapshots.
-//! - [`node`]: bootstrap, join and run a node; [`admin_socket`]: the break-glass admin socket.
-//! - [`testing`] (feature `testing`): an in-process cluster whose network can drop, delay,
-//!   partition and reorder messages, and whose nodes restart from their redb files.
+//!   openraft's v2 storage traits on redb, with file-streamed snapshots; `private_fs`: the data
+//!   directory stays 0700/0600.
+//! - `proposer`: [`propose`] one command, or group concurrent ones into one entry
+//!   ([`Proposer`]).
 //!
-//! The gRPC service, per-node keys and the gating layer arrive with the "Authority service"
-//! issue. See `ARCHITECTURE.md`.
+//! The network:
+//! - `net`: Raft over gRPC over mTLS (client and server); `raft_guard`: what a Raft message must
+//!   be before openraft sees it ([`check_append`]), and where refusals are reported.
+//! - `service/`: the Authority gRPC API by concept — core and bundle (`mod.rs`), `membership`
+//!   (join tokens, redemption, join, remove, status), `nodes` (agents and workload SVIDs),
+//!   `entries`, `feed` (the agents' entry feed), `users`, `tokens` (roles, delegation,
+//!   revocation), `audit`, `blast` (blast radius), and `status`, the one place refusals become
+//!   gRPC statuses.
+//! - `gate`: every API call's authorization and audit record, and the denial windows;
+//!   `first_contact`: what an unauthenticated redemption costs, bounded per source address.
+//! - `keys`: a node's own CA, Biscuit, JWT and audit keys.
+//!
+//! A node's life:
+//! - [`node`]: bootstrap, join and run a node (`layout`, `parts`, `bootstrap`, `join`, `serve`,
+//!   `tasks`, `admin` credentials), [`admin_socket`]: the break-glass admin socket; `removal`: a
+//!   removed member destroys its own keys.
+//!
+//! For tests: `testing` (feature `testing`): an in-process cluster whose network can drop,
+//! delay, partition and reorder messages, and whose nodes restart from their redb files;
+//! `fuzzing` (feature `fuzzing`): entry points for cargo-fuzz. See `ARCHITECTURE.md`.
 #![forbid(unsafe_code)]
 
 pub mod command;
-pub mod first_contact;
+mod first_contact;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod gate;
-pub mod keys;
-pub mod net;
+mod gate;
+mod keys;
+mod net;
 pub mod node;
 mod private_fs;
 mod proposer;
 mod raft_guard;
-pub mod removal;
-pub mod service;
+mod removal;
+mod service;
 mod state;
 pub mod store;
 mod types;
@@ -41,8 +63,12 @@ mod types;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use self::gate::DENIAL_WINDOW;
+#[cfg(feature = "testing")]
+pub use self::gate::bypass;
 pub use self::node::admin_socket;
 pub use self::proposer::{ProposeError, Proposer, propose};
+pub use self::raft_guard::check_append;
 pub use self::state::{
     AuditQuery, AuditTree, AuthorityRecord, COMMAND_ID_RETENTION_MS, EntryChange, JoinTokenRecord,
     KeyRecord, NodeRecord, StateError, StateReader, StoredAudit, UserInvite, audit_entry,

@@ -26,14 +26,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use crate::raft_guard::check_append;
 use crate::{NodeId, Raft, TypeConfig};
 
 /// The largest Raft message accepted or sent (a batch of entries, a snapshot chunk).
-pub const MAX_RAFT_MESSAGE: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_RAFT_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// The SPIFFE ID of authority node `id`.
-pub fn authority_id(
+pub(crate) fn authority_id(
     td: &TrustDomain,
     id: NodeId,
 ) -> Result<SpiffeId, ringzero_policy::spiffe::IdError> {
@@ -41,7 +40,7 @@ pub fn authority_id(
 }
 
 /// The node id an authority SPIFFE ID names, if it is one of `td`'s authority IDs.
-pub fn authority_node_id(td: &TrustDomain, id: &SpiffeId) -> Option<NodeId> {
+pub(crate) fn authority_node_id(td: &TrustDomain, id: &SpiffeId) -> Option<NodeId> {
     if !id.is_member_of(td) {
         return None;
     }
@@ -54,7 +53,7 @@ pub fn authority_node_id(td: &TrustDomain, id: &SpiffeId) -> Option<NodeId> {
 
 /// What a node presents and trusts when it talks to its peers.
 #[derive(Clone)]
-pub struct PeerCredentials {
+pub(crate) struct PeerCredentials {
     pub trust_domain: TrustDomain,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Arc<PrivateKeyDer<'static>>,
@@ -72,7 +71,7 @@ impl std::fmt::Debug for PeerCredentials {
 /// When each peer last answered, for `authority members`, and which peers refuse this node
 /// as not a member (how a removed node learns it was removed when no log entry tells it).
 #[derive(Debug, Default, Clone)]
-pub struct Contacts(
+pub(crate) struct Contacts(
     Arc<Mutex<BTreeMap<NodeId, Instant>>>,
     Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
 );
@@ -96,7 +95,7 @@ impl Contacts {
     }
 
     /// How long ago `id` last answered this node.
-    pub fn since(&self, id: NodeId) -> Option<Duration> {
+    pub(crate) fn since(&self, id: NodeId) -> Option<Duration> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -107,20 +106,20 @@ impl Contacts {
 
 /// The gRPC network factory of one node.
 #[derive(Debug, Clone)]
-pub struct GrpcNetwork {
+pub(crate) struct GrpcNetwork {
     creds: PeerCredentials,
     contacts: Contacts,
 }
 
 impl GrpcNetwork {
-    pub fn new(creds: PeerCredentials, contacts: Contacts) -> Self {
+    pub(crate) fn new(creds: PeerCredentials, contacts: Contacts) -> Self {
         Self { creds, contacts }
     }
 }
 
 /// A connection to one peer.
 #[derive(Debug)]
-pub struct GrpcConnection {
+pub(crate) struct GrpcConnection {
     target: NodeId,
     client: Result<RaftClient<tonic::transport::Channel>, String>,
     contacts: Contacts,
@@ -279,7 +278,7 @@ pub(crate) async fn send_report(
 
 /// The server side of the Raft transport.
 #[derive(Clone)]
-pub struct RaftService {
+pub(crate) struct RaftService {
     raft: Raft,
     trust_domain: TrustDomain,
     guard: Option<Guard>,
@@ -300,7 +299,7 @@ impl std::fmt::Debug for RaftService {
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, trust_domain: TrustDomain) -> Self {
+    pub(crate) fn new(raft: Raft, trust_domain: TrustDomain) -> Self {
         Self {
             raft,
             trust_domain,
@@ -310,7 +309,7 @@ impl RaftService {
 
     /// Checks messages against this node's log and state, and records refusals through `gate`
     /// (or the leader, reached with `creds`).
-    pub fn guarded(
+    pub(crate) fn guarded(
         mut self,
         node_id: NodeId,
         log: crate::store::LogStore,
@@ -449,7 +448,7 @@ impl pb::raft_server::Raft for RaftService {
 /// Checks the caller before a request body is decoded, so that only members can make a node
 /// buffer a large Raft message.
 #[derive(Clone)]
-pub struct RaftAdmission(RaftService);
+pub(crate) struct RaftAdmission(RaftService);
 
 impl std::fmt::Debug for RaftAdmission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -466,7 +465,7 @@ impl tonic::service::Interceptor for RaftAdmission {
 
 /// The server for [`RaftService`]: callers admitted before their message is read, message sizes
 /// bounded.
-pub fn raft_server(
+pub(crate) fn raft_server(
     service: RaftService,
 ) -> tonic::service::interceptor::InterceptedService<
     pb::raft_server::RaftServer<RaftService>,

@@ -21,13 +21,13 @@ use crate::net::Contacts;
 use crate::{NodeId, Raft};
 
 /// The marker a removed node leaves in its data directory.
-pub const REMOVED_MARKER: &str = "REMOVED";
+pub(crate) const REMOVED_MARKER: &str = "REMOVED";
 
 /// How often the node looks.
 const EVERY: Duration = Duration::from_secs(1);
 
 /// The marker's path in `dir`.
-pub fn marker(dir: &Path) -> PathBuf {
+pub(crate) fn marker(dir: &Path) -> PathBuf {
     dir.join(REMOVED_MARKER)
 }
 

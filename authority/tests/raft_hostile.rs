@@ -10,8 +10,8 @@ mod common;
 use common::T;
 use openraft::raft::AppendEntriesRequest;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use ringzero_authority::check_append;
 use ringzero_authority::command::Batch;
-use ringzero_authority::net::check_append;
 use ringzero_authority::testing::{Cluster, audit_only, test_config};
 use ringzero_authority::{NodeId, TypeConfig};
 

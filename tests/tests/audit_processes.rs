@@ -135,7 +135,7 @@ fn denials_are_found_the_live_log_verifies_and_no_secret_is_recorded() {
     let p = profile(&a);
     let expiring = attenuate(&a, &["--ttl", "1s"]);
     let stolen = attenuate(&a, &["--bind-peer", &format!("spiffe://{TD}/user/mallory")]);
-    let window = ringzero_authority::gate::DENIAL_WINDOW + Duration::from_millis(500);
+    let window = ringzero_authority::DENIAL_WINDOW + Duration::from_millis(500);
 
     // Denials from one peer within a window are folded into one record: one per window here.
     // 1. No capability at all (the CLI always sends one: through the library client).

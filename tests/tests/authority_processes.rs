@@ -1083,7 +1083,7 @@ fn calls_without_a_valid_capability_are_denied_and_audited_with_the_cause() {
     // Denials from one peer within `DENIAL_WINDOW` (5 s) of its first are folded into one
     // summary record, committed when the window closes: wait for that (there is no audit API to
     // poll yet), then read the audit log. Mallory's window opened after admin's.
-    let closed = first_admin_denial + ringzero_authority::gate::DENIAL_WINDOW;
+    let closed = first_admin_denial + ringzero_authority::DENIAL_WINDOW;
     std::thread::sleep((closed + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
     c.stop_all();
     let st = c.nodes[0].state();

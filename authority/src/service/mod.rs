@@ -31,21 +31,17 @@ mod nodes;
 mod status;
 mod tokens;
 mod users;
-pub use nodes::{
-    AGENT_SVID_TTL, DEFAULT_ENTRY_TTL, FEED_HEARTBEAT, MAX_ENTRY_TTL, MAX_MINT_BATCH, MAX_PAGE,
-    MIN_ENTRY_TTL,
-};
-pub use users::{DEFAULT_INVITE_TTL, DEFAULT_USER_TTL, MAX_USER_TTL};
+pub(crate) use nodes::{AGENT_SVID_TTL, MAX_ENTRY_TTL};
 
 /// The node SVID lifetime for authority nodes joining the cluster.
-pub const AUTHORITY_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const AUTHORITY_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The most join tokens one call may ask to live.
-pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The metadata key carrying the leader's address on `Unavailable`.
-pub const LEADER_HINT: &str = "ringzero-leader";
+pub(crate) const LEADER_HINT: &str = "ringzero-leader";
 
 /// The Authority service of one node.
-pub struct AuthorityService {
+pub(crate) struct AuthorityService {
     raft: Raft,
     proposer: Proposer,
     sm: StateMachineStore,
@@ -70,7 +66,7 @@ impl std::fmt::Debug for AuthorityService {
 use self::status::internal as status_of;
 
 impl AuthorityService {
-    pub fn new(
+    pub(crate) fn new(
         proposer: Proposer,
         sm: StateMachineStore,
         gate: Arc<Gate>,
@@ -91,7 +87,7 @@ impl AuthorityService {
     }
 
     /// Ends the service's long-lived streams when `stopping` becomes true.
-    pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+    pub(crate) fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         self.stopping = stopping;
         self
     }
@@ -123,7 +119,7 @@ impl AuthorityService {
     }
 
     /// The bundle as the API presents it.
-    pub fn bundle(&self) -> Result<pb::Bundle, tonic::Status> {
+    pub(crate) fn bundle(&self) -> Result<pb::Bundle, tonic::Status> {
         Ok(pb::Bundle {
             trust_domain: self.gate.trust_domain().to_string(),
             keys: bundle_keys(&self.sm)?,

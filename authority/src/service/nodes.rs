@@ -30,21 +30,21 @@ use crate::gate::Allowed;
 use crate::state::NodeRecord;
 
 /// The lifetime of agent node SVIDs and of the capability that goes with them.
-pub const AGENT_SVID_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const AGENT_SVID_TTL: Duration = Duration::from_secs(3600);
 /// Workload SVID lifetimes an entry may ask for.
-pub const MIN_ENTRY_TTL: Duration = Duration::from_secs(10);
-pub const MAX_ENTRY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const MIN_ENTRY_TTL: Duration = Duration::from_secs(10);
+pub(crate) const MAX_ENTRY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The default workload SVID lifetime.
-pub const DEFAULT_ENTRY_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_ENTRY_TTL: Duration = Duration::from_secs(3600);
 /// The most CSRs one `MintSvids` call may carry.
-pub const MAX_MINT_BATCH: usize = 256;
+pub(crate) const MAX_MINT_BATCH: usize = 256;
 /// Entries per `ListEntries` page, at most.
-pub const MAX_PAGE: usize = 1000;
+pub(crate) const MAX_PAGE: usize = 1000;
 /// Changes per sync event, at most.
 pub(super) const SYNC_CHUNK: usize = 512;
 /// An idle feed sends an empty event this often, so verifiers on the node can tell a quiet
 /// feed from a dead one (they refuse privileged operations when it is staler than 30 s).
-pub const FEED_HEARTBEAT: Duration = Duration::from_secs(10);
+pub(crate) const FEED_HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub(crate) type SyncStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SyncEntriesEvent, tonic::Status>> + Send>>;

@@ -30,11 +30,11 @@ use crate::command::{
 use crate::gate::now_ms;
 
 /// The lifetime of a user credential when none is asked for.
-pub const DEFAULT_USER_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_USER_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest user credential lifetime; longer requests are capped to it.
-pub const MAX_USER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const MAX_USER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long an invite may be redeemed when no lifetime is asked for.
-pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(3600);
 
 use super::status::invalid;
 

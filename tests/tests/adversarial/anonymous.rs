@@ -129,7 +129,7 @@ fn anonymous_network_client() {
                 after - before
             );
             // Once the denial window closes, the repeats are one summary record.
-            std::thread::sleep(ringzero_authority::gate::DENIAL_WINDOW + Duration::from_secs(1));
+            std::thread::sleep(ringzero_authority::DENIAL_WINDOW + Duration::from_secs(1));
             let recs: Vec<_> = denials(&c)
                 .into_iter()
                 .filter(|d| {
