@@ -44,13 +44,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use ringzero_agent::fetch::fetch_x509;
-use ringzero_agent::pb;
-use ringzero_agent::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use ringzero_agent::workload::{Limits, SECURITY_HEADER, bind, serve_listener};
 use ringzero_agent::{Attestor, Identity, SvidCache};
 use ringzero_policy::selector::Selector;
 use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, csr_for, generate_key};
 use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_proto::workload as pb;
+use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use zeroize::Zeroizing;

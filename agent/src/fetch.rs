@@ -30,9 +30,9 @@ use rustls_pki_types::CertificateDer;
 use tonic::transport::Endpoint;
 use zeroize::Zeroizing;
 
-use crate::pb;
-use crate::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use crate::workload::SECURITY_HEADER;
+use ringzero_proto::workload as pb;
+use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
 /// The most certificates accepted in one chain or bundle.
 const MAX_CERTS: usize = 64;

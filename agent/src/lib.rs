@@ -23,7 +23,6 @@
 //!   process (pidfd, start time, executable) so that pid reuse and exec are caught.
 //! - [`workload`]: the SPIFFE Workload API server ([`workload::serve`]).
 //! - [`fetch`]: the client behind `ringzero agent fetch`.
-//! - [`pb`]: the Workload API's generated gRPC code (the standard proto, no package).
 //!
 //! # Example
 //!
@@ -76,18 +75,6 @@ pub mod revocations;
 pub mod rotation;
 pub mod state;
 pub mod workload;
-
-/// The SPIFFE Workload API, generated from `proto/workload.proto`.
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    missing_debug_implementations,
-    clippy::all,
-    clippy::pedantic
-)]
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/_.rs"));
-}
 
 pub use self::attest::{Attestation, Attestor};
 pub use self::cache::{Identity, Snapshot, SvidCache};

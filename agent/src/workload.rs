@@ -54,8 +54,10 @@ use tracing::{debug, info, warn};
 
 use crate::attest::{AttestError, Attestation, Attestor};
 use crate::cache::{Snapshot, SvidCache};
-use crate::pb;
-use crate::pb::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+use ringzero_proto::workload as pb;
+use ringzero_proto::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
 
 /// The metadata key every Workload API request must carry with the value `true`.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";

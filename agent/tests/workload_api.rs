@@ -9,8 +9,6 @@ use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use ringzero_agent::fetch::{FetchError, endpoint_path, fetch_x509};
-use ringzero_agent::pb;
-use ringzero_agent::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use ringzero_agent::workload::{Limits, NO_IDENTITY, bind, serve_listener};
 use ringzero_agent::{Attestor, Identity, SvidCache};
 use ringzero_policy::selector::{Selector, SelectorKind};
@@ -18,6 +16,8 @@ use ringzero_policy::svid::{
     LeafKey, LeafRequest, SigningCa, TrustBundle, Usage, csr_for, generate_key, validate_svid,
 };
 use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_proto::workload as pb;
+use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use rustls_pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
