@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use ringzero_policy::selector::Selector;
 use ringzero_policy::svid::{TrustBundle, Usage, csr_for, generate_key, validate_svid};
 use ringzero_policy::{SpiffeId, TrustDomain};
-use ringzero_proto::client::{AuthorityClient, ClientError, bundle_cas};
+use ringzero_proto::client::{AuthorityClient, ClientError, FirstContact, bundle_cas};
 use ringzero_proto::pb;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
 
 use crate::cache::{Identity, SvidCache};
-use crate::enroll::{FirstContact, enroll};
+use crate::enroll::enroll;
 use crate::error::{AgentError, RecoveryHint, Verdict, classify};
 use crate::rotation::{Validity, random_jitter, renew_in};
 use crate::state::{AgentState, DataDir, NodeCredentials, StoredEntry, node_name_of};

@@ -79,7 +79,7 @@ pub mod workload;
 pub use self::attest::{Attestation, Attestor};
 pub use self::cache::{Identity, Snapshot, SvidCache};
 pub use self::daemon::{AgentConfig, Ready, run, run_with_ready};
-pub use self::enroll::FirstContact;
 pub use self::error::{AgentError, RecoveryHint};
 pub use self::revocations::RevocationSet;
 pub use self::state::DataDir;
+pub use ringzero_proto::client::FirstContact;

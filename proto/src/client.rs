@@ -4,14 +4,16 @@
 //! - [`AuthorityClient`]: mTLS with the profile's SVID, the capability as a bearer token, and
 //!   leader-hint retry: a follower answers `Unavailable` with the leader's address in the
 //!   `ringzero-leader` metadata, and the client retries there; an unreachable address is skipped.
-//! - First contact: [`fetch_bundle_unverified`] (for a pin check), [`fetch_bundle_verified`],
-//!   [`redeem_join_token`], [`login_with_invite`].
+//! - First contact: [`FirstContact`] and [`FirstTrust`] (how a joiner trusts the cluster),
+//!   [`first_contact_bundle`], [`fetch_bundle_unverified`] (for a pin check),
+//!   [`fetch_bundle_verified`], [`redeem_join_token`], [`login_with_invite`].
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ringzero_policy::TrustDomain;
+use ringzero_policy::join::JoinToken;
 use ringzero_policy::svid::{TrustBundle, pem_encode};
 use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeServerVerifier};
 use rustls_pki_types::pem::PemObject;
@@ -514,6 +516,40 @@ pub enum FirstTrust<'a> {
     Bundle(&'a [CertificateDer<'static>]),
     /// Nothing is checked (`--insecure-…` flags only).
     Insecure,
+}
+
+/// How a joiner that has never joined (an agent node, an authority node) learns to trust the
+/// cluster, with the join token it will redeem once it does.
+#[derive(Debug)]
+pub enum FirstContact {
+    /// The join token's pin: the bundle is fetched and must contain the pinned CA key.
+    Pinned(JoinToken),
+    /// A bundle given out of band (`--bundle FILE`): the authority must present an SVID under
+    /// it; the token's pin is not needed.
+    Bundle(JoinToken, Vec<CertificateDer<'static>>),
+    /// No check of the authority before the secret is sent (`--insecure-skip-pin`).
+    InsecureNoPin(JoinToken),
+}
+
+impl FirstContact {
+    /// The join token to redeem.
+    pub fn token(&self) -> &JoinToken {
+        match self {
+            FirstContact::Pinned(t)
+            | FirstContact::Bundle(t, _)
+            | FirstContact::InsecureNoPin(t) => t,
+        }
+    }
+
+    /// How the cluster's bundle is checked before the token's secret is sent, for
+    /// [`first_contact_bundle`].
+    pub fn trust(&self) -> FirstTrust<'_> {
+        match self {
+            FirstContact::Pinned(token) => FirstTrust::Pin(&token.pin),
+            FirstContact::Bundle(_, cas) => FirstTrust::Bundle(cas),
+            FirstContact::InsecureNoPin(_) => FirstTrust::Insecure,
+        }
+    }
 }
 
 /// First contact: fetches the cluster's bundle at `addr` and checks it as `trust` says, before
