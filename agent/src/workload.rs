@@ -41,14 +41,13 @@ use std::time::Duration;
 
 use ringzero_policy::TrustDomain;
 use ringzero_policy::selector::Selector;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use ringzero_proto::transport::{Connection, ConnectionGuard};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
@@ -217,15 +216,21 @@ pub async fn serve_listener(
 #[derive(Debug, Clone)]
 pub struct Caller(pub Arc<Attestation>);
 
-/// An accepted, attested connection.
-struct AttestedConnection {
-    stream: UnixStream,
-    caller: Caller,
+/// An accepted, attested connection: every request on it carries its [`Caller`].
+type AttestedConnection = Connection<UnixStream, Caller, Slots>;
+
+/// What an attested connection holds while it is open: one of the server's connection slots
+/// and one of its uid's.
+#[derive(Debug)]
+struct Slots {
     _slot: OwnedSemaphorePermit,
     _uid_slot: UidSlot,
 }
 
+impl ConnectionGuard for Slots {}
+
 /// One of a uid's connection slots, given back on drop.
+#[derive(Debug)]
 struct UidSlot {
     uid: u32,
     counts: Arc<std::sync::Mutex<HashMap<u32, usize>>>,
@@ -260,42 +265,6 @@ impl Drop for UidSlot {
                 map.remove(&self.uid);
             }
         }
-    }
-}
-
-impl Connected for AttestedConnection {
-    type ConnectInfo = Caller;
-
-    fn connect_info(&self) -> Caller {
-        self.caller.clone()
-    }
-}
-
-impl AsyncRead for AttestedConnection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AttestedConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -366,12 +335,14 @@ impl Incoming {
                         selectors = attestation.selectors().len(),
                         "Workload API caller attested"
                     );
-                    Some(AttestedConnection {
+                    Some(Connection::new(
                         stream,
-                        caller: Caller(Arc::new(attestation)),
-                        _slot: slot,
-                        _uid_slot: uid_slot,
-                    })
+                        Caller(Arc::new(attestation)),
+                        Slots {
+                            _slot: slot,
+                            _uid_slot: uid_slot,
+                        },
+                    ))
                 }
                 Err(e) => {
                     warn!(error = %e, "cannot attest Workload API caller; closing");

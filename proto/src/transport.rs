@@ -59,17 +59,16 @@ use hyper_util::rt::TokioIo;
 use ringzero_policy::SpiffeId;
 use ringzero_policy::tls::peer_svid;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::Stream;
-use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
 pub use admission::{ConnectionClass, ServerLimits};
 use admission::{Lifetime, Pools, Slot};
+pub use connection::{Connection, ConnectionGuard};
 pub use layers::{
     ANONYMOUS_MESSAGE, AnonymousAllowList, AnonymousAllowListLayer, EXPIRED_MESSAGE,
     MEMBERS_ONLY_MESSAGE, MembersOnly, MembersOnlyLayer, RefusalFuture, RefuseExpired,
@@ -78,6 +77,7 @@ pub use layers::{
 pub use policy::{ServerPolicy, StreamLimits, server_builder};
 
 mod admission;
+mod connection;
 mod layers;
 mod policy;
 
@@ -209,13 +209,15 @@ impl Incoming {
             // A full pool: the connection is dropped, which closes it.
             let slot = pools.admit(class, addr.ip())?;
             let lifetime = pools.lifetime(class, peer.not_after);
-            Some(TlsConnection {
+            Some(Connection::new(
                 stream,
                 peer,
-                class,
-                lifetime,
-                _slot: slot,
-            })
+                Admission {
+                    class,
+                    lifetime,
+                    _slot: slot,
+                },
+            ))
         });
     }
 
@@ -276,15 +278,19 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-/// A server-side TLS connection; implements tonic's [`Connected`] so that handlers see
-/// [`PeerInfo`] (through [`peer`]).
+/// A server-side TLS connection; every request received on it carries the caller's
+/// [`PeerInfo`] (read back with [`peer`]).
 ///
 /// It occupies a slot of its class's pool until dropped. Once it has been idle for its class's
 /// idle time, or reaches its end (maximum age or certificate expiry), reads see the end of the
 /// stream and writes fail, so that the server drops it.
-pub struct TlsConnection {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: PeerInfo,
+pub type TlsConnection =
+    Connection<tokio_rustls::server::TlsStream<TcpStream>, PeerInfo, Admission>;
+
+/// What a [`TlsConnection`] holds while it is open: its class's pool slot, and its lifetime
+/// (idle time, maximum age, certificate expiry), which ends it.
+#[derive(Debug)]
+pub struct Admission {
     class: ConnectionClass,
     lifetime: Lifetime,
     _slot: Slot,
@@ -293,108 +299,21 @@ pub struct TlsConnection {
 impl TlsConnection {
     /// The class this connection was admitted as.
     pub fn class(&self) -> ConnectionClass {
-        self.class
+        self.guard().class
     }
 }
 
-impl std::fmt::Debug for TlsConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConnection")
-            .field("peer", &self.peer)
-            .field("class", &self.class)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Connected for TlsConnection {
-    type ConnectInfo = PeerInfo;
-
-    /// tonic calls this once per connection and inserts a clone into the extensions of every
-    /// request received on it.
-    fn connect_info(&self) -> PeerInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.lifetime.poll_over(cx) {
-            // End of stream: the server closes the connection.
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled
-            && buf.filled().len() > before
-        {
-            this.lifetime.touch();
-        }
-        polled
-    }
-}
-
-impl TlsConnection {
-    /// Polls a write with the connection's lifetime: fails once it is over, and counts bytes
-    /// written as activity.
-    fn poll_write_with(
-        &mut self,
-        cx: &mut Context<'_>,
-        write: impl FnOnce(
-            Pin<&mut tokio_rustls::server::TlsStream<TcpStream>>,
-            &mut Context<'_>,
-        ) -> Poll<io::Result<usize>>,
-    ) -> Poll<io::Result<usize>> {
-        if self.lifetime.poll_over(cx) {
-            return Poll::Ready(Err(Lifetime::over_error()));
-        }
-        let polled = write(Pin::new(&mut self.stream), cx);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            self.lifetime.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_write(cx, buf))
+impl ConnectionGuard for Admission {
+    fn poll_over(&mut self, cx: &mut Context<'_>) -> bool {
+        self.lifetime.poll_over(cx)
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    fn touch(&mut self) {
+        self.lifetime.touch();
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.lifetime.poll_over(cx) {
-            return Poll::Ready(Err(Lifetime::over_error()));
-        }
-        Pin::new(&mut this.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    fn over_error(&self) -> io::Error {
+        Lifetime::over_error()
     }
 }
 
