@@ -138,7 +138,7 @@ impl X509Svid {
 }
 
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), FetchError> {
-    crate::state::write_file_atomic(path, data, mode).map_err(|source| FetchError::Write {
+    ringzero_proto::fs::write_private(path, data, mode).map_err(|source| FetchError::Write {
         path: path.display().to_string(),
         source,
     })

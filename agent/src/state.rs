@@ -13,16 +13,17 @@
 //!   workload.sock    0666  the Workload API socket (default place; `--socket` moves it)
 //! ```
 //!
-//! Every file is written to a temporary file (mode set at creation), fsynced, then renamed
-//! into place: a reader, or a crash, never sees half a file or a key next to another SVID.
+//! Every file is written with [`write_private`]: to a temporary file (mode set at creation),
+//! fsynced, then renamed into place: a reader, or a crash, never sees half a file or a key next
+//! to another SVID.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ringzero_policy::svid::pem_encode;
 use ringzero_policy::{SpiffeId, TrustDomain};
 use ringzero_proto::client::{ClientError, Credentials, Profile};
+use ringzero_proto::fs::write_private;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
@@ -284,37 +285,9 @@ fn read_bounded(path: &Path, max: u64) -> Result<Option<String>, AgentError> {
     Ok(Some(text))
 }
 
-/// Writes `data` to `path` through a temporary file created with `mode`, fsynced, renamed.
+/// [`write_private`]: `data` replaces `path` atomically, with `mode`.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AgentError> {
-    write_file_atomic(path, data, mode).map_err(|e| AgentError::io(path, e))
-}
-
-/// Writes `data` to `path` through a temporary file created with `mode`, fsynced, renamed, and
-/// the directory synced: readers see the old file or the new one, never a part.
-pub(crate) fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    write_private(path, data, mode).map_err(|e| AgentError::io(path, e))
 }
 
 #[cfg(test)]

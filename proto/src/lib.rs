@@ -13,7 +13,9 @@
 //! - `proto/spiffe/workload.proto` → [`workload`]: the SPIFFE Workload API, generated messages,
 //!   client and server (no package: the service is `SpiffeWorkloadAPI` on the wire).
 //! - [`client`]: profiles, the authority client with leader-hint retry, first contact.
-//! - [`transport`]: mTLS for tonic on rustls (ring provider) with ringzero's SPIFFE verifiers.
+//! - [`transport`]: mTLS for tonic on rustls (ring provider) with ringzero's SPIFFE verifiers,
+//!   and the one server-side connection type ([`transport::Connection`]).
+//! - [`fs`]: [`fs::write_private`], the atomic writer of files that hold secrets.
 #![forbid(unsafe_code)]
 
 /// Generated from `proto/ringzero/v1/*.proto`.
@@ -46,6 +48,7 @@ pub mod workload {
 }
 
 pub mod client;
+pub mod fs;
 pub mod transport;
 
 /// The methods of `ringzero.v1.Authority` a client without a certificate may call (the
