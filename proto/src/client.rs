@@ -200,6 +200,43 @@ impl Profile {
         }
     }
 
+    /// A profile for the credentials the authority issued to a user (`AddUser`, `Login`):
+    /// `reply`'s SVID chain and capability with `key_pkcs8` (the key made by the caller), and
+    /// the trust `known` — the caller's own profile, if any — learned so far: its audit pins
+    /// and the keys it knows are compromised. The CAs are `fallback_cas`, replaced by the
+    /// bundle of the reply when it holds one (it came over TLS authenticated by CAs the caller
+    /// already trusts) and merged with it ([`Profile::apply_bundle`]).
+    pub fn from_user_credentials(
+        td: &TrustDomain,
+        authorities: Vec<String>,
+        fallback_cas: &[CertificateDer<'static>],
+        known: Option<&Profile>,
+        reply: &pb::UserCredentials,
+        key_pkcs8: &[u8],
+    ) -> Self {
+        let chain: Vec<CertificateDer<'static>> = reply
+            .svid_chain
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
+            .collect();
+        let mut profile = Self::new(
+            td,
+            authorities,
+            fallback_cas,
+            &chain,
+            key_pkcs8,
+            &reply.token,
+        );
+        if let Some(k) = known {
+            profile.audit_keys = k.audit_keys.clone();
+            profile.compromised_keys = k.compromised_keys.clone();
+        }
+        if let Some(b) = &reply.bundle {
+            profile.apply_bundle(b);
+        }
+        profile
+    }
+
     /// Merges the audit keys of a bundle received over an authenticated channel into the
     /// pins: new keys are added, known keys take the new status; a key once pinned is never
     /// dropped (a retired key still verifies old heads) and a compromised one never revives.
