@@ -26,13 +26,13 @@ use std::time::{Duration, SystemTime};
 use hyper_util::rt::TokioIo;
 use ringzero_policy::SpiffeId;
 use ringzero_policy::svid::{SvidError, TrustBundle, Usage, pem_encode, validate_svid};
+use ringzero_proto::workload as pb;
+use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use rustls_pki_types::CertificateDer;
 use tonic::transport::Endpoint;
 use zeroize::Zeroizing;
 
 use crate::workload::SECURITY_HEADER;
-use ringzero_proto::workload as pb;
-use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
 /// The most certificates accepted in one chain or bundle.
 const MAX_CERTS: usize = 64;

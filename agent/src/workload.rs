@@ -34,29 +34,25 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ringzero_policy::TrustDomain;
 use ringzero_policy::selector::Selector;
-use ringzero_proto::transport::{Connection, ConnectionGuard};
+use ringzero_proto::transport::{Connection, ConnectionGuard, accept};
+use ringzero_proto::workload as pb;
+use ringzero_proto::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
-use tokio::time::Sleep;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use crate::attest::{AttestError, Attestation, Attestor};
 use crate::cache::{Snapshot, SvidCache};
-use ringzero_proto::workload as pb;
-use ringzero_proto::workload::spiffe_workload_api_server::{
-    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
-};
 
 /// The metadata key every Workload API request must carry with the value `true`.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -67,10 +63,6 @@ const MAX_RESPONSE_LEN: usize = 32 * 1024 * 1024;
 /// The status message when no identity matches the caller, as SPIRE words it.
 pub const NO_IDENTITY: &str = "no identity issued";
 
-/// How long the accept loop pauses after a listener error such as `EMFILE`.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// At most this many connections are accepted per poll before attested ones are handed out.
-const ACCEPT_BUDGET: usize = 64;
 /// How long a shutdown waits for connections to close before dropping them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -274,50 +266,27 @@ fn incoming(
     attestor: Attestor,
     limits: Limits,
 ) -> impl Stream<Item = Result<AttestedConnection, io::Error>> + Send + 'static {
-    Incoming {
-        listener,
-        attestor,
-        attest_timeout: limits.attest_timeout,
-        slots: Arc::new(Semaphore::new(
-            limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
-        )),
-        per_uid: Arc::new(std::sync::Mutex::new(HashMap::new())),
-        max_per_uid: limits.max_connections_per_uid,
-        attesting: JoinSet::new(),
-        backoff: None,
-    }
-}
-
-struct Incoming {
-    listener: UnixListener,
-    attestor: Attestor,
-    attest_timeout: Duration,
-    slots: Arc<Semaphore>,
-    per_uid: Arc<std::sync::Mutex<HashMap<u32, usize>>>,
-    max_per_uid: usize,
-    attesting: JoinSet<Option<AttestedConnection>>,
-    backoff: Option<Pin<Box<Sleep>>>,
-}
-
-impl Incoming {
-    fn start(&mut self, stream: UnixStream) {
-        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let per_uid = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let deadline = limits.attest_timeout;
+    let accepting = accept(listener, move |stream: UnixStream, _| {
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             warn!("Workload API connection limit reached; closing a new connection");
-            return;
+            return None;
         };
-        let Ok(cred) = stream.peer_cred() else {
-            return;
-        };
-        let Some(uid_slot) = UidSlot::take(&self.per_uid, cred.uid(), self.max_per_uid) else {
+        let cred = stream.peer_cred().ok()?;
+        let Some(uid_slot) = UidSlot::take(&per_uid, cred.uid(), limits.max_connections_per_uid)
+        else {
             warn!(
                 uid = cred.uid(),
                 "Workload API per-uid connection limit reached; closing a new connection"
             );
-            return;
+            return None;
         };
-        let attestor = self.attestor.clone();
-        let deadline = self.attest_timeout;
-        self.attesting.spawn(async move {
+        let attestor = attestor.clone();
+        Some(async move {
             // The /proc reads run through the attestor's gate; if they outlast the deadline
             // the job keeps its slot until it ends, and the connection is closed.
             let Ok(result) = tokio::time::timeout(deadline, attestor.attest(&stream)).await else {
@@ -349,56 +318,14 @@ impl Incoming {
                     None
                 }
             }
-        });
-    }
-
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        for _ in 0..ACCEPT_BUDGET {
-            if let Some(backoff) = &mut self.backoff {
-                if backoff.as_mut().poll(cx).is_pending() {
-                    return None;
-                }
-                self.backoff = None;
-            }
-            match self.listener.poll_accept(cx) {
-                Poll::Ready(Ok((stream, _))) => self.start(stream),
-                Poll::Ready(Err(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::Interrupted
-                            | io::ErrorKind::WouldBlock
-                    ) => {}
-                Poll::Ready(Err(e)) => {
-                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
-                    return Some(e);
-                }
-                Poll::Pending => return None,
-            }
-        }
-        cx.waker().wake_by_ref();
-        None
-    }
-}
-
-impl Stream for Incoming {
-    type Item = Result<AttestedConnection, io::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if let Some(e) = this.poll_accept(cx) {
+        })
+    });
+    accepting.map(|accepted| {
+        if let Err(e) = &accepted {
             warn!(error = %e, "Workload API accept failed");
-            return Poll::Ready(Some(Err(e)));
         }
-        loop {
-            match this.attesting.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
-                Poll::Ready(Some(Ok(None) | Err(_))) => {}
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
+        accepted
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

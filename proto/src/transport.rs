@@ -50,9 +50,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
@@ -60,12 +59,11 @@ use ringzero_policy::SpiffeId;
 use ringzero_policy::tls::peer_svid;
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-use tokio::time::Sleep;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::Stream;
 use tonic::transport::{Channel, Endpoint};
 
+pub use accepting::{Accepting, Listener, accept};
 pub use admission::{ConnectionClass, ServerLimits};
 use admission::{Lifetime, Pools, Slot};
 pub use connection::{Connection, ConnectionGuard};
@@ -76,6 +74,7 @@ pub use layers::{
 };
 pub use policy::{ServerPolicy, StreamLimits, server_builder};
 
+mod accepting;
 mod admission;
 mod connection;
 mod layers;
@@ -87,14 +86,6 @@ const TLS_SERVER_NAME: &str = "ringzero.invalid";
 
 /// The only application protocol gRPC speaks.
 const ALPN_H2: &[u8] = b"h2";
-
-/// How long the accept loop pauses after a listener error such as `EMFILE`, which would
-/// otherwise repeat at once and spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// At most this many TCP connections are accepted per poll before completed handshakes are
-/// handed out, so that a connection flood cannot starve established clients.
-const ACCEPT_BUDGET: usize = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Server
@@ -152,37 +143,14 @@ pub fn incoming(
     // verifies its client certificate (a full handshake costs one signature more).
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Incoming {
-        listener,
-        acceptor: TlsAcceptor::from(Arc::new(config)),
-        pools: Arc::new(Pools::new(limits)),
-        handshakes: JoinSet::new(),
-        backoff: None,
-    }
-}
-
-/// The stream behind [`incoming`].
-struct Incoming {
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    pools: Arc<Pools>,
-    /// Handshakes in progress; `None` is a failed or timed-out one, or one refused a slot.
-    handshakes: JoinSet<Option<TlsConnection>>,
-    /// Set after a listener error: no accepting until it fires.
-    backoff: Option<Pin<Box<Sleep>>>,
-}
-
-impl Incoming {
-    /// Starts the handshake of a new TCP connection in its own task, or closes the connection
-    /// at once when no handshake slot is free for it.
-    fn start(&mut self, tcp: TcpStream, addr: SocketAddr) {
-        let Some(handshake_slot) = self.pools.handshake(addr.ip()) else {
-            drop(tcp);
-            return;
-        };
-        let acceptor = self.acceptor.clone();
-        let pools = Arc::clone(&self.pools);
-        self.handshakes.spawn(async move {
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let pools = Arc::new(Pools::new(limits));
+    accept(listener, move |tcp: TcpStream, addr: SocketAddr| {
+        // No handshake slot free: the connection is dropped, which closes it.
+        let handshake_slot = pools.handshake(addr.ip())?;
+        let acceptor = acceptor.clone();
+        let pools = Arc::clone(&pools);
+        Some(async move {
             let limits = *pools.limits();
             // Best effort: gRPC messages are small and latency-bound.
             let _ = tcp.set_nodelay(true);
@@ -218,64 +186,8 @@ impl Incoming {
                     _slot: slot,
                 },
             ))
-        });
-    }
-
-    /// Accepts pending TCP connections; returns a listener error to report, if any.
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        for _ in 0..ACCEPT_BUDGET {
-            if let Some(backoff) = &mut self.backoff {
-                if backoff.as_mut().poll(cx).is_pending() {
-                    return None;
-                }
-                self.backoff = None;
-            }
-            match self.listener.poll_accept(cx) {
-                Poll::Ready(Ok((tcp, addr))) => self.start(tcp, addr),
-                // The client went away before we accepted: nothing to report.
-                Poll::Ready(Err(e)) if is_per_connection(&e) => {}
-                Poll::Ready(Err(e)) => {
-                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
-                    return Some(e);
-                }
-                Poll::Pending => return None,
-            }
-        }
-        // Budget spent with connections possibly still queued: come back soon.
-        cx.waker().wake_by_ref();
-        None
-    }
-}
-
-impl Stream for Incoming {
-    type Item = Result<TlsConnection, io::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if let Some(e) = this.poll_accept(cx) {
-            return Poll::Ready(Some(Err(e)));
-        }
-        loop {
-            match this.handshakes.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
-                // A failed, timed-out or refused connection (or a panicked task): it is closed.
-                Poll::Ready(Some(Ok(None) | Err(_))) => {}
-                // No handshake in progress: the listener's waker is registered.
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-/// Listener errors that concern one connection only, not the listener.
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
+        })
+    })
 }
 
 /// A server-side TLS connection; every request received on it carries the caller's
