@@ -1,7 +1,7 @@
 //! The SPIFFE Workload API server under load: fetch latency from the identity cache, and the
 //! fan-out of one rotation to 1,000 open `FetchX509SVID` streams.
 //!
-//! The server is the real one (`workload::bind` + `serve_listener`, the default `Attestor`:
+//! The server is the real one (`bind_workload_socket` + `serve_workload_listener`, the default `Attestor`:
 //! `SO_PEERCRED`, pidfd, `/proc` reads through its gate — no executable read, since no entry
 //! selects a path or hash — and re-verification before every message) on a temp unix socket,
 //! serving an `SvidCache` holding real P-256 SVIDs issued by a
@@ -18,7 +18,7 @@
 //!    - *`ringzero agent fetch` client* — `fetch::fetch_x509` (new connection, and the client
 //!      validates every SVID against its bundle), single client.
 //! 2. **1,000 concurrent streams on one agent**: 1,000 `FetchX509SVID` streams, 16 per
-//!    connection (the default `Limits::max_streams_per_connection`, so 63 connections, within
+//!    connection (the default `WorkloadLimits::max_streams_per_connection`, so 63 connections, within
 //!    the default 128 per uid), and once more as 1,000 connections with one stream each (for
 //!    that point only the limits are raised to 2,048 connections, 2,048 per uid, as 1,000
 //!    separate workload processes would need). After every stream has its first message, one
@@ -43,9 +43,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use hyper_util::rt::TokioIo;
-use ringzero_agent::fetch::fetch_x509;
-use ringzero_agent::workload::{Limits, SECURITY_HEADER, bind, serve_listener};
-use ringzero_agent::{Attestor, Identity, SvidCache};
+use ringzero_agent::{
+    Attestor, Identity, SECURITY_HEADER, SvidCache, WorkloadLimits, bind_workload_socket,
+    fetch_x509, serve_workload_listener,
+};
 use ringzero_policy::selector::Selector;
 use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, csr_for, generate_key};
 use ringzero_policy::{SpiffeId, TrustDomain};
@@ -174,7 +175,7 @@ struct Server {
 
 impl Server {
     /// A server whose cache holds `identities` identities of this process.
-    async fn start(identities: usize, limits: Limits) -> Self {
+    async fn start(identities: usize, limits: WorkloadLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let cache = SvidCache::new();
@@ -188,11 +189,11 @@ impl Server {
         .unwrap();
         cache.set_bundle(td(), vec![ca.cert_der().clone()]);
         cache.replace_all((0..identities).map(|i| identity(&ca, &entry(i))).collect());
-        let listener = bind(&socket).await.unwrap();
+        let listener = bind_workload_socket(&socket).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = cache.clone();
         let task = tokio::spawn(async move {
-            serve_listener(listener, serving, Attestor::new(), limits, async {
+            serve_workload_listener(listener, serving, Attestor::new(), limits, async {
                 let _ = stopped.await;
             })
             .await
@@ -419,10 +420,10 @@ const CHILD_ENV: &str = "RINGZERO_BENCH_FANOUT_POINT";
 const STREAMS: usize = 1000;
 
 /// The fan-out points: (label, identities in the cache, streams per connection, limits).
-fn fan_out_points() -> Vec<(&'static str, usize, usize, Limits)> {
-    let default = Limits::default();
+fn fan_out_points() -> Vec<(&'static str, usize, usize, WorkloadLimits)> {
+    let default = WorkloadLimits::default();
     let per_conn = usize::try_from(default.max_streams_per_connection).unwrap_or(1);
-    let raised = Limits {
+    let raised = WorkloadLimits {
         max_connections: 2048,
         max_connections_per_uid: 2048,
         ..default
@@ -436,7 +437,12 @@ fn fan_out_points() -> Vec<(&'static str, usize, usize, Limits)> {
 
 /// `streams` streams, `per_conn` per connection, on a server with `identities` identities;
 /// then one rotation.
-async fn fan_out(streams: usize, per_conn: usize, identities: usize, limits: Limits) -> FanOut {
+async fn fan_out(
+    streams: usize,
+    per_conn: usize,
+    identities: usize,
+    limits: WorkloadLimits,
+) -> FanOut {
     let server = Server::start(identities, limits).await;
     // The first connection hashes this (large) executable; keep that out of the figures.
     fetch_first(&mut connect(&server.socket).await.unwrap())
@@ -600,7 +606,7 @@ fn main() {
         println!();
         println!("FetchX509SVID, first message");
         for identities in [1, 50] {
-            let server = Server::start(identities, Limits::default()).await;
+            let server = Server::start(identities, WorkloadLimits::default()).await;
             // Warm up: the executable hash, connections, allocator.
             fetch_point(
                 &server.socket,

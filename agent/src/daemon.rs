@@ -38,7 +38,7 @@ use crate::state::{AgentState, DataDir, NodeCredentials, StoredEntry, node_name_
 use crate::workload;
 
 /// The most CSRs in one `MintSvids` call.
-pub const MINT_BATCH: usize = 256;
+pub(crate) const MINT_BATCH: usize = 256;
 /// How long before retrying an SVID the authority refused.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// The least time between two issuances for one entry: a guard against reissue loops (an SVID
@@ -215,7 +215,7 @@ pub async fn run_with_ready(
         full_sync: None,
         synced: false,
         ready,
-        revocations: crate::RevocationSet::new(),
+        revocations: crate::revocations::RevocationSet::new(),
         socket,
     };
     agent.schedule_node_renewal();
@@ -293,7 +293,7 @@ struct Agent {
     ready: Option<oneshot::Sender<Ready>>,
     socket: PathBuf,
     /// Revoked capabilities, followed from the feed, for the node's verifiers.
-    revocations: crate::RevocationSet,
+    revocations: crate::revocations::RevocationSet,
 }
 
 enum SyncMsg {

@@ -6,9 +6,9 @@
 //! [`X509Svid::write_to`] stores one as `svid.pem`, `svid.key` (mode `0600`) and `bundle.pem`.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), ringzero_agent::fetch::FetchError> {
+//! # async fn example() -> Result<(), ringzero_agent::FetchError> {
 //! use std::time::Duration;
-//! use ringzero_agent::fetch::{endpoint_path, fetch_x509};
+//! use ringzero_agent::{endpoint_path, fetch_x509};
 //!
 //! // What `SPIFFE_ENDPOINT_SOCKET` holds, or a plain path.
 //! let socket = endpoint_path("unix:///run/ringzero/agent.sock")?;

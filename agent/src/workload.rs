@@ -57,7 +57,7 @@ use crate::cache::{Snapshot, SvidCache};
 /// The metadata key every Workload API request must carry with the value `true`.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// The largest request message accepted (Workload API requests are tiny).
-pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_LEN: usize = 64 * 1024;
 /// The largest response message sent.
 const MAX_RESPONSE_LEN: usize = 32 * 1024 * 1024;
 /// The status message when no identity matches the caller, as SPIRE words it.
@@ -206,7 +206,7 @@ pub async fn serve_listener(
 
 /// What every request knows about its caller: the attestation of its connection.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Arc<Attestation>);
+pub(crate) struct Caller(pub(crate) Arc<Attestation>);
 
 /// An accepted, attested connection: every request on it carries its [`Caller`].
 type AttestedConnection = Connection<UnixStream, Caller, Slots>;

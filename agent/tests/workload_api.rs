@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
-use ringzero_agent::fetch::{FetchError, endpoint_path, fetch_x509};
-use ringzero_agent::workload::{Limits, NO_IDENTITY, bind, serve_listener};
-use ringzero_agent::{Attestor, Identity, SvidCache};
+use ringzero_agent::{
+    Attestor, FetchError, Identity, NO_IDENTITY, SvidCache, WorkloadLimits, bind_workload_socket,
+    endpoint_path, fetch_x509, serve_workload_listener,
+};
 use ringzero_policy::selector::{Selector, SelectorKind};
 use ringzero_policy::svid::{
     LeafKey, LeafRequest, SigningCa, TrustBundle, Usage, csr_for, generate_key, validate_svid,
@@ -83,20 +84,20 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
-        Self::start_with(Limits::default()).await
+        Self::start_with(WorkloadLimits::default()).await
     }
 
-    async fn start_with(limits: Limits) -> Self {
+    async fn start_with(limits: WorkloadLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let cache = SvidCache::new();
         let ca = ca();
         cache.set_bundle(td(), vec![ca.cert_der().clone()]);
-        let listener = bind(&socket).await.unwrap();
+        let listener = bind_workload_socket(&socket).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = cache.clone();
         let task = tokio::spawn(async move {
-            serve_listener(listener, serving, Attestor::new(), limits, async {
+            serve_workload_listener(listener, serving, Attestor::new(), limits, async {
                 let _ = stopped.await;
             })
             .await
@@ -465,24 +466,24 @@ async fn garbage_and_oversized_requests_do_not_take_the_server_down() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_are_closed() {
-    connection_cap(Limits {
+    connection_cap(WorkloadLimits {
         max_connections: 2,
-        ..Limits::default()
+        ..WorkloadLimits::default()
     })
     .await;
 }
 
 #[tokio::test]
 async fn connections_beyond_the_per_uid_cap_are_closed() {
-    connection_cap(Limits {
+    connection_cap(WorkloadLimits {
         max_connections_per_uid: 2,
-        ..Limits::default()
+        ..WorkloadLimits::default()
     })
     .await;
 }
 
 /// Two connections are allowed by `limits`: a third is closed, until one of them goes away.
-async fn connection_cap(limits: Limits) {
+async fn connection_cap(limits: WorkloadLimits) {
     let server = Server::start_with(limits).await;
     server.cache.upsert(identity(
         &server.ca,
@@ -525,17 +526,17 @@ async fn bind_replaces_only_stale_sockets() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, b"keep me").unwrap();
-    assert!(bind(&file).await.is_err());
+    assert!(bind_workload_socket(&file).await.is_err());
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 
     let sock = dir.path().join("agent.sock");
-    let live = bind(&sock).await.unwrap();
+    let live = bind_workload_socket(&sock).await.unwrap();
     assert!(
-        bind(&sock).await.is_err(),
+        bind_workload_socket(&sock).await.is_err(),
         "a live socket must not be stolen"
     );
     drop(live);
-    let again = bind(&sock).await.unwrap();
+    let again = bind_workload_socket(&sock).await.unwrap();
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666);
