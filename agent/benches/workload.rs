@@ -1,10 +1,10 @@
 //! The SPIFFE Workload API server under load: fetch latency from the identity cache, and the
 //! fan-out of one rotation to 1,000 open `FetchX509SVID` streams.
 //!
-//! The server is the real one (`bind_workload_socket` + `serve_workload_listener`, the default `Attestor`:
-//! `SO_PEERCRED`, pidfd, `/proc` reads through its gate — no executable read, since no entry
-//! selects a path or hash — and re-verification before every message) on a temp unix socket,
-//! serving an `SvidCache` holding real P-256 SVIDs issued by a
+//! The server is the real one (`testing::Serving`: the Workload API server with the default
+//! attestor: `SO_PEERCRED`, pidfd, `/proc` reads through its gate — no executable read, since
+//! no entry selects a path or hash — and re-verification before every message) on a temp unix
+//! socket, serving an `SvidCache` holding real P-256 SVIDs issued by a
 //! `ringzero_policy::svid::SigningCa`, each for an entry selecting `unix:uid:<this process's
 //! uid>`, so every identity in the cache is the caller's.
 //!
@@ -18,8 +18,8 @@
 //!    - *`ringzero agent fetch` client* — `fetch::fetch_x509` (new connection, and the client
 //!      validates every SVID against its bundle), single client.
 //! 2. **1,000 concurrent streams on one agent**: 1,000 `FetchX509SVID` streams, 16 per
-//!    connection (the default `WorkloadLimits::max_streams_per_connection`, so 63 connections, within
-//!    the default 128 per uid), and once more as 1,000 connections with one stream each (for
+//!    connection (the default `WorkloadLimits::max_streams_per_connection`, so 63 connections,
+//!    within the default 128 per uid), and once more as 1,000 connections with one stream each (for
 //!    that point only the limits are raised to 2,048 connections, 2,048 per uid, as 1,000
 //!    separate workload processes would need). After every stream has its first message, one
 //!    identity is rotated (`SvidCache::upsert` with a freshly issued certificate) and the time
@@ -42,19 +42,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use hyper_util::rt::TokioIo;
-use ringzero_agent::{
-    Attestor, Identity, SECURITY_HEADER, SvidCache, WorkloadLimits, bind_workload_socket,
-    fetch_x509, serve_workload_listener,
-};
+use ringzero_agent::testing::Serving;
+use ringzero_agent::{Identity, SECURITY_HEADER, SvidCache, WorkloadLimits, fetch_x509};
 use ringzero_policy::selector::Selector;
-use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, csr_for, generate_key};
+use ringzero_policy::svid::SigningCa;
 use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_proto::transport::unix_channel;
 use ringzero_proto::workload as pb;
 use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
-use zeroize::Zeroizing;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -137,27 +134,7 @@ fn my_uid() -> u32 {
 /// A fresh key and SVID for entry `entry`, selecting this process's uid.
 fn identity(ca: &SigningCa, entry: &str) -> Identity {
     let id = SpiffeId::parse(&format!("spiffe://example.org/bench/{entry}")).unwrap();
-    let key = generate_key().unwrap();
-    let csr = csr_for(&key, &id).unwrap();
-    let svid = ca
-        .issue(&LeafRequest {
-            id: &id,
-            key: LeafKey::Csr(&csr),
-            ttl: Duration::from_secs(3600),
-            dns_names: &[],
-            now: SystemTime::now(),
-        })
-        .unwrap();
-    Identity {
-        entry_id: entry.to_owned(),
-        spiffe_id: id,
-        selectors: vec![Selector::uid(my_uid())],
-        chain: svid.chain,
-        key: Zeroizing::new(key.serialize_der()),
-        not_after: svid.not_after,
-        hint: String::new(),
-        created_revision: 0,
-    }
+    ringzero_agent::testing::identity(ca, entry, id, vec![Selector::uid(my_uid())]).unwrap()
 }
 
 fn entry(i: usize) -> String {
@@ -169,8 +146,7 @@ struct Server {
     socket: PathBuf,
     cache: SvidCache,
     ca: SigningCa,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    serving: Serving,
 }
 
 impl Server {
@@ -189,48 +165,25 @@ impl Server {
         .unwrap();
         cache.set_bundle(td(), vec![ca.cert_der().clone()]);
         cache.replace_all((0..identities).map(|i| identity(&ca, &entry(i))).collect());
-        let listener = bind_workload_socket(&socket).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let serving = cache.clone();
-        let task = tokio::spawn(async move {
-            serve_workload_listener(listener, serving, Attestor::new(), limits, async {
-                let _ = stopped.await;
-            })
+        let serving = Serving::start(&socket, cache.clone(), limits)
             .await
             .unwrap();
-        });
         Self {
             _dir: dir,
             socket,
             cache,
             ca,
-            stop,
-            task,
+            serving,
         }
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(TIMEOUT, self.task)
-            .await
-            .unwrap()
-            .unwrap();
+        self.serving.stop(TIMEOUT).await.unwrap();
     }
 }
 
 async fn connect(socket: &Path) -> Result<Client, String> {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://workload.invalid")
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
-        .map_err(|e| e.to_string())?;
+    let channel = unix_channel(socket).await.map_err(|e| e.to_string())?;
     Ok(SpiffeWorkloadApiClient::new(channel).max_decoding_message_size(32 * 1024 * 1024))
 }
 

@@ -177,7 +177,7 @@ pub async fn run_with_ready(
     let server = tokio::spawn(workload::serve_listener(
         listener,
         cache.clone(),
-        crate::Attestor::new(),
+        crate::attest::Attestor::new(),
         workload::Limits::default(),
         async move {
             let _ = stop_rx.wait_for(|s| *s).await;

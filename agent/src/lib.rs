@@ -23,13 +23,15 @@
 //! - `revocations.rs`: the revocation set the authority streams, for verifying capabilities.
 //! - `cache.rs`: the in-memory [`SvidCache`] of issued identities and trust bundles, which the
 //!   sync loop fills and the Workload API reads (a watch channel of immutable snapshots).
-//! - `attest/`: workload attestation of a unix-socket peer into selectors ([`Attestor`]),
+//! - `attest/`: workload attestation of a unix-socket peer into selectors (`Attestor`),
 //!   pinned to the process (pidfd, start time, executable) so that pid reuse and exec are
 //!   caught: `mod.rs` (attestation and re-verification), `gate.rs` (per-uid bounds on blocking
 //!   reads), `digest.rs` (the executable's hash, cached and computed once), `tests.rs`.
 //! - `workload.rs`: the SPIFFE Workload API server ([`serve_workload_api`]) on the generated
 //!   code of `ringzero_proto::workload`.
 //! - `fetch.rs`: the client behind `ringzero agent fetch` ([`fetch_x509`]).
+//! - `testing.rs` (feature `testing`): helpers for tests and benches, such as an identity
+//!   issued by a test CA as the cache holds it.
 //!
 //! # Example
 //!
@@ -91,9 +93,12 @@ mod rotation;
 mod state;
 mod workload;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use ringzero_proto::client::FirstContact;
 
-pub use self::attest::{Attestor, current_uid, user_name};
+pub use self::attest::{current_uid, user_name};
 pub use self::cache::{Identity, SvidCache};
 pub use self::daemon::{AgentConfig, Ready, run, run_with_ready};
 pub use self::error::{AgentError, RecoveryHint};
@@ -102,5 +107,4 @@ pub use self::state::DataDir;
 pub use self::workload::{
     Limits as WorkloadLimits, NO_IDENTITY, SECURITY_HEADER, ServeError,
     bind as bind_workload_socket, serve as serve_workload_api,
-    serve_listener as serve_workload_listener,
 };

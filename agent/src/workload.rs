@@ -159,7 +159,7 @@ pub async fn serve(
 }
 
 /// Serves the Workload API on a bound `listener` until `shutdown` completes.
-pub async fn serve_listener(
+pub(crate) async fn serve_listener(
     listener: UnixListener,
     cache: SvidCache,
     attestor: Attestor,

@@ -15,6 +15,8 @@
 //!   same way. The layers [`RefuseExpiredLayer`], [`AnonymousAllowListLayer`] and
 //!   [`MembersOnlyLayer`] refuse calls from what the connection's [`PeerInfo`] says, before
 //!   any handler runs.
+//! - **Unix sockets**: [`unix_channel`] is the client side of a server on a unix socket, whose
+//!   accept loop is [`accept`] too (the agent's Workload API).
 //! - **Client**: [`channel`] builds a lazily connecting tonic [`Channel`] whose connector does
 //!   TCP + TLS with a given [`rustls::ClientConfig`], normally one from
 //!   [`ringzero_policy::tls::client_config`], whose SPIFFE server verifier decides which
@@ -50,6 +52,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::task::Context;
 use std::time::{Duration, SystemTime};
@@ -58,7 +61,7 @@ use hyper_util::rt::TokioIo;
 use ringzero_policy::SpiffeId;
 use ringzero_policy::tls::peer_svid;
 use rustls_pki_types::ServerName;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::Stream;
 use tonic::transport::{Channel, Endpoint};
@@ -303,6 +306,21 @@ pub fn channel(
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// A tonic channel to a gRPC server on the unix socket at `path` (such as the SPIFFE Workload
+/// API), connected before it is returned. No TLS: on a unix socket the server learns who the
+/// caller is from the kernel (peer credentials). The channel reconnects to the same path after
+/// a failure.
+pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path: Arc<Path> = Arc::from(path);
+    // The URI is a placeholder: the connector dials the socket.
+    Endpoint::from_static("http://unix.invalid")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = Arc::clone(&path);
+            async move { UnixStream::connect(&*path).await.map(TokioIo::new) }
+        }))
+        .await
 }
 
 /// TCP connect to `target`, then the TLS handshake.

@@ -409,7 +409,7 @@ impl Attestation {
 
 /// Attests peers; cheap to clone (the hash cache and the gates are shared).
 #[derive(Debug, Clone)]
-pub struct Attestor {
+pub(crate) struct Attestor {
     limits: AttestLimits,
     digests: Arc<Digests>,
     proc_reads: Arc<Gate>,
@@ -427,7 +427,7 @@ impl Default for Attestor {
 
 impl Attestor {
     /// An attestor with the default [`AttestLimits`].
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_limits(AttestLimits::default())
     }
 

@@ -58,10 +58,10 @@ impl Listener for UnixListener {
 /// failed, timed out or was refused) closes its connection; one that yields a connection hands
 /// it to the server.
 ///
-/// At most 64 connections are accepted per poll before prepared ones are handed out. Errors that concern one
-/// connection only (reset, aborted) are skipped; any other listener error (out of file
-/// descriptors…) is yielded, and accepting pauses briefly after it. The stream never ends by
-/// itself; dropping it closes the listener and aborts the preparations in progress.
+/// At most 64 connections are accepted per poll before prepared ones are handed out. Errors
+/// that concern one connection only (reset, aborted) are skipped; any other listener error (out
+/// of file descriptors…) is yielded, and accepting pauses briefly after it. The stream never
+/// ends by itself; dropping it closes the listener and aborts the preparations in progress.
 pub fn accept<L, F, Fut, C>(listener: L, prepare: F) -> Accepting<L, F, C>
 where
     L: Listener,
