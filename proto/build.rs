@@ -1,15 +1,21 @@
-//! Compiles the `.proto` files with protox (pure Rust: no system `protoc`).
+//! Compiles the `.proto` files with protox (pure Rust: no system `protoc`; protox ships the
+//! well-known types, `google/protobuf/struct.proto` among them).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/ringzero/v1/authority.proto"];
-    for p in protos {
+    // ringzero's own API (package `ringzero.v1`, generated as `ringzero.v1.rs`).
+    let ringzero = ["proto/ringzero/v1/authority.proto"];
+    // The standard SPIFFE Workload API. It has no package, so it is generated as `_.rs` and its
+    // gRPC service is `SpiffeWorkloadAPI` on the wire, as every standard client expects.
+    let workload = ["proto/spiffe/workload.proto"];
+    for p in ringzero.iter().chain(&workload) {
         println!("cargo:rerun-if-changed={p}");
     }
-    let fds = protox::compile(protos, ["proto"])?;
     // Default stubs answer `Unimplemented`: a server built against an older set of methods
     // (or a test double serving a few) keeps compiling as methods are added.
     tonic_prost_build::configure()
         .generate_default_stubs(true)
-        .compile_fds(fds)?;
+        .compile_fds(protox::compile(ringzero, ["proto"])?)?;
+    // The Workload API is a standard: its server implements every method on purpose.
+    tonic_prost_build::configure().compile_fds(protox::compile(workload, ["proto"])?)?;
     Ok(())
 }

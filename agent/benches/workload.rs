@@ -1,10 +1,10 @@
 //! The SPIFFE Workload API server under load: fetch latency from the identity cache, and the
 //! fan-out of one rotation to 1,000 open `FetchX509SVID` streams.
 //!
-//! The server is the real one (`workload::bind` + `serve_listener`, the default `Attestor`:
-//! `SO_PEERCRED`, pidfd, `/proc` reads through its gate — no executable read, since no entry
-//! selects a path or hash — and re-verification before every message) on a temp unix socket,
-//! serving an `SvidCache` holding real P-256 SVIDs issued by a
+//! The server is the real one (`testing::Serving`: the Workload API server with the default
+//! attestor: `SO_PEERCRED`, pidfd, `/proc` reads through its gate — no executable read, since
+//! no entry selects a path or hash — and re-verification before every message) on a temp unix
+//! socket, serving an `SvidCache` holding real P-256 SVIDs issued by a
 //! `ringzero_policy::svid::SigningCa`, each for an entry selecting `unix:uid:<this process's
 //! uid>`, so every identity in the cache is the caller's.
 //!
@@ -18,8 +18,8 @@
 //!    - *`ringzero agent fetch` client* — `fetch::fetch_x509` (new connection, and the client
 //!      validates every SVID against its bundle), single client.
 //! 2. **1,000 concurrent streams on one agent**: 1,000 `FetchX509SVID` streams, 16 per
-//!    connection (the default `Limits::max_streams_per_connection`, so 63 connections, within
-//!    the default 128 per uid), and once more as 1,000 connections with one stream each (for
+//!    connection (the default `WorkloadLimits::max_streams_per_connection`, so 63 connections,
+//!    within the default 128 per uid), and once more as 1,000 connections with one stream each (for
 //!    that point only the limits are raised to 2,048 connections, 2,048 per uid, as 1,000
 //!    separate workload processes would need). After every stream has its first message, one
 //!    identity is rotated (`SvidCache::upsert` with a freshly issued certificate) and the time
@@ -42,18 +42,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use hyper_util::rt::TokioIo;
-use ringzero_agent::fetch::fetch_x509;
-use ringzero_agent::pb;
-use ringzero_agent::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use ringzero_agent::workload::{Limits, SECURITY_HEADER, bind, serve_listener};
-use ringzero_agent::{Attestor, Identity, SvidCache};
+use ringzero_agent::testing::Serving;
+use ringzero_agent::{Identity, SECURITY_HEADER, SvidCache, WorkloadLimits, fetch_x509};
 use ringzero_policy::selector::Selector;
-use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, csr_for, generate_key};
+use ringzero_policy::svid::SigningCa;
 use ringzero_policy::{SpiffeId, TrustDomain};
-use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
-use zeroize::Zeroizing;
+use ringzero_proto::transport::unix_channel;
+use ringzero_proto::workload as pb;
+use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -136,27 +134,7 @@ fn my_uid() -> u32 {
 /// A fresh key and SVID for entry `entry`, selecting this process's uid.
 fn identity(ca: &SigningCa, entry: &str) -> Identity {
     let id = SpiffeId::parse(&format!("spiffe://example.org/bench/{entry}")).unwrap();
-    let key = generate_key().unwrap();
-    let csr = csr_for(&key, &id).unwrap();
-    let svid = ca
-        .issue(&LeafRequest {
-            id: &id,
-            key: LeafKey::Csr(&csr),
-            ttl: Duration::from_secs(3600),
-            dns_names: &[],
-            now: SystemTime::now(),
-        })
-        .unwrap();
-    Identity {
-        entry_id: entry.to_owned(),
-        spiffe_id: id,
-        selectors: vec![Selector::uid(my_uid())],
-        chain: svid.chain,
-        key: Zeroizing::new(key.serialize_der()),
-        not_after: svid.not_after,
-        hint: String::new(),
-        created_revision: 0,
-    }
+    ringzero_agent::testing::identity(ca, entry, id, vec![Selector::uid(my_uid())]).unwrap()
 }
 
 fn entry(i: usize) -> String {
@@ -168,13 +146,12 @@ struct Server {
     socket: PathBuf,
     cache: SvidCache,
     ca: SigningCa,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    serving: Serving,
 }
 
 impl Server {
     /// A server whose cache holds `identities` identities of this process.
-    async fn start(identities: usize, limits: Limits) -> Self {
+    async fn start(identities: usize, limits: WorkloadLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let cache = SvidCache::new();
@@ -188,48 +165,25 @@ impl Server {
         .unwrap();
         cache.set_bundle(td(), vec![ca.cert_der().clone()]);
         cache.replace_all((0..identities).map(|i| identity(&ca, &entry(i))).collect());
-        let listener = bind(&socket).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let serving = cache.clone();
-        let task = tokio::spawn(async move {
-            serve_listener(listener, serving, Attestor::new(), limits, async {
-                let _ = stopped.await;
-            })
+        let serving = Serving::start(&socket, cache.clone(), limits)
             .await
             .unwrap();
-        });
         Self {
             _dir: dir,
             socket,
             cache,
             ca,
-            stop,
-            task,
+            serving,
         }
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(TIMEOUT, self.task)
-            .await
-            .unwrap()
-            .unwrap();
+        self.serving.stop(TIMEOUT).await.unwrap();
     }
 }
 
 async fn connect(socket: &Path) -> Result<Client, String> {
-    let socket = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://workload.invalid")
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
-        .map_err(|e| e.to_string())?;
+    let channel = unix_channel(socket).await.map_err(|e| e.to_string())?;
     Ok(SpiffeWorkloadApiClient::new(channel).max_decoding_message_size(32 * 1024 * 1024))
 }
 
@@ -419,10 +373,10 @@ const CHILD_ENV: &str = "RINGZERO_BENCH_FANOUT_POINT";
 const STREAMS: usize = 1000;
 
 /// The fan-out points: (label, identities in the cache, streams per connection, limits).
-fn fan_out_points() -> Vec<(&'static str, usize, usize, Limits)> {
-    let default = Limits::default();
+fn fan_out_points() -> Vec<(&'static str, usize, usize, WorkloadLimits)> {
+    let default = WorkloadLimits::default();
     let per_conn = usize::try_from(default.max_streams_per_connection).unwrap_or(1);
-    let raised = Limits {
+    let raised = WorkloadLimits {
         max_connections: 2048,
         max_connections_per_uid: 2048,
         ..default
@@ -436,7 +390,12 @@ fn fan_out_points() -> Vec<(&'static str, usize, usize, Limits)> {
 
 /// `streams` streams, `per_conn` per connection, on a server with `identities` identities;
 /// then one rotation.
-async fn fan_out(streams: usize, per_conn: usize, identities: usize, limits: Limits) -> FanOut {
+async fn fan_out(
+    streams: usize,
+    per_conn: usize,
+    identities: usize,
+    limits: WorkloadLimits,
+) -> FanOut {
     let server = Server::start(identities, limits).await;
     // The first connection hashes this (large) executable; keep that out of the figures.
     fetch_first(&mut connect(&server.socket).await.unwrap())
@@ -600,7 +559,7 @@ fn main() {
         println!();
         println!("FetchX509SVID, first message");
         for identities in [1, 50] {
-            let server = Server::start(identities, Limits::default()).await;
+            let server = Server::start(identities, WorkloadLimits::default()).await;
             // Warm up: the executable hash, connections, allocator.
             fetch_point(
                 &server.socket,

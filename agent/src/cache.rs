@@ -58,7 +58,7 @@ impl fmt::Debug for Identity {
 
 /// One consistent state of the cache.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     identities: BTreeMap<String, Arc<Identity>>,
     bundles: BTreeMap<TrustDomain, Vec<CertificateDer<'static>>>,
     revision: u64,
@@ -66,12 +66,12 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Every identity, ordered by entry id.
-    pub fn identities(&self) -> impl Iterator<Item = &Arc<Identity>> {
+    pub(crate) fn identities(&self) -> impl Iterator<Item = &Arc<Identity>> {
         self.identities.values()
     }
 
     /// The identity issued for `entry_id`.
-    pub fn identity(&self, entry_id: &str) -> Option<&Arc<Identity>> {
+    pub(crate) fn identity(&self, entry_id: &str) -> Option<&Arc<Identity>> {
         self.identities.get(entry_id)
     }
 
@@ -79,7 +79,10 @@ impl Snapshot {
     /// matching), oldest entry first (by `created_revision`, then entry id): the first is the
     /// workload's default SVID, and an entry created later can never take its place, whatever
     /// its id.
-    pub fn matching(&self, workload: &[Selector]) -> impl Iterator<Item = &Arc<Identity>> + '_ {
+    pub(crate) fn matching(
+        &self,
+        workload: &[Selector],
+    ) -> impl Iterator<Item = &Arc<Identity>> + '_ {
         let mut found: Vec<&Arc<Identity>> = self
             .identities
             .values()
@@ -91,17 +94,17 @@ impl Snapshot {
     }
 
     /// The CA certificates trusted for `td`.
-    pub fn bundle(&self, td: &TrustDomain) -> Option<&[CertificateDer<'static>]> {
+    pub(crate) fn bundle(&self, td: &TrustDomain) -> Option<&[CertificateDer<'static>]> {
         self.bundles.get(td).map(Vec::as_slice)
     }
 
     /// Every trust domain's CA certificates: the agent's own and, later, federated ones.
-    pub fn bundles(&self) -> &BTreeMap<TrustDomain, Vec<CertificateDer<'static>>> {
+    pub(crate) fn bundles(&self) -> &BTreeMap<TrustDomain, Vec<CertificateDer<'static>>> {
         &self.bundles
     }
 
     /// Increases with every change; equal revisions are equal states.
-    pub fn revision(&self) -> u64 {
+    pub(crate) fn revision(&self) -> u64 {
         self.revision
     }
 }
@@ -126,12 +129,12 @@ impl SvidCache {
     }
 
     /// The current state.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
         Arc::clone(&self.tx.borrow())
     }
 
     /// A receiver that sees the current state and is woken by every later change.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.tx.subscribe()
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use ringzero_policy::selector::Selector;
 use ringzero_policy::svid::{TrustBundle, Usage, csr_for, generate_key, validate_svid};
 use ringzero_policy::{SpiffeId, TrustDomain};
-use ringzero_proto::client::{AuthorityClient, ClientError, bundle_cas};
+use ringzero_proto::client::{AuthorityClient, ClientError, FirstContact, bundle_cas};
 use ringzero_proto::pb;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,14 +31,14 @@ use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
 
 use crate::cache::{Identity, SvidCache};
-use crate::enroll::{FirstContact, enroll};
+use crate::enroll::enroll;
 use crate::error::{AgentError, RecoveryHint, Verdict, classify};
 use crate::rotation::{Validity, random_jitter, renew_in};
 use crate::state::{AgentState, DataDir, NodeCredentials, StoredEntry, node_name_of};
 use crate::workload;
 
 /// The most CSRs in one `MintSvids` call.
-pub const MINT_BATCH: usize = 256;
+pub(crate) const MINT_BATCH: usize = 256;
 /// How long before retrying an SVID the authority refused.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// The least time between two issuances for one entry: a guard against reissue loops (an SVID
@@ -177,7 +177,7 @@ pub async fn run_with_ready(
     let server = tokio::spawn(workload::serve_listener(
         listener,
         cache.clone(),
-        crate::Attestor::new(),
+        crate::attest::Attestor::new(),
         workload::Limits::default(),
         async move {
             let _ = stop_rx.wait_for(|s| *s).await;
@@ -215,7 +215,7 @@ pub async fn run_with_ready(
         full_sync: None,
         synced: false,
         ready,
-        revocations: crate::RevocationSet::new(),
+        revocations: crate::revocations::RevocationSet::new(),
         socket,
     };
     agent.schedule_node_renewal();
@@ -293,7 +293,7 @@ struct Agent {
     ready: Option<oneshot::Sender<Ready>>,
     socket: PathBuf,
     /// Revoked capabilities, followed from the feed, for the node's verifiers.
-    revocations: crate::RevocationSet,
+    revocations: crate::revocations::RevocationSet,
 }
 
 enum SyncMsg {

@@ -4,10 +4,9 @@
 use std::time::SystemTime;
 
 use ringzero_policy::SpiffeId;
-use ringzero_policy::join::JoinToken;
 use ringzero_policy::svid::{TrustBundle, Usage, csr_for, generate_key, validate_svid};
 use ringzero_proto::client::{
-    ClientError, FirstTrust, bundle_cas, first_contact_bundle, redeem_join_token,
+    ClientError, FirstContact, FirstTrust, bundle_cas, first_contact_bundle, redeem_join_token,
 };
 use rustls_pki_types::CertificateDer;
 use tracing::{info, warn};
@@ -15,27 +14,6 @@ use zeroize::Zeroizing;
 
 use crate::error::AgentError;
 use crate::state::{NodeCredentials, node_name_of};
-
-/// How a node that has never enrolled learns to trust the authority.
-#[derive(Debug)]
-pub enum FirstContact {
-    /// The join token's pin: the bundle is fetched and must contain the pinned CA key.
-    Pinned(JoinToken),
-    /// A bundle given out of band (`--bundle FILE`): the authority must present an SVID under it.
-    Bundle(JoinToken, Vec<CertificateDer<'static>>),
-    /// No check of the authority before the secret is sent (`--insecure-skip-pin`).
-    InsecureNoPin(JoinToken),
-}
-
-impl FirstContact {
-    fn token(&self) -> &JoinToken {
-        match self {
-            FirstContact::Pinned(t)
-            | FirstContact::Bundle(t, _)
-            | FirstContact::InsecureNoPin(t) => t,
-        }
-    }
-}
 
 /// A node that just enrolled.
 #[derive(Debug)]
@@ -75,14 +53,10 @@ fn fin(m: impl Into<String>) -> Failure {
 
 async fn enroll_at(addr: &str, contact: &FirstContact) -> Result<Enrolled, Failure> {
     // 1. Learn the bundle, and check it, before anything secret is sent.
-    let trust = match contact {
-        FirstContact::Pinned(token) => FirstTrust::Pin(&token.pin),
-        FirstContact::Bundle(_, cas) => FirstTrust::Bundle(cas),
-        FirstContact::InsecureNoPin(_) => {
-            warn!(%addr, "--insecure-skip-pin: sending the join secret to an unverified authority");
-            FirstTrust::Insecure
-        }
-    };
+    let trust = contact.trust();
+    if let FirstTrust::Insecure = trust {
+        warn!(%addr, "--insecure-skip-pin: sending the join secret to an unverified authority");
+    }
     let (_, bundle) = first_contact_bundle(addr, trust)
         .await
         .map_err(|e| match e {

@@ -6,9 +6,9 @@
 //! [`X509Svid::write_to`] stores one as `svid.pem`, `svid.key` (mode `0600`) and `bundle.pem`.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), ringzero_agent::fetch::FetchError> {
+//! # async fn example() -> Result<(), ringzero_agent::FetchError> {
 //! use std::time::Duration;
-//! use ringzero_agent::fetch::{endpoint_path, fetch_x509};
+//! use ringzero_agent::{endpoint_path, fetch_x509};
 //!
 //! // What `SPIFFE_ENDPOINT_SOCKET` holds, or a plain path.
 //! let socket = endpoint_path("unix:///run/ringzero/agent.sock")?;
@@ -23,15 +23,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use ringzero_policy::SpiffeId;
 use ringzero_policy::svid::{SvidError, TrustBundle, Usage, pem_encode, validate_svid};
+use ringzero_proto::transport::unix_channel;
+use ringzero_proto::workload as pb;
+use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use rustls_pki_types::CertificateDer;
-use tonic::transport::Endpoint;
 use zeroize::Zeroizing;
 
-use crate::pb;
-use crate::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use crate::workload::SECURITY_HEADER;
 
 /// The most certificates accepted in one chain or bundle.
@@ -138,7 +137,7 @@ impl X509Svid {
 }
 
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), FetchError> {
-    crate::state::write_file_atomic(path, data, mode).map_err(|source| FetchError::Write {
+    ringzero_proto::fs::write_private(path, data, mode).map_err(|source| FetchError::Write {
         path: path.display().to_string(),
         source,
     })
@@ -174,19 +173,7 @@ pub async fn fetch_x509(socket: &Path, timeout: Duration) -> Result<Vec<X509Svid
 }
 
 async fn fetch_inner(socket: &Path) -> Result<Vec<X509Svid>, FetchError> {
-    let socket = socket.to_path_buf();
-    // The URI is a placeholder: the connector dials the socket.
-    let channel = Endpoint::from_static("http://workload.invalid")
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
-        .await
-        .map_err(FetchError::Connect)?;
+    let channel = unix_channel(socket).await.map_err(FetchError::Connect)?;
     let mut client =
         SpiffeWorkloadApiClient::new(channel).max_decoding_message_size(MAX_RESPONSE_LEN);
     let mut req = tonic::Request::new(pb::X509svidRequest {});

@@ -10,11 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ringzero_proto::pb;
 
 /// How stale the set may be before verifiers refuse privileged operations.
-pub const MAX_STALENESS: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const MAX_STALENESS: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A shared, replaceable set of revocation ids. Cloning shares it.
 #[derive(Debug, Clone, Default)]
-pub struct RevocationSet(Arc<RwLock<Sets>>);
+pub(crate) struct RevocationSet(Arc<RwLock<Sets>>);
 
 #[derive(Debug, Default)]
 struct Sets {
@@ -34,12 +34,12 @@ fn now_ms() -> u64 {
 }
 
 impl RevocationSet {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Replaces the set with the authority's; returns how many entries it now holds.
-    pub fn replace(&self, set: &pb::RevocationSet) -> usize {
+    pub(crate) fn replace(&self, set: &pb::RevocationSet) -> usize {
         let now = now_ms();
         let tokens: HashMap<Vec<u8>, u64> = set
             .revocations
@@ -64,13 +64,13 @@ impl RevocationSet {
     }
 
     /// Marks the feed alive (every event, heartbeats included).
-    pub fn heard(&self) {
+    pub(crate) fn heard(&self) {
         self.0.write().unwrap_or_else(|p| p.into_inner()).heard = Some(std::time::Instant::now());
     }
 
     /// Whether the set is current: the feed spoke within [`MAX_STALENESS`]. A verifier on the
     /// node refuses privileged operations otherwise — a revocation it has not seen may exist.
-    pub fn is_fresh(&self) -> bool {
+    pub(crate) fn is_fresh(&self) -> bool {
         self.0
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -79,7 +79,7 @@ impl RevocationSet {
     }
 
     /// Whether a certificate with this serial was revoked (its node evicted or banned).
-    pub fn is_serial_revoked(&self, serial: &[u8]) -> bool {
+    pub(crate) fn is_serial_revoked(&self, serial: &[u8]) -> bool {
         self.0
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -88,12 +88,12 @@ impl RevocationSet {
             .is_some_and(|&until| until > now_ms())
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         let s = self.0.read().unwrap_or_else(|p| p.into_inner());
         s.tokens.len() + s.serials.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -16,11 +16,11 @@ use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::FromDer;
 
 /// The jitter, as a fraction of the half-life, either way.
-pub const JITTER: f64 = 0.10;
+pub(crate) const JITTER: f64 = 0.10;
 
 /// A certificate's validity window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Validity {
+pub(crate) struct Validity {
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// When its lifetime is counted from: see the module docs.
@@ -31,7 +31,7 @@ impl Validity {
     /// A window whose lifetime counts from `notBefore + NOT_BEFORE_BACKDATE`, at most from
     /// `received` (when this process got the certificate, or any later time) and at least
     /// from `notBefore`.
-    pub fn new(not_before: SystemTime, not_after: SystemTime, received: SystemTime) -> Self {
+    pub(crate) fn new(not_before: SystemTime, not_after: SystemTime, received: SystemTime) -> Self {
         let start = (not_before + NOT_BEFORE_BACKDATE)
             .min(received)
             .min(not_after)
@@ -44,7 +44,7 @@ impl Validity {
     }
 
     /// The validity of a DER certificate received at `received`.
-    pub fn of(cert: &CertificateDer<'_>, received: SystemTime) -> Option<Self> {
+    pub(crate) fn of(cert: &CertificateDer<'_>, received: SystemTime) -> Option<Self> {
         let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
         let v = c.validity();
         let secs = |t: i64| {
@@ -60,13 +60,13 @@ impl Validity {
     }
 
     /// Whether the certificate is expired at `now`.
-    pub fn expired_at(&self, now: SystemTime) -> bool {
+    pub(crate) fn expired_at(&self, now: SystemTime) -> bool {
         now >= self.not_after
     }
 }
 
 /// A jitter factor in `[-JITTER, JITTER]` from the system's random source (0 if it fails).
-pub fn random_jitter() -> f64 {
+pub(crate) fn random_jitter() -> f64 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 4];
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
@@ -79,7 +79,7 @@ pub fn random_jitter() -> f64 {
 /// How long from `now` until the certificate should be renewed: at
 /// `start + (lifetime / 2) × (1 + jitter)` where `lifetime = not_after - start`, with `jitter`
 /// clamped to `±JITTER`; zero when that moment has passed (renew now, never "in the past").
-pub fn renew_in(validity: Validity, jitter: f64, now: SystemTime) -> Duration {
+pub(crate) fn renew_in(validity: Validity, jitter: f64, now: SystemTime) -> Duration {
     let lifetime = validity
         .not_after
         .duration_since(validity.start)

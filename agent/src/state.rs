@@ -13,16 +13,16 @@
 //!   workload.sock    0666  the Workload API socket (default place; `--socket` moves it)
 //! ```
 //!
-//! Every file is written to a temporary file (mode set at creation), fsynced, then renamed
-//! into place: a reader, or a crash, never sees half a file or a key next to another SVID.
+//! Every file is written with [`write_private`]: to a temporary file (mode set at creation),
+//! fsynced, then renamed into place: a reader, or a crash, never sees half a file or a key next
+//! to another SVID.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use ringzero_policy::svid::pem_encode;
 use ringzero_policy::{SpiffeId, TrustDomain};
 use ringzero_proto::client::{ClientError, Credentials, Profile};
+use ringzero_proto::fs::write_private;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 use crate::error::AgentError;
 
 /// The data directory's mode: see [`DataDir::open`].
-pub const DIR_MODE: u32 = 0o711;
+pub(crate) const DIR_MODE: u32 = 0o711;
 /// The largest state file read (entries included).
 const MAX_STATE_LEN: u64 = 64 * 1024 * 1024;
 /// The largest credentials file read.
@@ -45,7 +45,7 @@ pub struct DataDir {
 
 /// The node's credentials: what every call to the authority presents and trusts.
 #[derive(Clone)]
-pub struct NodeCredentials {
+pub(crate) struct NodeCredentials {
     pub trust_domain: TrustDomain,
     /// The bundle's CA certificates.
     pub bundle: Vec<CertificateDer<'static>>,
@@ -69,7 +69,7 @@ impl std::fmt::Debug for NodeCredentials {
 
 impl NodeCredentials {
     /// The client credentials for calls to the authority.
-    pub fn client_credentials(&self) -> Result<Credentials, AgentError> {
+    pub(crate) fn client_credentials(&self) -> Result<Credentials, AgentError> {
         let bundle =
             ringzero_policy::svid::TrustBundle::new(self.trust_domain.clone(), self.bundle.clone())
                 .map_err(|e| AgentError::Corrupt(format!("bundle: {e}")))?;
@@ -126,7 +126,7 @@ fn pem_certs(text: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 /// A registration entry as the agent holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StoredEntry {
+pub(crate) struct StoredEntry {
     pub id: String,
     pub spiffe_id: String,
     pub selectors: Vec<String>,
@@ -142,7 +142,7 @@ pub struct StoredEntry {
 /// `agent.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AgentState {
+pub(crate) struct AgentState {
     /// The node name this agent enrolled as.
     pub node: String,
     pub trust_domain: String,
@@ -206,7 +206,9 @@ impl DataDir {
     }
 
     /// The node's credentials and the authority addresses stored with them, if enrolled.
-    pub fn load_credentials(&self) -> Result<Option<(NodeCredentials, Vec<String>)>, AgentError> {
+    pub(crate) fn load_credentials(
+        &self,
+    ) -> Result<Option<(NodeCredentials, Vec<String>)>, AgentError> {
         let path = self.credentials_path();
         let Some(text) = read_bounded(&path, MAX_PROFILE_LEN)? else {
             return Ok(None);
@@ -219,7 +221,7 @@ impl DataDir {
     }
 
     /// Persists the node's credentials (mode `0600`, atomically).
-    pub fn save_credentials(
+    pub(crate) fn save_credentials(
         &self,
         creds: &NodeCredentials,
         authorities: &[String],
@@ -233,7 +235,7 @@ impl DataDir {
     }
 
     /// `agent.toml`, if present.
-    pub fn load_state(&self) -> Result<Option<AgentState>, AgentError> {
+    pub(crate) fn load_state(&self) -> Result<Option<AgentState>, AgentError> {
         let path = self.state_path();
         let Some(text) = read_bounded(&path, MAX_STATE_LEN)? else {
             return Ok(None);
@@ -244,19 +246,14 @@ impl DataDir {
     }
 
     /// Persists `agent.toml` (mode `0600`, atomically).
-    pub fn save_state(&self, state: &AgentState) -> Result<(), AgentError> {
+    pub(crate) fn save_state(&self, state: &AgentState) -> Result<(), AgentError> {
         let text = toml::to_string(state).map_err(|e| AgentError::Corrupt(e.to_string()))?;
         write_atomic(&self.state_path(), text.as_bytes(), 0o600)
     }
 }
 
-/// The bundle as PEM, for display.
-pub fn bundle_pem(cas: &[CertificateDer<'_>]) -> String {
-    cas.iter().map(|c| pem_encode("CERTIFICATE", c)).collect()
-}
-
 /// The node name of a node SVID's SPIFFE ID (`spiffe://TD/ringzero/node/<name>`).
-pub fn node_name_of(id: &SpiffeId) -> Option<String> {
+pub(crate) fn node_name_of(id: &SpiffeId) -> Option<String> {
     let segs: Vec<&str> = id.segments().collect();
     match segs.as_slice() {
         ["ringzero", "node", name] => Some((*name).to_owned()),
@@ -284,37 +281,9 @@ fn read_bounded(path: &Path, max: u64) -> Result<Option<String>, AgentError> {
     Ok(Some(text))
 }
 
-/// Writes `data` to `path` through a temporary file created with `mode`, fsynced, renamed.
+/// [`write_private`]: `data` replaces `path` atomically, with `mode`.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), AgentError> {
-    write_file_atomic(path, data, mode).map_err(|e| AgentError::io(path, e))
-}
-
-/// Writes `data` to `path` through a temporary file created with `mode`, fsynced, renamed, and
-/// the directory synced: readers see the old file or the new one, never a part.
-pub(crate) fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    write_private(path, data, mode).map_err(|e| AgentError::io(path, e))
 }
 
 #[cfg(test)]

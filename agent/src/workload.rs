@@ -34,42 +34,35 @@ use std::future::Future;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ringzero_policy::TrustDomain;
 use ringzero_policy::selector::Selector;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use ringzero_proto::transport::{Connection, ConnectionGuard, accept};
+use ringzero_proto::workload as pb;
+use ringzero_proto::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
-use tokio::time::Sleep;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use crate::attest::{AttestError, Attestation, Attestor};
 use crate::cache::{Snapshot, SvidCache};
-use crate::pb;
-use crate::pb::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 
 /// The metadata key every Workload API request must carry with the value `true`.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// The largest request message accepted (Workload API requests are tiny).
-pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_LEN: usize = 64 * 1024;
 /// The largest response message sent.
 const MAX_RESPONSE_LEN: usize = 32 * 1024 * 1024;
 /// The status message when no identity matches the caller, as SPIRE words it.
 pub const NO_IDENTITY: &str = "no identity issued";
 
-/// How long the accept loop pauses after a listener error such as `EMFILE`.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// At most this many connections are accepted per poll before attested ones are handed out.
-const ACCEPT_BUDGET: usize = 64;
 /// How long a shutdown waits for connections to close before dropping them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -166,7 +159,7 @@ pub async fn serve(
 }
 
 /// Serves the Workload API on a bound `listener` until `shutdown` completes.
-pub async fn serve_listener(
+pub(crate) async fn serve_listener(
     listener: UnixListener,
     cache: SvidCache,
     attestor: Attestor,
@@ -213,17 +206,23 @@ pub async fn serve_listener(
 
 /// What every request knows about its caller: the attestation of its connection.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Arc<Attestation>);
+pub(crate) struct Caller(pub(crate) Arc<Attestation>);
 
-/// An accepted, attested connection.
-struct AttestedConnection {
-    stream: UnixStream,
-    caller: Caller,
+/// An accepted, attested connection: every request on it carries its [`Caller`].
+type AttestedConnection = Connection<UnixStream, Caller, Slots>;
+
+/// What an attested connection holds while it is open: one of the server's connection slots
+/// and one of its uid's.
+#[derive(Debug)]
+struct Slots {
     _slot: OwnedSemaphorePermit,
     _uid_slot: UidSlot,
 }
 
+impl ConnectionGuard for Slots {}
+
 /// One of a uid's connection slots, given back on drop.
+#[derive(Debug)]
 struct UidSlot {
     uid: u32,
     counts: Arc<std::sync::Mutex<HashMap<u32, usize>>>,
@@ -261,92 +260,33 @@ impl Drop for UidSlot {
     }
 }
 
-impl Connected for AttestedConnection {
-    type ConnectInfo = Caller;
-
-    fn connect_info(&self) -> Caller {
-        self.caller.clone()
-    }
-}
-
-impl AsyncRead for AttestedConnection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AttestedConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
 /// Accepted connections, each attested in its own task, as a stream for tonic.
 fn incoming(
     listener: UnixListener,
     attestor: Attestor,
     limits: Limits,
 ) -> impl Stream<Item = Result<AttestedConnection, io::Error>> + Send + 'static {
-    Incoming {
-        listener,
-        attestor,
-        attest_timeout: limits.attest_timeout,
-        slots: Arc::new(Semaphore::new(
-            limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
-        )),
-        per_uid: Arc::new(std::sync::Mutex::new(HashMap::new())),
-        max_per_uid: limits.max_connections_per_uid,
-        attesting: JoinSet::new(),
-        backoff: None,
-    }
-}
-
-struct Incoming {
-    listener: UnixListener,
-    attestor: Attestor,
-    attest_timeout: Duration,
-    slots: Arc<Semaphore>,
-    per_uid: Arc<std::sync::Mutex<HashMap<u32, usize>>>,
-    max_per_uid: usize,
-    attesting: JoinSet<Option<AttestedConnection>>,
-    backoff: Option<Pin<Box<Sleep>>>,
-}
-
-impl Incoming {
-    fn start(&mut self, stream: UnixStream) {
-        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let per_uid = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let deadline = limits.attest_timeout;
+    let accepting = accept(listener, move |stream: UnixStream, _| {
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             warn!("Workload API connection limit reached; closing a new connection");
-            return;
+            return None;
         };
-        let Ok(cred) = stream.peer_cred() else {
-            return;
-        };
-        let Some(uid_slot) = UidSlot::take(&self.per_uid, cred.uid(), self.max_per_uid) else {
+        let cred = stream.peer_cred().ok()?;
+        let Some(uid_slot) = UidSlot::take(&per_uid, cred.uid(), limits.max_connections_per_uid)
+        else {
             warn!(
                 uid = cred.uid(),
                 "Workload API per-uid connection limit reached; closing a new connection"
             );
-            return;
+            return None;
         };
-        let attestor = self.attestor.clone();
-        let deadline = self.attest_timeout;
-        self.attesting.spawn(async move {
+        let attestor = attestor.clone();
+        Some(async move {
             // The /proc reads run through the attestor's gate; if they outlast the deadline
             // the job keeps its slot until it ends, and the connection is closed.
             let Ok(result) = tokio::time::timeout(deadline, attestor.attest(&stream)).await else {
@@ -364,68 +304,28 @@ impl Incoming {
                         selectors = attestation.selectors().len(),
                         "Workload API caller attested"
                     );
-                    Some(AttestedConnection {
+                    Some(Connection::new(
                         stream,
-                        caller: Caller(Arc::new(attestation)),
-                        _slot: slot,
-                        _uid_slot: uid_slot,
-                    })
+                        Caller(Arc::new(attestation)),
+                        Slots {
+                            _slot: slot,
+                            _uid_slot: uid_slot,
+                        },
+                    ))
                 }
                 Err(e) => {
                     warn!(error = %e, "cannot attest Workload API caller; closing");
                     None
                 }
             }
-        });
-    }
-
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        for _ in 0..ACCEPT_BUDGET {
-            if let Some(backoff) = &mut self.backoff {
-                if backoff.as_mut().poll(cx).is_pending() {
-                    return None;
-                }
-                self.backoff = None;
-            }
-            match self.listener.poll_accept(cx) {
-                Poll::Ready(Ok((stream, _))) => self.start(stream),
-                Poll::Ready(Err(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::Interrupted
-                            | io::ErrorKind::WouldBlock
-                    ) => {}
-                Poll::Ready(Err(e)) => {
-                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
-                    return Some(e);
-                }
-                Poll::Pending => return None,
-            }
-        }
-        cx.waker().wake_by_ref();
-        None
-    }
-}
-
-impl Stream for Incoming {
-    type Item = Result<AttestedConnection, io::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if let Some(e) = this.poll_accept(cx) {
+        })
+    });
+    accepting.map(|accepted| {
+        if let Err(e) = &accepted {
             warn!(error = %e, "Workload API accept failed");
-            return Poll::Ready(Some(Err(e)));
         }
-        loop {
-            match this.attesting.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
-                Poll::Ready(Some(Ok(None) | Err(_))) => {}
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
+        accepted
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

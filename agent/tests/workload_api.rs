@@ -8,22 +8,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
-use ringzero_agent::fetch::{FetchError, endpoint_path, fetch_x509};
-use ringzero_agent::pb;
-use ringzero_agent::pb::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use ringzero_agent::workload::{Limits, NO_IDENTITY, bind, serve_listener};
-use ringzero_agent::{Attestor, Identity, SvidCache};
-use ringzero_policy::selector::{Selector, SelectorKind};
-use ringzero_policy::svid::{
-    LeafKey, LeafRequest, SigningCa, TrustBundle, Usage, csr_for, generate_key, validate_svid,
+use ringzero_agent::testing::Serving;
+use ringzero_agent::{
+    FetchError, Identity, NO_IDENTITY, SvidCache, WorkloadLimits, bind_workload_socket,
+    endpoint_path, fetch_x509,
 };
+use ringzero_policy::selector::{Selector, SelectorKind};
+use ringzero_policy::svid::{SigningCa, TrustBundle, Usage, validate_svid};
 use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_proto::transport::unix_channel;
+use ringzero_proto::workload as pb;
+use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use rustls_pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
-use zeroize::Zeroizing;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -49,27 +48,7 @@ fn my_uid() -> u32 {
 /// A fresh key and SVID for `path` from `ca`, as the cache holds it.
 fn identity(ca: &SigningCa, entry: &str, path: &str, selectors: Vec<Selector>) -> Identity {
     let id = SpiffeId::parse(&format!("spiffe://example.org/{path}")).unwrap();
-    let key = generate_key().unwrap();
-    let csr = csr_for(&key, &id).unwrap();
-    let svid = ca
-        .issue(&LeafRequest {
-            id: &id,
-            key: LeafKey::Csr(&csr),
-            ttl: Duration::from_secs(3600),
-            dns_names: &[],
-            now: SystemTime::now(),
-        })
-        .unwrap();
-    Identity {
-        entry_id: entry.to_owned(),
-        spiffe_id: id,
-        selectors,
-        chain: svid.chain,
-        key: Zeroizing::new(key.serialize_der()),
-        not_after: svid.not_after,
-        hint: String::new(),
-        created_revision: 0,
-    }
+    ringzero_agent::testing::identity(ca, entry, id, selectors).unwrap()
 }
 
 struct Server {
@@ -77,38 +56,29 @@ struct Server {
     socket: PathBuf,
     cache: SvidCache,
     ca: SigningCa,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    serving: Serving,
 }
 
 impl Server {
     async fn start() -> Self {
-        Self::start_with(Limits::default()).await
+        Self::start_with(WorkloadLimits::default()).await
     }
 
-    async fn start_with(limits: Limits) -> Self {
+    async fn start_with(limits: WorkloadLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let cache = SvidCache::new();
         let ca = ca();
         cache.set_bundle(td(), vec![ca.cert_der().clone()]);
-        let listener = bind(&socket).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let serving = cache.clone();
-        let task = tokio::spawn(async move {
-            serve_listener(listener, serving, Attestor::new(), limits, async {
-                let _ = stopped.await;
-            })
+        let serving = Serving::start(&socket, cache.clone(), limits)
             .await
             .unwrap();
-        });
         Self {
             _dir: dir,
             socket,
             cache,
             ca,
-            stop: Some(stop),
-            task,
+            serving,
         }
     }
 
@@ -127,27 +97,11 @@ impl Server {
     }
 
     async fn raw_client(&self) -> SpiffeWorkloadApiClient<Channel> {
-        let socket = self.socket.clone();
-        let channel = Endpoint::from_static("http://workload.invalid")
-            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-                let socket = socket.clone();
-                async move {
-                    tokio::net::UnixStream::connect(socket)
-                        .await
-                        .map(TokioIo::new)
-                }
-            }))
-            .await
-            .unwrap();
-        SpiffeWorkloadApiClient::new(channel)
+        SpiffeWorkloadApiClient::new(unix_channel(&self.socket).await.unwrap())
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(TIMEOUT, &mut self.task)
-            .await
-            .unwrap()
-            .unwrap();
+    async fn stop(self) {
+        self.serving.stop(TIMEOUT).await.unwrap();
     }
 }
 
@@ -465,24 +419,24 @@ async fn garbage_and_oversized_requests_do_not_take_the_server_down() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_are_closed() {
-    connection_cap(Limits {
+    connection_cap(WorkloadLimits {
         max_connections: 2,
-        ..Limits::default()
+        ..WorkloadLimits::default()
     })
     .await;
 }
 
 #[tokio::test]
 async fn connections_beyond_the_per_uid_cap_are_closed() {
-    connection_cap(Limits {
+    connection_cap(WorkloadLimits {
         max_connections_per_uid: 2,
-        ..Limits::default()
+        ..WorkloadLimits::default()
     })
     .await;
 }
 
 /// Two connections are allowed by `limits`: a third is closed, until one of them goes away.
-async fn connection_cap(limits: Limits) {
+async fn connection_cap(limits: WorkloadLimits) {
     let server = Server::start_with(limits).await;
     server.cache.upsert(identity(
         &server.ca,
@@ -525,17 +479,17 @@ async fn bind_replaces_only_stale_sockets() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, b"keep me").unwrap();
-    assert!(bind(&file).await.is_err());
+    assert!(bind_workload_socket(&file).await.is_err());
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 
     let sock = dir.path().join("agent.sock");
-    let live = bind(&sock).await.unwrap();
+    let live = bind_workload_socket(&sock).await.unwrap();
     assert!(
-        bind(&sock).await.is_err(),
+        bind_workload_socket(&sock).await.is_err(),
         "a live socket must not be stolen"
     );
     drop(live);
-    let again = bind(&sock).await.unwrap();
+    let again = bind_workload_socket(&sock).await.unwrap();
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666);

@@ -1,16 +1,21 @@
 //! # ringzero-proto
 //!
-//! The wire contracts: ringzero's own gRPC API (authority, enrollment, Raft transport) and,
-//! later, the standard SPIFFE Workload API, compiled with a pure-Rust `.proto` compiler so no
-//! system `protoc` is needed. Also the one mTLS transport every ringzero process uses: a tonic
-//! server fed by rustls connections whose peer SPIFFE ID reaches every handler, and a tonic
-//! channel that verifies the server's SVID.
+//! The wire contracts: ringzero's own gRPC API (authority, enrollment, Raft transport) and the
+//! standard SPIFFE Workload API, compiled with a pure-Rust `.proto` compiler so no system
+//! `protoc` is needed. Also the one mTLS transport every ringzero process uses: a tonic server
+//! fed by rustls connections whose peer SPIFFE ID reaches every handler, and a tonic channel
+//! that verifies the server's SVID.
 //!
 //! # Layout
 //!
-//! - [`pb`]: generated messages, clients and servers (`ringzero.v1`).
+//! - `proto/ringzero/v1/*.proto` → [`pb`]: generated messages, clients and servers
+//!   (`ringzero.v1`).
+//! - `proto/spiffe/workload.proto` → [`workload`]: the SPIFFE Workload API, generated messages,
+//!   client and server (no package: the service is `SpiffeWorkloadAPI` on the wire).
 //! - [`client`]: profiles, the authority client with leader-hint retry, first contact.
-//! - [`transport`]: mTLS for tonic on rustls (ring provider) with ringzero's SPIFFE verifiers.
+//! - [`transport`]: mTLS for tonic on rustls (ring provider) with ringzero's SPIFFE verifiers,
+//!   and the one server-side connection type ([`transport::Connection`]).
+//! - [`fs`]: [`fs::write_private`], the atomic writer of files that hold secrets.
 #![forbid(unsafe_code)]
 
 /// Generated from `proto/ringzero/v1/*.proto`.
@@ -26,7 +31,24 @@ pub mod pb {
     tonic::include_proto!("ringzero.v1");
 }
 
+/// The SPIFFE Workload API, generated from `proto/spiffe/workload.proto`. The standard proto
+/// has no package, so its methods are `/SpiffeWorkloadAPI/<Method>` on the wire.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+pub mod workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
 pub mod client;
+pub mod fs;
 pub mod transport;
 
 /// The methods of `ringzero.v1.Authority` a client without a certificate may call (the

@@ -15,6 +15,8 @@
 //!   same way. The layers [`RefuseExpiredLayer`], [`AnonymousAllowListLayer`] and
 //!   [`MembersOnlyLayer`] refuse calls from what the connection's [`PeerInfo`] says, before
 //!   any handler runs.
+//! - **Unix sockets**: [`unix_channel`] is the client side of a server on a unix socket, whose
+//!   accept loop is [`accept`] too (the agent's Workload API).
 //! - **Client**: [`channel`] builds a lazily connecting tonic [`Channel`] whose connector does
 //!   TCP + TLS with a given [`rustls::ClientConfig`], normally one from
 //!   [`ringzero_policy::tls::client_config`], whose SPIFFE server verifier decides which
@@ -50,26 +52,24 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::path::Path;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use ringzero_policy::SpiffeId;
 use ringzero_policy::tls::peer_svid;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-use tokio::time::Sleep;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::Stream;
-use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
+pub use accepting::{Accepting, Listener, accept};
 pub use admission::{ConnectionClass, ServerLimits};
 use admission::{Lifetime, Pools, Slot};
+pub use connection::{Connection, ConnectionGuard};
 pub use layers::{
     ANONYMOUS_MESSAGE, AnonymousAllowList, AnonymousAllowListLayer, EXPIRED_MESSAGE,
     MEMBERS_ONLY_MESSAGE, MembersOnly, MembersOnlyLayer, RefusalFuture, RefuseExpired,
@@ -77,7 +77,9 @@ pub use layers::{
 };
 pub use policy::{ServerPolicy, StreamLimits, server_builder};
 
+mod accepting;
 mod admission;
+mod connection;
 mod layers;
 mod policy;
 
@@ -87,14 +89,6 @@ const TLS_SERVER_NAME: &str = "ringzero.invalid";
 
 /// The only application protocol gRPC speaks.
 const ALPN_H2: &[u8] = b"h2";
-
-/// How long the accept loop pauses after a listener error such as `EMFILE`, which would
-/// otherwise repeat at once and spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// At most this many TCP connections are accepted per poll before completed handshakes are
-/// handed out, so that a connection flood cannot starve established clients.
-const ACCEPT_BUDGET: usize = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Server
@@ -152,37 +146,14 @@ pub fn incoming(
     // verifies its client certificate (a full handshake costs one signature more).
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Incoming {
-        listener,
-        acceptor: TlsAcceptor::from(Arc::new(config)),
-        pools: Arc::new(Pools::new(limits)),
-        handshakes: JoinSet::new(),
-        backoff: None,
-    }
-}
-
-/// The stream behind [`incoming`].
-struct Incoming {
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    pools: Arc<Pools>,
-    /// Handshakes in progress; `None` is a failed or timed-out one, or one refused a slot.
-    handshakes: JoinSet<Option<TlsConnection>>,
-    /// Set after a listener error: no accepting until it fires.
-    backoff: Option<Pin<Box<Sleep>>>,
-}
-
-impl Incoming {
-    /// Starts the handshake of a new TCP connection in its own task, or closes the connection
-    /// at once when no handshake slot is free for it.
-    fn start(&mut self, tcp: TcpStream, addr: SocketAddr) {
-        let Some(handshake_slot) = self.pools.handshake(addr.ip()) else {
-            drop(tcp);
-            return;
-        };
-        let acceptor = self.acceptor.clone();
-        let pools = Arc::clone(&self.pools);
-        self.handshakes.spawn(async move {
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let pools = Arc::new(Pools::new(limits));
+    accept(listener, move |tcp: TcpStream, addr: SocketAddr| {
+        // No handshake slot free: the connection is dropped, which closes it.
+        let handshake_slot = pools.handshake(addr.ip())?;
+        let acceptor = acceptor.clone();
+        let pools = Arc::clone(&pools);
+        Some(async move {
             let limits = *pools.limits();
             // Best effort: gRPC messages are small and latency-bound.
             let _ = tcp.set_nodelay(true);
@@ -209,82 +180,32 @@ impl Incoming {
             // A full pool: the connection is dropped, which closes it.
             let slot = pools.admit(class, addr.ip())?;
             let lifetime = pools.lifetime(class, peer.not_after);
-            Some(TlsConnection {
+            Some(Connection::new(
                 stream,
                 peer,
-                class,
-                lifetime,
-                _slot: slot,
-            })
-        });
-    }
-
-    /// Accepts pending TCP connections; returns a listener error to report, if any.
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        for _ in 0..ACCEPT_BUDGET {
-            if let Some(backoff) = &mut self.backoff {
-                if backoff.as_mut().poll(cx).is_pending() {
-                    return None;
-                }
-                self.backoff = None;
-            }
-            match self.listener.poll_accept(cx) {
-                Poll::Ready(Ok((tcp, addr))) => self.start(tcp, addr),
-                // The client went away before we accepted: nothing to report.
-                Poll::Ready(Err(e)) if is_per_connection(&e) => {}
-                Poll::Ready(Err(e)) => {
-                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
-                    return Some(e);
-                }
-                Poll::Pending => return None,
-            }
-        }
-        // Budget spent with connections possibly still queued: come back soon.
-        cx.waker().wake_by_ref();
-        None
-    }
+                Admission {
+                    class,
+                    lifetime,
+                    _slot: slot,
+                },
+            ))
+        })
+    })
 }
 
-impl Stream for Incoming {
-    type Item = Result<TlsConnection, io::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if let Some(e) = this.poll_accept(cx) {
-            return Poll::Ready(Some(Err(e)));
-        }
-        loop {
-            match this.handshakes.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
-                // A failed, timed-out or refused connection (or a panicked task): it is closed.
-                Poll::Ready(Some(Ok(None) | Err(_))) => {}
-                // No handshake in progress: the listener's waker is registered.
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-/// Listener errors that concern one connection only, not the listener.
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
-}
-
-/// A server-side TLS connection; implements tonic's [`Connected`] so that handlers see
-/// [`PeerInfo`] (through [`peer`]).
+/// A server-side TLS connection; every request received on it carries the caller's
+/// [`PeerInfo`] (read back with [`peer`]).
 ///
 /// It occupies a slot of its class's pool until dropped. Once it has been idle for its class's
 /// idle time, or reaches its end (maximum age or certificate expiry), reads see the end of the
 /// stream and writes fail, so that the server drops it.
-pub struct TlsConnection {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: PeerInfo,
+pub type TlsConnection =
+    Connection<tokio_rustls::server::TlsStream<TcpStream>, PeerInfo, Admission>;
+
+/// What a [`TlsConnection`] holds while it is open: its class's pool slot, and its lifetime
+/// (idle time, maximum age, certificate expiry), which ends it.
+#[derive(Debug)]
+pub struct Admission {
     class: ConnectionClass,
     lifetime: Lifetime,
     _slot: Slot,
@@ -293,108 +214,21 @@ pub struct TlsConnection {
 impl TlsConnection {
     /// The class this connection was admitted as.
     pub fn class(&self) -> ConnectionClass {
-        self.class
+        self.guard().class
     }
 }
 
-impl std::fmt::Debug for TlsConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConnection")
-            .field("peer", &self.peer)
-            .field("class", &self.class)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Connected for TlsConnection {
-    type ConnectInfo = PeerInfo;
-
-    /// tonic calls this once per connection and inserts a clone into the extensions of every
-    /// request received on it.
-    fn connect_info(&self) -> PeerInfo {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.lifetime.poll_over(cx) {
-            // End of stream: the server closes the connection.
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled
-            && buf.filled().len() > before
-        {
-            this.lifetime.touch();
-        }
-        polled
-    }
-}
-
-impl TlsConnection {
-    /// Polls a write with the connection's lifetime: fails once it is over, and counts bytes
-    /// written as activity.
-    fn poll_write_with(
-        &mut self,
-        cx: &mut Context<'_>,
-        write: impl FnOnce(
-            Pin<&mut tokio_rustls::server::TlsStream<TcpStream>>,
-            &mut Context<'_>,
-        ) -> Poll<io::Result<usize>>,
-    ) -> Poll<io::Result<usize>> {
-        if self.lifetime.poll_over(cx) {
-            return Poll::Ready(Err(Lifetime::over_error()));
-        }
-        let polled = write(Pin::new(&mut self.stream), cx);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            self.lifetime.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_write(cx, buf))
+impl ConnectionGuard for Admission {
+    fn poll_over(&mut self, cx: &mut Context<'_>) -> bool {
+        self.lifetime.poll_over(cx)
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut()
-            .poll_write_with(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    fn touch(&mut self) {
+        self.lifetime.touch();
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.lifetime.poll_over(cx) {
-            return Poll::Ready(Err(Lifetime::over_error()));
-        }
-        Pin::new(&mut this.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    fn over_error(&self) -> io::Error {
+        Lifetime::over_error()
     }
 }
 
@@ -472,6 +306,21 @@ pub fn channel(
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connect))
+}
+
+/// A tonic channel to a gRPC server on the unix socket at `path` (such as the SPIFFE Workload
+/// API), connected before it is returned. No TLS: on a unix socket the server learns who the
+/// caller is from the kernel (peer credentials). The channel reconnects to the same path after
+/// a failure.
+pub async fn unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path: Arc<Path> = Arc::from(path);
+    // The URI is a placeholder: the connector dials the socket.
+    Endpoint::from_static("http://unix.invalid")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = Arc::clone(&path);
+            async move { UnixStream::connect(&*path).await.map(TokioIo::new) }
+        }))
+        .await
 }
 
 /// TCP connect to `target`, then the TLS handshake.

@@ -22,7 +22,7 @@ const IDLE_UIDS: usize = 1024;
 /// Why a gated job produced no result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum GateError {
+pub(crate) enum GateError {
     /// The job panicked or the runtime is shutting down.
     #[error("the attestation job did not finish")]
     Interrupted,

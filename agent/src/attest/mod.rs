@@ -75,11 +75,11 @@ use rustix::process::{Pid, PidfdFlags};
 
 use self::digest::{Digests, Join, Waited};
 use self::gate::Gate;
-pub use self::gate::GateError;
+pub(crate) use self::gate::GateError;
 
 /// The largest executable whose SHA-256 is computed; a larger one gets no `unix:sha256`
 /// selector.
-pub const MAX_HASHED_EXE_LEN: u64 = 512 * 1024 * 1024;
+pub(crate) const MAX_HASHED_EXE_LEN: u64 = 512 * 1024 * 1024;
 /// The largest `/etc/passwd` or `/etc/group` read.
 const MAX_DB_LEN: u64 = 8 * 1024 * 1024;
 /// The largest `/proc/<pid>/stat` read (its `comm` is at most 16 bytes; the rest is numbers).
@@ -87,7 +87,7 @@ const MAX_STAT_LEN: u64 = 4096;
 
 /// Bounds on the blocking work attestation may do at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttestLimits {
+pub(crate) struct AttestLimits {
     /// `/proc` reads at accept, per uid.
     pub proc_reads_per_uid: usize,
     /// `/proc` reads at accept, in all.
@@ -117,7 +117,7 @@ impl Default for AttestLimits {
 /// Why a peer could not be attested, or is no longer the process that was attested.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum AttestError {
+pub(crate) enum AttestError {
     /// The socket gave no peer pid (the peer is in another pid namespace, or not a process).
     #[error("the peer's pid is unknown")]
     NoPid,
@@ -253,7 +253,7 @@ fn mnt_ns(dir: impl AsFd, path: &str) -> rustix::io::Result<MntNs> {
 }
 
 /// What was learned about a peer process at accept, and the handles that pin it.
-pub struct Attestation {
+pub(crate) struct Attestation {
     pid: i32,
     uid: u32,
     gid: u32,
@@ -285,7 +285,7 @@ impl fmt::Debug for Attestation {
 
 /// What an attestation still has to establish before some entry can be decided.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Pending {
+pub(crate) struct Pending {
     /// Whether `unix:path` must be checked.
     pub path: bool,
     /// Whether the executable must be hashed.
@@ -294,30 +294,25 @@ pub struct Pending {
 
 impl Pending {
     /// Nothing left to establish.
-    pub fn is_none(self) -> bool {
+    pub(crate) fn is_none(self) -> bool {
         !self.path && !self.sha256
     }
 }
 
 impl Attestation {
     /// The peer's pid (as seen in the agent's pid namespace).
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.pid
     }
 
     /// The peer's user id at `connect`.
-    pub fn uid(&self) -> u32 {
+    pub(crate) fn uid(&self) -> u32 {
         self.uid
-    }
-
-    /// The peer's group id at `connect`.
-    pub fn gid(&self) -> u32 {
-        self.gid
     }
 
     /// The selectors established so far: uid, gid, user and group from the start; `unix:path`
     /// and `unix:sha256` once [`Attestor::resolve`] established them.
-    pub fn selectors(&self) -> Vec<Selector> {
+    pub(crate) fn selectors(&self) -> Vec<Selector> {
         let mut out = self.base.clone();
         if self.path_ok.get() == Some(&true)
             && let Some(path) = &self.exe_path
@@ -334,7 +329,7 @@ impl Attestation {
     /// the path check when an entry selects this executable's path, the hash when an entry
     /// selects a hash — each only if every other selector of that entry is (or may still
     /// become) the caller's.
-    pub fn pending<'a>(&self, entries: impl IntoIterator<Item = &'a [Selector]>) -> Pending {
+    pub(crate) fn pending<'a>(&self, entries: impl IntoIterator<Item = &'a [Selector]>) -> Pending {
         let mut out = Pending::default();
         for entry in entries {
             let mut need = Pending::default();
@@ -372,7 +367,7 @@ impl Attestation {
     /// Checks that the peer is still the process that was attested, running the same
     /// executable; see the [module docs](self). Blocking, but only a few small reads of `/proc`
     /// and cached attributes: never a request to the executable's filesystem.
-    pub fn verify(&self) -> Result<(), AttestError> {
+    pub(crate) fn verify(&self) -> Result<(), AttestError> {
         let start_time = read_start_time(&self.proc_dir)?;
         let exe =
             statx_cached(&self.proc_dir, "exe").map_err(AttestError::io("/proc/<pid>/exe"))?;
@@ -414,7 +409,7 @@ impl Attestation {
 
 /// Attests peers; cheap to clone (the hash cache and the gates are shared).
 #[derive(Debug, Clone)]
-pub struct Attestor {
+pub(crate) struct Attestor {
     limits: AttestLimits,
     digests: Arc<Digests>,
     proc_reads: Arc<Gate>,
@@ -432,12 +427,13 @@ impl Default for Attestor {
 
 impl Attestor {
     /// An attestor with the default [`AttestLimits`].
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_limits(AttestLimits::default())
     }
 
     /// An attestor hashing executables of up to `max` bytes.
-    pub fn with_max_hashed_len(max: u64) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_max_hashed_len(max: u64) -> Self {
         Self::with_limits(AttestLimits {
             max_hashed_len: max,
             ..AttestLimits::default()
@@ -445,7 +441,7 @@ impl Attestor {
     }
 
     /// An attestor with these limits.
-    pub fn with_limits(limits: AttestLimits) -> Self {
+    pub(crate) fn with_limits(limits: AttestLimits) -> Self {
         Self {
             limits,
             digests: Arc::new(Digests::default()),
@@ -457,7 +453,10 @@ impl Attestor {
 
     /// Attests the peer of a connected unix socket: its credentials, then the `/proc` reads
     /// of [`Attestor::attest_process`] through the gate.
-    pub async fn attest(&self, peer: &tokio::net::UnixStream) -> Result<Attestation, AttestError> {
+    pub(crate) async fn attest(
+        &self,
+        peer: &tokio::net::UnixStream,
+    ) -> Result<Attestation, AttestError> {
         let cred = peer.peer_cred().map_err(|source| AttestError::Io {
             what: "peer credentials",
             source,
@@ -472,7 +471,12 @@ impl Attestor {
 
     /// Attests process `pid`, whose credentials the kernel reported as `uid` and `gid`.
     /// Blocking, but it reads only `/proc`, `/etc/passwd` and `/etc/group`.
-    pub fn attest_process(&self, pid: i32, uid: u32, gid: u32) -> Result<Attestation, AttestError> {
+    pub(crate) fn attest_process(
+        &self,
+        pid: i32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attestation, AttestError> {
         let raw = Pid::from_raw(pid).ok_or(AttestError::NoPid)?;
         let pidfd = rustix::process::pidfd_open(raw, PidfdFlags::empty())
             .map_err(AttestError::io("pidfd"))?;
@@ -533,7 +537,7 @@ impl Attestor {
     /// (the path check, the hash), through the executable-read gate. Cancel-safe: a job that
     /// started finishes on its own, its result is kept for the next call (and a hash is
     /// cached for every caller).
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         att: &Arc<Attestation>,
         entries: &[&[Selector]],

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::anyhow;
-use ringzero_agent::fetch::{X509Svid, endpoint_path, fetch_x509};
 use ringzero_agent::{AgentConfig, AgentError, FirstContact, Ready};
+use ringzero_agent::{X509Svid, endpoint_path, fetch_x509};
 use rustls_pki_types::CertificateDer;
 
 use super::session::runtime;

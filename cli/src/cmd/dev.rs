@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use ringzero_agent::attest::{current_uid, user_name};
 use ringzero_agent::{AgentConfig, DataDir, FirstContact};
+use ringzero_agent::{current_uid, user_name};
 use ringzero_authority::node;
 use ringzero_policy::{SpiffeId, TrustDomain};
 use ringzero_proto::client::{AuthorityClient, Profile};

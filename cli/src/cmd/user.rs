@@ -60,14 +60,6 @@ fn ttl_seconds(ttl: Option<Duration>) -> u64 {
     ttl.map_or(0, |d| d.as_secs())
 }
 
-fn chain(reply: &pb::UserCredentials) -> Vec<CertificateDer<'static>> {
-    reply
-        .svid_chain
-        .iter()
-        .map(|c| CertificateDer::from(c.clone()))
-        .collect()
-}
-
 /// A profile for `reply`'s credentials: the key made here, the bundle of the reply (which came
 /// over TLS authenticated by the CAs the caller already trusts), and what the caller's own
 /// profile `known` learned so far — its audit pins and the keys it knows are compromised —
@@ -80,22 +72,7 @@ fn profile_from(
     reply: &pb::UserCredentials,
     key_pkcs8: &[u8],
 ) -> Profile {
-    let mut profile = Profile::new(
-        td,
-        authorities,
-        fallback_cas,
-        &chain(reply),
-        key_pkcs8,
-        &reply.token,
-    );
-    if let Some(k) = known {
-        profile.audit_keys = k.audit_keys.clone();
-        profile.compromised_keys = k.compromised_keys.clone();
-    }
-    if let Some(b) = &reply.bundle {
-        profile.apply_bundle(b);
-    }
-    profile
+    Profile::from_user_credentials(td, authorities, fallback_cas, known, reply, key_pkcs8)
 }
 
 fn write_profile(path: &Path, profile: &Profile, overwrite: bool) -> Result<(), super::Failure> {

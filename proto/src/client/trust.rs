@@ -249,4 +249,47 @@ mod tests {
                 .all(|c| c.as_ref() != cas[2])
         );
     }
+
+    #[test]
+    fn a_user_profile_keeps_what_the_callers_profile_learned_and_applies_the_reply_bundle() {
+        let cas: Vec<Vec<u8>> = (0..4).map(|i| ca(&format!("n{i}"))).collect();
+        let mut known = profile(&cas);
+        known.apply_bundle(&bundle(node_keys(2, &cas, COMPROMISED)));
+        let td = ringzero_policy::TrustDomain::new("example.org").unwrap();
+        let fallback = [CertificateDer::from(cas[1].clone())];
+        let mut reply = pb::UserCredentials {
+            svid_chain: vec![cas[3].clone()],
+            bundle: None,
+            token: "user-token".into(),
+            expires_unix: 0,
+        };
+
+        // No bundle in the reply: the fallback CAs, the reply's chain and token, the key.
+        let p = Profile::from_user_credentials(&td, vec![], &fallback, None, &reply, b"k");
+        assert_eq!(p.bundle_certs().unwrap(), fallback);
+        assert_eq!(p.token, "user-token");
+        assert_eq!(
+            p,
+            Profile::new(
+                &td,
+                vec![],
+                &fallback,
+                &[cas[3].clone().into()],
+                b"k",
+                "user-token"
+            )
+        );
+
+        // The reply's bundle replaces the CAs, and what `known` learned stays learned: a
+        // compromised key in it is not trusted again, whatever the reply says.
+        reply.bundle = Some(bundle(
+            (1..=3).flat_map(|n| node_keys(n, &cas, "active")).collect(),
+        ));
+        let p = Profile::from_user_credentials(&td, vec![], &fallback, Some(&known), &reply, b"k");
+        assert_eq!(p.compromised_keys, known.compromised_keys);
+        assert_eq!(status_of(&p, 21), COMPROMISED);
+        let certs = p.bundle_certs().unwrap();
+        assert_eq!(certs.len(), 2);
+        assert!(certs.iter().all(|c| c.as_ref() != cas[2]));
+    }
 }

@@ -92,6 +92,11 @@ where
     }
 }
 
+/// The method paths (or prefixes) a layer is configured with.
+fn strings(paths: impl IntoIterator<Item = impl Into<String>>) -> Arc<[String]> {
+    paths.into_iter().map(Into::into).collect()
+}
+
 macro_rules! refusal_service {
     ($layer:ident, $service:ident, $decide:expr) => {
         impl<S> Layer<S> for $layer {
@@ -171,13 +176,9 @@ pub struct AnonymousAllowListLayer {
 
 impl AnonymousAllowListLayer {
     /// Allows anonymous calls to exactly `paths`.
-    pub fn new<I, P>(paths: I) -> Self
-    where
-        I: IntoIterator<Item = P>,
-        P: Into<String>,
-    {
+    pub fn new(paths: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Self {
-            allowed: paths.into_iter().map(Into::into).collect(),
+            allowed: strings(paths),
         }
     }
 
@@ -211,13 +212,9 @@ pub struct MembersOnlyLayer {
 
 impl MembersOnlyLayer {
     /// Reserves every method whose path starts with one of `prefixes`.
-    pub fn new<I, P>(prefixes: I) -> Self
-    where
-        I: IntoIterator<Item = P>,
-        P: Into<String>,
-    {
+    pub fn new(prefixes: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Self {
-            prefixes: prefixes.into_iter().map(Into::into).collect(),
+            prefixes: strings(prefixes),
         }
     }
 
