@@ -5,7 +5,6 @@
 //! trust bundle. Private keys are written with mode 0600 by an atomic rename.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -46,28 +45,10 @@ fn bad(path: &Path, detail: impl std::fmt::Display) -> KeyError {
     }
 }
 
-/// Writes `bytes` to `path` with `mode`, atomically (temp file, fsync, rename, fsync dir).
+/// Writes `bytes` to `path` with `mode`, atomically: the one way secrets are written
+/// ([`ringzero_proto::fs::write_private`]).
 pub(crate) fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
-    Ok(())
+    ringzero_proto::fs::write_private(path, bytes, mode).map_err(io(path))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, KeyError> {

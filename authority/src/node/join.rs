@@ -6,8 +6,9 @@ use std::time::SystemTime;
 
 use ringzero_policy::SpiffeId;
 use ringzero_policy::svid::{TrustBundle, generate_key};
+pub use ringzero_proto::client::FirstContact;
 use ringzero_proto::client::{
-    AuthorityClient, ClientError, Credentials, FirstTrust, bundle_cas, first_contact_bundle,
+    AuthorityClient, ClientError, Credentials, bundle_cas, first_contact_bundle,
 };
 use ringzero_proto::pb;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -17,20 +18,6 @@ use crate::keys::NodeKeys;
 use crate::service::key_kind_name;
 
 use super::*;
-
-/// What a joiner knows before it has joined: how to reach the cluster and how to trust it.
-#[derive(Debug)]
-pub enum FirstContact {
-    /// A pinned join token: the bundle is fetched and checked against the pin.
-    Pinned(ringzero_policy::join::JoinToken),
-    /// The bundle is given (`--bundle FILE`); the token's pin is not needed.
-    Bundle(
-        ringzero_policy::join::JoinToken,
-        Vec<CertificateDer<'static>>,
-    ),
-    /// No verification of the authority before the secret is sent (`--insecure-skip-pin`).
-    InsecureNoPin(ringzero_policy::join::JoinToken),
-}
 
 /// Creates a node in `dir` by joining the cluster at `peer`, then serves it.
 pub async fn join(
@@ -46,12 +33,8 @@ pub async fn join(
         return Err(NodeError::AlreadyInitialized(dir.display().to_string()));
     }
     // 1. Learn and check the bundle before anything secret leaves this process.
-    let (token, trust) = match &contact {
-        FirstContact::Pinned(token) => (token, FirstTrust::Pin(&token.pin)),
-        FirstContact::Bundle(token, cas) => (token, FirstTrust::Bundle(cas)),
-        FirstContact::InsecureNoPin(token) => (token, FirstTrust::Insecure),
-    };
-    let (_, bundle) = first_contact_bundle(peer, trust)
+    let token = contact.token();
+    let (_, bundle) = first_contact_bundle(peer, contact.trust())
         .await
         .map_err(|e| match e {
             ClientError::PinMismatch(_) => NodeError::Join(
