@@ -394,9 +394,7 @@ impl SoloAuthority {
         let out = run_timeout(cmd, Duration::from_secs(60));
         assert!(out.status.success(), "bootstrap: {}", show(&out));
         let profile = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let mut cmd = ringzero(root.path());
-        cmd.args(["authority", "run", "--data-dir"]).arg(&dir);
-        let proc = Proc::spawn("n1", cmd, &root.path().join("n1.log"));
+        let proc = Self::run(root.path(), &dir);
         let s = Self {
             root,
             dir,
@@ -405,18 +403,30 @@ impl SoloAuthority {
             trust_domain: trust_domain.to_owned(),
             proc,
         };
-        wait_until(
+        s.wait_writable(
             "the authority to accept writes",
             Duration::from_secs(20),
             Duration::from_millis(50),
-            || {
-                s.cli(&["authority", "status"])
-                    .status
-                    .success()
-                    .then_some(())
-            },
         );
         s
+    }
+
+    /// `ringzero authority run --data-dir DIR` in `root`, logging to `n1.log`.
+    fn run(root: &Path, dir: &Path) -> Proc {
+        let mut cmd = ringzero(root);
+        cmd.args(["authority", "run", "--data-dir"]).arg(dir);
+        Proc::spawn("n1", cmd, &root.join("n1.log"))
+    }
+
+    /// Polls `authority status` every `every` until it succeeds; panics naming `what` after
+    /// `timeout`.
+    fn wait_writable(&self, what: &str, timeout: Duration, every: Duration) {
+        wait_until(what, timeout, every, || {
+            self.cli(&["authority", "status"])
+                .status
+                .success()
+                .then_some(())
+        });
     }
 
     /// `ringzero --profile P ARGS…`, run to completion.
@@ -446,19 +456,11 @@ impl SoloAuthority {
             "the node did not stop on SIGTERM"
         );
         between(&self.dir);
-        let mut cmd = ringzero(self.root.path());
-        cmd.args(["authority", "run", "--data-dir"]).arg(&self.dir);
-        self.proc = Proc::spawn("n1", cmd, &self.root.path().join("n1.log"));
-        wait_until(
+        self.proc = Self::run(self.root.path(), &self.dir);
+        self.wait_writable(
             "the restarted authority to accept writes",
             Duration::from_secs(30),
             Duration::from_millis(100),
-            || {
-                self.cli(&["authority", "status"])
-                    .status
-                    .success()
-                    .then_some(())
-            },
         );
     }
 }
