@@ -8,6 +8,7 @@
 
 mod cli;
 mod cmd;
+mod failure;
 mod input;
 
 use std::process::ExitCode;

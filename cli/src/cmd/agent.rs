@@ -10,8 +10,8 @@ use ringzero_agent::{X509Svid, endpoint_path, fetch_x509};
 use rustls_pki_types::CertificateDer;
 
 use super::session::runtime;
-use super::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::cli::{AgentCommand, AgentFetchArgs, AgentRunArgs, GlobalArgs};
+use crate::failure::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_secret;
 
 pub(crate) fn run(global: &GlobalArgs, cmd: AgentCommand) -> Outcome {

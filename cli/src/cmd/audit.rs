@@ -37,8 +37,8 @@ use serde::Serialize;
 
 use self::memory::{load_remembered, remembered_path, save_remembered};
 use super::session::{Session, refused, runtime, session};
-use super::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::cli::{AuditCommand, AuditProveArgs, AuditSealArgs, AuditVerifyArgs, GlobalArgs};
+use crate::failure::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_bounded;
 
 /// Records `seal` leaves in the live log by default.

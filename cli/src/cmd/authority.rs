@@ -11,11 +11,11 @@ use ringzero_proto::client::Profile;
 use ringzero_proto::pb;
 
 use super::session::{call_failed, print_table, runtime, session};
-use super::{Outcome, bad_input, bad_input_msg, failed};
 use crate::cli::{
     AuthorityCommand, BootstrapArgs, BundleCommand, BundleFormat, GlobalArgs, JoinArgs, JsonArgs,
     RemoveArgs,
 };
+use crate::failure::{EXIT_FAILED, Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_secret;
 
 pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
@@ -72,7 +72,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn bind(listen: &str) -> Result<tokio::net::TcpListener, super::Failure> {
+async fn bind(listen: &str) -> Result<tokio::net::TcpListener, Failure> {
     tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))
@@ -292,7 +292,7 @@ async fn status(global: &GlobalArgs, a: JsonArgs) -> Outcome {
     Ok(if reply.writable {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_FAILED)
     })
 }
 

@@ -10,13 +10,13 @@ use ringzero_policy::NodeName;
 use ringzero_proto::pb;
 
 use super::session::{refused, render_table, runtime, session};
-use super::{Outcome, bad_input, bad_input_msg, failed};
 use crate::cli::{BlastRadiusArgs, GlobalArgs};
+use crate::failure::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_secret;
 
 /// Checks the target before any connection (bad input is exit 2), reading a token from its
 /// argument, `-` or `@FILE`.
-fn request(a: &BlastRadiusArgs) -> Result<pb::BlastRadiusRequest, super::Failure> {
+fn request(a: &BlastRadiusArgs) -> Result<pb::BlastRadiusRequest, Failure> {
     let target = a.target.trim();
     if target == "token" {
         let arg = a.assessed.as_deref().ok_or_else(|| {
@@ -206,7 +206,7 @@ fn table<const N: usize>(o: &mut String, rows: &[[String; N]]) {
 }
 
 /// Writes `text` to stdout; a closed pipe (`| head`) ends the output quietly.
-fn emit(text: &str) -> Result<(), super::Failure> {
+fn emit(text: &str) -> Result<(), Failure> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(failed(e)),

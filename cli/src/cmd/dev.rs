@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 
 use super::agent::{absolute, agent_failed, init_logging, print_out, ready_line, shutdown_signal};
 use super::session::{explain, runtime};
-use super::{Failure, Outcome, failed};
 use crate::cli::{DevArgs, GlobalArgs};
+use crate::failure::{Failure, Outcome, failed};
 use crate::input::read_bounded;
 
 /// The agent node's name.

@@ -8,11 +8,11 @@ use ringzero_policy::selector::{self, Selector};
 use ringzero_proto::pb;
 
 use super::session::{Session, print_table, refused, runtime, session};
-use super::{Failure, Outcome, bad_input_msg, failed};
 use crate::cli::{
     EntryCommand, EntryCreateArgs, EntryIdArg, EntryListArgs, EntryShowArgs, EntryUpdateArgs,
     GlobalArgs,
 };
+use crate::failure::{Failure, Outcome, bad_input_msg, failed};
 
 /// Entries asked for per `ListEntries` call.
 const PAGE_SIZE: u32 = 500;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use ringzero_policy::token::{RootKey, RootKeyId};
 
-use super::{Outcome, failed};
 use crate::cli::KeygenArgs;
+use crate::failure::{Outcome, failed};
 use crate::input::write_file;
 
 pub(crate) fn run(a: KeygenArgs) -> Outcome {

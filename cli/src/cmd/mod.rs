@@ -1,4 +1,4 @@
-//! Command implementations.
+//! The commands: one module per subcommand, and the dispatcher.
 
 mod agent;
 mod audit;
@@ -14,40 +14,10 @@ mod session;
 mod token;
 mod user;
 
-use std::fmt::Display;
-use std::process::ExitCode;
-
 use crate::cli::{Cli, Command, TokenCommand};
+use crate::failure::Outcome;
 
-/// An error with the exit code it maps to.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub(crate) code: u8,
-    pub(crate) error: anyhow::Error,
-}
-
-/// Exit code 2: the input was invalid.
-pub(crate) fn bad_input(e: impl Into<anyhow::Error>) -> Failure {
-    Failure {
-        code: 2,
-        error: e.into(),
-    }
-}
-
-/// Exit code 1: the operation failed.
-pub(crate) fn failed(e: impl Into<anyhow::Error>) -> Failure {
-    Failure {
-        code: 1,
-        error: e.into(),
-    }
-}
-
-pub(crate) fn bad_input_msg(m: impl Display) -> Failure {
-    bad_input(anyhow::anyhow!("{m}"))
-}
-
-pub(crate) type Outcome = Result<ExitCode, Failure>;
-
+/// Runs the command `cli` names.
 pub(crate) fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Keygen(a) => keygen::run(a),

@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 use ringzero_policy::NodeName;
 use ringzero_proto::pb;
 
-use super::Outcome;
 use super::session::{Session, print_table, refused, runtime, session};
 use crate::cli::{GlobalArgs, JsonArgs, NodeCommand, NodeTokenArgs};
+use crate::failure::Outcome;
 
 pub(crate) fn run(global: &GlobalArgs, cmd: NodeCommand) -> Outcome {
     let rt = runtime()?;

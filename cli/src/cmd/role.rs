@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::session::{print_table, refused, runtime, session};
-use super::{Outcome, bad_input, failed};
 use crate::cli::{GlobalArgs, JsonArgs, RoleApplyArgs, RoleCommand, RoleShowArgs};
+use crate::failure::{Failure, Outcome, bad_input, failed};
 use crate::input::read_bounded;
 
 pub(crate) fn run(global: &GlobalArgs, cmd: RoleCommand) -> Outcome {
@@ -58,7 +58,7 @@ fn line_of(text: &str, at: usize) -> usize {
 }
 
 /// Reads and checks a role file; every problem is reported with its line (exit 2).
-fn load(path: &Path) -> Result<Vec<pb::RoleInfo>, super::Failure> {
+fn load(path: &Path) -> Result<Vec<pb::RoleInfo>, Failure> {
     let text = read_bounded(path).map_err(bad_input)?;
     parse(&text).map_err(|problems| {
         let shown: Vec<String> = problems
@@ -171,7 +171,7 @@ async fn apply(global: &GlobalArgs, a: &RoleApplyArgs, roles: Vec<pb::RoleInfo>)
     Ok(ExitCode::SUCCESS)
 }
 
-async fn fetch(global: &GlobalArgs) -> Result<Vec<pb::RoleInfo>, super::Failure> {
+async fn fetch(global: &GlobalArgs) -> Result<Vec<pb::RoleInfo>, Failure> {
     let mut s = session(global)?;
     let reply = s
         .client

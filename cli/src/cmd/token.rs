@@ -12,8 +12,8 @@ use ringzero_policy::{Resource, Right};
 use ringzero_proto::pb;
 
 use super::session::{refused, runtime, session};
-use super::{Outcome, bad_input, bad_input_msg, failed};
 use crate::cli::{AttenuateArgs, GlobalArgs, InspectArgs, MintArgs, RevokeArgs, VerifyArgs};
+use crate::failure::{EXIT_FAILED, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_secret;
 
 pub(crate) fn mint(global: &GlobalArgs, a: MintArgs) -> Outcome {
@@ -221,6 +221,6 @@ pub(crate) fn verify(a: VerifyArgs) -> Outcome {
     Ok(if decision.is_allowed() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_FAILED)
     })
 }

@@ -16,10 +16,10 @@ use ringzero_proto::pb;
 use rustls_pki_types::CertificateDer;
 
 use super::session::{Session, print_table, refused, runtime, session};
-use super::{Outcome, bad_input, bad_input_msg, failed};
 use crate::cli::{
     AdminProfileArgs, GlobalArgs, JsonArgs, LoginArgs, UserAddArgs, UserCommand, UserInviteArgs,
 };
+use crate::failure::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::{read_secret, write_file};
 
 pub(crate) fn run(global: &GlobalArgs, cmd: UserCommand) -> Outcome {
@@ -75,7 +75,7 @@ fn profile_from(
     Profile::from_user_credentials(td, authorities, fallback_cas, known, reply, key_pkcs8)
 }
 
-fn write_profile(path: &Path, profile: &Profile, overwrite: bool) -> Result<(), super::Failure> {
+fn write_profile(path: &Path, profile: &Profile, overwrite: bool) -> Result<(), Failure> {
     let text = profile.to_toml().map_err(|e| failed(anyhow!("{e}")))?;
     write_file(path, text.as_bytes(), 0o600, overwrite).map_err(failed)
 }
@@ -85,7 +85,7 @@ fn expiry(expires_unix: u64) -> String {
         .to_string()
 }
 
-fn trust_domain(s: &Session) -> Result<TrustDomain, super::Failure> {
+fn trust_domain(s: &Session) -> Result<TrustDomain, Failure> {
     TrustDomain::new(&s.profile.trust_domain).map_err(|e| bad_input(anyhow!("profile: {e}")))
 }
 
