@@ -8,6 +8,7 @@
 
 mod cli;
 mod cmd;
+mod daemon;
 mod failure;
 mod input;
 

@@ -11,6 +11,7 @@ use rustls_pki_types::CertificateDer;
 
 use super::session::runtime;
 use crate::cli::{AgentCommand, AgentFetchArgs, AgentRunArgs, GlobalArgs};
+use crate::daemon::{init_logging, shutdown_signal};
 use crate::failure::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_secret;
 
@@ -22,39 +23,6 @@ pub(crate) fn run(global: &GlobalArgs, cmd: AgentCommand) -> Outcome {
             AgentCommand::Fetch(a) => fetch(a).await,
         }
     })
-}
-
-/// Logs to stderr (`RINGZERO_LOG` filters; `--log-json` for JSON lines).
-pub(crate) fn init_logging(global: &GlobalArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGZERO_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if global.log_json {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down");
 }
 
 /// `path` made absolute against the current directory.
@@ -113,7 +81,7 @@ fn first_contact(a: &AgentRunArgs) -> Result<Option<FirstContact>, Failure> {
 }
 
 async fn run_agent(global: &GlobalArgs, a: AgentRunArgs) -> Outcome {
-    init_logging(global);
+    init_logging(global.log_json);
     let join = first_contact(&a)?;
     let data_dir = absolute(&a.data_dir)?;
     let socket = a.socket.as_deref().map(absolute).transpose()?;

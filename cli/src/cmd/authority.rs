@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use ringzero_authority::node::{self, FirstContact};
 use ringzero_policy::svid::pem_encode;
 use ringzero_proto::client::Profile;
@@ -15,7 +15,8 @@ use crate::cli::{
     AuthorityCommand, BootstrapArgs, BundleCommand, BundleFormat, GlobalArgs, JoinArgs, JsonArgs,
     RemoveArgs,
 };
-use crate::failure::{EXIT_FAILED, Failure, Outcome, bad_input, bad_input_msg, failed};
+use crate::daemon::{bind, init_logging, shutdown_signal};
+use crate::failure::{EXIT_FAILED, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_secret;
 
 pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
@@ -41,42 +42,6 @@ pub(crate) fn bundle(global: &GlobalArgs, cmd: BundleCommand) -> Outcome {
             BundleCommand::Show(a) => bundle_show(global, a.format).await,
         }
     })
-}
-
-fn init_logging(global: &GlobalArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGZERO_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if global.log_json {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-}
-
-async fn bind(listen: &str) -> Result<tokio::net::TcpListener, Failure> {
-    tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))
-        .map_err(failed)
 }
 
 async fn bootstrap(a: BootstrapArgs) -> Outcome {
@@ -111,7 +76,7 @@ async fn bootstrap(a: BootstrapArgs) -> Outcome {
 }
 
 async fn serve(global: &GlobalArgs, dir: &Path) -> Outcome {
-    init_logging(global);
+    init_logging(global.log_json);
     let listen = node::listen_address(dir).map_err(bad_input)?;
     let listener = bind(&listen).await?;
     tracing::info!(%listen, data_dir = %dir.display(), "authority node serving");
@@ -122,7 +87,7 @@ async fn serve(global: &GlobalArgs, dir: &Path) -> Outcome {
 }
 
 async fn join(global: &GlobalArgs, a: JoinArgs) -> Outcome {
-    init_logging(global);
+    init_logging(global.log_json);
     let text = read_secret(&a.token).map_err(bad_input)?;
     let token = ringzero_policy::join::JoinToken::parse(&text).map_err(bad_input)?;
     let contact = match (&a.bundle, a.insecure_skip_pin) {

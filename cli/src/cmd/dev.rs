@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use ringzero_agent::{AgentConfig, DataDir, FirstContact};
 use ringzero_agent::{current_uid, user_name};
 use ringzero_authority::node;
@@ -18,9 +18,10 @@ use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
 use tokio::sync::oneshot;
 
-use super::agent::{absolute, agent_failed, init_logging, print_out, ready_line, shutdown_signal};
+use super::agent::{absolute, agent_failed, print_out, ready_line};
 use super::session::{explain, runtime};
 use crate::cli::{DevArgs, GlobalArgs};
+use crate::daemon::{bind, init_logging, shutdown_signal};
 use crate::failure::{Failure, Outcome, failed};
 use crate::input::read_bounded;
 
@@ -39,7 +40,7 @@ pub(crate) fn run(global: &GlobalArgs, a: DevArgs) -> Outcome {
 }
 
 async fn dev(global: &GlobalArgs, a: DevArgs) -> Outcome {
-    init_logging(global);
+    init_logging(global.log_json);
     // Kept until the end of this function: dropping it removes the temporary directory.
     let (root, temp) = match &a.data_dir {
         Some(d) => (absolute(d)?, None),
@@ -132,13 +133,6 @@ async fn start_authority(
         auth_dir.display()
     );
     Ok((listener, addr, written))
-}
-
-async fn bind(addr: &str) -> Result<tokio::net::TcpListener, Failure> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))
-        .map_err(failed)
 }
 
 /// Everything while the authority runs: admin setup, the agent, waiting for Ctrl-C.
