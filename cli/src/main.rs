@@ -6,6 +6,7 @@
 //! - 2: invalid input or usage (bad flags, malformed token, unreadable key file)
 #![forbid(unsafe_code)]
 
+mod args;
 mod cli;
 mod cmd;
 mod daemon;
