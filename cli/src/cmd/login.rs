@@ -14,7 +14,9 @@ use ringzero_policy::svid::{csr_for, generate_key};
 use ringzero_proto::client::{ClientError, login_with_invite};
 use ringzero_proto::pb;
 
-use super::profile::{expiry, key_and_csr, profile_from, trust_domain, ttl_seconds, write_profile};
+use super::profile::{
+    expiry, key_and_csr, profile_from, successor, trust_domain, ttl_seconds, write_profile,
+};
 use super::session::{refused, runtime, session};
 use crate::args::parse_user_ttl;
 use crate::cli::GlobalArgs;
@@ -145,18 +147,7 @@ async fn renew(global: &GlobalArgs, a: LoginArgs) -> Outcome {
         })
         .await
         .map_err(|e| refused(e, "login"))?;
-    let cas = s
-        .profile
-        .bundle_certs()
-        .map_err(|e| failed(anyhow!("{e}")))?;
-    let profile = profile_from(
-        &td,
-        s.profile.authorities.clone(),
-        &cas,
-        Some(&s.profile),
-        &reply,
-        &key,
-    );
+    let profile = successor(&s, &td, &reply, &key)?;
     // In place by default: an atomic rename, so the old profile stays whole until the new one
     // is complete.
     let (out, overwrite) = match &a.out {

@@ -45,6 +45,28 @@ pub(crate) fn profile_from(
     Profile::from_user_credentials(td, authorities, fallback_cas, known, reply, key_pkcs8)
 }
 
+/// The profile that follows the session's own for `reply`'s credentials (a renewal, or a user
+/// added by this admin): the same authorities, and what the session's profile learned so far.
+pub(crate) fn successor(
+    s: &Session,
+    td: &TrustDomain,
+    reply: &pb::UserCredentials,
+    key_pkcs8: &[u8],
+) -> Result<Profile, Failure> {
+    let cas = s
+        .profile
+        .bundle_certs()
+        .map_err(|e| failed(anyhow!("{e}")))?;
+    Ok(profile_from(
+        td,
+        s.profile.authorities.clone(),
+        &cas,
+        Some(&s.profile),
+        reply,
+        key_pkcs8,
+    ))
+}
+
 /// Writes a profile (mode 0600), replacing a file only if `overwrite`.
 pub(crate) fn write_profile(
     path: &Path,

@@ -3,16 +3,16 @@
 //! Keys are always generated here, on the machine that will use them: `user add` on the
 //! admin's, `login --invite` (see [`super::login`]) on the user's. Only a CSR leaves the machine.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use ringzero_policy::NodeName;
 use ringzero_proto::pb;
 
-use super::profile::{expiry, key_and_csr, profile_from, trust_domain, ttl_seconds, write_profile};
+use super::profile::{expiry, key_and_csr, successor, trust_domain, ttl_seconds, write_profile};
 use super::session::{print_table, refused, runtime, session};
 use crate::args::{JsonArgs, parse_join_ttl, parse_user_ttl};
 use crate::cli::GlobalArgs;
@@ -66,12 +66,8 @@ pub(crate) struct UserAddArgs {
     /// The user name (its SVID is spiffe://TD/user/NAME).
     #[arg(value_name = "NAME")]
     pub(crate) name: NodeName,
-    /// A built-in role (admin, operator, developer, auditor) or a custom one.
-    #[arg(long, value_name = "ROLE")]
-    pub(crate) role: String,
-    /// The namespace, for roles confined to one (developer).
-    #[arg(long, value_name = "NS")]
-    pub(crate) namespace: Option<NodeName>,
+    #[command(flatten)]
+    pub(crate) grant: RoleGrant,
     /// Lifetime of the credential (default 24h, at most 7d).
     #[arg(long, value_parser = parse_user_ttl)]
     pub(crate) ttl: Option<Duration>,
@@ -88,12 +84,8 @@ pub(crate) struct UserInviteArgs {
     /// The user name (its SVID will be spiffe://TD/user/NAME).
     #[arg(value_name = "NAME")]
     pub(crate) name: NodeName,
-    /// A built-in role (admin, operator, developer, auditor) or a custom one.
-    #[arg(long, value_name = "ROLE")]
-    pub(crate) role: String,
-    /// The namespace, for roles confined to one (developer).
-    #[arg(long, value_name = "NS")]
-    pub(crate) namespace: Option<NodeName>,
+    #[command(flatten)]
+    pub(crate) grant: RoleGrant,
     /// How long the invite may be used (at most 24h).
     #[arg(long, value_parser = parse_join_ttl, default_value = "1h")]
     pub(crate) ttl: Duration,
@@ -104,6 +96,36 @@ pub(crate) struct UserArg {
     /// The user name.
     #[arg(value_name = "NAME")]
     pub(crate) name: NodeName,
+}
+
+/// The role a user is given, and its namespace.
+#[derive(Debug, Args)]
+pub(crate) struct RoleGrant {
+    /// A built-in role (admin, operator, developer, auditor) or a custom one.
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) role: String,
+    /// The namespace, for roles confined to one (developer).
+    #[arg(long, value_name = "NS")]
+    pub(crate) namespace: Option<NodeName>,
+}
+
+impl RoleGrant {
+    /// The namespace as the wire carries it: empty when none.
+    fn wire_namespace(&self) -> String {
+        self.namespace
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Display for RoleGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "role {}, namespace {ns}", self.role),
+            None => write!(f, "role {}", self.role),
+        }
+    }
 }
 
 pub(crate) fn run(global: &GlobalArgs, cmd: UserCommand) -> Outcome {
@@ -132,12 +154,8 @@ async fn add(global: &GlobalArgs, a: UserAddArgs) -> Outcome {
     let (key, csr) = key_and_csr(&td, a.name.as_str()).map_err(failed)?;
     let req = pb::AddUserRequest {
         name: a.name.to_string(),
-        role: a.role.clone(),
-        namespace: a
-            .namespace
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        role: a.grant.role.clone(),
+        namespace: a.grant.wire_namespace(),
         csr,
         ttl_seconds: ttl_seconds(a.ttl),
     };
@@ -150,23 +168,12 @@ async fn add(global: &GlobalArgs, a: UserAddArgs) -> Outcome {
         .await
         .map_err(|e| refused(e, &format!("user {}", a.name)))?;
     s.refresh().await;
-    let cas = s
-        .profile
-        .bundle_certs()
-        .map_err(|e| failed(anyhow!("{e}")))?;
-    let profile = profile_from(
-        &td,
-        s.profile.authorities.clone(),
-        &cas,
-        Some(&s.profile),
-        &reply,
-        &key,
-    );
+    let profile = successor(&s, &td, &reply, &key)?;
     write_profile(&a.out, &profile, a.force)?;
     eprintln!(
         "user {} ({}): profile written to {} (0600), valid until {}",
         a.name,
-        role_text(&a.role, a.namespace.as_ref().map(|n| n.as_str())),
+        a.grant,
         a.out.display(),
         expiry(reply.expires_unix)
     );
@@ -174,23 +181,12 @@ async fn add(global: &GlobalArgs, a: UserAddArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn role_text(role: &str, namespace: Option<&str>) -> String {
-    match namespace {
-        Some(ns) => format!("role {role}, namespace {ns}"),
-        None => format!("role {role}"),
-    }
-}
-
 async fn invite(global: &GlobalArgs, a: UserInviteArgs) -> Outcome {
     let mut s = session(global)?;
     let req = pb::InviteUserRequest {
         name: a.name.to_string(),
-        role: a.role.clone(),
-        namespace: a
-            .namespace
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        role: a.grant.role.clone(),
+        namespace: a.grant.wire_namespace(),
         ttl_seconds: a.ttl.as_secs(),
     };
     let reply = s
@@ -210,7 +206,7 @@ async fn invite(global: &GlobalArgs, a: UserInviteArgs) -> Outcome {
     eprintln!(
         "invite for user {} ({}): one use, expires {} (in {}); it is the last line of stdout.",
         a.name,
-        role_text(&a.role, a.namespace.as_ref().map(|n| n.as_str())),
+        a.grant,
         expiry(reply.expires_unix),
         humantime::format_duration(a.ttl)
     );
