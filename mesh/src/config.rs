@@ -490,7 +490,8 @@ impl Settings {
             .chain(outbound.iter().map(|o| o.listen))
             .chain(admin)
         {
-            if !seen.insert(listen) {
+            // Port 0 asks for an ephemeral port: never a clash.
+            if listen.port() != 0 && !seen.insert(listen) {
                 errors.push(ConfigError::DuplicateListen(listen));
             }
         }
