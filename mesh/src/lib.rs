@@ -56,6 +56,10 @@ mod proxy;
 pub mod proxy_protocol;
 mod verify;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
