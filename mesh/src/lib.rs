@@ -235,6 +235,7 @@ impl Sidecar {
             metrics: Arc::clone(&metrics),
             max_conn_age: config.max_conn_age,
             proxy_protocol: config.proxy_protocol,
+            revoked: revoked.clone(),
             tracker: Arc::clone(&tracker),
             limit: Arc::new(Semaphore::new(proxy::MAX_CONNECTIONS)),
             hard_stop: hard_rx,

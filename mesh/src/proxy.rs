@@ -8,8 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use ringzero_policy::svid::ValidatedSvid;
 use ringzero_policy::tls::peer_svid;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -20,7 +21,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::config::HostPort;
 use crate::metrics::{Direction, Metrics};
 use crate::proxy_protocol;
-use crate::verify::Refusal;
+use crate::verify::{Refusal, RevokedSerials};
 
 /// Bound on the TLS handshake (slow or silent clients).
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,6 +80,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) max_conn_age: Duration,
     pub(crate) proxy_protocol: bool,
+    pub(crate) revoked: RevokedSerials,
     pub(crate) tracker: Arc<Tracker>,
     pub(crate) limit: Arc<Semaphore>,
     /// Becomes true when live connections must close (drain timeout passed).
@@ -208,7 +210,7 @@ async fn inbound_conn(
         }
     }
     tracing::debug!(%peer, id = %svid.id, %target, "inbound connection");
-    pipe(tls, upstream, shared, dir).await;
+    pipe(tls, upstream, shared, dir, &svid).await;
 }
 
 /// Serves one outbound listener: plain TCP from the local app, mTLS to `target`, whose
@@ -271,8 +273,18 @@ async fn outbound_conn(
         }
     };
     shared.metrics.handshake_done(dir, started.elapsed());
-    tracing::debug!(app = %app_addr, %target, "outbound connection");
-    pipe(tls, app, shared, dir).await;
+    let Some(svid) = peer_svid(tls.get_ref().1.peer_certificates()) else {
+        let e = io::Error::other("verified peer has no readable SVID");
+        return refused(
+            shared,
+            dir,
+            target_addr(target),
+            Refusal::BadCertificate,
+            &e,
+        );
+    };
+    tracing::debug!(app = %app_addr, %target, peer = %svid.id, "outbound connection");
+    pipe(tls, app, shared, dir, &svid).await;
 }
 
 fn target_addr(target: &HostPort) -> SocketAddr {
@@ -305,9 +317,9 @@ fn refused(shared: &Shared, dir: Direction, peer: SocketAddr, why: Refusal, e: &
     }
 }
 
-/// Copies both ways until both sides are done, the connection reaches its maximum age, or
-/// the drain timeout passes.
-async fn pipe<P, L>(peer: P, mut local: L, shared: &Shared, dir: Direction)
+/// Copies both ways until both sides are done, or the connection must end: it reached its
+/// maximum age, the peer's certificate expired or was revoked, or the drain timeout passed.
+async fn pipe<P, L>(peer: P, mut local: L, shared: &Shared, dir: Direction, svid: &ValidatedSvid)
 where
     P: AsyncRead + AsyncWrite + Unpin,
     L: AsyncRead + AsyncWrite + Unpin,
@@ -319,18 +331,26 @@ where
         dir,
     };
     let mut hard_stop = shared.hard_stop.clone();
-    let deadline = tokio::time::Instant::now() + shared.max_conn_age;
+    let cert_left = svid
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + shared.max_conn_age.min(cert_left);
+    let id = &svid.id;
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut peer, &mut local) => {
             if let Err(e) = r {
-                tracing::debug!(direction = dir.as_str(), error = %e, "connection ended with an error");
+                tracing::debug!(direction = dir.as_str(), %id, error = %e, "connection ended with an error");
             }
         }
         () = tokio::time::sleep_until(deadline) => {
-            tracing::info!(direction = dir.as_str(), max_age = ?shared.max_conn_age, "connection reached its maximum age; closed");
+            tracing::info!(direction = dir.as_str(), %id, max_age = ?shared.max_conn_age, "connection reached its maximum age or the peer's certificate expired; closed");
+        }
+        () = shared.revoked.until_revoked(&svid.serial) => {
+            tracing::warn!(direction = dir.as_str(), %id, "the peer's certificate was revoked; connection closed");
         }
         _ = hard_stop.wait_for(|s| *s) => {
-            tracing::info!(direction = dir.as_str(), "drain timeout passed; connection closed");
+            tracing::info!(direction = dir.as_str(), %id, "drain timeout passed; connection closed");
         }
     }
 }

@@ -16,39 +16,71 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::sync::watch;
 
-/// Serials whose certificates are refused at the handshake, replaceable at run time (the
-/// authority's revocations are plugged in here).
-#[derive(Debug, Clone, Default)]
-pub struct RevokedSerials(Arc<RwLock<Arc<HashSet<Vec<u8>>>>>);
+/// Serials whose certificates are refused, replaceable at run time (the authority's
+/// revocations are plugged in here). A change refuses the next handshakes and closes the live
+/// connections of a peer whose serial it adds.
+#[derive(Debug, Clone)]
+pub struct RevokedSerials {
+    set: Arc<RwLock<Arc<HashSet<Vec<u8>>>>>,
+    /// Bumped at every change, so that live connections can re-check their peer.
+    generation: Arc<watch::Sender<u64>>,
+}
+
+impl Default for RevokedSerials {
+    fn default() -> Self {
+        Self {
+            set: Arc::default(),
+            generation: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
 
 impl RevokedSerials {
     /// Replaces the whole set.
     pub fn replace(&self, serials: HashSet<Vec<u8>>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(serials);
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(serials);
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     /// Adds one serial (big-endian bytes, as in the certificate).
     pub fn insert(&self, serial: Vec<u8>) {
-        let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
-        let mut set = HashSet::clone(&guard);
-        set.insert(serial);
-        *guard = Arc::new(set);
+        {
+            let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
+            let mut set = HashSet::clone(&guard);
+            set.insert(serial);
+            *guard = Arc::new(set);
+        }
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     pub fn contains(&self, serial: &[u8]) -> bool {
-        self.0
+        self.set
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains(serial)
     }
 
     pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.set.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Returns once `serial` is in the set (never, if it never is).
+    pub async fn until_revoked(&self, serial: &[u8]) {
+        let mut changes = self.generation.subscribe();
+        loop {
+            if self.contains(serial) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 

@@ -437,3 +437,104 @@ async fn the_proxy_protocol_header_names_the_caller() {
     assert_eq!(header.destination, db.inbound[0]);
     assert_eq!(&got[header.len..], b"payload");
 }
+
+async fn status_serial(admin: std::net::SocketAddr) -> String {
+    let (_, body) = get(admin, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    status["svid"]["serial"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_workload_api_message_keeps_the_current_svid_and_a_restart_is_survived() {
+    let ca = Ca::new(TD);
+    let first = ca.svid(DB);
+    let mut agent = Agent::start(Some(&first));
+    let echo = Echo::start().await;
+    let db = Running::start(inbound_settings(&agent, echo.addr)).await;
+    let admin = db.admin.unwrap();
+    let want = hex(&first.serial);
+    eventually("the first SVID", || {
+        let want = want.clone();
+        async move { status_serial(admin).await == want }
+    })
+    .await;
+
+    // Hostile answers: a key that is not the certificate's, garbage DER, an ID that differs
+    // from the certificate's, no SVID at all. Each is refused and the SVID in force stays.
+    let other = ca.svid(DB);
+    let mut wrong_key = first.response();
+    wrong_key.svids[0].x509_svid_key = other.key.clone();
+    let mut garbage = first.response();
+    garbage.svids[0].x509_svid = vec![0x30, 0x82, 0xff];
+    let mut wrong_id = first.response();
+    wrong_id.svids[0].spiffe_id = format!("spiffe://{TD}/ns/shop/admin");
+    let mut empty = first.response();
+    empty.svids.clear();
+    for bad in [wrong_key, garbage, wrong_id, empty] {
+        agent.publish_raw(bad);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(status_serial(admin).await, want);
+        let tls = tls_connect(&ca.svid(WEB).client(&ca), db.inbound[0])
+            .await
+            .unwrap();
+        assert_eq!(
+            tls.get_ref().1.peer_certificates().unwrap()[0],
+            first.chain[0]
+        );
+    }
+
+    // The agent goes away for a while and comes back with a new SVID: the sidecar reconnects.
+    agent.restart(Duration::from_millis(300)).await;
+    let next = ca.svid(DB);
+    agent.publish(&next);
+    let want = hex(&next.serial);
+    eventually("the SVID from the restarted agent", || {
+        let want = want.clone();
+        async move { status_serial(admin).await == want }
+    })
+    .await;
+    let tls = tls_connect(&ca.svid(WEB).client(&ca), db.inbound[0])
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.peer_certificates().unwrap()[0],
+        next.chain[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_or_the_peer_expiry_closes_live_connections() {
+    let ca = Ca::new(TD);
+    let agent = Agent::start(Some(&ca.svid(DB)));
+    let echo = Echo::start().await;
+    let db = Running::start(inbound_settings(&agent, echo.addr)).await;
+
+    let web = ca.svid(WEB);
+    let mut tls = tls_connect(&web.client(&ca), db.inbound[0]).await.unwrap();
+    tls.write_all(b"x").await.unwrap();
+    let mut buf = [0u8; 1];
+    tls.read_exact(&mut buf).await.unwrap();
+    db.revoked.insert(web.serial.clone());
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest))
+        .await
+        .expect("a revoked peer's live connection stayed open")
+        .ok();
+
+    // A client SVID that expires in two seconds: its connection ends then.
+    let short = ca.svid_at(WEB, SystemTime::now(), Duration::from_secs(2));
+    let mut tls = tls_connect(&short.client(&ca), db.inbound[0])
+        .await
+        .unwrap();
+    tls.write_all(b"x").await.unwrap();
+    tls.read_exact(&mut buf).await.unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(6), tls.read_to_end(&mut rest))
+        .await
+        .expect("a connection outlived its peer's certificate")
+        .ok();
+    assert!(started.elapsed() < Duration::from_secs(4));
+}

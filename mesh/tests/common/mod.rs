@@ -174,12 +174,15 @@ pub async fn tls_connect(
 pub struct Agent {
     pub socket: PathBuf,
     tx: watch::Sender<Option<pb::X509svidResponse>>,
+    /// Bumped to end every open stream.
+    kill: watch::Sender<u64>,
     _dir: tempfile::TempDir,
-    _server: AbortOnDrop,
+    server: AbortOnDrop,
 }
 
 struct Api {
     rx: watch::Receiver<Option<pb::X509svidResponse>>,
+    kill: watch::Receiver<u64>,
 }
 
 type Unimplemented<T> = ReceiverStream<Result<T, Status>>;
@@ -202,6 +205,8 @@ impl SpiffeWorkloadApi for Api {
             return Err(Status::invalid_argument("security header missing"));
         }
         let mut rx = self.rx.clone();
+        let mut kill = self.kill.clone();
+        kill.mark_unchanged();
         let (tx, out) = mpsc::channel(4);
         tokio::spawn(async move {
             loop {
@@ -214,6 +219,7 @@ impl SpiffeWorkloadApi for Api {
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
+                    _ = kill.changed() => return,
                 }
             }
         });
@@ -254,22 +260,51 @@ impl Agent {
     pub fn start(svid: Option<&Svid>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let (tx, rx) = watch::channel(svid.map(Svid::response));
-        let incoming =
-            ringzero_proto::transport::accept(listener, |s, _| Some(async move { Some(s) }));
-        let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(SpiffeWorkloadApiServer::new(Api { rx }))
-                .serve_with_incoming(incoming)
-                .await;
-        });
+        let (tx, _) = watch::channel(svid.map(Svid::response));
+        let (kill, _) = watch::channel(0);
+        let server = Self::serve(&socket, &tx, &kill);
         Self {
             socket,
             tx,
+            kill,
             _dir: dir,
-            _server: AbortOnDrop(server),
+            server,
         }
+    }
+
+    fn serve(
+        socket: &std::path::Path,
+        tx: &watch::Sender<Option<pb::X509svidResponse>>,
+        kill: &watch::Sender<u64>,
+    ) -> AbortOnDrop {
+        let listener = UnixListener::bind(socket).unwrap();
+        let api = Api {
+            rx: tx.subscribe(),
+            kill: kill.subscribe(),
+        };
+        let incoming =
+            ringzero_proto::transport::accept(listener, |s, _| Some(async move { Some(s) }));
+        AbortOnDrop(tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(SpiffeWorkloadApiServer::new(api))
+                .serve_with_incoming(incoming)
+                .await;
+        }))
+    }
+
+    /// Stops the server (every stream ends, the socket goes away) and starts a new one on the
+    /// same path after `down`.
+    pub async fn restart(&mut self, down: Duration) {
+        self.kill.send_modify(|k| *k += 1);
+        self.server.0.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        tokio::time::sleep(down).await;
+        self.server = Self::serve(&self.socket, &self.tx, &self.kill);
+    }
+
+    /// Streams any message, valid or not.
+    pub fn publish_raw(&self, resp: pb::X509svidResponse) {
+        self.tx.send_replace(Some(resp));
     }
 
     /// Streams a new SVID to every client.
