@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 /// The header every Workload API call carries (SPIFFE Workload Endpoint spec §6.2).
-pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+pub(crate) const SECURITY_HEADER: &str = "workload.spiffe.io";
 /// The largest Workload API message accepted.
 const MAX_RESPONSE_LEN: usize = 4 * 1024 * 1024;
 /// The most certificates accepted in one chain or bundle.
@@ -37,7 +37,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a Workload API message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("malformed Workload API answer: {0}")]
     Malformed(&'static str),
     #[error("SVID {id} does not validate: {why}")]
@@ -77,7 +77,7 @@ impl Identity {
 
     /// Builds an identity from a chain (leaf first), its PKCS#8 key and its trust bundle,
     /// validating the chain against the bundle at `now`.
-    pub fn new(
+    pub(crate) fn new(
         chain: Vec<CertificateDer<'static>>,
         key_pkcs8: &[u8],
         bundle: TrustBundle,
@@ -110,10 +110,10 @@ impl Identity {
 }
 
 /// The current identity as published: `None` until the first SVID arrives.
-pub type Current = watch::Receiver<Option<Arc<Identity>>>;
+pub(crate) type Current = watch::Receiver<Option<Arc<Identity>>>;
 
 /// Parses one `X509SVIDResponse`: its first (default) SVID, validated at `now`.
-pub fn parse_response(
+pub(crate) fn parse_response(
     resp: pb::X509svidResponse,
     now: SystemTime,
 ) -> Result<Identity, IdentityError> {
@@ -162,7 +162,7 @@ fn split_der(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, IdentityE
 
 /// Starts the Workload API client on `socket`. The returned receiver holds `None` until the
 /// first valid SVID, then always the latest one. The task ends when every receiver is gone.
-pub fn spawn(socket: PathBuf) -> Current {
+pub(crate) fn spawn(socket: PathBuf) -> Current {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(follow(socket, tx));
     rx
@@ -240,12 +240,12 @@ async fn stream_once(
 }
 
 /// A serial number as lowercase hex, for logs.
-pub fn hex_serial(serial: &[u8]) -> String {
+pub(crate) fn hex_serial(serial: &[u8]) -> String {
     serial.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Waits up to `timeout` for the first SVID.
-pub async fn wait_first(current: &mut Current, timeout: Duration) -> Option<Arc<Identity>> {
+pub(crate) async fn wait_first(current: &mut Current, timeout: Duration) -> Option<Arc<Identity>> {
     let waited = tokio::time::timeout(timeout, current.wait_for(Option::is_some)).await;
     match waited {
         Ok(Ok(guard)) => guard.clone(),
@@ -255,10 +255,10 @@ pub async fn wait_first(current: &mut Current, timeout: Duration) -> Option<Arc<
 
 /// Presents the current SVID at every handshake, as server and as client.
 #[derive(Debug)]
-pub struct CertResolver(Current);
+pub(crate) struct CertResolver(Current);
 
 impl CertResolver {
-    pub fn new(current: Current) -> Arc<Self> {
+    pub(crate) fn new(current: Current) -> Arc<Self> {
         Arc::new(Self(current))
     }
 

@@ -17,7 +17,7 @@
 //! # Layout
 //!
 //! - [`config`]: flags and TOML file, merged and validated into a [`Config`] (deny by default).
-//! - [`identity`]: the Workload API client publishing the current [`Identity`] through a
+//! - `identity`: the Workload API client publishing the current [`Identity`] through a
 //!   `tokio::sync::watch`, and the rustls certificate resolver that reads it.
 //! - `verify`: the policy crate's SPIFFE verifiers wrapped with the allow rules
 //!   ([`AllowList`]) and the refused serials ([`RevokedSerials`]); refusal classification.
@@ -50,7 +50,7 @@
 
 mod admin;
 pub mod config;
-pub mod identity;
+mod identity;
 mod metrics;
 mod proxy;
 pub mod proxy_protocol;

@@ -355,3 +355,59 @@ fn too_many_entries_are_refused() {
     .unwrap_err();
     assert_eq!(errors.0, vec![ConfigError::TooMany("allow rules")]);
 }
+
+#[cfg(feature = "clap")]
+mod flags {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sidecar: Args,
+    }
+
+    #[test]
+    fn flags_parse_and_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mesh.toml");
+        std::fs::write(
+            &file,
+            "workload_api = \"unix:///run/file.sock\"\ninbound = [\"127.0.0.1:8443=127.0.0.1:8080\"]\nallow = [\"spiffe://td/a\"]\ndrain_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "sidecar",
+            "--config",
+            file.to_str().unwrap(),
+            "--allow",
+            "spiffe://td/ns/*",
+            "--allow",
+            "spiffe://td/b",
+            "--outbound",
+            "127.0.0.1:5432=db:1@spiffe://td/db",
+            "--proxy-protocol",
+            "--max-conn-age",
+            "1m",
+        ])
+        .unwrap();
+        let c = cli.sidecar.load().unwrap();
+        assert_eq!(c.workload_api, PathBuf::from("/run/file.sock"));
+        assert_eq!(c.allow.len(), 2);
+        assert_eq!(c.inbound.len(), 1);
+        assert_eq!(c.outbound.len(), 1);
+        assert!(c.proxy_protocol);
+        assert_eq!(c.max_conn_age, Duration::from_secs(60));
+        assert_eq!(c.drain_timeout, Duration::from_secs(2));
+
+        let missing = Cli::try_parse_from(["sidecar", "--config", "/nonexistent/mesh.toml"])
+            .unwrap()
+            .sidecar
+            .load()
+            .unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/mesh.toml"),
+            "{missing}"
+        );
+    }
+}
