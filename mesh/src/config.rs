@@ -1,5 +1,5 @@
-//! The sidecar's configuration: parsed from flags ([`Args`], with the `clap` feature) and a TOML
-//! file ([`FileConfig`]), merged (flags override the file), then validated into a [`Config`].
+//! The sidecar's configuration: parsed from flags (`Args`, with the `clap` feature) and a TOML
+//! file ([`Settings::from_toml`]), merged (flags override the file), then validated into a [`Config`].
 //!
 //! Every parser here is clap-free and total: hostile input yields a [`ConfigError`], never a
 //! panic. Validation reports every problem at once ([`ConfigErrors`]).
@@ -338,9 +338,21 @@ pub struct Config {
     pub proxy_protocol: bool,
 }
 
-/// The configuration before validation: every field optional, as the file and the flags give
-/// it. [`Settings::merge`] lays flags over a file; [`Settings::validate`] makes a [`Config`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The configuration before validation, every field optional, as the flags give it and as the
+/// TOML file (`--config mesh.toml`) holds it — the flags' names with `_` for `-`:
+///
+/// ```toml
+/// workload_api = "unix:///run/ringzero/agent.sock"
+/// inbound = ["0.0.0.0:8443=127.0.0.1:8080"]
+/// allow = ["spiffe://example.org/ns/shop/*"]
+/// outbound = ["127.0.0.1:5432=db.internal:8443@spiffe://example.org/ns/shop/db"]
+/// admin = "127.0.0.1:9901"
+/// max_conn_age = "15m"
+/// ```
+///
+/// [`Settings::merge`] lays flags over a file; [`Settings::validate`] makes a [`Config`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub workload_api: Option<String>,
     pub inbound: Vec<String>,
@@ -355,36 +367,7 @@ pub struct Settings {
     pub proxy_protocol: Option<bool>,
 }
 
-/// The TOML file form (`--config mesh.toml`): the flags' names with `_` for `-`.
-///
-/// ```toml
-/// workload_api = "unix:///run/ringzero/agent.sock"
-/// inbound = ["0.0.0.0:8443=127.0.0.1:8080"]
-/// allow = ["spiffe://example.org/ns/shop/*"]
-/// outbound = ["127.0.0.1:5432=db.internal:8443@spiffe://example.org/ns/shop/db"]
-/// admin = "127.0.0.1:9901"
-/// max_conn_age = "15m"
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub workload_api: Option<String>,
-    #[serde(default)]
-    pub inbound: Vec<String>,
-    #[serde(default)]
-    pub outbound: Vec<String>,
-    #[serde(default)]
-    pub allow: Vec<String>,
-    pub allow_trust_domain: Option<bool>,
-    pub unsafe_target: Option<bool>,
-    pub admin: Option<String>,
-    pub svid_timeout: Option<String>,
-    pub max_conn_age: Option<String>,
-    pub drain_timeout: Option<String>,
-    pub proxy_protocol: Option<bool>,
-}
-
-impl FileConfig {
+impl Settings {
     /// Parses the TOML text of a configuration file.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         if text.len() > MAX_FILE_LEN {
@@ -392,27 +375,7 @@ impl FileConfig {
         }
         toml::from_str(text).map_err(|e| ConfigError::File(e.message().to_owned()))
     }
-}
 
-impl From<FileConfig> for Settings {
-    fn from(f: FileConfig) -> Self {
-        Self {
-            workload_api: f.workload_api,
-            inbound: f.inbound,
-            outbound: f.outbound,
-            allow: f.allow,
-            allow_trust_domain: f.allow_trust_domain,
-            unsafe_target: f.unsafe_target,
-            admin: f.admin,
-            svid_timeout: f.svid_timeout,
-            max_conn_age: f.max_conn_age,
-            drain_timeout: f.drain_timeout,
-            proxy_protocol: f.proxy_protocol,
-        }
-    }
-}
-
-impl Settings {
     /// `self` (the flags) laid over `file`: a value given here wins; a list given here
     /// replaces the file's list.
     pub fn merge(self, file: Settings) -> Settings {

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::config::{self, FileConfig, HostPort, Settings};
+use crate::config::{self, HostPort, Settings};
 use crate::proxy_protocol::{self, Header};
 
 /// Every config parser on the input as text, and the input as a TOML file validated. What
@@ -32,8 +32,8 @@ pub fn config(data: &[u8]) {
     let _ = config::parse_workload_api(text);
     let _ = config::parse_duration(text);
     let _ = config::parse_admin(text);
-    if let Ok(file) = FileConfig::from_toml(text) {
-        let _ = Settings::from(file).validate(Some("unix:///run/agent.sock"));
+    if let Ok(file) = Settings::from_toml(text) {
+        let _ = file.validate(Some("unix:///run/agent.sock"));
     }
 }
 

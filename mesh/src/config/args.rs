@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{ConfigErrors, ENDPOINT_ENV, FileConfig, Settings};
+use super::{ConfigErrors, ENDPOINT_ENV, Settings};
 
 /// `ringzero mesh sidecar` flags. Values are kept as text and parsed by [`Settings::validate`],
 /// so that flags and the file are checked by the same code and every error is reported at once.
@@ -74,7 +74,7 @@ impl Args {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| super::ConfigError::File(format!("{}: {e}", path.display())))?;
-                Settings::from(FileConfig::from_toml(&text)?)
+                Settings::from_toml(&text)?
             }
             None => Settings::default(),
         };

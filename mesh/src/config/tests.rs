@@ -303,7 +303,7 @@ fn the_environment_supplies_the_endpoint_and_flags_win() {
 
 #[test]
 fn the_file_form_parses_and_flags_override_it() {
-    let file = FileConfig::from_toml(
+    let file = Settings::from_toml(
         r#"
 workload_api = "unix:///run/file.sock"
 inbound = ["127.0.0.1:8443=127.0.0.1:8080"]
@@ -322,7 +322,7 @@ proxy_protocol = true
         drain_timeout: Some("1s".into()),
         ..Settings::default()
     };
-    let c = flags.merge(Settings::from(file)).validate(None).unwrap();
+    let c = flags.merge(file).validate(None).unwrap();
     assert_eq!(c.workload_api, PathBuf::from("/run/flag.sock"));
     assert_eq!(c.allow.len(), 1);
     assert_eq!(c.allow[0].to_string(), "spiffe://example.org/ns/web/*");
@@ -340,9 +340,9 @@ proxy_protocol = true
         "workload_api = ",
         "\u{0}",
     ] {
-        assert!(FileConfig::from_toml(bad).is_err(), "{bad:?}");
+        assert!(Settings::from_toml(bad).is_err(), "{bad:?}");
     }
-    assert!(FileConfig::from_toml(&"#".repeat(MAX_FILE_LEN + 1)).is_err());
+    assert!(Settings::from_toml(&"#".repeat(MAX_FILE_LEN + 1)).is_err());
 }
 
 #[test]
