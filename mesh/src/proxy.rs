@@ -29,6 +29,9 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most connections proxied at once, over all listeners; accepting waits beyond it.
 pub(crate) const MAX_CONNECTIONS: usize = 10_000;
+/// The buffer of each copy direction of a connection: one full TLS record (16 KiB of
+/// plaintext), so that a bulk transfer is encrypted in whole records.
+const COPY_BUF: usize = 16 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -338,7 +341,7 @@ where
     let deadline = tokio::time::Instant::now() + shared.max_conn_age.min(cert_left);
     let id = &svid.id;
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut peer, &mut local) => {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut peer, &mut local, COPY_BUF, COPY_BUF) => {
             if let Err(e) = r {
                 tracing::debug!(direction = dir.as_str(), %id, error = %e, "connection ended with an error");
             }
