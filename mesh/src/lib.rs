@@ -11,8 +11,14 @@
 //!   mTLS to a peer and requires the peer's SVID to carry exactly the expected SPIFFE ID.
 //!
 //! New SVIDs and bundles apply to the next handshake; live connections are kept until they
-//! end, reach `max_conn_age`, or outlast the drain after a shutdown signal. Every refusal is
-//! classified ([`Refusal`]), logged once and counted in `/metrics`.
+//! end, reach `max_conn_age` or their peer certificate's expiry, see their peer's serial
+//! revoked, or outlast the drain after a shutdown signal. Every refusal is classified
+//! ([`Refusal`]), logged once and counted in `/metrics`.
+//!
+//! Not here yet (issue 13): policies from the authority and the revocation feed (both plug
+//! into [`AllowList`] and [`RevokedSerials`], which are replaceable at run time), federated
+//! bundles, and the `ringzero mesh sidecar` command (which flattens `config::Args`, with the
+//! `clap` feature, and calls [`run`]).
 //!
 //! # Layout
 //!
@@ -161,7 +167,8 @@ impl Sidecar {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// The refused serials, checked at every handshake (both directions).
+    /// The refused serials, checked at every handshake (both directions); adding a serial
+    /// also closes the live connections of that peer.
     pub fn revocations(&self) -> RevokedSerials {
         self.revoked.clone()
     }
