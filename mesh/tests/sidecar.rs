@@ -538,3 +538,73 @@ async fn a_revocation_or_the_peer_expiry_closes_live_connections() {
         .ok();
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_rotation_applies_to_the_next_handshake() {
+    let old_ca = Ca::named(TD, "old ca");
+    let new_ca = Ca::named(TD, "new ca");
+    let agent = Agent::start(Some(&old_ca.svid(DB)));
+    let echo = Echo::start().await;
+    let db = Running::start(inbound_settings(&agent, echo.addr)).await;
+    let admin = db.admin.unwrap();
+    // A client of the new CA, trusting both CAs' servers during the overlap.
+    let old_client = old_ca.svid(WEB);
+    let new_client = new_ca.svid(WEB);
+    let tls = tls_connect(&old_client.client(&old_ca), db.inbound[0])
+        .await
+        .unwrap();
+    assert_eq!(round_trip(tls, b"old".to_vec()).await, b"old");
+    let tls = tls_connect(&new_client.client(&old_ca), db.inbound[0])
+        .await
+        .unwrap();
+    assert!(is_refused(tls).await, "a CA outside the bundle was trusted");
+
+    // Overlap: an SVID of the new CA, both CAs in the bundle.
+    let mut overlap = new_ca.svid(DB);
+    overlap.bundle.push(old_ca.ca.cert_der().clone());
+    agent.publish(&overlap);
+    let serial = hex(&overlap.serial);
+    eventually("the overlap bundle", || {
+        let serial = serial.clone();
+        async move { status_serial(admin).await == serial }
+    })
+    .await;
+    for (client, label) in [(&old_client, "old"), (&new_client, "new")] {
+        let tls = tls_connect(&client.client(&new_ca), db.inbound[0])
+            .await
+            .unwrap();
+        assert_eq!(
+            round_trip(tls, label.as_bytes().to_vec()).await,
+            label.as_bytes()
+        );
+    }
+
+    // The old CA leaves the bundle: its SVIDs are refused from the next handshake on.
+    let after = new_ca.svid(DB);
+    agent.publish(&after);
+    let serial = hex(&after.serial);
+    eventually("the new bundle alone", || {
+        let serial = serial.clone();
+        async move { status_serial(admin).await == serial }
+    })
+    .await;
+    let before = db
+        .metrics
+        .refusals(Direction::Inbound, Refusal::UntrustedCa);
+    let tls = tls_connect(&old_client.client(&new_ca), db.inbound[0])
+        .await
+        .unwrap();
+    assert!(
+        is_refused(tls).await,
+        "a CA that left the bundle is still trusted"
+    );
+    assert_eq!(
+        db.metrics
+            .refusals(Direction::Inbound, Refusal::UntrustedCa),
+        before + 1
+    );
+    let tls = tls_connect(&new_client.client(&new_ca), db.inbound[0])
+        .await
+        .unwrap();
+    assert_eq!(round_trip(tls, b"new".to_vec()).await, b"new");
+}
