@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cmd::{
-    agent, audit, authority, blast, bundle, dev, entry, keygen, login, node, role, token, user,
+    agent, audit, authority, blast, bundle, dev, entry, keygen, login, mesh, node, role, token,
+    user,
 };
 
 const ABOUT: &str = "ringzero: one root of trust for a cluster — SPIFFE identities, capability tokens, an audit log";
@@ -77,6 +78,9 @@ pub(crate) enum Command {
     /// Run the node agent (the SPIFFE Workload API) and fetch SVIDs from it.
     #[command(subcommand)]
     Agent(agent::AgentCommand),
+    /// The mesh sidecar: mTLS between workloads, authorized by SPIFFE ID.
+    #[command(subcommand)]
+    Mesh(mesh::MeshCommand),
     /// A whole single-machine cluster in one command: one authority, one agent, an entry for you.
     #[command(after_help = dev::HELP)]
     Dev(dev::DevArgs),

@@ -14,7 +14,8 @@
 //! - `cmd/`: one module per subcommand, each owning its clap types (flags, long help) and its
 //!   code; `cmd/mod.rs` only dispatches.
 //!   - `keygen.rs`, `token.rs`, `authority.rs`, `bundle.rs`, `node.rs`, `entry.rs`,
-//!     `agent.rs`, `dev.rs`, `user.rs`, `login.rs`, `role.rs`, `blast.rs` (`blast-radius`).
+//!     `agent.rs`, `mesh.rs` (`mesh sidecar`), `dev.rs`, `user.rs`, `login.rs`, `role.rs`,
+//!     `blast.rs` (`blast-radius`).
 //!   - `audit.rs` with `audit/`: `args.rs` (its flags), `files.rs`, `memory.rs`, `review.rs`,
 //!     `stream.rs`, `tests.rs`.
 //!   - shared by several commands: `session.rs` (profile, client, runtime, error wording,

@@ -17,8 +17,8 @@
 //!
 //! Not here yet (issue 13): policies from the authority and the revocation feed (both plug
 //! into [`AllowList`] and [`RevokedSerials`], which are replaceable at run time), federated
-//! bundles, and the `ringzero mesh sidecar` command (which flattens `config::Args`, with the
-//! `clap` feature, and calls [`run`]).
+//! bundles. The `ringzero mesh sidecar` command flattens `config::Args` (the `clap` feature)
+//! and calls [`Sidecar::run_with_ready`].
 //!
 //! # Layout
 //!
@@ -185,6 +185,16 @@ impl Sidecar {
     /// Serves until `shutdown` completes, then drains: listeners close at once, live
     /// connections get the drain timeout to finish and are closed after it.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), MeshError> {
+        self.run_with_ready(shutdown, |_| {}).await
+    }
+
+    /// [`run`](Sidecar::run), calling `ready` with the sidecar's SPIFFE ID once the first SVID
+    /// is held and every listener serves (for the CLI's readiness line).
+    pub async fn run_with_ready(
+        self,
+        shutdown: impl Future<Output = ()>,
+        ready: impl FnOnce(&ringzero_policy::SpiffeId),
+    ) -> Result<(), MeshError> {
         let Sidecar {
             config,
             inbound,
@@ -279,6 +289,7 @@ impl Sidecar {
             ));
         }
         tracing::info!(id = %first.id, inbound = config.inbound.len(), outbound = config.outbound.len(), "mesh sidecar serving");
+        ready(&first.id);
 
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -12,6 +12,7 @@ pub(crate) mod entry;
 mod keyfile;
 pub(crate) mod keygen;
 pub(crate) mod login;
+pub(crate) mod mesh;
 pub(crate) mod node;
 mod profile;
 pub(crate) mod role;
@@ -33,6 +34,7 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Node(c) => node::run(global, c),
         Command::Entry(c) => entry::run(global, c),
         Command::Agent(c) => agent::run(global, c),
+        Command::Mesh(c) => mesh::run(global, c),
         Command::Dev(a) => dev::run(global, a),
         Command::Audit(c) => audit::run(global, c),
         Command::User(c) => user::run(global, c),
