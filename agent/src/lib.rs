@@ -10,10 +10,13 @@
 //!
 //! Every module is private; what other crates use is re-exported here.
 //!
-//! - `daemon.rs`: `agent run` — [`run`] enrolls (or loads the stored enrollment), renews the
+//! - `daemon/`: `agent run` — [`run`] enrolls (or loads the stored enrollment), renews the
 //!   node SVID, follows the entry sync stream, issues and rotates workload SVIDs and serves the
 //!   Workload API until shutdown; an evicted, banned or expired node stops with an
-//!   [`AgentError`] (`error.rs`) that says how to recover.
+//!   [`AgentError`] (`error.rs`) that says how to recover. `mod.rs` (configuration, startup
+//!   and shutdown, the main loop), `startup.rs` (stored credentials or enrollment),
+//!   `entries.rs` (applying sync events), `issuance.rs` (workload SVIDs), `renewal.rs` (the
+//!   node SVID), `sync.rs` (the sync stream task), `backoff.rs`.
 //! - `enroll.rs`: first contact, the pin checked before the join secret is sent
 //!   ([`FirstContact`], from `ringzero_proto::client`).
 //! - `state.rs`: the data directory ([`DataDir`]): `node.profile` (credentials, 0600) and

@@ -10,14 +10,15 @@
 //! # Layout
 //!
 //! The replicated state:
-//! - [`command`]: the typed, versioned command set, its validation and encoding; `types`: the
+//! - [`command`] (`command/`): the typed, versioned command set (`mod.rs`), its wire encoding
+//!   (`encoding`) and its state-independent validation (`validate`), `tests`; `types`: the
 //!   openraft type configuration.
-//! - `state`: the tables (`mod.rs`), the deterministic `apply`, the audit log's tree and indexes
-//!   (`audit_log`), token lineage and revocation that follows it (`lineage`), shared row
-//!   helpers (`rows`), and [`StateReader`] for reads (`read`).
-//! - [`store`]: [`LogStore`](store::LogStore) and [`StateMachineStore`](store::StateMachineStore),
-//!   openraft's v2 storage traits on redb, with file-streamed snapshots; `private_fs`: the data
-//!   directory stays 0700/0600.
+//! - `state/`: the tables (`mod.rs`), the deterministic `apply`, the audit log's tree and
+//!   indexes (`audit_log`), token lineage and revocation that follows it (`lineage`), shared
+//!   row helpers (`rows`), [`StateReader`] for reads (`read`), and `tests`.
+//! - [`store`] (`store/`): [`LogStore`](store::LogStore) (`log`) and
+//!   [`StateMachineStore`](store::StateMachineStore) (`sm`), openraft's v2 storage traits on
+//!   redb, with file-streamed snapshots; `private_fs`: the data directory stays 0700/0600.
 //! - `proposer`: [`propose`] one command, or group concurrent ones into one entry
 //!   ([`Proposer`]).
 //!
@@ -27,16 +28,17 @@
 //! - `service/`: the Authority gRPC API by concept — core and bundle (`mod.rs`), `membership`
 //!   (join tokens, redemption, join, remove, status), `nodes` (agents and workload SVIDs),
 //!   `entries`, `feed` (the agents' entry feed), `users`, `tokens` (roles, delegation,
-//!   revocation), `audit`, `blast` (blast radius), and `status`, the one place refusals become
-//!   gRPC statuses.
+//!   revocation), `audit`, `blast` (blast radius: `blast.rs` with the request and shared
+//!   helpers, `blast/` with the reach of a `node` or authority member, a `user`, a `token`),
+//!   and `status`, the one place refusals become gRPC statuses.
 //! - `gate`: every API call's authorization and audit record, and the denial windows;
 //!   `first_contact`: what an unauthenticated redemption costs, bounded per source address.
 //! - `keys`: a node's own CA, Biscuit, JWT and audit keys.
 //!
 //! A node's life:
-//! - [`node`]: bootstrap, join and run a node (`layout`, `parts`, `bootstrap`, `join`, `serve`,
-//!   `tasks`, `admin` credentials), [`admin_socket`]: the break-glass admin socket; `removal`: a
-//!   removed member destroys its own keys.
+//! - [`node`] (`node/`): bootstrap, join and run a node (`layout`, `parts`, `bootstrap`, `join`,
+//!   `serve`, `tasks`, `admin` credentials), [`admin_socket`]: the break-glass admin socket;
+//!   `removal`: a removed member destroys its own keys.
 //!
 //! For tests: `testing` (feature `testing`): an in-process cluster whose network can drop,
 //! delay, partition and reorder messages, and whose nodes restart from their redb files;

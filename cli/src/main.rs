@@ -1,13 +1,39 @@
 //! `ringzero`: the one binary of the ringzero security subsystem.
 //!
-//! Exit codes (every command):
+//! # Layout
+//!
+//! - `main.rs`: parses the command line, runs the command, maps its failure to an exit code.
+//! - `cli.rs`: the top-level parser: the global flags (`--profile`, `--authority`, `--token`,
+//!   `--log-json`) and the list of subcommands.
+//! - `args.rs`: flags and value parsers several subcommands share (`--json`, durations,
+//!   join-token and user-credential lifetimes).
+//! - `failure.rs`: [`failure::Failure`], the exit codes, `failed` (1) and `bad_input` (2).
+//! - `daemon.rs`: what the long-running commands share: logging, the SIGTERM/SIGINT shutdown
+//!   signal, binding the listen address.
+//! - `input.rs`: reading secrets (value, `-` or `@FILE`) and writing secret files.
+//! - `cmd/`: one module per subcommand, each owning its clap types (flags, long help) and its
+//!   code; `cmd/mod.rs` only dispatches.
+//!   - `keygen.rs`, `token.rs`, `authority.rs`, `bundle.rs`, `node.rs`, `entry.rs`,
+//!     `agent.rs`, `mesh.rs` (`mesh sidecar`), `dev.rs`, `user.rs`, `login.rs`, `role.rs`,
+//!     `blast.rs` (`blast-radius`).
+//!   - `audit.rs` with `audit/`: `args.rs` (its flags), `files.rs`, `memory.rs`, `review.rs`,
+//!     `stream.rs`, `tests.rs`.
+//!   - shared by several commands: `session.rs` (profile, client, runtime, error wording,
+//!     tables), `profile.rs` (writing user profiles), `keyfile.rs` (root key files).
+//!
+//! # Exit codes
+//!
+//! Every command:
 //! - 0: success (for `token verify`: allowed)
 //! - 1: the operation failed or was denied (for `token verify`: denied)
 //! - 2: invalid input or usage (bad flags, malformed token, unreadable key file)
 #![forbid(unsafe_code)]
 
+mod args;
 mod cli;
 mod cmd;
+mod daemon;
+mod failure;
 mod input;
 
 use std::process::ExitCode;

@@ -6,16 +6,28 @@
 //!
 //! # Layout
 //!
-//! - [`spiffe`]: [`TrustDomain`], [`SpiffeId`] and [`SpiffeIdPattern`], parsed exactly per the
-//!   SPIFFE-ID spec.
-//! - [`rights`]: the closed vocabulary of [`Operation`]s, [`Resource`] paths with segment-aware
-//!   prefix matching, [`Right`]s and the built-in [`Role`]s.
-//! - [`token`]: Biscuit capability tokens — [`mint`](token::mint), offline
-//!   [`attenuate`](token::attenuate), [`inspect`](token::inspect), [`authorize`](token::authorize)
-//!   with a caller-supplied key set and revocation set, and the verified [`TokenCache`].
-//! - [`svid`]: X.509-SVIDs — signing CAs, leaf issuance from a CSR or public key with exactly the
-//!   SPIFFE profile, and chain validation against a [`TrustBundle`](svid::TrustBundle).
-//! - [`tls`]: rustls client and server certificate verifiers for SPIFFE.
+//! - [`spiffe`] (`spiffe.rs`): [`TrustDomain`], [`SpiffeId`] and [`SpiffeIdPattern`], parsed
+//!   exactly per the SPIFFE-ID spec.
+//! - [`rights`] (`rights.rs`): the closed vocabulary of [`Operation`]s, [`Resource`] paths with
+//!   segment-aware prefix matching, [`Right`]s, [`NodeName`] and the built-in [`Role`]s.
+//! - [`token`] (`token/`): Biscuit capability tokens — `mint.rs` ([`mint`](token::mint)),
+//!   `attenuate.rs` (offline [`attenuate`](token::attenuate)), `inspect.rs`
+//!   ([`inspect`](token::inspect)), `authorize.rs` ([`authorize`](token::authorize) with a
+//!   caller-supplied key set and revocation set), `shape.rs` (the block whitelist), `reach.rs`
+//!   (what a token still allows), `cache.rs` (the verified [`TokenCache`]), `tests.rs`.
+//! - [`svid`] (`svid/`): X.509-SVIDs — `ca.rs` (signing CAs, leaf issuance from a CSR or public
+//!   key with exactly the SPIFFE profile), `validate.rs` (chain validation against a
+//!   [`TrustBundle`](svid::TrustBundle)), `der.rs` (the certificate parts both look at),
+//!   `tests.rs`.
+//! - [`tls`] (`tls.rs`): rustls client and server certificate verifiers for SPIFFE.
+//! - [`audit`] (`audit/`): the audit log as a transparency log — `entry.rs` (the canonical
+//!   record), `merkle.rs` (RFC 6962 hashing and proofs), `head.rs` (signed tree heads, pinned
+//!   audit keys), `digest.rs` (the bounded leaf digest a verifier keeps), `export/` (the
+//!   JSON-lines export: writer and verifier); see its `# Layout`.
+//! - [`join`] (`join.rs`): one-time join tokens and the trust-bundle pin they carry.
+//! - [`selector`] (`selector.rs`): workload selectors, observed and required.
+//! - `fuzzing.rs`, `audit/fuzzing.rs` (feature `fuzzing`): entry points shared by the
+//!   cargo-fuzz targets and the corpus replay tests.
 //!
 //! # Example
 //!

@@ -8,14 +8,20 @@
 //!
 //! # Layout
 //!
-//! - `proto/ringzero/v1/*.proto` → [`pb`]: generated messages, clients and servers
-//!   (`ringzero.v1`).
+//! - `proto/ringzero/v1/authority.proto` → [`pb`]: generated messages, clients and servers
+//!   (`ringzero.v1`: the `Authority` and `Raft` services).
 //! - `proto/spiffe/workload.proto` → [`workload`]: the SPIFFE Workload API, generated messages,
 //!   client and server (no package: the service is `SpiffeWorkloadAPI` on the wire).
-//! - [`client`]: profiles, the authority client with leader-hint retry, first contact.
-//! - [`transport`]: mTLS for tonic on rustls (ring provider) with ringzero's SPIFFE verifiers,
-//!   and the one server-side connection type ([`transport::Connection`]).
-//! - [`fs`]: [`fs::write_private`], the atomic writer of files that hold secrets.
+//! - `build.rs`: compiles both with protox.
+//! - [`client`] (`client.rs`, `client/`): profiles and the authority client with leader-hint
+//!   retry (`client.rs`), first contact (`first_contact.rs`), applying a received bundle to
+//!   what a profile trusts (`trust.rs`).
+//! - [`transport`] (`transport.rs`, `transport/`): mTLS for tonic on rustls (ring provider)
+//!   with the SPIFFE verifiers of `ringzero_policy::tls` — the accept loop (`accepting.rs`),
+//!   connection slots per class and source (`admission.rs`), the one server-side connection
+//!   type ([`transport::Connection`], `connection.rs`), the per-connection bounds
+//!   (`policy.rs`) and the tower layers that refuse calls by peer (`layers.rs`).
+//! - [`fs`] (`fs.rs`): [`fs::write_private`], the atomic writer of files that hold secrets.
 #![forbid(unsafe_code)]
 
 /// Generated from `proto/ringzero/v1/*.proto`.

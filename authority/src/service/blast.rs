@@ -155,6 +155,48 @@ fn own_identity(id: &SpiffeId) -> pb::BlastIdentity {
     }
 }
 
+/// The certificates among `serials` (serial, not-after in ms) still unexpired at `now`, each
+/// with whether its serial is revoked.
+fn live_svids(
+    r: &StateReader,
+    serials: Vec<(Vec<u8>, u64)>,
+    now: u64,
+) -> Result<Vec<pb::BlastCredential>, tonic::Status> {
+    let mut out = Vec::new();
+    for (serial, not_after) in serials {
+        if not_after > now {
+            out.push(pb::BlastCredential {
+                kind: "svid".into(),
+                revoked: r.is_serial_revoked(&serial).map_err(status_of)?,
+                id: hex::encode(serial),
+                expires_ms: not_after,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The capabilities among `tokens` (revocation id, expiry in ms) still unexpired at `now`,
+/// each with whether it is revoked.
+fn live_capabilities(
+    r: &StateReader,
+    tokens: impl IntoIterator<Item = (Vec<u8>, u64)>,
+    now: u64,
+) -> Result<Vec<pb::BlastCredential>, tonic::Status> {
+    let mut out = Vec::new();
+    for (rid, expires_ms) in tokens {
+        if expires_ms > now {
+            out.push(pb::BlastCredential {
+                kind: "capability".into(),
+                revoked: r.is_revoked(&rid).map_err(status_of)?,
+                id: hex::encode(rid),
+                expires_ms,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// The identities `rights` let their holder claim by writing registration entries: it needs
 /// `entry:write` on the identity's path *and* `entry:select` on the processes it selects (and
 /// `entry:dns` for DNS names). One pattern per `entry:write` prefix, with the selector and DNS

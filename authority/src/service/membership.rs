@@ -272,15 +272,22 @@ impl AuthorityService {
         }))
     }
 
+    /// On the leader, checks `authority:read` on `authority` (status and membership reads).
+    async fn gate_authority_read<T>(
+        &self,
+        req: &tonic::Request<T>,
+    ) -> Result<crate::gate::Allowed, tonic::Status> {
+        self.require_leader()?;
+        self.gate
+            .check(req, Operation::AuthorityRead, &res("authority")?, None)
+            .await
+    }
+
     pub(crate) async fn status_impl(
         &self,
         req: tonic::Request<pb::StatusRequest>,
     ) -> Result<tonic::Response<pb::StatusReply>, tonic::Status> {
-        self.require_leader()?;
-        let allowed = self
-            .gate
-            .check(&req, Operation::AuthorityRead, &res("authority")?, None)
-            .await?;
+        let allowed = self.gate_authority_read(&req).await?;
         let writable = self.raft.ensure_linearizable().await.is_ok();
         self.gate.record(&allowed).await?;
         let m = self.raft.metrics().borrow().clone();
@@ -307,11 +314,7 @@ impl AuthorityService {
         &self,
         req: tonic::Request<pb::MembersRequest>,
     ) -> Result<tonic::Response<pb::MembersReply>, tonic::Status> {
-        self.require_leader()?;
-        let allowed = self
-            .gate
-            .check(&req, Operation::AuthorityRead, &res("authority")?, None)
-            .await?;
+        let allowed = self.gate_authority_read(&req).await?;
         self.gate.record(&allowed).await?;
         Ok(tonic::Response::new(pb::MembersReply {
             members: self.members()?,

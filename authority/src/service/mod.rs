@@ -144,18 +144,7 @@ impl AuthorityService {
                 keys: bundle_keys(&sm)?,
                 members: membership
                     .nodes()
-                    .map(|(id, node)| pb::Member {
-                        node_id: *id,
-                        name: id.to_string(),
-                        address: node.addr.clone(),
-                        role: if voters.contains(id) {
-                            "voter"
-                        } else {
-                            "learner"
-                        }
-                        .into(),
-                        ..Default::default()
-                    })
+                    .map(|(id, node)| member(*id, &node.addr, voters.contains(id)))
                     .collect(),
             })
         })
@@ -170,15 +159,6 @@ impl AuthorityService {
         Ok(membership
             .nodes()
             .map(|(id, node)| pb::Member {
-                node_id: *id,
-                name: id.to_string(),
-                address: node.addr.clone(),
-                role: if voters.contains(id) {
-                    "voter"
-                } else {
-                    "learner"
-                }
-                .into(),
                 state: if m.current_leader == Some(*id) {
                     "leader"
                 } else {
@@ -193,8 +173,20 @@ impl AuthorityService {
                     None
                 },
                 matched_index: replication.get(id).and_then(|l| l.map(|l| l.index)),
+                ..member(*id, &node.addr, voters.contains(id))
             })
             .collect())
+    }
+}
+
+/// A member as the bundle names it: id, address and role; the replication facts left unset.
+fn member(id: NodeId, address: &str, voter: bool) -> pb::Member {
+    pb::Member {
+        node_id: id,
+        name: id.to_string(),
+        address: address.to_owned(),
+        role: if voter { "voter" } else { "learner" }.into(),
+        ..Default::default()
     }
 }
 

@@ -2,17 +2,81 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::anyhow;
+use clap::{Args, Subcommand};
 use ringzero_agent::{AgentConfig, AgentError, FirstContact, Ready};
 use ringzero_agent::{X509Svid, endpoint_path, fetch_x509};
 use rustls_pki_types::CertificateDer;
 
 use super::session::runtime;
-use super::{Failure, Outcome, bad_input, bad_input_msg, failed};
-use crate::cli::{AgentCommand, AgentFetchArgs, AgentRunArgs, GlobalArgs};
+use crate::args::parse_duration;
+use crate::cli::GlobalArgs;
+use crate::daemon::{init_logging, shutdown_signal};
+use crate::failure::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_secret;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentCommand {
+    /// Run the agent: enroll (first start), keep the node SVID renewed, sync entries, issue and
+    /// rotate workload SVIDs, serve the SPIFFE Workload API.
+    #[command(after_help = "\
+The first start needs a join token (from `ringzero node token --name NAME` on an admin machine);
+later starts reuse the credentials in the data directory and need none. The token's pin is
+checked against the authority before its secret is sent; --bundle FILE checks against a given
+bundle instead. Prints `agent ready: node N, E entries, I SVIDs, socket /abs/path` on stderr
+once the Workload API serves and the first sync completed.
+
+Examples:
+  ringzero agent run --authority 10.0.0.1:7000,10.0.0.2:7000 --join-token @n7.token \\
+      --data-dir /var/lib/ringzero-agent
+  ringzero agent run --data-dir /var/lib/ringzero-agent     # a restart: no token needed
+  ringzero agent run --authority A --join-token - --data-dir D < n7.token")]
+    Run(AgentRunArgs),
+    /// Fetch this process's X.509-SVIDs from the Workload API (like `spire-agent api fetch x509`).
+    #[command(after_help = "\
+Examples:
+  ringzero agent fetch                                   # socket from SPIFFE_ENDPOINT_SOCKET
+  ringzero agent fetch --socket /var/lib/ringzero-agent/workload.sock --write /run/my-service
+  ringzero agent fetch --json")]
+    Fetch(AgentFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentRunArgs {
+    /// Where the agent keeps its key, SVID, capability and synced state (created; files 0600).
+    #[arg(long, value_name = "DIR", env = "RINGZERO_AGENT_DATA_DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// The one-time join token, for the first start (TOKEN, @FILE or -).
+    #[arg(long, value_name = "TOKEN|@FILE|-")]
+    pub(crate) join_token: Option<String>,
+    /// The Workload API socket (default DIR/workload.sock).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) socket: Option<PathBuf>,
+    /// Trust this bundle (PEM CA certificates) instead of checking the join token's pin.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) bundle: Option<PathBuf>,
+    /// Send the join secret without verifying the authority first. Only for throwaway clusters.
+    #[arg(long)]
+    pub(crate) insecure_skip_pin: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AgentFetchArgs {
+    /// The Workload API socket: a path or unix:///path.
+    #[arg(long, value_name = "PATH|unix:///PATH", env = "SPIFFE_ENDPOINT_SOCKET")]
+    pub(crate) socket: Option<String>,
+    /// Also write svid.pem, svid.key (0600) and bundle.pem of the default SVID into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) write: Option<PathBuf>,
+    /// How long to wait for an answer.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub(crate) timeout: Duration,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
 
 pub(crate) fn run(global: &GlobalArgs, cmd: AgentCommand) -> Outcome {
     let rt = runtime()?;
@@ -22,39 +86,6 @@ pub(crate) fn run(global: &GlobalArgs, cmd: AgentCommand) -> Outcome {
             AgentCommand::Fetch(a) => fetch(a).await,
         }
     })
-}
-
-/// Logs to stderr (`RINGZERO_LOG` filters; `--log-json` for JSON lines).
-pub(crate) fn init_logging(global: &GlobalArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGZERO_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if global.log_json {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down");
 }
 
 /// `path` made absolute against the current directory.
@@ -113,7 +144,7 @@ fn first_contact(a: &AgentRunArgs) -> Result<Option<FirstContact>, Failure> {
 }
 
 async fn run_agent(global: &GlobalArgs, a: AgentRunArgs) -> Outcome {
-    init_logging(global);
+    init_logging(global.log_json);
     let join = first_contact(&a)?;
     let data_dir = absolute(&a.data_dir)?;
     let socket = a.socket.as_deref().map(absolute).transpose()?;

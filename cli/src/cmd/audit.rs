@@ -10,11 +10,13 @@
 //! # Layout
 //!
 //! - this file: live `verify`, `prove`, `seal`.
+//! - [`args`]: the subcommands' flags and value parsers.
 //! - [`files`]: `verify --file`, a chain of exports checked offline.
 //! - [`memory`]: the remembered head and the digest of its records.
 //! - [`review`]: `query`, `tail`, `export` and the record table.
 //! - [`stream`]: feeding an export stream to the (blocking) verifier, and to files.
 
+mod args;
 mod files;
 mod memory;
 mod review;
@@ -35,10 +37,12 @@ use ringzero_proto::client::Profile;
 use ringzero_proto::pb;
 use serde::Serialize;
 
+pub(crate) use self::args::AuditCommand;
+use self::args::{AuditProveArgs, AuditSealArgs, AuditVerifyArgs};
 use self::memory::{load_remembered, remembered_path, save_remembered};
 use super::session::{Session, refused, runtime, session};
-use super::{Failure, Outcome, bad_input, bad_input_msg, failed};
-use crate::cli::{AuditCommand, AuditProveArgs, AuditSealArgs, AuditVerifyArgs, GlobalArgs};
+use crate::cli::GlobalArgs;
+use crate::failure::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_bounded;
 
 /// Records `seal` leaves in the live log by default.

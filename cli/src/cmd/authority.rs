@@ -1,22 +1,151 @@
-//! `ringzero authority …` and `ringzero bundle show`.
+//! `ringzero authority …`: bootstrap, run and join authority nodes, manage the members.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
 use ringzero_authority::node::{self, FirstContact};
-use ringzero_policy::svid::pem_encode;
+use ringzero_policy::TrustDomain;
 use ringzero_proto::client::Profile;
 use ringzero_proto::pb;
 
+use super::profile::write_profile;
 use super::session::{call_failed, print_table, runtime, session};
-use super::{Outcome, bad_input, bad_input_msg, failed};
-use crate::cli::{
-    AuthorityCommand, BootstrapArgs, BundleCommand, BundleFormat, GlobalArgs, JoinArgs, JsonArgs,
-    RemoveArgs,
-};
+use crate::args::{JsonArgs, parse_duration, parse_user_ttl};
+use crate::cli::GlobalArgs;
+use crate::daemon::{bind, init_logging, shutdown_signal};
+use crate::failure::{EXIT_FAILED, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_secret;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuthorityCommand {
+    /// Initialize the first node of a new cluster, write the admin profile, and exit.
+    #[command(after_help = "\
+Examples:
+  ringzero authority bootstrap --trust-domain example.org --data-dir /var/lib/ringzero --listen 10.0.0.1:7000
+  ringzero authority run --data-dir /var/lib/ringzero")]
+    Bootstrap(BootstrapArgs),
+    /// Serve an authority node (first start after bootstrap, and every restart).
+    #[command(after_help = "\
+Examples:
+  ringzero authority run --data-dir /var/lib/ringzero")]
+    Run(RunArgs),
+    /// Issue a one-time token for a new authority node (prints it alone on the last line).
+    #[command(after_help = "\
+Examples:
+  T=$(ringzero --profile admin.profile authority join-token --ttl 10m)")]
+    JoinToken(JoinTokenArgs),
+    /// Create a node by joining an existing cluster, then keep serving it.
+    #[command(after_help = "\
+Examples:
+  ringzero authority join --peer 10.0.0.1:7000 --token @join.token --data-dir /var/lib/ringzero --listen 10.0.0.2:7000
+  ringzero authority join --peer 10.0.0.1:7000 --token - --bundle bundle.pem --data-dir D --listen ADDR")]
+    Join(JoinArgs),
+    /// List the members: id, address, role, state, last contact, matched index.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile authority members
+  ringzero --profile admin.profile authority members --json")]
+    Members(JsonArgs),
+    /// Remove a member; --compromised also marks its keys compromised in the bundle at once.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile authority remove 3
+  ringzero --profile admin.profile authority remove 3 --compromised")]
+    Remove(RemoveArgs),
+    /// Exit 0 only when a leader is known and accepts writes.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile authority status")]
+    Status(JsonArgs),
+    /// Break-glass: get a fresh admin profile from the authority node running on this machine.
+    #[command(after_help = "\
+Run as root on the machine of the leader node: talks to the node's local admin socket
+(DIR/admin.sock, root only, checked by the kernel's peer credentials), which issues a new admin
+key, SVID and capability. Every request, granted or refused, is in the audit log.
+
+Examples:
+  sudo ringzero authority admin-profile --data-dir /var/lib/ringzero --out /root/admin.profile
+  sudo ringzero authority admin-profile --data-dir /var/lib/ringzero --out admin.profile --ttl 1h --force")]
+    AdminProfile(AdminProfileArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AdminProfileArgs {
+    /// The data directory of the authority node running here.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// Where to write the admin profile (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// Lifetime of the credential (default 24h, at most 7d).
+    #[arg(long, value_parser = parse_user_ttl)]
+    pub(crate) ttl: Option<Duration>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BootstrapArgs {
+    /// The trust domain of the new cluster (e.g. example.org).
+    #[arg(long)]
+    pub(crate) trust_domain: TrustDomain,
+    /// Where the node keeps its keys and state (created; must not hold a node yet).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// host:port this node listens on and peers reach it at.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: String,
+    /// Lifetime of the admin credential (default 24h, at most 7d; renew it with `login`).
+    #[arg(long, value_parser = parse_user_ttl, default_value = "24h")]
+    pub(crate) admin_ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JoinTokenArgs {
+    /// How long the token may be redeemed (at most 24h).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub(crate) ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JoinArgs {
+    /// An existing member's address.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) peer: String,
+    /// The join token (TOKEN, @FILE or -).
+    #[arg(long, value_name = "TOKEN|@FILE|-")]
+    pub(crate) token: String,
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// host:port this node listens on and peers reach it at.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: String,
+    /// Trust this bundle (PEM) instead of checking the token's pin.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) bundle: Option<PathBuf>,
+    /// Send the secret without verifying the authority first. Only for throwaway clusters.
+    #[arg(long)]
+    pub(crate) insecure_skip_pin: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RemoveArgs {
+    /// The node id to remove.
+    pub(crate) node: u64,
+    /// Mark the node's keys compromised at once: everything it issued stops verifying.
+    #[arg(long)]
+    pub(crate) compromised: bool,
+}
 
 pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
     let rt = runtime()?;
@@ -29,54 +158,9 @@ pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
             AuthorityCommand::Members(a) => members(global, a).await,
             AuthorityCommand::Remove(a) => remove(global, a).await,
             AuthorityCommand::Status(a) => status(global, a).await,
-            AuthorityCommand::AdminProfile(a) => super::user::admin_profile(a).await,
+            AuthorityCommand::AdminProfile(a) => admin_profile(a).await,
         }
     })
-}
-
-pub(crate) fn bundle(global: &GlobalArgs, cmd: BundleCommand) -> Outcome {
-    let rt = runtime()?;
-    rt.block_on(async move {
-        match cmd {
-            BundleCommand::Show(a) => bundle_show(global, a.format).await,
-        }
-    })
-}
-
-fn init_logging(global: &GlobalArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGZERO_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if global.log_json {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-}
-
-async fn bind(listen: &str) -> Result<tokio::net::TcpListener, super::Failure> {
-    tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))
-        .map_err(failed)
 }
 
 async fn bootstrap(a: BootstrapArgs) -> Outcome {
@@ -111,7 +195,7 @@ async fn bootstrap(a: BootstrapArgs) -> Outcome {
 }
 
 async fn serve(global: &GlobalArgs, dir: &Path) -> Outcome {
-    init_logging(global);
+    init_logging(global.log_json);
     let listen = node::listen_address(dir).map_err(bad_input)?;
     let listener = bind(&listen).await?;
     tracing::info!(%listen, data_dir = %dir.display(), "authority node serving");
@@ -122,7 +206,7 @@ async fn serve(global: &GlobalArgs, dir: &Path) -> Outcome {
 }
 
 async fn join(global: &GlobalArgs, a: JoinArgs) -> Outcome {
-    init_logging(global);
+    init_logging(global.log_json);
     let text = read_secret(&a.token).map_err(bad_input)?;
     let token = ringzero_policy::join::JoinToken::parse(&text).map_err(bad_input)?;
     let contact = match (&a.bundle, a.insecure_skip_pin) {
@@ -292,70 +376,28 @@ async fn status(global: &GlobalArgs, a: JsonArgs) -> Outcome {
     Ok(if reply.writable {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_FAILED)
     })
 }
 
-async fn bundle_show(global: &GlobalArgs, format: BundleFormat) -> Outcome {
-    let mut s = session(global)?;
-    let bundle = s
-        .client
-        .call(|mut c| async move { c.get_bundle(pb::GetBundleRequest {}).await })
+/// Break-glass: a fresh admin profile from the local node's admin socket (root only).
+async fn admin_profile(a: AdminProfileArgs) -> Outcome {
+    if !a.force && a.out.exists() {
+        return Err(bad_input_msg(format!(
+            "{} exists (use --force to replace it)",
+            a.out.display()
+        )));
+    }
+    let text = ringzero_authority::admin_socket::request_admin_profile(&a.data_dir, a.ttl)
         .await
-        .map_err(call_failed)?;
-    // The refreshed profile knows every key marked compromised, in this bundle or before.
-    s.refresh().await;
-    match format {
-        BundleFormat::Pem => {
-            for c in s.profile.trusted_cas(&bundle) {
-                print!("{}", pem_encode("CERTIFICATE", &c));
-            }
-        }
-        BundleFormat::Jwks => println!("{}", jwks(&bundle, &s.profile).map_err(failed)?),
-    }
+        .map_err(failed)?;
+    let profile = Profile::from_toml(&text)
+        .map_err(|e| failed(anyhow!("the authority sent a bad profile: {e}")))?;
+    write_profile(&a.out, &profile, a.force)?;
+    eprintln!(
+        "admin profile written to {} (0600); this was recorded in the audit log",
+        a.out.display()
+    );
+    println!("{}", a.out.display());
     Ok(ExitCode::SUCCESS)
-}
-
-/// The SPIFFE bundle format: a JWK set with `use: x509-svid` keys (carrying `x5c`) and
-/// `use: jwt-svid` keys. Compromised keys are not in it: a SPIFFE bundle lists usable keys
-/// only (it has no status to mark them with).
-fn jwks(b: &pb::Bundle, profile: &Profile) -> anyhow::Result<serde_json::Value> {
-    use base64::Engine;
-    use x509_parser::prelude::FromDer;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut keys = Vec::new();
-    for k in b.keys.iter().filter(|k| !profile.is_compromised(k)) {
-        let point = match k.kind.as_str() {
-            "x509-ca" => {
-                let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&k.public_key)
-                    .map_err(|e| anyhow!("bundle certificate {}: {e}", k.key_id))?;
-                cert.public_key().subject_public_key.data.to_vec()
-            }
-            "jwt" => {
-                let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&k.public_key)
-                    .map_err(|e| anyhow!("JWT key {}: {e}", k.key_id))?;
-                spki.subject_public_key.data.to_vec()
-            }
-            _ => continue,
-        };
-        if point.len() != 65 || point[0] != 4 {
-            continue;
-        }
-        let mut jwk = serde_json::json!({
-            "kty": "EC",
-            "crv": "P-256",
-            "x": url.encode(&point[1..33]),
-            "y": url.encode(&point[33..]),
-            "kid": k.key_id.to_string(),
-        });
-        if k.kind == "x509-ca" {
-            jwk["use"] = "x509-svid".into();
-            jwk["x5c"] = serde_json::json!([b64.encode(&k.public_key)]);
-        } else {
-            jwk["use"] = "jwt-svid".into();
-        }
-        keys.push(jwk);
-    }
-    Ok(serde_json::json!({ "keys": keys, "spiffe_refresh_hint": 60 }))
 }

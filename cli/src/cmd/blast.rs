@@ -6,17 +6,43 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use clap::Args;
 use ringzero_policy::NodeName;
 use ringzero_proto::pb;
 
 use super::session::{refused, render_table, runtime, session};
-use super::{Outcome, bad_input, bad_input_msg, failed};
-use crate::cli::{BlastRadiusArgs, GlobalArgs};
+use crate::cli::GlobalArgs;
+use crate::failure::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_secret;
+
+/// The `blast-radius` help's closing text.
+pub(crate) const HELP: &str = "\
+Answered by the authority from its live state (needs audit:read; the question is audited).
+A token is read from its argument, '-' (stdin) or @FILE, and never printed back.
+
+Examples:
+  ringzero --profile admin.profile blast-radius node/n7
+  ringzero blast-radius user/alice --json
+  ringzero blast-radius authority/2
+  ringzero blast-radius token @ci.token";
+
+#[derive(Debug, Args)]
+pub(crate) struct BlastRadiusArgs {
+    /// node/NAME, user/NAME, authority/ID, or the word `token` followed by the token.
+    #[arg(value_name = "PRINCIPAL|token")]
+    pub(crate) target: String,
+    /// After `token`: the token, '-' for stdin, or @FILE. (Not named `token`: that is the
+    /// global flag for the capability presented, and clap would merge the two.)
+    #[arg(value_name = "TOKEN|-|@FILE")]
+    pub(crate) assessed: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
 
 /// Checks the target before any connection (bad input is exit 2), reading a token from its
 /// argument, `-` or `@FILE`.
-fn request(a: &BlastRadiusArgs) -> Result<pb::BlastRadiusRequest, super::Failure> {
+fn request(a: &BlastRadiusArgs) -> Result<pb::BlastRadiusRequest, Failure> {
     let target = a.target.trim();
     if target == "token" {
         let arg = a.assessed.as_deref().ok_or_else(|| {
@@ -206,7 +232,7 @@ fn table<const N: usize>(o: &mut String, rows: &[[String; N]]) {
 }
 
 /// Writes `text` to stdout; a closed pipe (`| head`) ends the output quietly.
-fn emit(text: &str) -> Result<(), super::Failure> {
+fn emit(text: &str) -> Result<(), Failure> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(failed(e)),

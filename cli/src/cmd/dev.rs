@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
+use clap::Args;
 use ringzero_agent::{AgentConfig, DataDir, FirstContact};
 use ringzero_agent::{current_uid, user_name};
 use ringzero_authority::node;
@@ -18,11 +19,41 @@ use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
 use tokio::sync::oneshot;
 
-use super::agent::{absolute, agent_failed, init_logging, print_out, ready_line, shutdown_signal};
+use super::agent::{absolute, agent_failed, print_out, ready_line};
 use super::session::{explain, runtime};
-use super::{Failure, Outcome, failed};
-use crate::cli::{DevArgs, GlobalArgs};
+use crate::cli::GlobalArgs;
+use crate::daemon::{bind, init_logging, shutdown_signal};
+use crate::failure::{Failure, Outcome, failed};
 use crate::input::read_bounded;
+
+/// The `dev` help's closing text.
+pub(crate) const HELP: &str = "\
+Runs one authority node and one enrolled agent in this process, with data in DIR (a new
+temporary directory, removed at exit, when not given), and creates a registration entry
+spiffe://TD/ns/dev/<your user name> for your uid. Prints SPIFFE_ENDPOINT_SOCKET=… and the
+admin profile's path on stdout, then serves until Ctrl-C. Run it again with the same
+--data-dir to pick up where it left off.
+
+Examples:
+  ringzero dev
+  ringzero dev --data-dir ~/.ringzero-dev --listen 127.0.0.1:7000
+  # in another shell, with the two lines it printed exported:
+  ringzero agent fetch
+  ringzero entry list";
+
+#[derive(Debug, Args)]
+pub(crate) struct DevArgs {
+    /// Keep the cluster's data here (reused when it exists). Default: a new temporary directory,
+    /// removed at exit.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Where the authority listens (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub(crate) listen: String,
+    /// The trust domain of a new cluster.
+    #[arg(long, default_value = "dev.ringzero.internal")]
+    pub(crate) trust_domain: TrustDomain,
+}
 
 /// The agent node's name.
 const NODE: &str = "dev";
@@ -39,7 +70,7 @@ pub(crate) fn run(global: &GlobalArgs, a: DevArgs) -> Outcome {
 }
 
 async fn dev(global: &GlobalArgs, a: DevArgs) -> Outcome {
-    init_logging(global);
+    init_logging(global.log_json);
     // Kept until the end of this function: dropping it removes the temporary directory.
     let (root, temp) = match &a.data_dir {
         Some(d) => (absolute(d)?, None),
@@ -132,13 +163,6 @@ async fn start_authority(
         auth_dir.display()
     );
     Ok((listener, addr, written))
-}
-
-async fn bind(addr: &str) -> Result<tokio::net::TcpListener, Failure> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))
-        .map_err(failed)
 }
 
 /// Everything while the authority runs: admin setup, the agent, waiting for Ctrl-C.

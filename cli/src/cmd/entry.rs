@@ -4,15 +4,170 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use clap::{Args, Subcommand};
 use ringzero_policy::selector::{self, Selector};
+use ringzero_policy::{NodeName, SpiffeId};
 use ringzero_proto::pb;
 
 use super::session::{Session, print_table, refused, runtime, session};
-use super::{Failure, Outcome, bad_input_msg, failed};
-use crate::cli::{
-    EntryCommand, EntryCreateArgs, EntryIdArg, EntryListArgs, EntryShowArgs, EntryUpdateArgs,
-    GlobalArgs,
-};
+use crate::args::parse_duration;
+use crate::cli::GlobalArgs;
+use crate::failure::{Failure, Outcome, bad_input_msg, failed};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EntryCommand {
+    /// Create a registration entry (prints its id alone on stdout).
+    #[command(after_help = "\
+An entry gives SPIFFE_ID to the workloads on node NODE that match every --selector.
+Selectors: unix:uid:N, unix:gid:N, unix:user:NAME, unix:group:NAME, unix:path:/ABS/PATH,
+unix:sha256:HEX. Entries without a uid, gid, user or group selector are refused unless
+--allow-weak-selectors: anyone able to run the binary would get the identity.
+
+Examples:
+  ringzero --profile admin.profile entry create --spiffe-id spiffe://example.org/ns/web \\
+      --node n7 --selector unix:uid:1000
+  ID=$(ringzero entry create --spiffe-id spiffe://example.org/db --node n7 \\
+      --selector unix:user:postgres --selector unix:path:/usr/bin/postgres --ttl 30m --dns db.local)")]
+    Create(EntryCreateArgs),
+    /// List entries, all pages, optionally only those of one node or one SPIFFE ID.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile entry list
+  ringzero entry list --node n7
+  ringzero entry list --spiffe-id spiffe://example.org/ns/web --json")]
+    List(EntryListArgs),
+    /// Show one entry.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile entry show 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d
+  ringzero entry show 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --json")]
+    Show(EntryShowArgs),
+    /// Change an entry; what is not given stays as it is (--selector and --dns replace the lists).
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --ttl 15m
+  ringzero entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --selector unix:uid:1001 --node n8
+  ringzero entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --clear-dns")]
+    Update(EntryUpdateArgs),
+    /// Delete an entry: its workloads stop receiving new SVIDs.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile entry delete 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d")]
+    Delete(EntryIdArg),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EntryCreateArgs {
+    /// The SPIFFE ID the matching workloads get.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub(crate) spiffe_id: SpiffeId,
+    /// The node whose agent may issue it (it need not have enrolled yet).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: NodeName,
+    /// A selector the workload must match (repeatable; all must match), e.g. unix:uid:1000.
+    #[arg(long = "selector", value_name = "TYPE:KEY:VALUE", required = true)]
+    pub(crate) selectors: Vec<Selector>,
+    /// Lifetime of the SVIDs issued for the entry (10s to 30d).
+    #[arg(long, value_parser = parse_entry_ttl, default_value = "1h")]
+    pub(crate) ttl: Duration,
+    /// A DNS name to put in the SVIDs (repeatable).
+    #[arg(long = "dns", value_name = "NAME", value_parser = parse_dns_name)]
+    pub(crate) dns_names: Vec<String>,
+    /// Accept selecting only on unix:path / unix:sha256 (anyone who can run the binary gets the
+    /// identity).
+    #[arg(long)]
+    pub(crate) allow_weak_selectors: bool,
+    /// Print the created entry as JSON instead of its id.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EntryListArgs {
+    /// Only the entries of this node.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: Option<NodeName>,
+    /// Only the entries with this SPIFFE ID.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub(crate) spiffe_id: Option<SpiffeId>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EntryShowArgs {
+    /// The entry id (32 hex characters).
+    #[arg(value_name = "ID", value_parser = parse_entry_id)]
+    pub(crate) id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EntryIdArg {
+    /// The entry id (32 hex characters).
+    #[arg(value_name = "ID", value_parser = parse_entry_id)]
+    pub(crate) id: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EntryUpdateArgs {
+    /// The entry id (32 hex characters).
+    #[arg(value_name = "ID", value_parser = parse_entry_id)]
+    pub(crate) id: String,
+    /// A new SPIFFE ID.
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub(crate) spiffe_id: Option<SpiffeId>,
+    /// A new parent node.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: Option<NodeName>,
+    /// Replace the selectors with these (repeatable).
+    #[arg(long = "selector", value_name = "TYPE:KEY:VALUE")]
+    pub(crate) selectors: Vec<Selector>,
+    /// A new SVID lifetime (10s to 30d).
+    #[arg(long, value_parser = parse_entry_ttl)]
+    pub(crate) ttl: Option<Duration>,
+    /// Replace the DNS names with these (repeatable).
+    #[arg(long = "dns", value_name = "NAME", value_parser = parse_dns_name, conflicts_with = "clear_dns")]
+    pub(crate) dns_names: Vec<String>,
+    /// Remove every DNS name.
+    #[arg(long)]
+    pub(crate) clear_dns: bool,
+    /// Accept selecting only on unix:path / unix:sha256 (also needed to keep such an entry).
+    #[arg(long)]
+    pub(crate) allow_weak_selectors: bool,
+    /// Print the updated entry as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The shortest and longest SVID lifetime an entry may ask for.
+const MIN_ENTRY_TTL: Duration = Duration::from_secs(10);
+const MAX_ENTRY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn parse_entry_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_ENTRY_TTL || d > MAX_ENTRY_TTL {
+        return Err("must be from 10s to 30d".into());
+    }
+    Ok(d)
+}
+
+fn parse_dns_name(s: &str) -> Result<String, String> {
+    rustls_pki_types::DnsName::try_from(s)
+        .map(|_| s.to_ascii_lowercase())
+        .map_err(|_| "not a valid DNS name".into())
+}
+
+fn parse_entry_id(s: &str) -> Result<String, String> {
+    if s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err("an entry id is 32 hex characters (see `ringzero entry list`)".into())
+    }
+}
 
 /// Entries asked for per `ListEntries` call.
 const PAGE_SIZE: u32 = 500;

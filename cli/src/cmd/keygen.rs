@@ -3,11 +3,30 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Args;
 use ringzero_policy::token::{RootKey, RootKeyId};
 
-use super::{Outcome, failed};
-use crate::cli::KeygenArgs;
+use crate::failure::{Outcome, failed};
 use crate::input::write_file;
+
+/// The `keygen` help's closing text.
+pub(crate) const HELP: &str = "\
+Examples:
+  ringzero keygen --out root.key            # writes root.key (0600) and root.key.pub
+  ringzero keygen --out root2.key --id 2    # a second key, for rotation";
+
+#[derive(Debug, Args)]
+pub(crate) struct KeygenArgs {
+    /// Where to write the private key (mode 0600); the public key goes to FILE.pub.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// The root key id tokens will carry, so verifiers can pick the key (rotation).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) id: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
 
 pub(crate) fn run(a: KeygenArgs) -> Outcome {
     let key = RootKey::generate(RootKeyId(a.id));

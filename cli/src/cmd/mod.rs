@@ -1,71 +1,45 @@
-//! Command implementations.
+//! The commands: one module per subcommand, owning its flags (clap types) and its code, and
+//! the dispatcher. Shared helpers: [`session`] (profile, client, runtime, tables), [`profile`]
+//! (writing user profiles), [`keyfile`] (root key files).
 
-mod agent;
-mod audit;
-mod authority;
-mod blast;
-mod dev;
-mod entry;
+pub(crate) mod agent;
+pub(crate) mod audit;
+pub(crate) mod authority;
+pub(crate) mod blast;
+pub(crate) mod bundle;
+pub(crate) mod dev;
+pub(crate) mod entry;
 mod keyfile;
-mod keygen;
-mod node;
-mod role;
+pub(crate) mod keygen;
+pub(crate) mod login;
+pub(crate) mod mesh;
+pub(crate) mod node;
+mod profile;
+pub(crate) mod role;
 mod session;
-mod token;
-mod user;
+pub(crate) mod token;
+pub(crate) mod user;
 
-use std::fmt::Display;
-use std::process::ExitCode;
+use crate::cli::{Cli, Command};
+use crate::failure::Outcome;
 
-use crate::cli::{Cli, Command, TokenCommand};
-
-/// An error with the exit code it maps to.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub(crate) code: u8,
-    pub(crate) error: anyhow::Error,
-}
-
-/// Exit code 2: the input was invalid.
-pub(crate) fn bad_input(e: impl Into<anyhow::Error>) -> Failure {
-    Failure {
-        code: 2,
-        error: e.into(),
-    }
-}
-
-/// Exit code 1: the operation failed.
-pub(crate) fn failed(e: impl Into<anyhow::Error>) -> Failure {
-    Failure {
-        code: 1,
-        error: e.into(),
-    }
-}
-
-pub(crate) fn bad_input_msg(m: impl Display) -> Failure {
-    bad_input(anyhow::anyhow!("{m}"))
-}
-
-pub(crate) type Outcome = Result<ExitCode, Failure>;
-
+/// Runs the command `cli` names.
 pub(crate) fn run(cli: Cli) -> Outcome {
+    let global = &cli.global;
     match cli.command {
         Command::Keygen(a) => keygen::run(a),
-        Command::Token(TokenCommand::Mint(a)) => token::mint(&cli.global, a),
-        Command::Token(TokenCommand::Revoke(a)) => token::revoke(&cli.global, a),
-        Command::Token(TokenCommand::Attenuate(a)) => token::attenuate(a),
-        Command::Token(TokenCommand::Inspect(a)) => token::inspect(a),
-        Command::Token(TokenCommand::Verify(a)) => token::verify(a),
-        Command::Authority(c) => authority::run(&cli.global, c),
-        Command::Bundle(c) => authority::bundle(&cli.global, c),
-        Command::Node(c) => node::run(&cli.global, c),
-        Command::Entry(c) => entry::run(&cli.global, c),
-        Command::Agent(c) => agent::run(&cli.global, c),
-        Command::Dev(a) => dev::run(&cli.global, a),
-        Command::Audit(c) => audit::run(&cli.global, c),
-        Command::User(c) => user::run(&cli.global, c),
-        Command::Login(a) => user::login(&cli.global, a),
-        Command::Role(c) => role::run(&cli.global, c),
-        Command::BlastRadius(a) => blast::run(&cli.global, a),
+        Command::Token(c) => token::run(global, c),
+        Command::Authority(c) => authority::run(global, c),
+        Command::Bundle(c) => bundle::run(global, c),
+        Command::Node(c) => node::run(global, c),
+        Command::Entry(c) => entry::run(global, c),
+        Command::Agent(c) => agent::run(global, c),
+        Command::Mesh(c) => mesh::run(global, c),
+        Command::Dev(a) => dev::run(global, a),
+        Command::Audit(c) => audit::run(global, c),
+        Command::User(c) => user::run(global, c),
+        Command::Login(a) => login::run(global, a),
+        Command::Role(c) => role::run(global, c),
+        Command::BlastRadius(a) => blast::run(global, a),
     }
 }

@@ -3,12 +3,60 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use clap::{Args, Subcommand};
 use ringzero_policy::NodeName;
 use ringzero_proto::pb;
 
-use super::Outcome;
 use super::session::{Session, print_table, refused, runtime, session};
-use crate::cli::{GlobalArgs, JsonArgs, NodeCommand, NodeTokenArgs};
+use crate::args::{JsonArgs, parse_join_ttl};
+use crate::cli::GlobalArgs;
+use crate::failure::Outcome;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Issue a one-time join token for an agent node (prints it alone on the last line).
+    #[command(after_help = "\
+The token is a secret: it is printed only on stdout; what to run on the node goes to stderr.
+
+Examples:
+  ringzero --profile admin.profile node token --name n7 > n7.token
+  T=$(ringzero node token --name n7 --ttl 1h)")]
+    Token(NodeTokenArgs),
+    /// List the nodes that enrolled: name, status (active, evicted, banned), since when.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile node list
+  ringzero node list --json")]
+    List(JsonArgs),
+    /// Evict a node: it can no longer renew, and what it was issued is revoked. It may re-enroll
+    /// with a new join token.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile node evict n7")]
+    Evict(NodeArg),
+    /// Ban a node name: like evict, and the name can never enroll again.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile node ban n7")]
+    Ban(NodeArg),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeTokenArgs {
+    /// The name the node will have (its SVID is spiffe://TD/ringzero/node/NAME).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: NodeName,
+    /// How long the token may be redeemed (at most 24h).
+    #[arg(long, value_parser = parse_join_ttl, default_value = "10m")]
+    pub(crate) ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeArg {
+    /// The node name.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: NodeName,
+}
 
 pub(crate) fn run(global: &GlobalArgs, cmd: NodeCommand) -> Outcome {
     let rt = runtime()?;

@@ -1,19 +1,69 @@
 //! `ringzero role apply|list|show`: custom roles from a TOML file, and the built-in ones.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::anyhow;
+use clap::{Args, Subcommand};
 use ringzero_policy::{NodeName, Operation, Resource, Role};
 use ringzero_proto::pb;
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::session::{print_table, refused, runtime, session};
-use super::{Outcome, bad_input, failed};
-use crate::cli::{GlobalArgs, JsonArgs, RoleApplyArgs, RoleCommand, RoleShowArgs};
+use crate::args::JsonArgs;
+use crate::cli::GlobalArgs;
+use crate::failure::{Failure, Outcome, bad_input, failed};
 use crate::input::read_bounded;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RoleCommand {
+    /// Apply custom roles from a TOML file (checked before anything is sent).
+    #[command(after_help = "\
+The file holds [[role]] tables, each with a name and its rights:
+
+  [[role]]
+  name = \"deployer\"
+  rights = [ { operation = \"sched:submit\", resource = \"ns/shop\" },
+             { operation = \"logs:read\", resource = \"ns/shop\" } ]
+
+Unknown operations, malformed, repeated or built-in names and bad resource prefixes are
+reported with their line, and nothing is applied (exit 2).
+
+Examples:
+  ringzero --profile admin.profile role apply roles.toml")]
+    Apply(RoleApplyArgs),
+    /// List the built-in and custom roles.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile role list
+  ringzero role list --json")]
+    List(JsonArgs),
+    /// Show one role's rights.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile role show developer
+  ringzero role show deployer --json")]
+    Show(RoleShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RoleApplyArgs {
+    /// The TOML file of [[role]] tables.
+    #[arg(value_name = "FILE")]
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RoleShowArgs {
+    /// The role's name.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
 
 pub(crate) fn run(global: &GlobalArgs, cmd: RoleCommand) -> Outcome {
     // Validation needs no cluster: a bad file is refused before any connection.
@@ -58,7 +108,7 @@ fn line_of(text: &str, at: usize) -> usize {
 }
 
 /// Reads and checks a role file; every problem is reported with its line (exit 2).
-fn load(path: &Path) -> Result<Vec<pb::RoleInfo>, super::Failure> {
+fn load(path: &Path) -> Result<Vec<pb::RoleInfo>, Failure> {
     let text = read_bounded(path).map_err(bad_input)?;
     parse(&text).map_err(|problems| {
         let shown: Vec<String> = problems
@@ -171,7 +221,7 @@ async fn apply(global: &GlobalArgs, a: &RoleApplyArgs, roles: Vec<pb::RoleInfo>)
     Ok(ExitCode::SUCCESS)
 }
 
-async fn fetch(global: &GlobalArgs) -> Result<Vec<pb::RoleInfo>, super::Failure> {
+async fn fetch(global: &GlobalArgs) -> Result<Vec<pb::RoleInfo>, Failure> {
     let mut s = session(global)?;
     let reply = s
         .client

@@ -7,8 +7,8 @@ use anyhow::anyhow;
 use ringzero_proto::client::{AuthorityClient, ClientError, Profile};
 use ringzero_proto::pb;
 
-use super::{Failure, bad_input, bad_input_msg, failed};
 use crate::cli::GlobalArgs;
+use crate::failure::{Failure, bad_input, bad_input_msg, failed};
 use crate::input::{read_bounded, read_secret, write_file};
 
 /// A multi-threaded tokio runtime for one command.
@@ -172,17 +172,14 @@ pub(crate) fn render_table<const N: usize>(rows: &[[String; N]]) -> Vec<String> 
 /// The CA certificates of a `--bundle FILE` (PEM): at least one, or a clear error (exit 2).
 pub(crate) fn bundle_file(
     path: &std::path::Path,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, super::Failure> {
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, Failure> {
     use rustls_pki_types::pem::PemObject;
-    let pem = crate::input::read_bounded(path).map_err(super::bad_input)?;
+    let pem = crate::input::read_bounded(path).map_err(bad_input)?;
     let cas: Result<Vec<rustls_pki_types::CertificateDer<'static>>, _> =
         rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
-    let cas = cas.map_err(|e| super::bad_input(anyhow::anyhow!("{}: {e}", path.display())))?;
+    let cas = cas.map_err(|e| bad_input(anyhow::anyhow!("{}: {e}", path.display())))?;
     if cas.is_empty() {
-        return Err(super::bad_input_msg(format!(
-            "{}: no certificate",
-            path.display()
-        )));
+        return Err(bad_input_msg(format!("{}: no certificate", path.display())));
     }
     Ok(cas)
 }

@@ -1,26 +1,132 @@
-//! `ringzero user …` and `ringzero login`: users' profiles, invites and renewal.
+//! `ringzero user …`: add users (writing their profile), invite, list, remove, suspend them.
 //!
 //! Keys are always generated here, on the machine that will use them: `user add` on the
-//! admin's, `login --invite` on the user's. Only a CSR leaves the machine.
+//! admin's, `login --invite` (see [`super::login`]) on the user's. Only a CSR leaves the machine.
 
-use std::path::Path;
+use std::fmt;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use anyhow::anyhow;
-use ringzero_policy::join::JoinToken;
-use ringzero_policy::svid::{csr_for, generate_key};
-use ringzero_policy::{SpiffeId, TrustDomain};
-use ringzero_proto::client::{ClientError, Profile, login_with_invite};
+use clap::{Args, Subcommand};
+use ringzero_policy::NodeName;
 use ringzero_proto::pb;
-use rustls_pki_types::CertificateDer;
 
-use super::session::{Session, print_table, refused, runtime, session};
-use super::{Outcome, bad_input, bad_input_msg, failed};
-use crate::cli::{
-    AdminProfileArgs, GlobalArgs, JsonArgs, LoginArgs, UserAddArgs, UserCommand, UserInviteArgs,
-};
-use crate::input::{read_secret, write_file};
+use super::profile::{expiry, key_and_csr, successor, trust_domain, ttl_seconds, write_profile};
+use super::session::{print_table, refused, runtime, session};
+use crate::args::{JsonArgs, parse_join_ttl, parse_user_ttl};
+use crate::cli::GlobalArgs;
+use crate::failure::{Outcome, bad_input_msg, failed};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum UserCommand {
+    /// Add a user and write its profile: key generated here, SVID spiffe://TD/user/NAME and the
+    /// role's capability bound to it.
+    #[command(after_help = "\
+Needs user:write (the admin role). The profile holds the user's private key: hand it over
+safely, or prefer `user invite`, which lets the key be generated on the user's machine.
+Built-in roles: admin, operator, developer (needs --namespace), auditor; or a custom role.
+
+Examples:
+  ringzero --profile admin.profile user add bob --role operator --out bob.profile
+  ringzero user add carol --role developer --namespace shop --ttl 8h --out carol.profile")]
+    Add(UserAddArgs),
+    /// Invite a user: prints a one-time invite alone on the last line of stdout.
+    #[command(after_help = "\
+The invite is a secret: it is printed only on stdout; what the user runs goes to stderr.
+
+Examples:
+  ringzero --profile admin.profile user invite alice --role developer --namespace shop > alice.invite
+  I=$(ringzero user invite dave --role auditor --ttl 2h)")]
+    Invite(UserInviteArgs),
+    /// List the users: name, role, namespace.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile user list
+  ringzero user list --json")]
+    List(JsonArgs),
+    /// Remove a user: its SVIDs and capabilities are revoked at once.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile user remove alice")]
+    Remove(UserArg),
+    /// Suspend a user without deleting it: its certificates open nothing, it cannot renew, and
+    /// no token it minted (or one minted from those) is honoured, until `user resume`.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile user suspend alice
+  ringzero --profile admin.profile user resume alice")]
+    Suspend(UserArg),
+    /// Resume a suspended user: its unexpired credentials and delegations work again.
+    Resume(UserArg),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UserAddArgs {
+    /// The user name (its SVID is spiffe://TD/user/NAME).
+    #[arg(value_name = "NAME")]
+    pub(crate) name: NodeName,
+    #[command(flatten)]
+    pub(crate) grant: RoleGrant,
+    /// Lifetime of the credential (default 24h, at most 7d).
+    #[arg(long, value_parser = parse_user_ttl)]
+    pub(crate) ttl: Option<Duration>,
+    /// Where to write the user's profile (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UserInviteArgs {
+    /// The user name (its SVID will be spiffe://TD/user/NAME).
+    #[arg(value_name = "NAME")]
+    pub(crate) name: NodeName,
+    #[command(flatten)]
+    pub(crate) grant: RoleGrant,
+    /// How long the invite may be used (at most 24h).
+    #[arg(long, value_parser = parse_join_ttl, default_value = "1h")]
+    pub(crate) ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UserArg {
+    /// The user name.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: NodeName,
+}
+
+/// The role a user is given, and its namespace.
+#[derive(Debug, Args)]
+pub(crate) struct RoleGrant {
+    /// A built-in role (admin, operator, developer, auditor) or a custom one.
+    #[arg(long, value_name = "ROLE")]
+    pub(crate) role: String,
+    /// The namespace, for roles confined to one (developer).
+    #[arg(long, value_name = "NS")]
+    pub(crate) namespace: Option<NodeName>,
+}
+
+impl RoleGrant {
+    /// The namespace as the wire carries it: empty when none.
+    fn wire_namespace(&self) -> String {
+        self.namespace
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Display for RoleGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "role {}, namespace {ns}", self.role),
+            None => write!(f, "role {}", self.role),
+        }
+    }
+}
 
 pub(crate) fn run(global: &GlobalArgs, cmd: UserCommand) -> Outcome {
     let rt = runtime()?;
@@ -36,59 +142,6 @@ pub(crate) fn run(global: &GlobalArgs, cmd: UserCommand) -> Outcome {
     })
 }
 
-pub(crate) fn login(global: &GlobalArgs, a: LoginArgs) -> Outcome {
-    let rt = runtime()?;
-    rt.block_on(async move {
-        match a.invite.clone() {
-            Some(invite) => login_invite(global, &invite, a).await,
-            None => renew(global, a).await,
-        }
-    })
-}
-
-/// A fresh key and a CSR for it. The CSR's SPIFFE ID is a placeholder: the authority takes
-/// only the public key and names the SVID itself.
-/// Returns the key (PKCS#8 DER) and the CSR.
-fn key_and_csr(td: &TrustDomain, name: &str) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-    let key = generate_key()?;
-    let id = SpiffeId::parse(&format!("spiffe://{td}/user/{name}"))?;
-    let csr = csr_for(&key, &id)?;
-    Ok((key.serialize_der(), csr))
-}
-
-fn ttl_seconds(ttl: Option<Duration>) -> u64 {
-    ttl.map_or(0, |d| d.as_secs())
-}
-
-/// A profile for `reply`'s credentials: the key made here, the bundle of the reply (which came
-/// over TLS authenticated by the CAs the caller already trusts), and what the caller's own
-/// profile `known` learned so far — its audit pins and the keys it knows are compromised —
-/// merged with that bundle.
-fn profile_from(
-    td: &TrustDomain,
-    authorities: Vec<String>,
-    fallback_cas: &[CertificateDer<'static>],
-    known: Option<&Profile>,
-    reply: &pb::UserCredentials,
-    key_pkcs8: &[u8],
-) -> Profile {
-    Profile::from_user_credentials(td, authorities, fallback_cas, known, reply, key_pkcs8)
-}
-
-fn write_profile(path: &Path, profile: &Profile, overwrite: bool) -> Result<(), super::Failure> {
-    let text = profile.to_toml().map_err(|e| failed(anyhow!("{e}")))?;
-    write_file(path, text.as_bytes(), 0o600, overwrite).map_err(failed)
-}
-
-fn expiry(expires_unix: u64) -> String {
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(expires_unix))
-        .to_string()
-}
-
-fn trust_domain(s: &Session) -> Result<TrustDomain, super::Failure> {
-    TrustDomain::new(&s.profile.trust_domain).map_err(|e| bad_input(anyhow!("profile: {e}")))
-}
-
 async fn add(global: &GlobalArgs, a: UserAddArgs) -> Outcome {
     if !a.force && a.out.exists() {
         return Err(bad_input_msg(format!(
@@ -101,12 +154,8 @@ async fn add(global: &GlobalArgs, a: UserAddArgs) -> Outcome {
     let (key, csr) = key_and_csr(&td, a.name.as_str()).map_err(failed)?;
     let req = pb::AddUserRequest {
         name: a.name.to_string(),
-        role: a.role.clone(),
-        namespace: a
-            .namespace
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        role: a.grant.role.clone(),
+        namespace: a.grant.wire_namespace(),
         csr,
         ttl_seconds: ttl_seconds(a.ttl),
     };
@@ -119,23 +168,12 @@ async fn add(global: &GlobalArgs, a: UserAddArgs) -> Outcome {
         .await
         .map_err(|e| refused(e, &format!("user {}", a.name)))?;
     s.refresh().await;
-    let cas = s
-        .profile
-        .bundle_certs()
-        .map_err(|e| failed(anyhow!("{e}")))?;
-    let profile = profile_from(
-        &td,
-        s.profile.authorities.clone(),
-        &cas,
-        Some(&s.profile),
-        &reply,
-        &key,
-    );
+    let profile = successor(&s, &td, &reply, &key)?;
     write_profile(&a.out, &profile, a.force)?;
     eprintln!(
         "user {} ({}): profile written to {} (0600), valid until {}",
         a.name,
-        role_text(&a.role, a.namespace.as_ref().map(|n| n.as_str())),
+        a.grant,
         a.out.display(),
         expiry(reply.expires_unix)
     );
@@ -143,23 +181,12 @@ async fn add(global: &GlobalArgs, a: UserAddArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn role_text(role: &str, namespace: Option<&str>) -> String {
-    match namespace {
-        Some(ns) => format!("role {role}, namespace {ns}"),
-        None => format!("role {role}"),
-    }
-}
-
 async fn invite(global: &GlobalArgs, a: UserInviteArgs) -> Outcome {
     let mut s = session(global)?;
     let req = pb::InviteUserRequest {
         name: a.name.to_string(),
-        role: a.role.clone(),
-        namespace: a
-            .namespace
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        role: a.grant.role.clone(),
+        namespace: a.grant.wire_namespace(),
         ttl_seconds: a.ttl.as_secs(),
     };
     let reply = s
@@ -179,7 +206,7 @@ async fn invite(global: &GlobalArgs, a: UserInviteArgs) -> Outcome {
     eprintln!(
         "invite for user {} ({}): one use, expires {} (in {}); it is the last line of stdout.",
         a.name,
-        role_text(&a.role, a.namespace.as_ref().map(|n| n.as_str())),
+        a.grant,
         expiry(reply.expires_unix),
         humantime::format_duration(a.ttl)
     );
@@ -277,142 +304,5 @@ async fn suspend(global: &GlobalArgs, name: &str, suspended: bool) -> Outcome {
     } else {
         eprintln!("user {name} resumed");
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn login_invite(global: &GlobalArgs, invite: &str, a: LoginArgs) -> Outcome {
-    let Some(out) = a.out.as_deref() else {
-        return Err(bad_input_msg("--invite needs --out FILE"));
-    };
-    if global.authority.is_empty() {
-        return Err(bad_input_msg(
-            "--invite needs --authority ADDR[,ADDR…] (the addresses `user invite` printed)",
-        ));
-    }
-    if !a.force && out.exists() {
-        return Err(bad_input_msg(format!(
-            "{} exists (use --force to replace it)",
-            out.display()
-        )));
-    }
-    let invite = JoinToken::parse(&read_secret(invite).map_err(bad_input)?)
-        .map_err(|e| bad_input(anyhow!("invite: {e}")))?;
-    let key = generate_key().map_err(failed)?;
-    let login = login_with_invite(
-        &global.authority,
-        &invite,
-        |td| {
-            let id = SpiffeId::parse(&format!("spiffe://{td}/user/invitee"))
-                .map_err(|e| e.to_string())?;
-            csr_for(&key, &id).map_err(|e| e.to_string())
-        },
-        ttl_seconds(a.ttl),
-    )
-    .await
-    .map_err(|e| match e {
-        ClientError::PinMismatch(_) => failed(anyhow!("{e}")),
-        other => refused(other, "login"),
-    })?;
-    let members: Vec<String> = login
-        .credentials
-        .bundle
-        .as_ref()
-        .map(|b| b.members.iter().map(|m| m.address.clone()).collect())
-        .unwrap_or_default();
-    let authorities = if members.is_empty() {
-        global.authority.clone()
-    } else {
-        members
-    };
-    let profile = profile_from(
-        &login.trust_domain,
-        authorities,
-        &login.cas,
-        None,
-        &login.credentials,
-        &key.serialize_der(),
-    );
-    write_profile(out, &profile, a.force)?;
-    eprintln!(
-        "logged in: profile written to {} (0600), valid until {}; renew it before then with \
-         `ringzero --profile {} login`",
-        out.display(),
-        expiry(login.credentials.expires_unix),
-        out.display()
-    );
-    println!("{}", out.display());
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn renew(global: &GlobalArgs, a: LoginArgs) -> Outcome {
-    let mut s = session(global)?;
-    let td = trust_domain(&s)?;
-    let (key, csr) = key_and_csr(&td, "renewing").map_err(failed)?;
-    let req = pb::LoginRequest {
-        invite_id: String::new(),
-        invite_secret: Vec::new(),
-        csr,
-        ttl_seconds: ttl_seconds(a.ttl),
-    };
-    let reply = s
-        .client
-        .call(|mut c| {
-            let req = req.clone();
-            async move { c.login(req).await }
-        })
-        .await
-        .map_err(|e| refused(e, "login"))?;
-    let cas = s
-        .profile
-        .bundle_certs()
-        .map_err(|e| failed(anyhow!("{e}")))?;
-    let profile = profile_from(
-        &td,
-        s.profile.authorities.clone(),
-        &cas,
-        Some(&s.profile),
-        &reply,
-        &key,
-    );
-    // In place by default: an atomic rename, so the old profile stays whole until the new one
-    // is complete.
-    let (out, overwrite) = match &a.out {
-        Some(p) => (p.as_path(), a.force),
-        None => (s.path.as_path(), true),
-    };
-    if !overwrite && out.exists() {
-        return Err(bad_input_msg(format!(
-            "{} exists (use --force to replace it)",
-            out.display()
-        )));
-    }
-    write_profile(out, &profile, overwrite)?;
-    eprintln!(
-        "renewed: {} valid until {}",
-        out.display(),
-        expiry(reply.expires_unix)
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Break-glass: a fresh admin profile from the local node's admin socket (root only).
-pub(crate) async fn admin_profile(a: AdminProfileArgs) -> Outcome {
-    if !a.force && a.out.exists() {
-        return Err(bad_input_msg(format!(
-            "{} exists (use --force to replace it)",
-            a.out.display()
-        )));
-    }
-    let text = ringzero_authority::admin_socket::request_admin_profile(&a.data_dir, a.ttl)
-        .await
-        .map_err(failed)?;
-    let profile = Profile::from_toml(&text)
-        .map_err(|e| failed(anyhow!("the authority sent a bad profile: {e}")))?;
-    write_profile(&a.out, &profile, a.force)?;
-    eprintln!(
-        "admin profile written to {} (0600); this was recorded in the audit log",
-        a.out.display()
-    );
-    println!("{}", a.out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -4,14 +4,20 @@
 //!
 //! # Layout
 //!
-//! - [`AuditEntry`]: one record, whose canonical JSON is the Merkle leaf.
-//! - [`merkle`]: hashing, the O(log n) [`Frontier`], the [`LeafHashes`] store trait,
-//!   the in-memory [`MerkleTree`], inclusion and consistency proofs and their verification.
-//! - [`TreeHead`] / [`SignedTreeHead`]: Ed25519 over a domain-separated message, verified only
-//!   with the caller's pinned [`AuditKeys`].
-//! - [`write_export`] / [`verify_export`]: the export format below.
-//! - [`LeafDigest`]: the bounded digest of a tree's leaves a verifier keeps with the head it
-//!   accepted, so that a later fork is pinned to the first records that differ.
+//! - `entry.rs`: [`AuditEntry`], one record, whose canonical JSON is the Merkle leaf.
+//! - [`merkle`] (`merkle.rs`): hashing, the O(log n) [`Frontier`], the [`LeafHashes`] store
+//!   trait, the in-memory [`MerkleTree`], inclusion and consistency proofs and their
+//!   verification.
+//! - `head.rs`: [`TreeHead`] / [`SignedTreeHead`], Ed25519 over a domain-separated message,
+//!   verified only with the caller's pinned [`AuditKeys`].
+//! - `export/`: [`write_export`] / [`verify_export`], the export format below — `mod.rs` (line
+//!   types, limits, [`ExportOptions`]), `write.rs`, `verify.rs` (the verifier and
+//!   [`VerifyOptions`]), `anchor.rs` (the trusted and remembered heads an export must agree
+//!   with), `read.rs` (bounded lines, the wire form, field parsers), `error.rs`
+//!   ([`ExportError`], [`ExportWriteError`]).
+//! - `digest.rs`: [`LeafDigest`], the bounded digest of a tree's leaves a verifier keeps with
+//!   the head it accepted, so that a later fork is pinned to the first records that differ.
+//! - `fuzzing.rs` (feature `fuzzing`): the `audit_export` fuzz target's entry point.
 //!
 //! # Why not `ct-merkle`
 //!

@@ -284,11 +284,9 @@ pub fn validate_svid(
         }
     })?;
 
-    let not_after = SystemTime::UNIX_EPOCH
-        + Duration::from_secs(u64::try_from(leaf.validity().not_after.timestamp()).unwrap_or(0));
     Ok(ValidatedSvid {
         id,
-        not_after,
+        not_after: not_after(&leaf),
         serial: leaf.raw_serial().to_vec(),
         issuer_authority: issuer.get(),
     })
@@ -303,11 +301,9 @@ pub fn leaf_facts(cert: &[u8], chain_len: usize) -> Result<ValidatedSvid, SvidEr
     }
     let leaf = parse_cert(cert)?;
     let id = leaf_spiffe_id(&leaf)?;
-    let not_after = SystemTime::UNIX_EPOCH
-        + Duration::from_secs(u64::try_from(leaf.validity().not_after.timestamp()).unwrap_or(0));
     Ok(ValidatedSvid {
         id,
-        not_after,
+        not_after: not_after(&leaf),
         serial: leaf.raw_serial().to_vec(),
         issuer_authority: if chain_len == 1 {
             owner_of_name(leaf.issuer())
@@ -315,6 +311,12 @@ pub fn leaf_facts(cert: &[u8], chain_len: usize) -> Result<ValidatedSvid, SvidEr
             None
         },
     })
+}
+
+/// A certificate's `notAfter` (the epoch if it lies before it).
+fn not_after(cert: &X509Certificate<'_>) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::from_secs(u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0))
 }
 
 /// The SPIFFE ID a leaf certificate claims, checked for form only (not validated).

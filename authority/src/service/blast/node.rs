@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use ringzero_policy::{NodeName, Operation};
 use ringzero_proto::pb;
 
-use super::{entry_identity, invalid, ms, node_status_name, own_identity, right};
+use super::{
+    entry_identity, invalid, live_capabilities, live_svids, ms, node_status_name, own_identity,
+    right,
+};
 use crate::command::{KeyKind, KeyStatus, NodeStatus};
 use crate::gate::now_ms;
 use crate::service::{AuthorityService, MAX_ENTRY_TTL, status_of};
@@ -46,33 +49,20 @@ impl AuthorityService {
                 )
             })
             .collect();
-        let mut credentials = Vec::new();
-        for (serial, not_after) in r.node_serials(name.as_str()).map_err(status_of)? {
-            if not_after > now {
-                credentials.push(pb::BlastCredential {
-                    kind: "svid".into(),
-                    revoked: r.is_serial_revoked(&serial).map_err(status_of)?,
-                    id: hex::encode(serial),
-                    expires_ms: not_after,
-                });
-            }
-        }
+        let mut credentials =
+            live_svids(r, r.node_serials(name.as_str()).map_err(status_of)?, now)?;
         let svid_until = credentials
             .iter()
             .filter(|c| !c.revoked)
             .map(|c| c.expires_ms)
             .max()
             .unwrap_or(0);
-        for (rid, rec) in r.mints_for_subject(&id.to_string()).map_err(status_of)? {
-            if rec.expires_ms > now {
-                credentials.push(pb::BlastCredential {
-                    kind: "capability".into(),
-                    revoked: r.is_revoked(&rid).map_err(status_of)?,
-                    id: hex::encode(rid),
-                    expires_ms: rec.expires_ms,
-                });
-            }
-        }
+        let mints = r.mints_for_subject(&id.to_string()).map_err(status_of)?;
+        credentials.extend(live_capabilities(
+            r,
+            mints.into_iter().map(|(rid, rec)| (rid, rec.expires_ms)),
+            now,
+        )?);
         // A node's capability is bound to its SVID, and the gate honours only the serials
         // recorded for an active node: once it is cut off, the capability is worth nothing.
         let until_ms = credentials

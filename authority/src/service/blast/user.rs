@@ -4,8 +4,8 @@ use ringzero_policy::{NodeName, Operation};
 use ringzero_proto::pb;
 
 use super::{
-    MAX_LISTED, claimable, descendants, describe_mints, invalid, own_identity,
-    parse_rights_summary, right,
+    MAX_LISTED, claimable, descendants, describe_mints, invalid, live_capabilities, live_svids,
+    own_identity, parse_rights_summary, right,
 };
 use crate::StateReader;
 use crate::gate::now_ms;
@@ -63,27 +63,13 @@ impl AuthorityService {
         }
 
         // Its own credentials, as recorded at issue.
-        let mut credentials = Vec::new();
-        for (serial, not_after) in r.user_serials(name.as_str()).map_err(status_of)? {
-            if not_after > now {
-                credentials.push(pb::BlastCredential {
-                    kind: "svid".into(),
-                    revoked: r.is_serial_revoked(&serial).map_err(status_of)?,
-                    id: hex::encode(serial),
-                    expires_ms: not_after,
-                });
-            }
-        }
-        for (rid, expires) in r.user_tokens(name.as_str()).map_err(status_of)? {
-            if expires > now {
-                credentials.push(pb::BlastCredential {
-                    kind: "capability".into(),
-                    revoked: r.is_revoked(&rid).map_err(status_of)?,
-                    id: hex::encode(rid),
-                    expires_ms: expires,
-                });
-            }
-        }
+        let mut credentials =
+            live_svids(r, r.user_serials(name.as_str()).map_err(status_of)?, now)?;
+        credentials.extend(live_capabilities(
+            r,
+            r.user_tokens(name.as_str()).map_err(status_of)?,
+            now,
+        )?);
 
         // Delegations others minted for it: more rights, bound to its SVID too.
         let held_records: Vec<(Vec<u8>, MintRecord)> = r

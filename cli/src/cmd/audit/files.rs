@@ -13,10 +13,11 @@ use ringzero_policy::audit::{
     AuditKeys, ExportError, LeafDigest, SignedTreeHead, VerifyOptions, verify_export_with,
 };
 
+use super::args::AuditVerifyArgs;
 use super::memory::{Remembered, load_remembered, remembered_path, save_remembered};
 use super::{FileSummary, Summary, export_failed, load_profile, pinned_keys};
-use crate::cli::{AuditVerifyArgs, GlobalArgs};
-use crate::cmd::{Failure, Outcome, bad_input, bad_input_msg, failed};
+use crate::cli::GlobalArgs;
+use crate::failure::{Failure, Outcome, bad_input, bad_input_msg, failed};
 
 pub(super) fn verify_files_cmd(global: &GlobalArgs, a: &AuditVerifyArgs) -> Outcome {
     let (path, profile) = load_profile(global)?;

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use ringzero_policy::audit::{Hash, LeafDigest, SignedTreeHead, TreeHead};
 use serde::{Deserialize, Serialize};
 
-use super::super::{Failure, failed};
+use crate::failure::{Failure, failed};
 use crate::input::{read_bounded, write_file};
 
 /// What `verify` remembers of the head it accepted last.

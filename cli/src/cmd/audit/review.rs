@@ -9,12 +9,12 @@ use ringzero_policy::audit::{AuditEntry, Decision};
 use ringzero_proto::pb;
 
 use super::super::session::{print_table, refused, session};
-use super::super::{Failure, Outcome, bad_input_msg, failed};
-use super::{format_ms, stream};
-use crate::cli::{
+use super::args::{
     AuditDecisionArg, AuditExportArgs, AuditFormat, AuditQueryArgs, AuditTailArgs, AuditTime,
-    GlobalArgs,
 };
+use super::{format_ms, stream};
+use crate::cli::GlobalArgs;
+use crate::failure::{Failure, Outcome, bad_input_msg, failed};
 
 /// The most records one `QueryAudit` call returns.
 const MAX_PAGE: u32 = 10_000;

@@ -17,7 +17,7 @@ use ringzero_proto::pb;
 use tokio::sync::mpsc;
 
 use super::super::session::{Session, explain, refused};
-use super::super::{Failure, bad_input_msg, failed};
+use crate::failure::{Failure, bad_input_msg, failed};
 
 /// How long a stream may stay silent before the command gives up on it.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -10,11 +10,12 @@ use ringzero_policy::audit::{
 };
 use ringzero_proto::client::AuditKeyPin;
 
+use super::args::{AuditTime, parse_audit_time};
 use super::files::verify_files;
 use super::memory::{Remembered, load_remembered, remembered_path, save_remembered};
 use super::review::{resolve, row, truncate};
 use super::*;
-use crate::cli::{AuditTime, Cli, Command, parse_audit_time};
+use crate::cli::{Cli, Command};
 use crate::cmd::session::render_table;
 
 fn key() -> Ed25519KeyPair {
@@ -410,7 +411,7 @@ fn flags_parse_and_bad_ones_exit_2() {
     .unwrap() else {
         panic!("not query")
     };
-    assert_eq!(q.decision, Some(crate::cli::AuditDecisionArg::Deny));
+    assert_eq!(q.decision, Some(super::args::AuditDecisionArg::Deny));
     assert_eq!(q.limit, 5);
     let AuditCommand::Tail(t) = parse(&["audit", "tail", "-f", "-n", "3"]).unwrap() else {
         panic!("not tail")

@@ -1,0 +1,212 @@
+//! Applying the sync stream's events: entries held (parsed once) and dropped, bundle and
+//! authority-address updates, and the state saved for a restart.
+
+use std::sync::Arc;
+
+use ringzero_policy::selector::Selector;
+use ringzero_policy::svid::TrustBundle;
+use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_proto::client::{AuthorityClient, bundle_cas};
+use ringzero_proto::pb;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::sync::ClientSetup;
+use super::{Agent, CHANGE_DELAY, Held, Ready};
+use crate::error::AgentError;
+use crate::state::{AgentState, StoredEntry};
+
+impl Agent {
+    /// Holds `entry` (new or changed) and schedules its issuance now.
+    pub(super) fn hold(&mut self, entry: StoredEntry) {
+        let parsed = parse_entry(&entry, &self.td);
+        let id = entry.id.clone();
+        if let Err(e) = &parsed {
+            warn!(entry = %id, error = %e, "registration entry not usable; no SVID issued");
+            self.cache.remove(&id);
+            self.unschedule(&id);
+        } else {
+            self.schedule(&id, Instant::now() + CHANGE_DELAY);
+        }
+        self.entries.insert(
+            id,
+            Held {
+                entry,
+                parsed: parsed.ok(),
+            },
+        );
+    }
+
+    fn drop_entry(&mut self, id: &str) {
+        self.entries.remove(id);
+        self.unschedule(id);
+        if self.cache.remove(id) {
+            info!(entry = %id, "registration entry removed; identity dropped");
+        }
+    }
+
+    pub(super) async fn apply(&mut self, ev: pb::SyncEntriesEvent) -> Result<(), AgentError> {
+        if let Some(b) = &ev.bundle {
+            self.apply_bundle(b);
+        }
+        self.revocations.heard();
+        if let Some(r) = &ev.revocations {
+            let n = self.revocations.replace(r);
+            info!(revocations = n, "revoked capabilities updated");
+        }
+        for e in ev.upserts {
+            if let Some(seen) = &mut self.full_sync {
+                seen.insert(e.id.clone());
+            }
+            let stored = StoredEntry {
+                id: e.id,
+                spiffe_id: e.spiffe_id,
+                selectors: e.selectors,
+                ttl_seconds: e.ttl_seconds,
+                dns_names: e.dns_names,
+                revision: e.revision,
+                created_revision: e.created_revision,
+            };
+            let unchanged = self.entries.get(&stored.id).is_some_and(|h| {
+                h.entry == stored && self.cache.snapshot().identity(&stored.id).is_some()
+            });
+            if !unchanged {
+                debug!(entry = %stored.id, revision = stored.revision, "entry changed");
+                self.hold(stored);
+            }
+        }
+        for id in &ev.removed {
+            self.drop_entry(id);
+        }
+        if ev.synced
+            && let Some(seen) = self.full_sync.take()
+        {
+            let stale: Vec<String> = self
+                .entries
+                .keys()
+                .filter(|id| !seen.contains(*id))
+                .cloned()
+                .collect();
+            for id in stale {
+                self.drop_entry(&id);
+            }
+        }
+        if ev.revision != 0 {
+            self.revision = ev.revision;
+        }
+        self.save_state()?;
+        if ev.synced && !self.synced {
+            self.synced = true;
+            info!(
+                node = %self.node,
+                revision = self.revision,
+                entries = self.entries.len(),
+                "entries synced"
+            );
+            self.issue_due().await?;
+            if let Some(tx) = self.ready.take() {
+                let _ = tx.send(Ready {
+                    node: self.node.clone(),
+                    spiffe_id: self.node_id.clone(),
+                    entries: self.entries.len(),
+                    identities: self.cache.snapshot().identities().count(),
+                    socket: self.socket.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_bundle(&mut self, b: &pb::Bundle) {
+        let cas = bundle_cas(b);
+        if cas.is_empty() {
+            warn!("the authority sent an empty bundle; keeping the current one");
+            return;
+        }
+        if TrustBundle::new(self.td.clone(), cas.clone()).is_err() {
+            warn!("the authority sent an unusable bundle; keeping the current one");
+            return;
+        }
+        let addrs: Vec<String> = b.members.iter().map(|m| m.address.clone()).collect();
+        let addrs_changed = !addrs.is_empty() && addrs != self.addrs;
+        if cas == self.creds.bundle && !addrs_changed {
+            return;
+        }
+        info!(cas = cas.len(), "trust bundle updated");
+        self.cache.set_bundle(self.td.clone(), cas.clone());
+        self.creds.bundle = cas;
+        if addrs_changed {
+            info!(authorities = %addrs.join(","), "authority addresses updated");
+            self.addrs = addrs;
+        }
+        if let Err(e) = self.dir.save_credentials(&self.creds, &self.addrs) {
+            warn!(error = %e, "could not persist the new bundle");
+        }
+        self.refresh_clients();
+    }
+
+    fn save_state(&self) -> Result<(), AgentError> {
+        self.dir.save_state(&AgentState {
+            node: self.node.clone(),
+            trust_domain: self.td.to_string(),
+            authorities: self.addrs.clone(),
+            revision: self.revision,
+            entries: self.entries.values().map(|h| h.entry.clone()).collect(),
+        })
+    }
+
+    /// Rebuilds this loop's client and hands the sync task the new setup.
+    pub(super) fn refresh_clients(&mut self) {
+        match self.creds.client_credentials() {
+            Ok(c) => self.client = AuthorityClient::new(c, self.addrs.clone()),
+            Err(e) => warn!(error = %e, "new credentials unusable; keeping the old client"),
+        }
+        let _ = self.setup_tx.send(Arc::new(ClientSetup {
+            creds: self.creds.clone(),
+            addrs: self.addrs.clone(),
+        }));
+    }
+}
+
+fn parse_entry(e: &StoredEntry, td: &TrustDomain) -> Result<(SpiffeId, Vec<Selector>), String> {
+    let id = SpiffeId::parse(&e.spiffe_id).map_err(|err| format!("SPIFFE ID: {err}"))?;
+    if !id.is_member_of(td) {
+        return Err(format!("{id} is not in trust domain {td}"));
+    }
+    let selectors: Result<Vec<Selector>, _> =
+        e.selectors.iter().map(|s| Selector::parse(s)).collect();
+    let selectors = selectors.map_err(|err| format!("selector: {err}"))?;
+    if selectors.is_empty() {
+        return Err("no selector".into());
+    }
+    Ok((id, selectors))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn entries_parse_or_are_held_unusable() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let mut e = StoredEntry {
+            id: "e".into(),
+            spiffe_id: "spiffe://example.org/ns/a".into(),
+            selectors: vec!["unix:uid:1000".into()],
+            ttl_seconds: 3600,
+            dns_names: vec![],
+            revision: 1,
+            created_revision: 1,
+        };
+        assert!(parse_entry(&e, &td).is_ok());
+        e.spiffe_id = "spiffe://other.org/ns/a".into();
+        assert!(parse_entry(&e, &td).is_err());
+        e.spiffe_id = "spiffe://example.org/ns/a".into();
+        e.selectors = vec!["bogus".into()];
+        assert!(parse_entry(&e, &td).is_err());
+        e.selectors = vec![];
+        assert!(parse_entry(&e, &td).is_err());
+    }
+}

@@ -1,0 +1,293 @@
+//! `ringzero agent run`: enrollment, the node SVID's renewal, the entry sync, workload SVID
+//! issuance and rotation, and the Workload API, until shutdown or until an operator must act.
+//!
+//! - **Node SVID**: renewed at half-life (± 10 %) with a fresh key through `RenewNode`; the new
+//!   key, SVID, token and bundle replace the old ones in one atomic write.
+//! - **Sync**: one `SyncEntries` stream, resumed from the last revision after every reconnect
+//!   (a task of its own, following leader changes through the client's address list). Bundle
+//!   changes arrive on the same stream.
+//! - **Issuance**: every entry needing an SVID (new, changed, or due for rotation) is batched
+//!   into `MintSvids` calls of at most [`MINT_BATCH`] CSRs; keys never leave this process.
+//!   Each SVID then has its own timer at half-life ± 10 % of its actual validity.
+//! - **Errors**: eviction, a ban or an expired node SVID stop the agent with the recovery
+//!   recipe ([`AgentError`]); anything else is retried with backoff while the cache keeps
+//!   serving.
+//!
+//! # Layout
+//!
+//! - this file: [`AgentConfig`], [`Ready`], [`run`] (startup and shutdown), the agent's state
+//!   and its main loop.
+//! - `startup.rs`: the stored credentials, or enrollment on the first start.
+//! - `entries.rs`: applying sync events: entries held and dropped, the bundle, the saved state.
+//! - `issuance.rs`: workload SVIDs: their timers and batched `MintSvids` calls.
+//! - `renewal.rs`: the node SVID's renewal.
+//! - `sync.rs`: the `SyncEntries` stream task.
+//! - `backoff.rs`: exponential backoff with jitter.
+
+mod backoff;
+mod entries;
+mod issuance;
+mod renewal;
+mod startup;
+mod sync;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ringzero_policy::selector::Selector;
+use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_proto::client::{AuthorityClient, ClientError, FirstContact};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use self::backoff::Backoff;
+use self::sync::{ClientSetup, SyncMsg, sync_task};
+use crate::cache::SvidCache;
+use crate::error::{AgentError, RecoveryHint, Verdict, classify};
+use crate::rotation::Validity;
+use crate::state::{DataDir, NodeCredentials, StoredEntry};
+use crate::workload;
+
+/// The most CSRs in one `MintSvids` call.
+pub(crate) const MINT_BATCH: usize = 256;
+/// How long before retrying an SVID the authority refused.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+/// The least time between two issuances for one entry: a guard against reissue loops (an SVID
+/// that is "due" the moment it arrives).
+const MIN_REISSUE: Duration = Duration::from_secs(1);
+/// A new or changed entry waits this long before issuance, so that a burst of changes (a
+/// deployment creating many entries) shares one `MintSvids` call.
+const CHANGE_DELAY: Duration = Duration::from_millis(50);
+/// Timers due within this window are served in the same batch.
+const COALESCE: Duration = Duration::from_millis(250);
+
+/// What `agent run` is told.
+#[derive(Debug)]
+pub struct AgentConfig {
+    /// Authority addresses (host:port). Empty: the ones stored at enrollment.
+    pub authorities: Vec<String>,
+    /// The data directory (created; mode `0711`, files `0600`).
+    pub data_dir: PathBuf,
+    /// The Workload API socket; default `<data_dir>/workload.sock`.
+    pub socket: Option<PathBuf>,
+    /// How to enroll when the data directory holds no credentials yet. Ignored once enrolled.
+    pub join: Option<FirstContact>,
+}
+
+/// Reported once: the Workload API serves and the first sync (and the SVIDs it called for)
+/// completed.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    pub node: String,
+    pub spiffe_id: SpiffeId,
+    /// Registration entries parented to this node.
+    pub entries: usize,
+    /// Identities in the cache (entries with an SVID).
+    pub identities: usize,
+    pub socket: PathBuf,
+}
+
+/// Runs the agent until `shutdown` completes (`Ok`) or an operator must act (`Err`).
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    run_with_ready(config, None, shutdown).await
+}
+
+/// [`run`], sending [`Ready`] on `ready` once the socket serves and the first sync completed.
+pub async fn run_with_ready(
+    config: AgentConfig,
+    ready: Option<oneshot::Sender<Ready>>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    let dir = DataDir::open(&config.data_dir)?;
+    let socket = config
+        .socket
+        .clone()
+        .unwrap_or_else(|| dir.default_socket());
+
+    // 1. Credentials: stored, or enroll now.
+    let (node, creds, addrs) = startup::load_or_enroll(&dir, &config).await?;
+    if addrs.is_empty() {
+        return Err(AgentError::Config(
+            "no authority address (--authority ADDR[,ADDR…])".into(),
+        ));
+    }
+    let hint = RecoveryHint {
+        node: node.clone(),
+        data_dir: dir.path().to_path_buf(),
+        authorities: addrs.join(","),
+    };
+    let td = creds.trust_domain.clone();
+    let node_id = td
+        .id_with_path(&["ringzero", "node", node.as_str()])
+        .map_err(|e| AgentError::Corrupt(e.to_string()))?;
+    let node_validity = creds
+        .chain
+        .first()
+        .and_then(|c| Validity::of(c, SystemTime::now()))
+        .ok_or_else(|| AgentError::Corrupt("the node SVID does not parse".into()))?;
+    if node_validity.expired_at(SystemTime::now()) {
+        return Err(AgentError::Expired(hint));
+    }
+
+    // 2. What was synced before the restart (only if it was this node's).
+    let (entries, revision) = match dir.load_state()? {
+        Some(s) if s.node == node && s.trust_domain == td.as_str() => (s.entries, s.revision),
+        _ => (Vec::new(), 0),
+    };
+
+    // 3. The Workload API, from the start: clients get "no identity issued" until the first
+    //    sync fills the cache, and retry.
+    let cache = SvidCache::new();
+    cache.set_bundle(td.clone(), creds.bundle.clone());
+    let listener = workload::bind(&socket).await?;
+    info!(socket = %socket.display(), "Workload API listening");
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = tokio::spawn(workload::serve_listener(
+        listener,
+        cache.clone(),
+        crate::attest::Attestor::new(),
+        workload::Limits::default(),
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    ));
+
+    // 4. The sync stream in its own task, the rest here.
+    let setup = Arc::new(ClientSetup {
+        creds: creds.clone(),
+        addrs: addrs.clone(),
+    });
+    let (setup_tx, setup_rx) = watch::channel(setup);
+    let (sync_tx, sync_rx) = mpsc::channel(64);
+    let sync = tokio::spawn(sync_task(setup_rx, revision, sync_tx, hint.clone()));
+
+    let mut agent = Agent {
+        client: AuthorityClient::new(creds.client_credentials()?, addrs.clone()),
+        dir,
+        hint,
+        node,
+        node_id,
+        td,
+        creds,
+        addrs,
+        node_validity,
+        node_renew_at: Instant::now(),
+        node_backoff: Backoff::default(),
+        mint_backoff: Backoff::default(),
+        setup_tx,
+        cache,
+        entries: BTreeMap::new(),
+        revision,
+        timers: BTreeSet::new(),
+        due: HashMap::new(),
+        full_sync: None,
+        synced: false,
+        ready,
+        revocations: crate::revocations::RevocationSet::new(),
+        socket,
+    };
+    agent.schedule_node_renewal();
+    for e in entries {
+        agent.hold(e);
+    }
+
+    let result = tokio::select! {
+        r = agent.run(sync_rx) => r,
+        () = shutdown => Ok(()),
+    };
+    sync.abort();
+    let _ = stop_tx.send(true);
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "Workload API stopped with an error"),
+        Err(e) => warn!(error = %e, "Workload API task failed"),
+    }
+    if let Err(e) = &result {
+        error!(error = %e, "agent stopped");
+    } else {
+        info!("agent stopped");
+    }
+    result
+}
+
+/// A registration entry as held: stored form plus what it parses to (`None` when it does not
+/// parse: held, persisted, never issued).
+struct Held {
+    entry: StoredEntry,
+    parsed: Option<(SpiffeId, Vec<Selector>)>,
+}
+
+struct Agent {
+    dir: DataDir,
+    hint: RecoveryHint,
+    node: String,
+    node_id: SpiffeId,
+    td: TrustDomain,
+    creds: NodeCredentials,
+    addrs: Vec<String>,
+    client: AuthorityClient,
+    node_validity: Validity,
+    node_renew_at: Instant,
+    node_backoff: Backoff,
+    mint_backoff: Backoff,
+    setup_tx: watch::Sender<Arc<ClientSetup>>,
+    cache: SvidCache,
+    entries: BTreeMap<String, Held>,
+    revision: u64,
+    /// Issuance timers: (when, entry id), and each entry's current one.
+    timers: BTreeSet<(Instant, String)>,
+    due: HashMap<String, Instant>,
+    /// During a sync from revision 0: the entries seen so far; on `synced`, every other held
+    /// entry is dropped.
+    full_sync: Option<HashSet<String>>,
+    synced: bool,
+    ready: Option<oneshot::Sender<Ready>>,
+    socket: PathBuf,
+    /// Revoked capabilities, followed from the feed, for the node's verifiers.
+    revocations: crate::revocations::RevocationSet,
+}
+
+impl Agent {
+    async fn run(&mut self, mut sync_rx: mpsc::Receiver<SyncMsg>) -> Result<(), AgentError> {
+        loop {
+            let next = self.timers.first().map(|(t, _)| *t);
+            tokio::select! {
+                msg = sync_rx.recv() => match msg {
+                    Some(SyncMsg::Reset) => self.full_sync = Some(HashSet::new()),
+                    Some(SyncMsg::Event(ev)) => self.apply(ev).await?,
+                    Some(SyncMsg::Fatal(e)) => return Err(e),
+                    None => return Err(AgentError::Corrupt("the sync task ended".into())),
+                },
+                () = tokio::time::sleep_until(self.node_renew_at) => self.renew_node().await?,
+                () = sleep_until_opt(next), if self.synced && next.is_some() => {
+                    self.issue_due().await?;
+                }
+            }
+        }
+    }
+
+    /// Stops on a fatal error; logs a transient one.
+    fn verdict(&self, e: &ClientError, doing: &str, retry: Duration) -> Result<(), AgentError> {
+        match classify(e, &self.hint) {
+            Verdict::Fatal(f) => Err(f),
+            Verdict::Retry => {
+                warn!(error = %e, retry_in = ?retry, "{doing} failed; retrying");
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,109 @@
+//! The `SyncEntries` stream, in a task of its own: resumed from the last revision after every
+//! reconnect, following leader changes through the client's address list.
+
+use std::sync::Arc;
+
+use ringzero_proto::client::{AuthorityClient, ClientError};
+use ringzero_proto::pb;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::backoff::Backoff;
+use crate::error::{AgentError, RecoveryHint, Verdict, classify};
+use crate::state::NodeCredentials;
+
+/// What a client of the authority is built from; the sync task rebuilds its client from the
+/// latest one on every reconnect.
+pub(super) struct ClientSetup {
+    pub(super) creds: NodeCredentials,
+    pub(super) addrs: Vec<String>,
+}
+
+pub(super) enum SyncMsg {
+    /// A new connection syncs from revision 0: what follows up to `synced` is the full set.
+    Reset,
+    Event(pb::SyncEntriesEvent),
+    Fatal(AgentError),
+}
+
+pub(super) async fn sync_task(
+    setup: watch::Receiver<Arc<ClientSetup>>,
+    mut since: u64,
+    tx: mpsc::Sender<SyncMsg>,
+    hint: RecoveryHint,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let current = setup.borrow().clone();
+        let mut client = match current.creds.client_credentials() {
+            Ok(c) => AuthorityClient::new(c, current.addrs.clone()),
+            Err(e) => {
+                let _ = tx.send(SyncMsg::Fatal(e)).await;
+                return;
+            }
+        };
+        let from = since;
+        let opened = client
+            .call(move |mut c| async move {
+                c.sync_entries(pb::SyncEntriesRequest {
+                    since_revision: from,
+                })
+                .await
+            })
+            .await;
+        let mut stream = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                if let Verdict::Fatal(f) = classify(&e, &hint) {
+                    let _ = tx.send(SyncMsg::Fatal(f)).await;
+                    return;
+                }
+                if matches!(
+                    e.code(),
+                    Some(tonic::Code::OutOfRange | tonic::Code::FailedPrecondition)
+                ) {
+                    warn!(since, error = %e, "cannot resume the sync; syncing everything again");
+                    since = 0;
+                }
+                let wait = backoff.next();
+                warn!(error = %e, retry_in = ?wait, "entry sync unavailable; retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        info!(since = from, "entry sync connected");
+        if from == 0 && tx.send(SyncMsg::Reset).await.is_err() {
+            return;
+        }
+        let mut caught_up = from != 0;
+        loop {
+            match stream.message().await {
+                Ok(Some(ev)) => {
+                    backoff.reset();
+                    caught_up |= ev.synced;
+                    // A full sync interrupted before `synced` starts over from 0.
+                    if caught_up && ev.revision != 0 {
+                        since = ev.revision;
+                    }
+                    if tx.send(SyncMsg::Event(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    info!("entry sync stream ended; reconnecting");
+                    break;
+                }
+                Err(status) => {
+                    let e = ClientError::from(status);
+                    if let Verdict::Fatal(f) = classify(&e, &hint) {
+                        let _ = tx.send(SyncMsg::Fatal(f)).await;
+                        return;
+                    }
+                    warn!(error = %e, "entry sync stream broke; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}

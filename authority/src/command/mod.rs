@@ -1,0 +1,385 @@
+//! The command set of the security state machine.
+//!
+//! Every command carries its own [`AuditRecord`]: the state change and the record of who asked
+//! for it are one Raft entry, applied in one redb transaction. A [`CommandId`] makes a retried
+//! proposal idempotent: the second application returns the first one's response and changes
+//! nothing.
+//!
+//! # Encoding
+//!
+//! A command is encoded as one version byte followed by the postcard encoding of its body.
+//! Postcard's format is specified and stable; enums are encoded by variant index, so variants
+//! of [`Op`] and its parts are only ever **appended**, never reordered or removed. A change
+//! that cannot be made by appending bumps [`COMMAND_VERSION`] and keeps a decoder for the old
+//! version.
+//!
+//! # Layout
+//!
+//! - this module: the types ([`Command`], [`Batch`], [`Op`] and its parts, [`Response`],
+//!   [`Rejection`], [`Invalid`]) and the [`limits`].
+//! - `encoding.rs`: the versioned wire form of a command and of a batch.
+//! - `validate.rs`: the state-independent checks ([`Command::validate`]).
+//! - `tests.rs`: unit tests.
+
+mod encoding;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Serialize};
+
+use self::encoding::Envelope;
+
+/// A Raft node id. Assigned once when a node joins; never reused.
+pub type NodeId = u64;
+
+/// The current encoding version of [`Command`].
+pub const COMMAND_VERSION: u8 = 1;
+
+/// Bounds on what one command may carry, checked before proposing and again in apply.
+pub mod limits {
+    pub const MAX_NAME: usize = 63;
+    pub const MAX_TEXT: usize = 2048;
+    pub const MAX_SELECTORS: usize = 32;
+    pub const MAX_DNS: usize = 32;
+    pub const MAX_REVOCATIONS: usize = 1024;
+    pub const MAX_KEY: usize = 16 * 1024;
+    pub const MAX_RIGHTS: usize = 256;
+    pub const MAX_DETAILS: usize = 32;
+}
+
+/// A random id chosen by the proposer; retries of one request reuse it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CommandId(pub [u8; 16]);
+
+impl CommandId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 16];
+        // SystemRandom fails only if the OS has no entropy source; an all-zero id then still
+        // works, it only loses idempotency protection against a colliding retry.
+        let _ = ring::rand::SystemRandom::new().fill(&mut b);
+        Self(b)
+    }
+}
+
+/// One proposal to the state machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "Envelope", try_from = "Envelope")]
+pub struct Command {
+    pub id: CommandId,
+    /// The proposer's clock, in unix milliseconds. Apply decides expiry with this value, never
+    /// with its own clock, so every replica decides the same.
+    pub time_ms: u64,
+    pub audit: AuditRecord,
+    pub op: Op,
+}
+
+/// What one Raft entry carries: one or more commands, applied in order in the entry's
+/// transaction, each with its own audit record and response. A leader groups concurrent
+/// proposals into one entry ([`crate::Proposer`]), so one log append and one fsync per node
+/// serve many commands.
+///
+/// Encoded as version byte 2 and the postcard encoding of the commands; an entry of version 1
+/// (a single command) decodes as a batch of one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "Envelope", try_from = "Envelope")]
+pub struct Batch(pub Vec<Command>);
+
+/// The encoding version of [`Batch`].
+pub const BATCH_VERSION: u8 = 2;
+
+/// The most commands one batch may carry.
+pub const MAX_BATCH: usize = 256;
+
+impl Batch {
+    /// A batch of one command.
+    pub fn one(cmd: Command) -> Self {
+        Self(vec![cmd])
+    }
+}
+
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch of {} command(s)", self.0.len())
+    }
+}
+
+/// What happened, for the audit log. Never holds a secret: tokens appear as revocation ids,
+/// join secrets not at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// The SPIFFE ID of the caller (its mTLS identity), or `local:<what>` for local acts.
+    pub actor: String,
+    /// Revocation ids (hex) of the capability the caller presented, authority block first.
+    pub revocation_ids: Vec<String>,
+    pub operation: String,
+    pub resource: String,
+    pub decision: AuditDecision,
+    /// For a denial, the check that failed.
+    pub reason: Option<String>,
+    /// The authority node that handled the request.
+    pub authority: NodeId,
+    pub request_id: String,
+    /// Extra facts of the act (serials, key hashes, not-after…).
+    pub details: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditDecision {
+    Allow,
+    Deny,
+}
+
+/// The state change. Variants are append-only (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// No state change: the audit record is the whole point (reads, denials, releases).
+    AuditOnly,
+    /// Publish a public key of an authority node into the trust bundle. Raft assigns its id.
+    PublishKey {
+        authority: NodeId,
+        kind: KeyKind,
+        public_der: Vec<u8>,
+        not_after_ms: u64,
+    },
+    /// Change a key's status (published → active → retired, or compromised).
+    SetKeyStatus {
+        key_id: u64,
+        status: KeyStatus,
+    },
+    /// Record an authority member (on join) or its new address.
+    PutAuthority {
+        node_id: NodeId,
+        name: String,
+        addr: String,
+    },
+    /// Forget an authority member.
+    RemoveAuthority {
+        node_id: NodeId,
+    },
+    /// Store a one-time join token: only the SHA-256 of its secret.
+    IssueJoinToken {
+        token_id: [u8; 16],
+        secret_sha256: [u8; 32],
+        node_name: String,
+        purpose: JoinPurpose,
+        expires_ms: u64,
+    },
+    /// Redeem a join token: compare-and-set inside apply, so of two racing redemptions exactly
+    /// one succeeds. Carries the SHA-256 of the presented secret, never the secret.
+    RedeemJoinToken {
+        token_id: [u8; 16],
+        presented_sha256: [u8; 32],
+        node_name: String,
+    },
+    /// Set an agent node's status (enrolled → active; evicted; banned).
+    SetNodeStatus {
+        name: String,
+        status: NodeStatus,
+    },
+    /// Create or replace a registration entry; apply assigns the revision.
+    PutEntry {
+        entry: RegistrationEntry,
+    },
+    DeleteEntry {
+        id: String,
+    },
+    PutUser {
+        user: User,
+    },
+    RemoveUser {
+        name: String,
+    },
+    PutRole {
+        role: RoleDef,
+    },
+    RemoveRole {
+        name: String,
+    },
+    /// Revoke token blocks until `expires_ms` (when the tokens would have expired anyway).
+    Revoke {
+        ids: Vec<Vec<u8>>,
+        expires_ms: u64,
+    },
+    /// Drop revocations, join tokens and idempotency records past their expiry.
+    PurgeExpired,
+    /// Drop the live audit records before `up_to` (the caller holds them in a sealed, signed
+    /// export whose root the leader checked); the tree keeps their hashes.
+    SealAudit {
+        up_to: u64,
+    },
+    /// Record an SVID issued to (or for a workload of) an agent node, before it is released;
+    /// refused when the node is no longer active. Evicting or banning the node revokes every
+    /// serial recorded for it that has not expired.
+    IssueSvid {
+        node: String,
+        serial: Vec<u8>,
+        not_after_ms: u64,
+    },
+    /// Store a one-time user invite: a join token of purpose [`JoinPurpose::User`] (only the
+    /// SHA-256 of its secret, named for the user) and the user it creates when redeemed
+    /// (role, namespace). Redeeming it with [`Op::RedeemJoinToken`] creates the user in the
+    /// same transaction as the compare-and-set.
+    IssueUserInvite {
+        token_id: [u8; 16],
+        secret_sha256: [u8; 32],
+        user: User,
+        expires_ms: u64,
+    },
+    /// Record credentials issued to a user (its SVID serial and its capability's revocation
+    /// ids, each with its expiry) before they are released; refused when the user does not
+    /// exist (removed meanwhile). Removing the user revokes every unexpired one.
+    IssueUserCredential {
+        user: String,
+        serial: Vec<u8>,
+        not_after_ms: u64,
+        revocation_ids: Vec<Vec<u8>>,
+        expires_ms: u64,
+    },
+    /// Suspend or resume a user without deleting it: while suspended its certificates open
+    /// nothing, it cannot renew, and no token it minted (or one minted from those) is honoured.
+    SetUserSuspended {
+        name: String,
+        suspended: bool,
+    },
+    /// Record a capability the cluster minted, before it is released: its authority block's
+    /// revocation id, the revocation ids of the token presented to mint it (its lineage:
+    /// revoking any of them revokes it too), who minted it, for whom, and until when. Refused
+    /// when one of the parents is already revoked.
+    RecordMint {
+        id: Vec<u8>,
+        parents: Vec<Vec<u8>>,
+        minter: String,
+        subject: String,
+        expires_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyKind {
+    X509Ca,
+    Biscuit,
+    Jwt,
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyStatus {
+    /// In the bundle, not yet used: verifiers learn it before anything it signs appears.
+    Published,
+    /// Used to sign.
+    Active,
+    /// No longer used; kept until what it signed has expired.
+    Retired,
+    /// Dropped from the bundle at once: nothing it signed verifies.
+    Compromised,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinPurpose {
+    Agent,
+    Authority,
+    /// A user invite: `node_name` is the user's name.
+    User,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeStatus {
+    Active,
+    Evicted,
+    Banned,
+}
+
+/// Maps selectors on a given parent node to a SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationEntry {
+    pub id: String,
+    pub spiffe_id: String,
+    /// The node name of the agent allowed to obtain this identity.
+    pub parent: String,
+    pub selectors: Vec<String>,
+    pub ttl_s: u32,
+    pub dns_names: Vec<String>,
+    /// Assigned by apply; ignored in proposals.
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: String,
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleDef {
+    pub name: String,
+    /// (operation, resource prefix)
+    pub rights: Vec<(String, String)>,
+}
+
+/// What apply returns for a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The sequence number of the command's audit record.
+    pub audit_seq: u64,
+    pub outcome: Outcome,
+    /// True when this is the stored response of an earlier application of the same id.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    /// The id Raft assigned to a published key.
+    KeyId(u64),
+    /// The revision assigned to an entry change.
+    Revision(u64),
+    /// The command was valid but refused by the state (recorded in the audit log as such).
+    Rejected(Rejection),
+}
+
+/// Why apply refused a command. The refusal is deterministic: every replica refuses alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("invalid command: {0}")]
+    Invalid(String),
+    #[error("not found")]
+    NotFound,
+    #[error("join token unknown")]
+    JoinTokenUnknown,
+    #[error("join token already used")]
+    JoinTokenUsed,
+    #[error("join token expired")]
+    JoinTokenExpired,
+    #[error("join token secret does not match")]
+    JoinTokenMismatch,
+    #[error("join token was issued for another node name")]
+    JoinTokenWrongName,
+    #[error("node name is banned")]
+    Banned,
+    #[error("the node is not active (evicted or banned)")]
+    NodeInactive,
+    /// An invite names a user that was created meanwhile (by `AddUser` or another invite):
+    /// redeeming it must not change that user's role.
+    #[error("the invited user already exists")]
+    UserExists,
+    /// A token was to be minted from a capability revoked meanwhile.
+    #[error("the capability it was minted from is revoked")]
+    ParentRevoked,
+    /// The user is suspended.
+    #[error("the user is suspended")]
+    UserSuspended,
+}
+
+/// Why a command is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(m: impl Into<String>) -> Invalid {
+    Invalid(m.into())
+}

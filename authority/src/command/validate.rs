@@ -1,0 +1,189 @@
+//! The checks that do not depend on state, run before proposing and again in apply.
+
+use ringzero_policy::{NodeName, Operation, Resource, SpiffeId};
+
+use super::{Command, Invalid, Op, RegistrationEntry, User, invalid, limits};
+
+fn check_len(what: &str, s: &str, max: usize) -> Result<(), Invalid> {
+    if s.len() > max {
+        return Err(invalid(format!("{what} longer than {max} bytes")));
+    }
+    Ok(())
+}
+
+fn check_node_name(s: &str) -> Result<(), Invalid> {
+    NodeName::parse(s)
+        .map(|_| ())
+        .map_err(|e| invalid(format!("node name {s:?}: {e}")))
+}
+
+impl Command {
+    /// Checks everything that does not depend on state. Run before proposing and again in
+    /// apply, so a malformed entry that reached the log anyway is refused the same way by every
+    /// replica.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let a = &self.audit;
+        check_len("actor", &a.actor, limits::MAX_TEXT)?;
+        check_len("operation", &a.operation, limits::MAX_TEXT)?;
+        check_len("resource", &a.resource, limits::MAX_TEXT)?;
+        check_len("request id", &a.request_id, limits::MAX_TEXT)?;
+        if let Some(r) = &a.reason {
+            check_len("reason", r, limits::MAX_TEXT)?;
+        }
+        if a.revocation_ids.len() > 64 || a.details.len() > limits::MAX_DETAILS {
+            return Err(invalid("audit record too large"));
+        }
+        for (k, v) in &a.details {
+            check_len("detail", k, 64)?;
+            check_len("detail", v, limits::MAX_TEXT)?;
+        }
+        match &self.op {
+            Op::AuditOnly
+            | Op::PurgeExpired
+            | Op::RemoveAuthority { .. }
+            | Op::SealAudit { .. } => Ok(()),
+            Op::IssueSvid { node, serial, .. } => {
+                check_node_name(node)?;
+                check_serial(serial)
+            }
+            Op::IssueUserInvite { user, .. } => user.validate(),
+            Op::IssueUserCredential {
+                user,
+                serial,
+                revocation_ids,
+                ..
+            } => {
+                check_node_name(user)?;
+                check_serial(serial)?;
+                if revocation_ids.is_empty() || revocation_ids.len() > 64 {
+                    return Err(invalid("a capability has 1 to 64 revocation ids"));
+                }
+                if revocation_ids.iter().any(|i| i.is_empty() || i.len() > 128) {
+                    return Err(invalid("revocation id size"));
+                }
+                Ok(())
+            }
+            Op::PublishKey { public_der, .. } => {
+                if public_der.is_empty() || public_der.len() > limits::MAX_KEY {
+                    return Err(invalid("public key size"));
+                }
+                Ok(())
+            }
+            Op::SetKeyStatus { .. } => Ok(()),
+            Op::PutAuthority { name, addr, .. } => {
+                check_node_name(name)?;
+                check_len("address", addr, 255)
+            }
+            Op::IssueJoinToken { node_name, .. } | Op::RedeemJoinToken { node_name, .. } => {
+                check_node_name(node_name)
+            }
+            Op::SetNodeStatus { name, .. } => check_node_name(name),
+            Op::SetUserSuspended { name, .. } => check_node_name(name),
+            Op::RecordMint {
+                id,
+                parents,
+                minter,
+                subject,
+                ..
+            } => {
+                if id.is_empty() || id.len() > 128 {
+                    return Err(invalid("revocation id size"));
+                }
+                if parents.len() > 64 || parents.iter().any(|p| p.is_empty() || p.len() > 128) {
+                    return Err(invalid("a token has at most 64 parents of 1 to 128 bytes"));
+                }
+                check_len("minter", minter, limits::MAX_TEXT)?;
+                check_len("subject", subject, limits::MAX_TEXT)
+            }
+            Op::PutEntry { entry } => entry.validate(),
+            Op::DeleteEntry { id } => check_entry_id(id),
+            Op::PutUser { user } => user.validate(),
+            Op::RemoveUser { name } | Op::RemoveRole { name } => check_node_name(name),
+            Op::PutRole { role } => {
+                check_node_name(&role.name)?;
+                if role.rights.len() > limits::MAX_RIGHTS {
+                    return Err(invalid("too many rights"));
+                }
+                for (op, prefix) in &role.rights {
+                    op.parse::<Operation>()
+                        .map_err(|e| invalid(e.to_string()))?;
+                    Resource::parse(prefix).map_err(|e| invalid(e.to_string()))?;
+                }
+                Ok(())
+            }
+            Op::Revoke { ids, .. } => {
+                if ids.is_empty() || ids.len() > limits::MAX_REVOCATIONS {
+                    return Err(invalid("revocation count"));
+                }
+                if ids.iter().any(|i| i.is_empty() || i.len() > 128) {
+                    return Err(invalid("revocation id size"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_serial(serial: &[u8]) -> Result<(), Invalid> {
+    if serial.is_empty() || serial.len() > 20 {
+        return Err(invalid("a certificate serial is 1 to 20 bytes"));
+    }
+    Ok(())
+}
+
+impl User {
+    /// Checks the name (a node-name-like segment), the role name and the namespace.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_node_name(&self.name)?;
+        check_len("role", &self.role, limits::MAX_NAME)?;
+        if self.role.is_empty() {
+            return Err(invalid("a user needs a role"));
+        }
+        if let Some(ns) = &self.namespace {
+            check_node_name(ns)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_entry_id(id: &str) -> Result<(), Invalid> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(invalid("entry id must be 1-64 of [A-Za-z0-9-]"));
+    }
+    Ok(())
+}
+
+impl RegistrationEntry {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        check_entry_id(&self.id)?;
+        let id =
+            SpiffeId::parse(&self.spiffe_id).map_err(|e| invalid(format!("spiffe id: {e}")))?;
+        if id.is_reserved() {
+            // `ringzero/…` and `user/…` name principals the authority enrolls itself (authority
+            // members, nodes, users, system services); an entry carrying one would let whoever
+            // selects a process there impersonate that principal.
+            return Err(invalid(format!(
+                "spiffe id {id}: the paths ringzero/… and user/… are reserved for principals \
+                 the authority enrolls itself"
+            )));
+        }
+        check_node_name(&self.parent)?;
+        if self.selectors.is_empty() || self.selectors.len() > limits::MAX_SELECTORS {
+            return Err(invalid("an entry needs 1 to 32 selectors"));
+        }
+        for s in &self.selectors {
+            check_len("selector", s, 512)?;
+            if !s.contains(':') {
+                return Err(invalid(format!("selector {s:?} is not type:value")));
+            }
+        }
+        if self.dns_names.len() > limits::MAX_DNS {
+            return Err(invalid("too many DNS names"));
+        }
+        for d in &self.dns_names {
+            check_len("dns name", d, 253)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,243 @@
+//! A tiny HTTP/1.1 admin server: `/live`, `/ready`, `/metrics` (Prometheus text) and
+//! `/status` (JSON).
+//!
+//! Hand-rolled on purpose: four GET routes do not need an HTTP stack, and a bounded reader is
+//! easy to keep safe — one request per connection, at most [`MAX_REQUEST`] bytes of head,
+//! read within [`REQUEST_TIMEOUT`], at most [`MAX_CONNECTIONS`] at once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::{Inbound, Outbound};
+use crate::identity::Current;
+use crate::metrics::Metrics;
+use crate::proxy::Tracker;
+
+/// The largest request head read.
+const MAX_REQUEST: usize = 8 * 1024;
+/// Bound on reading a request and writing its answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most admin connections served at once.
+const MAX_CONNECTIONS: usize = 32;
+/// Bound on the readiness probe's connection to each inbound target.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the admin routes report on.
+#[derive(Debug)]
+pub(crate) struct AdminState {
+    pub(crate) current: Current,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) inbound: Vec<Inbound>,
+    pub(crate) outbound: Vec<Outbound>,
+    pub(crate) tracker: Arc<Tracker>,
+    /// True once shutdown began.
+    pub(crate) draining: watch::Receiver<bool>,
+}
+
+/// Serves until the task is dropped.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+            return;
+        };
+        let (tcp, _) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(tcp, &state)).await;
+            drop(permit);
+        });
+    }
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+}
+
+async fn answer(mut tcp: TcpStream, state: &AdminState) -> std::io::Result<()> {
+    let head = read_head(&mut tcp).await?;
+    let response = match parse_request_line(&head) {
+        Some(("GET" | "HEAD", path)) => route(path, state).await,
+        Some(_) => Response::text(405, "method not allowed\n"),
+        None => Response::text(400, "bad request\n"),
+    };
+    let reason = match response.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let head_only = head.starts_with(b"HEAD ");
+    let out = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{}",
+        response.status,
+        response.content_type,
+        response.body.len(),
+        if head_only { "" } else { &response.body },
+    );
+    tcp.write_all(out.as_bytes()).await?;
+    tcp.shutdown().await
+}
+
+/// Reads until the end of the request head, at most [`MAX_REQUEST`] bytes.
+async fn read_head(tcp: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf.len() >= MAX_REQUEST {
+            break;
+        }
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.truncate(MAX_REQUEST);
+    Ok(buf)
+}
+
+/// `METHOD SP PATH SP HTTP/1.x` → (method, path without query).
+fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let end = head.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&head[..end]).ok()?;
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    Some((method, path))
+}
+
+async fn route(path: &str, state: &AdminState) -> Response {
+    match path {
+        "/live" => Response::text(200, "live\n"),
+        "/ready" => match not_ready(state).await {
+            None => Response::text(200, "ready\n"),
+            Some(why) => Response::text(503, format!("not ready: {why}\n")),
+        },
+        "/metrics" => {
+            let not_after = state.current.borrow().as_ref().map(|i| i.not_after);
+            Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: state.metrics.render(not_after, SystemTime::now()),
+            }
+        }
+        "/status" => Response {
+            status: 200,
+            content_type: "application/json",
+            body: status(state).to_string(),
+        },
+        _ => Response::text(404, "not found\n"),
+    }
+}
+
+/// Why the sidecar is not ready, if it is not: it must hold an unexpired SVID, not be
+/// draining, and every inbound target must accept a connection.
+async fn not_ready(state: &AdminState) -> Option<String> {
+    if *state.draining.borrow() {
+        return Some("draining".into());
+    }
+    let current = state.current.borrow().clone();
+    match current {
+        None => return Some("no SVID yet".into()),
+        Some(i) if !i.is_current(SystemTime::now()) => return Some("the SVID has expired".into()),
+        Some(_) => {}
+    }
+    for inbound in &state.inbound {
+        let target = (inbound.target.host(), inbound.target.port());
+        match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Some(format!("target {} refuses: {e}", inbound.target)),
+            Err(_) => return Some(format!("target {} does not answer", inbound.target)),
+        }
+    }
+    None
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+fn status(state: &AdminState) -> serde_json::Value {
+    let identity = state.current.borrow().clone();
+    let now = SystemTime::now();
+    serde_json::json!({
+        "svid": identity.as_ref().map(|i| serde_json::json!({
+            "spiffe_id": i.id.as_str(),
+            "serial": crate::identity::hex_serial(&i.serial),
+            "not_after_unix": unix_secs(i.not_after),
+            "expires_in_seconds": i.not_after.duration_since(now).map(|d| d.as_secs()).unwrap_or(0),
+            "trust_domain": i.bundle.trust_domain().as_str(),
+            "bundle_roots": i.bundle.roots().len(),
+        })),
+        "inbound": state.inbound.iter().map(|i| serde_json::json!({
+            "listen": i.listen.to_string(),
+            "target": i.target.to_string(),
+        })).collect::<Vec<_>>(),
+        "outbound": state.outbound.iter().map(|o| serde_json::json!({
+            "listen": o.listen.to_string(),
+            "target": o.target.to_string(),
+            "expect": o.expect.as_str(),
+        })).collect::<Vec<_>>(),
+        "open_connections": state.metrics.open_connections(),
+        "live_connections": state.tracker.live(),
+        "draining": *state.draining.borrow(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(
+            parse_request_line(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(("GET", "/ready"))
+        );
+        assert_eq!(
+            parse_request_line(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Some(("GET", "/metrics"))
+        );
+        for bad in [
+            &b""[..],
+            b"GET /ready\r\n\r\n",
+            b"GET /ready HTTP/2\r\n\r\n",
+            b"GET  /ready HTTP/1.1\r\n\r\n",
+            b"GET /ready HTTP/1.1 extra\r\n\r\n",
+            b"GET /ready HTTP/1.1",
+            b"\xff\xfe /x HTTP/1.1\r\n",
+        ] {
+            assert_eq!(parse_request_line(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! Who may connect: the policy crate's SPIFFE verifiers, wrapped with the sidecar's allow
+//! rules and its refused-serials set, and the classification of every refusal.
+//!
+//! The wrapped verifiers ([`SpiffeClientVerifier`], [`SpiffeServerVerifier`]) check the chain
+//! against the current bundle ([`BundleSource`], replaced on rotation) and the X509-SVID
+//! profile; the wrappers then refuse a revoked serial and an ID no rule allows. Both sets are
+//! read at each handshake, so a change applies to the next connection.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use ringzero_policy::svid::SvidError;
+use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeClientVerifier, SpiffeServerVerifier};
+use ringzero_policy::{SpiffeId, SpiffeIdPattern};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::sync::watch;
+
+/// Serials whose certificates are refused, replaceable at run time (the authority's
+/// revocations are plugged in here). A change refuses the next handshakes and closes the live
+/// connections of a peer whose serial it adds.
+#[derive(Debug, Clone)]
+pub struct RevokedSerials {
+    set: Arc<RwLock<Arc<HashSet<Vec<u8>>>>>,
+    /// Bumped at every change, so that live connections can re-check their peer.
+    generation: Arc<watch::Sender<u64>>,
+}
+
+impl Default for RevokedSerials {
+    fn default() -> Self {
+        Self {
+            set: Arc::default(),
+            generation: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
+
+impl RevokedSerials {
+    /// Replaces the whole set.
+    pub fn replace(&self, serials: HashSet<Vec<u8>>) {
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(serials);
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Adds one serial (big-endian bytes, as in the certificate).
+    pub fn insert(&self, serial: Vec<u8>) {
+        {
+            let mut guard = self.set.write().unwrap_or_else(|p| p.into_inner());
+            let mut set = HashSet::clone(&guard);
+            set.insert(serial);
+            *guard = Arc::new(set);
+        }
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    pub fn contains(&self, serial: &[u8]) -> bool {
+        self.set
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(serial)
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Returns once `serial` is in the set (never, if it never is).
+    pub async fn until_revoked(&self, serial: &[u8]) {
+        let mut changes = self.generation.subscribe();
+        loop {
+            if self.contains(serial) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Which peer IDs an inbound listener admits, replaceable at run time (authority policies
+/// will be merged in here).
+#[derive(Debug, Clone)]
+pub struct AllowList(Arc<RwLock<Arc<Allow>>>);
+
+/// The rules in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allow {
+    /// Any workload of the bundle's trust domain (explicit opt-in).
+    AnyInTrustDomain,
+    /// IDs matching one of these patterns.
+    OneOf(Vec<SpiffeIdPattern>),
+}
+
+impl AllowList {
+    pub fn new(allow: Allow) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(allow))))
+    }
+
+    pub fn replace(&self, allow: Allow) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(allow);
+    }
+
+    pub fn allows(&self, id: &SpiffeId) -> bool {
+        match &**self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Allow::AnyInTrustDomain => true,
+            Allow::OneOf(patterns) => patterns.iter().any(|p| p.matches(id)),
+        }
+    }
+}
+
+/// Why a connection was refused at the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The client presented no certificate.
+    NoCertificate,
+    /// The chain does not lead to a CA of the bundle.
+    UntrustedCa,
+    /// The SVID names a workload of another trust domain.
+    WrongTrustDomain,
+    /// The SPIFFE ID is valid but no rule allows it (or, outbound, it is not the expected one).
+    NotAllowed,
+    /// The certificate's serial is revoked.
+    Revoked,
+    /// The certificate is outside its validity period (expired, or not yet valid).
+    Expired,
+    /// The certificate is not a well-formed X509-SVID.
+    BadCertificate,
+    /// The TLS handshake failed for another reason (protocol error, peer hung up, the peer
+    /// refused us, timeout).
+    Handshake,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 8] = [
+        Refusal::NoCertificate,
+        Refusal::UntrustedCa,
+        Refusal::WrongTrustDomain,
+        Refusal::NotAllowed,
+        Refusal::Revoked,
+        Refusal::Expired,
+        Refusal::BadCertificate,
+        Refusal::Handshake,
+    ];
+
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NoCertificate => "no_certificate",
+            Refusal::UntrustedCa => "untrusted_ca",
+            Refusal::WrongTrustDomain => "wrong_trust_domain",
+            Refusal::NotAllowed => "id_not_allowed",
+            Refusal::Revoked => "revoked",
+            Refusal::Expired => "expired",
+            Refusal::BadCertificate => "bad_certificate",
+            Refusal::Handshake => "handshake",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        Refusal::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+
+    /// Classifies a handshake error as returned by tokio-rustls (an `io::Error` wrapping a
+    /// `rustls::Error` when rustls refused).
+    pub fn of_io(e: &std::io::Error) -> Refusal {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map_or(Refusal::Handshake, Refusal::of)
+    }
+
+    /// Classifies a rustls error.
+    pub fn of(e: &rustls::Error) -> Refusal {
+        match e {
+            rustls::Error::NoCertificatesPresented => Refusal::NoCertificate,
+            rustls::Error::InvalidCertificate(c) => match c {
+                CertificateError::UnknownIssuer => Refusal::UntrustedCa,
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => Refusal::Expired,
+                CertificateError::Revoked => Refusal::Revoked,
+                CertificateError::ApplicationVerificationFailure => Refusal::NotAllowed,
+                CertificateError::Other(other) => match other.0.downcast_ref::<SvidError>() {
+                    Some(SvidError::WrongTrustDomain { .. }) => Refusal::WrongTrustDomain,
+                    Some(SvidError::EmptyChain) => Refusal::NoCertificate,
+                    Some(SvidError::Expired | SvidError::NotYetValid) => Refusal::Expired,
+                    Some(SvidError::UntrustedIssuer) => Refusal::UntrustedCa,
+                    _ => Refusal::BadCertificate,
+                },
+                _ => Refusal::BadCertificate,
+            },
+            _ => Refusal::Handshake,
+        }
+    }
+}
+
+/// The checks after chain validation: revoked serial, then the ID rule.
+fn check_peer(
+    end_entity: &CertificateDer<'_>,
+    revoked: &RevokedSerials,
+    allowed: impl FnOnce(&SpiffeId) -> bool,
+) -> Result<(), rustls::Error> {
+    let svid = ringzero_policy::tls::peer_svid(Some(std::slice::from_ref(end_entity))).ok_or(
+        rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
+    )?;
+    if revoked.contains(&svid.serial) {
+        return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+    }
+    if !allowed(&svid.id) {
+        return Err(rustls::Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        ));
+    }
+    Ok(())
+}
+
+/// Inbound: requires a client SVID of the bundle, not revoked, allowed by the rules.
+#[derive(Debug)]
+pub(crate) struct InboundVerifier {
+    inner: Arc<SpiffeClientVerifier>,
+    allow: AllowList,
+    revoked: RevokedSerials,
+}
+
+impl InboundVerifier {
+    pub(crate) fn new(
+        bundle: BundleSource,
+        allow: AllowList,
+        revoked: RevokedSerials,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            inner: SpiffeClientVerifier::new(bundle, PeerMatch::AnyInTrustDomain),
+            allow,
+            revoked,
+        })
+    }
+}
+
+impl ClientCertVerifier for InboundVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_peer(end_entity, &self.revoked, |id| self.allow.allows(id))?;
+        Ok(verified)
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Outbound: requires the server to present exactly the expected SPIFFE ID, not revoked.
+#[derive(Debug)]
+pub(crate) struct OutboundVerifier {
+    inner: Arc<SpiffeServerVerifier>,
+    expect: SpiffeId,
+    revoked: RevokedSerials,
+}
+
+impl OutboundVerifier {
+    pub(crate) fn new(
+        bundle: BundleSource,
+        expect: SpiffeId,
+        revoked: RevokedSerials,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            inner: SpiffeServerVerifier::new(bundle, PeerMatch::AnyInTrustDomain),
+            expect,
+            revoked,
+        })
+    }
+}
+
+impl ServerCertVerifier for OutboundVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        check_peer(end_entity, &self.revoked, |id| *id == self.expect)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The TLS 1.3 server configuration of the inbound listeners. Session resumption is off, for
+/// the reason given on [`ringzero_policy::tls::server_config`]: a resumed session would skip
+/// the verifier (and so a revocation or an expiry).
+pub(crate) fn server_config(
+    resolver: Arc<crate::identity::CertResolver>,
+    verifier: Arc<InboundVerifier>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_client_cert_verifier(verifier)
+    .with_cert_resolver(resolver);
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// The TLS 1.3 client configuration of one outbound listener.
+pub(crate) fn client_config(
+    resolver: Arc<crate::identity::CertResolver>,
+    verifier: Arc<OutboundVerifier>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .dangerous()
+    .with_custom_certificate_verifier(verifier)
+    .with_client_cert_resolver(resolver);
+    config.resumption = rustls::client::Resumption::disabled();
+    // The peer is identified by its SPIFFE ID, not by a name: send none.
+    config.enable_sni = false;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn classification() {
+        use rustls::Error as E;
+        let other = |e: SvidError| {
+            E::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
+        };
+        for (err, want) in [
+            (E::NoCertificatesPresented, Refusal::NoCertificate),
+            (
+                E::InvalidCertificate(CertificateError::UnknownIssuer),
+                Refusal::UntrustedCa,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::Expired),
+                Refusal::Expired,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::Revoked),
+                Refusal::Revoked,
+            ),
+            (
+                E::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
+                Refusal::NotAllowed,
+            ),
+            (
+                other(SvidError::WrongTrustDomain {
+                    expected: "a".into(),
+                    found: "b".into(),
+                }),
+                Refusal::WrongTrustDomain,
+            ),
+            (other(SvidError::NoUriSan), Refusal::BadCertificate),
+            (E::HandshakeNotComplete, Refusal::Handshake),
+        ] {
+            assert_eq!(Refusal::of(&err), want, "{err:?}");
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+            assert_eq!(Refusal::of_io(&io), want);
+        }
+        assert_eq!(
+            Refusal::of_io(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            Refusal::Handshake
+        );
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn revoked_set_is_replaceable() {
+        let r = RevokedSerials::default();
+        assert!(r.is_empty());
+        r.insert(vec![1, 2]);
+        assert!(r.contains(&[1, 2]));
+        r.replace(HashSet::from([vec![3]]));
+        assert!(!r.contains(&[1, 2]) && r.contains(&[3]));
+    }
+
+    #[test]
+    fn allow_list_is_segment_aware() {
+        let a = AllowList::new(Allow::OneOf(vec![
+            SpiffeIdPattern::parse("spiffe://td/ns/shop/*").unwrap(),
+        ]));
+        let id = |s| SpiffeId::parse(s).unwrap();
+        assert!(a.allows(&id("spiffe://td/ns/shop/web")));
+        assert!(!a.allows(&id("spiffe://td/ns/shopping")));
+        assert!(!a.allows(&id("spiffe://td/ns/shop")));
+        a.replace(Allow::AnyInTrustDomain);
+        assert!(a.allows(&id("spiffe://td/ns/shopping")));
+    }
+}
