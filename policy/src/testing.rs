@@ -131,10 +131,11 @@ pub struct SvidBuilder<'a> {
     ttl: Duration,
     now: SystemTime,
     dns_names: Vec<String>,
+    from_csr: bool,
 }
 
 impl<'a> SvidBuilder<'a> {
-    /// Issued now, for [`LEAF_TTL`], without DNS names.
+    /// Issued now, for [`LEAF_TTL`], without DNS names, from a CSR.
     pub fn new(ca: &'a SigningCa, id: &SpiffeId) -> Self {
         Self {
             ca,
@@ -142,6 +143,7 @@ impl<'a> SvidBuilder<'a> {
             ttl: LEAF_TTL,
             now: SystemTime::now(),
             dns_names: Vec::new(),
+            from_csr: true,
         }
     }
 
@@ -163,14 +165,28 @@ impl<'a> SvidBuilder<'a> {
         self
     }
 
+    /// Issued for the bare public key ([`LeafKey::PublicKey`]), as the authority does for a
+    /// key it holds itself, instead of from a CSR.
+    pub fn from_public_key(mut self) -> Self {
+        self.from_csr = false;
+        self
+    }
+
     pub fn issue(self) -> TestSvid {
         let key = generate_key().expect("a fresh key pair");
-        let csr = csr_for(&key, &self.id).expect("a CSR of a fresh key");
+        let (csr, spki);
+        let leaf_key = if self.from_csr {
+            csr = csr_for(&key, &self.id).expect("a CSR of a fresh key");
+            LeafKey::Csr(&csr)
+        } else {
+            spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+            LeafKey::PublicKey(&spki)
+        };
         let issued = self
             .ca
             .issue(&LeafRequest {
                 id: &self.id,
-                key: LeafKey::Csr(&csr),
+                key: leaf_key,
                 ttl: self.ttl,
                 dns_names: &self.dns_names,
                 now: self.now,
