@@ -31,7 +31,8 @@ pub(crate) const HELP: &str = "\
 Runs one authority node and one enrolled agent in this process, with data in DIR (a new
 temporary directory, removed at exit, when not given), and creates a registration entry
 spiffe://TD/ns/dev/<your user name> for your uid. Prints SPIFFE_ENDPOINT_SOCKET=… and the
-admin profile's path on stdout, then serves until Ctrl-C. Run it again with the same
+admin profile's path on stdout, with commands to try (among them two mesh sidecars in front
+of an app, on ports free at the time), then serves until Ctrl-C. Run it again with the same
 --data-dir to pick up where it left off.
 
 Examples:
@@ -401,6 +402,48 @@ Try, in another shell:
     if temporary {
         out.push_str("  (pass --data-dir DIR to keep the cluster between runs)\n");
     }
+    out.push_str(&mesh_example(workload));
     out.push_str("\nCtrl-C stops the agent, then the authority.\n");
     print_out(&out);
+}
+
+/// Ports the mesh example prefers: the app, the inbound sidecar, the outbound sidecar, the
+/// inbound sidecar's admin server.
+const MESH_PORTS: [u16; 4] = [8080, 8443, 9000, 9901];
+
+/// A two-sidecar example with the caller's own identity on both sides (the dev entry covers
+/// one uid): an outbound sidecar lends it to an app's client, an inbound sidecar admits only it
+/// in front of the app. Each port is the preferred one when that is free now, or another free
+/// one, so that the commands work as printed.
+fn mesh_example(workload: &SpiffeId) -> String {
+    let [app, inbound, outbound, admin] = free_ports(MESH_PORTS);
+    format!(
+        "
+A mesh: an app behind two sidecars that speak mTLS as {workload}
+(same identity on both sides; each command in its own shell, with the exports above):
+  python3 -m http.server {app} --bind 127.0.0.1   # the app: any TCP server on 127.0.0.1:{app}
+  ringzero mesh sidecar --inbound 127.0.0.1:{inbound}=127.0.0.1:{app} --allow {workload} --admin 127.0.0.1:{admin}
+  ringzero mesh sidecar --outbound 127.0.0.1:{outbound}=127.0.0.1:{inbound}@{workload}
+  curl -s http://127.0.0.1:{outbound}/   # the app, through the outbound and inbound sidecars
+  curl -s http://127.0.0.1:{admin}/metrics   # the inbound sidecar's counters
+"
+    )
+}
+
+/// For each preferred port, that port if it can be bound on 127.0.0.1 now, else a free one
+/// the system picks; all different.
+fn free_ports<const N: usize>(preferred: [u16; N]) -> [u16; N] {
+    // Held until every port is chosen, so that a port picked by the system is not picked twice.
+    let mut held = Vec::with_capacity(N);
+    preferred.map(|port| {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .or_else(|_| std::net::TcpListener::bind(("127.0.0.1", 0)));
+        let chosen = listener
+            .as_ref()
+            .ok()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(port, |a| a.port());
+        held.push(listener);
+        chosen
+    })
 }
