@@ -8,6 +8,7 @@ pub mod agent;
 pub mod cluster;
 pub mod impostor;
 pub mod probe;
+pub mod mesh;
 
 use std::ffi::OsStr;
 use std::fs::File;
