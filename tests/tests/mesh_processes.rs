@@ -716,3 +716,61 @@ fn ringzero_dev_prints_a_two_sidecar_example_that_works_as_printed() {
     let status = dev.terminate(Duration::from_secs(20));
     assert!(status.is_some_and(|s| s.success()), "{}", dev.log());
 }
+
+#[test]
+fn the_admin_port_answers_before_the_first_svid_and_bounds_its_clients() {
+    let dir = TestDir::new("mesh-admin");
+    let admin = ringzero_tests::free_addr();
+    let mut cmd = ringzero(dir.path());
+    cmd.env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .args(["mesh", "sidecar", "--workload-api"])
+        .arg(format!("unix://{}", dir.path().join("none.sock").display()))
+        .args(["--outbound", &format!("127.0.0.1:0=127.0.0.1:9@{DB}")])
+        .args(["--admin", &admin, "--svid-timeout", "60s"]);
+    let mut sidecar = Proc::spawn("sidecar", cmd, &dir.path().join("sidecar.log"));
+    let addr: SocketAddr = admin.parse().unwrap();
+    wait_until(
+        "the admin port",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            assert!(sidecar.is_running(), "{}", sidecar.log());
+            TcpStream::connect(addr).ok()
+        },
+    );
+    // No SVID yet: alive, not ready.
+    assert_eq!(http_get(addr, "/live"), (200, "live\n".into()));
+    assert_eq!(
+        http_get(addr, "/ready"),
+        (503, "not ready: no SVID yet\n".into())
+    );
+    // A request line longer than the 8 KiB head bound is not served (a 400, or a reset when
+    // the sidecar closes with the rest of it unread).
+    let mut big = TcpStream::connect(addr).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = write!(big, "GET /live{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    // 32 clients that say nothing hold every admin slot until the 5 s request timeout drops
+    // them: the next request waits for that, then is answered.
+    let silent: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    assert_eq!(http_get(addr, "/live").0, 200);
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(3)..Duration::from_secs(9)).contains(&waited),
+        "answered after {waited:?}"
+    );
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 1];
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    }
+    assert!(sidecar.is_running(), "{}", sidecar.log());
+}
