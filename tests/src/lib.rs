@@ -7,8 +7,8 @@
 pub mod agent;
 pub mod cluster;
 pub mod impostor;
-pub mod probe;
 pub mod mesh;
+pub mod probe;
 
 use std::ffi::OsStr;
 use std::fs::File;

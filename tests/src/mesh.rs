@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::{Proc, SoloAuthority, ringzero, ringzero_bin, show, wait_until};
+use crate::agent::{agent_cmd, my_uid, spawn_ready_agent};
+use crate::{Proc, SoloAuthority, ringzero_bin, show, wait_until};
 
 /// The uid tests run the second sidecar under when they are root: `nobody`.
 pub const OTHER_UID: u32 = 65534;
@@ -26,14 +27,10 @@ pub const OTHER_UID: u32 = 65534;
 /// How long a sidecar may take to print its readiness line (it waits for its first SVID).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn own_uid() -> u32 {
-    rustix::process::getuid().as_raw()
-}
-
 /// `(uid A, uid B)` for the two-uid tests: this process's uid (root) and [`OTHER_UID`]. `None`,
 /// with the reason printed, when the tests cannot run processes under another uid.
 pub fn two_uids(test: &str) -> Option<(u32, u32)> {
-    let me = own_uid();
+    let me = my_uid();
     if me != 0 {
         eprintln!("{test}: skipped: running sidecars under a second uid needs root (uid {me})");
         return None;
@@ -76,16 +73,7 @@ impl MeshCluster {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
 
-        let out = auth.cli(&["node", "token", "--name", NODE, "--ttl", "10m"]);
-        assert!(out.status.success(), "node token: {}", show(&out));
-        let token = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_owned();
-        let token_file = root.join("node.token");
-        std::fs::write(&token_file, token).unwrap();
+        let token = auth.node_token(NODE, "10m");
         for e in entries {
             let out = auth.cli(&[
                 "entry",
@@ -103,23 +91,18 @@ impl MeshCluster {
         }
 
         let socket = root.join("agent.sock");
-        let mut cmd = ringzero(&root);
-        cmd.args(["agent", "run", "--authority", &auth.addr])
-            .arg("--join-token")
-            .arg(format!("@{}", token_file.display()))
-            .arg("--data-dir")
-            .arg(root.join("agent"))
-            .arg("--socket")
-            .arg(&socket);
-        let mut agent = Proc::spawn("agent", cmd, &root.join("agent.log"));
-        wait_until(
-            "the agent to be ready",
+        let cmd = agent_cmd(
+            &root,
+            &auth.addr,
+            Some(&format!("@{}", token.display())),
+            &root.join("agent"),
+            &socket,
+        );
+        let agent = spawn_ready_agent(
+            "agent",
+            cmd,
+            &root.join("agent.log"),
             Duration::from_secs(30),
-            Duration::from_millis(50),
-            || {
-                assert!(agent.is_running(), "the agent exited: {}", agent.log());
-                agent.log().contains("agent ready").then_some(())
-            },
         );
         Self {
             auth,
@@ -140,7 +123,7 @@ impl MeshCluster {
     /// Starts `ringzero mesh sidecar --workload-api … ARGS…` under `uid` and waits for its
     /// readiness line.
     pub fn sidecar(&self, name: &str, uid: u32, args: &[&str]) -> Sidecar {
-        let mut cmd = if uid == own_uid() {
+        let mut cmd = if uid == my_uid() {
             Command::new(ringzero_bin())
         } else {
             let mut c = Command::new("setpriv");

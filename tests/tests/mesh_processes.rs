@@ -12,15 +12,18 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, TrustBundle, generate_key};
-use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeServerVerifier};
-use ringzero_policy::{SpiffeId, SpiffeIdPattern, TrustDomain};
+use ringzero_policy::TrustDomain;
+use ringzero_policy::svid::{SigningCa, TrustBundle};
+use ringzero_policy::testing::{
+    SvidBuilder, TestSvid, anonymous_client_config, ca as test_ca, one_of, spiffe_id, trust_domain,
+};
+use ringzero_policy::tls::{BundleSource, SpiffeServerVerifier};
 use ringzero_proto::client::Profile;
 use ringzero_tests::mesh::{
     Entry, MeshCluster, Sidecar, Target, exchange, http_get, payload, transformed, two_uids,
 };
 use ringzero_tests::{Proc, TestDir, ringzero, ringzero_bin, run_timeout, show, wait_until};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls_pki_types::ServerName;
 
 const TD: &str = "mesh.test";
 const WEB: &str = "spiffe://mesh.test/ns/shop/web";
@@ -204,43 +207,26 @@ fn node_ca(c: &MeshCluster) -> SigningCa {
     SigningCa::from_der(&cert, &key, vec![]).unwrap()
 }
 
-type Cert = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-
 /// An SVID for `id` from `ca`, valid from `now` for `ttl`.
-fn forge(ca: &SigningCa, id: &str, now: SystemTime, ttl: Duration) -> Cert {
-    let key = generate_key().unwrap();
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let issued = ca
-        .issue(&LeafRequest {
-            id: &SpiffeId::parse(id).unwrap(),
-            key: LeafKey::PublicKey(&spki),
-            ttl,
-            dns_names: &[],
-            now,
-        })
-        .unwrap();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    (issued.chain, key)
+fn forge(ca: &SigningCa, id: &str, now: SystemTime, ttl: Duration) -> TestSvid {
+    SvidBuilder::new(ca, &spiffe_id(id))
+        .at(now)
+        .ttl(ttl)
+        .issue()
 }
 
-/// A TLS client that verifies the server as `server_id` of `bundle`, presenting `cert`.
-fn client(bundle: &TrustBundle, server_id: &str, cert: Option<Cert>) -> Arc<rustls::ClientConfig> {
-    let verifier = SpiffeServerVerifier::new(
-        BundleSource::new(bundle.clone()),
-        PeerMatch::OneOf(vec![SpiffeIdPattern::parse(server_id).unwrap()]),
-    );
-    let config = match cert {
-        Some((chain, key)) => ringzero_policy::tls::client_config(chain, key, verifier).unwrap(),
-        None => rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth(),
-    };
-    Arc::new(config)
+/// A TLS client that verifies the server as `server_id` of `bundle`, presenting `svid`.
+fn client(
+    bundle: &TrustBundle,
+    server_id: &str,
+    svid: Option<&TestSvid>,
+) -> Arc<rustls::ClientConfig> {
+    let verifier =
+        SpiffeServerVerifier::new(BundleSource::new(bundle.clone()), one_of(&[server_id]));
+    match svid {
+        Some(svid) => svid.client_config(verifier),
+        None => anonymous_client_config(verifier),
+    }
 }
 
 /// Sends `ping` over TLS to `addr`: `Ok` with the answer, or `Err` saying how the server
@@ -302,7 +288,7 @@ fn each_bad_peer_is_refused_for_its_reason_and_never_reaches_the_target() {
     let good = forge(&ca, WEB, now, hour);
     // It asks for session resumption and never gets it: every connection's certificate is
     // verified in full (a resumed session would skip the allow, revocation and expiry checks).
-    let mut resuming = Arc::unwrap_or_clone(client(&bundle, DB, Some(good)));
+    let mut resuming = Arc::unwrap_or_clone(client(&bundle, DB, Some(&good)));
     resuming.resumption = rustls::client::Resumption::in_memory_sessions(8);
     let resuming = Arc::new(resuming);
     for _ in 0..2 {
@@ -315,7 +301,7 @@ fn each_bad_peer_is_refused_for_its_reason_and_never_reaches_the_target() {
     // A valid SVID of the trust domain whose ID no rule allows (the rule is an exact ID:
     // `…/web-admin` is another workload).
     let other = forge(&ca, &format!("{WEB}-admin"), now, hour);
-    tls_ping(inbound, client(&bundle, DB, Some(other))).unwrap_err();
+    tls_ping(inbound, client(&bundle, DB, Some(&other))).unwrap_err();
     assert_counted(&pair.db, "inbound", "id_not_allowed", 1);
     // Outbound: the peer is a valid SVID of the trust domain, but not the one expected.
     let mut app = TcpStream::connect(pair.web.outbound[1]).unwrap();
@@ -345,20 +331,18 @@ fn each_bad_peer_is_refused_for_its_reason_and_never_reaches_the_target() {
     );
     assert_counted(&pair.db, "inbound", "handshake", 2);
     // A workload of another trust domain, from a CA this test made.
-    let foreign_td = TrustDomain::new("foreign.test").unwrap();
-    let foreign = SigningCa::self_signed(&foreign_td, "foreign", hour, now, Some(0)).unwrap();
+    let foreign = test_ca(&trust_domain("foreign.test"), "foreign");
     let stranger = forge(&foreign, "spiffe://foreign.test/ns/shop/web", now, hour);
-    tls_ping(inbound, client(&bundle, DB, Some(stranger))).unwrap_err();
+    tls_ping(inbound, client(&bundle, DB, Some(&stranger))).unwrap_err();
     assert_counted(&pair.db, "inbound", "wrong_trust_domain", 1);
     // The allowed ID, from a CA of the right name that the bundle does not hold.
-    let rogue = SigningCa::self_signed(&TrustDomain::new(TD).unwrap(), "rogue", hour, now, Some(0))
-        .unwrap();
+    let rogue = test_ca(&trust_domain(TD), "rogue");
     let impostor = forge(&rogue, WEB, now, hour);
-    tls_ping(inbound, client(&bundle, DB, Some(impostor))).unwrap_err();
+    tls_ping(inbound, client(&bundle, DB, Some(&impostor))).unwrap_err();
     assert_counted(&pair.db, "inbound", "untrusted_ca", 1);
     // The allowed ID from the right CA, expired an hour ago.
     let expired = forge(&ca, WEB, now - 2 * hour, hour);
-    tls_ping(inbound, client(&bundle, DB, Some(expired))).unwrap_err();
+    tls_ping(inbound, client(&bundle, DB, Some(&expired))).unwrap_err();
     assert_counted(&pair.db, "inbound", "expired", 1);
     // A revoked serial: not testable with processes yet. `node evict`/`ban` and `user remove`
     // revoke serials in the authority, and the agent receives the revocations, but nothing
