@@ -101,6 +101,10 @@ operations! {
     /// (`api.payments.internal` is `dns/internal/payments/api`; `*.payments.internal` is
     /// `dns/internal/payments/_wildcard`).
     EntryDns => "entry:dns",
+    /// Allow or deny mesh traffic to the identities under a namespace path: on the `to`
+    /// pattern's path (`spiffe://TD/ns/shop/db` and `spiffe://TD/ns/shop/*` are `ns/shop/db` and
+    /// `ns/shop`), so a namespace decides who may reach its own workloads, and only those.
+    MeshPolicy => "mesh:policy",
 }
 
 impl Operation {
@@ -362,10 +366,10 @@ pub enum Scope {
 pub enum Role {
     /// Everything, everywhere.
     Admin,
-    /// Runs the cluster day to day: nodes, entries, jobs, logs, debug, tokens, audit; not
+    /// Runs the cluster day to day: nodes, entries, mesh policy, jobs, logs, debug, tokens, audit; not
     /// membership, users or roles.
     Operator,
-    /// Works inside one namespace: jobs, logs, debug, entries and delegation there.
+    /// Works inside one namespace: jobs, logs, debug, entries, mesh policy and delegation there.
     Developer,
     /// Reads everything that describes the cluster, changes nothing.
     Auditor,
@@ -398,6 +402,7 @@ impl Role {
                 EntryWrite,
                 EntrySelect,
                 EntryDns,
+                MeshPolicy,
                 TokenMint,
                 TokenRevoke,
                 UserRead,
@@ -416,6 +421,7 @@ impl Role {
                 let mut v: Vec<(Operation, Scope)> = [
                     EntryRead,
                     EntryWrite,
+                    MeshPolicy,
                     TokenMint,
                     SchedSubmit,
                     SchedCancel,
@@ -529,6 +535,7 @@ mod tests {
             "logs:read",
             "debug:attach",
             "cluster:admin",
+            "mesh:policy",
         ] {
             assert!(name.parse::<Operation>().is_ok(), "{name}");
         }
@@ -593,6 +600,14 @@ mod tests {
         assert!(!dev.iter().any(|r| r.allows(
             Operation::SchedSubmit,
             &Resource::parse("ns/team-b").unwrap()
+        )));
+        assert!(dev.iter().any(|r| r.allows(
+            Operation::MeshPolicy,
+            &Resource::parse("ns/team-a/db").unwrap()
+        )));
+        assert!(!dev.iter().any(|r| r.allows(
+            Operation::MeshPolicy,
+            &Resource::parse("ns/team-b/db").unwrap()
         )));
         assert!(Role::Developer.rights(Some("a/b")).is_err());
         let aud = Role::Auditor.rights(None).unwrap();
