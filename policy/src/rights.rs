@@ -105,6 +105,8 @@ operations! {
     /// pattern's path (`spiffe://TD/ns/shop/db` and `spiffe://TD/ns/shop/*` are `ns/shop/db` and
     /// `ns/shop`), so a namespace decides who may reach its own workloads, and only those.
     MeshPolicy => "mesh:policy",
+    /// List mesh policies: on a resource prefix (`ns/shop`), the rules whose `to` lies under it.
+    MeshRead => "mesh:read",
 }
 
 impl Operation {
@@ -403,6 +405,7 @@ impl Role {
                 EntrySelect,
                 EntryDns,
                 MeshPolicy,
+                MeshRead,
                 TokenMint,
                 TokenRevoke,
                 UserRead,
@@ -422,6 +425,7 @@ impl Role {
                     EntryRead,
                     EntryWrite,
                     MeshPolicy,
+                    MeshRead,
                     TokenMint,
                     SchedSubmit,
                     SchedCancel,
@@ -439,6 +443,7 @@ impl Role {
                 AuthorityRead,
                 NodeRead,
                 EntryRead,
+                MeshRead,
                 UserRead,
                 RoleRead,
                 SchedRead,
