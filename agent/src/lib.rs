@@ -31,7 +31,9 @@
 //!   caught: `mod.rs` (attestation and re-verification), `gate.rs` (per-uid bounds on blocking
 //!   reads), `digest.rs` (the executable's hash, cached and computed once), `tests.rs`.
 //! - `workload.rs`: the SPIFFE Workload API server ([`serve_workload_api`]) on the generated
-//!   code of `ringzero_proto::workload`.
+//!   code of `ringzero_proto::workload`; `workload/mesh.rs`: ringzero's extension beside it on
+//!   the same socket (`ringzero.mesh.v1.MeshPolicy/Watch`: mesh policies for the caller's
+//!   identities, revoked serials), for the mesh sidecar.
 //! - `fetch.rs`: the client behind `ringzero agent fetch` ([`fetch_x509`]).
 //! - `testing.rs` (feature `testing`): helpers for tests and benches, such as an identity
 //!   issued by a test CA as the cache holds it.
@@ -102,7 +104,7 @@ pub mod testing;
 pub use ringzero_proto::client::FirstContact;
 
 pub use self::attest::{current_uid, user_name};
-pub use self::cache::{Identity, SvidCache};
+pub use self::cache::{Identity, MeshRule, SvidCache};
 pub use self::daemon::{AgentConfig, Ready, run, run_with_ready};
 pub use self::error::{AgentError, RecoveryHint};
 pub use self::fetch::{FetchError, X509Svid, endpoint_path, fetch_x509};
