@@ -85,7 +85,14 @@ const SIDECAR_HELP: &str = "\
 Runs under the workload's uid, beside it: the sidecar gets that uid's SVID and bundle from the
 local agent and follows their rotation; new certificates apply to new handshakes, live
 connections are kept. Deny by default: an inbound listener needs an --allow rule (or an
-explicit --allow-trust-domain), and its target must be a loopback address (or --unsafe-target).
+explicit --allow-from-authority or --allow-trust-domain), and its target must be a loopback
+address (or --unsafe-target).
+Authority policy: beside a ringzero agent, the policies `ringzero mesh allow` gives for this
+workload's SPIFFE ID also admit callers (a local --allow OR a policy), and the authority's
+revoked serials are refused; changes apply to new connections within a second. With
+--allow-from-authority and no --allow, only policies admit anyone (no one until one does; no
+one at all beside an agent without ringzero's extension, such as SPIRE's, where only local
+rules exist). --allow-trust-domain is never implied.
 A connection ends at --max-conn-age, at its peer certificate's expiry, or when the peer's
 serial is revoked. SIGTERM drains: listeners close, live connections get --drain-timeout.
 Prints `mesh ready: SPIFFE-ID, inbound A…, outbound B…, admin C` on stderr once the first SVID
@@ -97,7 +104,9 @@ Examples:
   # db's sidecar: admit only web, forward to the database on localhost
   ringzero mesh sidecar --inbound 0.0.0.0:8443=127.0.0.1:5432 \\
       --allow spiffe://TD/ns/shop/web --admin 127.0.0.1:9901
-  ringzero mesh sidecar --config /etc/ringzero/mesh.toml --proxy-protocol";
+  ringzero mesh sidecar --config /etc/ringzero/mesh.toml --proxy-protocol
+  # db's sidecar, admitting whom `ringzero mesh allow --to spiffe://TD/ns/shop/db` names
+  ringzero mesh sidecar --inbound 0.0.0.0:8443=127.0.0.1:5432 --allow-from-authority";
 
 pub(crate) fn run(global: &GlobalArgs, cmd: MeshCommand) -> Outcome {
     match cmd {
