@@ -65,15 +65,18 @@ pub struct MeshRule {
     pub from: SpiffeIdPattern,
 }
 
+/// Revoked certificate serials → their not-after (unix ms).
+pub(crate) type RevokedSerials = BTreeMap<Vec<u8>, u64>;
+
 /// One consistent state of the cache.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Snapshot {
     identities: BTreeMap<String, Arc<Identity>>,
     bundles: BTreeMap<TrustDomain, Vec<CertificateDer<'static>>>,
-    /// The authority's mesh policies for this node's identities.
-    mesh_rules: Arc<Vec<MeshRule>>,
-    /// Revoked certificate serials → their not-after (unix ms).
-    revoked_serials: Arc<BTreeMap<Vec<u8>, u64>>,
+    /// The authority's mesh policies for this node's identities; `None` until first set.
+    mesh_rules: Option<Arc<Vec<MeshRule>>>,
+    /// Revoked certificate serials → their not-after (unix ms); `None` until first set.
+    revoked_serials: Option<Arc<BTreeMap<Vec<u8>, u64>>>,
     revision: u64,
 }
 
@@ -116,14 +119,14 @@ impl Snapshot {
         &self.bundles
     }
 
-    /// The authority's mesh policies for this node's identities.
-    pub(crate) fn mesh_rules(&self) -> &[MeshRule] {
-        &self.mesh_rules
-    }
-
-    /// Revoked certificate serials with their not-after (unix ms).
-    pub(crate) fn revoked_serials(&self) -> &BTreeMap<Vec<u8>, u64> {
-        &self.revoked_serials
+    /// The authority's mesh policies for this node's identities and the revoked serials with
+    /// their not-after (unix ms), once both were set (after the agent's first sync): before
+    /// that, an empty set would read as "no revocation".
+    pub(crate) fn mesh(&self) -> Option<(&[MeshRule], &RevokedSerials)> {
+        Some((
+            self.mesh_rules.as_deref()?,
+            self.revoked_serials.as_deref()?,
+        ))
     }
 
     /// Increases with every change; equal revisions are equal states.
@@ -202,10 +205,10 @@ impl SvidCache {
         rules.sort_by_cached_key(|r| (r.to.to_string(), r.from.to_string()));
         rules.dedup();
         self.modify(|s| {
-            if *s.mesh_rules == rules {
+            if s.mesh_rules.as_deref() == Some(&rules) {
                 return false;
             }
-            s.mesh_rules = Arc::new(rules);
+            s.mesh_rules = Some(Arc::new(rules));
             true
         });
     }
@@ -213,10 +216,10 @@ impl SvidCache {
     /// Replaces the revoked certificate serials (serial → not-after, unix ms).
     pub fn set_revoked_serials(&self, serials: BTreeMap<Vec<u8>, u64>) {
         self.modify(|s| {
-            if *s.revoked_serials == serials {
+            if s.revoked_serials.as_deref() == Some(&serials) {
                 return false;
             }
-            s.revoked_serials = Arc::new(serials);
+            s.revoked_serials = Some(Arc::new(serials));
             true
         });
     }

@@ -75,6 +75,28 @@ async fn policies_only_for_the_callers_identities_and_every_change_streamed() {
         )
         .unwrap(),
     );
+    let serving = Serving::start(&socket, cache.clone(), WorkloadLimits::default())
+        .await
+        .unwrap();
+
+    let mut client = MeshPolicyClient::new(unix_channel(&socket).await.unwrap());
+    // Without the Workload API's security header: refused, as the standard methods are.
+    let refused = client.watch(watch_request(false)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+
+    let mut stream = client
+        .watch(watch_request(true))
+        .await
+        .unwrap()
+        .into_inner();
+    // Before the agent holds the authority's policies and serials (its first sync), nothing is
+    // sent: an empty set would tell the sidecar nothing is revoked.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), stream.message())
+            .await
+            .is_err(),
+        "an update before the first sync"
+    );
     cache.set_mesh_rules(vec![
         rule(
             "spiffe://example.org/ns/shop/db",
@@ -94,20 +116,6 @@ async fn policies_only_for_the_callers_identities_and_every_change_streamed() {
     )
     .unwrap();
     cache.set_revoked_serials(BTreeMap::from([(vec![7; 16], far), (vec![8; 16], 1)]));
-    let serving = Serving::start(&socket, cache.clone(), WorkloadLimits::default())
-        .await
-        .unwrap();
-
-    let mut client = MeshPolicyClient::new(unix_channel(&socket).await.unwrap());
-    // Without the Workload API's security header: refused, as the standard methods are.
-    let refused = client.watch(watch_request(false)).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-
-    let mut stream = client
-        .watch(watch_request(true))
-        .await
-        .unwrap()
-        .into_inner();
     let first = tokio::time::timeout(TIMEOUT, stream.message())
         .await
         .unwrap()

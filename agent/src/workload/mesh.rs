@@ -8,7 +8,9 @@
 //! streams, at once and after every change of the cache, the authority's mesh policies whose
 //! `to` matches one of the SPIFFE IDs the caller was attested for — a caller learns nothing
 //! about other workloads' policies — and the revoked serials (public facts every verifier
-//! needs). A caller with no identity gets no rules, only the serials.
+//! needs). A caller with no identity gets no rules, only the serials. Nothing is sent before the
+//! agent holds both from the authority (its first sync): an empty set sent earlier would tell a
+//! sidecar that nothing is revoked.
 
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,14 +38,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The caller's update: the rules protecting its identities, and the unexpired revoked serials.
-pub(super) fn update_for(snap: &Snapshot, caller: &Attestation) -> pb::MeshPolicyUpdate {
+/// The caller's update: the rules protecting its identities, and the unexpired revoked serials;
+/// `None` until the agent holds both from the authority.
+pub(super) fn update_for(snap: &Snapshot, caller: &Attestation) -> Option<pb::MeshPolicyUpdate> {
+    let (mesh_rules, serials) = snap.mesh()?;
     let ids: Vec<_> = snap
         .matching(&caller.selectors())
         .map(|i| i.spiffe_id.clone())
         .collect();
-    let rules = snap
-        .mesh_rules()
+    let rules = mesh_rules
         .iter()
         .filter(|r| ids.iter().any(|id| r.to.matches(id)))
         .map(|r| pb::Rule {
@@ -52,8 +55,7 @@ pub(super) fn update_for(snap: &Snapshot, caller: &Attestation) -> pb::MeshPolic
         })
         .collect();
     let now = now_ms();
-    let revoked_serials = snap
-        .revoked_serials()
+    let revoked_serials = serials
         .iter()
         .filter(|(_, not_after)| **not_after > now)
         .map(|(serial, not_after)| pb::RevokedSerial {
@@ -61,10 +63,10 @@ pub(super) fn update_for(snap: &Snapshot, caller: &Attestation) -> pb::MeshPolic
             not_after_ms: *not_after,
         })
         .collect();
-    pb::MeshPolicyUpdate {
+    Some(pb::MeshPolicyUpdate {
         rules,
         revoked_serials,
-    }
+    })
 }
 
 #[tonic::async_trait]
@@ -101,7 +103,9 @@ impl MeshPolicy for MeshExtension {
             "MeshPolicy/Watch",
             Some((self.attestor.clone(), self.attest_timeout)),
             move |snap, caller| {
-                let update = update_for(snap, caller);
+                let Some(update) = update_for(snap, caller) else {
+                    return Ok(None);
+                };
                 let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
                 if last.as_ref() == Some(&update) {
                     return Ok(None);
