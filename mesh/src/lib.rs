@@ -225,6 +225,8 @@ impl Sidecar {
                 outbound: config.outbound.clone(),
                 tracker: Arc::clone(&tracker),
                 draining: stop_rx.clone(),
+                allow: allow.clone(),
+                revoked: revoked.clone(),
             });
             tokio::spawn(admin::serve(listener, state))
         });

@@ -195,6 +195,12 @@ async fn authority_policy_opens_and_closes_new_connections_and_revokes_serials()
         "{:?}",
         start.elapsed()
     );
+    let (_, status) = get(db.admin.unwrap(), "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["authority_allow"],
+        serde_json::json!([format!("spiffe://{TD}{WEB}")])
+    );
     let data = payload(256 * 1024, 7);
     let stream = tls_connect(&web.client(&ca), addr).await.unwrap();
     assert_eq!(round_trip(stream, data.clone()).await, data);
