@@ -1,8 +1,9 @@
 //! Mesh policy in the authority, real processes: `mesh allow` / `mesh deny` / `mesh policy list`
 //! gated on `mesh:policy` on the path of `--to` (a developer decides for its own namespace and
 //! no other), every refusal recorded in the audit log, a `--to` outside `ns/…` refused whatever
-//! the caller holds; and the entry feed hands an agent exactly the policies protecting its own
-//! node's identities.
+//! the caller holds; the entry feed hands an agent exactly the policies protecting its own
+//! node's identities; and a real agent (`agent run`) hands them on its socket, through ringzero's
+//! mesh extension, to the workload attested for that identity.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use ringzero_proto::client::{
     AuthorityClient, Credentials, Profile, bundle_cas, fetch_bundle_unverified, redeem_join_token,
 };
 use ringzero_proto::pb;
-use ringzero_tests::{SoloAuthority, ringzero, run_timeout, show};
+use ringzero_tests::{Proc, SoloAuthority, ringzero, run_timeout, show, wait_until};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const TD: &str = "meshpol.test";
@@ -362,4 +363,97 @@ fn each_agent_receives_only_the_policies_protecting_its_identities() {
             pairs(&[("ns/shop/*", "ns/shop/*"), ("ns/shop/web", "ns/edge/*")])
         );
     });
+}
+
+#[test]
+fn a_real_agent_hands_its_workload_the_policies_for_its_identity() {
+    use std::os::unix::fs::MetadataExt;
+    let a = SoloAuthority::start("mesh-policy-agent", TD);
+    let out = a.cli(&["node", "token", "--name", "n7", "--ttl", "10m"]);
+    assert!(out.status.success(), "node token: {}", show(&out));
+    let token = a.root.path().join("n7.token");
+    std::fs::write(&token, stdout(&out).lines().last().unwrap().trim()).unwrap();
+    let socket = a.root.path().join("n7.sock");
+    let mut cmd = ringzero(a.root.path());
+    cmd.args(["agent", "run", "--authority", &a.addr])
+        .arg("--join-token")
+        .arg(format!("@{}", token.display()))
+        .arg("--data-dir")
+        .arg(a.root.path().join("agent-n7"))
+        .arg("--socket")
+        .arg(&socket);
+    let mut agent = Proc::spawn("agent-n7", cmd, &a.root.path().join("agent-n7.log"));
+    wait_until(
+        "the agent to be ready",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            assert!(agent.is_running(), "the agent exited: {}", agent.log());
+            agent.log().contains("agent ready").then_some(())
+        },
+    );
+    // This test process is ns/test/me on n7; ns/test/other is someone else's.
+    let uid = tempfile::NamedTempFile::new()
+        .unwrap()
+        .as_file()
+        .metadata()
+        .unwrap()
+        .uid();
+    let me = id("ns/test/me");
+    for (path, uid) in [("ns/test/me", uid), ("ns/test/other", uid.wrapping_add(1))] {
+        let out = a.cli(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &id(path),
+            "--node",
+            "n7",
+            "--selector",
+            &format!("unix:uid:{uid}"),
+        ]);
+        assert!(out.status.success(), "entry create: {}", show(&out));
+    }
+    let web = id("ns/test/web");
+    for (to, from) in [(me.as_str(), web.as_str()), (&id("ns/test/other"), &web)] {
+        let out = a.cli(&["mesh", "allow", "--to", to, "--from", from]);
+        assert!(out.status.success(), "{}", show(&out));
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use ringzero_proto::mesh as mpb;
+        let channel = ringzero_proto::transport::unix_channel(&socket)
+            .await
+            .unwrap();
+        let mut client = mpb::mesh_policy_client::MeshPolicyClient::new(channel);
+        let mut req = tonic::Request::new(mpb::WatchRequest {});
+        req.metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().unwrap());
+        let mut stream = client.watch(req).await.unwrap().into_inner();
+        let mut next_rules = async || {
+            tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("no update within 10 s")
+                .unwrap()
+                .expect("the stream ended")
+                .rules
+                .into_iter()
+                .map(|r| (r.to, r.from))
+                .collect::<Vec<_>>()
+        };
+        // Only the rule protecting this process's own identity, never other's.
+        let mut rules = next_rules().await;
+        while rules.is_empty() {
+            rules = next_rules().await;
+        }
+        assert_eq!(rules, [(me.clone(), web.clone())]);
+        let out = a.cli(&["mesh", "deny", "--to", &me, "--from", &web]);
+        assert!(out.status.success(), "{}", show(&out));
+        assert!(next_rules().await.is_empty());
+    });
+    agent.terminate(Duration::from_secs(10));
 }
