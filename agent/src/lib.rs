@@ -24,8 +24,9 @@
 //! - `rotation.rs`: when to renew: half-life ± 10 % of the certificate's actual validity, never
 //!   in the past.
 //! - `revocations.rs`: the revocation set the authority streams, for verifying capabilities.
-//! - `cache.rs`: the in-memory [`SvidCache`] of issued identities and trust bundles, which the
-//!   sync loop fills and the Workload API reads (a watch channel of immutable snapshots).
+//! - `cache.rs`: the in-memory [`SvidCache`] of issued identities and trust bundles, and of the
+//!   authority's mesh policies ([`MeshRule`]) and revoked serials, which the sync loop fills and
+//!   the Workload API and its mesh extension read (a watch channel of immutable snapshots).
 //! - `attest/`: workload attestation of a unix-socket peer into selectors (`Attestor`),
 //!   pinned to the process (pidfd, start time, executable) so that pid reuse and exec are
 //!   caught: `mod.rs` (attestation and re-verification), `gate.rs` (per-uid bounds on blocking
