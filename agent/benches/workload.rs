@@ -46,6 +46,7 @@ use ringzero_agent::testing::Serving;
 use ringzero_agent::{Identity, SECURITY_HEADER, SvidCache, WorkloadLimits, fetch_x509};
 use ringzero_policy::selector::Selector;
 use ringzero_policy::svid::SigningCa;
+use ringzero_policy::testing::CaBuilder;
 use ringzero_policy::{SpiffeId, TrustDomain};
 use ringzero_proto::transport::unix_channel;
 use ringzero_proto::workload as pb;
@@ -134,7 +135,7 @@ fn my_uid() -> u32 {
 /// A fresh key and SVID for entry `entry`, selecting this process's uid.
 fn identity(ca: &SigningCa, entry: &str) -> Identity {
     let id = SpiffeId::parse(&format!("spiffe://example.org/bench/{entry}")).unwrap();
-    ringzero_agent::testing::identity(ca, entry, id, vec![Selector::uid(my_uid())]).unwrap()
+    ringzero_agent::testing::identity(ca, entry, id, vec![Selector::uid(my_uid())])
 }
 
 fn entry(i: usize) -> String {
@@ -155,14 +156,9 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let cache = SvidCache::new();
-        let ca = SigningCa::self_signed(
-            &td(),
-            "bench-ca",
-            Duration::from_secs(24 * 3600),
-            SystemTime::now(),
-            None,
-        )
-        .unwrap();
+        let ca = CaBuilder::new(&td(), "bench-ca")
+            .made_at(SystemTime::now())
+            .build();
         cache.set_bundle(td(), vec![ca.cert_der().clone()]);
         cache.replace_all((0..identities).map(|i| identity(&ca, &entry(i))).collect());
         let serving = Serving::start(&socket, cache.clone(), limits)

@@ -178,14 +178,10 @@ mod tests {
     fn validity_of_a_real_certificate() {
         let td = ringzero_policy::TrustDomain::new("example.org").unwrap();
         let now = SystemTime::now();
-        let ca = ringzero_policy::svid::SigningCa::self_signed(
-            &td,
-            "ca",
-            Duration::from_secs(3600),
-            now,
-            None,
-        )
-        .unwrap();
+        let ca = ringzero_policy::testing::CaBuilder::new(&td, "ca")
+            .made_at(now)
+            .ttl(Duration::from_secs(3600))
+            .build();
         let v = Validity::of(ca.cert_der(), now).unwrap();
         assert!(v.not_before <= now && v.not_after > now);
         assert!(v.start >= v.not_before && v.start <= now);

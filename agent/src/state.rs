@@ -292,36 +292,25 @@ mod tests {
 
     use std::time::{Duration, SystemTime};
 
-    use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, csr_for, generate_key};
+    use ringzero_policy::testing::{CaBuilder, SvidBuilder};
 
     use super::*;
 
     fn creds() -> NodeCredentials {
         let td = TrustDomain::new("example.org").unwrap();
-        let ca = SigningCa::self_signed(
-            &td,
-            "ca",
-            Duration::from_secs(3600),
-            SystemTime::now(),
-            None,
-        )
-        .unwrap();
+        let ca = CaBuilder::new(&td, "ca")
+            .made_at(SystemTime::now())
+            .ttl(Duration::from_secs(3600))
+            .build();
         let id = SpiffeId::parse("spiffe://example.org/ringzero/node/n7").unwrap();
-        let key = generate_key().unwrap();
-        let svid = ca
-            .issue(&LeafRequest {
-                id: &id,
-                key: LeafKey::Csr(&csr_for(&key, &id).unwrap()),
-                ttl: Duration::from_secs(600),
-                dns_names: &[],
-                now: SystemTime::now(),
-            })
-            .unwrap();
+        let svid = SvidBuilder::new(&ca, &id)
+            .ttl(Duration::from_secs(600))
+            .issue();
         NodeCredentials {
             trust_domain: td,
             bundle: vec![ca.cert_der().clone()],
-            chain: svid.chain,
-            key: Zeroizing::new(key.serialize_der()),
+            key: Zeroizing::new(svid.key_pkcs8()),
+            chain: svid.issued.chain,
             token: Zeroizing::new("tok".into()),
         }
     }

@@ -2,11 +2,12 @@
 //! without an authority, and a Workload API server to stop at will.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ringzero_policy::SpiffeId;
 use ringzero_policy::selector::Selector;
-use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, SvidError, csr_for, generate_key};
+use ringzero_policy::svid::SigningCa;
+use ringzero_policy::testing::SvidBuilder;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
@@ -17,31 +18,20 @@ use crate::workload::{Limits, ServeError, bind, serve_listener};
 
 /// A fresh key and a one-hour SVID for `id` from `ca`, as the cache holds it: the identity of
 /// entry `entry`, for workloads with all of `selectors`.
-pub fn identity(
-    ca: &SigningCa,
-    entry: &str,
-    id: SpiffeId,
-    selectors: Vec<Selector>,
-) -> Result<Identity, SvidError> {
-    let key = generate_key()?;
-    let csr = csr_for(&key, &id)?;
-    let svid = ca.issue(&LeafRequest {
-        id: &id,
-        key: LeafKey::Csr(&csr),
-        ttl: Duration::from_secs(3600),
-        dns_names: &[],
-        now: SystemTime::now(),
-    })?;
-    Ok(Identity {
+pub fn identity(ca: &SigningCa, entry: &str, id: SpiffeId, selectors: Vec<Selector>) -> Identity {
+    let svid = SvidBuilder::new(ca, &id)
+        .ttl(Duration::from_secs(3600))
+        .issue();
+    Identity {
         entry_id: entry.to_owned(),
         spiffe_id: id,
         selectors,
-        chain: svid.chain,
-        key: Zeroizing::new(key.serialize_der()),
-        not_after: svid.not_after,
+        key: Zeroizing::new(svid.key_pkcs8()),
+        chain: svid.issued.chain,
+        not_after: svid.issued.not_after,
         hint: String::new(),
         created_revision: 0,
-    })
+    }
 }
 
 /// A Workload API server serving a cache on a socket, with the default attestor, until

@@ -15,6 +15,7 @@ use ringzero_agent::{
 };
 use ringzero_policy::selector::{Selector, SelectorKind};
 use ringzero_policy::svid::{SigningCa, TrustBundle, Usage, validate_svid};
+use ringzero_policy::testing::CaBuilder;
 use ringzero_policy::{SpiffeId, TrustDomain};
 use ringzero_proto::transport::unix_channel;
 use ringzero_proto::workload as pb;
@@ -31,14 +32,9 @@ fn td() -> TrustDomain {
 }
 
 fn ca() -> SigningCa {
-    SigningCa::self_signed(
-        &td(),
-        "test-ca",
-        Duration::from_secs(24 * 3600),
-        SystemTime::now(),
-        None,
-    )
-    .unwrap()
+    CaBuilder::new(&td(), "test-ca")
+        .made_at(SystemTime::now())
+        .build()
 }
 
 fn my_uid() -> u32 {
@@ -48,7 +44,7 @@ fn my_uid() -> u32 {
 /// A fresh key and SVID for `path` from `ca`, as the cache holds it.
 fn identity(ca: &SigningCa, entry: &str, path: &str, selectors: Vec<Selector>) -> Identity {
     let id = SpiffeId::parse(&format!("spiffe://example.org/{path}")).unwrap();
-    ringzero_agent::testing::identity(ca, entry, id, selectors).unwrap()
+    ringzero_agent::testing::identity(ca, entry, id, selectors)
 }
 
 struct Server {
@@ -231,14 +227,10 @@ async fn bundle_changes_and_losing_every_identity_reach_open_streams() {
     assert_eq!(b.bundles["spiffe://example.org"], both);
 
     // A federated trust domain appears in federated_bundles.
-    let other = SigningCa::self_signed(
-        &TrustDomain::new("other.org").unwrap(),
-        "other",
-        Duration::from_secs(3600),
-        SystemTime::now(),
-        None,
-    )
-    .unwrap();
+    let other = CaBuilder::new(&TrustDomain::new("other.org").unwrap(), "other")
+        .made_at(SystemTime::now())
+        .ttl(Duration::from_secs(3600))
+        .build();
     server.cache.set_bundle(
         TrustDomain::new("other.org").unwrap(),
         vec![other.cert_der().clone()],

@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rcgen::PublicKeyData;
 use ringzero_policy::svid::{
-    LeafKey, LeafRequest, SigningCa, TrustBundle, Usage, csr_for, generate_key, validate_svid,
+    LeafKey, LeafRequest, SigningCa, Usage, csr_for, generate_key, validate_svid,
 };
+use ringzero_policy::testing::{CaBuilder, SvidBuilder, trust_bundle};
 use ringzero_policy::{SpiffeId, TrustDomain};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -25,14 +26,11 @@ fn setup() -> (TrustDomain, SpiffeId, Vec<SigningCa>) {
     let id = SpiffeId::parse("spiffe://example.org/ns/default/sa/web").unwrap();
     let cas = (1..=3)
         .map(|i| {
-            SigningCa::self_signed(
-                &td,
-                &format!("ringzero authority a{i}"),
-                30 * DAY,
-                now,
-                Some(0),
-            )
-            .unwrap()
+            CaBuilder::new(&td, &format!("ringzero authority a{i}"))
+                .made_at(now)
+                .ttl(30 * DAY)
+                .path_len(0)
+                .build()
         })
         .collect();
     (td, id, cas)
@@ -76,20 +74,13 @@ fn bench_issue(c: &mut Criterion) {
 fn bench_validate(c: &mut Criterion) {
     let (td, id, cas) = setup();
     let now = SystemTime::now();
-    let bundle =
-        TrustBundle::new(td, cas.iter().map(|ca| ca.cert_der().clone()).collect()).unwrap();
+    let bundle = trust_bundle(&td, &cas.iter().collect::<Vec<_>>());
     // Issued by the last CA of the bundle, so path building cannot stop at the first anchor.
-    let key = generate_key().unwrap();
-    let csr = csr_for(&key, &id).unwrap();
-    let leaf = cas[2]
-        .issue(&LeafRequest {
-            id: &id,
-            key: LeafKey::Csr(&csr),
-            ttl: LEAF_TTL,
-            dns_names: &[],
-            now,
-        })
-        .unwrap();
+    let leaf = SvidBuilder::new(&cas[2], &id)
+        .ttl(LEAF_TTL)
+        .at(now)
+        .issue()
+        .issued;
     let validated = validate_svid(&leaf.chain, &bundle, now, Usage::Client).unwrap();
     assert_eq!(validated.id, id);
 

@@ -159,10 +159,8 @@ mod tests {
     #[test]
     fn pins_match_only_their_ca() {
         let td = crate::TrustDomain::new("example.org").unwrap();
-        let now = std::time::SystemTime::now();
-        let ttl = std::time::Duration::from_secs(3600);
-        let a = crate::svid::SigningCa::self_signed(&td, "a", ttl, now, None).unwrap();
-        let b = crate::svid::SigningCa::self_signed(&td, "b", ttl, now, None).unwrap();
+        let a = crate::testing::ca(&td, "a");
+        let b = crate::testing::ca(&td, "b");
         let pin = ca_pin(a.cert_der()).unwrap();
         assert!(pin_matches(
             &pin,

@@ -78,6 +78,9 @@ pub mod token;
 #[doc(hidden)]
 pub mod fuzzing;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use self::rights::{NodeName, Operation, Resource, Right, Role};
 pub use self::spiffe::{SpiffeId, SpiffeIdPattern, TrustDomain};
 pub use self::token::TokenCache;

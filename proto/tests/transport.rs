@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ringzero_policy::tls::{PeerMatch, SpiffeClientVerifier, server_config};
+use ringzero_policy::tls::{PeerMatch, SpiffeClientVerifier};
 use ringzero_proto::pb::RaftPayload;
 use ringzero_proto::transport::{PeerInfo, ServerLimits, TransportError, channel, peer};
 use tokio::io::AsyncWriteExt;
@@ -55,7 +55,7 @@ async fn server_expecting_a_client_svid_in_its_pattern_sees_exactly_that_id() {
         bundle(&authority),
         one_of(&["spiffe://td/ringzero/authority/*"]),
     );
-    let config = Arc::new(server_config(me.chain.clone(), me.key(), verifier).unwrap());
+    let config = me.server_config(verifier);
     let server = TestServer::start(config, ServerLimits::default()).await;
 
     let peer_authority = svid(&authority, "spiffe://td/ringzero/authority/a2");

@@ -504,20 +504,14 @@ async fn a_resumed_tls_session_cannot_skip_the_client_certificate_check() {
     // Two CAs in the bundle; the client's SVID is from the second.
     let first = ca(&td("td"), "ringzero authority a1");
     let second = ca(&td("td"), "ringzero authority a2");
-    let both = ringzero_policy::svid::TrustBundle::new(
-        td("td"),
-        vec![first.cert_der().clone(), second.cert_der().clone()],
-    )
-    .unwrap();
+    let both = ringzero_policy::testing::trust_bundle(&td("td"), &[&first, &second]);
     let bundle = ringzero_policy::tls::BundleSource::new(both);
     let me = svid(&first, SERVER_ID);
     let verifier = ringzero_policy::tls::SpiffeClientVerifier::new(
         bundle.clone(),
         PeerMatch::AnyInTrustDomain,
     );
-    let config = Arc::new(
-        ringzero_policy::tls::server_config(me.chain.clone(), me.key(), verifier).unwrap(),
-    );
+    let config = me.server_config(verifier);
     let server = TestServer::start_guarded(config, ServerLimits::default()).await;
     // One client configuration, as a long-running client keeps: it caches TLS sessions.
     let mine = client(
@@ -532,9 +526,7 @@ async fn a_resumed_tls_session_cannot_skip_the_client_certificate_check() {
 
     // The second CA leaves the bundle (compromised): a new connection must verify the
     // certificate again, not resume the session it had.
-    bundle.replace(
-        ringzero_policy::svid::TrustBundle::new(td("td"), vec![first.cert_der().clone()]).unwrap(),
-    );
+    bundle.replace(ringzero_policy::testing::trust_bundle(&td("td"), &[&first]));
     let calls = server.calls();
     let status = whoami(server.channel(mine.clone())).await.unwrap_err();
     assert_eq!(

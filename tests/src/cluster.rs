@@ -10,17 +10,21 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ringzero_authority::store::StateMachineStore;
 use ringzero_authority::{JoinTokenRecord, NodeId, StoredAudit, TypeConfig};
+use ringzero_policy::TrustDomain;
 use ringzero_policy::join::JoinToken;
-use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, TrustBundle, csr_for, generate_key};
-use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeServerVerifier};
-use ringzero_policy::{SpiffeId, SpiffeIdPattern, TrustDomain};
+use ringzero_policy::svid::{SigningCa, TrustBundle};
+use ringzero_policy::testing::{
+    SvidBuilder, anonymous_client_config, chain_and_key_pem, one_of, spiffe_id, trust_domain,
+};
+use ringzero_policy::tls::{BundleSource, SpiffeServerVerifier};
 use ringzero_proto::client::Profile;
+use ringzero_proto::pb;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::{Proc, TestDir, free_addr, ringzero, run_timeout, show, wait_until};
 
@@ -411,11 +415,15 @@ impl Cluster {
 
     /// Node `i`'s CA, which can issue any SVID of the trust domain (for forging callers).
     pub fn node_ca(&self, i: usize) -> SigningCa {
-        let keys = self.nodes[i].dir.join("keys");
-        let cert = std::fs::read(keys.join("ca.der")).unwrap();
-        let key = std::fs::read(keys.join("ca.key")).unwrap();
-        SigningCa::from_der(&cert, &key, vec![]).unwrap()
+        ca_of_keys(&self.nodes[i].dir.join("keys"))
     }
+}
+
+/// The CA whose certificate and key are in `keys` (a node's `keys/`, or a copy of it).
+pub fn ca_of_keys(keys: &Path) -> SigningCa {
+    let cert = std::fs::read(keys.join("ca.der")).unwrap();
+    let key = std::fs::read(keys.join("ca.key")).unwrap();
+    SigningCa::from_der(&cert, &key, vec![]).unwrap()
 }
 
 /// Kills the nodes before the directory they run in is removed (fields drop after this).
@@ -432,7 +440,7 @@ impl Drop for Cluster {
 // ---------------------------------------------------------------------------------------------
 
 pub fn td() -> TrustDomain {
-    TrustDomain::new(TD).unwrap()
+    trust_domain(TD)
 }
 
 /// An SVID and its key, as a TLS client presents them.
@@ -459,45 +467,17 @@ impl Svid {
 
     /// An SVID for `id` issued by `ca` that expires `ttl` from now (to the second).
     pub fn forge_for(ca: &SigningCa, id: &str, ttl: Duration) -> Self {
-        let key = generate_key().unwrap();
-        let id = SpiffeId::parse(id).unwrap();
-        let csr = csr_for(&key, &id).unwrap();
-        let issued = ca
-            .issue(&LeafRequest {
-                id: &id,
-                key: LeafKey::Csr(&csr),
-                ttl,
-                dns_names: &[],
-                now: SystemTime::now(),
-            })
-            .unwrap();
+        let svid = SvidBuilder::new(ca, &spiffe_id(id)).ttl(ttl).issue();
         Self {
-            chain: issued.chain,
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            chain: svid.chain(),
+            key: svid.private_key(),
         }
     }
 
+    /// The chain and the key as PEM, as a profile holds them.
     pub fn pem(&self) -> (String, String) {
-        let chain = self
-            .chain
-            .iter()
-            .map(|c| pem("CERTIFICATE", c))
-            .collect::<String>();
-        let key = pem("PRIVATE KEY", self.key.secret_der());
-        (chain, key)
+        chain_and_key_pem(&self.chain, &self.key)
     }
-}
-
-pub fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 /// Verifies that the server is an authority node of the profile's bundle.
@@ -505,9 +485,7 @@ pub fn authority_verifier(profile: &Profile) -> Arc<SpiffeServerVerifier> {
     let bundle = TrustBundle::new(td(), profile.bundle_certs().unwrap()).unwrap();
     SpiffeServerVerifier::new(
         BundleSource::new(bundle),
-        PeerMatch::OneOf(vec![
-            SpiffeIdPattern::parse(&format!("spiffe://{TD}/ringzero/authority/*")).unwrap(),
-        ]),
+        one_of(&[&format!("spiffe://{TD}/ringzero/authority/*")]),
     )
 }
 
@@ -525,16 +503,7 @@ pub fn mtls(profile: &Profile, svid: &Svid) -> Arc<rustls::ClientConfig> {
 
 /// TLS without a client certificate, trusting the profile's bundle.
 pub fn anonymous_tls(profile: &Profile) -> Arc<rustls::ClientConfig> {
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(authority_verifier(profile))
-        .with_no_client_auth(),
-    )
+    anonymous_client_config(authority_verifier(profile))
 }
 
 pub fn channel(addr: &str, tls: Arc<rustls::ClientConfig>) -> tonic::transport::Channel {
@@ -549,6 +518,44 @@ pub fn with_bearer<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
     }
     req.set_timeout(Duration::from_secs(10));
     req
+}
+
+/// Polls `Status` on each of `addrs` (every 20 ms, 300 ms per call, no client-side retry or
+/// backoff) until one answers `writable`; returns the time since `since`. This is the election
+/// time itself: the first moment a survivor has won an election and committed an entry.
+pub fn poll_new_leader(
+    profile: &Profile,
+    addrs: Vec<String>,
+    since: Instant,
+    timeout: Duration,
+) -> Option<(Duration, String)> {
+    let rt = runtime();
+    let tls = mtls(profile, &Svid::of_profile(profile));
+    let token = profile.token.clone();
+    rt.block_on(async move {
+        let clients: Vec<_> = addrs
+            .iter()
+            .map(|a| {
+                (
+                    a.clone(),
+                    pb::authority_client::AuthorityClient::new(channel(a, tls.clone())),
+                )
+            })
+            .collect();
+        while since.elapsed() < timeout {
+            for (addr, c) in &clients {
+                let mut c = c.clone();
+                let call = c.status(with_bearer(pb::StatusRequest {}, Some(&token)));
+                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(300), call).await
+                    && r.get_ref().writable
+                {
+                    return Some((since.elapsed(), addr.clone()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    })
 }
 
 /// A postcard-encoded AppendEntries from `leader` at `term`: a heartbeat that, if accepted,

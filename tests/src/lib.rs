@@ -4,7 +4,10 @@
 //! commands under a deadline, and polling with deadlines instead of fixed sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod agent;
 pub mod cluster;
+pub mod impostor;
+pub mod probe;
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -391,9 +394,7 @@ impl SoloAuthority {
         let out = run_timeout(cmd, Duration::from_secs(60));
         assert!(out.status.success(), "bootstrap: {}", show(&out));
         let profile = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let mut cmd = ringzero(root.path());
-        cmd.args(["authority", "run", "--data-dir"]).arg(&dir);
-        let proc = Proc::spawn("n1", cmd, &root.path().join("n1.log"));
+        let proc = Self::run(root.path(), &dir);
         let s = Self {
             root,
             dir,
@@ -402,18 +403,30 @@ impl SoloAuthority {
             trust_domain: trust_domain.to_owned(),
             proc,
         };
-        wait_until(
+        s.wait_writable(
             "the authority to accept writes",
             Duration::from_secs(20),
             Duration::from_millis(50),
-            || {
-                s.cli(&["authority", "status"])
-                    .status
-                    .success()
-                    .then_some(())
-            },
         );
         s
+    }
+
+    /// `ringzero authority run --data-dir DIR` in `root`, logging to `n1.log`.
+    fn run(root: &Path, dir: &Path) -> Proc {
+        let mut cmd = ringzero(root);
+        cmd.args(["authority", "run", "--data-dir"]).arg(dir);
+        Proc::spawn("n1", cmd, &root.join("n1.log"))
+    }
+
+    /// Polls `authority status` every `every` until it succeeds; panics naming `what` after
+    /// `timeout`.
+    fn wait_writable(&self, what: &str, timeout: Duration, every: Duration) {
+        wait_until(what, timeout, every, || {
+            self.cli(&["authority", "status"])
+                .status
+                .success()
+                .then_some(())
+        });
     }
 
     /// `ringzero --profile P ARGS…`, run to completion.
@@ -422,4 +435,43 @@ impl SoloAuthority {
         cmd.arg("--profile").arg(&self.profile).args(args);
         run_timeout(cmd, Duration::from_secs(60))
     }
+
+    /// `node token --name NAME --ttl TTL`: the token, written to `NAME.token` in the test's
+    /// directory; returns that file.
+    pub fn node_token(&self, name: &str, ttl: &str) -> PathBuf {
+        let out = self.cli(&["node", "token", "--name", name, "--ttl", ttl]);
+        assert!(out.status.success(), "node token: {}", show(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let token = text.lines().last().expect("a token line").trim();
+        let path = self.root.path().join(format!("{name}.token"));
+        std::fs::write(&path, token).unwrap();
+        path
+    }
+
+    /// Stops the node (SIGTERM), runs `between` on its data directory while it is down, and
+    /// starts it again; returns once it accepts writes.
+    pub fn restart_with(&mut self, between: impl FnOnce(&Path)) {
+        assert!(
+            self.proc.terminate(Duration::from_secs(15)).is_some(),
+            "the node did not stop on SIGTERM"
+        );
+        between(&self.dir);
+        self.proc = Self::run(self.root.path(), &self.dir);
+        self.wait_writable(
+            "the restarted authority to accept writes",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+        );
+    }
+}
+
+/// `cp -a FROM TO`: a copy with modes and times, as an attacker or a backup takes it.
+pub fn cp_a(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ringzero_policy::TrustDomain;
 use ringzero_policy::svid::{TrustBundle, Usage, validate_svid};
 use ringzero_proto::client::Profile;
+use ringzero_tests::agent::{agent_cmd, my_uid, spawn_ready_agent};
 use ringzero_tests::{Proc, SoloAuthority, ringzero, show, wait_until};
 use rustls_pki_types::CertificateDer;
 use tokio_stream::StreamExt;
@@ -20,45 +21,13 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn my_uid() -> u32 {
-    // The uid owning a file this process just created.
-    use std::os::unix::fs::MetadataExt;
-    let f = tempfile::NamedTempFile::new().unwrap();
-    f.as_file().metadata().unwrap().uid()
-}
-
-/// `node token --name NAME`: the token, written to a file.
-fn node_token(a: &SoloAuthority, name: &str, ttl: &str) -> PathBuf {
-    let out = a.cli(&["node", "token", "--name", name, "--ttl", ttl]);
-    assert!(out.status.success(), "node token: {}", show(&out));
-    let token = stdout(&out).lines().last().unwrap().trim().to_owned();
-    let path = a.root.path().join(format!("{name}.token"));
-    std::fs::write(&path, &token).unwrap();
-    path
-}
-
 fn start_agent(a: &SoloAuthority, name: &str, token: &Path) -> (Proc, PathBuf, PathBuf) {
     let dir = a.root.path().join(format!("agent-{name}"));
     let socket = a.root.path().join(format!("{name}.sock"));
-    let mut cmd = ringzero(a.root.path());
-    cmd.args(["agent", "run", "--authority", &a.addr])
-        .arg("--join-token")
-        .arg(format!("@{}", token.display()))
-        .arg("--data-dir")
-        .arg(&dir)
-        .arg("--socket")
-        .arg(&socket);
+    let token = format!("@{}", token.display());
+    let cmd = agent_cmd(a.root.path(), &a.addr, Some(&token), &dir, &socket);
     let log = a.root.path().join(format!("agent-{name}.log"));
-    let mut p = Proc::spawn(&format!("agent-{name}"), cmd, &log);
-    wait_until(
-        "the agent to be ready",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || {
-            assert!(p.is_running(), "the agent exited: {}", p.log());
-            p.log().contains("agent ready").then_some(())
-        },
-    );
+    let p = spawn_ready_agent(&format!("agent-{name}"), cmd, &log, Duration::from_secs(20));
     (p, dir, socket)
 }
 
@@ -77,7 +46,7 @@ fn ders(certs: &[spiffe::cert::Certificate]) -> Vec<CertificateDer<'static>> {
 #[test]
 fn enroll_fetch_rotate_and_evict() {
     let a = SoloAuthority::start("agent-proc", TD);
-    let token = node_token(&a, "n7", "10m");
+    let token = a.node_token("n7", "10m");
     let (mut agent, data_dir, socket) = start_agent(&a, "n7", &token);
 
     // Key, SVID and token persist with owner-only modes.
@@ -198,12 +167,8 @@ fn enroll_fetch_rotate_and_evict() {
     assert!(log.contains("evicted"), "{log}");
     assert!(log.contains("ringzero node token"), "{log}");
     // Restarting it does not bring it back: it cannot renew.
-    let mut cmd = ringzero(a.root.path());
-    cmd.args(["agent", "run", "--authority", &a.addr])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--socket")
-        .arg(a.root.path().join("again.sock"));
+    let again = a.root.path().join("again.sock");
+    let cmd = agent_cmd(a.root.path(), &a.addr, None, &data_dir, &again);
     let out = ringzero_tests::run_timeout(cmd, Duration::from_secs(30));
     assert!(!out.status.success(), "{}", show(&out));
     assert!(show(&out).contains("evicted"), "{}", show(&out));
@@ -224,21 +189,20 @@ fn enroll_fetch_rotate_and_evict() {
 #[test]
 fn enrollment_is_refused_for_a_reused_wrong_pin_or_expired_token() {
     let a = SoloAuthority::start("agent-refusals", TD);
-    let token = node_token(&a, "n1", "10m");
+    let token = a.node_token("n1", "10m");
     let (agent, _, _) = start_agent(&a, "n1", &token);
     drop(agent);
 
     let try_enroll = |name: &str, token: &str| {
         let tfile = a.root.path().join(format!("{name}.try"));
         std::fs::write(&tfile, token).unwrap();
-        let mut cmd = ringzero(a.root.path());
-        cmd.args(["agent", "run", "--authority", &a.addr])
-            .arg("--join-token")
-            .arg(format!("@{}", tfile.display()))
-            .arg("--data-dir")
-            .arg(a.root.path().join(format!("d-{name}")))
-            .arg("--socket")
-            .arg(a.root.path().join(format!("{name}.sock")));
+        let cmd = agent_cmd(
+            a.root.path(),
+            &a.addr,
+            Some(&format!("@{}", tfile.display())),
+            &a.root.path().join(format!("d-{name}")),
+            &a.root.path().join(format!("{name}.sock")),
+        );
         ringzero_tests::run_timeout(cmd, Duration::from_secs(30))
     };
 
@@ -249,7 +213,7 @@ fn enrollment_is_refused_for_a_reused_wrong_pin_or_expired_token() {
     assert!(show(&out).contains("already used"), "{}", show(&out));
 
     // A wrong pin: refused before the secret is presented, so the token still works after.
-    let fresh = std::fs::read_to_string(node_token(&a, "n2", "10m")).unwrap();
+    let fresh = std::fs::read_to_string(a.node_token("n2", "10m")).unwrap();
     let mut parts: Vec<String> = fresh.trim().split('.').map(str::to_owned).collect();
     let pin = parts[2].clone();
     parts[2] = pin
@@ -263,7 +227,7 @@ fn enrollment_is_refused_for_a_reused_wrong_pin_or_expired_token() {
     drop(ok);
 
     // Expired.
-    let short = std::fs::read_to_string(node_token(&a, "n3", "1s")).unwrap();
+    let short = std::fs::read_to_string(a.node_token("n3", "1s")).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let out = try_enroll("expired", &short);
     assert!(!out.status.success());
@@ -273,7 +237,7 @@ fn enrollment_is_refused_for_a_reused_wrong_pin_or_expired_token() {
 #[test]
 fn an_authority_with_open_agent_feeds_shuts_down_promptly() {
     let mut a = SoloAuthority::start("agent-shutdown", TD);
-    let token = node_token(&a, "n1", "10m");
+    let token = a.node_token("n1", "10m");
     let (mut agent, _, _) = start_agent(&a, "n1", &token);
     // The agent holds its entry feed open; SIGTERM must still stop the authority at once.
     let t = Instant::now();

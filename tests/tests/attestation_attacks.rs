@@ -21,7 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ringzero_tests::{Proc, SoloAuthority, TestDir, ringzero, show, wait_until};
+use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
+use ringzero_tests::{Proc, SoloAuthority, TestDir, ringzero, show};
 
 const TD: &str = "attest.test";
 /// The hostile local user.
@@ -77,37 +78,19 @@ struct Node {
 impl Node {
     fn start(name: &str) -> Self {
         let a = SoloAuthority::start(name, TD);
-        let out = a.cli(&["node", "token", "--name", "n1", "--ttl", "10m"]);
-        assert!(out.status.success(), "node token: {}", show(&out));
-        let token = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_owned();
-        let token_file = a.root.path().join("n1.token");
-        std::fs::write(&token_file, token).unwrap();
+        let token = format!("@{}", a.node_token("n1", "10m").display());
         let public = TestDir::new(&format!("{name}-pub"));
         std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
         let socket = public.path().join("agent.sock");
-        let mut cmd = ringzero(a.root.path());
-        cmd.args(["agent", "run", "--authority", &a.addr])
-            .arg("--join-token")
-            .arg(format!("@{}", token_file.display()))
-            .arg("--data-dir")
-            .arg(a.root.path().join("agent"))
-            .arg("--socket")
-            .arg(&socket);
-        let mut agent = Proc::spawn("agent", cmd, &a.root.path().join("agent.log"));
-        wait_until(
-            "the agent to be ready",
-            Duration::from_secs(30),
-            Duration::from_millis(50),
-            || {
-                assert!(agent.is_running(), "the agent exited: {}", agent.log());
-                agent.log().contains("agent ready").then_some(())
-            },
+        let cmd = agent_cmd(
+            a.root.path(),
+            &a.addr,
+            Some(&token),
+            &a.root.path().join("agent"),
+            &socket,
         );
+        let log = a.root.path().join("agent.log");
+        let agent = spawn_ready_agent("agent", cmd, &log, Duration::from_secs(30));
         Self {
             a,
             agent,

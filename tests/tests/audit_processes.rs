@@ -17,7 +17,7 @@ use ring::signature::Ed25519KeyPair;
 use ringzero_policy::audit::{AuditEntry, ExportOptions, Frontier, write_export};
 use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
-use ringzero_tests::{Proc, SoloAuthority, ringzero, run_timeout_stdin, show, wait_until};
+use ringzero_tests::{SoloAuthority, cp_a, ringzero, run_timeout_stdin, show};
 
 const TD: &str = "audit.test";
 
@@ -92,39 +92,6 @@ fn allowed_calls(a: &SoloAuthority, n: usize) {
     for _ in 0..n {
         ok(a.cli(&["authority", "status"]), "status");
     }
-}
-
-/// Stops the node (SIGTERM) and runs `between` while it is down, then starts it again.
-fn restart_with(a: &mut SoloAuthority, between: impl FnOnce(&Path)) {
-    assert!(
-        a.proc.terminate(Duration::from_secs(15)).is_some(),
-        "the node did not stop on SIGTERM"
-    );
-    between(&a.dir);
-    let mut cmd = ringzero(a.root.path());
-    cmd.args(["authority", "run", "--data-dir"]).arg(&a.dir);
-    a.proc = Proc::spawn("n1", cmd, &a.root.path().join("n1.log"));
-    wait_until(
-        "the restarted authority to accept writes",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || {
-            a.cli(&["authority", "status"])
-                .status
-                .success()
-                .then_some(())
-        },
-    );
-}
-
-fn cp_a(from: &Path, to: &Path) {
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -459,7 +426,7 @@ fn a_live_log_restored_from_a_backup_is_a_rollback() {
 
     // A backup of the node's data, then the log grows and is verified (and remembered).
     let backup = a.root.path().join("n1.bak");
-    restart_with(&mut a, |dir| cp_a(dir, &backup));
+    a.restart_with(|dir| cp_a(dir, &backup));
     allowed_calls(&a, 20);
     ok(a.cli(&["audit", "verify"]), "verify after growth");
     let seen = remembered_size(&a);
@@ -481,7 +448,7 @@ fn a_live_log_restored_from_a_backup_is_a_rollback() {
     // The node restored from the backup: an older head after a newer one was seen.
     // (The admin profile lives in the data directory: the verifier keeps its memory.)
     let memory = remembered(&a);
-    restart_with(&mut a, |dir| {
+    a.restart_with(|dir| {
         std::fs::remove_dir_all(dir).unwrap();
         std::fs::rename(&backup, dir).unwrap();
         std::fs::write(&memory, &later).unwrap();

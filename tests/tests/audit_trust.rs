@@ -17,7 +17,7 @@ use ringzero_policy::audit::{AuditEntry, ExportOptions, Frontier, write_export};
 use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
 use ringzero_tests::cluster::Cluster;
-use ringzero_tests::{Proc, SoloAuthority, ringzero, run_timeout, show, wait_until};
+use ringzero_tests::{SoloAuthority, ringzero, run_timeout, show};
 
 /// One real cluster at a time: these tests start processes and wait on them.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -89,29 +89,6 @@ fn records(export: &Path) -> BTreeMap<u64, serde_json::Value> {
 
 // ---------------------------------------------------------------------------------------------
 
-/// Stops the node (SIGTERM), runs `between` while it is down, and starts it again.
-fn restart_with(a: &mut SoloAuthority, between: impl FnOnce(&Path)) {
-    assert!(
-        a.proc.terminate(Duration::from_secs(15)).is_some(),
-        "the node did not stop on SIGTERM"
-    );
-    between(&a.dir);
-    let mut cmd = ringzero(a.root.path());
-    cmd.args(["authority", "run", "--data-dir"]).arg(&a.dir);
-    a.proc = Proc::spawn("n1", cmd, &a.root.path().join("n1.log"));
-    wait_until(
-        "the restarted authority to accept writes",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || {
-            a.cli(&["authority", "status"])
-                .status
-                .success()
-                .then_some(())
-        },
-    );
-}
-
 /// `n` allowed calls, each of which adds a record.
 fn allowed_calls(a: &SoloAuthority, n: usize) {
     for _ in 0..n {
@@ -149,7 +126,7 @@ fn a_forked_log_exported_and_verified_offline_is_refused_naming_the_first_diverg
     // A copy of the data directory; then the log grows, and the auditor accepts it offline.
     allowed_calls(&a, 3);
     let backup = root.join("n1.bak");
-    restart_with(&mut a, |dir| {
+    a.restart_with(|dir| {
         let st = std::process::Command::new("cp")
             .arg("-a")
             .arg(dir)
@@ -166,7 +143,7 @@ fn a_forked_log_exported_and_verified_offline_is_refused_naming_the_first_diverg
 
     // The data directory restored from the copy, grown past the seen size without its records.
     let honest_dir = root.join("n1.honest");
-    restart_with(&mut a, |dir| {
+    a.restart_with(|dir| {
         std::fs::rename(dir, &honest_dir).unwrap();
         std::fs::rename(&backup, dir).unwrap();
     });
@@ -234,7 +211,7 @@ fn a_forked_log_exported_and_verified_offline_is_refused_naming_the_first_diverg
     );
 
     // Back to the honest history: a later export verifies; --no-remember leaves the memory.
-    restart_with(&mut a, |dir| {
+    a.restart_with(|dir| {
         std::fs::rename(dir, root.join("n1.fork")).unwrap();
         std::fs::rename(&honest_dir, dir).unwrap();
     });

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, SystemTime};
 
+use ringzero_tests::agent::{agent_cmd, my_uid, spawn_ready_agent};
 use ringzero_tests::{Proc, SoloAuthority, ringzero, run_timeout, show, wait_until};
 use serde_json::Value;
 
@@ -92,38 +93,17 @@ fn assert_stable_shape(v: &Value) {
     }
 }
 
-fn my_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    let f = tempfile::NamedTempFile::new().unwrap();
-    f.as_file().metadata().unwrap().uid()
-}
-
 fn start_agent(a: &SoloAuthority, name: &str) -> Proc {
-    let out = a.cli(&["node", "token", "--name", name, "--ttl", "10m"]);
-    assert!(out.status.success(), "node token: {}", show(&out));
-    let token = stdout(&out).lines().last().unwrap().trim().to_owned();
-    let token_file = a.root.path().join(format!("{name}.token"));
-    std::fs::write(&token_file, token).unwrap();
-    let mut cmd = ringzero(a.root.path());
-    cmd.args(["agent", "run", "--authority", &a.addr])
-        .arg("--join-token")
-        .arg(format!("@{}", token_file.display()))
-        .arg("--data-dir")
-        .arg(a.root.path().join(format!("agent-{name}")))
-        .arg("--socket")
-        .arg(a.root.path().join(format!("{name}.sock")));
-    let log = a.root.path().join(format!("agent-{name}.log"));
-    let mut p = Proc::spawn(&format!("agent-{name}"), cmd, &log);
-    wait_until(
-        "the agent to be ready",
-        Duration::from_secs(30),
-        Duration::from_millis(50),
-        || {
-            assert!(p.is_running(), "the agent exited: {}", p.log());
-            p.log().contains("agent ready").then_some(())
-        },
+    let token = format!("@{}", a.node_token(name, "10m").display());
+    let cmd = agent_cmd(
+        a.root.path(),
+        &a.addr,
+        Some(&token),
+        &a.root.path().join(format!("agent-{name}")),
+        &a.root.path().join(format!("{name}.sock")),
     );
-    p
+    let log = a.root.path().join(format!("agent-{name}.log"));
+    spawn_ready_agent(&format!("agent-{name}"), cmd, &log, Duration::from_secs(30))
 }
 
 fn entry(a: &SoloAuthority, id: &str, node: &str, uid: u32) -> String {

@@ -9,16 +9,17 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ringzero_policy::svid::{
-    IssuedSvid, LeafKey, LeafRequest, SigningCa, SvidError, TrustBundle, csr_for, generate_key,
+use ringzero_policy::svid::{SigningCa, SvidError};
+use ringzero_policy::testing::{
+    CA_TTL, CaBuilder, LEAF_TTL, SvidBuilder, TestSvid as Svid, one_of, spiffe_id as id, svid,
+    trust_bundle, trust_domain,
 };
 use ringzero_policy::tls::{
-    BundleSource, PeerMatch, SpiffeClientVerifier, SpiffeServerVerifier, client_config, peer_id,
-    server_config,
+    BundleSource, PeerMatch, SpiffeClientVerifier, SpiffeServerVerifier, peer_id,
 };
-use ringzero_policy::{SpiffeId, SpiffeIdPattern, TrustDomain};
+use ringzero_policy::{SpiffeId, TrustDomain};
 use rustls::{AlertDescription, CertificateError};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -27,71 +28,25 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 // Fixtures
 // ---------------------------------------------------------------------------------------------
 
-const CA_TTL: Duration = Duration::from_secs(24 * 3600);
-const LEAF_TTL: Duration = Duration::from_secs(3600);
-
 const SERVER_ID: &str = "spiffe://td/ringzero/authority/a1";
 const CLIENT_ID: &str = "spiffe://td/ringzero/node/n1";
 
 fn td() -> TrustDomain {
-    TrustDomain::new("td").unwrap()
+    trust_domain("td")
 }
 
-fn id(s: &str) -> SpiffeId {
-    SpiffeId::parse(s).unwrap()
-}
-
-/// A self-signed CA valid from three hours ago, so that leaves can be issued in the past.
+/// A self-signed CA made three hours ago, so that leaves can be issued in the past.
 fn ca(td: &TrustDomain, cn: &str) -> SigningCa {
-    let since = SystemTime::now() - Duration::from_secs(3 * 3600);
-    SigningCa::self_signed(td, cn, CA_TTL, since, None).unwrap()
-}
-
-/// An SVID with its private key, as a TLS endpoint holds it.
-struct Svid {
-    issued: IssuedSvid,
-    key_pkcs8: Vec<u8>,
-}
-
-impl Svid {
-    fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.issued.chain.clone()
-    }
-
-    fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(self.key_pkcs8.clone().into())
-    }
+    CaBuilder::new(td, cn)
+        .made_at(SystemTime::now() - Duration::from_secs(3 * 3600))
+        .build()
 }
 
 fn svid_at(ca: &SigningCa, spiffe_id: &str, now: SystemTime, ttl: Duration) -> Svid {
-    let key = generate_key().unwrap();
-    let spiffe_id = id(spiffe_id);
-    let csr = csr_for(&key, &spiffe_id).unwrap();
-    let issued = ca
-        .issue(&LeafRequest {
-            id: &spiffe_id,
-            key: LeafKey::Csr(&csr),
-            ttl,
-            dns_names: &[],
-            now,
-        })
-        .unwrap();
-    Svid {
-        issued,
-        key_pkcs8: key.serialize_der(),
-    }
-}
-
-fn svid(ca: &SigningCa, spiffe_id: &str) -> Svid {
-    svid_at(ca, spiffe_id, SystemTime::now(), LEAF_TTL)
-}
-
-fn trust_bundle(td: &TrustDomain, cas: &[&SigningCa]) -> TrustBundle {
-    TrustBundle::new(
-        td.clone(),
-        cas.iter().map(|c| c.cert_der().clone()).collect(),
-    )
-    .unwrap()
+    SvidBuilder::new(ca, &id(spiffe_id))
+        .at(now)
+        .ttl(ttl)
+        .issue()
 }
 
 fn source(cas: &[&SigningCa]) -> BundleSource {
@@ -99,22 +54,11 @@ fn source(cas: &[&SigningCa]) -> BundleSource {
 }
 
 fn server_cfg(svid: &Svid, bundle: BundleSource, peers: PeerMatch) -> Arc<rustls::ServerConfig> {
-    let verifier = SpiffeClientVerifier::new(bundle, peers);
-    Arc::new(server_config(svid.chain(), svid.key(), verifier).unwrap())
+    svid.server_config(SpiffeClientVerifier::new(bundle, peers))
 }
 
 fn client_cfg(svid: &Svid, bundle: BundleSource, peers: PeerMatch) -> Arc<rustls::ClientConfig> {
-    let verifier = SpiffeServerVerifier::new(bundle, peers);
-    Arc::new(client_config(svid.chain(), svid.key(), verifier).unwrap())
-}
-
-fn one_of(patterns: &[&str]) -> PeerMatch {
-    PeerMatch::OneOf(
-        patterns
-            .iter()
-            .map(|p| SpiffeIdPattern::parse(p).unwrap())
-            .collect(),
-    )
+    svid.client_config(SpiffeServerVerifier::new(bundle, peers))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -179,6 +123,15 @@ async fn connect(server: Arc<rustls::ServerConfig>, client: Arc<rustls::ClientCo
     })
     .await
     .expect("the connection hung")
+}
+
+/// [`connect`] with both sides trusting `cas` and accepting any peer of the trust domain.
+async fn connect_trusting(server: &Svid, client: &Svid, cas: &[&SigningCa]) -> Outcome {
+    connect(
+        server_cfg(server, source(cas), PeerMatch::AnyInTrustDomain),
+        client_cfg(client, source(cas), PeerMatch::AnyInTrustDomain),
+    )
+    .await
 }
 
 /// The rustls error inside an I/O error from tokio-rustls.
@@ -250,11 +203,7 @@ async fn mutual_handshake_succeeds_and_both_sides_see_the_peer_id() {
     let authority = ca(&td(), "ringzero authority a1");
     let server = svid(&authority, SERVER_ID);
     let client = svid(&authority, CLIENT_ID);
-    let outcome = connect(
-        server_cfg(&server, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-        client_cfg(&client, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-    )
-    .await;
+    let outcome = connect_trusting(&server, &client, &[&authority]).await;
     assert_success(&outcome, CLIENT_ID, SERVER_ID);
 }
 
@@ -272,11 +221,7 @@ async fn handshake_with_intermediate_chain_against_root_bundle() {
     let server = svid(&inter, SERVER_ID);
     let client = svid(&inter, CLIENT_ID);
     assert_eq!(server.issued.chain.len(), 2);
-    let outcome = connect(
-        server_cfg(&server, source(&[&root]), PeerMatch::AnyInTrustDomain),
-        client_cfg(&client, source(&[&root]), PeerMatch::AnyInTrustDomain),
-    )
-    .await;
+    let outcome = connect_trusting(&server, &client, &[&root]).await;
     assert_success(&outcome, CLIENT_ID, SERVER_ID);
 }
 
@@ -309,11 +254,7 @@ async fn client_from_an_untrusted_ca_of_the_same_trust_domain_is_refused() {
     let rogue = ca(&td(), "rogue");
     let server = svid(&authority, SERVER_ID);
     let client = svid(&rogue, CLIENT_ID);
-    let outcome = connect(
-        server_cfg(&server, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-        client_cfg(&client, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-    )
-    .await;
+    let outcome = connect_trusting(&server, &client, &[&authority]).await;
     assert_eq!(
         tls_error(&outcome.server),
         &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
@@ -327,11 +268,7 @@ async fn server_from_an_untrusted_ca_is_refused_by_the_client() {
     let rogue = ca(&td(), "rogue");
     let server = svid(&rogue, SERVER_ID);
     let client = svid(&authority, CLIENT_ID);
-    let outcome = connect(
-        server_cfg(&server, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-        client_cfg(&client, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-    )
-    .await;
+    let outcome = connect_trusting(&server, &client, &[&authority]).await;
     assert_eq!(
         tls_error(&outcome.client),
         &rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
@@ -346,11 +283,7 @@ async fn server_from_another_trust_domain_is_refused_by_the_client() {
     let foreign = ca(&other_td, "ringzero authority a1");
     let server = svid(&foreign, "spiffe://other/ringzero/authority/a1");
     let client = svid(&authority, CLIENT_ID);
-    let outcome = connect(
-        server_cfg(&server, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-        client_cfg(&client, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-    )
-    .await;
+    let outcome = connect_trusting(&server, &client, &[&authority]).await;
     assert!(
         matches!(
             svid_error(&outcome.client),
@@ -471,11 +404,7 @@ async fn expired_client_is_refused() {
         Duration::from_secs(60),
     );
     assert!(client.issued.not_after < SystemTime::now());
-    let outcome = connect(
-        server_cfg(&server, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-        client_cfg(&client, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-    )
-    .await;
+    let outcome = connect_trusting(&server, &client, &[&authority]).await;
     assert_eq!(
         tls_error(&outcome.server),
         &rustls::Error::InvalidCertificate(CertificateError::Expired)
@@ -494,11 +423,7 @@ async fn expired_server_is_refused() {
         Duration::from_secs(60),
     );
     let client = svid(&authority, CLIENT_ID);
-    let outcome = connect(
-        server_cfg(&server, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-        client_cfg(&client, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-    )
-    .await;
+    let outcome = connect_trusting(&server, &client, &[&authority]).await;
     assert_eq!(
         tls_error(&outcome.client),
         &rustls::Error::InvalidCertificate(CertificateError::Expired)
@@ -512,11 +437,7 @@ async fn not_yet_valid_client_is_refused() {
     let server = svid(&authority, SERVER_ID);
     let in_two_hours = SystemTime::now() + Duration::from_secs(2 * 3600);
     let client = svid_at(&authority, CLIENT_ID, in_two_hours, LEAF_TTL);
-    let outcome = connect(
-        server_cfg(&server, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-        client_cfg(&client, source(&[&authority]), PeerMatch::AnyInTrustDomain),
-    )
-    .await;
+    let outcome = connect_trusting(&server, &client, &[&authority]).await;
     assert_eq!(
         tls_error(&outcome.server),
         &rustls::Error::InvalidCertificate(CertificateError::NotValidYet)

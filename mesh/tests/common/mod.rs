@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use ringzero_mesh::config::Settings;
 use ringzero_mesh::{MeshError, Sidecar};
-use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, TrustBundle, generate_key};
+use ringzero_policy::svid::{SigningCa, TrustBundle};
+use ringzero_policy::testing::{CaBuilder, SvidBuilder, spiffe_id, trust_bundle, trust_domain};
 use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeClientVerifier, SpiffeServerVerifier};
 use ringzero_policy::{SpiffeId, TrustDomain};
 use ringzero_proto::workload as pb;
@@ -45,10 +46,12 @@ impl Ca {
 
     /// A CA with its own subject name.
     pub fn named(td: &str, name: &str) -> Self {
-        let td = TrustDomain::new(td).unwrap();
-        let now = SystemTime::now() - Duration::from_secs(3 * 3600);
-        let ca = SigningCa::self_signed(&td, name, Duration::from_secs(24 * 3600), now, Some(0))
-            .unwrap();
+        let td = trust_domain(td);
+        let ca = CaBuilder::new(&td, name)
+            .made_at(SystemTime::now() - Duration::from_secs(3 * 3600))
+            .ttl(Duration::from_secs(24 * 3600))
+            .path_len(0)
+            .build();
         Self { ca, td }
     }
 
@@ -59,31 +62,24 @@ impl Ca {
 
     /// An SVID issued at `now` for `ttl` (in the past for an expired one).
     pub fn svid_at(&self, path: &str, now: SystemTime, ttl: Duration) -> Svid {
-        let id = SpiffeId::parse(&format!("spiffe://{}{path}", self.td)).unwrap();
-        let key = generate_key().unwrap();
-        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-        let issued = self
-            .ca
-            .issue(&LeafRequest {
-                id: &id,
-                key: LeafKey::PublicKey(&spki),
-                ttl,
-                dns_names: &[],
-                now,
-            })
-            .unwrap();
+        let id = spiffe_id(&format!("spiffe://{}{path}", self.td));
+        let svid = SvidBuilder::new(&self.ca, &id)
+            .at(now)
+            .ttl(ttl)
+            .from_public_key()
+            .issue();
         Svid {
             id,
-            chain: issued.chain,
-            key: key.serialize_der(),
-            serial: issued.serial,
+            key: svid.key_pkcs8(),
+            chain: svid.issued.chain,
+            serial: svid.issued.serial,
             bundle: vec![self.ca.cert_der().clone()],
             td: self.td.clone(),
         }
     }
 
     pub fn bundle(&self) -> TrustBundle {
-        TrustBundle::new(self.td.clone(), vec![self.ca.cert_der().clone()]).unwrap()
+        trust_bundle(&self.td, &[&self.ca])
     }
 }
 

@@ -16,6 +16,7 @@ use x509_parser::prelude::FromDer;
 
 use super::*;
 use crate::spiffe::{IdError, SpiffeId, TrustDomain};
+use crate::testing::{CaBuilder, SvidBuilder, trust_bundle};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -46,11 +47,11 @@ fn wid(path: &str) -> SpiffeId {
 }
 
 fn root(cn: &str) -> SigningCa {
-    SigningCa::self_signed(&td(), cn, CA_TTL, now(), None).unwrap()
+    CaBuilder::new(&td(), cn).made_at(now()).ttl(CA_TTL).build()
 }
 
 fn bundle(cas: &[&SigningCa]) -> TrustBundle {
-    TrustBundle::new(td(), cas.iter().map(|c| c.cert_der().clone()).collect()).unwrap()
+    trust_bundle(&td(), cas)
 }
 
 fn issue_csr_at(
@@ -60,18 +61,12 @@ fn issue_csr_at(
     dns: &[String],
     at: SystemTime,
 ) -> (KeyPair, IssuedSvid) {
-    let key = generate_key().unwrap();
-    let csr = csr_for(&key, id).unwrap();
-    let svid = ca
-        .issue(&LeafRequest {
-            id,
-            key: LeafKey::Csr(&csr),
-            ttl,
-            dns_names: dns,
-            now: at,
-        })
-        .unwrap();
-    (key, svid)
+    let svid = SvidBuilder::new(ca, id)
+        .ttl(ttl)
+        .dns_names(dns)
+        .at(at)
+        .issue();
+    (svid.key, svid.issued)
 }
 
 fn issue_csr(ca: &SigningCa, id: &SpiffeId) -> (KeyPair, IssuedSvid) {

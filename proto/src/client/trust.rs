@@ -89,12 +89,8 @@ mod tests {
     use crate::client::{AuditKeyPin, bundle_cas};
 
     fn ca(name: &str) -> Vec<u8> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, name.to_owned());
-        p.self_signed(&key).unwrap().der().to_vec()
+        let td = ringzero_policy::testing::trust_domain("example.org");
+        ringzero_policy::testing::ca(&td, name).cert_der().to_vec()
     }
 
     fn key(

@@ -5,20 +5,23 @@
     clippy::expect_used,
     clippy::panic,
     dead_code,
+    unused_imports,
     unreachable_pub
 )]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use ringzero_policy::svid::{LeafKey, LeafRequest, SigningCa, TrustBundle, csr_for, generate_key};
-use ringzero_policy::tls::{
-    BundleSource, PeerMatch, SpiffeClientVerifier, SpiffeServerVerifier, client_config,
-    server_config,
+use ringzero_policy::svid::SigningCa;
+use ringzero_policy::testing::{SvidBuilder, anonymous_client_config};
+// Every test binary takes what it needs of these (hence `unused_imports` above).
+pub use ringzero_policy::testing::{
+    TestSvid as Svid, bundle_source as bundle, ca, one_of, spiffe_id as id, svid,
+    trust_domain as td,
 };
-use ringzero_policy::{SpiffeId, SpiffeIdPattern, TrustDomain};
+use ringzero_policy::tls::{PeerMatch, SpiffeClientVerifier, SpiffeServerVerifier};
 use ringzero_proto::pb::RaftPayload;
 use ringzero_proto::pb::raft_client::RaftClient;
 use ringzero_proto::pb::raft_server::{Raft, RaftServer};
@@ -26,7 +29,6 @@ use ringzero_proto::transport::{
     AnonymousAllowListLayer, MembersOnlyLayer, PeerInfo, RefuseExpiredLayer, ServerLimits,
     ServerPolicy, incoming, peer,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -39,109 +41,39 @@ use tonic::{Request, Response, Status};
 
 pub const SERVER_ID: &str = "spiffe://td/ringzero/authority/a1";
 pub const CLIENT_ID: &str = "spiffe://td/ringzero/node/n1";
-pub const CA_TTL: Duration = Duration::from_secs(24 * 3600);
-pub const LEAF_TTL: Duration = Duration::from_secs(3600);
 /// Bound on any single call or wait; generous for a loaded 2-core machine.
 pub const VOTE: &str = "/ringzero.v1.Raft/Vote";
 pub const INSTALL_SNAPSHOT: &str = "/ringzero.v1.Raft/InstallSnapshot";
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-pub fn td(name: &str) -> TrustDomain {
-    TrustDomain::new(name).unwrap()
-}
-
-pub fn id(s: &str) -> SpiffeId {
-    SpiffeId::parse(s).unwrap()
-}
-
-pub fn ca(td: &TrustDomain, cn: &str) -> SigningCa {
-    let since = SystemTime::now() - Duration::from_secs(3600);
-    SigningCa::self_signed(td, cn, CA_TTL, since, None).unwrap()
-}
-
-/// An SVID chain and its private key.
-pub struct Svid {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key_pkcs8: Vec<u8>,
-}
-
-impl Svid {
-    pub fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(self.key_pkcs8.clone().into())
-    }
-}
-
-pub fn svid(ca: &SigningCa, spiffe_id: &str) -> Svid {
-    svid_for(ca, spiffe_id, LEAF_TTL)
-}
-
-/// An SVID that expires `ttl` from now (to the second, as X.509 times go).
+/// An SVID for `spiffe_id` that expires `ttl` from now (to the second, as X.509 times go).
 pub fn svid_for(ca: &SigningCa, spiffe_id: &str, ttl: Duration) -> Svid {
-    let key = generate_key().unwrap();
-    let spiffe_id = id(spiffe_id);
-    let csr = csr_for(&key, &spiffe_id).unwrap();
-    let issued = ca
-        .issue(&LeafRequest {
-            id: &spiffe_id,
-            key: LeafKey::Csr(&csr),
-            ttl,
-            dns_names: &[],
-            now: SystemTime::now(),
-        })
-        .unwrap();
-    Svid {
-        chain: issued.chain,
-        key_pkcs8: key.serialize_der(),
-    }
-}
-
-pub fn bundle(ca: &SigningCa) -> BundleSource {
-    BundleSource::new(
-        TrustBundle::new(ca.trust_domain().clone(), vec![ca.cert_der().clone()]).unwrap(),
-    )
-}
-
-pub fn one_of(patterns: &[&str]) -> PeerMatch {
-    PeerMatch::OneOf(
-        patterns
-            .iter()
-            .map(|p| SpiffeIdPattern::parse(p).unwrap())
-            .collect(),
-    )
+    SvidBuilder::new(ca, &id(spiffe_id)).ttl(ttl).issue()
 }
 
 /// A server that requires a client SVID of the CA's trust domain.
 pub fn mandatory_server(ca: &SigningCa) -> Arc<rustls::ServerConfig> {
-    let me = svid(ca, SERVER_ID);
     let verifier = SpiffeClientVerifier::new(bundle(ca), PeerMatch::AnyInTrustDomain);
-    Arc::new(server_config(me.chain.clone(), me.key(), verifier).unwrap())
+    svid(ca, SERVER_ID).server_config(verifier)
 }
 
 /// A server that lets clients without a certificate through.
 pub fn optional_server(ca: &SigningCa) -> Arc<rustls::ServerConfig> {
-    let me = svid(ca, SERVER_ID);
     let verifier = SpiffeClientVerifier::optional(bundle(ca), PeerMatch::AnyInTrustDomain);
-    Arc::new(server_config(me.chain.clone(), me.key(), verifier).unwrap())
+    svid(ca, SERVER_ID).server_config(verifier)
 }
 
 /// A client presenting `me`, trusting servers of `trusted` that match `peers`.
 pub fn client(me: &Svid, trusted: &SigningCa, peers: PeerMatch) -> Arc<rustls::ClientConfig> {
-    let verifier = SpiffeServerVerifier::new(bundle(trusted), peers);
-    Arc::new(client_config(me.chain.clone(), me.key(), verifier).unwrap())
+    me.client_config(SpiffeServerVerifier::new(bundle(trusted), peers))
 }
 
 /// A client without a certificate, trusting any server of `trusted`.
 pub fn anonymous_client(trusted: &SigningCa) -> Arc<rustls::ClientConfig> {
-    let verifier = SpiffeServerVerifier::new(bundle(trusted), PeerMatch::AnyInTrustDomain);
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+    anonymous_client_config(SpiffeServerVerifier::new(
+        bundle(trusted),
+        PeerMatch::AnyInTrustDomain,
     ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(verifier)
-    .with_no_client_auth();
-    Arc::new(config)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,43 +1,19 @@
 //! Attacker: an anonymous network client. It reaches the API port and nothing else: no SVID of
 //! the trust domain, no capability. It may send anything, from any number of addresses.
 
-use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use ringzero_policy::TrustDomain;
 use ringzero_policy::join::JoinToken;
-use ringzero_policy::svid::{SigningCa, TrustBundle, csr_for, generate_key};
+use ringzero_policy::svid::{TrustBundle, csr_for, generate_key};
+use ringzero_policy::testing::{ca as test_ca, trust_domain};
 use ringzero_proto::pb;
 use ringzero_tests::cluster::*;
+use ringzero_tests::probe::send_and_expect_close;
 
 use crate::common::*;
 
 const ATTACKER: &str = "anonymous network client";
-
-/// Writes `bytes` on a fresh connection and waits for the server to close it.
-fn send_and_expect_close(addr: &str, what: &str, bytes: &[u8]) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    // The server may close before everything is written.
-    let _ = s.write_all(bytes);
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!("{what}: the server kept the connection open")
-            }
-            Err(_) => break, // reset
-        }
-    }
-}
 
 /// A redemption of `token` (its id and secret) as an anonymous client.
 fn redemption(token: &JoinToken) -> pb::RedeemJoinTokenRequest {
@@ -363,14 +339,10 @@ fn anonymous_network_client() {
         },
     );
 
-    let since = SystemTime::now() - Duration::from_secs(3600);
     g.case(
         "a client certificate from a foreign trust domain fails the TLS handshake",
         || {
-            let other_td = TrustDomain::new("other.org").unwrap();
-            let other_ca =
-                SigningCa::self_signed(&other_td, "other", Duration::from_secs(86400), since, None)
-                    .unwrap();
+            let other_ca = test_ca(&trust_domain("other.org"), "other");
             let svid = Svid::forge(&other_ca, "spiffe://other.org/user/admin");
             let alert = rt.block_on(tls_alert(&addr, mtls(&profile, &svid)));
             assert!(alert.contains("alert"), "{alert}");
@@ -381,9 +353,7 @@ fn anonymous_network_client() {
     g.case(
         "a rogue CA of this trust domain vouching for user/admin fails the TLS handshake, stolen admin token or not",
         || {
-            let rogue =
-                SigningCa::self_signed(&td(), "rogue", Duration::from_secs(86400), since, None)
-                    .unwrap();
+            let rogue = test_ca(&td(), "rogue");
             let svid = Svid::forge(&rogue, &id("user/admin"));
             let alert = rt.block_on(tls_alert(&addr, mtls(&profile, &svid)));
             assert!(alert.contains("alert"), "{alert}");

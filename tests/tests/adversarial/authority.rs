@@ -8,28 +8,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use ringzero_policy::audit::{AuditEntry, ExportOptions, Frontier, write_export};
-use ringzero_policy::svid::{SigningCa, TrustBundle, Usage, validate_svid};
+use ringzero_policy::svid::{TrustBundle, Usage, validate_svid};
 use ringzero_policy::token::{Lifetime, MintRequest, RootKey, RootKeyId};
 use ringzero_policy::{Operation, Resource, Right};
 use ringzero_proto::client::Profile;
 use ringzero_proto::pb;
 use ringzero_tests::cluster::*;
-use ringzero_tests::{ringzero, run_timeout, show, wait_until};
+use ringzero_tests::{cp_a, ringzero, run_timeout, show, wait_until};
 
 use crate::common::*;
 
 const REMOVED: &str = "removed or compromised authority node";
 const LOCAL: &str = "local host";
-
-fn cp_a(from: &Path, to: &Path) {
-    let st = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
-}
 
 /// The private key files in `dir/keys`.
 fn key_files(dir: &Path) -> Vec<String> {
@@ -202,12 +192,7 @@ fn removed_or_compromised_authority_node_and_local_host() {
     // The attacker's copy of node 3's keys, taken while it was a member.
     let stolen: PathBuf = c.path().join("stolen-keys");
     cp_a(&gone_dir.join("keys"), &stolen);
-    let stolen_ca = SigningCa::from_der(
-        &std::fs::read(stolen.join("ca.der")).unwrap(),
-        &std::fs::read(stolen.join("ca.key")).unwrap(),
-        vec![],
-    )
-    .unwrap();
+    let stolen_ca = ca_of_keys(&stolen);
     let before = bundle(&c);
     let gone_biscuit = key_of(&before, gone_id, "biscuit");
     let gone_ca = key_of(&before, gone_id, "x509-ca");

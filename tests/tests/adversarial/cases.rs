@@ -475,7 +475,7 @@ pub(crate) const COVERED_ELSEWHERE: &[(&str, &str, &str)] = &[
     (
         ANON,
         "a join with a wrong pin is refused before the secret is sent",
-        "tests/tests/authority_processes.rs a_join_without_a_matching_pin_is_refused_before_the_secret_is_sent",
+        "tests/tests/authority_join.rs a_join_without_a_matching_pin_is_refused_before_the_secret_is_sent",
     ),
     (
         NODE,
@@ -485,12 +485,12 @@ pub(crate) const COVERED_ELSEWHERE: &[(&str, &str, &str)] = &[
     (
         REMOVED,
         "a removed member cannot rejoin with its old token",
-        "tests/tests/authority_processes.rs a_removed_member_cannot_rejoin_without_a_new_token",
+        "tests/tests/authority_join.rs a_removed_member_cannot_rejoin_without_a_new_token",
     ),
     (
         REMOVED,
         "tokens signed by a member removed as compromised are refused",
-        "tests/tests/authority_processes.rs tokens_signed_by_a_node_removed_as_compromised_are_refused",
+        "tests/tests/authority_revocation.rs tokens_signed_by_a_node_removed_as_compromised_are_refused",
     ),
     (
         LOCAL,

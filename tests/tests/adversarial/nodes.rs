@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use ringzero_policy::svid::{TrustBundle, Usage, csr_for, generate_key, validate_svid};
 use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
+use ringzero_tests::agent::{agent_cmd, my_uid, spawn_ready_agent};
 use ringzero_tests::cluster::*;
 use ringzero_tests::{Proc, ringzero, run_timeout, show, wait_until};
 use rustls_pki_types::pem::PemObject;
@@ -21,12 +22,6 @@ use crate::common::*;
 const NODE: &str = "compromised agent node";
 const WORKLOAD: &str = "compromised workload process";
 
-fn my_uid() -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    let f = tempfile::NamedTempFile::new().unwrap();
-    f.as_file().metadata().unwrap().uid()
-}
-
 /// Enrolls agent `name` with `node token` and `agent run`; returns it once ready.
 fn start_agent(c: &Cluster, name: &str) -> (Proc, PathBuf, PathBuf) {
     let token = last_line(&ok(
@@ -36,27 +31,9 @@ fn start_agent(c: &Cluster, name: &str) -> (Proc, PathBuf, PathBuf) {
     let token = at_file(c, &format!("{name}.token"), &token);
     let dir = c.path().join(format!("agent-{name}"));
     let socket = c.path().join(format!("{name}.sock"));
-    let mut cmd = ringzero(c.path());
-    cmd.args(["agent", "run", "--authority", &c.nodes[0].addr])
-        .args(["--join-token", &token])
-        .arg("--data-dir")
-        .arg(&dir)
-        .arg("--socket")
-        .arg(&socket);
-    let mut p = Proc::spawn(
-        &format!("agent-{name}"),
-        cmd,
-        &c.path().join(format!("agent-{name}.log")),
-    );
-    wait_until(
-        "the agent to be ready",
-        Duration::from_secs(30),
-        POLL,
-        || {
-            assert!(p.is_running(), "the agent exited: {}", p.log());
-            p.log().contains("agent ready").then_some(())
-        },
-    );
+    let cmd = agent_cmd(c.path(), &c.nodes[0].addr, Some(&token), &dir, &socket);
+    let log = c.path().join(format!("agent-{name}.log"));
+    let p = spawn_ready_agent(&format!("agent-{name}"), cmd, &log, Duration::from_secs(30));
     (p, dir, socket)
 }
 
