@@ -62,19 +62,18 @@ async fn policies_only_for_the_callers_identities_and_every_change_streamed() {
     let me = rustix::process::getuid().as_raw();
     let id = |path: &str| SpiffeId::parse(&format!("spiffe://example.org/{path}")).unwrap();
     // This process is ns/shop/db; another uid's workload on the node is ns/shop/cache.
-    cache.upsert(
-        ringzero_agent::testing::identity(&ca, "db", id("ns/shop/db"), vec![Selector::uid(me)])
-            .unwrap(),
-    );
-    cache.upsert(
-        ringzero_agent::testing::identity(
-            &ca,
-            "cache",
-            id("ns/shop/cache"),
-            vec![Selector::uid(me.wrapping_add(1))],
-        )
-        .unwrap(),
-    );
+    cache.upsert(ringzero_agent::testing::identity(
+        &ca,
+        "db",
+        id("ns/shop/db"),
+        vec![Selector::uid(me)],
+    ));
+    cache.upsert(ringzero_agent::testing::identity(
+        &ca,
+        "cache",
+        id("ns/shop/cache"),
+        vec![Selector::uid(me.wrapping_add(1))],
+    ));
     let serving = Serving::start(&socket, cache.clone(), WorkloadLimits::default())
         .await
         .unwrap();
