@@ -7,7 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The standard SPIFFE Workload API. It has no package, so it is generated as `_.rs` and its
     // gRPC service is `SpiffeWorkloadAPI` on the wire, as every standard client expects.
     let workload = ["proto/spiffe/workload.proto"];
-    for p in ringzero.iter().chain(&workload) {
+    // ringzero's extension beside the Workload API on the agent's socket (`ringzero.mesh.v1`).
+    let mesh = ["proto/ringzero/mesh/v1/mesh.proto"];
+    for p in ringzero.iter().chain(&workload).chain(&mesh) {
         println!("cargo:rerun-if-changed={p}");
     }
     // Default stubs answer `Unimplemented`: a server built against an older set of methods
@@ -17,5 +19,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(protox::compile(ringzero, ["proto"])?)?;
     // The Workload API is a standard: its server implements every method on purpose.
     tonic_prost_build::configure().compile_fds(protox::compile(workload, ["proto"])?)?;
+    tonic_prost_build::configure().compile_fds(protox::compile(mesh, ["proto"])?)?;
     Ok(())
 }

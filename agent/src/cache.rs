@@ -4,7 +4,8 @@
 //! Workload API reads it. It is a [`tokio::sync::watch`] channel of immutable [`Snapshot`]s:
 //! readers take a consistent snapshot without locking out writers, and every change wakes every
 //! open `FetchX509SVID` stream, which then sends the latest full state (intermediate states
-//! may be skipped, never mixed).
+//! may be skipped, never mixed). It also holds what the mesh extension hands out beside the
+//! SVIDs: the authority's mesh policies for this node's identities and the revoked serials.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use ringzero_policy::selector::{self, Selector};
-use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_policy::{SpiffeId, SpiffeIdPattern, TrustDomain};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
@@ -56,11 +57,26 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// An authority mesh policy as the agent holds it: workloads matching `from` may connect to
+/// workloads matching `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MeshRule {
+    pub to: SpiffeIdPattern,
+    pub from: SpiffeIdPattern,
+}
+
+/// Revoked certificate serials → their not-after (unix ms).
+pub(crate) type RevokedSerials = BTreeMap<Vec<u8>, u64>;
+
 /// One consistent state of the cache.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Snapshot {
     identities: BTreeMap<String, Arc<Identity>>,
     bundles: BTreeMap<TrustDomain, Vec<CertificateDer<'static>>>,
+    /// The authority's mesh policies for this node's identities; `None` until first set.
+    mesh_rules: Option<Arc<Vec<MeshRule>>>,
+    /// Revoked certificate serials → their not-after (unix ms); `None` until first set.
+    revoked_serials: Option<Arc<BTreeMap<Vec<u8>, u64>>>,
     revision: u64,
 }
 
@@ -101,6 +117,16 @@ impl Snapshot {
     /// Every trust domain's CA certificates: the agent's own and, later, federated ones.
     pub(crate) fn bundles(&self) -> &BTreeMap<TrustDomain, Vec<CertificateDer<'static>>> {
         &self.bundles
+    }
+
+    /// The authority's mesh policies for this node's identities and the revoked serials with
+    /// their not-after (unix ms), once both were set (after the agent's first sync): before
+    /// that, an empty set would read as "no revocation".
+    pub(crate) fn mesh(&self) -> Option<(&[MeshRule], &RevokedSerials)> {
+        Some((
+            self.mesh_rules.as_deref()?,
+            self.revoked_serials.as_deref()?,
+        ))
     }
 
     /// Increases with every change; equal revisions are equal states.
@@ -172,6 +198,30 @@ impl SvidCache {
             removed
         });
         removed
+    }
+
+    /// Replaces the authority's mesh policies (the whole set, as the feed sends it).
+    pub fn set_mesh_rules(&self, mut rules: Vec<MeshRule>) {
+        rules.sort_by_cached_key(|r| (r.to.to_string(), r.from.to_string()));
+        rules.dedup();
+        self.modify(|s| {
+            if s.mesh_rules.as_deref() == Some(&rules) {
+                return false;
+            }
+            s.mesh_rules = Some(Arc::new(rules));
+            true
+        });
+    }
+
+    /// Replaces the revoked certificate serials (serial → not-after, unix ms).
+    pub fn set_revoked_serials(&self, serials: BTreeMap<Vec<u8>, u64>) {
+        self.modify(|s| {
+            if s.revoked_serials.as_deref() == Some(&serials) {
+                return false;
+            }
+            s.revoked_serials = Some(Arc::new(serials));
+            true
+        });
     }
 
     /// Replaces every identity at once (a full sync), as one change.

@@ -24,14 +24,17 @@
 //! - `rotation.rs`: when to renew: half-life ± 10 % of the certificate's actual validity, never
 //!   in the past.
 //! - `revocations.rs`: the revocation set the authority streams, for verifying capabilities.
-//! - `cache.rs`: the in-memory [`SvidCache`] of issued identities and trust bundles, which the
-//!   sync loop fills and the Workload API reads (a watch channel of immutable snapshots).
+//! - `cache.rs`: the in-memory [`SvidCache`] of issued identities and trust bundles, and of the
+//!   authority's mesh policies ([`MeshRule`]) and revoked serials, which the sync loop fills and
+//!   the Workload API and its mesh extension read (a watch channel of immutable snapshots).
 //! - `attest/`: workload attestation of a unix-socket peer into selectors (`Attestor`),
 //!   pinned to the process (pidfd, start time, executable) so that pid reuse and exec are
 //!   caught: `mod.rs` (attestation and re-verification), `gate.rs` (per-uid bounds on blocking
 //!   reads), `digest.rs` (the executable's hash, cached and computed once), `tests.rs`.
 //! - `workload.rs`: the SPIFFE Workload API server ([`serve_workload_api`]) on the generated
-//!   code of `ringzero_proto::workload`.
+//!   code of `ringzero_proto::workload`; `workload/mesh.rs`: ringzero's extension beside it on
+//!   the same socket (`ringzero.mesh.v1.MeshPolicy/Watch`: mesh policies for the caller's
+//!   identities, revoked serials), for the mesh sidecar.
 //! - `fetch.rs`: the client behind `ringzero agent fetch` ([`fetch_x509`]).
 //! - `testing.rs` (feature `testing`): helpers for tests and benches, such as an identity
 //!   issued by a test CA as the cache holds it.
@@ -102,7 +105,7 @@ pub mod testing;
 pub use ringzero_proto::client::FirstContact;
 
 pub use self::attest::{current_uid, user_name};
-pub use self::cache::{Identity, SvidCache};
+pub use self::cache::{Identity, MeshRule, SvidCache};
 pub use self::daemon::{AgentConfig, Ready, run, run_with_ready};
 pub use self::error::{AgentError, RecoveryHint};
 pub use self::fetch::{FetchError, X509Svid, endpoint_path, fetch_x509};

@@ -24,6 +24,9 @@
 //!   domain's CA certificates keyed by the trust domain's SPIFFE ID (`spiffe://example.org`);
 //!   bundles are public, so any attested caller gets them. The JWT methods answer
 //!   `Unimplemented`.
+//! - **The mesh extension** (`mesh.rs`): `ringzero.mesh.v1.MeshPolicy/Watch` on the same socket,
+//!   admitted the same way, streams the authority's mesh policies for the caller's identities
+//!   and the revoked serials. An agent of another make answers `Unimplemented` there.
 //! - **Bounds**: request messages are tiny, so decoding is capped at [`MAX_REQUEST_LEN`];
 //!   HTTP/2 header lists and concurrent streams per connection are capped; a client that never
 //!   reads is held back by HTTP/2 flow control and a one-message queue, and costs only its own
@@ -53,6 +56,8 @@ use tracing::{debug, info, warn};
 
 use crate::attest::{AttestError, Attestation, Attestor};
 use crate::cache::{Snapshot, SvidCache};
+
+mod mesh;
 
 /// The metadata key every Workload API request must carry with the value `true`.
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -169,6 +174,15 @@ pub(crate) async fn serve_listener(
     // Open streams end when shutdown begins, so that the graceful shutdown can finish; a
     // connection that still lingers is dropped after SHUTDOWN_GRACE.
     let (stopping_tx, stopping) = watch::channel(false);
+    let extension =
+        ringzero_proto::mesh::mesh_policy_server::MeshPolicyServer::new(mesh::MeshExtension {
+            cache: cache.clone(),
+            stopping: stopping.clone(),
+            attestor: attestor.clone(),
+            attest_timeout: limits.attest_timeout,
+        })
+        .max_decoding_message_size(MAX_REQUEST_LEN)
+        .max_encoding_message_size(MAX_RESPONSE_LEN);
     let service = SpiffeWorkloadApiServer::new(WorkloadApi {
         cache,
         stopping: stopping.clone(),
@@ -185,6 +199,7 @@ pub(crate) async fn serve_listener(
             ..Default::default()
         })
         .add_service(service)
+        .add_service(extension)
         .serve_with_incoming_shutdown(incoming(listener, attestor, limits), async move {
             shutdown.await;
             let _ = stopping_tx.send(true);

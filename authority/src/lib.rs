@@ -73,7 +73,8 @@ pub use self::proposer::{ProposeError, Proposer, propose};
 pub use self::raft_guard::check_append;
 pub use self::state::{
     AuditQuery, AuditTree, AuthorityRecord, COMMAND_ID_RETENTION_MS, EntryChange, JoinTokenRecord,
-    KeyRecord, NodeRecord, StateError, StateReader, StoredAudit, UserInvite, audit_entry,
+    KeyRecord, MeshPolicyRecord, NodeRecord, StateError, StateReader, StoredAudit, UserInvite,
+    audit_entry,
 };
 pub use self::types::*;
 

@@ -36,6 +36,9 @@ pub(crate) struct AdminState {
     pub(crate) tracker: Arc<Tracker>,
     /// True once shutdown began.
     pub(crate) draining: watch::Receiver<bool>,
+    /// The allow rules in force (for the authority's part) and the refused serials.
+    pub(crate) allow: crate::AllowList,
+    pub(crate) revoked: crate::RevokedSerials,
 }
 
 /// Serves until the task is dropped.
@@ -206,6 +209,8 @@ fn status(state: &AdminState) -> serde_json::Value {
             "target": o.target.to_string(),
             "expect": o.expect.as_str(),
         })).collect::<Vec<_>>(),
+        "authority_allow": state.allow.authority().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "revoked_serials": state.revoked.len(),
         "open_connections": state.metrics.open_connections(),
         "live_connections": state.tracker.live(),
         "draining": *state.draining.borrow(),

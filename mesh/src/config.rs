@@ -5,7 +5,10 @@
 //! panic. Validation reports every problem at once ([`ConfigErrors`]).
 //!
 //! Safe by default: an inbound listener with no `allow` rule refuses to start unless
-//! `allow_trust_domain` says explicitly that any workload of the trust domain may come in, and
+//! `allow_trust_domain` says explicitly that any workload of the trust domain may come in, or
+//! `allow_from_authority` says explicitly that the authority's mesh policies alone decide (then
+//! no one comes in until a policy allows it, and no one at all beside an agent without ringzero's
+//! mesh extension), and
 //! an inbound target must be a loopback address unless `unsafe_target` is set.
 
 use std::fmt;
@@ -51,7 +54,7 @@ pub enum ConfigError {
     #[error("no listener: give at least one --inbound or --outbound")]
     NoListener,
     #[error(
-        "inbound listener {0} would let no one in: add --allow ID|PREFIX/*, or --allow-trust-domain to admit every workload of the trust domain"
+        "inbound listener {0} would let no one in: add --allow ID|PREFIX/*, --allow-from-authority to admit only whom the authority's mesh policies allow, or --allow-trust-domain to admit every workload of the trust domain"
     )]
     NoAllowRule(SocketAddr),
     #[error(
@@ -328,6 +331,10 @@ pub struct Config {
     pub allow: Vec<SpiffeIdPattern>,
     /// Admit any workload of the trust domain when no rule is given (explicit opt-in).
     pub allow_trust_domain: bool,
+    /// Start inbound listeners with no local rule: the authority's mesh policies (from the
+    /// agent's extension) are then the only allow source (explicit opt-in). Authority policies
+    /// admit callers with or without it; it only lifts the start-up refusal.
+    pub allow_from_authority: bool,
     /// Permit inbound targets that are not loopback addresses.
     pub unsafe_target: bool,
     pub admin: Option<SocketAddr>,
@@ -359,6 +366,7 @@ pub struct Settings {
     pub outbound: Vec<String>,
     pub allow: Vec<String>,
     pub allow_trust_domain: Option<bool>,
+    pub allow_from_authority: Option<bool>,
     pub unsafe_target: Option<bool>,
     pub admin: Option<String>,
     pub svid_timeout: Option<String>,
@@ -388,6 +396,7 @@ impl Settings {
             outbound: list(self.outbound, file.outbound),
             allow: list(self.allow, file.allow),
             allow_trust_domain: self.allow_trust_domain.or(file.allow_trust_domain),
+            allow_from_authority: self.allow_from_authority.or(file.allow_from_authority),
             unsafe_target: self.unsafe_target.or(file.unsafe_target),
             admin: self.admin.or(file.admin),
             svid_timeout: self.svid_timeout.or(file.svid_timeout),
@@ -441,6 +450,7 @@ impl Settings {
             .as_deref()
             .and_then(|s| keep(errs, parse_admin(s)));
         let allow_trust_domain = self.allow_trust_domain.unwrap_or(false);
+        let allow_from_authority = self.allow_from_authority.unwrap_or(false);
         let unsafe_target = self.unsafe_target.unwrap_or(false);
 
         if self.inbound.is_empty() && self.outbound.is_empty() {
@@ -459,7 +469,11 @@ impl Settings {
             }
         }
         for i in &inbound {
-            if allow.is_empty() && !allow_trust_domain && self.allow.is_empty() {
+            if allow.is_empty()
+                && !allow_trust_domain
+                && !allow_from_authority
+                && self.allow.is_empty()
+            {
                 errors.push(ConfigError::NoAllowRule(i.listen));
             }
             if !i.target.is_loopback() && !unsafe_target {
@@ -485,6 +499,7 @@ impl Settings {
                     outbound,
                     allow,
                     allow_trust_domain,
+                    allow_from_authority,
                     unsafe_target,
                     admin,
                     svid_timeout,

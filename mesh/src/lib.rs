@@ -15,9 +15,12 @@
 //! revoked, or outlast the drain after a shutdown signal. Every refusal is classified
 //! ([`Refusal`]), logged once and counted in `/metrics`.
 //!
-//! Not here yet (issue 13): policies from the authority and the revocation feed (both plug
-//! into [`AllowList`] and [`RevokedSerials`], which are replaceable at run time), federated
-//! bundles. The `ringzero mesh sidecar` command flattens `config::Args` (the `clap` feature)
+//! **Policy from the authority**: when the agent offers ringzero's mesh extension beside the
+//! Workload API, the authority's policies for the sidecar's identity join the local rules in
+//! the [`AllowList`] (either one admits a caller) and the revoked serials replace the
+//! [`RevokedSerials`], each applying to the next handshake; beside an agent without it (SPIRE's)
+//! the sidecar keeps to its local rules. Not here yet: federated bundles. The
+//! `ringzero mesh sidecar` command flattens `config::Args` (the `clap` feature)
 //! and calls [`Sidecar::run_with_ready`].
 //!
 //! # Layout
@@ -25,6 +28,8 @@
 //! - [`config`]: flags and TOML file, merged and validated into a [`Config`] (deny by default).
 //! - `identity`: the Workload API client publishing the current [`Identity`] through a
 //!   `tokio::sync::watch`, and the rustls certificate resolver that reads it.
+//! - `policy_feed`: the client of the agent's mesh extension (authority policies, revoked
+//!   serials), applied to the [`AllowList`] and the [`RevokedSerials`].
 //! - `verify`: the policy crate's SPIFFE verifiers wrapped with the allow rules
 //!   ([`AllowList`]) and the refused serials ([`RevokedSerials`]); refusal classification.
 //! - `proxy`: accept loops, the byte pump, connection age, drain.
@@ -58,6 +63,7 @@ mod admin;
 pub mod config;
 mod identity;
 mod metrics;
+mod policy_feed;
 mod proxy;
 pub mod proxy_protocol;
 mod verify;
@@ -219,6 +225,8 @@ impl Sidecar {
                 outbound: config.outbound.clone(),
                 tracker: Arc::clone(&tracker),
                 draining: stop_rx.clone(),
+                allow: allow.clone(),
+                revoked: revoked.clone(),
             });
             tokio::spawn(admin::serve(listener, state))
         });
@@ -239,6 +247,19 @@ impl Sidecar {
             if pattern.trust_domain_name() != first.bundle.trust_domain().as_str() {
                 tracing::warn!(rule = %pattern, trust_domain = %first.bundle.trust_domain(), "allow rule names another trust domain: it can never match");
             }
+        }
+        tasks.spawn(policy_feed::follow(
+            config.workload_api.clone(),
+            policy_feed::Targets {
+                current: current.clone(),
+                allow: allow.clone(),
+                revoked: revoked.clone(),
+            },
+        ));
+        if config.allow.is_empty() && !config.allow_trust_domain && !config.inbound.is_empty() {
+            tracing::info!(
+                "no local allow rule: inbound callers are admitted by authority policies only (--allow-from-authority)"
+            );
         }
         let bundle = BundleSource::new(first.bundle.clone());
         tasks.spawn(follow_bundle(

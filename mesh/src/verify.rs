@@ -84,10 +84,17 @@ impl RevokedSerials {
     }
 }
 
-/// Which peer IDs an inbound listener admits, replaceable at run time (authority policies
-/// will be merged in here).
+/// Which peer IDs an inbound listener admits, replaceable at run time: the local rules
+/// (`--allow`, `--allow-trust-domain`) and the authority's policies for this workload's
+/// identity (from the agent's mesh extension). Either one admits a peer.
 #[derive(Debug, Clone)]
-pub struct AllowList(Arc<RwLock<Arc<Allow>>>);
+pub struct AllowList(Arc<RwLock<Arc<Rules>>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rules {
+    local: Allow,
+    authority: Vec<SpiffeIdPattern>,
+}
 
 /// The rules in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,18 +107,46 @@ pub enum Allow {
 
 impl AllowList {
     pub fn new(allow: Allow) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(allow))))
+        Self(Arc::new(RwLock::new(Arc::new(Rules {
+            local: allow,
+            authority: Vec::new(),
+        }))))
     }
 
+    fn modify(&self, change: impl FnOnce(&mut Rules)) {
+        let mut guard = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = Rules::clone(&guard);
+        change(&mut next);
+        *guard = Arc::new(next);
+    }
+
+    /// Replaces the local rules.
     pub fn replace(&self, allow: Allow) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(allow);
+        self.modify(|r| r.local = allow);
+    }
+
+    /// Replaces the authority's rules: the `from` patterns of the policies protecting this
+    /// workload's identity.
+    pub fn set_authority(&self, from: Vec<SpiffeIdPattern>) {
+        self.modify(|r| r.authority = from);
+    }
+
+    /// The authority's rules in force.
+    pub fn authority(&self) -> Vec<SpiffeIdPattern> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .authority
+            .clone()
     }
 
     pub fn allows(&self, id: &SpiffeId) -> bool {
-        match &**self.0.read().unwrap_or_else(|p| p.into_inner()) {
+        let rules = Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()));
+        let local = match &rules.local {
             Allow::AnyInTrustDomain => true,
             Allow::OneOf(patterns) => patterns.iter().any(|p| p.matches(id)),
-        }
+        };
+        local || rules.authority.iter().any(|p| p.matches(id))
     }
 }
 
@@ -464,5 +499,23 @@ mod tests {
         assert!(!a.allows(&id("spiffe://td/ns/shop")));
         a.replace(Allow::AnyInTrustDomain);
         assert!(a.allows(&id("spiffe://td/ns/shopping")));
+    }
+
+    #[test]
+    fn local_or_authority_rules_admit() {
+        let id = |s| SpiffeId::parse(s).unwrap();
+        let a = AllowList::new(Allow::OneOf(vec![
+            SpiffeIdPattern::parse("spiffe://td/ns/shop/web").unwrap(),
+        ]));
+        assert!(!a.allows(&id("spiffe://td/ns/shop/batch")));
+        a.set_authority(vec![
+            SpiffeIdPattern::parse("spiffe://td/ns/shop/batch").unwrap(),
+        ]);
+        assert!(a.allows(&id("spiffe://td/ns/shop/batch")));
+        assert!(a.allows(&id("spiffe://td/ns/shop/web")), "local rules stay");
+        a.set_authority(Vec::new());
+        assert!(!a.allows(&id("spiffe://td/ns/shop/batch")));
+        let empty = AllowList::new(Allow::OneOf(Vec::new()));
+        assert!(!empty.allows(&id("spiffe://td/ns/shop/web")));
     }
 }

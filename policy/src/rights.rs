@@ -101,6 +101,12 @@ operations! {
     /// (`api.payments.internal` is `dns/internal/payments/api`; `*.payments.internal` is
     /// `dns/internal/payments/_wildcard`).
     EntryDns => "entry:dns",
+    /// Allow or deny mesh traffic to the identities under a namespace path: on the `to`
+    /// pattern's path (`spiffe://TD/ns/shop/db` and `spiffe://TD/ns/shop/*` are `ns/shop/db` and
+    /// `ns/shop`), so a namespace decides who may reach its own workloads, and only those.
+    MeshPolicy => "mesh:policy",
+    /// List mesh policies: on a resource prefix (`ns/shop`), the rules whose `to` lies under it.
+    MeshRead => "mesh:read",
 }
 
 impl Operation {
@@ -362,10 +368,10 @@ pub enum Scope {
 pub enum Role {
     /// Everything, everywhere.
     Admin,
-    /// Runs the cluster day to day: nodes, entries, jobs, logs, debug, tokens, audit; not
+    /// Runs the cluster day to day: nodes, entries, mesh policy, jobs, logs, debug, tokens, audit; not
     /// membership, users or roles.
     Operator,
-    /// Works inside one namespace: jobs, logs, debug, entries and delegation there.
+    /// Works inside one namespace: jobs, logs, debug, entries, mesh policy and delegation there.
     Developer,
     /// Reads everything that describes the cluster, changes nothing.
     Auditor,
@@ -398,6 +404,8 @@ impl Role {
                 EntryWrite,
                 EntrySelect,
                 EntryDns,
+                MeshPolicy,
+                MeshRead,
                 TokenMint,
                 TokenRevoke,
                 UserRead,
@@ -416,6 +424,8 @@ impl Role {
                 let mut v: Vec<(Operation, Scope)> = [
                     EntryRead,
                     EntryWrite,
+                    MeshPolicy,
+                    MeshRead,
                     TokenMint,
                     SchedSubmit,
                     SchedCancel,
@@ -433,6 +443,7 @@ impl Role {
                 AuthorityRead,
                 NodeRead,
                 EntryRead,
+                MeshRead,
                 UserRead,
                 RoleRead,
                 SchedRead,
@@ -529,6 +540,7 @@ mod tests {
             "logs:read",
             "debug:attach",
             "cluster:admin",
+            "mesh:policy",
         ] {
             assert!(name.parse::<Operation>().is_ok(), "{name}");
         }
@@ -593,6 +605,14 @@ mod tests {
         assert!(!dev.iter().any(|r| r.allows(
             Operation::SchedSubmit,
             &Resource::parse("ns/team-b").unwrap()
+        )));
+        assert!(dev.iter().any(|r| r.allows(
+            Operation::MeshPolicy,
+            &Resource::parse("ns/team-a/db").unwrap()
+        )));
+        assert!(!dev.iter().any(|r| r.allows(
+            Operation::MeshPolicy,
+            &Resource::parse("ns/team-b/db").unwrap()
         )));
         assert!(Role::Developer.rights(Some("a/b")).is_err());
         let aud = Role::Auditor.rights(None).unwrap();

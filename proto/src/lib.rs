@@ -12,7 +12,10 @@
 //!   (`ringzero.v1`: the `Authority` and `Raft` services).
 //! - `proto/spiffe/workload.proto` → [`workload`]: the SPIFFE Workload API, generated messages,
 //!   client and server (no package: the service is `SpiffeWorkloadAPI` on the wire).
-//! - `build.rs`: compiles both with protox.
+//! - `proto/ringzero/mesh/v1/mesh.proto` → [`mesh`]: ringzero's extension served beside the
+//!   Workload API on the agent's socket (`ringzero.mesh.v1.MeshPolicy`: mesh policies and
+//!   revoked serials for the caller's identities).
+//! - `build.rs`: compiles them with protox.
 //! - [`client`] (`client.rs`, `client/`): profiles and the authority client with leader-hint
 //!   retry (`client.rs`), first contact (`first_contact.rs`), applying a received bundle to
 //!   what a profile trusts (`trust.rs`).
@@ -51,6 +54,22 @@ pub mod pb {
 )]
 pub mod workload {
     include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
+/// ringzero's Workload API extension for the mesh sidecar, generated from
+/// `proto/ringzero/mesh/v1/mesh.proto` (`/ringzero.mesh.v1.MeshPolicy/Watch` on the wire).
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+pub mod mesh {
+    tonic::include_proto!("ringzero.mesh.v1");
 }
 
 pub mod client;

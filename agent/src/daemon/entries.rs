@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ringzero_policy::selector::Selector;
 use ringzero_policy::svid::TrustBundle;
-use ringzero_policy::{SpiffeId, TrustDomain};
+use ringzero_policy::{SpiffeId, SpiffeIdPattern, TrustDomain};
 use ringzero_proto::client::{AuthorityClient, bundle_cas};
 use ringzero_proto::pb;
 use tokio::time::Instant;
@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::sync::ClientSetup;
 use super::{Agent, CHANGE_DELAY, Held, Ready};
+use crate::cache::MeshRule;
 use crate::error::AgentError;
 use crate::state::{AgentState, StoredEntry};
 
@@ -53,6 +54,12 @@ impl Agent {
         if let Some(r) = &ev.revocations {
             let n = self.revocations.replace(r);
             info!(revocations = n, "revoked capabilities updated");
+            self.cache.set_revoked_serials(revoked_serials(r));
+        }
+        if let Some(m) = &ev.mesh_policies {
+            let rules = mesh_rules(m, &self.td);
+            info!(rules = rules.len(), "mesh policies updated");
+            self.cache.set_mesh_rules(rules);
         }
         for e in ev.upserts {
             if let Some(seen) = &mut self.full_sync {
@@ -168,6 +175,39 @@ impl Agent {
     }
 }
 
+/// The revoked serials the mesh extension hands to sidecars (well-formed ones only).
+fn revoked_serials(r: &pb::RevocationSet) -> std::collections::BTreeMap<Vec<u8>, u64> {
+    r.serials
+        .iter()
+        .filter(|s| !s.serial.is_empty() && s.serial.len() <= 20)
+        .map(|s| (s.serial.clone(), s.not_after_ms))
+        .collect()
+}
+
+/// The authority's mesh policies as rules; one that does not parse, or names another trust
+/// domain, is dropped with a warning (it could never match).
+fn mesh_rules(m: &pb::MeshPolicySet, td: &TrustDomain) -> Vec<MeshRule> {
+    m.policies
+        .iter()
+        .filter_map(|p| {
+            let rule = SpiffeIdPattern::parse(&p.to)
+                .and_then(|to| Ok((to, SpiffeIdPattern::parse(&p.from)?)));
+            match rule {
+                Ok((to, from))
+                    if to.trust_domain_name() == td.as_str()
+                        && from.trust_domain_name() == td.as_str() =>
+                {
+                    Some(MeshRule { to, from })
+                }
+                _ => {
+                    warn!(to = %p.to, from = %p.from, "mesh policy not usable; dropped");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 fn parse_entry(e: &StoredEntry, td: &TrustDomain) -> Result<(SpiffeId, Vec<Selector>), String> {
     let id = SpiffeId::parse(&e.spiffe_id).map_err(|err| format!("SPIFFE ID: {err}"))?;
     if !id.is_member_of(td) {
@@ -208,5 +248,30 @@ mod tests {
         assert!(parse_entry(&e, &td).is_err());
         e.selectors = vec![];
         assert!(parse_entry(&e, &td).is_err());
+    }
+
+    #[test]
+    fn mesh_policies_of_another_trust_domain_or_malformed_are_dropped() {
+        let td = TrustDomain::new("example.org").unwrap();
+        let p = |to: &str, from: &str| pb::MeshPolicy {
+            to: to.into(),
+            from: from.into(),
+            ..Default::default()
+        };
+        let rules = mesh_rules(
+            &pb::MeshPolicySet {
+                policies: vec![
+                    p(
+                        "spiffe://example.org/ns/a/db",
+                        "spiffe://example.org/ns/a/*",
+                    ),
+                    p("spiffe://other.org/ns/a/db", "spiffe://example.org/ns/a/*"),
+                    p("spiffe://example.org/ns/a/db", "not a pattern"),
+                ],
+            },
+            &td,
+        );
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].from.to_string(), "spiffe://example.org/ns/a/*");
     }
 }

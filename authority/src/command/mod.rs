@@ -47,6 +47,9 @@ pub mod limits {
     pub const MAX_KEY: usize = 16 * 1024;
     pub const MAX_RIGHTS: usize = 256;
     pub const MAX_DETAILS: usize = 32;
+    /// Mesh policies in the whole state: each agent receives the ones for its identities in
+    /// one feed message, so the set stays small enough for one.
+    pub const MAX_MESH_POLICIES: usize = 10_000;
 }
 
 /// A random id chosen by the proposer; retries of one request reuse it.
@@ -256,6 +259,24 @@ pub enum Op {
         subject: String,
         expires_ms: u64,
     },
+    /// Allow mesh connections from `policy.from` to `policy.to` (idempotent).
+    PutMeshPolicy {
+        policy: MeshPolicy,
+    },
+    /// Remove exactly that allow rule; refused `NotFound` when there is none.
+    DeleteMeshPolicy {
+        policy: MeshPolicy,
+    },
+}
+
+/// A mesh allow rule: workloads whose SPIFFE ID matches `from` may open connections to the
+/// workloads whose SPIFFE ID matches `to`. Both are [`ringzero_policy::SpiffeIdPattern`]s in
+/// their canonical text form (`spiffe://td/ns/shop/db` or `spiffe://td/ns/shop/*`); `to` is
+/// under `ns/…`, never a reserved path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MeshPolicy {
+    pub to: String,
+    pub from: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,6 +394,9 @@ pub enum Rejection {
     /// The user is suspended.
     #[error("the user is suspended")]
     UserSuspended,
+    /// A bound on the state's size was reached (e.g. [`limits::MAX_MESH_POLICIES`]).
+    #[error("limit reached: {0}")]
+    LimitReached(String),
 }
 
 /// Why a command is malformed.

@@ -122,3 +122,56 @@ fn validation_refuses_bad_commands() {
     };
     assert!(mk(Op::PutRole { role }).validate().is_err());
 }
+
+#[test]
+fn mesh_policies_protect_namespaces_only() {
+    let p = |to: &str, from: &str| MeshPolicy {
+        to: to.into(),
+        from: from.into(),
+    };
+    for (to, from, resource) in [
+        (
+            "spiffe://td/ns/shop/db",
+            "spiffe://td/ns/shop/web",
+            "ns/shop/db",
+        ),
+        ("spiffe://td/ns/shop/*", "spiffe://td/ns/shop/*", "ns/shop"),
+        ("spiffe://td/ns/*", "spiffe://td/*", "ns"),
+        (
+            "spiffe://td/ns/shop/db",
+            "spiffe://td/user/alice",
+            "ns/shop/db",
+        ),
+    ] {
+        let policy = p(to, from);
+        assert!(policy.validate().is_ok(), "{to} {from}");
+        assert_eq!(policy.resource().unwrap().as_str(), resource);
+    }
+    for (to, from) in [
+        // Reserved, outside ns/, or the whole trust domain as `to`.
+        ("spiffe://td/ringzero/authority/1", "spiffe://td/ns/a/b"),
+        ("spiffe://td/ringzero/*", "spiffe://td/ns/a/b"),
+        ("spiffe://td/user/alice", "spiffe://td/ns/a/b"),
+        ("spiffe://td/other/x", "spiffe://td/ns/a/b"),
+        ("spiffe://td/*", "spiffe://td/ns/a/b"),
+        ("spiffe://td/ns", "spiffe://td/ns/a/b"),
+        ("spiffe://td", "spiffe://td/ns/a/b"),
+        // Another trust domain, a bare trust domain as `from`, not patterns at all.
+        ("spiffe://td/ns/a/b", "spiffe://other/ns/a/b"),
+        ("spiffe://td/ns/a/b", "spiffe://td"),
+        ("spiffe://td/ns/a/b", "ns/a/b"),
+        ("spiffe://td/ns/a/../b", "spiffe://td/ns/a/b"),
+        ("spiffe://td/ns/a/b/", "spiffe://td/ns/a/b"),
+        ("spiffe://TD/ns/a/b", "spiffe://td/ns/a/b"),
+    ] {
+        let policy = p(to, from);
+        assert!(policy.validate().is_err(), "{to} {from}");
+        let cmd = Command {
+            id: CommandId([7; 16]),
+            time_ms: 1,
+            audit: audit(),
+            op: Op::PutMeshPolicy { policy },
+        };
+        assert!(cmd.validate().is_err(), "{to} {from}");
+    }
+}

@@ -1,8 +1,8 @@
 //! The checks that do not depend on state, run before proposing and again in apply.
 
-use ringzero_policy::{NodeName, Operation, Resource, SpiffeId};
+use ringzero_policy::{NodeName, Operation, Resource, SpiffeId, SpiffeIdPattern};
 
-use super::{Command, Invalid, Op, RegistrationEntry, User, invalid, limits};
+use super::{Command, Invalid, MeshPolicy, Op, RegistrationEntry, User, invalid, limits};
 
 fn check_len(what: &str, s: &str, max: usize) -> Result<(), Invalid> {
     if s.len() > max {
@@ -96,6 +96,9 @@ impl Command {
                 check_len("subject", subject, limits::MAX_TEXT)
             }
             Op::PutEntry { entry } => entry.validate(),
+            Op::PutMeshPolicy { policy } | Op::DeleteMeshPolicy { policy } => {
+                policy.validate().map(|_| ())
+            }
             Op::DeleteEntry { id } => check_entry_id(id),
             Op::PutUser { user } => user.validate(),
             Op::RemoveUser { name } | Op::RemoveRole { name } => check_node_name(name),
@@ -185,5 +188,59 @@ impl RegistrationEntry {
             check_len("dns name", d, 253)?;
         }
         Ok(())
+    }
+}
+
+impl MeshPolicy {
+    /// Parses both patterns and checks them: one trust domain; `to` names workloads under
+    /// `ns/…` (never a reserved path: `ringzero/…`, `user/…`); `from` names workloads (a bare
+    /// trust domain ID names none; `spiffe://td/*` is every workload of the trust domain); both
+    /// in canonical form, so that one rule has one spelling. Returns `(to, from)`.
+    pub fn validate(&self) -> Result<(SpiffeIdPattern, SpiffeIdPattern), Invalid> {
+        check_len("mesh policy to", &self.to, limits::MAX_TEXT)?;
+        check_len("mesh policy from", &self.from, limits::MAX_TEXT)?;
+        let to = SpiffeIdPattern::parse(&self.to)
+            .map_err(|e| invalid(format!("to {:?}: {e}", self.to)))?;
+        let from = SpiffeIdPattern::parse(&self.from)
+            .map_err(|e| invalid(format!("from {:?}: {e}", self.from)))?;
+        if to.to_string() != self.to || from.to_string() != self.from {
+            return Err(invalid("mesh policy patterns must be in canonical form"));
+        }
+        if to.trust_domain_name() != from.trust_domain_name() {
+            return Err(invalid("to and from must be of one trust domain"));
+        }
+        let base = match &to {
+            SpiffeIdPattern::Exact(id) | SpiffeIdPattern::Below(id) => id,
+        };
+        let segments: Vec<&str> = base.segments().collect();
+        let under_ns = matches!(
+            (&to, segments.as_slice()),
+            (SpiffeIdPattern::Exact(_), ["ns", _, ..]) | (SpiffeIdPattern::Below(_), ["ns", ..])
+        );
+        if !under_ns || base.is_reserved() {
+            return Err(invalid(format!(
+                "to {to}: a mesh policy protects workloads under ns/… (spiffe://TD/ns/NS/… or \
+                 spiffe://TD/ns/NS/*), never a reserved or other path"
+            )));
+        }
+        if let SpiffeIdPattern::Exact(id) = &from
+            && id.path().is_empty()
+        {
+            return Err(invalid(
+                "from: a trust domain ID names no workload (spiffe://TD/* admits all of them)",
+            ));
+        }
+        Ok((to, from))
+    }
+
+    /// The resource `mesh:policy` is checked on: the path of `to`'s base ID (`ns/shop/db`, or
+    /// `ns/shop` for `spiffe://td/ns/shop/*`).
+    pub fn resource(&self) -> Result<Resource, Invalid> {
+        let (to, _) = self.validate()?;
+        let base = match &to {
+            SpiffeIdPattern::Exact(id) | SpiffeIdPattern::Below(id) => id,
+        };
+        let segments: Vec<&str> = base.segments().collect();
+        Resource::from_segments(&segments).map_err(|e| invalid(e.to_string()))
     }
 }

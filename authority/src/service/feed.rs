@@ -1,7 +1,7 @@
 //! `SyncEntries`: one agent's entry feed. Every change since the revision the agent already has,
 //! then each new change as it is applied (woken by the state machine, no polling), the bundle
-//! whenever it changes, and the revoked capabilities and serials whenever they change, with a
-//! heartbeat when idle.
+//! whenever it changes, the revoked capabilities and serials whenever they change, and the mesh
+//! policies for the node's identities whenever they change, with a heartbeat when idle.
 
 use std::collections::BTreeMap;
 
@@ -62,6 +62,9 @@ impl Feed {
         let mut revision = since;
         let mut last_bundle: Option<Vec<u8>> = None;
         let mut last_revocations: Option<RevokedSets> = None;
+        // The mesh policies are recomputed only when a policy or an entry changed.
+        let mut mesh_seen: Option<(u64, u64)> = None;
+        let mut last_mesh: Option<Vec<pb::MeshPolicy>> = None;
         let mut first = true;
         loop {
             // Mark the current applied state seen before reading, so a change applied while
@@ -110,17 +113,20 @@ impl Feed {
                 .map_err(status_of)?;
             let revocations = (revocations, serials);
             let revocations_changed = last_revocations.as_ref() != Some(&revocations);
+            let mesh = self.mesh_if_changed(&mut mesh_seen, last_mesh.as_ref())?;
             let mut sent_any = false;
             loop {
                 let (upserts, removed, next) = self.changes(revision, first)?;
                 let more = next.1;
                 let send_bundle = bundle_changed && !sent_any;
                 let send_revocations = revocations_changed && !sent_any;
+                let send_mesh = mesh.is_some() && !sent_any;
                 if upserts.is_empty()
                     && removed.is_empty()
                     && !first
                     && !send_bundle
                     && !send_revocations
+                    && !send_mesh
                 {
                     break;
                 }
@@ -148,6 +154,9 @@ impl Feed {
                             .collect(),
                     }),
                     synced: first && !more,
+                    mesh_policies: send_mesh
+                        .then(|| mesh.clone().map(|policies| pb::MeshPolicySet { policies }))
+                        .flatten(),
                 };
                 if tx.send(Ok(event)).await.is_err() {
                     return Ok(());
@@ -164,6 +173,9 @@ impl Feed {
             }
             if revocations_changed {
                 last_revocations = Some(revocations);
+            }
+            if let Some(m) = mesh {
+                last_mesh = Some(m);
             }
             let idle = tokio::select! {
                 changed = applied.changed() => {
@@ -189,6 +201,26 @@ impl Feed {
                 }
             }
         }
+    }
+
+    /// The node's mesh policies when they differ from `last` (always on the first call);
+    /// `None` when nothing changed. Read only when a policy or an entry changed since `seen`.
+    fn mesh_if_changed(
+        &self,
+        seen: &mut Option<(u64, u64)>,
+        last: Option<&Vec<pb::MeshPolicy>>,
+    ) -> Result<Option<Vec<pb::MeshPolicy>>, tonic::Status> {
+        let reader = self.sm.reader().map_err(status_of)?;
+        let now = (
+            reader.mesh_revision().map_err(status_of)?,
+            reader.entry_revision().map_err(status_of)?,
+        );
+        if *seen == Some(now) && last.is_some() {
+            return Ok(None);
+        }
+        let policies = super::mesh::node_policies(&reader, self.name.as_str())?;
+        *seen = Some(now);
+        Ok((last != Some(&policies)).then_some(policies))
     }
 
     /// The entries changed after `revision` (all current ones when `full`), as upserts and

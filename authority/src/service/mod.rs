@@ -27,6 +27,7 @@ mod blast;
 mod entries;
 mod feed;
 mod membership;
+mod mesh;
 mod nodes;
 mod status;
 mod tokens;
@@ -591,5 +592,26 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::BlastRadiusRequest>,
     ) -> Result<tonic::Response<pb::BlastRadiusReply>, tonic::Status> {
         self.blast_radius_impl(req).await
+    }
+
+    async fn mesh_allow(
+        &self,
+        req: tonic::Request<pb::MeshPolicyRequest>,
+    ) -> Result<tonic::Response<pb::MeshPolicyReply>, tonic::Status> {
+        self.mesh_write_impl(req, true).await
+    }
+
+    async fn mesh_deny(
+        &self,
+        req: tonic::Request<pb::MeshPolicyRequest>,
+    ) -> Result<tonic::Response<pb::MeshPolicyReply>, tonic::Status> {
+        self.mesh_write_impl(req, false).await
+    }
+
+    async fn list_mesh_policies(
+        &self,
+        req: tonic::Request<pb::ListMeshPoliciesRequest>,
+    ) -> Result<tonic::Response<pb::ListMeshPoliciesReply>, tonic::Status> {
+        self.list_mesh_policies_impl(req).await
     }
 }

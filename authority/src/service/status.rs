@@ -8,6 +8,7 @@
 //! | a first-contact secret refused (unknown, wrong, used, expired, misnamed token), a banned name, a parent capability revoked, a suspended user | `PermissionDenied` |
 //! | the state forbids it now (an inactive node) | `FailedPrecondition` |
 //! | it exists already (`UserExists`) | `AlreadyExists` |
+//! | a bound on the state's size (`LimitReached`) | `ResourceExhausted` |
 //! | this node's storage or an internal step failed ([`internal`]) | `Internal` |
 //!
 //! Gate denials are decided in `gate` (`PermissionDenied` / `Unauthenticated`), and "not the
@@ -42,6 +43,7 @@ pub(crate) fn rejection_code(r: &Rejection) -> Code {
         | Rejection::UserSuspended => Code::PermissionDenied,
         Rejection::NodeInactive => Code::FailedPrecondition,
         Rejection::UserExists => Code::AlreadyExists,
+        Rejection::LimitReached(_) => Code::ResourceExhausted,
     }
 }
 
@@ -78,6 +80,7 @@ mod tests {
             Rejection::UserExists,
             Rejection::ParentRevoked,
             Rejection::UserSuspended,
+            Rejection::LimitReached("x".into()),
         ];
         for r in &all {
             let s = rejected("refused", r);

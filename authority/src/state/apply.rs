@@ -468,6 +468,8 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             meta_put(tx, META_AUDIT_SEALED, &be(*up_to))?;
             Ok(Outcome::Done)
         }
+        Op::PutMeshPolicy { policy } => super::mesh::put_policy(tx, policy, now, &cmd.audit.actor),
+        Op::DeleteMeshPolicy { policy } => super::mesh::delete_policy(tx, policy),
         Op::PurgeExpired => {
             purge_where(tx, REVOCATIONS, |v| Ok(read_u64(v)? <= now))?;
             purge_where(tx, NODE_SERIALS, |v| Ok(read_not_after(v)? <= now))?;

@@ -8,6 +8,7 @@
 
 mod apply;
 mod lineage;
+mod mesh;
 mod read;
 mod rows;
 
@@ -23,6 +24,7 @@ use crate::types::NodeId;
 mod audit_log;
 pub(crate) use self::apply::apply_entry;
 pub use self::audit_log::{AuditQuery, AuditTree, audit_entry};
+pub use self::mesh::MeshPolicyRecord;
 pub use self::read::StateReader;
 pub(crate) use self::rows::meta_put;
 
@@ -90,6 +92,9 @@ pub(crate) const MINT_CHILDREN: Raw = TableDefinition::new("mint_children");
 /// key id (u64 BE) → when it was retired (unix ms, u64 BE)
 pub(crate) const KEY_RETIRED: Raw = TableDefinition::new("key_retired");
 
+/// `to \0 from` → [`MeshPolicyRecord`]: the mesh allow rules
+pub(crate) const MESH_POLICIES: Raw = TableDefinition::new("mesh_policies");
+
 /// Every table, with the tag it carries in snapshots. Tags are stable: never reuse one.
 pub(crate) const TABLES: &[(u8, Raw)] = &[
     (1, META),
@@ -121,6 +126,7 @@ pub(crate) const TABLES: &[(u8, Raw)] = &[
     (27, MINTED),
     (28, MINT_CHILDREN),
     (29, KEY_RETIRED),
+    (30, MESH_POLICIES),
 ];
 
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";

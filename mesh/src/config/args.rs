@@ -27,6 +27,11 @@ pub struct Args {
     /// Admit every workload of the trust domain on inbound listeners with no allow rule.
     #[arg(long)]
     pub allow_trust_domain: bool,
+    /// Start inbound listeners with no --allow rule, admitting only whom the authority's mesh
+    /// policies allow (`ringzero mesh allow`); no one until a policy does, and no one at all
+    /// beside an agent without ringzero's mesh extension (SPIRE's).
+    #[arg(long)]
+    pub allow_from_authority: bool,
     /// Allow inbound targets that are not loopback addresses (plain text off this host).
     #[arg(long)]
     pub unsafe_target: bool,
@@ -57,6 +62,7 @@ impl Args {
             outbound: self.outbound.clone(),
             allow: self.allow.clone(),
             allow_trust_domain: switch(self.allow_trust_domain),
+            allow_from_authority: switch(self.allow_from_authority),
             unsafe_target: switch(self.unsafe_target),
             admin: self.admin.clone(),
             svid_timeout: self.svid_timeout.clone(),

@@ -179,6 +179,20 @@ fn deny_by_default() {
     .unwrap();
     assert!(c.allow.is_empty() && c.allow_trust_domain);
 
+    // Authority policies as the only allow source: an explicit opt-in too, admitting no one
+    // until a policy does (not the whole trust domain).
+    assert!(errors.to_string().contains("--allow-from-authority"));
+    let c = Settings {
+        allow: vec![],
+        allow_from_authority: Some(true),
+        ..settings()
+    }
+    .validate(None)
+    .unwrap();
+    assert!(c.allow.is_empty() && c.allow_from_authority && !c.allow_trust_domain);
+    let file = Settings::from_toml("allow_from_authority = true").unwrap();
+    assert_eq!(file.allow_from_authority, Some(true));
+
     // An outbound-only sidecar needs no allow rule.
     Settings {
         inbound: vec![],
