@@ -9,7 +9,8 @@
 //! `allow_from_authority` says explicitly that the authority's mesh policies alone decide (then
 //! no one comes in until a policy allows it, and no one at all beside an agent without ringzero's
 //! mesh extension), and
-//! an inbound target must be a loopback address unless `unsafe_target` is set.
+//! an inbound target must be a loopback address unless `unsafe_target` is set; outbound
+//! listeners are always loopback; the admin address is loopback unless `unsafe_admin` is set.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -65,6 +66,10 @@ pub enum ConfigError {
         "outbound listener {0} is not a loopback address: it would lend this workload's identity to anyone who can reach it"
     )]
     OutboundNotLoopback(SocketAddr),
+    #[error(
+        "admin address {0} is not a loopback address: /status names this workload's identity, serials and targets (pass --unsafe-admin to serve it off this host, e.g. for a Prometheus scraper)"
+    )]
+    AdminNotLoopback(SocketAddr),
     #[error("address {0} is used by more than one listener")]
     DuplicateListen(SocketAddr),
     #[error("more than {MAX_ENTRIES} {0}")]
@@ -337,7 +342,11 @@ pub struct Config {
     pub allow_from_authority: bool,
     /// Permit inbound targets that are not loopback addresses.
     pub unsafe_target: bool,
+    /// Where `/live`, `/ready`, `/metrics` and `/status` are served: a loopback address unless
+    /// `unsafe_admin` was given.
     pub admin: Option<SocketAddr>,
+    /// Permit an admin address that is not a loopback address.
+    pub unsafe_admin: bool,
     pub svid_timeout: Duration,
     pub max_conn_age: Duration,
     pub drain_timeout: Duration,
@@ -369,6 +378,7 @@ pub struct Settings {
     pub allow_from_authority: Option<bool>,
     pub unsafe_target: Option<bool>,
     pub admin: Option<String>,
+    pub unsafe_admin: Option<bool>,
     pub svid_timeout: Option<String>,
     pub max_conn_age: Option<String>,
     pub drain_timeout: Option<String>,
@@ -398,6 +408,7 @@ impl Settings {
             allow_trust_domain: self.allow_trust_domain.or(file.allow_trust_domain),
             allow_from_authority: self.allow_from_authority.or(file.allow_from_authority),
             unsafe_target: self.unsafe_target.or(file.unsafe_target),
+            unsafe_admin: self.unsafe_admin.or(file.unsafe_admin),
             admin: self.admin.or(file.admin),
             svid_timeout: self.svid_timeout.or(file.svid_timeout),
             max_conn_age: self.max_conn_age.or(file.max_conn_age),
@@ -452,6 +463,10 @@ impl Settings {
         let allow_trust_domain = self.allow_trust_domain.unwrap_or(false);
         let allow_from_authority = self.allow_from_authority.unwrap_or(false);
         let unsafe_target = self.unsafe_target.unwrap_or(false);
+        let unsafe_admin = self.unsafe_admin.unwrap_or(false);
+        if let Some(admin) = admin.filter(|a| !ip_is_loopback(&a.ip()) && !unsafe_admin) {
+            errors.push(ConfigError::AdminNotLoopback(admin));
+        }
 
         if self.inbound.is_empty() && self.outbound.is_empty() {
             errors.push(ConfigError::NoListener);
@@ -502,6 +517,7 @@ impl Settings {
                     allow_from_authority,
                     unsafe_target,
                     admin,
+                    unsafe_admin,
                     svid_timeout,
                     max_conn_age,
                     drain_timeout,

@@ -21,9 +21,14 @@ pub struct Args {
     /// exactly the given SPIFFE ID (repeatable).
     #[arg(long, value_name = "LISTEN=TARGET@spiffe://TD/PATH")]
     pub outbound: Vec<String>,
-    /// Serve /live, /ready, /metrics and /status on this address.
+    /// Serve /live, /ready, /metrics and /status on this address (loopback unless
+    /// --unsafe-admin).
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+    /// Allow an --admin address that is not loopback (its /status names this workload's
+    /// identity and targets to whoever can reach it).
+    #[arg(long)]
+    pub unsafe_admin: bool,
     /// Admit every workload of the trust domain on inbound listeners with no allow rule.
     #[arg(long)]
     pub allow_trust_domain: bool,
@@ -64,6 +69,7 @@ impl Args {
             allow_trust_domain: switch(self.allow_trust_domain),
             allow_from_authority: switch(self.allow_from_authority),
             unsafe_target: switch(self.unsafe_target),
+            unsafe_admin: switch(self.unsafe_admin),
             admin: self.admin.clone(),
             svid_timeout: self.svid_timeout.clone(),
             max_conn_age: self.max_conn_age.clone(),

@@ -256,6 +256,35 @@ fn targets_and_listeners_are_confined() {
         [ConfigError::OutboundNotLoopback(_)]
     ));
 
+    // The admin port names the identity and its targets: loopback unless said otherwise.
+    for admin in ["0.0.0.0:9901", "10.1.2.3:9901", "[::]:9901"] {
+        let base = Settings {
+            admin: Some(admin.into()),
+            ..settings()
+        };
+        let errors = base.clone().validate(None).unwrap_err();
+        assert!(
+            matches!(errors.0[..], [ConfigError::AdminNotLoopback(_)]),
+            "{admin}: {errors}"
+        );
+        let c = Settings {
+            unsafe_admin: Some(true),
+            ..base
+        }
+        .validate(None)
+        .unwrap();
+        assert_eq!(c.admin, Some(admin.parse().unwrap()));
+    }
+    for admin in ["127.0.0.1:9901", "[::1]:9901"] {
+        let c = Settings {
+            admin: Some(admin.into()),
+            ..settings()
+        }
+        .validate(None)
+        .unwrap();
+        assert!(!c.unsafe_admin);
+    }
+
     let errors = Settings {
         outbound: vec!["127.0.0.1:8443=h:1@spiffe://td/db".into()],
         admin: Some("127.0.0.1:8443".into()),
