@@ -62,7 +62,67 @@ pub struct MeshCluster {
     pub socket: PathBuf,
 }
 
-const NODE: &str = "mesh-node";
+/// The node name of [`MeshCluster::agent`].
+pub const NODE: &str = "mesh-node";
+
+/// Creates `entries` for `node`, enrolls it with a fresh join token and starts its agent, with
+/// its data in `ROOT/DIR` and its socket at `ROOT/DIR.sock`; returns once the agent is ready.
+fn enroll_agent(auth: &SoloAuthority, node: &str, dir: &str, entries: &[Entry]) -> (Proc, PathBuf) {
+    let root = auth.root.path();
+    let token = auth.node_token(node, "10m");
+    for e in entries {
+        let out = auth.cli(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            &e.id,
+            "--node",
+            node,
+            "--selector",
+            &format!("unix:uid:{}", e.uid),
+            "--ttl",
+            e.ttl,
+        ]);
+        assert!(out.status.success(), "entry create: {}", show(&out));
+    }
+    let socket = root.join(format!("{dir}.sock"));
+    let cmd = agent_cmd(
+        root,
+        &auth.addr,
+        Some(&format!("@{}", token.display())),
+        &root.join(dir),
+        &socket,
+    );
+    let agent = spawn_ready_agent(
+        dir,
+        cmd,
+        &root.join(format!("{dir}.log")),
+        Duration::from_secs(30),
+    );
+    (agent, socket)
+}
+
+/// Another node's agent, enrolled with the same authority, on this machine.
+pub struct Node {
+    pub name: String,
+    pub agent: Proc,
+    pub socket: PathBuf,
+}
+
+impl Node {
+    /// `ringzero agent fetch --socket … --write DIR` as this process: the SVID this node's agent
+    /// gives this uid, in `DIR/svid.pem`, `DIR/svid.key` and `DIR/bundle.pem`.
+    pub fn fetch_svid(&self, cwd: &Path, dir: &Path) {
+        let mut cmd = crate::ringzero(cwd);
+        cmd.env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .args(["agent", "fetch", "--socket"])
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--write")
+            .arg(dir);
+        let out = crate::run_timeout(cmd, Duration::from_secs(60));
+        assert!(out.status.success(), "agent fetch: {}", show(&out));
+    }
+}
 
 impl MeshCluster {
     pub fn start(name: &str, td: &str, entries: &[Entry]) -> Self {
@@ -73,37 +133,7 @@ impl MeshCluster {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).unwrap();
 
-        let token = auth.node_token(NODE, "10m");
-        for e in entries {
-            let out = auth.cli(&[
-                "entry",
-                "create",
-                "--spiffe-id",
-                &e.id,
-                "--node",
-                NODE,
-                "--selector",
-                &format!("unix:uid:{}", e.uid),
-                "--ttl",
-                e.ttl,
-            ]);
-            assert!(out.status.success(), "entry create: {}", show(&out));
-        }
-
-        let socket = root.join("agent.sock");
-        let cmd = agent_cmd(
-            &root,
-            &auth.addr,
-            Some(&format!("@{}", token.display())),
-            &root.join("agent"),
-            &socket,
-        );
-        let agent = spawn_ready_agent(
-            "agent",
-            cmd,
-            &root.join("agent.log"),
-            Duration::from_secs(30),
-        );
+        let (agent, socket) = enroll_agent(&auth, NODE, "agent", entries);
         Self {
             auth,
             agent,
@@ -113,6 +143,17 @@ impl MeshCluster {
 
     pub fn root(&self) -> &Path {
         self.auth.root.path()
+    }
+
+    /// Enrolls another node, `name`, with `entries` and starts its agent (its data and socket
+    /// beside the first agent's).
+    pub fn add_node(&self, name: &str, entries: &[Entry]) -> Node {
+        let (agent, socket) = enroll_agent(&self.auth, name, &format!("agent-{name}"), entries);
+        Node {
+            name: name.to_owned(),
+            agent,
+            socket,
+        }
     }
 
     /// `unix:///…/agent.sock`.
@@ -269,6 +310,70 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {text:?}"));
     (status, body.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS callers holding real certificates
+// ---------------------------------------------------------------------------------------------
+
+/// A TLS stream to a sidecar.
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS 1.3 client presenting the chain `svid_pem` with `key_pem`, accepting only a server
+/// `server_id` of trust domain `td` whose CAs are `bundle_pem`.
+pub fn pem_client(
+    td: &str,
+    bundle_pem: &[u8],
+    svid_pem: &[u8],
+    key_pem: &[u8],
+    server_id: &str,
+) -> Arc<rustls::ClientConfig> {
+    use ringzero_policy::svid::TrustBundle;
+    use ringzero_policy::tls::{BundleSource, SpiffeServerVerifier, client_config};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = |pem: &[u8]| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let td = ringzero_policy::TrustDomain::new(td).unwrap();
+    let bundle = TrustBundle::new(td, certs(bundle_pem)).unwrap();
+    let verifier = SpiffeServerVerifier::new(
+        BundleSource::new(bundle),
+        ringzero_policy::testing::one_of(&[server_id]),
+    );
+    let key = PrivateKeyDer::from_pem_slice(key_pem).unwrap();
+    Arc::new(client_config(certs(svid_pem), key, verifier).unwrap())
+}
+
+/// [`pem_client`] from the files `ringzero agent fetch --write DIR` wrote.
+pub fn fetched_client(dir: &Path, td: &str, server_id: &str) -> Arc<rustls::ClientConfig> {
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    pem_client(
+        td,
+        &read("bundle.pem"),
+        &read("svid.pem"),
+        &read("svid.key"),
+        server_id,
+    )
+}
+
+/// Connects to `addr` over TLS and sends `ping`: the open stream once the target's answer came
+/// back, or how the sidecar refused (a TLS 1.3 server refuses a client certificate after the
+/// client's handshake is done, so a refusal shows on the first read).
+pub fn tls_open(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<TlsStream, String> {
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("mesh.invalid").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"ping").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4];
+    tls.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    assert_eq!(buf.to_vec(), transformed(b"ping"), "the target's answer");
+    Ok(tls)
 }
 
 /// What the [`Target`] sends back for each byte it receives.

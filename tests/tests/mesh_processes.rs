@@ -344,12 +344,9 @@ fn each_bad_peer_is_refused_for_its_reason_and_never_reaches_the_target() {
     let expired = forge(&ca, WEB, now - 2 * hour, hour);
     tls_ping(inbound, client(&bundle, DB, Some(&expired))).unwrap_err();
     assert_counted(&pair.db, "inbound", "expired", 1);
-    // A revoked serial: not testable with processes yet. `node evict`/`ban` and `user remove`
-    // revoke serials in the authority, and the agent receives the revocations, but nothing
-    // hands them to a sidecar: the agent has no extension service beside the Workload API for
-    // them (issue 13, item 4), and `ringzero mesh sidecar` never fills its `RevokedSerials`.
-    // The data plane's refusal of a revoked serial is tested in-process in mesh/tests/sidecar.rs
-    // (`inbound_refuses_each_bad_peer_for_its_reason`, `a_revocation_or_the_peer_expiry_…`).
+    // A revoked serial: real processes in tests/tests/mesh_revocation.rs (`node evict` and
+    // `user remove` revoke a live caller's certificate, which the agent's mesh extension hands
+    // to the sidecar), in-process in mesh/tests/sidecar.rs.
 
     assert_eq!(
         pair.target.accepted(),
