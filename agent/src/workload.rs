@@ -397,6 +397,30 @@ fn refusal(caller: &Attestation, method: &'static str, e: &AttestError) -> Statu
     }
 }
 
+/// Opens a streaming call: the security header ([`admit`]), then the caller's selectors
+/// established against the entries of the current snapshot ([`establish`]). Returns the
+/// caller, the subscription that drives the stream's updates, and that snapshot.
+async fn open_stream<T>(
+    cache: &SvidCache,
+    attestor: &Attestor,
+    deadline: Duration,
+    req: &Request<T>,
+    method: &'static str,
+) -> Result<
+    (
+        Arc<Attestation>,
+        watch::Receiver<Arc<Snapshot>>,
+        Arc<Snapshot>,
+    ),
+    Status,
+> {
+    let caller = admit(req, method)?;
+    let rx = cache.subscribe();
+    let snap = Arc::clone(&rx.borrow());
+    establish(attestor, deadline, &caller, &snap, method).await?;
+    Ok((caller, rx, snap))
+}
+
 /// Establishes the caller's `unix:path` and `unix:sha256` selectors if an identity of `snap`
 /// needs them ([`Attestor::resolve`]), within `deadline`. On timeout the caller gets
 /// `DeadlineExceeded`; the read goes on in the background, holding the caller's uid's slot,
@@ -549,14 +573,11 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let caller = admit(&req, "FetchX509SVID")?;
-        let rx = self.cache.subscribe();
-        let snap = Arc::clone(&rx.borrow());
-        establish(
+        let (caller, rx, snap) = open_stream(
+            &self.cache,
             &self.attestor,
             self.attest_timeout,
-            &caller,
-            &snap,
+            &req,
             "FetchX509SVID",
         )
         .await?;

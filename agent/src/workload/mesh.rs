@@ -12,7 +12,7 @@
 //! agent holds both from the authority (its first sync): an empty set sent earlier would tell a
 //! sidecar that nothing is revoked.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ringzero_proto::mesh as pb;
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use super::{ResponseStream, admit, establish, stream_updates};
+use super::{ResponseStream, open_stream, stream_updates};
 use crate::attest::{Attestation, Attestor};
 use crate::cache::{Snapshot, SvidCache};
 
@@ -77,14 +77,11 @@ impl MeshPolicy for MeshExtension {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = admit(&req, "MeshPolicy/Watch")?;
-        let rx = self.cache.subscribe();
-        let snap = Arc::clone(&rx.borrow());
-        establish(
+        let (caller, rx, _) = open_stream(
+            &self.cache,
             &self.attestor,
             self.attest_timeout,
-            &caller,
-            &snap,
+            &req,
             "MeshPolicy/Watch",
         )
         .await?;
