@@ -4,7 +4,6 @@
 use anyhow::anyhow;
 use clap::Subcommand;
 
-use super::session::runtime;
 use crate::cli::GlobalArgs;
 use crate::daemon::{init_logging, shutdown_signal};
 use crate::failure::{Failure, Outcome, bad_input, failed};
@@ -42,9 +41,19 @@ pub(crate) fn run(global: &GlobalArgs, cmd: MeshCommand) -> Outcome {
             // at once, exit code 2.
             let config = args.load().map_err(|e| bad_input(anyhow!("{e}")))?;
             init_logging(global.log_json);
-            runtime()?.block_on(sidecar(config))
+            sidecar_runtime()?.block_on(sidecar(config))
         }
     }
+}
+
+/// One thread, as linkerd2-proxy by default: a sidecar serves one workload, a connection's
+/// bytes are copied by one task anyway, and a single thread saves the cross-thread wake-ups
+/// of every relayed message (round-trip latency), the worker threads and malloc arenas.
+fn sidecar_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(failed)
 }
 
 async fn sidecar(config: ringzero_mesh::Config) -> Outcome {
