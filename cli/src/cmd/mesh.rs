@@ -115,7 +115,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: MeshCommand) -> Outcome {
             // at once, exit code 2.
             let config = args.load().map_err(|e| bad_input(anyhow!("{e}")))?;
             init_logging(global.log_json);
-            runtime()?.block_on(sidecar(config))
+            sidecar_runtime()?.block_on(sidecar(config))
         }
         MeshCommand::Allow(a) => runtime()?.block_on(write(global, a, true)),
         MeshCommand::Deny(a) => runtime()?.block_on(write(global, a, false)),
@@ -208,6 +208,16 @@ fn policy_rows(policies: &[pb::MeshPolicy]) -> Vec<[String; 4]> {
         ]);
     }
     rows
+}
+
+/// One thread, as linkerd2-proxy by default: a sidecar serves one workload, a connection's
+/// bytes are copied by one task anyway, and a single thread saves the cross-thread wake-ups
+/// of every relayed message (round-trip latency), the worker threads and malloc arenas.
+fn sidecar_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(failed)
 }
 
 async fn sidecar(config: ringzero_mesh::Config) -> Outcome {
