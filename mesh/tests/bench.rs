@@ -2,8 +2,8 @@
 //! sidecar pair on 127.0.0.1, for 1 KiB request/response round trips (p50, p99) and one-stream
 //! throughput. Run with
 //! `cargo test -p ringzero-mesh --release --test bench -- --ignored --nocapture`.
-//! (Client, sidecars and target share one process and runtime; the benchmark with
-//! separate processes, stunnel4 and RSS is still to be written.)
+//! (Client, sidecars and target share one process and runtime; the benchmark with separate
+//! processes, stunnel4 and RSS is `mesh/bench/run.sh`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
