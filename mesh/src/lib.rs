@@ -104,6 +104,31 @@ pub enum MeshError {
     Tls(#[from] rustls::Error),
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as proxies do: each
+/// proxied connection holds two descriptors, so the common soft limit of 1,024 would refuse
+/// accepts near 500 connections, well under the 10,000-connection cap. Returns the limit now
+/// in force (`None` when unlimited or unknown). For the binary to call once at start-up.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) if current < maximum => {
+            let raised = rustix::process::Rlimit {
+                current: Some(maximum),
+                maximum: Some(maximum),
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => Some(maximum),
+                Err(e) => {
+                    tracing::warn!(current, maximum, error = %e, "cannot raise the open-file limit");
+                    Some(current)
+                }
+            }
+        }
+        (current, _) => current,
+    }
+}
+
 /// A sidecar whose listeners are bound, ready to [`run`](Sidecar::run).
 #[derive(Debug)]
 pub struct Sidecar {
@@ -359,6 +384,25 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if let Some(task) = &self.0 {
             task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, getrlimit};
+        let before = getrlimit(Resource::Nofile);
+        let now = super::raise_fd_limit();
+        let after = getrlimit(Resource::Nofile);
+        assert_eq!(after.maximum, before.maximum, "the hard limit is untouched");
+        assert_eq!(now, after.current);
+        if before.maximum.is_some() {
+            assert_eq!(
+                after.current, after.maximum,
+                "soft limit raised to the hard one"
+            );
         }
     }
 }

@@ -115,6 +115,9 @@ pub(crate) fn run(global: &GlobalArgs, cmd: MeshCommand) -> Outcome {
             // at once, exit code 2.
             let config = args.load().map_err(|e| bad_input(anyhow!("{e}")))?;
             init_logging(global.log_json);
+            if let Some(limit) = ringzero_mesh::raise_fd_limit() {
+                tracing::debug!(limit, "open-file limit");
+            }
             sidecar_runtime()?.block_on(sidecar(config))
         }
         MeshCommand::Allow(a) => runtime()?.block_on(write(global, a, true)),
