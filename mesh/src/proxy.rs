@@ -320,7 +320,14 @@ fn refused(shared: &Shared, dir: Direction, peer: SocketAddr, why: Refusal, e: &
     if why == Refusal::Handshake {
         tracing::info!(direction = dir.as_str(), %peer, reason = why.as_str(), error = %e, "handshake failed");
     } else {
-        tracing::warn!(direction = dir.as_str(), %peer, reason = why.as_str(), error = %e, "connection refused");
+        match crate::verify::PeerRefused::of_io(e) {
+            Some(who) => {
+                tracing::warn!(direction = dir.as_str(), %peer, reason = why.as_str(), peer_id = %who.id, error = %who, "connection refused");
+            }
+            None => {
+                tracing::warn!(direction = dir.as_str(), %peer, reason = why.as_str(), error = %e, "connection refused");
+            }
+        }
     }
 }
 

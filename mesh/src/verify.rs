@@ -223,6 +223,10 @@ impl Refusal {
                 | CertificateError::NotValidYetContext { .. } => Refusal::Expired,
                 CertificateError::Revoked => Refusal::Revoked,
                 CertificateError::ApplicationVerificationFailure => Refusal::NotAllowed,
+                CertificateError::Other(other) if other.0.is::<PeerRefused>() => other
+                    .0
+                    .downcast_ref::<PeerRefused>()
+                    .map_or(Refusal::BadCertificate, |p| p.reason),
                 CertificateError::Other(other) => match other.0.downcast_ref::<SvidError>() {
                     Some(SvidError::WrongTrustDomain { .. }) => Refusal::WrongTrustDomain,
                     Some(SvidError::EmptyChain) => Refusal::NoCertificate,
@@ -246,15 +250,53 @@ fn check_peer(
     let svid = ringzero_policy::tls::peer_svid(Some(std::slice::from_ref(end_entity))).ok_or(
         rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
     )?;
-    if revoked.contains(&svid.serial) {
-        return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+    let reason = if revoked.contains(&svid.serial) {
+        Refusal::Revoked
+    } else if !allowed(&svid.id) {
+        Refusal::NotAllowed
+    } else {
+        return Ok(());
+    };
+    Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+        rustls::OtherError(Arc::new(PeerRefused {
+            reason,
+            id: svid.id,
+            serial: svid.serial,
+        })),
+    )))
+}
+
+/// A peer whose certificate chains to the bundle but is refused by the sidecar's own checks:
+/// carried through rustls so that the refusal is logged with who was turned away.
+#[derive(Debug)]
+pub(crate) struct PeerRefused {
+    pub(crate) reason: Refusal,
+    pub(crate) id: SpiffeId,
+    pub(crate) serial: Vec<u8>,
+}
+
+impl std::fmt::Display for PeerRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let serial: String = self.serial.iter().map(|b| format!("{b:02x}")).collect();
+        match self.reason {
+            Refusal::Revoked => write!(f, "{} presented revoked serial {serial}", self.id),
+            _ => write!(f, "{} (serial {serial}) is not allowed", self.id),
+        }
     }
-    if !allowed(&svid.id) {
-        return Err(rustls::Error::InvalidCertificate(
-            CertificateError::ApplicationVerificationFailure,
-        ));
+}
+
+impl std::error::Error for PeerRefused {}
+
+impl PeerRefused {
+    /// The refused peer inside a handshake error, if the sidecar's checks refused it.
+    pub(crate) fn of_io(e: &std::io::Error) -> Option<&PeerRefused> {
+        match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                other.0.downcast_ref::<PeerRefused>()
+            }
+            _ => None,
+        }
     }
-    Ok(())
 }
 
 /// Inbound: requires a client SVID of the bundle, not revoked, allowed by the rules.

@@ -371,6 +371,12 @@ fn each_bad_peer_is_refused_for_its_reason_and_never_reaches_the_target() {
             .count();
         assert_eq!(lines, 1, "{reason} logged {lines} times:\n{log}");
     }
+    // A refusal of a valid SVID names who was turned away, so an operator can write the rule.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("id_not_allowed") && l.contains(&format!("peer_id={WEB}-admin"))),
+        "the refused ID is not in the log:\n{log}"
+    );
 
     // The silent client is dropped by the handshake timeout.
     let mut silent = silent;
