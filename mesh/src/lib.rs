@@ -304,7 +304,7 @@ impl Sidecar {
             hard_stop: hard_rx,
         });
         if !inbound.is_empty() {
-            let verifier = verify::InboundVerifier::new(bundle.clone(), allow, revoked.clone());
+            let verifier = verify::inbound_verifier(bundle.clone(), allow, revoked.clone());
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(verify::server_config(
                 Arc::clone(&resolver),
                 verifier,
@@ -321,7 +321,7 @@ impl Sidecar {
         }
         for (listener, spec) in outbound.into_iter().zip(&config.outbound) {
             let verifier =
-                verify::OutboundVerifier::new(bundle.clone(), spec.expect.clone(), revoked.clone());
+                verify::outbound_verifier(bundle.clone(), spec.expect.clone(), revoked.clone());
             let connector = tokio_rustls::TlsConnector::from(Arc::new(verify::client_config(
                 Arc::clone(&resolver),
                 verifier,

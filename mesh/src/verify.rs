@@ -10,12 +10,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use ringzero_policy::svid::SvidError;
-use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeClientVerifier, SpiffeServerVerifier};
+use ringzero_policy::svid::ValidatedSvid;
+use ringzero_policy::tls::{
+    BundleSource, PeerCheck, PeerMatch, SpiffeClientVerifier, SpiffeServerVerifier,
+};
 use ringzero_policy::{SpiffeId, SpiffeIdPattern};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::CertificateError;
 use tokio::sync::watch;
 
 /// Serials whose certificates are refused, replaceable at run time (the authority's
@@ -243,13 +243,10 @@ impl Refusal {
 
 /// The checks after chain validation: revoked serial, then the ID rule.
 fn check_peer(
-    end_entity: &CertificateDer<'_>,
+    svid: &ValidatedSvid,
     revoked: &RevokedSerials,
     allowed: impl FnOnce(&SpiffeId) -> bool,
 ) -> Result<(), rustls::Error> {
-    let svid = ringzero_policy::tls::peer_svid(Some(std::slice::from_ref(end_entity))).ok_or(
-        rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
-    )?;
     let reason = if revoked.contains(&svid.serial) {
         Refusal::Revoked
     } else if !allowed(&svid.id) {
@@ -260,8 +257,8 @@ fn check_peer(
     Err(rustls::Error::InvalidCertificate(CertificateError::Other(
         rustls::OtherError(Arc::new(PeerRefused {
             reason,
-            id: svid.id,
-            serial: svid.serial,
+            id: svid.id.clone(),
+            serial: svid.serial.clone(),
         })),
     )))
 }
@@ -299,136 +296,52 @@ impl PeerRefused {
     }
 }
 
-/// Inbound: requires a client SVID of the bundle, not revoked, allowed by the rules.
+/// Inbound: admits a client SVID of the bundle that is not revoked and that the rules allow.
 #[derive(Debug)]
-pub(crate) struct InboundVerifier {
-    inner: Arc<SpiffeClientVerifier>,
+struct InboundCheck {
     allow: AllowList,
     revoked: RevokedSerials,
 }
 
-impl InboundVerifier {
-    pub(crate) fn new(
-        bundle: BundleSource,
-        allow: AllowList,
-        revoked: RevokedSerials,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            inner: SpiffeClientVerifier::new(bundle, PeerMatch::AnyInTrustDomain),
-            allow,
-            revoked,
-        })
+impl PeerCheck for InboundCheck {
+    fn check(&self, svid: &ValidatedSvid) -> Result<(), rustls::Error> {
+        check_peer(svid, &self.revoked, |id| self.allow.allows(id))
     }
 }
 
-impl ClientCertVerifier for InboundVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        check_peer(end_entity, &self.revoked, |id| self.allow.allows(id))?;
-        Ok(verified)
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+/// The verifier of the inbound listeners: a client SVID of the bundle is required, not
+/// revoked, allowed by the rules.
+pub(crate) fn inbound_verifier(
+    bundle: BundleSource,
+    allow: AllowList,
+    revoked: RevokedSerials,
+) -> Arc<SpiffeClientVerifier> {
+    let check = InboundCheck { allow, revoked };
+    SpiffeClientVerifier::new(bundle, PeerMatch::Custom(Arc::new(check)))
 }
 
-/// Outbound: requires the server to present exactly the expected SPIFFE ID, not revoked.
+/// Outbound: admits exactly the expected SPIFFE ID, not revoked.
 #[derive(Debug)]
-pub(crate) struct OutboundVerifier {
-    inner: Arc<SpiffeServerVerifier>,
+struct OutboundCheck {
     expect: SpiffeId,
     revoked: RevokedSerials,
 }
 
-impl OutboundVerifier {
-    pub(crate) fn new(
-        bundle: BundleSource,
-        expect: SpiffeId,
-        revoked: RevokedSerials,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            inner: SpiffeServerVerifier::new(bundle, PeerMatch::AnyInTrustDomain),
-            expect,
-            revoked,
-        })
+impl PeerCheck for OutboundCheck {
+    fn check(&self, svid: &ValidatedSvid) -> Result<(), rustls::Error> {
+        check_peer(svid, &self.revoked, |id| *id == self.expect)
     }
 }
 
-impl ServerCertVerifier for OutboundVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
-        check_peer(end_entity, &self.revoked, |id| *id == self.expect)?;
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+/// The verifier of one outbound listener: the server must present exactly `expect`, not
+/// revoked.
+pub(crate) fn outbound_verifier(
+    bundle: BundleSource,
+    expect: SpiffeId,
+    revoked: RevokedSerials,
+) -> Arc<SpiffeServerVerifier> {
+    let check = OutboundCheck { expect, revoked };
+    SpiffeServerVerifier::new(bundle, PeerMatch::Custom(Arc::new(check)))
 }
 
 /// The TLS 1.3 server configuration of the inbound listeners. Session resumption is off, for
@@ -436,7 +349,7 @@ impl ServerCertVerifier for OutboundVerifier {
 /// the verifier (and so a revocation or an expiry).
 pub(crate) fn server_config(
     resolver: Arc<crate::identity::CertResolver>,
-    verifier: Arc<InboundVerifier>,
+    verifier: Arc<SpiffeClientVerifier>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -452,7 +365,7 @@ pub(crate) fn server_config(
 /// The TLS 1.3 client configuration of one outbound listener.
 pub(crate) fn client_config(
     resolver: Arc<crate::identity::CertResolver>,
-    verifier: Arc<OutboundVerifier>,
+    verifier: Arc<SpiffeServerVerifier>,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

@@ -48,16 +48,27 @@ pub enum PeerMatch {
     AnyInTrustDomain,
     /// Only IDs matching one of these patterns.
     OneOf(Vec<SpiffeIdPattern>),
+    /// A check of the caller's own, run on the SVID once its chain validated against the
+    /// bundle (the mesh's allow rules and revoked serials, replaceable at run time).
+    Custom(Arc<dyn PeerCheck>),
+}
+
+/// A check of a validated peer SVID, for [`PeerMatch::Custom`]. Refuse with a
+/// `rustls::Error::InvalidCertificate`, whose `CertificateError::Other` may carry the caller's
+/// own error type for its logs.
+pub trait PeerCheck: Send + Sync + std::fmt::Debug {
+    fn check(&self, svid: &ValidatedSvid) -> Result<(), rustls::Error>;
 }
 
 impl PeerMatch {
-    fn check(&self, id: &SpiffeId) -> Result<(), rustls::Error> {
+    fn check(&self, svid: &ValidatedSvid) -> Result<(), rustls::Error> {
         match self {
             PeerMatch::AnyInTrustDomain => Ok(()),
-            PeerMatch::OneOf(patterns) if patterns.iter().any(|p| p.matches(id)) => Ok(()),
+            PeerMatch::OneOf(patterns) if patterns.iter().any(|p| p.matches(&svid.id)) => Ok(()),
             PeerMatch::OneOf(_) => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             )),
+            PeerMatch::Custom(check) => check.check(svid),
         }
     }
 }
@@ -90,7 +101,7 @@ impl Core {
         chain.extend(intermediates.iter().cloned());
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
         let svid = validate_svid(&chain, &self.bundle.current(), now, usage).map_err(to_rustls)?;
-        self.peers.check(&svid.id)?;
+        self.peers.check(&svid)?;
         Ok(svid.id)
     }
 
