@@ -35,10 +35,6 @@ fn audit_resource() -> Result<Resource, tonic::Status> {
     Resource::parse("audit").map_err(status_of)
 }
 
-fn proof_err(e: impl std::fmt::Display) -> tonic::Status {
-    tonic::Status::invalid_argument(e.to_string())
-}
-
 /// Sends what is written through a channel, in chunks; a closed channel is a write error.
 struct ChunkWriter {
     tx: tokio::sync::mpsc::Sender<Result<pb::ExportChunk, tonic::Status>>,
@@ -144,7 +140,7 @@ impl AuthorityService {
             )));
         }
         let proof = inclusion_proof(&reader.audit_tree(r.tree_size), r.seq, r.tree_size)
-            .map_err(proof_err)?;
+            .map_err(super::status::invalid)?;
         let leaf = reader
             .audit_record(r.seq)
             .map_err(status_of)?
@@ -172,7 +168,7 @@ impl AuthorityService {
             )));
         }
         let proof = consistency_proof(&reader.audit_tree(r.new_size), r.old_size, r.new_size)
-            .map_err(proof_err)?;
+            .map_err(super::status::invalid)?;
         Ok(tonic::Response::new(pb::ProofReply {
             hashes: proof.iter().map(|h| h.to_vec()).collect(),
             leaf: Vec::new(),
@@ -195,7 +191,7 @@ impl AuthorityService {
                 "" => None,
                 "allow" => Some(AuditDecision::Allow),
                 "deny" => Some(AuditDecision::Deny),
-                _ => return Err(tonic::Status::invalid_argument("decision: allow or deny")),
+                _ => return Err(super::status::invalid("decision: allow or deny")),
             },
             since_ms: (r.since_ms > 0).then_some(r.since_ms),
             until_ms: (r.until_ms > 0).then_some(r.until_ms),
@@ -334,10 +330,10 @@ impl AuthorityService {
                     let _ = out.flush();
                 }
                 (_, Some(why)) => {
-                    let _ = tx.blocking_send(Err(tonic::Status::internal(why)));
+                    let _ = tx.blocking_send(Err(super::status::internal(why)));
                 }
                 (Err(e), None) => {
-                    let _ = tx.blocking_send(Err(tonic::Status::internal(e.to_string())));
+                    let _ = tx.blocking_send(Err(super::status::internal(e.to_string())));
                 }
             }
         });

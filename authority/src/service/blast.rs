@@ -13,6 +13,7 @@
 //!   to itself, whatever a token says. A member's is not bounded at all: it signs with its own
 //!   CA and root key, so the answer says so rather than pretending otherwise.
 
+use super::status::invalid;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ringzero_policy::token::Reach;
@@ -33,10 +34,6 @@ const MAX_LISTED: usize = 256;
 /// How many of a minter's audit records are read, newest first, to name the rights of its
 /// mints.
 const RIGHTS_SCAN_BUDGET: usize = 20_000;
-
-fn invalid(e: impl std::fmt::Display) -> tonic::Status {
-    tonic::Status::invalid_argument(e.to_string())
-}
 
 fn ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

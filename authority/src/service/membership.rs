@@ -76,7 +76,7 @@ impl AuthorityService {
 
     pub(crate) fn pin(&self) -> Result<[u8; 32], tonic::Status> {
         ringzero_policy::join::ca_pin(self.keys.ca.cert_der())
-            .ok_or_else(|| tonic::Status::internal("own CA does not parse"))
+            .ok_or_else(|| super::status::internal("own CA does not parse"))
     }
 
     pub(crate) async fn redeem_join_token_impl(
@@ -88,14 +88,14 @@ impl AuthorityService {
         self.require_leader()?;
         let r = req.into_inner();
         if r.csr.len() > MAX_DER_LEN {
-            return Err(tonic::Status::invalid_argument("CSR too large"));
+            return Err(super::status::invalid("CSR too large"));
         }
         let token_id: [u8; 16] = hex::decode(&r.token_id)
             .ok()
             .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| tonic::Status::invalid_argument("bad token id"))?;
+            .ok_or_else(|| super::status::invalid("bad token id"))?;
         if r.secret.len() != 32 {
-            return Err(tonic::Status::invalid_argument("bad secret"));
+            return Err(super::status::invalid("bad secret"));
         }
         let presented = sha256(&r.secret);
         let record = self
@@ -133,7 +133,7 @@ impl AuthorityService {
         }
         let Some((node_name, purpose)) = record.as_ref().map(|t| (t.node_name.clone(), t.purpose))
         else {
-            return Err(tonic::Status::internal("a checked token has no record"));
+            return Err(super::status::internal("a checked token has no record"));
         };
         if purpose == JoinPurpose::User {
             // A user invite is redeemed only by `Login`, which issues a user SVID.
@@ -150,7 +150,7 @@ impl AuthorityService {
                 td.id_with_path(&["ringzero", "node", &node_name])
             }
         }
-        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+        .map_err(|e| super::status::internal(e.to_string()))?;
         let svid = self
             .keys
             .ca
@@ -164,7 +164,7 @@ impl AuthorityService {
                 dns_names: &[],
                 now: SystemTime::now(),
             })
-            .map_err(|e| tonic::Status::invalid_argument(format!("CSR: {e}")))?;
+            .map_err(|e| super::status::invalid(format!("CSR: {e}")))?;
         // An agent also receives its capability, bound to the new SVID; minted now so its
         // revocation ids go into the enrollment's audit record.
         let (agent_token, agent_token_ids) = match (purpose, NodeName::parse(&node_name)) {
@@ -237,7 +237,7 @@ impl AuthorityService {
         match super::status::accepted("join refused", resp.outcome)? {
             Outcome::Done => {}
             other => {
-                return Err(tonic::Status::internal(format!(
+                return Err(super::status::internal(format!(
                     "unexpected outcome {other:?}"
                 )));
             }
@@ -333,13 +333,11 @@ impl AuthorityService {
                 "authority" => (JoinPurpose::Authority, None, ttl),
                 "agent" => {
                     let name = NodeName::parse(&r.node_name)
-                        .map_err(|e| tonic::Status::invalid_argument(format!("node name: {e}")))?;
+                        .map_err(|e| super::status::invalid(format!("node name: {e}")))?;
                     (JoinPurpose::Agent, Some(name), ttl)
                 }
                 _ => {
-                    return Err(tonic::Status::invalid_argument(
-                        "purpose must be authority or agent",
-                    ));
+                    return Err(super::status::invalid("purpose must be authority or agent"));
                 }
             }
         };
@@ -351,18 +349,16 @@ impl AuthorityService {
             }
             (JoinPurpose::Agent, Some(n)) => {
                 let r = Resource::from_segments(&["node", n.as_str()])
-                    .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+                    .map_err(|e| super::status::invalid(e.to_string()))?;
                 self.gate
                     .check(&req, Operation::NodeEnroll, &r, Some(n))
                     .await?
             }
             (JoinPurpose::Agent, None) => {
-                return Err(tonic::Status::invalid_argument("node name required"));
+                return Err(super::status::invalid("node name required"));
             }
             (JoinPurpose::User, _) => {
-                return Err(tonic::Status::invalid_argument(
-                    "user invites come from InviteUser",
-                ));
+                return Err(super::status::invalid("user invites come from InviteUser"));
             }
         };
         // Allocating an authority node id must not race another allocation; agent tokens name
@@ -469,7 +465,7 @@ impl AuthorityService {
             )));
         }
         if r.address.is_empty() || r.address.len() > 255 {
-            return Err(tonic::Status::invalid_argument("bad address"));
+            return Err(super::status::invalid("bad address"));
         }
         let audit = AuditRecord {
             actor: authority_id(&td, node_id)
@@ -488,8 +484,7 @@ impl AuthorityService {
         // A retried join (after a crash half way) does not publish its keys twice.
         let keys_to_publish: &[pb::BundleKey] = if existing.is_empty() { &r.keys } else { &[] };
         for k in keys_to_publish {
-            let kind =
-                parse_kind(&k.kind).ok_or_else(|| tonic::Status::invalid_argument("key kind"))?;
+            let kind = parse_kind(&k.kind).ok_or_else(|| super::status::invalid("key kind"))?;
             let cmd = Command {
                 id: CommandId::random(),
                 time_ms: now_ms(),

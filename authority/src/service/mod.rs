@@ -344,7 +344,7 @@ pub(crate) fn wire_not_after(
 }
 
 fn res(s: &str) -> Result<Resource, tonic::Status> {
-    Resource::parse(s).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+    Resource::parse(s).map_err(|e| status::invalid(e.to_string()))
 }
 
 #[tonic::async_trait]

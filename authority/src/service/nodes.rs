@@ -209,7 +209,7 @@ impl AuthorityService {
         ttl: Duration,
     ) -> Result<(), tonic::Status> {
         let Some(first) = token_ids.first().and_then(|h| hex::decode(h).ok()) else {
-            return Err(tonic::Status::internal("a minted token has no block"));
+            return Err(super::status::internal("a minted token has no block"));
         };
         audit.operation = Operation::TokenMint.as_str().into();
         audit
@@ -476,7 +476,7 @@ impl AuthorityService {
                 Ok((None, Err(e))) => {
                     tracing::warn!(error = %e, "could not record a refused SVID request");
                 }
-                Err(e) => return Err(tonic::Status::internal(format!("audit task: {e}"))),
+                Err(e) => return Err(super::status::internal(format!("audit task: {e}"))),
             }
         }
         Ok(tonic::Response::new(pb::MintSvidsReply { svids: out }))

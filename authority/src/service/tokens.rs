@@ -416,7 +416,7 @@ impl AuthorityService {
             .into_iter()
             .next()
             .map(|id| id.0)
-            .ok_or_else(|| tonic::Status::internal("a minted token has no block"))?;
+            .ok_or_else(|| super::status::internal("a minted token has no block"))?;
         let mut cmd = allowed.command(Op::RecordMint {
             id: first_id,
             parents,

@@ -404,7 +404,7 @@ impl AuthorityService {
             )));
         }
         let Some(record) = record else {
-            return Err(tonic::Status::internal("a checked invite has no record"));
+            return Err(super::status::internal("a checked invite has no record"));
         };
         let name = record.node_name.clone();
         let id = self.user_id(&name)?;
@@ -437,7 +437,7 @@ impl AuthorityService {
         match super::status::accepted("login refused", self.propose(redeem).await?.outcome)? {
             Outcome::Done => {}
             other => {
-                return Err(tonic::Status::internal(format!(
+                return Err(super::status::internal(format!(
                     "unexpected outcome {other:?}"
                 )));
             }
