@@ -301,6 +301,7 @@ impl Sidecar {
             revoked: revoked.clone(),
             tracker: Arc::clone(&tracker),
             limit: Arc::new(Semaphore::new(proxy::MAX_CONNECTIONS)),
+            handshakes: Arc::default(),
             hard_stop: hard_rx,
         });
         if !inbound.is_empty() {

@@ -30,6 +30,12 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most connections proxied at once, over all listeners; accepting waits beyond it.
 pub(crate) const MAX_CONNECTIONS: usize = 10_000;
+/// The most inbound TLS handshakes in flight at once, over all inbound listeners: callers not
+/// yet authenticated hold at most this many of the connection slots (the rest stay for
+/// authenticated peers and the outbound listeners). A connection past it is closed at once.
+pub(crate) const MAX_HANDSHAKES: usize = 256;
+/// The most inbound handshakes in flight from one source address.
+pub(crate) const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
 /// The read size of the byte pump: four full TLS records (16 KiB of plaintext each), so that
 /// a bulk transfer is encrypted in whole records and sent four at a time (measured with
 /// mesh/bench: a fifth less CPU per byte than one record per read). The buffer is per runtime
@@ -38,6 +44,58 @@ pub(crate) const MAX_CONNECTIONS: usize = 10_000;
 const COPY_BUF: usize = 64 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Inbound handshakes in flight, in all and per source address: what an unauthenticated caller
+/// may hold is bounded before any cryptography runs.
+#[derive(Debug, Default)]
+pub(crate) struct Handshakes {
+    in_flight: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+impl Handshakes {
+    /// A slot for a handshake from `source`, or `None` when its share or the total is taken.
+    fn admit(self: &Arc<Self>, source: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let mut guard = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_source) = &mut *guard;
+        let mine = per_source.entry(source).or_insert(0);
+        if *total >= MAX_HANDSHAKES || *mine >= MAX_HANDSHAKES_PER_SOURCE {
+            if *mine == 0 {
+                per_source.remove(&source);
+            }
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(HandshakeSlot {
+            owner: Arc::clone(self),
+            source,
+        })
+    }
+}
+
+/// One admitted handshake; its slot is given back when dropped.
+struct HandshakeSlot {
+    owner: Arc<Handshakes>,
+    source: std::net::IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut guard = self
+            .owner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (total, per_source) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = per_source.get_mut(&self.source) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                per_source.remove(&self.source);
+            }
+        }
+    }
+}
 
 /// Counts live connections and wakes a waiter when none is left.
 #[derive(Debug, Default)]
@@ -90,6 +148,8 @@ pub(crate) struct Shared {
     pub(crate) revoked: RevokedSerials,
     pub(crate) tracker: Arc<Tracker>,
     pub(crate) limit: Arc<Semaphore>,
+    /// Inbound handshakes in flight (unauthenticated callers).
+    pub(crate) handshakes: Arc<Handshakes>,
     /// Becomes true when live connections must close (drain timeout passed).
     pub(crate) hard_stop: watch::Receiver<bool>,
 }
@@ -174,7 +234,16 @@ async fn inbound_conn(
 ) {
     let dir = Direction::Inbound;
     let started = Instant::now();
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let Some(slot) = shared.handshakes.admit(peer.ip()) else {
+        // Closed before any cryptography: counted, logged at debug only (a flood must not
+        // flood the log).
+        shared.metrics.refused(dir, Refusal::Overloaded);
+        tracing::debug!(%peer, "too many handshakes in flight; connection closed");
+        return;
+    };
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+    drop(slot);
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return refused(shared, dir, peer, Refusal::of_io(&e), &e),
         Err(_) => {
@@ -560,6 +629,32 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+
+    #[test]
+    fn handshakes_are_bounded_per_source_and_in_all() {
+        let gate = Arc::new(Handshakes::default());
+        let ip = |i: u8| std::net::IpAddr::from([10, 0, 0, i]);
+        let mut held = Vec::new();
+        for _ in 0..MAX_HANDSHAKES_PER_SOURCE {
+            held.push(gate.admit(ip(1)).unwrap());
+        }
+        assert!(gate.admit(ip(1)).is_none(), "one source past its share");
+        for source in 2..=16 {
+            for _ in 0..MAX_HANDSHAKES_PER_SOURCE {
+                held.push(gate.admit(ip(source)).unwrap());
+            }
+        }
+        assert_eq!(held.len(), MAX_HANDSHAKES);
+        assert!(gate.admit(ip(17)).is_none(), "a new source past the total");
+        held.pop();
+        assert!(
+            gate.admit(ip(17)).is_some(),
+            "a slot given back is reusable"
+        );
+        held.clear();
+        let (total, per_source) = &*gate.in_flight.lock().unwrap();
+        assert_eq!((*total, per_source.len()), (0, 0), "nothing left behind");
+    }
 
     /// Writes `data` then shuts down, while reading to EOF; returns what was read.
     async fn exchange(stream: &mut tokio::io::DuplexStream, data: &[u8]) -> Vec<u8> {

@@ -171,10 +171,13 @@ pub enum Refusal {
     /// The TLS handshake failed for another reason (protocol error, peer hung up, the peer
     /// refused us, timeout).
     Handshake,
+    /// Closed before the handshake: the source already has its share of handshakes in flight,
+    /// or all inbound handshake slots are taken.
+    Overloaded,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::NoCertificate,
         Refusal::UntrustedCa,
         Refusal::WrongTrustDomain,
@@ -183,6 +186,7 @@ impl Refusal {
         Refusal::Expired,
         Refusal::BadCertificate,
         Refusal::Handshake,
+        Refusal::Overloaded,
     ];
 
     /// The label used in logs and metrics.
@@ -196,6 +200,7 @@ impl Refusal {
             Refusal::Expired => "expired",
             Refusal::BadCertificate => "bad_certificate",
             Refusal::Handshake => "handshake",
+            Refusal::Overloaded => "overloaded",
         }
     }
 

@@ -608,3 +608,62 @@ async fn a_bundle_rotation_applies_to_the_next_handshake() {
         .unwrap();
     assert_eq!(round_trip(tls, b"new".to_vec()).await, b"new");
 }
+
+/// A TLS connection to `addr` from the local address `source` (another loopback address).
+async fn tls_connect_from(
+    connector: &tokio_rustls::TlsConnector,
+    source: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((source, 0).into())?;
+    let tcp = socket.connect(addr).await?;
+    connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("mesh.test").unwrap(),
+            tcp,
+        )
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holds_at_most_16_handshakes_and_others_still_get_in() {
+    let pair = Pair::start().await;
+    let inbound = pair.db.inbound[0];
+    // 16 connections that never say a word hold 127.0.0.1's share of handshakes.
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        silent.push(TcpStream::connect(inbound).await.unwrap());
+    }
+    // The 17th is closed at once: no handshake, long before the 10 s handshake timeout.
+    let metrics = pair.db.metrics.clone();
+    let mut extra = TcpStream::connect(inbound).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(3), extra.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the 17th silent connection of one source was kept: {read:?}"
+    );
+    eventually("an overloaded refusal counted", || {
+        let metrics = metrics.clone();
+        async move { metrics.refusals(Direction::Inbound, Refusal::Overloaded) >= 1 }
+    })
+    .await;
+    // Another source still gets through while 127.0.0.1's share is taken.
+    let web = pair.ca.svid(WEB).client(&pair.ca);
+    let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let tls = tls_connect_from(&web, other, inbound).await.unwrap();
+    assert_eq!(round_trip(tls, b"ping".to_vec()).await, b"ping");
+    // Once the silent ones go, 127.0.0.1 is served again.
+    drop(silent);
+    eventually("127.0.0.1 admitted again", || {
+        let web = web.clone();
+        async move {
+            match tls_connect(&web, inbound).await {
+                Ok(tls) => round_trip(tls, b"ping".to_vec()).await == b"ping",
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+}
