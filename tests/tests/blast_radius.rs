@@ -332,6 +332,13 @@ fn users_tokens_and_the_gate() {
     let ids = v["identities"].as_array().unwrap();
     assert_eq!(ids.len(), 1, "{v}");
     assert_eq!(ids[0]["spiffe_id"], format!("spiffe://{TD}/user/alice"));
+    // Her role's mesh:policy on her namespace: what she could open through the mesh.
+    assert!(
+        strings(&v["notes"])
+            .iter()
+            .any(|n| n.contains("with mesh:policy on ns/shop it can write mesh allow rules")),
+        "{v}"
+    );
     assert!(
         v["credentials"]
             .as_array()

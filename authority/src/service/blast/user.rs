@@ -134,6 +134,19 @@ impl AuthorityService {
                     .into(),
             );
         }
+        let mesh_scopes: Vec<&str> = held_rights
+            .iter()
+            .filter(|(op, _)| op == Operation::MeshPolicy.as_str())
+            .map(|(_, p)| if p.is_empty() { "(all)" } else { p.as_str() })
+            .collect();
+        if !mesh_scopes.is_empty() {
+            notes.push(format!(
+                "with mesh:policy on {} it can write mesh allow rules: any SPIFFE ID it names may \
+                 then connect through the mesh sidecars of workloads there that follow the \
+                 authority's policies (new connections, within a second)",
+                mesh_scopes.join(", ")
+            ));
+        }
         let until_ms = credentials
             .iter()
             .filter(|c| !c.revoked)
