@@ -19,7 +19,7 @@
 //! [`SelectorKind`] variants.
 //!
 //! An entry matches a workload when **every** selector of the entry is among the workload's
-//! ([`matches`], SPIRE's semantics). Entries that select only on what a file is (path, hash)
+//! ([`matches()`], SPIRE's semantics). Entries that select only on what a file is (path, hash)
 //! and not on who runs it are [weak](is_weak): any user who can run that binary gets the
 //! identity, so ringzero refuses them unless explicitly allowed.
 

@@ -29,6 +29,7 @@
 
 /// Generated from `proto/ringzero/v1/*.proto`.
 #[allow(
+    rustdoc::invalid_html_tags,
     missing_debug_implementations,
     unreachable_pub,
     clippy::all,
@@ -43,6 +44,7 @@ pub mod pb {
 /// The SPIFFE Workload API, generated from `proto/spiffe/workload.proto`. The standard proto
 /// has no package, so its methods are `/SpiffeWorkloadAPI/<Method>` on the wire.
 #[allow(
+    rustdoc::invalid_html_tags,
     missing_docs,
     missing_debug_implementations,
     unreachable_pub,
@@ -59,6 +61,7 @@ pub mod workload {
 /// ringzero's Workload API extension for the mesh sidecar, generated from
 /// `proto/ringzero/mesh/v1/mesh.proto` (`/ringzero.mesh.v1.MeshPolicy/Watch` on the wire).
 #[allow(
+    rustdoc::invalid_html_tags,
     missing_docs,
     missing_debug_implementations,
     unreachable_pub,

@@ -18,7 +18,7 @@ use super::merkle::{Frontier, Hash, empty_root, node_hash};
 /// The most blocks a [`LeafDigest`] keeps (32 KiB of hashes).
 pub const MAX_DIGEST_BLOCKS: usize = 1024;
 
-/// The block hashes of the first `size` leaves of a tree; see the [module docs](self).
+/// The block hashes of the first `size` leaves of a tree; see the module docs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeafDigest {
     size: u64,
