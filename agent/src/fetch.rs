@@ -31,10 +31,8 @@ use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClien
 use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
-use crate::workload::SECURITY_HEADER;
+use ringzero_proto::workload_api::{self, SECURITY_HEADER};
 
-/// The most certificates accepted in one chain or bundle.
-const MAX_CERTS: usize = 64;
 /// The largest response message accepted.
 const MAX_RESPONSE_LEN: usize = 32 * 1024 * 1024;
 
@@ -146,21 +144,8 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), FetchError> {
 /// The socket path of a Workload API endpoint: an absolute path, or a `unix:` URI of one
 /// (`unix:///run/agent.sock` or `unix:/run/agent.sock`, as `SPIFFE_ENDPOINT_SOCKET` holds).
 pub fn endpoint_path(endpoint: &str) -> Result<PathBuf, FetchError> {
-    let bad = || FetchError::BadEndpoint(endpoint.chars().take(200).collect());
-    let path = match endpoint.strip_prefix("unix:") {
-        Some(rest) => match rest.strip_prefix("//") {
-            // `unix://host/path` names a host: not a local socket.
-            Some(after) if !after.starts_with('/') => return Err(bad()),
-            Some(after) => after,
-            None => rest,
-        },
-        None if endpoint.contains("://") => return Err(bad()),
-        None => endpoint,
-    };
-    if !path.starts_with('/') || path.contains(['?', '#']) || path.chars().any(char::is_control) {
-        return Err(bad());
-    }
-    Ok(PathBuf::from(path))
+    workload_api::endpoint_path(endpoint)
+        .map_err(|_| FetchError::BadEndpoint(endpoint.chars().take(200).collect()))
 }
 
 /// Fetches the caller's X.509-SVIDs from the Workload API at `socket`: the first message of
@@ -230,101 +215,7 @@ fn parse_svid(svid: pb::X509svid, now: SystemTime) -> Result<X509Svid, FetchErro
     })
 }
 
-/// Splits concatenated DER certificates (each a SEQUENCE with a definite length).
-pub(crate) fn split_der(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, FetchError> {
-    if bytes.is_empty() {
-        return Err(FetchError::Malformed("no certificate"));
-    }
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        if out.len() >= MAX_CERTS {
-            return Err(FetchError::Malformed("too many certificates"));
-        }
-        let len = der_len(bytes).ok_or(FetchError::Malformed("bad DER certificate"))?;
-        let (cert, rest) = bytes.split_at(len);
-        out.push(CertificateDer::from(cert.to_vec()));
-        bytes = rest;
-    }
-    Ok(out)
-}
-
-/// The total length (header included) of the DER SEQUENCE at the start of `b`, if it fits.
-fn der_len(b: &[u8]) -> Option<usize> {
-    if *b.first()? != 0x30 {
-        return None;
-    }
-    let first = *b.get(1)?;
-    let (header, body) = if first < 0x80 {
-        (2, usize::from(first))
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let len = b
-            .get(2..2 + n)?
-            .iter()
-            .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
-        (2 + n, len)
-    };
-    let total = header.checked_add(body)?;
-    (total <= b.len()).then_some(total)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-    use super::*;
-
-    #[test]
-    fn endpoints() {
-        for (input, want) in [
-            ("/run/a.sock", "/run/a.sock"),
-            ("unix:///run/a.sock", "/run/a.sock"),
-            ("unix:/run/a.sock", "/run/a.sock"),
-        ] {
-            assert_eq!(endpoint_path(input).unwrap(), PathBuf::from(want));
-        }
-        for bad in [
-            "",
-            "run/a.sock",
-            "unix://host/run/a.sock",
-            "unix:run/a.sock",
-            "tcp://127.0.0.1:8081",
-            "unix:///a?b",
-            "/a\n",
-        ] {
-            assert!(endpoint_path(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn der_splitting_is_bounded() {
-        let short = [0x30, 0x02, 1, 2];
-        let long = {
-            let mut v = vec![0x30, 0x81, 0x80];
-            v.extend([7u8; 0x80]);
-            v
-        };
-        let both: Vec<u8> = short.iter().chain(long.iter()).copied().collect();
-        let certs = split_der(&both).unwrap();
-        assert_eq!(certs.len(), 2);
-        assert_eq!(certs[1].len(), long.len());
-        for bad in [
-            &[][..],
-            &[0x31, 0],
-            &[0x30],
-            &[0x30, 0x05, 1],
-            &[0x30, 0x80],
-            &[0x30, 0x85, 1, 1, 1, 1, 1],
-            &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff],
-        ] {
-            assert!(split_der(bad).is_err(), "{bad:?}");
-        }
-        let many: Vec<u8> = std::iter::repeat_n([0x30u8, 0], MAX_CERTS + 1)
-            .flatten()
-            .collect();
-        assert!(split_der(&many).is_err());
-    }
+/// The certificates of a Workload API message field.
+fn split_der(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, FetchError> {
+    workload_api::split_der(bytes).map_err(|e| FetchError::Malformed(e.as_str()))
 }

@@ -59,8 +59,7 @@ use crate::cache::{Snapshot, SvidCache};
 
 mod mesh;
 
-/// The metadata key every Workload API request must carry with the value `true`.
-pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+pub use ringzero_proto::workload_api::SECURITY_HEADER;
 /// The largest request message accepted (Workload API requests are tiny).
 pub(crate) const MAX_REQUEST_LEN: usize = 64 * 1024;
 /// The largest response message sent.

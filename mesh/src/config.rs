@@ -282,28 +282,11 @@ pub fn parse_allow(s: &str) -> Result<SpiffeIdPattern, ConfigError> {
 
 /// Parses a Workload API endpoint: `unix:///abs/path`, `unix:/abs/path` or `/abs/path`.
 pub fn parse_workload_api(s: &str) -> Result<PathBuf, ConfigError> {
-    let bad = |why: &str| invalid("Workload API endpoint", s, why);
+    let bad = |why: &dyn fmt::Display| invalid("Workload API endpoint", s, why);
     if s.len() > MAX_VALUE_LEN {
-        return Err(bad("too long"));
+        return Err(bad(&"too long"));
     }
-    let path = match s.strip_prefix("unix:") {
-        Some(rest) => match rest.strip_prefix("//") {
-            Some(after) if !after.starts_with('/') => {
-                return Err(bad("unix://HOST/… names a host, not a local socket"));
-            }
-            Some(after) => after,
-            None => rest,
-        },
-        None if s.contains("://") => return Err(bad("only unix:// endpoints are supported")),
-        None => s,
-    };
-    if !path.starts_with('/') {
-        return Err(bad("expected unix:///absolute/path"));
-    }
-    if path.contains(['?', '#']) || path.chars().any(char::is_control) {
-        return Err(bad("query, fragment or control character in the path"));
-    }
-    Ok(PathBuf::from(path))
+    ringzero_proto::workload_api::endpoint_path(s).map_err(|e| bad(&e))
 }
 
 /// Parses a duration such as `30s`, `15m`, `1h 30m` (humantime), between 1 ms and

@@ -22,12 +22,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-/// The header every Workload API call carries (SPIFFE Workload Endpoint spec §6.2).
-pub(crate) const SECURITY_HEADER: &str = "workload.spiffe.io";
+pub(crate) use ringzero_proto::workload_api::SECURITY_HEADER;
 /// The largest Workload API message accepted.
 const MAX_RESPONSE_LEN: usize = 4 * 1024 * 1024;
-/// The most certificates accepted in one chain or bundle.
-const MAX_CERTS: usize = 64;
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -141,23 +138,9 @@ pub(crate) fn parse_response(
     Ok(identity)
 }
 
-/// Splits concatenated DER certificates, bounded in count.
-fn split_der(mut bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
-    if bytes.is_empty() {
-        return Err(IdentityError::Malformed("no certificate"));
-    }
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        if out.len() >= MAX_CERTS {
-            return Err(IdentityError::Malformed("too many certificates"));
-        }
-        let (rest, _) = x509_parser::parse_x509_certificate(bytes)
-            .map_err(|_| IdentityError::Malformed("bad DER certificate"))?;
-        let (cert, _) = bytes.split_at(bytes.len() - rest.len());
-        out.push(CertificateDer::from(cert.to_vec()));
-        bytes = rest;
-    }
-    Ok(out)
+/// The certificates of a Workload API message field (framing checked, count bounded).
+fn split_der(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    ringzero_proto::workload_api::split_der(bytes).map_err(|e| IdentityError::Malformed(e.as_str()))
 }
 
 /// Starts the Workload API client on `socket`. The returned receiver holds `None` until the

@@ -16,6 +16,8 @@
 //!   Workload API on the agent's socket (`ringzero.mesh.v1.MeshPolicy`: mesh policies and
 //!   revoked serials for the caller's identities).
 //! - `build.rs`: compiles them with protox.
+//! - [`workload_api`] (`workload_api.rs`): what the Workload API's server and clients share —
+//!   the security header, `SPIFFE_ENDPOINT_SOCKET`'s endpoint syntax, DER certificate lists.
 //! - [`client`] (`client.rs`, `client/`): profiles and the authority client with leader-hint
 //!   retry (`client.rs`), first contact (`first_contact.rs`), applying a received bundle to
 //!   what a profile trusts (`trust.rs`).
@@ -78,6 +80,7 @@ pub mod mesh {
 pub mod client;
 pub mod fs;
 pub mod transport;
+pub mod workload_api;
 
 /// The methods of `ringzero.v1.Authority` a client without a certificate may call (the
 /// service's "first contact" section): fetching the trust bundle to check it against a pin,
