@@ -26,7 +26,6 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
 
 use anyhow::anyhow;
 use ringzero_policy::audit::{
@@ -297,13 +296,7 @@ impl Summary {
 }
 
 /// A unix time in milliseconds as RFC 3339 (UTC, to the second); `-` for 0.
-pub(crate) fn format_ms(ms: u64) -> String {
-    if ms == 0 {
-        return "-".into();
-    }
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
-}
+pub(crate) use super::session::format_ms;
 
 /// Exit 1 naming what was verified and the first problem (the library's error names the record).
 fn export_failed(what: &str, e: ExportError) -> Failure {

@@ -4,7 +4,6 @@
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use ringzero_policy::NodeName;
@@ -107,13 +106,7 @@ pub(crate) fn run(global: &GlobalArgs, a: BlastRadiusArgs) -> Outcome {
     })
 }
 
-fn time_ms(ms: u64) -> String {
-    if ms == 0 {
-        return "-".into();
-    }
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
-}
+use super::session::format_ms as time_ms;
 
 fn prefix(p: &str) -> &str {
     if p.is_empty() { "(all)" } else { p }

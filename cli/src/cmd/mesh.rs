@@ -202,11 +202,10 @@ fn policy_rows(policies: &[pb::MeshPolicy]) -> Vec<[String; 4]> {
         "BY".to_owned(),
     ]];
     for p in policies {
-        let created = std::time::UNIX_EPOCH + std::time::Duration::from_millis(p.created_ms);
         rows.push([
             p.to.clone(),
             p.from.clone(),
-            humantime::format_rfc3339_seconds(created).to_string(),
+            super::session::rfc3339_ms(p.created_ms),
             p.actor.clone(),
         ]);
     }

@@ -170,14 +170,7 @@ fn node_rows(nodes: &[pb::NodeInfo]) -> Vec<[String; 3]> {
     rows
 }
 
-/// A unix time in milliseconds as RFC 3339 to the second; `-` when unknown (0).
-fn since(ms: u64) -> String {
-    if ms == 0 {
-        return "-".into();
-    }
-    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+use super::session::format_ms as since;
 
 #[derive(Debug, Clone, Copy)]
 enum Status {

@@ -2,7 +2,7 @@
 //! profile is built from the authority's reply (`user add`, `login`, `authority admin-profile`).
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::anyhow;
 use ringzero_policy::svid::{csr_for, generate_key};
@@ -79,8 +79,7 @@ pub(crate) fn write_profile(
 
 /// A unix time as RFC 3339, to the second.
 pub(crate) fn expiry(expires_unix: u64) -> String {
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(expires_unix))
-        .to_string()
+    super::session::rfc3339_ms(expires_unix.saturating_mul(1000))
 }
 
 /// The trust domain of the session's profile.

@@ -132,6 +132,23 @@ pub(crate) fn explain(e: &ClientError, what: &str) -> String {
 }
 
 /// Prints rows as aligned columns separated by two spaces (the last column unpadded).
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z), in milliseconds since 1970.
+const RFC3339_MAX_MS: u64 = 253_402_300_799_999;
+
+/// A unix time in milliseconds as RFC 3339, to the second. Times in replies come from a
+/// server: one past year 9999 is shown as its raw number instead of failing the output.
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms)) {
+        Some(t) if ms <= RFC3339_MAX_MS => humantime::format_rfc3339_seconds(t).to_string(),
+        _ => format!("{ms} ms after 1970"),
+    }
+}
+
+/// [`rfc3339_ms`], or `-` when the time is unknown (0).
+pub(crate) fn format_ms(ms: u64) -> String {
+    if ms == 0 { "-".into() } else { rfc3339_ms(ms) }
+}
+
 pub(crate) fn print_table<const N: usize>(rows: &[[String; N]]) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -182,4 +199,22 @@ pub(crate) fn bundle_file(
         return Err(bad_input_msg(format!("{}: no certificate", path.display())));
     }
     Ok(cas)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::{format_ms, rfc3339_ms};
+
+    #[test]
+    fn server_times_never_fail_the_output() {
+        assert_eq!(format_ms(0), "-");
+        assert_eq!(rfc3339_ms(1_000), "1970-01-01T00:00:01Z");
+        assert_eq!(rfc3339_ms(253_402_300_799_000), "9999-12-31T23:59:59Z");
+        // Past what RFC 3339 can write, and the largest value a reply can hold.
+        assert_eq!(
+            rfc3339_ms(253_402_300_800_000),
+            "253402300800000 ms after 1970"
+        );
+        assert_eq!(rfc3339_ms(u64::MAX), format!("{} ms after 1970", u64::MAX));
+    }
 }

@@ -226,10 +226,9 @@ fn mint_through_cluster(global: &GlobalArgs, a: MintArgs) -> Outcome {
             })
             .await
             .map_err(|e| refused(e, &what))?;
-        let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(reply.expires_unix);
         eprintln!(
             "minted {what}, bound to it, expires {}; revocation id {}",
-            humantime::format_rfc3339_seconds(expires),
+            super::profile::expiry(reply.expires_unix),
             reply.revocation_ids.last().map_or("-", String::as_str)
         );
         println!("{}", reply.token);
