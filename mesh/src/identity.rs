@@ -89,7 +89,8 @@ impl Identity {
                 why: e.to_string(),
             }
         })?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
+        // Borrowed, not copied: the only copy of the key bytes is the caller's (zeroized).
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8));
         let signer = rustls::crypto::ring::sign::any_supported_type(&key)
             .map_err(|e| IdentityError::Key(e.to_string()))?;
         let certified = CertifiedKey::new(chain, signer);
@@ -114,11 +115,14 @@ pub(crate) fn parse_response(
     resp: pb::X509svidResponse,
     now: SystemTime,
 ) -> Result<Identity, IdentityError> {
-    let svid = resp
-        .svids
-        .into_iter()
+    let mut svids = resp.svids.into_iter();
+    let svid = svids
         .next()
         .ok_or(IdentityError::Malformed("no SVID in the answer"))?;
+    // The sidecar uses the default SVID only; the others' keys are wiped, not just dropped.
+    for mut other in svids {
+        zeroize::Zeroize::zeroize(&mut other.x509_svid_key);
+    }
     let key = Zeroizing::new(svid.x509_svid_key);
     let id = SpiffeId::parse(&svid.spiffe_id)
         .map_err(|_| IdentityError::Malformed("spiffe_id is not a SPIFFE ID"))?;

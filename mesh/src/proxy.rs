@@ -205,7 +205,6 @@ pub(crate) async fn serve_inbound(
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
-    let local = listener.local_addr();
     let target = Arc::new(target);
     let conn_shared = Arc::clone(&shared);
     accept_loop(
@@ -217,8 +216,7 @@ pub(crate) async fn serve_inbound(
             let acceptor = acceptor.clone();
             let target = Arc::clone(&target);
             let shared = Arc::clone(&conn_shared);
-            let local = local.as_ref().ok().copied();
-            async move { inbound_conn(tcp, peer, local, &target, acceptor, &shared).await }
+            async move { inbound_conn(tcp, peer, &target, acceptor, &shared).await }
         },
     )
     .await;
@@ -227,13 +225,15 @@ pub(crate) async fn serve_inbound(
 async fn inbound_conn(
     tcp: TcpStream,
     peer: SocketAddr,
-    local: Option<SocketAddr>,
     target: &HostPort,
     acceptor: TlsAcceptor,
     shared: &Shared,
 ) {
     let dir = Direction::Inbound;
     let started = Instant::now();
+    // The address this connection reached (not the listener's, which may be 0.0.0.0): the
+    // PROXY header's destination.
+    let local = tcp.local_addr().ok();
     let Some(slot) = shared.handshakes.admit(peer.ip()) else {
         // Closed before any cryptography: counted, logged at debug only (a flood must not
         // flood the log).

@@ -84,7 +84,7 @@ impl Args {
     pub fn load(&self) -> Result<super::Config, ConfigErrors> {
         let file = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                let text = read_bounded(path)
                     .map_err(|e| super::ConfigError::File(format!("{}: {e}", path.display())))?;
                 Settings::from_toml(&text)?
             }
@@ -93,4 +93,18 @@ impl Args {
         let env = std::env::var(ENDPOINT_ENV).ok();
         self.settings().merge(file).validate(env.as_deref())
     }
+}
+
+/// The file's text, reading at most one byte past [`super::MAX_FILE_LEN`] (so that
+/// `--config /dev/zero` or a huge file is refused by the size check, not read into memory).
+fn read_bounded(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let limit = u64::try_from(super::MAX_FILE_LEN)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(limit)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }

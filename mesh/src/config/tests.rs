@@ -411,6 +411,16 @@ mod flags {
     }
 
     #[test]
+    fn an_endless_config_file_is_refused_by_its_size_not_read_into_memory() {
+        let cli = Cli::try_parse_from(["sidecar", "--config", "/dev/zero"]).unwrap();
+        let errors = cli.sidecar.load().unwrap_err();
+        assert!(
+            matches!(&errors.0[..], [ConfigError::File(why)] if why.contains("larger than 1 MiB")),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn flags_parse_and_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("mesh.toml");
