@@ -50,6 +50,11 @@ pub mod limits {
     /// Mesh policies in the whole state: each agent receives the ones for its identities in
     /// one feed message, so the set stays small enough for one.
     pub const MAX_MESH_POLICIES: usize = 10_000;
+    /// Mesh policies with one `to`: the rules one namespace can aim at one identity (or
+    /// prefix), so that one namespace cannot swell the feed of the nodes it shares with others.
+    pub const MAX_MESH_POLICIES_PER_TO: usize = 256;
+    /// Bytes of a mesh policy's `to` or `from` pattern.
+    pub const MAX_MESH_PATTERN: usize = 512;
 }
 
 /// A random id chosen by the proposer; retries of one request reuse it.

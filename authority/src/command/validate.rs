@@ -197,8 +197,8 @@ impl MeshPolicy {
     /// trust domain ID names none; `spiffe://td/*` is every workload of the trust domain); both
     /// in canonical form, so that one rule has one spelling. Returns `(to, from)`.
     pub fn validate(&self) -> Result<(SpiffeIdPattern, SpiffeIdPattern), Invalid> {
-        check_len("mesh policy to", &self.to, limits::MAX_TEXT)?;
-        check_len("mesh policy from", &self.from, limits::MAX_TEXT)?;
+        check_len("mesh policy to", &self.to, limits::MAX_MESH_PATTERN)?;
+        check_len("mesh policy from", &self.from, limits::MAX_MESH_PATTERN)?;
         let to = SpiffeIdPattern::parse(&self.to)
             .map_err(|e| invalid(format!("to {:?}: {e}", self.to)))?;
         let from = SpiffeIdPattern::parse(&self.from)

@@ -44,6 +44,18 @@ pub(crate) fn put_policy(
                 limits::MAX_MESH_POLICIES
             ))));
         }
+        // Keys are `to \0 from`, and a pattern holds no NUL: one `to`'s rules are contiguous.
+        let (first, past) = (compound(&policy.to, b""), compound(&policy.to, b"\xff"));
+        let same_to = t
+            .range(first.as_slice()..past.as_slice())?
+            .take(limits::MAX_MESH_POLICIES_PER_TO)
+            .count();
+        if same_to >= limits::MAX_MESH_POLICIES_PER_TO {
+            return Ok(Outcome::Rejected(Rejection::LimitReached(format!(
+                "at most {} mesh policies for one --to",
+                limits::MAX_MESH_POLICIES_PER_TO
+            ))));
+        }
     }
     put(
         tx,
@@ -174,5 +186,44 @@ mod tests {
         assert!(r.mesh_policies().unwrap().is_empty());
         let (o, _) = run(Op::DeleteMeshPolicy { policy });
         assert_eq!(o, Outcome::Rejected(Rejection::NotFound));
+    }
+
+    #[test]
+    fn one_to_holds_a_bounded_number_of_rules_of_bounded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
+        create_tables(&db).unwrap();
+        let mut index = 0;
+        let mut put = |to: &str, from: String| {
+            index += 1;
+            let tx = db.begin_write().unwrap();
+            let policy = MeshPolicy {
+                to: to.into(),
+                from,
+            };
+            let r = apply_command(&tx, index, &cmd(Op::PutMeshPolicy { policy })).unwrap();
+            tx.commit().unwrap();
+            r.outcome
+        };
+        let to = "spiffe://td/ns/shop/*";
+        for i in 0..limits::MAX_MESH_POLICIES_PER_TO {
+            assert_eq!(put(to, format!("spiffe://td/ns/a/w{i}")), Outcome::Done);
+        }
+        let past = put(to, "spiffe://td/ns/a/one-more".into());
+        assert!(
+            matches!(&past, Outcome::Rejected(Rejection::LimitReached(m)) if m.contains("one --to")),
+            "{past:?}"
+        );
+        // Another `to` (even one that starts with the same text) has its own share.
+        assert_eq!(
+            put("spiffe://td/ns/shop/db", "spiffe://td/ns/a/w0".into()),
+            Outcome::Done
+        );
+        // A pattern past the size bound is malformed.
+        let long = format!("spiffe://td/ns/a/{}", "x".repeat(limits::MAX_MESH_PATTERN));
+        assert!(matches!(
+            put("spiffe://td/ns/shop/db", long),
+            Outcome::Rejected(Rejection::Invalid(_))
+        ));
     }
 }
