@@ -11,6 +11,9 @@
 //! - `daemon.rs`: what the long-running commands share: logging, the SIGTERM/SIGINT shutdown
 //!   signal, binding the listen address.
 //! - `input.rs`: reading secrets (value, `-` or `@FILE`) and writing secret files.
+//! - `sidecar.rs`: the mesh sidecar process (`mesh sidecar`), also the whole of the
+//!   `ringzero-mesh` binary (`bin/ringzero-mesh.rs`, which includes `daemon.rs`, `failure.rs`
+//!   and `sidecar.rs` by path).
 //! - `cmd/`: one module per subcommand, each owning its clap types (flags, long help) and its
 //!   code; `cmd/mod.rs` only dispatches.
 //!   - `keygen.rs`, `token.rs`, `authority.rs`, `bundle.rs`, `node.rs`, `entry.rs`,
@@ -35,6 +38,7 @@ mod cmd;
 mod daemon;
 mod failure;
 mod input;
+mod sidecar;
 
 use std::process::ExitCode;
 

@@ -2,8 +2,12 @@
 # The mesh benchmark of issue 13 (by hand, not in CI). In one run on this machine, against the
 # same echo/sink target (mesh/examples/bench_load.rs):
 #   direct    client -> target
+#   socat     client -> socat -> socat -> target: two plain-text relays, no TLS at all — the
+#             floor of any pair of relaying processes on this machine (round trip, stream)
 #   stunnel4  client -> stunnel (client mode) -> stunnel (server mode) -> target, mTLS 1.3
-#   ringzero  client -> `ringzero mesh sidecar` outbound -> sidecar inbound -> target
+#   ringzero  client -> `ringzero-mesh` outbound -> `ringzero-mesh` inbound -> target
+#             (`ringzero-mesh` is `ringzero mesh sidecar` linked alone; a pair run from the
+#             multi-call `ringzero` binary, "ringzero (multi-call)", is measured idle only)
 # Both pairs use the same CA and SVIDs (mesh/examples/bench_wl.rs, which also serves the
 # sidecars' Workload API). Measured per repetition, setups alternating: 1 KiB request/response
 # round trip (p50, p99), one-stream throughput one way (and the CPU time each proxy spent on
@@ -25,13 +29,16 @@ CONNS=${CONNS:-1000}
 PORT_BASE=${PORT_BASE:-21100} # below the ephemeral range: 1,000-connection rounds use many
 TD=example.org
 
-if ! command -v stunnel4 >/dev/null; then
-    apt-get install -y stunnel4 || { apt-get update && apt-get install -y stunnel4; }
-fi
-cargo build --release -p ringzero-cli --bin ringzero
+for tool in stunnel4 socat; do
+    if ! command -v $tool >/dev/null; then
+        apt-get install -y $tool || { apt-get update && apt-get install -y $tool; }
+    fi
+done
+cargo build --release -p ringzero-cli --bin ringzero --bin ringzero-mesh
 cargo build --release -p ringzero-mesh --example bench_wl --example bench_load
 BIN=${CARGO_TARGET_DIR:-target}/release
 RINGZERO=$BIN/ringzero
+SIDECAR=$BIN/ringzero-mesh
 LOAD=$BIN/examples/bench_load
 WL=$BIN/examples/bench_wl
 
@@ -57,6 +64,10 @@ ST_SERVER=127.0.0.1:$((PORT_BASE + 1))
 ST_CLIENT=127.0.0.1:$((PORT_BASE + 2))
 RZ_INBOUND=127.0.0.1:$((PORT_BASE + 3))
 RZ_OUTBOUND=127.0.0.1:$((PORT_BASE + 4))
+MC_INBOUND=127.0.0.1:$((PORT_BASE + 5))
+MC_OUTBOUND=127.0.0.1:$((PORT_BASE + 6))
+SOCAT_IN=127.0.0.1:$((PORT_BASE + 7))
+SOCAT_OUT=127.0.0.1:$((PORT_BASE + 8))
 
 "$WL" "$PKI" >"$WORK/wl.log" 2>&1 &
 BG+=($!)
@@ -94,17 +105,18 @@ record() { # SETUP REP: prefixes KEY VALUE lines
 }
 
 BATCHES=${BATCHES:-4}
-SETUPS=(direct stunnel4 ringzero)
-declare -A ADDR=([direct]=$TARGET [stunnel4]=$ST_CLIENT [ringzero]=$RZ_OUTBOUND)
+SETUPS=(direct socat stunnel4 ringzero)
+declare -A ADDR=([direct]=$TARGET [socat]=$SOCAT_OUT [stunnel4]=$ST_CLIENT [ringzero]=$RZ_OUTBOUND)
 declare -A PIDS
 
 # One repetition: both pairs run at once, and the round trips and streams of the three setups
 # alternate, so that the other load of the machine falls on all three alike.
 measure() { # REP
     local rep=$1 setup batch
-    for setup in stunnel4 ringzero; do
+    for setup in stunnel4 ringzero ringzero-multicall; do
         "$LOAD" rss ${PIDS[$setup]} | record "$setup" "$rep"
     done
+    stop ${PIDS[ringzero-multicall]}
     for batch in $(seq "$BATCHES"); do
         for setup in "${SETUPS[@]}"; do
             "$LOAD" rr "${ADDR[$setup]}" $((N_RR / BATCHES)) | record "$setup" "$rep"
@@ -139,22 +151,40 @@ for rep in $(seq "$REPS"); do
     server=$!
     stunnel4 "$WORK/st-client.conf" 2>>"$WORK/st-client.log" &
     client=$!
-    "$RINGZERO" mesh sidecar --workload-api "unix://$PKI/db.sock" \
+    "$SIDECAR" --workload-api "unix://$PKI/db.sock" \
         --inbound "$RZ_INBOUND=$TARGET" --allow "spiffe://$TD/ns/bench/web" \
         2>"$WORK/rz-inbound.log" &
     inbound=$!
-    "$RINGZERO" mesh sidecar --workload-api "unix://$PKI/web.sock" \
+    "$SIDECAR" --workload-api "unix://$PKI/web.sock" \
         --outbound "$RZ_OUTBOUND=$RZ_INBOUND@spiffe://$TD/ns/bench/db" \
         2>"$WORK/rz-outbound.log" &
     outbound=$!
-    PIDS=([stunnel4]="$client $server" [ringzero]="$outbound $inbound")
+    # The same pair from the multi-call binary, on other ports, for its idle memory.
+    "$RINGZERO" mesh sidecar --workload-api "unix://$PKI/db.sock" \
+        --inbound "$MC_INBOUND=$TARGET" --allow "spiffe://$TD/ns/bench/web" \
+        2>"$WORK/mc-inbound.log" &
+    mc_inbound=$!
+    "$RINGZERO" mesh sidecar --workload-api "unix://$PKI/web.sock" \
+        --outbound "$MC_OUTBOUND=$MC_INBOUND@spiffe://$TD/ns/bench/db" \
+        2>"$WORK/mc-outbound.log" &
+    mc_outbound=$!
+    # socat forks a process per connection: round trips and the stream only.
+    socat "TCP-LISTEN:${SOCAT_IN##*:},bind=127.0.0.1,reuseaddr,fork,nodelay" "TCP:$TARGET,nodelay" &
+    socat_in=$!
+    socat "TCP-LISTEN:${SOCAT_OUT##*:},bind=127.0.0.1,reuseaddr,fork,nodelay" "TCP:$SOCAT_IN,nodelay" &
+    socat_out=$!
+    PIDS=([stunnel4]="$client $server" [ringzero]="$outbound $inbound"
+        [ringzero-multicall]="$mc_outbound $mc_inbound")
+    "$LOAD" wait "$SOCAT_IN"
+    "$LOAD" wait "$SOCAT_OUT"
     "$LOAD" wait "$ST_SERVER"
     "$LOAD" wait "$ST_CLIENT"
-    wait_ready "$WORK/rz-inbound.log"
-    wait_ready "$WORK/rz-outbound.log"
+    for side in rz-inbound rz-outbound mc-inbound mc-outbound; do
+        wait_ready "$WORK/$side.log"
+    done
     sleep 0.5
     measure "$rep"
-    stop "$client" "$server" "$outbound" "$inbound"
+    stop "$client" "$server" "$outbound" "$inbound" "$socat_in" "$socat_out"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo

@@ -239,9 +239,15 @@ fn table(path: &str, conns: &str) {
     let pair = |setup: &str, key: &str, scale: f64, digits: usize| {
         let a = get(setup, &format!("{key}_0")) / scale;
         let b = get(setup, &format!("{key}_1")) / scale;
+        if a.is_nan() {
+            return "–".to_owned();
+        }
         format!("{a:.digits$} / {b:.digits$}")
     };
     let mb = |setup: &str, when: &str| {
+        if get(setup, &format!("{when}_rss_kb_0")).is_nan() {
+            return "–".to_owned();
+        }
         format!(
             "{} ({})",
             pair(setup, &format!("{when}_rss_kb"), 1024.0, 1),
@@ -266,6 +272,15 @@ fn table(path: &str, conns: &str) {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for s in &order {
         let (p50, gb) = (get(s, "p50_us"), get(s, "gbps"));
+        if p50.is_nan() {
+            // Measured idle only.
+            println!(
+                "| {s} | {} | – | – | – | – | – | – | {} | – |",
+                reps.get(s).map_or(0, |r| r.len()),
+                mb(s, "idle")
+            );
+            continue;
+        }
         let (cpu, idle, held) = if s == "direct" {
             ("–".to_owned(), "–".to_owned(), "–".to_owned())
         } else {

@@ -25,6 +25,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS: usize = 32;
 /// Bound on the readiness probe's connection to each inbound target.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a probe of the inbound targets answers `/ready`: however often it is asked, a
+/// target sees at most one probe connection per this interval.
+const PROBE_REUSE: Duration = Duration::from_secs(1);
 
 /// What the admin routes report on.
 #[derive(Debug)]
@@ -39,6 +42,8 @@ pub(crate) struct AdminState {
     /// The allow rules in force (for the authority's part) and the refused serials.
     pub(crate) allow: crate::AllowList,
     pub(crate) revoked: crate::RevokedSerials,
+    /// The last probe of the inbound targets: when, and why they were not ready (if so).
+    pub(crate) last_probe: tokio::sync::Mutex<Option<(tokio::time::Instant, Option<String>)>>,
 }
 
 /// Serves until the task is dropped.
@@ -82,7 +87,11 @@ impl Response {
 
 async fn answer(mut tcp: TcpStream, state: &AdminState) -> std::io::Result<()> {
     let head = read_head(&mut tcp).await?;
+    let local_caller = tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
     let response = match parse_request_line(&head) {
+        Some(("GET" | "HEAD", path)) if !open_to(path, local_caller) => {
+            Response::text(403, format!("{path} answers loopback callers only\n"))
+        }
         Some(("GET" | "HEAD", path)) => route(path, state).await,
         Some(_) => Response::text(405, "method not allowed\n"),
         None => Response::text(400, "bad request\n"),
@@ -90,6 +99,7 @@ async fn answer(mut tcp: TcpStream, state: &AdminState) -> std::io::Result<()> {
     let reason = match response.status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
@@ -104,6 +114,14 @@ async fn answer(mut tcp: TcpStream, state: &AdminState) -> std::io::Result<()> {
     );
     tcp.write_all(out.as_bytes()).await?;
     tcp.shutdown().await
+}
+
+/// Whether `path` answers this caller. What `/status` tells (identity, serial, rules,
+/// revocations) is for this host's operator: with the admin listener opened to the network
+/// (`--unsafe-admin`, for a scraper), probes and metrics answer anyone, `/status` only
+/// loopback callers.
+fn open_to(path: &str, local_caller: bool) -> bool {
+    local_caller || path != "/status"
 }
 
 /// Reads until the end of the request head, at most [`MAX_REQUEST`] bytes.
@@ -173,15 +191,32 @@ async fn not_ready(state: &AdminState) -> Option<String> {
         Some(i) if !i.is_current(SystemTime::now()) => return Some("the SVID has expired".into()),
         Some(_) => {}
     }
+    probe_targets(state).await
+}
+
+/// Whether every inbound target accepts a connection, probed at most once per
+/// [`PROBE_REUSE`] (concurrent callers wait for the one probe in flight).
+async fn probe_targets(state: &AdminState) -> Option<String> {
+    let mut last = state.last_probe.lock().await;
+    if let Some((at, why)) = &*last
+        && at.elapsed() < PROBE_REUSE
+    {
+        return why.clone();
+    }
+    let mut why = None;
     for inbound in &state.inbound {
         let target = (inbound.target.host(), inbound.target.port());
         match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(target)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Some(format!("target {} refuses: {e}", inbound.target)),
-            Err(_) => return Some(format!("target {} does not answer", inbound.target)),
+            Ok(Err(e)) => why = Some(format!("target {} refuses: {e}", inbound.target)),
+            Err(_) => why = Some(format!("target {} does not answer", inbound.target)),
+        }
+        if why.is_some() {
+            break;
         }
     }
-    None
+    *last = Some((tokio::time::Instant::now(), why.clone()));
+    why
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -222,6 +257,15 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+
+    #[test]
+    fn status_answers_loopback_callers_only() {
+        assert!(open_to("/status", true));
+        assert!(!open_to("/status", false));
+        for path in ["/live", "/ready", "/metrics", "/nope"] {
+            assert!(open_to(path, false) && open_to(path, true));
+        }
+    }
 
     #[test]
     fn request_lines() {

@@ -67,7 +67,7 @@ pub enum ConfigError {
     )]
     OutboundNotLoopback(SocketAddr),
     #[error(
-        "admin address {0} is not a loopback address: /status names this workload's identity, serials and targets (pass --unsafe-admin to serve it off this host, e.g. for a Prometheus scraper)"
+        "admin address {0} is not a loopback address (pass --unsafe-admin to serve /live, /ready and /metrics off this host, e.g. for a Prometheus scraper; /status answers loopback callers only)"
     )]
     AdminNotLoopback(SocketAddr),
     #[error("address {0} is used by more than one listener")]

@@ -252,6 +252,7 @@ impl Sidecar {
                 draining: stop_rx.clone(),
                 allow: allow.clone(),
                 revoked: revoked.clone(),
+                last_probe: tokio::sync::Mutex::default(),
             });
             tokio::spawn(admin::serve(listener, state))
         });
@@ -306,15 +307,12 @@ impl Sidecar {
         });
         if !inbound.is_empty() {
             let verifier = verify::inbound_verifier(bundle.clone(), allow, revoked.clone());
-            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(verify::server_config(
-                Arc::clone(&resolver),
-                verifier,
-            )?));
+            let tls = Arc::new(verify::server_config(Arc::clone(&resolver), verifier)?);
             for (listener, spec) in inbound.into_iter().zip(&config.inbound) {
                 tasks.spawn(proxy::serve_inbound(
                     listener,
                     spec.target.clone(),
-                    acceptor.clone(),
+                    Arc::clone(&tls),
                     Arc::clone(&shared),
                     stop_rx.clone(),
                 ));

@@ -34,9 +34,40 @@ impl Direction {
     }
 }
 
+/// Log lines a (direction, refusal reason) may write per second; past it refusals are only
+/// counted, and the next line written says how many went unlogged. A flood of bad handshakes
+/// then costs a counter increment each, not a line in the log.
+const REFUSAL_LINES_PER_SECOND: u64 = 5;
+
+/// The log budget of one (direction, refusal reason).
+#[derive(Debug, Default)]
+struct LogBudget {
+    /// The second (since the Unix epoch) `used` counts in.
+    second: AtomicU64,
+    used: AtomicU64,
+    /// Refusals not logged since the last line written.
+    unlogged: AtomicU64,
+}
+
+impl LogBudget {
+    /// `Some(unlogged since the last line)` when a line may be written now.
+    fn take(&self, now_secs: u64) -> Option<u64> {
+        if self.second.swap(now_secs, Relaxed) != now_secs {
+            self.used.store(0, Relaxed);
+        }
+        if self.used.fetch_add(1, Relaxed) < REFUSAL_LINES_PER_SECOND {
+            Some(self.unlogged.swap(0, Relaxed))
+        } else {
+            self.unlogged.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct PerDirection {
     refusals: [AtomicU64; Refusal::ALL.len()],
+    log_budget: [LogBudget; Refusal::ALL.len()],
     handshakes: AtomicU64,
     open: AtomicU64,
     connections: AtomicU64,
@@ -61,8 +92,15 @@ impl Metrics {
         &self.dirs[d.index()]
     }
 
-    pub fn refused(&self, d: Direction, why: Refusal) {
-        self.dir(d).refusals[why.index()].fetch_add(1, Relaxed);
+    /// Counts a refusal. `Some(n)` when it may be logged (`n` refusals of this direction and
+    /// reason went unlogged before it), `None` when this second's lines are spent.
+    pub fn refused(&self, d: Direction, why: Refusal) -> Option<u64> {
+        let dir = self.dir(d);
+        dir.refusals[why.index()].fetch_add(1, Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs());
+        dir.log_budget[why.index()].take(now)
     }
 
     /// How many connections were refused for `why`.
@@ -237,5 +275,41 @@ pub struct OpenGuard<'a>(&'a AtomicU64);
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_lines_are_rate_limited_and_every_refusal_counted() {
+        let budget = LogBudget::default();
+        let logged: Vec<_> = (0..20).map(|_| budget.take(100)).collect();
+        assert_eq!(
+            logged.iter().filter(|l| l.is_some()).count() as u64,
+            REFUSAL_LINES_PER_SECOND
+        );
+        assert!(
+            logged[REFUSAL_LINES_PER_SECOND as usize..]
+                .iter()
+                .all(Option::is_none)
+        );
+        // The next second's first line tells how many went unlogged.
+        assert_eq!(budget.take(101), Some(20 - REFUSAL_LINES_PER_SECOND));
+        assert_eq!(budget.take(101), Some(0));
+
+        let metrics = Metrics::default();
+        for _ in 0..50 {
+            let _ = metrics.refused(Direction::Inbound, Refusal::Overloaded);
+        }
+        assert_eq!(
+            metrics.refusals(Direction::Inbound, Refusal::Overloaded),
+            50
+        );
+        assert_eq!(
+            metrics.refusals(Direction::Outbound, Refusal::Overloaded),
+            0
+        );
     }
 }

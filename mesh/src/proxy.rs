@@ -13,11 +13,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ringzero_policy::svid::ValidatedSvid;
 use ringzero_policy::tls::peer_svid;
+use rustls::ServerConfig;
+use rustls::server::Acceptor;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
 use crate::config::HostPort;
 use crate::metrics::{Direction, Metrics};
@@ -26,6 +28,10 @@ use crate::verify::{Refusal, RevokedSerials};
 
 /// Bound on the TLS handshake (slow or silent clients).
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on receiving an inbound client's whole ClientHello: a client that trickles it holds
+/// a handshake slot (of [`MAX_HANDSHAKES`], [`MAX_HANDSHAKES_PER_SOURCE`] per source) this long
+/// at most.
+pub(crate) const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on connecting to a target.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most connections proxied at once, over all listeners; accepting waits beyond it.
@@ -201,7 +207,7 @@ async fn accept_loop<F, Fut>(
 pub(crate) async fn serve_inbound(
     listener: TcpListener,
     target: HostPort,
-    acceptor: TlsAcceptor,
+    tls: Arc<ServerConfig>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
 ) {
@@ -213,10 +219,10 @@ pub(crate) async fn serve_inbound(
         stop,
         Direction::Inbound,
         move |tcp, peer| {
-            let acceptor = acceptor.clone();
+            let tls = Arc::clone(&tls);
             let target = Arc::clone(&target);
             let shared = Arc::clone(&conn_shared);
-            async move { inbound_conn(tcp, peer, &target, acceptor, &shared).await }
+            async move { inbound_conn(tcp, peer, &target, tls, &shared).await }
         },
     )
     .await;
@@ -226,7 +232,7 @@ async fn inbound_conn(
     tcp: TcpStream,
     peer: SocketAddr,
     target: &HostPort,
-    acceptor: TlsAcceptor,
+    tls: Arc<ServerConfig>,
     shared: &Shared,
 ) {
     let dir = Direction::Inbound;
@@ -235,13 +241,20 @@ async fn inbound_conn(
     // PROXY header's destination.
     let local = tcp.local_addr().ok();
     let Some(slot) = shared.handshakes.admit(peer.ip()) else {
-        // Closed before any cryptography: counted, logged at debug only (a flood must not
-        // flood the log).
-        shared.metrics.refused(dir, Refusal::Overloaded);
-        tracing::debug!(%peer, "too many handshakes in flight; connection closed");
-        return;
+        // Closed before any cryptography (the log line is rate-limited with the others).
+        let e = io::Error::other("too many handshakes in flight");
+        return refused(shared, dir, peer, Refusal::Overloaded, &e);
     };
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let hello = tokio::time::timeout(
+            CLIENT_HELLO_TIMEOUT,
+            LazyConfigAcceptor::new(Acceptor::default(), tcp),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no ClientHello in time"))??;
+        hello.into_stream(tls).await
+    })
+    .await;
     drop(slot);
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
@@ -382,19 +395,24 @@ async fn connect(target: &HostPort) -> io::Result<TcpStream> {
     Ok(tcp)
 }
 
-/// Logs a refusal once and counts it. Policy refusals are warnings; a handshake that failed
-/// for another reason (a port scan, a peer that hung up) is informational.
+/// Counts a refusal and logs it with its reason, at most a few lines per second per reason
+/// (the metric counts every one; a logged line says how many went unlogged before it). Policy
+/// refusals are warnings; a handshake that failed for another reason (a port scan, a peer that
+/// hung up) is informational.
 fn refused(shared: &Shared, dir: Direction, peer: SocketAddr, why: Refusal, e: &io::Error) {
-    shared.metrics.refused(dir, why);
+    let Some(unlogged) = shared.metrics.refused(dir, why) else {
+        return;
+    };
+    let (direction, reason) = (dir.as_str(), why.as_str());
     if why == Refusal::Handshake {
-        tracing::info!(direction = dir.as_str(), %peer, reason = why.as_str(), error = %e, "handshake failed");
+        tracing::info!(direction, %peer, reason, error = %e, unlogged, "handshake failed");
     } else {
         match crate::verify::PeerRefused::of_io(e) {
             Some(who) => {
-                tracing::warn!(direction = dir.as_str(), %peer, reason = why.as_str(), peer_id = %who.id, error = %who, "connection refused");
+                tracing::warn!(direction, %peer, reason, peer_id = %who.id, error = %who, unlogged, "connection refused");
             }
             None => {
-                tracing::warn!(direction = dir.as_str(), %peer, reason = why.as_str(), error = %e, "connection refused");
+                tracing::warn!(direction, %peer, reason, error = %e, unlogged, "connection refused");
             }
         }
     }

@@ -635,11 +635,11 @@ async fn one_source_holds_at_most_16_handshakes_and_others_still_get_in() {
     for _ in 0..16 {
         silent.push(TcpStream::connect(inbound).await.unwrap());
     }
-    // The 17th is closed at once: no handshake, long before the 10 s handshake timeout.
+    // The 17th is closed at once: no handshake, well before the 2 s ClientHello deadline.
     let metrics = pair.db.metrics.clone();
     let mut extra = TcpStream::connect(inbound).await.unwrap();
     let mut buf = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(3), extra.read(&mut buf)).await;
+    let read = tokio::time::timeout(Duration::from_millis(1500), extra.read(&mut buf)).await;
     assert!(
         matches!(read, Ok(Ok(0) | Err(_))),
         "the 17th silent connection of one source was kept: {read:?}"
@@ -666,4 +666,34 @@ async fn one_source_holds_at_most_16_handshakes_and_others_still_get_in() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_without_a_whole_client_hello_loses_its_slot_after_2_s() {
+    let pair = Pair::start().await;
+    let inbound = pair.db.inbound[0];
+    // A TLS record header promising a ClientHello that never comes.
+    let mut slow = TcpStream::connect(inbound).await.unwrap();
+    slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(read.is_ok(), "the trickling caller was kept past 8 s");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "closed after {took:?}, not at the 2 s ClientHello deadline"
+    );
+    let metrics = pair.db.metrics.clone();
+    assert!(metrics.refusals(Direction::Inbound, Refusal::Handshake) >= 1);
 }

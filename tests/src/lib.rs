@@ -35,6 +35,12 @@ pub fn ringzero_bin() -> PathBuf {
     .clone()
 }
 
+/// The `ringzero-mesh` binary (the sidecar alone), built with and found beside
+/// [`ringzero_bin`].
+pub fn ringzero_mesh_bin() -> PathBuf {
+    ringzero_bin().with_file_name("ringzero-mesh")
+}
+
 /// Runs `cargo build -p ringzero-cli` for the profile this test binary was built with.
 fn build_cli() {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -46,6 +52,8 @@ fn build_cli() {
         "ringzero-cli",
         "--bin",
         "ringzero",
+        "--bin",
+        "ringzero-mesh",
     ]);
     // target/<profile>/deps/<test binary>: build the same profile.
     let exe = std::env::current_exe().expect("current exe");

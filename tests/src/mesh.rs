@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::agent::{agent_cmd, my_uid, spawn_ready_agent};
-use crate::{Proc, SoloAuthority, ringzero_bin, show, wait_until};
+use crate::{Proc, SoloAuthority, ringzero_bin, ringzero_mesh_bin, show, wait_until};
 
 /// The uid tests run the second sidecar under when they are root: `nobody`.
 pub const OTHER_UID: u32 = 65534;
@@ -164,20 +164,38 @@ impl MeshCluster {
     /// Starts `ringzero mesh sidecar --workload-api … ARGS…` under `uid` and waits for its
     /// readiness line.
     pub fn sidecar(&self, name: &str, uid: u32, args: &[&str]) -> Sidecar {
+        self.spawn_sidecar(ringzero_bin(), &["mesh", "sidecar"], name, uid, args)
+    }
+
+    /// The same sidecar from the `ringzero-mesh` binary (`ringzero-mesh --workload-api …
+    /// ARGS…`).
+    pub fn sidecar_alone(&self, name: &str, uid: u32, args: &[&str]) -> Sidecar {
+        self.spawn_sidecar(ringzero_mesh_bin(), &[], name, uid, args)
+    }
+
+    fn spawn_sidecar(
+        &self,
+        bin: PathBuf,
+        command: &[&str],
+        name: &str,
+        uid: u32,
+        args: &[&str],
+    ) -> Sidecar {
         let mut cmd = if uid == my_uid() {
-            Command::new(ringzero_bin())
+            Command::new(bin)
         } else {
             let mut c = Command::new("setpriv");
             c.arg(format!("--reuid={uid}"))
                 .arg(format!("--regid={uid}"))
                 .arg("--clear-groups")
                 .arg("--")
-                .arg(ringzero_bin());
+                .arg(bin);
             c
         };
         cmd.current_dir(self.root())
             .env_remove("SPIFFE_ENDPOINT_SOCKET")
-            .args(["mesh", "sidecar", "--workload-api", &self.endpoint()])
+            .args(command)
+            .args(["--workload-api", &self.endpoint()])
             .args(args);
         Sidecar::spawn(name, cmd, &self.root().join(format!("{name}.log")))
     }

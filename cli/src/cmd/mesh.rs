@@ -4,15 +4,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use ringzero_policy::SpiffeIdPattern;
 use ringzero_proto::pb;
 
 use super::session::{print_table, refused, runtime, session};
 use crate::cli::GlobalArgs;
-use crate::daemon::{init_logging, shutdown_signal};
-use crate::failure::{Failure, Outcome, bad_input, failed};
+use crate::failure::Outcome;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum MeshCommand {
@@ -110,16 +108,7 @@ Examples:
 
 pub(crate) fn run(global: &GlobalArgs, cmd: MeshCommand) -> Outcome {
     match cmd {
-        MeshCommand::Sidecar(args) => {
-            // Flags, file and environment are checked before anything is bound: every mistake
-            // at once, exit code 2.
-            let config = args.load().map_err(|e| bad_input(anyhow!("{e}")))?;
-            init_logging(global.log_json);
-            if let Some(limit) = ringzero_mesh::raise_fd_limit() {
-                tracing::debug!(limit, "open-file limit");
-            }
-            sidecar_runtime()?.block_on(sidecar(config))
-        }
+        MeshCommand::Sidecar(args) => crate::sidecar::run(args, global.log_json),
         MeshCommand::Allow(a) => runtime()?.block_on(write(global, a, true)),
         MeshCommand::Deny(a) => runtime()?.block_on(write(global, a, false)),
         MeshCommand::Policy(MeshPolicyCommand::List(a)) => runtime()?.block_on(list(global, a)),
@@ -210,52 +199,6 @@ fn policy_rows(policies: &[pb::MeshPolicy]) -> Vec<[String; 4]> {
         ]);
     }
     rows
-}
-
-/// One thread, as linkerd2-proxy by default: a sidecar serves one workload, a connection's
-/// bytes are copied by one task anyway, and a single thread saves the cross-thread wake-ups
-/// of every relayed message (round-trip latency), the worker threads and malloc arenas.
-fn sidecar_runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(failed)
-}
-
-async fn sidecar(config: ringzero_mesh::Config) -> Outcome {
-    let sidecar = ringzero_mesh::Sidecar::bind(config)
-        .await
-        .map_err(mesh_failed)?;
-    let list = |addrs: Vec<std::net::SocketAddr>| {
-        let parts: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-        if parts.is_empty() {
-            "none".to_owned()
-        } else {
-            parts.join(" ")
-        }
-    };
-    let line = format!(
-        "inbound {}, outbound {}, admin {}",
-        list(sidecar.inbound_addrs()),
-        list(sidecar.outbound_addrs()),
-        sidecar
-            .admin_addr()
-            .map_or_else(|| "none".to_owned(), |a| a.to_string())
-    );
-    sidecar
-        .run_with_ready(shutdown_signal(), |id| {
-            eprintln!("mesh ready: {id}, {line}");
-        })
-        .await
-        .map_err(mesh_failed)?;
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-fn mesh_failed(e: ringzero_mesh::MeshError) -> Failure {
-    match e {
-        ringzero_mesh::MeshError::Config(_) => bad_input(anyhow::Error::from(e)),
-        other => failed(anyhow::Error::from(other)),
-    }
 }
 
 #[cfg(test)]

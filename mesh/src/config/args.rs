@@ -25,8 +25,8 @@ pub struct Args {
     /// --unsafe-admin).
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
-    /// Allow an --admin address that is not loopback (its /status names this workload's
-    /// identity and targets to whoever can reach it).
+    /// Allow an --admin address that is not loopback (for a scraper: /live, /ready and
+    /// /metrics answer whoever can reach it; /status answers loopback callers only).
     #[arg(long)]
     pub unsafe_admin: bool,
     /// Admit every workload of the trust domain on inbound listeners with no allow rule.
