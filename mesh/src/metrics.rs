@@ -75,8 +75,8 @@ struct PerDirection {
     /// Bytes received from the TLS peer / sent to it.
     bytes_from_peer: AtomicU64,
     bytes_to_peer: AtomicU64,
+    /// The histogram's count is `handshakes`.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
 }
 
@@ -117,7 +117,6 @@ impl Metrics {
                 bucket.fetch_add(1, Relaxed);
             }
         }
-        dir.latency_count.fetch_add(1, Relaxed);
         dir.latency_sum_us
             .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
@@ -231,7 +230,7 @@ impl Metrics {
                     bucket.load(Relaxed)
                 );
             }
-            let count = dir.latency_count.load(Relaxed);
+            let count = dir.handshakes.load(Relaxed);
             let _ = writeln!(
                 out,
                 "{name}_bucket{{direction=\"{label}\",le=\"+Inf\"}} {count}\n{name}_sum{{direction=\"{label}\"}} {}\n{name}_count{{direction=\"{label}\"}} {count}",
