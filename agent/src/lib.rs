@@ -35,6 +35,11 @@
 //!   code of `ringzero_proto::workload`; `workload/mesh.rs`: ringzero's extension beside it on
 //!   the same socket (`ringzero.mesh.v1.MeshPolicy/Watch`: mesh policies for the caller's
 //!   identities, revoked serials), for the mesh sidecar.
+//! - `tasks/`: the task supervisor ([`Supervisor`]): runs [`TaskSpec`]s as processes in their
+//!   own process group, uid and gid, with size-bounded log files, cgroup v2 limits where the
+//!   host allows them, restarts per [`RestartPolicy`], and re-adoption after an agent restart:
+//!   `mod.rs` (types, the supervisor), `run.rs` (one task's lifecycle), `spawn.rs`, `logs.rs`,
+//!   `cgroup.rs`, `adopt.rs` (`task.json` and `/proc`), `tests.rs`.
 //! - `fetch.rs`: the client behind `ringzero agent fetch` ([`fetch_x509`]).
 //! - `testing.rs` (feature `testing`): helpers for tests and benches, such as an identity
 //!   issued by a test CA as the cache holds it.
@@ -97,6 +102,7 @@ mod fetch;
 mod revocations;
 mod rotation;
 mod state;
+mod tasks;
 mod workload;
 
 #[cfg(feature = "testing")]
@@ -110,6 +116,10 @@ pub use self::daemon::{AgentConfig, Ready, run, run_with_ready};
 pub use self::error::{AgentError, RecoveryHint};
 pub use self::fetch::{FetchError, X509Svid, endpoint_path, fetch_x509};
 pub use self::state::DataDir;
+pub use self::tasks::{
+    AllocId, Exit as TaskExit, Limits as TaskLimits, MAX_TASKS, RestartMode, RestartPolicy,
+    Supervisor, SupervisorConfig, TaskError, TaskSpec, TaskState, TaskStatus,
+};
 pub use self::workload::{
     Limits as WorkloadLimits, NO_IDENTITY, SECURITY_HEADER, ServeError,
     bind as bind_workload_socket, serve as serve_workload_api,
