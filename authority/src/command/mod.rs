@@ -19,9 +19,11 @@
 //!   [`Rejection`], [`Invalid`]) and the [`limits`].
 //! - `encoding.rs`: the versioned wire form of a command and of a batch.
 //! - `validate.rs`: the state-independent checks ([`Command::validate`]).
+//! - `job.rs`: a job's spec ([`Job`]) and its checks.
 //! - `tests.rs`: unit tests.
 
 mod encoding;
+mod job;
 mod validate;
 
 #[cfg(test)]
@@ -30,6 +32,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 use self::encoding::Envelope;
+pub use self::job::{Constraints, Job, Restart, RestartPolicy, job_resource};
 
 /// A Raft node id. Assigned once when a node joins; never reused.
 pub type NodeId = u64;
@@ -55,6 +58,34 @@ pub mod limits {
     pub const MAX_MESH_POLICIES_PER_TO: usize = 256;
     /// Bytes of a mesh policy's `to` or `from` pattern.
     pub const MAX_MESH_PATTERN: usize = 512;
+    /// Jobs in the whole state (each at most [`MAX_JOB_BYTES`] encoded).
+    pub const MAX_JOBS: usize = 10_000;
+    /// Bytes of one job, encoded: bounds what one submit adds to every replica and snapshot.
+    pub const MAX_JOB_BYTES: usize = 64 * 1024;
+    /// Bytes of a job's command or workdir.
+    pub const MAX_JOB_PATH: usize = 4096;
+    /// Arguments of a job's command.
+    pub const MAX_JOB_ARGS: usize = 256;
+    /// Bytes of one argument or environment value.
+    pub const MAX_JOB_ARG: usize = 4096;
+    /// Environment variables of a job.
+    pub const MAX_JOB_ENV: usize = 128;
+    /// Bytes of an environment variable's name.
+    pub const MAX_JOB_ENV_NAME: usize = 256;
+    /// Tasks of one job.
+    pub const MAX_JOB_COUNT: u32 = 1000;
+    /// A task's CPU request (1000 = one core).
+    pub const MAX_JOB_CPU_MILLIS: u32 = 1_024_000;
+    /// A task's memory request in MiB (16 TiB).
+    pub const MAX_JOB_MEMORY_MB: u32 = 16 * 1024 * 1024;
+    /// Node names in a job's constraints.
+    pub const MAX_JOB_NODES: usize = 64;
+    /// Labels in a job's constraints.
+    pub const MAX_JOB_LABELS: usize = 32;
+    /// Restarts of one task.
+    pub const MAX_JOB_RESTARTS: u32 = 10_000;
+    /// The longest wait before a restart (one hour).
+    pub const MAX_JOB_BACKOFF_MS: u64 = 3_600_000;
 }
 
 /// A random id chosen by the proposer; retries of one request reuse it.
@@ -272,6 +303,22 @@ pub enum Op {
     DeleteMeshPolicy {
         policy: MeshPolicy,
     },
+    /// Submit a job: stored with version 1, or the next version of the job of that name, its
+    /// desired state `Running`, submitted by the command's actor at its time. Refused past
+    /// [`limits::MAX_JOBS`].
+    PutJob {
+        job: Job,
+    },
+    /// Set a job's desired state to `Stopped`, keeping its record; `NotFound` when absent.
+    StopJob {
+        namespace: String,
+        name: String,
+    },
+    /// Delete a stopped job; `NotFound` when absent, `JobRunning` when not stopped.
+    PurgeJob {
+        namespace: String,
+        name: String,
+    },
 }
 
 /// A mesh allow rule: workloads whose SPIFFE ID matches `from` may open connections to the
@@ -402,6 +449,9 @@ pub enum Rejection {
     /// A bound on the state's size was reached (e.g. [`limits::MAX_MESH_POLICIES`]).
     #[error("limit reached: {0}")]
     LimitReached(String),
+    /// A job was to be purged while its desired state is still running.
+    #[error("the job is running: stop it before purging it")]
+    JobRunning,
 }
 
 /// Why a command is malformed.

@@ -175,3 +175,70 @@ fn mesh_policies_protect_namespaces_only() {
         assert!(cmd.validate().is_err(), "{to} {from}");
     }
 }
+
+#[test]
+fn job_commands_round_trip_and_are_validated() {
+    let job = Job {
+        namespace: "shop".into(),
+        name: "web".into(),
+        command: "/usr/bin/web".into(),
+        args: vec!["--port".into(), "8080".into()],
+        env: [("A".to_owned(), "1".to_owned())].into(),
+        workdir: Some("/srv".into()),
+        uid: 1000,
+        gid: 1000,
+        count: 2,
+        cpu_millis: Some(250),
+        memory_mb: None,
+        constraints: Constraints {
+            nodes: vec!["n1".into()],
+            labels: [("zone".to_owned(), "a".to_owned())].into(),
+        },
+        restart: Restart {
+            policy: RestartPolicy::Always,
+            max_restarts: 3,
+            backoff_ms: 500,
+        },
+        spiffe_id: "spiffe://td/ns/shop/web".into(),
+    };
+    let mk = |op| Command {
+        id: CommandId([5; 16]),
+        time_ms: 9,
+        audit: audit(),
+        op,
+    };
+    for op in [
+        Op::PutJob { job: job.clone() },
+        Op::StopJob {
+            namespace: "shop".into(),
+            name: "web".into(),
+        },
+        Op::PurgeJob {
+            namespace: "shop".into(),
+            name: "web".into(),
+        },
+    ] {
+        let c = mk(op);
+        c.validate().unwrap();
+        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+    }
+    let mut reserved = job.clone();
+    reserved.spiffe_id = "spiffe://td/ringzero/node/n1".into();
+    assert!(mk(Op::PutJob { job: reserved }).validate().is_err());
+    assert!(
+        mk(Op::StopJob {
+            namespace: "shop/x".into(),
+            name: "web".into(),
+        })
+        .validate()
+        .is_err()
+    );
+    assert!(
+        mk(Op::PurgeJob {
+            namespace: "shop".into(),
+            name: String::new(),
+        })
+        .validate()
+        .is_err()
+    );
+}

@@ -100,6 +100,10 @@ impl Command {
                 policy.validate().map(|_| ())
             }
             Op::DeleteEntry { id } => check_entry_id(id),
+            Op::PutJob { job } => job.validate(),
+            Op::StopJob { namespace, name } | Op::PurgeJob { namespace, name } => {
+                super::job_resource(namespace, name).map(|_| ())
+            }
             Op::PutUser { user } => user.validate(),
             Op::RemoveUser { name } | Op::RemoveRole { name } => check_node_name(name),
             Op::PutRole { role } => {

@@ -26,6 +26,7 @@ mod audit;
 mod blast;
 mod entries;
 mod feed;
+mod jobs;
 mod membership;
 mod mesh;
 mod nodes;
@@ -613,5 +614,33 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::ListMeshPoliciesRequest>,
     ) -> Result<tonic::Response<pb::ListMeshPoliciesReply>, tonic::Status> {
         self.list_mesh_policies_impl(req).await
+    }
+
+    async fn submit_job(
+        &self,
+        req: tonic::Request<pb::SubmitJobRequest>,
+    ) -> Result<tonic::Response<pb::JobReply>, tonic::Status> {
+        self.submit_job_impl(req).await
+    }
+
+    async fn stop_job(
+        &self,
+        req: tonic::Request<pb::StopJobRequest>,
+    ) -> Result<tonic::Response<pb::JobReply>, tonic::Status> {
+        self.stop_job_impl(req).await
+    }
+
+    async fn get_job(
+        &self,
+        req: tonic::Request<pb::GetJobRequest>,
+    ) -> Result<tonic::Response<pb::JobReply>, tonic::Status> {
+        self.get_job_impl(req).await
+    }
+
+    async fn list_jobs(
+        &self,
+        req: tonic::Request<pb::ListJobsRequest>,
+    ) -> Result<tonic::Response<pb::ListJobsReply>, tonic::Status> {
+        self.list_jobs_impl(req).await
     }
 }

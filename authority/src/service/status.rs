@@ -6,7 +6,7 @@
 //! | malformed request or command (`Rejection::Invalid`, [`invalid`]) | `InvalidArgument` |
 //! | no such entry, node, user, member (`NotFound`) | `NotFound` |
 //! | a first-contact secret refused (unknown, wrong, used, expired, misnamed token), a banned name, a parent capability revoked, a suspended user | `PermissionDenied` |
-//! | the state forbids it now (an inactive node) | `FailedPrecondition` |
+//! | the state forbids it now (an inactive node, purging a running job) | `FailedPrecondition` |
 //! | it exists already (`UserExists`) | `AlreadyExists` |
 //! | a bound on the state's size (`LimitReached`) | `ResourceExhausted` |
 //! | this node's storage or an internal step failed ([`internal`]) | `Internal` |
@@ -41,7 +41,7 @@ pub(crate) fn rejection_code(r: &Rejection) -> Code {
         | Rejection::Banned
         | Rejection::ParentRevoked
         | Rejection::UserSuspended => Code::PermissionDenied,
-        Rejection::NodeInactive => Code::FailedPrecondition,
+        Rejection::NodeInactive | Rejection::JobRunning => Code::FailedPrecondition,
         Rejection::UserExists => Code::AlreadyExists,
         Rejection::LimitReached(_) => Code::ResourceExhausted,
     }
@@ -81,6 +81,7 @@ mod tests {
             Rejection::ParentRevoked,
             Rejection::UserSuspended,
             Rejection::LimitReached("x".into()),
+            Rejection::JobRunning,
         ];
         for r in &all {
             let s = rejected("refused", r);

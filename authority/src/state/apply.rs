@@ -470,6 +470,9 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
         }
         Op::PutMeshPolicy { policy } => super::mesh::put_policy(tx, policy, now, &cmd.audit.actor),
         Op::DeleteMeshPolicy { policy } => super::mesh::delete_policy(tx, policy),
+        Op::PutJob { job } => super::jobs::put_job(tx, job, now, &cmd.audit.actor),
+        Op::StopJob { namespace, name } => super::jobs::stop_job(tx, namespace, name),
+        Op::PurgeJob { namespace, name } => super::jobs::purge_job(tx, namespace, name),
         Op::PurgeExpired => {
             purge_where(tx, REVOCATIONS, |v| Ok(read_u64(v)? <= now))?;
             purge_where(tx, NODE_SERIALS, |v| Ok(read_not_after(v)? <= now))?;

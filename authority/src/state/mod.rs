@@ -7,6 +7,7 @@
 //! hold.
 
 mod apply;
+mod jobs;
 mod lineage;
 mod mesh;
 mod read;
@@ -24,6 +25,7 @@ use crate::types::NodeId;
 mod audit_log;
 pub(crate) use self::apply::apply_entry;
 pub use self::audit_log::{AuditQuery, AuditTree, audit_entry};
+pub use self::jobs::{DesiredState, JobRecord};
 pub use self::mesh::MeshPolicyRecord;
 pub use self::read::StateReader;
 pub(crate) use self::rows::meta_put;
@@ -95,6 +97,9 @@ pub(crate) const KEY_RETIRED: Raw = TableDefinition::new("key_retired");
 /// `to \0 from` → [`MeshPolicyRecord`]: the mesh allow rules
 pub(crate) const MESH_POLICIES: Raw = TableDefinition::new("mesh_policies");
 
+/// `namespace \0 name` → [`JobRecord`]: the jobs
+pub(crate) const JOBS: Raw = TableDefinition::new("jobs");
+
 /// Every table, with the tag it carries in snapshots. Tags are stable: never reuse one.
 pub(crate) const TABLES: &[(u8, Raw)] = &[
     (1, META),
@@ -127,6 +132,7 @@ pub(crate) const TABLES: &[(u8, Raw)] = &[
     (28, MINT_CHILDREN),
     (29, KEY_RETIRED),
     (30, MESH_POLICIES),
+    (31, JOBS),
 ];
 
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";
