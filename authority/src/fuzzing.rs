@@ -34,3 +34,19 @@ pub fn raft_message(data: &[u8]) {
         }
     }
 }
+
+/// Reads `data` as a `ringzero job run` file, converts it as `SubmitJob` does and runs every
+/// check a job meets before it is proposed and again in apply.
+pub fn job_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(p) = ringzero_proto::job_file::parse(text) else {
+        return;
+    };
+    if let Ok(job) = crate::service::jobs::job_from_pb(&p) {
+        let _ = job.validate();
+        let _ = job.resource();
+        let _ = crate::service::jobs::job_to_pb(&job);
+    }
+}

@@ -27,6 +27,8 @@
 //!   type ([`transport::Connection`], `connection.rs`), the per-connection bounds
 //!   (`policy.rs`) and the tower layers that refuse calls by peer (`layers.rs`).
 //! - [`fs`] (`fs.rs`): [`fs::write_private`], the atomic writer of files that hold secrets.
+//! - [`job_file`] (`job_file.rs`): the TOML job file of `ringzero job run`, read into a
+//!   [`pb::Job`] (bounded, unknown keys refused).
 #![forbid(unsafe_code)]
 
 /// Generated from `proto/ringzero/v1/*.proto`.
@@ -79,6 +81,7 @@ pub mod mesh {
 
 pub mod client;
 pub mod fs;
+pub mod job_file;
 pub mod transport;
 pub mod workload_api;
 

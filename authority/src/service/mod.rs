@@ -26,7 +26,7 @@ mod audit;
 mod blast;
 mod entries;
 mod feed;
-mod jobs;
+pub(crate) mod jobs;
 mod membership;
 mod mesh;
 mod nodes;
