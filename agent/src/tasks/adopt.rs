@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AllocId, TaskSpec};
+use super::{AllocId, TaskError, TaskSpec};
 
 pub(super) const RECORD: &str = "task.json";
 /// A record is a few hundred bytes; anything much larger is not ours.
@@ -173,4 +173,25 @@ pub(super) fn recorded_allocs(state_dir: &Path) -> Vec<AllocId> {
         .collect();
     allocs.sort();
     allocs
+}
+
+/// Opens and locks `<state_dir>/supervisor.lock` (the lock goes with the file; the file is
+/// close-on-exec, so tasks do not inherit it).
+pub(super) fn lock(state_dir: &Path) -> Result<fs::File, TaskError> {
+    let path = state_dir.join("supervisor.lock");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(TaskError::io(format!("{}", path.display())))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(TaskError::StateDirInUse(state_dir.into())),
+        Err(e) => Err(TaskError::Io {
+            context: format!("lock {}", path.display()),
+            source: e.into(),
+        }),
+    }
 }

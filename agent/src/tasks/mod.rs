@@ -287,6 +287,8 @@ pub enum TaskError {
     TooManyTasks { max: usize },
     #[error("task {0} is still running")]
     StillRunning(AllocId),
+    #[error("another supervisor uses {0}")]
+    StateDirInUse(PathBuf),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -342,15 +344,19 @@ impl Handle {
 pub struct Supervisor {
     shared: Arc<Shared>,
     tasks: Mutex<HashMap<AllocId, Handle>>,
+    /// `<state_dir>/supervisor.lock`, locked (flock) while this supervisor lives: one
+    /// supervisor per state directory, or two could each start an alloc once.
+    _lock: std::fs::File,
 }
 
 impl Supervisor {
-    /// Creates the state directory and detects cgroup v2 support.
+    /// Creates the state directory, locks it and detects cgroup v2 support.
     pub fn new(config: SupervisorConfig) -> Result<Self, TaskError> {
         adopt::private_dir(&config.state_dir).map_err(TaskError::io(format!(
             "state directory {}",
             config.state_dir.display()
         )))?;
+        let lock = adopt::lock(&config.state_dir)?;
         let cgroups = cgroup::Cgroups::detect(config.cgroup_root.as_deref());
         Ok(Self {
             shared: Arc::new(Shared {
@@ -360,6 +366,7 @@ impl Supervisor {
                 warned: AtomicBool::new(false),
             }),
             tasks: Mutex::new(HashMap::new()),
+            _lock: lock,
         })
     }
 

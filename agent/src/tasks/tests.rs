@@ -267,6 +267,18 @@ async fn task_runs_with_its_uid_gid_cwd_env_and_logs() {
     assert!(gone(pid).await);
 }
 
+#[test]
+fn one_supervisor_per_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Supervisor::new(config(dir.path())).unwrap();
+    assert!(matches!(
+        Supervisor::new(config(dir.path())),
+        Err(TaskError::StateDirInUse(_))
+    ));
+    drop(first);
+    Supervisor::new(config(dir.path())).unwrap();
+}
+
 #[tokio::test]
 async fn a_crashing_task_restarts_with_backoff_then_fails() {
     let dir = tempfile::tempdir().unwrap();
