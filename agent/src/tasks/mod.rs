@@ -28,7 +28,15 @@
 //! start time (so not a reused pid) and the same spec hash adopts it: it is watched by polling
 //! `/proc` (it is not our child, so it cannot be reaped or its exit code read; its exit counts
 //! as a failure for the restart policy). A recorded live process with a different spec is
-//! terminated before the new spec starts. Never two copies of an alloc.
+//! terminated before the new spec starts. Never two copies of an alloc, with two caveats: one
+//! supervisor per state directory is enforced by an `flock` on `<state_dir>/supervisor.lock`,
+//! and a process is recorded right after it is spawned, so an agent killed in that instant
+//! leaves it unrecorded; with cgroups the next start of the alloc kills it (the leftover cgroup
+//! is emptied through `cgroup.kill`), without them it runs on beside the new copy.
+//!
+//! Dropping the [`Supervisor`] leaves its processes running and unwatched; [`Supervisor::stop`]
+//! on a new supervisor stops a recorded process even without its spec (an allocation removed
+//! while the agent was down), and [`Supervisor::recorded`] lists them.
 //!
 //! # Limits
 //!
