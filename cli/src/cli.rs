@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cmd::{
-    agent, audit, authority, blast, bundle, dev, entry, keygen, login, mesh, node, role, token,
-    user,
+    agent, audit, authority, blast, bundle, dev, entry, job, keygen, login, mesh, node, role,
+    token, user,
 };
 
 const ABOUT: &str = "ringzero: one root of trust for a cluster — SPIFFE identities, capability tokens, an audit log";
@@ -75,6 +75,9 @@ pub(crate) enum Command {
     /// Registration entries: which workloads on which node get which SPIFFE ID.
     #[command(subcommand)]
     Entry(entry::EntryCommand),
+    /// Jobs: submit one from a TOML file, show, list, stop and purge them, read their history.
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// Run the node agent (the SPIFFE Workload API) and fetch SVIDs from it.
     #[command(subcommand)]
     Agent(agent::AgentCommand),

@@ -44,6 +44,30 @@ use crate::cli::GlobalArgs;
 use crate::failure::{Failure, Outcome, bad_input, bad_input_msg, failed};
 use crate::input::read_bounded;
 
+/// `audit query --resource RESOURCE` — the same code, for commands that show one object's
+/// history (`job history`).
+pub(crate) async fn query_resource(
+    global: &GlobalArgs,
+    resource: String,
+    limit: u32,
+    json: bool,
+) -> Outcome {
+    review::query(
+        global,
+        args::AuditQueryArgs {
+            actor: None,
+            operation: None,
+            resource: Some(resource),
+            decision: None,
+            since: None,
+            until: None,
+            limit,
+            json,
+        },
+    )
+    .await
+}
+
 /// Records `seal` leaves in the live log by default.
 pub(crate) const SEAL_KEEP_LIVE: u64 = 1000;
 

@@ -9,6 +9,7 @@ pub(crate) mod blast;
 pub(crate) mod bundle;
 pub(crate) mod dev;
 pub(crate) mod entry;
+pub(crate) mod job;
 mod keyfile;
 pub(crate) mod keygen;
 pub(crate) mod login;
@@ -33,6 +34,7 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Bundle(c) => bundle::run(global, c),
         Command::Node(c) => node::run(global, c),
         Command::Entry(c) => entry::run(global, c),
+        Command::Job(c) => job::run(global, c),
         Command::Agent(c) => agent::run(global, c),
         Command::Mesh(c) => mesh::run(global, c),
         Command::Dev(a) => dev::run(global, a),
