@@ -128,9 +128,12 @@ async fn lifecycle(shared: &Shared, spec: &TaskSpec, stop: &mut watch::Receiver<
         if record.spec_hash == hash {
             info!(%alloc, pid = record.pid, "adopting the recorded task");
             restarts = record.restarts;
-            let limits = match cgroup {
-                Some(_) => Limits::Enforced,
-                None => Limits::Unavailable("adopted outside a cgroup".into()),
+            let limits = match (&cgroup, &shared.cgroups) {
+                (Some(_), _) => Limits::Enforced,
+                (None, super::cgroup::Cgroups::Unavailable(reason)) => {
+                    Limits::Unavailable(reason.clone())
+                }
+                (None, _) => Limits::Unavailable("adopted outside a cgroup".into()),
             };
             adopted = Some((Proc::Adopted { record }, cgroup, limits));
         } else {

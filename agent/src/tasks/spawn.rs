@@ -32,6 +32,9 @@ pub(super) fn validate(spec: &TaskSpec) -> Result<(), TaskError> {
     if spec.workdir.as_deref().is_some_and(|w| !w.is_absolute()) {
         return bad("workdir is not an absolute path".into());
     }
+    if spec.memory_mb == Some(0) || spec.cpu_millis == Some(0) {
+        return bad("a limit of 0 (leave it out for no limit)".into());
+    }
     if spec.args.len() > MAX_ARGS || spec.env.len() > MAX_ENV {
         return bad(format!(
             "at most {MAX_ARGS} arguments and {MAX_ENV} variables"

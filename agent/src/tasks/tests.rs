@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::adopt::{ProcStat, Record, spec_hash};
+use super::cgroup::Cgroups;
 use super::{
     AllocId, Limits, MAX_TASKS, RestartMode, RestartPolicy, Supervisor, SupervisorConfig,
     TaskError, TaskSpec, TaskState, TaskStatus, backoff, logs,
@@ -175,7 +177,9 @@ async fn invalid_specs_are_refused() {
     bad_env.env.insert("A=B".into(), "x".into());
     let mut nul = sh("nul", "true");
     nul.args.push("a\0b".into());
-    for spec in [relative, bad_env, nul] {
+    let mut zero = sh("zero", "true");
+    zero.memory_mb = Some(0);
+    for spec in [relative, bad_env, nul, zero] {
         assert!(matches!(
             supervisor.start(spec).await,
             Err(TaskError::InvalidSpec(_))
@@ -670,4 +674,45 @@ fn stat_lines_with_odd_command_names_parse() {
     assert_eq!(stat.start_time, 12345);
     assert!(ProcStat::parse("42 (x) S 1").is_none());
     assert!(ProcStat::parse("garbage").is_none());
+}
+
+#[tokio::test]
+async fn cgroup_files_hold_the_limits_in_the_kernel_s_units() {
+    // A plain directory stands in for `<root>/ringzero`: this checks what is written where,
+    // not that the kernel enforces it (that is the test above, on a host with cgroup v2).
+    let dir = tempfile::tempdir().unwrap();
+    let cgroups = Cgroups::Available(dir.path().to_owned());
+    let mut spec = sh("cg", "true");
+    spec.memory_mb = Some(64);
+    spec.cpu_millis = Some(1500);
+    let group = cgroups.create(&spec).unwrap();
+    let read = |name: &str| fs::read_to_string(dir.path().join("cg").join(name)).unwrap();
+    assert_eq!(read("memory.max"), "67108864");
+    assert_eq!(read("cpu.max"), "150000 100000");
+    let mut leader = std::process::Command::new("sleep")
+        .arg("1000")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    group.add(leader.id()).unwrap();
+    assert_eq!(read("cgroup.procs"), leader.id().to_string());
+    leader.kill().unwrap();
+    leader.wait().unwrap();
+    assert!(cgroups.existing(&id("cg")).is_some());
+    spec.memory_mb = None;
+    spec.cpu_millis = Some(1);
+    cgroups.create(&spec).unwrap();
+    assert_eq!(read("memory.max"), "max");
+    assert_eq!(
+        read("cpu.max"),
+        "1000 100000",
+        "the kernel's smallest quota"
+    );
+    assert!(cgroups.existing(&id("other")).is_none());
+    // Unavailable says why.
+    let none = Cgroups::detect(Some(dir.path()));
+    let Cgroups::Unavailable(reason) = none else {
+        panic!("a plain directory is no cgroup2 mount");
+    };
+    assert!(reason.contains("not a cgroup v2 mount"), "{reason}");
 }
