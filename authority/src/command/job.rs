@@ -332,9 +332,11 @@ mod tests {
         );
     }
 
+    type Mutation = Box<dyn Fn(&mut Job)>;
+
     #[test]
     fn hostile_jobs_are_refused() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Job)>)> = vec![
+        let cases: Vec<(&str, Mutation)> = vec![
             ("bad namespace", Box::new(|j| j.namespace = "a/b".into())),
             ("empty name", Box::new(|j| j.name = String::new())),
             ("dot name", Box::new(|j| j.name = "..".into())),
