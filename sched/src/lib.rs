@@ -101,8 +101,5 @@ mod place;
 mod plan;
 mod view;
 
-#[cfg(test)]
-mod tests;
-
 pub use self::plan::{Blocked, DEFAULT_MAX_PLACE, NewAlloc, Plan, PlanLimits, plan};
 pub use self::view::{AllocState, AllocView, Desired, JobView, NodeView};
