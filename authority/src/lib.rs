@@ -72,9 +72,9 @@ pub use self::node::admin_socket;
 pub use self::proposer::{ProposeError, Proposer, propose};
 pub use self::raft_guard::check_append;
 pub use self::state::{
-    AuditQuery, AuditTree, AuthorityRecord, COMMAND_ID_RETENTION_MS, DesiredState, EntryChange,
-    JobRecord, JoinTokenRecord, KeyRecord, MeshPolicyRecord, NodeRecord, StateError, StateReader,
-    StoredAudit, UserInvite, audit_entry,
+    AllocRecord, AuditQuery, AuditTree, AuthorityRecord, COMMAND_ID_RETENTION_MS, DesiredState,
+    DrainRecord, EntryChange, JobRecord, JoinTokenRecord, KeyRecord, MeshPolicyRecord, NodeRecord,
+    StateError, StateReader, StoredAudit, UserInvite, audit_entry,
 };
 pub use self::types::*;
 

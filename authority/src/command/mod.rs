@@ -20,8 +20,10 @@
 //! - `encoding.rs`: the versioned wire form of a command and of a batch.
 //! - `validate.rs`: the state-independent checks ([`Command::validate`]).
 //! - `job.rs`: a job's spec ([`Job`]) and its checks.
+//! - `alloc.rs`: allocations ([`Placement`], [`AllocUpdate`], their states) and their checks.
 //! - `tests.rs`: unit tests.
 
+mod alloc;
 mod encoding;
 mod job;
 mod validate;
@@ -31,6 +33,9 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::alloc::{
+    AllocDesired, AllocState, AllocUpdate, Placement, check_alloc_id, check_alloc_ids,
+};
 use self::encoding::Envelope;
 pub use self::job::{Constraints, Job, Restart, RestartPolicy, job_resource};
 
@@ -86,6 +91,14 @@ pub mod limits {
     pub const MAX_JOB_RESTARTS: u32 = 10_000;
     /// The longest wait before a restart (one hour).
     pub const MAX_JOB_BACKOFF_MS: u64 = 3_600_000;
+    /// Items in one allocation command (placements, ids or status reports).
+    pub const MAX_ALLOC_BATCH: usize = 1000;
+    /// Allocations in the whole state.
+    pub const MAX_ALLOCS: usize = 100_000;
+    /// Allocations on one node: its whole set travels in one feed message.
+    pub const MAX_ALLOCS_PER_NODE: usize = 1000;
+    /// Bytes of the message an agent reports with an allocation's state.
+    pub const MAX_ALLOC_MESSAGE: usize = 1024;
 }
 
 /// A random id chosen by the proposer; retries of one request reuse it.
@@ -319,6 +332,35 @@ pub enum Op {
         namespace: String,
         name: String,
     },
+    /// Create allocations (desired `Run`, state `Pending`), all or none: each id new, its job
+    /// running at `job_version` with `index` < its count, its node active and not drained.
+    /// Refused past [`limits::MAX_ALLOCS`] or [`limits::MAX_ALLOCS_PER_NODE`].
+    PlaceAllocs {
+        allocs: Vec<Placement>,
+    },
+    /// Desired `Stop` (idempotent per allocation); `NotFound` when one is absent.
+    StopAllocs {
+        ids: Vec<String>,
+    },
+    /// State `Lost` (the scheduler's verdict on an unresponsive node); `NotFound` when absent.
+    MarkAllocsLost {
+        ids: Vec<String>,
+    },
+    /// Delete allocations that are desired `Stop` and terminal, or whose job is gone.
+    RemoveAllocs {
+        ids: Vec<String>,
+    },
+    /// An agent's report: each allocation must be placed on `node` (else `WrongNode`, and
+    /// nothing is written); allocations removed meanwhile are skipped.
+    ReportAllocStatus {
+        node: String,
+        updates: Vec<AllocUpdate>,
+    },
+    /// Drain a node (no new placements) or undo it.
+    SetNodeDrain {
+        node: String,
+        drain: bool,
+    },
 }
 
 /// A mesh allow rule: workloads whose SPIFFE ID matches `from` may open connections to the
@@ -452,6 +494,13 @@ pub enum Rejection {
     /// A job was to be purged while its desired state is still running.
     #[error("the job is running: stop it before purging it")]
     JobRunning,
+    /// The state forbids this allocation change now (a stale job version, a drained node, an
+    /// id in use, an allocation still running).
+    #[error("allocation refused: {0}")]
+    AllocRefused(String),
+    /// An agent reported on an allocation placed on another node.
+    #[error("allocation {0} is not placed on this node")]
+    WrongNode(String),
 }
 
 /// Why a command is malformed.

@@ -104,6 +104,12 @@ impl Command {
             Op::StopJob { namespace, name } | Op::PurgeJob { namespace, name } => {
                 super::job_resource(namespace, name).map(|_| ())
             }
+            Op::PlaceAllocs { allocs } => super::alloc::check_placements(allocs),
+            Op::StopAllocs { ids } => super::check_alloc_ids("stop", ids),
+            Op::MarkAllocsLost { ids } => super::check_alloc_ids("lost", ids),
+            Op::RemoveAllocs { ids } => super::check_alloc_ids("remove", ids),
+            Op::ReportAllocStatus { node, updates } => super::alloc::check_report(node, updates),
+            Op::SetNodeDrain { node, .. } => check_node_name(node),
             Op::PutUser { user } => user.validate(),
             Op::RemoveUser { name } | Op::RemoveRole { name } => check_node_name(name),
             Op::PutRole { role } => {

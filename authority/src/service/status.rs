@@ -41,7 +41,10 @@ pub(crate) fn rejection_code(r: &Rejection) -> Code {
         | Rejection::Banned
         | Rejection::ParentRevoked
         | Rejection::UserSuspended => Code::PermissionDenied,
-        Rejection::NodeInactive | Rejection::JobRunning => Code::FailedPrecondition,
+        Rejection::NodeInactive | Rejection::JobRunning | Rejection::AllocRefused(_) => {
+            Code::FailedPrecondition
+        }
+        Rejection::WrongNode(_) => Code::PermissionDenied,
         Rejection::UserExists => Code::AlreadyExists,
         Rejection::LimitReached(_) => Code::ResourceExhausted,
     }
@@ -82,6 +85,8 @@ mod tests {
             Rejection::UserSuspended,
             Rejection::LimitReached("x".into()),
             Rejection::JobRunning,
+            Rejection::AllocRefused("x".into()),
+            Rejection::WrongNode("x".into()),
         ];
         for r in &all {
             let s = rejected("refused", r);

@@ -473,6 +473,14 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
         Op::PutJob { job } => super::jobs::put_job(tx, job, now, &cmd.audit.actor),
         Op::StopJob { namespace, name } => super::jobs::stop_job(tx, namespace, name),
         Op::PurgeJob { namespace, name } => super::jobs::purge_job(tx, namespace, name),
+        Op::PlaceAllocs { allocs } => super::allocs::place(tx, allocs, now, &cmd.audit.actor),
+        Op::StopAllocs { ids } => super::allocs::stop(tx, ids, now),
+        Op::MarkAllocsLost { ids } => super::allocs::mark_lost(tx, ids, now),
+        Op::RemoveAllocs { ids } => super::allocs::remove_allocs(tx, ids),
+        Op::ReportAllocStatus { node, updates } => super::allocs::report(tx, node, updates, now),
+        Op::SetNodeDrain { node, drain } => {
+            super::allocs::set_drain(tx, node, *drain, now, &cmd.audit.actor)
+        }
         Op::PurgeExpired => {
             purge_where(tx, REVOCATIONS, |v| Ok(read_u64(v)? <= now))?;
             purge_where(tx, NODE_SERIALS, |v| Ok(read_not_after(v)? <= now))?;

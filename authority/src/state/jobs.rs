@@ -5,7 +5,7 @@
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::rows::{get, put, remove};
+use super::rows::{get, next_counter, put, remove};
 use super::{JOBS, StateError, StateReader, compound, decode};
 use crate::command::{Job, Outcome, Rejection, limits};
 
@@ -37,6 +37,10 @@ pub struct JobRecord {
     /// The last submit's time (the command's `time_ms`).
     pub submitted_at_ms: u64,
 }
+
+/// `ctr:jobs`: bumped by every change of a job (the entry feed re-reads the specs it sends
+/// with a node's allocations only then).
+pub(crate) const CTR_JOBS: &str = "ctr:jobs";
 
 fn key(namespace: &str, name: &str) -> Vec<u8> {
     compound(namespace, name.as_bytes())
@@ -71,6 +75,7 @@ pub(crate) fn put_job(
             submitted_at_ms: now,
         },
     )?;
+    next_counter(tx, CTR_JOBS)?;
     Ok(Outcome::Revision(version))
 }
 
@@ -87,6 +92,7 @@ pub(crate) fn stop_job(
     if record.desired != DesiredState::Stopped {
         record.desired = DesiredState::Stopped;
         put(tx, JOBS, &k, &record)?;
+        next_counter(tx, CTR_JOBS)?;
     }
     Ok(Outcome::Revision(record.version))
 }
@@ -105,6 +111,7 @@ pub(crate) fn purge_job(
         return Ok(Outcome::Rejected(Rejection::JobRunning));
     }
     remove(tx, JOBS, &k)?;
+    next_counter(tx, CTR_JOBS)?;
     Ok(Outcome::Done)
 }
 
@@ -114,6 +121,15 @@ impl StateReader {
         let t = self.tx.open_table(JOBS)?;
         let v = t.get(key(namespace, name).as_slice())?;
         v.map(|v| decode("jobs", v.value())).transpose()
+    }
+
+    /// Increases with every change of a job (0 before any).
+    pub fn jobs_revision(&self) -> Result<u64, StateError> {
+        let t = self.tx.open_table(super::META)?;
+        match t.get(CTR_JOBS.as_bytes())? {
+            Some(v) => super::rows::read_u64(v.value()),
+            None => Ok(0),
+        }
     }
 
     /// Every job, ordered by namespace, then name.

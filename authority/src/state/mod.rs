@@ -6,6 +6,7 @@
 //! shape keeps snapshots (a stream of `(table, key, value)`) independent of what the tables
 //! hold.
 
+mod allocs;
 mod apply;
 mod jobs;
 mod lineage;
@@ -23,6 +24,7 @@ use crate::command::{
 use crate::types::NodeId;
 
 mod audit_log;
+pub use self::allocs::{AllocRecord, DrainRecord};
 pub(crate) use self::apply::apply_entry;
 pub use self::audit_log::{AuditQuery, AuditTree, audit_entry};
 pub use self::jobs::{DesiredState, JobRecord};
@@ -100,6 +102,15 @@ pub(crate) const MESH_POLICIES: Raw = TableDefinition::new("mesh_policies");
 /// `namespace \0 name` → [`JobRecord`]: the jobs
 pub(crate) const JOBS: Raw = TableDefinition::new("jobs");
 
+/// allocation id → [`AllocRecord`] (versioned): the allocations
+pub(crate) const ALLOCS: Raw = TableDefinition::new("allocs");
+/// `node \0 id` → empty: the allocations of one node
+pub(crate) const ALLOCS_BY_NODE: Raw = TableDefinition::new("allocs_by_node");
+/// `namespace \0 job \0 id` → empty: the allocations of one job
+pub(crate) const ALLOCS_BY_JOB: Raw = TableDefinition::new("allocs_by_job");
+/// node name → [`DrainRecord`] (versioned): drained nodes
+pub(crate) const NODE_DRAINS: Raw = TableDefinition::new("node_drains");
+
 /// Every table, with the tag it carries in snapshots. Tags are stable: never reuse one.
 pub(crate) const TABLES: &[(u8, Raw)] = &[
     (1, META),
@@ -133,6 +144,10 @@ pub(crate) const TABLES: &[(u8, Raw)] = &[
     (29, KEY_RETIRED),
     (30, MESH_POLICIES),
     (31, JOBS),
+    (32, ALLOCS),
+    (33, ALLOCS_BY_NODE),
+    (34, ALLOCS_BY_JOB),
+    (35, NODE_DRAINS),
 ];
 
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";
