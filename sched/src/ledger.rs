@@ -99,17 +99,11 @@ pub(crate) fn index<'a>(
     let mut contenders: HashMap<(JobKey<'a>, u32), Vec<(&'a AllocView, usize)>> = HashMap::new();
 
     for alloc in allocs {
-        let node = by_name.get(alloc.node.as_str()).copied();
-        let Some(node) = node.filter(|&n| distinct[n].keeps_allocs()) else {
-            if !alloc.state.is_terminal() {
-                lost.push(alloc.id.clone());
-            }
-            continue;
-        };
         let key = (alloc.namespace.as_str(), alloc.job.as_str());
         let current = slots
             .get_mut(&key)
             .filter(|s| s.job.version == alloc.version && alloc.index < s.job.count);
+        // A terminal allocation counts wherever its node is: an exit is an exit.
         if alloc.state.is_terminal() {
             if let (Some(slots), Desired::Run) = (current, alloc.desired) {
                 let record = match alloc.state {
@@ -124,6 +118,11 @@ pub(crate) fn index<'a>(
             }
             continue;
         }
+        let node = by_name.get(alloc.node.as_str()).copied();
+        let Some(node) = node.filter(|&n| distinct[n].keeps_allocs()) else {
+            lost.push(alloc.id.clone());
+            continue;
+        };
         if alloc.desired == Desired::Stop {
             // Already asked to stop: the agent is on it.
             continue;

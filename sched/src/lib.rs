@@ -26,7 +26,7 @@
 //!   down stops the highest indexes), or of a job that is stopped or absent is stopped. An old
 //!   version's index is placed anew in the same plan.
 //! - **Terminal states**: `Exited` at the current version means the index is done (a batch
-//!   task ended) and it is not replaced. `Failed` at the current version is not replaced
+//!   task ended) and it is not replaced, whatever became of its node. `Failed` at the current version is not replaced
 //!   automatically: the index is reported blocked, "failed on node X". `Lost` and `Stopped`
 //!   hold nothing; the index is placed again if still wanted. Terminal allocations are never
 //!   stopped or marked lost again.

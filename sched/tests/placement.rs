@@ -65,7 +65,7 @@ fn node_name_constraint_confines_the_job() {
         node("b", 1000, 1000),
         node("c", 1000, 1000),
     ];
-    let plan = plan_all(&[web.clone()], &nodes, &[]);
+    let plan = plan_all(std::slice::from_ref(&web), &nodes, &[]);
     assert_eq!(placed_on(&plan), ["b", "b", "b"]);
 
     web.nodes = vec!["z".into()];
@@ -95,7 +95,7 @@ fn label_constraint_requires_every_label() {
         labelled(node("n2", 1000, 1000), &[("zone", "a"), ("disk", "ssd")]),
         labelled(node("n3", 1000, 1000), &[("zone", "b"), ("disk", "ssd")]),
     ];
-    let plan = plan_all(&[web.clone()], &nodes, &[]);
+    let plan = plan_all(std::slice::from_ref(&web), &nodes, &[]);
     assert_eq!(placed_on(&plan), ["n2", "n2"]);
 
     let plan = plan_all(&[web], &nodes[..1], &[]);
@@ -171,11 +171,15 @@ fn dead_node_allocations_are_lost_and_replaced_on_the_other_node() {
     let allocs = [
         alloc("w0", &web, 0, "a", AllocState::Running),
         alloc("w1", &web, 1, "b", AllocState::Running),
-        alloc("gone", &web, 0, "a", AllocState::Exited { code: 0 }),
+        alloc("gone", &web, 0, "a", AllocState::Stopped),
     ];
     let mut a = node("a", 1000, 1000);
     a.live = false;
-    let plan = plan_all(&[web.clone()], &[a.clone(), node("b", 1000, 1000)], &allocs);
+    let plan = plan_all(
+        std::slice::from_ref(&web),
+        &[a.clone(), node("b", 1000, 1000)],
+        &allocs,
+    );
     assert_eq!(plan.lost, ["w0"]);
     assert_eq!(placed_on(&plan), ["b"]);
     assert_eq!(plan.place[0].index, 0);
@@ -184,10 +188,15 @@ fn dead_node_allocations_are_lost_and_replaced_on_the_other_node() {
     // An evicted node loses its allocations the same way; so does an unknown one.
     a.live = true;
     a.eligible = false;
-    let plan = plan_all(&[web.clone()], &[a], &allocs);
+    let plan = plan_all(std::slice::from_ref(&web), &[a], &allocs);
     assert_eq!(plan.lost, ["w0", "w1"]);
-    let plan = plan_all(&[web], &[], &allocs);
+    let plan = plan_all(std::slice::from_ref(&web), &[], &allocs);
     assert_eq!(plan.lost, ["w0", "w1"]);
+
+    // An index that exited is done, even on a node that died since.
+    let exited = [alloc("w0", &web, 0, "a", AllocState::Exited { code: 3 })];
+    let plan = plan_all(&[job("web", 1, 0, 0)], &[], &exited);
+    assert!(plan.is_empty() && plan.blocked.is_empty(), "{plan:?}");
 }
 
 #[test]
@@ -196,7 +205,11 @@ fn draining_places_a_replacement_then_stops_the_old_allocation() {
     let allocs = [alloc("w0", &web, 0, "a", AllocState::Running)];
     let mut a = node("a", 1000, 1000);
     a.draining = true;
-    let plan = plan_all(&[web.clone()], &[a.clone(), node("b", 1000, 1000)], &allocs);
+    let plan = plan_all(
+        std::slice::from_ref(&web),
+        &[a.clone(), node("b", 1000, 1000)],
+        &allocs,
+    );
     assert_eq!(placed_on(&plan), ["b"]);
     assert_eq!(plan.stop, ["w0"]);
     assert!(plan.lost.is_empty());
@@ -311,11 +324,17 @@ fn max_place_defers_the_rest_to_the_next_plan() {
     let web = job("web", 5, 0, 0);
     let nodes = [node("a", 0, 0)];
     let limits = PlanLimits { max_place: 2 };
-    let first = plan(&[web.clone()], &nodes, &[], &limits, &mut ids());
+    let first = plan(std::slice::from_ref(&web), &nodes, &[], &limits, &mut ids());
     assert_eq!(first.place.len(), 2);
     assert_eq!(first.deferred, 3);
     let allocs = apply(&[], &first);
-    let second = plan(&[web.clone()], &nodes, &allocs, &limits, &mut ids());
+    let second = plan(
+        std::slice::from_ref(&web),
+        &nodes,
+        &allocs,
+        &limits,
+        &mut ids(),
+    );
     let indexes: Vec<_> = second.place.iter().map(|p| p.index).collect();
     assert_eq!(indexes, [2, 3]);
     assert_eq!(second.deferred, 1);
