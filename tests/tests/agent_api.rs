@@ -181,6 +181,7 @@ async fn open_feed(
         .call(|mut g| async move {
             g.sync_entries(pb::SyncEntriesRequest {
                 since_revision: since,
+                ..Default::default()
             })
             .await
         })

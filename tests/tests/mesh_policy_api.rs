@@ -274,8 +274,11 @@ async fn mesh(admin: &mut AuthorityClient, allow: bool, to: &str, from: &str) {
 
 async fn feed(node: &mut AuthorityClient) -> tonic::Streaming<pb::SyncEntriesEvent> {
     node.call(|mut g| async move {
-        g.sync_entries(pb::SyncEntriesRequest { since_revision: 0 })
-            .await
+        g.sync_entries(pb::SyncEntriesRequest {
+            since_revision: 0,
+            ..Default::default()
+        })
+        .await
     })
     .await
     .unwrap()

@@ -47,6 +47,9 @@ pub(super) async fn sync_task(
             .call(move |mut c| async move {
                 c.sync_entries(pb::SyncEntriesRequest {
                     since_revision: from,
+                    cpu_millis: host_cpu_millis(),
+                    memory_mb: host_memory_mb(),
+                    labels: Default::default(),
                 })
                 .await
             })
@@ -106,4 +109,18 @@ pub(super) async fn sync_task(
         }
         tokio::time::sleep(backoff.next()).await;
     }
+}
+
+/// The node's CPUs in millis (1000 per CPU this process may use), for the scheduler.
+fn host_cpu_millis() -> Option<u32> {
+    let n = std::thread::available_parallelism().ok()?.get();
+    u32::try_from(n).ok()?.checked_mul(1000)
+}
+
+/// `MemTotal` of /proc/meminfo in MiB, for the scheduler.
+fn host_memory_mb() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }

@@ -170,7 +170,7 @@ impl Placement {
 }
 
 /// A placement batch: bounded, each placement well-formed, ids distinct.
-pub(crate) fn check_placements(allocs: &[Placement]) -> Result<(), Invalid> {
+pub fn check_placements(allocs: &[Placement]) -> Result<(), Invalid> {
     check_batch("place", allocs.len())?;
     let mut seen = std::collections::BTreeSet::new();
     for a in allocs {
@@ -183,7 +183,7 @@ pub(crate) fn check_placements(allocs: &[Placement]) -> Result<(), Invalid> {
 }
 
 /// A report batch: the node's name, bounded, ids distinct, no `Lost`, messages bounded.
-pub(crate) fn check_report(node: &str, updates: &[AllocUpdate]) -> Result<(), Invalid> {
+pub fn check_report(node: &str, updates: &[AllocUpdate]) -> Result<(), Invalid> {
     check_node(node)?;
     check_batch("report", updates.len())?;
     let mut seen = std::collections::BTreeSet::new();

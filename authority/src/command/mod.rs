@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::alloc::{
     AllocDesired, AllocState, AllocUpdate, Placement, check_alloc_id, check_alloc_ids,
+    check_placements, check_report,
 };
 use self::encoding::Envelope;
 pub use self::job::{Constraints, Job, Restart, RestartPolicy, job_resource};

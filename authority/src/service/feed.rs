@@ -1,7 +1,9 @@
 //! `SyncEntries`: one agent's entry feed. Every change since the revision the agent already has,
 //! then each new change as it is applied (woken by the state machine, no polling), the bundle
 //! whenever it changes, the revoked capabilities and serials whenever they change, and the mesh
-//! policies for the node's identities whenever they change, with a heartbeat when idle.
+//! policies for the node's identities whenever they change, the node's allocations (with their
+//! jobs' specs) whenever they change, with a heartbeat when idle. An open feed marks the node
+//! live in the leader's [`Health`](super::health::Health), with the capacity it announced.
 
 use std::collections::BTreeMap;
 
@@ -22,12 +24,17 @@ impl AuthorityService {
         let (name, allowed) = self.gate_agent(&req).await?;
         self.gate.record(&allowed).await?;
         let since = req.get_ref().since_revision;
+        let capacity = super::health::Capacity::from_request(req.get_ref()).map_err(invalid)?;
+        let term = self.raft.metrics().borrow().current_term;
+        let guard = self.health.connected(term, name.as_str(), capacity);
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let feed = Feed {
             stopping: self.stopping.clone(),
             sm: self.sm.clone(),
             service_bundle: self.bundle_source(),
             name,
+            health: self.health.clone(),
+            _guard: guard,
         };
         tokio::spawn(feed.run(since, tx));
         Ok(tonic::Response::new(Box::pin(
@@ -42,6 +49,9 @@ struct Feed {
     sm: crate::store::StateMachineStore,
     service_bundle: super::BundleSource,
     name: NodeName,
+    health: super::health::Health,
+    /// The node is live while its feed runs.
+    _guard: super::health::FeedGuard,
 }
 
 /// Revoked capability ids and revoked serials, each with its expiry (unix ms).
@@ -65,6 +75,9 @@ impl Feed {
         // The mesh policies are recomputed only when a policy or an entry changed.
         let mut mesh_seen: Option<(u64, u64)> = None;
         let mut last_mesh: Option<Vec<pb::MeshPolicy>> = None;
+        // The allocations are recomputed only when the node's allocations or a job changed.
+        let mut allocs_seen: Option<(u64, u64)> = None;
+        let mut last_allocs: Option<pb::NodeAllocSet> = None;
         let mut first = true;
         loop {
             // Mark the current applied state seen before reading, so a change applied while
@@ -114,6 +127,7 @@ impl Feed {
             let revocations = (revocations, serials);
             let revocations_changed = last_revocations.as_ref() != Some(&revocations);
             let mesh = self.mesh_if_changed(&mut mesh_seen, last_mesh.as_ref())?;
+            let allocs = self.allocs_if_changed(&mut allocs_seen, last_allocs.as_ref())?;
             let mut sent_any = false;
             loop {
                 let (upserts, removed, next) = self.changes(revision, first)?;
@@ -121,12 +135,14 @@ impl Feed {
                 let send_bundle = bundle_changed && !sent_any;
                 let send_revocations = revocations_changed && !sent_any;
                 let send_mesh = mesh.is_some() && !sent_any;
+                let send_allocs = allocs.is_some() && !sent_any;
                 if upserts.is_empty()
                     && removed.is_empty()
                     && !first
                     && !send_bundle
                     && !send_revocations
                     && !send_mesh
+                    && !send_allocs
                 {
                     break;
                 }
@@ -157,12 +173,14 @@ impl Feed {
                     mesh_policies: send_mesh
                         .then(|| mesh.clone().map(|policies| pb::MeshPolicySet { policies }))
                         .flatten(),
+                    allocs: send_allocs.then(|| allocs.clone()).flatten(),
                 };
                 if tx.send(Ok(event)).await.is_err() {
                     return Ok(());
                 }
                 revision = next.0;
                 sent_any = true;
+                self.health.seen(self.name.as_str());
                 if !more {
                     first = false;
                     break;
@@ -176,6 +194,9 @@ impl Feed {
             }
             if let Some(m) = mesh {
                 last_mesh = Some(m);
+            }
+            if let Some(a) = allocs {
+                last_allocs = Some(a);
             }
             let idle = tokio::select! {
                 changed = applied.changed() => {
@@ -199,6 +220,7 @@ impl Feed {
                 if tx.send(Ok(beat)).await.is_err() {
                     return Ok(());
                 }
+                self.health.seen(self.name.as_str());
             }
         }
     }
@@ -221,6 +243,29 @@ impl Feed {
         let policies = super::mesh::node_policies(&reader, self.name.as_str())?;
         *seen = Some(now);
         Ok((last != Some(&policies)).then_some(policies))
+    }
+
+    /// The node's allocations when they differ from `last` (always on the first call); `None`
+    /// when nothing changed. Read only when the node's allocations or a job changed since
+    /// `seen`.
+    fn allocs_if_changed(
+        &self,
+        seen: &mut Option<(u64, u64)>,
+        last: Option<&pb::NodeAllocSet>,
+    ) -> Result<Option<pb::NodeAllocSet>, tonic::Status> {
+        let reader = self.sm.reader().map_err(status_of)?;
+        let now = (
+            reader
+                .node_alloc_revision(self.name.as_str())
+                .map_err(status_of)?,
+            reader.jobs_revision().map_err(status_of)?,
+        );
+        if *seen == Some(now) && last.is_some() {
+            return Ok(None);
+        }
+        let set = super::allocs::node_alloc_set(&reader, self.name.as_str())?;
+        *seen = Some(now);
+        Ok((last != Some(&set)).then_some(set))
     }
 
     /// The entries changed after `revision` (all current ones when `full`), as upserts and

@@ -22,10 +22,12 @@ use crate::net::{Contacts, authority_id};
 use crate::store::StateMachineStore;
 use crate::{NodeId, Proposer, Raft};
 
+mod allocs;
 mod audit;
 mod blast;
 mod entries;
 mod feed;
+mod health;
 pub(crate) mod jobs;
 mod membership;
 mod mesh;
@@ -57,6 +59,8 @@ pub(crate) struct AuthorityService {
     /// Becomes true when the node shuts down: long-lived streams end then, so a graceful
     /// shutdown does not wait on them.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Which agents hold an open feed to this leader (in memory, never replicated).
+    health: health::Health,
 }
 
 impl std::fmt::Debug for AuthorityService {
@@ -85,6 +89,7 @@ impl AuthorityService {
             membership: Mutex::new(()),
             first_contact: Default::default(),
             stopping: tokio::sync::watch::channel(false).1,
+            health: health::Health::default(),
         }
     }
 
@@ -642,5 +647,61 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::ListJobsRequest>,
     ) -> Result<tonic::Response<pb::ListJobsReply>, tonic::Status> {
         self.list_jobs_impl(req).await
+    }
+
+    async fn place_allocs(
+        &self,
+        req: tonic::Request<pb::PlaceAllocsRequest>,
+    ) -> Result<tonic::Response<pb::AllocsReply>, tonic::Status> {
+        self.place_allocs_impl(req).await
+    }
+
+    async fn stop_allocs(
+        &self,
+        req: tonic::Request<pb::AllocIdsRequest>,
+    ) -> Result<tonic::Response<pb::AllocsReply>, tonic::Status> {
+        self.stop_allocs_impl(req).await
+    }
+
+    async fn mark_allocs_lost(
+        &self,
+        req: tonic::Request<pb::AllocIdsRequest>,
+    ) -> Result<tonic::Response<pb::AllocsReply>, tonic::Status> {
+        self.mark_allocs_lost_impl(req).await
+    }
+
+    async fn remove_allocs(
+        &self,
+        req: tonic::Request<pb::AllocIdsRequest>,
+    ) -> Result<tonic::Response<pb::AllocsReply>, tonic::Status> {
+        self.remove_allocs_impl(req).await
+    }
+
+    async fn list_allocs(
+        &self,
+        req: tonic::Request<pb::ListAllocsRequest>,
+    ) -> Result<tonic::Response<pb::ListAllocsReply>, tonic::Status> {
+        self.list_allocs_impl(req).await
+    }
+
+    async fn report_alloc_status(
+        &self,
+        req: tonic::Request<pb::ReportAllocStatusRequest>,
+    ) -> Result<tonic::Response<pb::ReportAllocStatusReply>, tonic::Status> {
+        self.report_alloc_status_impl(req).await
+    }
+
+    async fn list_node_health(
+        &self,
+        req: tonic::Request<pb::ListNodeHealthRequest>,
+    ) -> Result<tonic::Response<pb::ListNodeHealthReply>, tonic::Status> {
+        self.list_node_health_impl(req).await
+    }
+
+    async fn set_node_drain(
+        &self,
+        req: tonic::Request<pb::SetNodeDrainRequest>,
+    ) -> Result<tonic::Response<pb::SetNodeDrainReply>, tonic::Status> {
+        self.set_node_drain_impl(req).await
     }
 }

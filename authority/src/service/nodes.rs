@@ -238,15 +238,16 @@ impl AuthorityService {
         &self,
         req: tonic::Request<pb::ListNodesRequest>,
     ) -> Result<tonic::Response<pb::ListNodesReply>, tonic::Status> {
-        let nodes = self
+        let reader = self
             .read_gated(&req, Operation::NodeRead, &super::res("node")?)
-            .await?
-            .nodes()
-            .map_err(status_of)?;
+            .await?;
+        let nodes = reader.nodes().map_err(status_of)?;
+        let drains = reader.node_drains().map_err(status_of)?;
         Ok(tonic::Response::new(pb::ListNodesReply {
             nodes: nodes
                 .into_iter()
                 .map(|n| pb::NodeInfo {
+                    drained: drains.contains_key(&n.name),
                     name: n.name,
                     status: status_name(n.status).into(),
                     since_ms: n.since_ms,

@@ -283,18 +283,104 @@ async fn status(global: &GlobalArgs, a: JobShowArgs) -> Outcome {
         })
         .await
         .map_err(|e| refused(e, &what))?;
-    s.refresh().await;
     let st = reply
         .job
         .ok_or_else(|| failed(anyhow!("{what}: the authority's reply carries no job")))?;
+    let list = pb::ListAllocsRequest {
+        namespace: a.job.namespace.clone(),
+        job: a.job.name.clone(),
+        node: String::new(),
+    };
+    let allocs = s
+        .client
+        .call(|mut c| {
+            let req = list.clone();
+            async move { c.list_allocs(req).await }
+        })
+        .await
+        .map_err(|e| refused(e, &format!("{what}: allocations")))?;
+    s.refresh().await;
     if a.json {
-        println!("{}", status_json(&st));
+        let mut v = status_json(&st);
+        v["allocs"] = serde_json::Value::Array(allocs.allocs.iter().map(alloc_json).collect());
+        v["allocs_truncated"] = allocs.truncated.into();
+        println!("{v}");
     } else {
         for line in describe(&st) {
             println!("{line}");
         }
+        println!();
+        if allocs.allocs.is_empty() {
+            println!("no allocations");
+        } else {
+            print_table(&alloc_rows(&allocs.allocs));
+        }
+        if allocs.truncated {
+            println!("(more allocations than one reply holds)");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn desired_name(d: i32) -> &'static str {
+    match pb::AllocDesired::try_from(d) {
+        Ok(pb::AllocDesired::Run) => "run",
+        Ok(pb::AllocDesired::Stop) => "stop",
+        _ => "?",
+    }
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::AllocState::try_from(s) {
+        Ok(pb::AllocState::Pending) => "pending",
+        Ok(pb::AllocState::Running) => "running",
+        Ok(pb::AllocState::Exited) => "exited",
+        Ok(pb::AllocState::Failed) => "failed",
+        Ok(pb::AllocState::Lost) => "lost",
+        Ok(pb::AllocState::Stopped) => "stopped",
+        _ => "?",
+    }
+}
+
+fn alloc_json(a: &pb::Alloc) -> serde_json::Value {
+    serde_json::json!({
+        "id": a.id,
+        "index": a.index,
+        "node": a.node,
+        "job_version": a.job_version,
+        "desired": desired_name(a.desired),
+        "state": state_name(a.state),
+        "exit_code": a.exit_code,
+        "restarts": a.restarts,
+        "message": a.message,
+        "created_ms": a.created_ms,
+        "updated_ms": a.updated_ms,
+    })
+}
+
+fn alloc_rows(allocs: &[pb::Alloc]) -> Vec<[String; 8]> {
+    let mut rows = vec![
+        [
+            "ID", "INDEX", "NODE", "DESIRED", "STATE", "EXIT", "RESTARTS", "UPDATED",
+        ]
+        .map(str::to_owned),
+    ];
+    let mut sorted: Vec<&pb::Alloc> = allocs.iter().collect();
+    sorted.sort_by(|a, b| (a.index, &a.id).cmp(&(b.index, &b.id)));
+    for a in sorted {
+        rows.push([
+            esc(&a.id),
+            a.index.to_string(),
+            esc(&a.node),
+            desired_name(a.desired).to_owned(),
+            state_name(a.state).to_owned(),
+            a.exit_code
+                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            a.restarts.to_string(),
+            format_ms(a.updated_ms),
+        ]);
+    }
+    rows
 }
 
 async fn list(global: &GlobalArgs, a: JobListArgs) -> Outcome {

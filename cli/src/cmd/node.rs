@@ -303,11 +303,13 @@ mod tests {
                 name: "n7".into(),
                 status: "active".into(),
                 since_ms: 1_800_000_000_000,
+                drained: false,
             },
             pb::NodeInfo {
                 name: "worker-long-name".into(),
                 status: "banned".into(),
                 since_ms: 0,
+                drained: false,
             },
         ];
         assert_eq!(

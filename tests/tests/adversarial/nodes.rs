@@ -334,8 +334,11 @@ fn compromised_agent_node_and_workload_process() {
             let first = rt.block_on(async {
                 let mut feed = node
                     .call(|mut g| async move {
-                        g.sync_entries(pb::SyncEntriesRequest { since_revision: 0 })
-                            .await
+                        g.sync_entries(pb::SyncEntriesRequest {
+                            since_revision: 0,
+                            ..Default::default()
+                        })
+                        .await
                     })
                     .await
                     .unwrap();
