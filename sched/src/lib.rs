@@ -50,7 +50,8 @@
 //! - **Bounded**: allocations are indexed by job, index and node once, O(allocs); a job that
 //!   needs placements costs O(nodes) once plus O(feasible nodes) per placement. At most
 //!   [`PlanLimits::max_place`] placements per plan; the rest are counted in
-//!   [`Plan::deferred`] for the next plan.
+//!   [`Plan::deferred`] for the next plan; at most [`PlanLimits::max_blocked`] blocked
+//!   indexes are listed, the rest counted in [`Plan::unreported`].
 //!
 //! # Layout
 //!
@@ -101,5 +102,7 @@ mod place;
 mod plan;
 mod view;
 
-pub use self::plan::{Blocked, DEFAULT_MAX_PLACE, NewAlloc, Plan, PlanLimits, plan};
+pub use self::plan::{
+    Blocked, DEFAULT_MAX_BLOCKED, DEFAULT_MAX_PLACE, NewAlloc, Plan, PlanLimits, plan,
+};
 pub use self::view::{AllocState, AllocView, Desired, JobView, NodeView};

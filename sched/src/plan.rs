@@ -7,25 +7,32 @@ use crate::view::{AllocView, JobView, NodeView};
 /// The default cap on placements per plan.
 pub const DEFAULT_MAX_PLACE: usize = 1_000;
 
+/// The default cap on blocked indexes reported per plan.
+pub const DEFAULT_MAX_BLOCKED: usize = 1_000;
+
 /// Bounds on one plan, so the daemon writes in batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanLimits {
     /// Placements per plan; indexes beyond it are counted in [`Plan::deferred`].
     pub max_place: usize,
+    /// Blocked indexes reported per plan; the rest are counted in [`Plan::unreported`].
+    pub max_blocked: usize,
 }
 
 impl Default for PlanLimits {
     fn default() -> Self {
         PlanLimits {
             max_place: DEFAULT_MAX_PLACE,
+            max_blocked: DEFAULT_MAX_BLOCKED,
         }
     }
 }
 
 impl PlanLimits {
-    /// No cap on placements.
+    /// No cap on placements or reports (for tests and small clusters).
     pub const UNLIMITED: PlanLimits = PlanLimits {
         max_place: usize::MAX,
+        max_blocked: usize::MAX,
     };
 }
 
@@ -62,6 +69,8 @@ pub struct Plan {
     pub blocked: Vec<Blocked>,
     /// Indexes left for a later plan because [`PlanLimits::max_place`] was reached.
     pub deferred: usize,
+    /// Blocked indexes not listed because [`PlanLimits::max_blocked`] was reached.
+    pub unreported: usize,
 }
 
 impl Plan {
@@ -111,7 +120,7 @@ pub fn plan(
                     if let Some(failed) = slots.failed.get(&index) {
                         let reason =
                             format!("failed on node {} (alloc {})", failed.node, failed.id);
-                        plan.blocked.push(blocked(index, reason));
+                        report(&mut plan, limits, blocked(index, reason));
                         continue;
                     }
                     None
@@ -153,7 +162,7 @@ pub fn plan(
                         ),
                         None => reason,
                     };
-                    plan.blocked.push(blocked(index, reason));
+                    report(&mut plan, limits, blocked(index, reason));
                 }
             }
         }
@@ -164,4 +173,12 @@ pub fn plan(
     plan.stop = stop;
     plan.lost = lost;
     plan
+}
+
+fn report(plan: &mut Plan, limits: &PlanLimits, blocked: Blocked) {
+    if plan.blocked.len() < limits.max_blocked {
+        plan.blocked.push(blocked);
+    } else {
+        plan.unreported += 1;
+    }
 }

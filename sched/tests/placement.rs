@@ -323,7 +323,10 @@ fn no_schedulable_node_says_why() {
 fn max_place_defers_the_rest_to_the_next_plan() {
     let web = job("web", 5, 0, 0);
     let nodes = [node("a", 0, 0)];
-    let limits = PlanLimits { max_place: 2 };
+    let limits = PlanLimits {
+        max_place: 2,
+        ..PlanLimits::default()
+    };
     let first = plan(std::slice::from_ref(&web), &nodes, &[], &limits, &mut ids());
     assert_eq!(first.place.len(), 2);
     assert_eq!(first.deferred, 3);
@@ -357,4 +360,18 @@ fn applying_a_plan_then_replanning_is_empty() {
     let after = apply(&old, &first);
     let second = plan_all(&jobs, &nodes, &after);
     assert!(second.is_empty(), "{second:?}");
+}
+
+#[test]
+fn max_blocked_caps_the_report_and_counts_the_rest() {
+    let limits = PlanLimits {
+        max_blocked: 2,
+        ..PlanLimits::default()
+    };
+    let plan = plan(&[job("web", 5, 0, 0)], &[], &[], &limits, &mut ids());
+    assert_eq!(
+        reasons(&plan),
+        [(0, "no nodes enrolled"), (1, "no nodes enrolled")]
+    );
+    assert_eq!(plan.unreported, 3);
 }

@@ -223,7 +223,7 @@ proptest! {
         jobs in jobs(), nodes in nodes(), allocs in allocs(), max_place in 0usize..4,
     ) {
         let all = plan_all(&jobs, &nodes, &allocs);
-        let limits = PlanLimits { max_place };
+        let limits = PlanLimits { max_place, max_blocked: usize::MAX };
         let batch = plan(&jobs, &nodes, &allocs, &limits, &mut ids());
         prop_assert!(batch.place.len() <= max_place);
         prop_assert_eq!(&batch.place[..], &all.place[..batch.place.len()]);
