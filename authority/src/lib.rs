@@ -14,8 +14,9 @@
 //!   (`encoding`) and its state-independent validation (`validate`), `tests`; `types`: the
 //!   openraft type configuration.
 //! - `state/`: the tables (`mod.rs`), the deterministic `apply`, the audit log's tree and
-//!   indexes (`audit_log`), token lineage and revocation that follows it (`lineage`), shared
-//!   row helpers (`rows`), [`StateReader`] for reads (`read`), and `tests`.
+//!   indexes (`audit_log`), token lineage and revocation that follows it (`lineage`), mesh
+//!   policies (`mesh`), jobs (`jobs`), allocations and node drains (`allocs`), shared row
+//!   helpers (`rows`), [`StateReader`] for reads (`read`), and `tests`.
 //! - [`store`] (`store/`): [`LogStore`](store::LogStore) (`log`) and
 //!   [`StateMachineStore`](store::StateMachineStore) (`sm`), openraft's v2 storage traits on
 //!   redb, with file-streamed snapshots; `private_fs`: the data directory stays 0700/0600.
@@ -27,8 +28,9 @@
 //!   be before openraft sees it ([`check_append`]), and where refusals are reported.
 //! - `service/`: the Authority gRPC API by concept — core and bundle (`mod.rs`), `membership`
 //!   (join tokens, redemption, join, remove, status), `nodes` (agents and workload SVIDs),
-//!   `entries`, `feed` (the agents' entry feed), `users`, `tokens` (roles, delegation,
-//!   revocation), `audit`, `blast` (blast radius: `blast.rs` with the request and shared
+//!   `entries`, `feed` (the agents' entry feed), `jobs`, `allocs` (allocations, node health
+//!   and drains), `health` (the leader's in-memory view of its agents' feeds), `users`,
+//!   `tokens` (roles, delegation, revocation), `audit`, `blast` (blast radius: `blast.rs` with the request and shared
 //!   helpers, `blast/` with the reach of a `node` or authority member, a `user`, a `token`),
 //!   and `status`, the one place refusals become gRPC statuses.
 //! - `gate`: every API call's authorization and audit record, and the denial windows;
