@@ -367,16 +367,8 @@ fn allocations_are_placed_fed_reported_and_confined() {
         assert_eq!((n1h.cpu_millis, n1h.memory_mb), (Some(4000), Some(8192)));
         assert_eq!(n1h.labels.get("zone").map(String::as_str), Some("a"));
         assert!(!h.nodes.iter().find(|n| n.name == "n2").unwrap().live);
-        admin
-            .call(|mut g| async move {
-                g.set_node_drain(pb::SetNodeDrainRequest {
-                    name: "n2".into(),
-                    drain: true,
-                })
-                .await
-            })
-            .await
-            .unwrap();
+        let out = a.cli(&["node", "drain", "n2"]);
+        assert!(out.status.success(), "{}", show(&out));
         let h = health(&mut admin).await;
         let n2h = h.nodes.iter().find(|n| n.name == "n2").unwrap();
         assert!(n2h.drained && n2h.drained_since_ms > 0);

@@ -39,6 +39,12 @@ Examples:
 Examples:
   ringzero --profile admin.profile node ban n7")]
     Ban(NodeArg),
+    /// Drain a node: no new allocation is placed on it (the scheduler moves what runs there).
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile node drain n7
+  ringzero node drain n7 --undo")]
+    Drain(NodeDrainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +64,16 @@ pub(crate) struct NodeArg {
     pub(crate) name: NodeName,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct NodeDrainArgs {
+    /// The node name.
+    #[arg(value_name = "NAME")]
+    pub(crate) name: NodeName,
+    /// Undo the drain.
+    #[arg(long)]
+    pub(crate) undo: bool,
+}
+
 pub(crate) fn run(global: &GlobalArgs, cmd: NodeCommand) -> Outcome {
     let rt = runtime()?;
     rt.block_on(async move {
@@ -66,6 +82,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: NodeCommand) -> Outcome {
             NodeCommand::List(a) => list(global, a).await,
             NodeCommand::Evict(a) => set_status(global, a.name, Status::Evicted).await,
             NodeCommand::Ban(a) => set_status(global, a.name, Status::Banned).await,
+            NodeCommand::Drain(a) => drain(global, a).await,
         }
     })
 }
@@ -185,6 +202,28 @@ impl Status {
             Status::Banned => "banned",
         }
     }
+}
+
+async fn drain(global: &GlobalArgs, a: NodeDrainArgs) -> Outcome {
+    let mut s = session(global)?;
+    let (name, drain) = (a.name.as_str().to_owned(), !a.undo);
+    s.client
+        .call(|mut c| {
+            let name = name.clone();
+            async move {
+                c.set_node_drain(pb::SetNodeDrainRequest { name, drain })
+                    .await
+            }
+        })
+        .await
+        .map_err(|e| refused(e, &format!("node {name}")))?;
+    s.refresh().await;
+    if drain {
+        eprintln!("drained node {name}: no new allocation is placed on it");
+    } else {
+        eprintln!("node {name} takes allocations again");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn set_status(global: &GlobalArgs, name: NodeName, status: Status) -> Outcome {
