@@ -11,12 +11,15 @@
 //! | `unix:group:wheel` | the gid, named by the group database | a name, no `:` or whitespace |
 //! | `unix:path:/usr/bin/foo` | the process's executable | an absolute, normalized path |
 //! | `unix:sha256:<64 hex>` | the SHA-256 of the executable | exactly 64 lowercase hex digits |
+//! | `ringzero:job:<alloc id>` | the peer is in the process group of a task the agent launched for that allocation | 16 characters `[a-z0-9]` |
 //!
 //! Parsing is strict so that equality is exact: a value has exactly one spelling
 //! (`unix:uid:01000` and `unix:path:/usr//bin/foo` are refused rather than silently never
 //! matching), nothing contains a control character, and lengths are capped. An unknown type or
-//! key is an error that names it; new types (`ringzero:job:<id>`) are added as new
-//! [`SelectorKind`] variants.
+//! key is an error that names it; new types are added as new [`SelectorKind`] variants.
+//!
+//! `ringzero:` selectors are [reserved](SelectorKind::is_reserved): only the authority derives
+//! them (an allocation's entry), never a user-written entry.
 //!
 //! An entry matches a workload when **every** selector of the entry is among the workload's
 //! ([`matches()`], SPIRE's semantics). Entries that select only on what a file is (path, hash)
@@ -36,7 +39,7 @@ pub const MAX_NAME_LEN: usize = 256;
 /// The longest piece of hostile input an error message repeats.
 const MAX_ECHO: usize = 32;
 
-/// What a selector observes. Non-exhaustive: more types (`ringzero:job`) are added over time.
+/// What a selector observes. Non-exhaustive: more types are added over time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum SelectorKind {
@@ -52,17 +55,20 @@ pub enum SelectorKind {
     UnixPath,
     /// `unix:sha256`: the SHA-256 of the peer's executable, lowercase hex.
     UnixSha256,
+    /// `ringzero:job`: the allocation whose task's process group the peer belongs to.
+    RingzeroJob,
 }
 
 impl SelectorKind {
     /// Every kind, in a stable order.
-    pub const ALL: [SelectorKind; 6] = [
+    pub const ALL: [SelectorKind; 7] = [
         SelectorKind::UnixUid,
         SelectorKind::UnixGid,
         SelectorKind::UnixUser,
         SelectorKind::UnixGroup,
         SelectorKind::UnixPath,
         SelectorKind::UnixSha256,
+        SelectorKind::RingzeroJob,
     ];
 
     /// The selector type, the part before the first `:` (`unix`).
@@ -74,6 +80,7 @@ impl SelectorKind {
             | SelectorKind::UnixGroup
             | SelectorKind::UnixPath
             | SelectorKind::UnixSha256 => "unix",
+            SelectorKind::RingzeroJob => "ringzero",
         }
     }
 
@@ -86,6 +93,7 @@ impl SelectorKind {
             SelectorKind::UnixGroup => "group",
             SelectorKind::UnixPath => "path",
             SelectorKind::UnixSha256 => "sha256",
+            SelectorKind::RingzeroJob => "job",
         }
     }
 
@@ -100,12 +108,20 @@ impl SelectorKind {
         )
     }
 
+    /// Whether only the authority may write this kind into an entry (`ringzero:*`): the agent
+    /// observes it for processes it launched itself, so a user-written entry naming it would
+    /// claim another principal's task.
+    pub fn is_reserved(self) -> bool {
+        matches!(self, SelectorKind::RingzeroJob)
+    }
+
     fn validate(self, value: &str) -> Result<(), &'static str> {
         match self {
             SelectorKind::UnixUid | SelectorKind::UnixGid => validate_id(value),
             SelectorKind::UnixUser | SelectorKind::UnixGroup => validate_name(value),
             SelectorKind::UnixPath => validate_path(value),
             SelectorKind::UnixSha256 => validate_sha256(value),
+            SelectorKind::RingzeroJob => validate_alloc_id(value),
         }
     }
 }
@@ -128,10 +144,10 @@ pub enum SelectorError {
     ControlChar,
     #[error("selector must be <type>:<key>:<value>, e.g. unix:uid:1000")]
     Malformed,
-    #[error("unknown selector type {0:?} (known types: unix)")]
+    #[error("unknown selector type {0:?} (known types: unix, ringzero)")]
     UnknownType(String),
     #[error(
-        "unknown selector key {key:?} for type {ty:?} (known: uid, gid, user, group, path, sha256)"
+        "unknown selector key {key:?} for type {ty:?} (known: uid, gid, user, group, path, sha256; ringzero: job)"
     )]
     UnknownKey { ty: String, key: String },
     #[error("bad value for {kind}: {reason}")]
@@ -187,6 +203,11 @@ impl Selector {
         }
     }
 
+    /// `ringzero:job:<alloc id>`.
+    pub fn job(alloc_id: &str) -> Result<Self, SelectorError> {
+        Self::new(SelectorKind::RingzeroJob, alloc_id)
+    }
+
     /// `unix:sha256:<hex>` of a digest.
     pub fn sha256(digest: &[u8; 32]) -> Self {
         Self {
@@ -210,7 +231,7 @@ impl Selector {
         if ty.is_empty() {
             return Err(SelectorError::Malformed);
         }
-        if ty != "unix" {
+        if ty != "unix" && ty != "ringzero" {
             return Err(SelectorError::UnknownType(echo(ty)));
         }
         let (key, value) = rest.split_once(':').ok_or(SelectorError::Malformed)?;
@@ -322,6 +343,13 @@ fn validate_path(v: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+fn validate_alloc_id(v: &str) -> Result<(), &'static str> {
+    if v.len() != 16 || !v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'z')) {
+        return Err("must be exactly 16 characters [a-z0-9]");
+    }
+    Ok(())
+}
+
 fn validate_sha256(v: &str) -> Result<(), &'static str> {
     if v.len() != 64 || !v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err("must be exactly 64 lowercase hex digits");
@@ -355,6 +383,7 @@ mod tests {
             "unix:path:/usr/bin/foo",
             "unix:path:/opt/a:b/c d",
             &format!("unix:sha256:{hash}"),
+            "ringzero:job:0123456789abcdez",
         ] {
             let parsed = sel(s);
             assert_eq!(parsed.to_string(), s);
@@ -366,6 +395,17 @@ mod tests {
         assert_eq!(sel("unix:uid:7").kind(), SelectorKind::UnixUid);
         assert_eq!(Selector::uid(1000), sel("unix:uid:1000"));
         assert_eq!(Selector::gid(0), sel("unix:gid:0"));
+        assert_eq!(
+            Selector::job("aaaaaaaaaaaaaaaa").unwrap(),
+            sel("ringzero:job:aaaaaaaaaaaaaaaa")
+        );
+        assert!(SelectorKind::RingzeroJob.is_reserved());
+        assert!(!SelectorKind::RingzeroJob.identifies_principal());
+        assert!(
+            SelectorKind::ALL
+                .iter()
+                .all(|k| k.is_reserved() == (k.type_name() == "ringzero"))
+        );
         assert_eq!(Selector::sha256(&[0xab; 32]).value(), "ab".repeat(32));
     }
 
@@ -419,6 +459,12 @@ mod tests {
             "unix:sha256:abc",
             "unix:sha256:ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789ABCDEF0123456789",
             "unix:sha256:gggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg",
+            "ringzero:job:",
+            "ringzero:job:0123456789abcde",
+            "ringzero:job:0123456789abcdef0",
+            "ringzero:job:0123456789ABCDEF",
+            "ringzero:job:0123456789abcd-f",
+            "ringzero:job:../../etc/passw",
         ] {
             assert!(
                 matches!(Selector::parse(bad), Err(SelectorError::BadValue { .. })),

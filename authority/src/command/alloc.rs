@@ -101,6 +101,16 @@ pub struct AllocUpdate {
     pub message: String,
 }
 
+/// The id of the registration entry apply derives for an allocation: `alloc-<id>`. Entry ids
+/// the authority assigns otherwise are hex, so the two never collide; a user-written
+/// `PutEntry`/`DeleteEntry` naming an id with this prefix is refused.
+pub const ALLOC_ENTRY_PREFIX: &str = "alloc-";
+
+/// `alloc-<id>`: the entry giving allocation `id`'s task its identity.
+pub fn alloc_entry_id(id: &str) -> String {
+    format!("{ALLOC_ENTRY_PREFIX}{id}")
+}
+
 /// `[a-z0-9]{16}`.
 pub fn check_alloc_id(id: &str) -> Result<(), Invalid> {
     if id.len() != 16

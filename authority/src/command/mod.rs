@@ -21,11 +21,13 @@
 //! - `validate.rs`: the state-independent checks ([`Command::validate`]).
 //! - `job.rs`: a job's spec ([`Job`]) and its checks.
 //! - `alloc.rs`: allocations ([`Placement`], [`AllocUpdate`], their states) and their checks.
+//! - `lease.rs`: the scheduler lease's bounds and checks ([`check_lease`]).
 //! - `tests.rs`: unit tests.
 
 mod alloc;
 mod encoding;
 mod job;
+mod lease;
 mod validate;
 
 #[cfg(test)]
@@ -34,11 +36,12 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use self::alloc::{
-    AllocDesired, AllocState, AllocUpdate, Placement, check_alloc_id, check_alloc_ids,
-    check_placements, check_report,
+    ALLOC_ENTRY_PREFIX, AllocDesired, AllocState, AllocUpdate, Placement, alloc_entry_id,
+    check_alloc_id, check_alloc_ids, check_placements, check_report,
 };
 use self::encoding::Envelope;
 pub use self::job::{Constraints, Job, Restart, RestartPolicy, job_resource};
+pub use self::lease::{MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS, check_lease};
 
 /// A Raft node id. Assigned once when a node joins; never reused.
 pub type NodeId = u64;
@@ -362,6 +365,20 @@ pub enum Op {
         node: String,
         drain: bool,
     },
+    /// Take or renew the scheduler lease of `scope` (empty: the cluster) until `time_ms` +
+    /// `ttl_ms`: granted when free, expired at `time_ms`, or held by this `holder` and this
+    /// command's actor; else `LeaseHeld`. A renewal (same holder, not expired) answers
+    /// `Outcome::Lease { renewed: true }` and is the one command that adds no audit record.
+    AcquireSchedLease {
+        scope: String,
+        holder: String,
+        ttl_ms: u64,
+    },
+    /// Give the lease up if `holder` (and the actor) holds it; `NotFound` otherwise.
+    ReleaseSchedLease {
+        scope: String,
+        holder: String,
+    },
 }
 
 /// A mesh allow rule: workloads whose SPIFFE ID matches `from` may open connections to the
@@ -456,6 +473,9 @@ pub enum Outcome {
     Revision(u64),
     /// The command was valid but refused by the state (recorded in the audit log as such).
     Rejected(Rejection),
+    /// The scheduler lease was granted until `expires_ms`; `renewed`: by its holder, with no
+    /// audit record of its own.
+    Lease { expires_ms: u64, renewed: bool },
 }
 
 /// Why apply refused a command. The refusal is deterministic: every replica refuses alike.
@@ -502,6 +522,9 @@ pub enum Rejection {
     /// An agent reported on an allocation placed on another node.
     #[error("allocation {0} is not placed on this node")]
     WrongNode(String),
+    /// The scheduler lease is held by another holder (or caller) until `expires_ms`.
+    #[error("the scheduler lease is held by {holder} until {expires_ms} (ms)")]
+    LeaseHeld { holder: String, expires_ms: u64 },
 }
 
 /// Why a command is malformed.

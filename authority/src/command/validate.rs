@@ -95,11 +95,11 @@ impl Command {
                 check_len("minter", minter, limits::MAX_TEXT)?;
                 check_len("subject", subject, limits::MAX_TEXT)
             }
-            Op::PutEntry { entry } => entry.validate(),
+            Op::PutEntry { entry } => entry.validate().and_then(|()| entry.check_user_written()),
             Op::PutMeshPolicy { policy } | Op::DeleteMeshPolicy { policy } => {
                 policy.validate().map(|_| ())
             }
-            Op::DeleteEntry { id } => check_entry_id(id),
+            Op::DeleteEntry { id } => check_entry_id(id).and_then(|()| check_not_derived(id)),
             Op::PutJob { job } => job.validate(),
             Op::StopJob { namespace, name } | Op::PurgeJob { namespace, name } => {
                 super::job_resource(namespace, name).map(|_| ())
@@ -110,6 +110,12 @@ impl Command {
             Op::RemoveAllocs { ids } => super::check_alloc_ids("remove", ids),
             Op::ReportAllocStatus { node, updates } => super::alloc::check_report(node, updates),
             Op::SetNodeDrain { node, .. } => check_node_name(node),
+            Op::AcquireSchedLease {
+                scope,
+                holder,
+                ttl_ms,
+            } => super::check_lease(scope, holder, Some(*ttl_ms)),
+            Op::ReleaseSchedLease { scope, holder } => super::check_lease(scope, holder, None),
             Op::PutUser { user } => user.validate(),
             Op::RemoveUser { name } | Op::RemoveRole { name } => check_node_name(name),
             Op::PutRole { role } => {
@@ -167,7 +173,34 @@ fn check_entry_id(id: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Entries `alloc-…` are derived by apply from allocations; only apply writes or deletes them.
+fn check_not_derived(id: &str) -> Result<(), Invalid> {
+    if id.starts_with(super::ALLOC_ENTRY_PREFIX) {
+        return Err(invalid(format!(
+            "entry {id} is derived from an allocation: stop or remove the allocation instead"
+        )));
+    }
+    Ok(())
+}
+
 impl RegistrationEntry {
+    /// What a user-written entry (`PutEntry`) must also satisfy: not an allocation's entry,
+    /// and no `ringzero:` selector. The agent observes `ringzero:job:<alloc>` only for processes
+    /// of a task it launched; an entry naming it is derived by apply from the allocation, whose
+    /// job's submitter was authorized for that identity and uid. A user-written one would
+    /// claim the identity of whatever the scheduler runs as that allocation.
+    pub fn check_user_written(&self) -> Result<(), Invalid> {
+        check_not_derived(&self.id)?;
+        if let Some(s) = self.selectors.iter().find(|s| s.starts_with("ringzero:")) {
+            return Err(invalid(format!(
+                "selector {:?} is reserved: the authority derives ringzero: selectors for \
+                 allocations; an entry cannot name one",
+                s.chars().take(64).collect::<String>()
+            )));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), Invalid> {
         check_entry_id(&self.id)?;
         let id =

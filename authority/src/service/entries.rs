@@ -66,6 +66,19 @@ impl AuthorityService {
         if selectors.is_empty() {
             return Err(invalid("an entry needs at least one selector"));
         }
+        if let Some(s) = selectors.iter().find(|s| s.kind().is_reserved()) {
+            // Only apply derives these (an allocation's entry); see `check_user_written`.
+            return Err(invalid(format!(
+                "selector {s} is reserved: the authority derives ringzero: selectors for \
+                 allocations, an entry cannot name one"
+            )));
+        }
+        if update && r.id.starts_with(crate::command::ALLOC_ENTRY_PREFIX) {
+            return Err(invalid(
+                "alloc-… entries are derived from allocations: stop or remove the allocation \
+                 instead",
+            ));
+        }
         if is_weak(&selectors) && !r.allow_weak_selectors {
             return Err(invalid(
                 "the entry selects only on unix:path / unix:sha256, which any user able to run \

@@ -6,6 +6,14 @@
 //! whenever what that node's agent must run changes (placed, desired changed, removed), so each
 //! agent's feed re-reads its allocations only then; an agent's own status reports do not bump it.
 //!
+//! Each allocation also owns a registration entry, `alloc-<id>`, written and deleted here in
+//! the same transaction as the allocation: its task's identity (the job's SPIFFE ID, on the
+//! allocation's node, selectors `ringzero:job:<id>` and `unix:uid:<job uid>`). It exists while
+//! the allocation is desired `Run` and not lost, and goes when the allocation is stopped,
+//! marked lost or removed, or its job is purged. No caller needs entry rights for it: the job's
+//! submitter was authorized for that identity and uid when submitting (`entry:write`,
+//! `entry:select`), and placing needs `job:launch` on the job.
+//!
 //! Records are stored inside a versioned enum ([`StoredAlloc`]): postcard records cannot gain
 //! fields, so a later shape is a new variant and the old one keeps decoding.
 
@@ -21,7 +29,8 @@ use super::{
     StateReader, compound, decode, encode,
 };
 use crate::command::{
-    AllocDesired, AllocState, AllocUpdate, NodeStatus, Outcome, Placement, Rejection, limits,
+    AllocDesired, AllocState, AllocUpdate, NodeStatus, Outcome, Placement, RegistrationEntry,
+    Rejection, alloc_entry_id, limits,
 };
 
 /// `ctr:allocs:<node>`: bumped when the allocations the node must run change.
@@ -114,6 +123,61 @@ fn count_prefix(
     Ok(n)
 }
 
+/// The derived entry's TTL: the default of a user-written entry (1 h).
+const ALLOC_ENTRY_TTL_S: u32 = 3600;
+
+/// Writes `alloc-<id>`, the identity of the allocation's task.
+fn put_alloc_entry(
+    tx: &WriteTransaction,
+    a: &Placement,
+    job: &JobRecord,
+) -> Result<(), StateError> {
+    let entry = RegistrationEntry {
+        id: alloc_entry_id(&a.id),
+        spiffe_id: job.job.spiffe_id.clone(),
+        parent: a.node.clone(),
+        selectors: vec![
+            format!("ringzero:job:{}", a.id),
+            format!("unix:uid:{}", job.job.uid),
+        ],
+        ttl_s: ALLOC_ENTRY_TTL_S,
+        dns_names: Vec::new(),
+        revision: 0,
+    };
+    super::apply::put_entry(tx, &entry).map(|_| ())
+}
+
+/// Deletes `alloc-<id>` if it exists.
+fn drop_alloc_entry(tx: &WriteTransaction, id: &str) -> Result<(), StateError> {
+    super::apply::delete_entry(tx, &alloc_entry_id(id)).map(|_| ())
+}
+
+/// `PurgeJob`: the entries of the job's allocations go with it (the allocations themselves
+/// stay until removed, so that the scheduler sees them end).
+pub(crate) fn drop_job_entries(
+    tx: &WriteTransaction,
+    namespace: &str,
+    job: &str,
+) -> Result<(), StateError> {
+    let prefix = compound(namespace, &compound(job, b""));
+    let mut ids = Vec::new();
+    {
+        let t = tx.open_table(ALLOCS_BY_JOB)?;
+        for row in t.range(prefix.as_slice()..)? {
+            let (k, _) = row?;
+            let k = k.value();
+            if !k.starts_with(&prefix) || ids.len() >= limits::MAX_ALLOCS {
+                break;
+            }
+            ids.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+    }
+    for id in ids {
+        drop_alloc_entry(tx, &id)?;
+    }
+    Ok(())
+}
+
 fn refused(m: String) -> Outcome {
     Outcome::Rejected(Rejection::AllocRefused(m))
 }
@@ -133,6 +197,7 @@ pub(crate) fn place(
         ))));
     }
     let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut jobs = Vec::with_capacity(allocs.len());
     for a in allocs {
         if load(tx, &a.id)?.is_some() {
             return Ok(refused(format!("allocation id {} is in use", a.id)));
@@ -173,6 +238,7 @@ pub(crate) fn place(
             return Ok(refused(format!("node {} is drained", a.node)));
         }
         *per_node.entry(a.node.as_str()).or_default() += 1;
+        jobs.push(job);
     }
     for (node, added) in &per_node {
         let prefix = compound(node, b"");
@@ -184,7 +250,7 @@ pub(crate) fn place(
             ))));
         }
     }
-    for a in allocs {
+    for (a, job) in allocs.iter().zip(&jobs) {
         store(
             tx,
             &AllocRecord {
@@ -211,6 +277,7 @@ pub(crate) fn place(
             .insert(by_node(&a.node, &a.id).as_slice(), &[][..])?;
         tx.open_table(ALLOCS_BY_JOB)?
             .insert(by_job(&a.namespace, &a.job, &a.id).as_slice(), &[][..])?;
+        put_alloc_entry(tx, a, job)?;
     }
     for node in per_node.keys() {
         bump(tx, node)?;
@@ -242,6 +309,7 @@ pub(crate) fn stop(tx: &WriteTransaction, ids: &[String], now: u64) -> Result<Ou
             r.updated_ms = now;
             store(tx, &r)?;
             bump(tx, &r.node)?;
+            drop_alloc_entry(tx, &r.id)?;
         }
     }
     Ok(Outcome::Done)
@@ -262,6 +330,7 @@ pub(crate) fn mark_lost(
             r.updated_ms = now;
             r.message = "marked lost by the scheduler".into();
             store(tx, &r)?;
+            drop_alloc_entry(tx, &r.id)?;
         }
     }
     Ok(Outcome::Done)
@@ -294,6 +363,7 @@ pub(crate) fn remove_allocs(tx: &WriteTransaction, ids: &[String]) -> Result<Out
         remove(tx, ALLOCS_BY_NODE, &by_node(&r.node, &r.id))?;
         remove(tx, ALLOCS_BY_JOB, &by_job(&r.namespace, &r.job, &r.id))?;
         bump(tx, &r.node)?;
+        drop_alloc_entry(tx, &r.id)?;
     }
     Ok(Outcome::Done)
 }

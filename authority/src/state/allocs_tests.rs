@@ -337,3 +337,131 @@ fn a_node_holds_a_bounded_number_of_allocations() {
         Outcome::Rejected(Rejection::LimitReached(_))
     ));
 }
+
+fn user_entry(id: &str, selectors: &[&str]) -> RegistrationEntry {
+    RegistrationEntry {
+        id: id.into(),
+        spiffe_id: "spiffe://td/ns/shop/web".into(),
+        parent: "n1".into(),
+        selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
+        ttl_s: 3600,
+        dns_names: vec![],
+        revision: 0,
+    }
+}
+
+#[test]
+fn each_allocation_owns_a_derived_entry_while_it_should_run() {
+    let mut d = setup();
+    assert_eq!(
+        d.run(Op::PlaceAllocs {
+            allocs: vec![place(A, "n1", 1, 0), place(B, "n2", 1, 1)],
+        }),
+        Outcome::Done
+    );
+    let e = d.read().entry(&format!("alloc-{A}")).unwrap().unwrap();
+    assert_eq!(e.spiffe_id, "spiffe://td/ns/shop/web");
+    assert_eq!(e.parent, "n1");
+    assert_eq!(
+        e.selectors,
+        vec![format!("ringzero:job:{A}"), "unix:uid:1000".to_owned()]
+    );
+    assert_eq!(e.ttl_s, 3600);
+    // Through the parent index, i.e. the node's entry feed: n1 sees A only.
+    let ids = |d: &Db, n: &str| -> Vec<String> {
+        d.read()
+            .entries_of(n)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    };
+    assert_eq!(ids(&d, "n1"), vec![format!("alloc-{A}")]);
+    assert_eq!(ids(&d, "n2"), vec![format!("alloc-{B}")]);
+
+    // Stopped: gone (and the feed's change table says so); lost: gone.
+    assert_eq!(
+        d.run(Op::StopAllocs {
+            ids: vec![A.into()]
+        }),
+        Outcome::Done
+    );
+    assert!(d.read().entry(&format!("alloc-{A}")).unwrap().is_none());
+    assert!(ids(&d, "n1").is_empty());
+    let changes = d.read().entry_changes_since("n1", 0, 100).unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.removed && c.entry_id == format!("alloc-{A}"))
+    );
+    assert_eq!(
+        d.run(Op::MarkAllocsLost {
+            ids: vec![B.into()]
+        }),
+        Outcome::Done
+    );
+    assert!(ids(&d, "n2").is_empty());
+
+    // Purging the job drops the entries of allocations still desired to run.
+    assert_eq!(
+        d.run(Op::PlaceAllocs {
+            allocs: vec![place(C, "n1", 1, 1)],
+        }),
+        Outcome::Done
+    );
+    assert_eq!(ids(&d, "n1"), vec![format!("alloc-{C}")]);
+    d.run(Op::StopJob {
+        namespace: "shop".into(),
+        name: "web".into(),
+    });
+    assert_eq!(
+        d.run(Op::PurgeJob {
+            namespace: "shop".into(),
+            name: "web".into(),
+        }),
+        Outcome::Done
+    );
+    assert!(ids(&d, "n1").is_empty());
+    // Removal (job gone) is fine with the entry already gone.
+    assert_eq!(
+        d.run(Op::RemoveAllocs {
+            ids: vec![A.into(), B.into(), C.into()],
+        }),
+        Outcome::Done
+    );
+}
+
+#[test]
+fn user_written_entries_cannot_claim_an_allocation() {
+    let mut d = setup();
+    d.run(Op::PlaceAllocs {
+        allocs: vec![place(A, "n1", 1, 0)],
+    });
+    let invalid = |o: Outcome| matches!(o, Outcome::Rejected(Rejection::Invalid(_)));
+    // A hostile entry selecting another principal's task, with or without a uid.
+    for selectors in [
+        &[&*format!("ringzero:job:{A}"), "unix:uid:0"][..],
+        &[&*format!("ringzero:job:{A}")][..],
+    ] {
+        assert!(invalid(d.run(Op::PutEntry {
+            entry: user_entry("0123abcd", selectors),
+        })));
+    }
+    // Rewriting or deleting the derived entry is refused: only apply touches it.
+    assert!(invalid(d.run(Op::PutEntry {
+        entry: user_entry(&format!("alloc-{A}"), &["unix:uid:0"]),
+    })));
+    assert!(invalid(d.run(Op::DeleteEntry {
+        id: format!("alloc-{A}"),
+    })));
+    let e = d.read().entry(&format!("alloc-{A}")).unwrap().unwrap();
+    assert_eq!(e.selectors[1], "unix:uid:1000");
+    assert!(d.read().entry("0123abcd").unwrap().is_none());
+    // An ordinary entry is still fine.
+    assert!(matches!(
+        d.run(Op::PutEntry {
+            entry: user_entry("0123abcd", &["unix:uid:1000"]),
+        }),
+        Outcome::Revision(_)
+    ));
+}

@@ -265,50 +265,11 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             }
             Ok(Outcome::Done)
         }
-        Op::PutEntry { entry } => {
-            let revision = next_counter(tx, CTR_REVISION)?;
-            let previous = get::<RegistrationEntry>(tx, ENTRIES, "entries", entry.id.as_bytes())?;
-            if previous.is_none() {
-                tx.open_table(ENTRY_CREATED)?
-                    .insert(entry.id.as_bytes(), &be(revision)[..])?;
-            }
-            if let Some(prev) = previous.filter(|p| p.parent != entry.parent) {
-                // Moved to another node: the old parent's feed says it is gone.
-                remove(
-                    tx,
-                    ENTRIES_BY_PARENT,
-                    &compound(&prev.parent, entry.id.as_bytes()),
-                )?;
-                record_change(tx, &prev.parent, revision, &entry.id, true)?;
-            }
-            let stored = RegistrationEntry {
-                revision,
-                ..entry.clone()
-            };
-            put(tx, ENTRIES, entry.id.as_bytes(), &stored)?;
-            tx.open_table(ENTRIES_BY_PARENT)?.insert(
-                compound(&entry.parent, entry.id.as_bytes()).as_slice(),
-                &[][..],
-            )?;
-            record_change(tx, &entry.parent, revision, &entry.id, false)?;
-            Ok(Outcome::Revision(revision))
-        }
-        Op::DeleteEntry { id } => {
-            let Some(prev) = get::<RegistrationEntry>(tx, ENTRIES, "entries", id.as_bytes())?
-            else {
-                return rejected(Rejection::NotFound);
-            };
-            let revision = next_counter(tx, CTR_REVISION)?;
-            remove(tx, ENTRIES, id.as_bytes())?;
-            remove(tx, ENTRY_CREATED, id.as_bytes())?;
-            remove(
-                tx,
-                ENTRIES_BY_PARENT,
-                &compound(&prev.parent, id.as_bytes()),
-            )?;
-            record_change(tx, &prev.parent, revision, id, true)?;
-            Ok(Outcome::Revision(revision))
-        }
+        Op::PutEntry { entry } => put_entry(tx, entry).map(Outcome::Revision),
+        Op::DeleteEntry { id } => match delete_entry(tx, id)? {
+            Some(revision) => Ok(Outcome::Revision(revision)),
+            None => rejected(Rejection::NotFound),
+        },
         Op::PutUser { user } => {
             put(tx, USERS, user.name.as_bytes(), user)?;
             Ok(Outcome::Done)
@@ -503,6 +464,57 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             Ok(Outcome::Done)
         }
     }
+}
+
+/// Stores `entry` (new or changed) with the next revision, indexes it by parent and records the
+/// change in each affected agent's feed. Returns the revision.
+pub(super) fn put_entry(
+    tx: &WriteTransaction,
+    entry: &RegistrationEntry,
+) -> Result<u64, StateError> {
+    let revision = next_counter(tx, CTR_REVISION)?;
+    let previous = get::<RegistrationEntry>(tx, ENTRIES, "entries", entry.id.as_bytes())?;
+    if previous.is_none() {
+        tx.open_table(ENTRY_CREATED)?
+            .insert(entry.id.as_bytes(), &be(revision)[..])?;
+    }
+    if let Some(prev) = previous.filter(|p| p.parent != entry.parent) {
+        // Moved to another node: the old parent's feed says it is gone.
+        remove(
+            tx,
+            ENTRIES_BY_PARENT,
+            &compound(&prev.parent, entry.id.as_bytes()),
+        )?;
+        record_change(tx, &prev.parent, revision, &entry.id, true)?;
+    }
+    let stored = RegistrationEntry {
+        revision,
+        ..entry.clone()
+    };
+    put(tx, ENTRIES, entry.id.as_bytes(), &stored)?;
+    tx.open_table(ENTRIES_BY_PARENT)?.insert(
+        compound(&entry.parent, entry.id.as_bytes()).as_slice(),
+        &[][..],
+    )?;
+    record_change(tx, &entry.parent, revision, &entry.id, false)?;
+    Ok(revision)
+}
+
+/// Deletes the entry `id` and records the removal in its agent's feed; `None` if there is none.
+pub(super) fn delete_entry(tx: &WriteTransaction, id: &str) -> Result<Option<u64>, StateError> {
+    let Some(prev) = get::<RegistrationEntry>(tx, ENTRIES, "entries", id.as_bytes())? else {
+        return Ok(None);
+    };
+    let revision = next_counter(tx, CTR_REVISION)?;
+    remove(tx, ENTRIES, id.as_bytes())?;
+    remove(tx, ENTRY_CREATED, id.as_bytes())?;
+    remove(
+        tx,
+        ENTRIES_BY_PARENT,
+        &compound(&prev.parent, id.as_bytes()),
+    )?;
+    record_change(tx, &prev.parent, revision, id, true)?;
+    Ok(Some(revision))
 }
 
 fn is_banned(tx: &WriteTransaction, name: &str) -> Result<bool, StateError> {

@@ -112,6 +112,7 @@ pub(crate) fn purge_job(
     }
     remove(tx, JOBS, &k)?;
     next_counter(tx, CTR_JOBS)?;
+    super::allocs::drop_job_entries(tx, namespace, name)?;
     Ok(Outcome::Done)
 }
 
