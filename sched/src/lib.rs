@@ -8,8 +8,8 @@
 //!
 //! This crate holds the placement logic: [`plan`] is a pure, deterministic function from the
 //! jobs, nodes and allocations the authority stores to the changes that reconcile them. It does
-//! no I/O and does not log; the `ringzero sched run` daemon converts the authority's messages to
-//! the views below, writes the [`Plan`] back, and logs it.
+//! no I/O and does not log; the [`daemon`] (`ringzero sched run`) converts the authority's
+//! messages to the views below, writes the [`Plan`] back, and logs it.
 //!
 //! # Rules
 //!
@@ -61,6 +61,9 @@
 //!   each index; tracks capacity used per node.
 //! - `place`: feasible nodes for a job, the spread choice, and the reason when none fits.
 //! - `plan`: [`plan`], [`Plan`], [`PlanLimits`], [`NewAlloc`], [`Blocked`].
+//! - [`daemon`]: the `ringzero sched run` loop — reads the authority, converts to views,
+//!   plans, writes the plan in batches while holding the scheduler lease. The only module
+//!   that does I/O or logs; [`plan`] stays pure.
 //!
 //! # Example
 //!
@@ -97,6 +100,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod daemon;
 mod ledger;
 mod place;
 mod plan;

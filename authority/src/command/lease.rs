@@ -9,7 +9,7 @@ pub const MIN_LEASE_TTL_MS: u64 = 1_000;
 /// The longest lease: a crashed scheduler blocks its standby at most this long.
 pub const MAX_LEASE_TTL_MS: u64 = 300_000;
 /// Bytes of a holder's name.
-pub const MAX_LEASE_HOLDER: usize = 128;
+pub(super) const MAX_LEASE_HOLDER: usize = 128;
 
 /// A lease's scope (empty: the cluster; else a namespace) and holder: `[A-Za-z0-9._-]`.
 pub fn check_lease(scope: &str, holder: &str, ttl_ms: Option<u64>) -> Result<(), Invalid> {

@@ -29,6 +29,7 @@ mod entries;
 mod feed;
 mod health;
 pub(crate) mod jobs;
+mod lease;
 mod membership;
 mod mesh;
 mod nodes;
@@ -703,5 +704,19 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::SetNodeDrainRequest>,
     ) -> Result<tonic::Response<pb::SetNodeDrainReply>, tonic::Status> {
         self.set_node_drain_impl(req).await
+    }
+
+    async fn acquire_sched_lease(
+        &self,
+        req: tonic::Request<pb::AcquireSchedLeaseRequest>,
+    ) -> Result<tonic::Response<pb::SchedLease>, tonic::Status> {
+        self.acquire_sched_lease_impl(req).await
+    }
+
+    async fn release_sched_lease(
+        &self,
+        req: tonic::Request<pb::ReleaseSchedLeaseRequest>,
+    ) -> Result<tonic::Response<pb::ReleaseSchedLeaseReply>, tonic::Status> {
+        self.release_sched_lease_impl(req).await
     }
 }

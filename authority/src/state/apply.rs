@@ -50,18 +50,26 @@ pub(crate) fn apply_command(
         Err(e) => Outcome::Rejected(Rejection::Invalid(e.0)),
         Ok(()) => apply_op(tx, cmd)?,
     };
-    // Sequence numbers start at 0: a record's sequence is its leaf index in the audit tree.
-    let seq = next_counter(tx, CTR_AUDIT)? - 1;
-    super::audit_log::append(
-        tx,
-        &StoredAudit {
-            seq,
-            log_index,
-            time_ms: cmd.time_ms,
-            record: cmd.audit.clone(),
-            outcome: outcome.clone(),
-        },
-    )?;
+    // A lease renewal by its holder is the one command without a record of its own (its
+    // grant was recorded; renewals are bounded to one per ttl/3 per scheduler by the service):
+    // its response names the latest record instead.
+    let seq = if matches!(outcome, Outcome::Lease { renewed: true, .. }) {
+        counter(tx, CTR_AUDIT)?.saturating_sub(1)
+    } else {
+        // Sequence numbers start at 0: a record's sequence is its leaf index in the audit tree.
+        let seq = next_counter(tx, CTR_AUDIT)? - 1;
+        super::audit_log::append(
+            tx,
+            &StoredAudit {
+                seq,
+                log_index,
+                time_ms: cmd.time_ms,
+                record: cmd.audit.clone(),
+                outcome: outcome.clone(),
+            },
+        )?;
+        seq
+    };
     let response = Response {
         audit_seq: seq,
         outcome,
@@ -441,6 +449,14 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
         Op::ReportAllocStatus { node, updates } => super::allocs::report(tx, node, updates, now),
         Op::SetNodeDrain { node, drain } => {
             super::allocs::set_drain(tx, node, *drain, now, &cmd.audit.actor)
+        }
+        Op::AcquireSchedLease {
+            scope,
+            holder,
+            ttl_ms,
+        } => super::lease::acquire(tx, scope, holder, *ttl_ms, now, &cmd.audit.actor),
+        Op::ReleaseSchedLease { scope, holder } => {
+            super::lease::release(tx, scope, holder, &cmd.audit.actor, now)
         }
         Op::PurgeExpired => {
             purge_where(tx, REVOCATIONS, |v| Ok(read_u64(v)? <= now))?;

@@ -35,6 +35,7 @@ pub fn audit_entry(a: &StoredAudit) -> AuditEntry {
             Outcome::Done => "done".to_owned(),
             Outcome::KeyId(id) => format!("key {id}"),
             Outcome::Revision(r) => format!("revision {r}"),
+            Outcome::Lease { expires_ms, .. } => format!("lease until {expires_ms}"),
             Outcome::Rejected(why) => format!("rejected: {why}"),
         },
         details: a.record.details.clone(),

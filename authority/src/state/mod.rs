@@ -9,6 +9,7 @@
 mod allocs;
 mod apply;
 mod jobs;
+mod lease;
 mod lineage;
 mod mesh;
 mod read;
@@ -28,6 +29,7 @@ pub use self::allocs::{AllocRecord, DrainRecord};
 pub(crate) use self::apply::apply_entry;
 pub use self::audit_log::{AuditQuery, AuditTree, audit_entry};
 pub use self::jobs::{DesiredState, JobRecord};
+pub(crate) use self::lease::LeaseRecord;
 pub use self::mesh::MeshPolicyRecord;
 pub use self::read::StateReader;
 pub(crate) use self::rows::meta_put;
@@ -110,6 +112,8 @@ pub(crate) const ALLOCS_BY_NODE: Raw = TableDefinition::new("allocs_by_node");
 pub(crate) const ALLOCS_BY_JOB: Raw = TableDefinition::new("allocs_by_job");
 /// node name → [`DrainRecord`] (versioned): drained nodes
 pub(crate) const NODE_DRAINS: Raw = TableDefinition::new("node_drains");
+/// scope (empty: the cluster) → [`LeaseRecord`] (versioned): the scheduler lease
+pub(crate) const SCHED_LEASE: Raw = TableDefinition::new("sched_lease");
 
 /// Every table, with the tag it carries in snapshots. Tags are stable: never reuse one.
 pub(crate) const TABLES: &[(u8, Raw)] = &[
@@ -148,6 +152,7 @@ pub(crate) const TABLES: &[(u8, Raw)] = &[
     (33, ALLOCS_BY_NODE),
     (34, ALLOCS_BY_JOB),
     (35, NODE_DRAINS),
+    (36, SCHED_LEASE),
 ];
 
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";

@@ -1,0 +1,270 @@
+//! The scheduler lease: `sched_lease` (scope → [`LeaseRecord`], versioned), one row per scope
+//! (empty: the cluster). Expiry is decided by the command's `time_ms` (the proposing leader's
+//! clock), so every replica decides alike.
+
+use redb::WriteTransaction;
+use serde::{Deserialize, Serialize};
+
+use super::rows::{get, put, remove};
+use super::{SCHED_LEASE, StateError, StateReader, decode};
+use crate::command::{Outcome, Rejection};
+
+/// Who holds a scope's lease, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub holder: String,
+    /// The SPIFFE ID of the caller that took it: only that caller renews or releases it.
+    pub actor: String,
+    /// When this holder took it (unchanged by renewals).
+    pub acquired_ms: u64,
+    pub renewed_ms: u64,
+    pub expires_ms: u64,
+    pub ttl_ms: u64,
+}
+
+impl LeaseRecord {
+    /// Held by `holder` for `actor`, and not expired at `now`.
+    pub fn held_by(&self, holder: &str, actor: &str, now: u64) -> bool {
+        self.holder == holder && self.actor == actor && now < self.expires_ms
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum StoredLease {
+    V1(LeaseRecord),
+}
+
+fn load(tx: &WriteTransaction, scope: &str) -> Result<Option<LeaseRecord>, StateError> {
+    let s: Option<StoredLease> = get(tx, SCHED_LEASE, "sched_lease", scope.as_bytes())?;
+    Ok(s.map(|StoredLease::V1(r)| r))
+}
+
+/// `AcquireSchedLease`: granted when free, expired at `now`, or held by `holder` and `actor`
+/// (a renewal); `LeaseHeld` otherwise.
+pub(crate) fn acquire(
+    tx: &WriteTransaction,
+    scope: &str,
+    holder: &str,
+    ttl_ms: u64,
+    now: u64,
+    actor: &str,
+) -> Result<Outcome, StateError> {
+    let current = load(tx, scope)?;
+    let renewed = match &current {
+        Some(c) if c.held_by(holder, actor, now) => true,
+        Some(c) if now < c.expires_ms => {
+            return Ok(Outcome::Rejected(Rejection::LeaseHeld {
+                holder: c.holder.clone(),
+                expires_ms: c.expires_ms,
+            }));
+        }
+        _ => false,
+    };
+    let expires_ms = now.saturating_add(ttl_ms);
+    let record = LeaseRecord {
+        holder: holder.to_owned(),
+        actor: actor.to_owned(),
+        acquired_ms: match &current {
+            Some(c) if renewed => c.acquired_ms,
+            _ => now,
+        },
+        renewed_ms: now,
+        expires_ms,
+        ttl_ms,
+    };
+    put(tx, SCHED_LEASE, scope.as_bytes(), &StoredLease::V1(record))?;
+    Ok(Outcome::Lease {
+        expires_ms,
+        renewed,
+    })
+}
+
+/// `ReleaseSchedLease`: removes the lease if `holder` and `actor` hold it; `NotFound` else.
+pub(crate) fn release(
+    tx: &WriteTransaction,
+    scope: &str,
+    holder: &str,
+    actor: &str,
+    now: u64,
+) -> Result<Outcome, StateError> {
+    match load(tx, scope)? {
+        Some(c) if c.held_by(holder, actor, now) => {
+            remove(tx, SCHED_LEASE, scope.as_bytes())?;
+            Ok(Outcome::Done)
+        }
+        _ => Ok(Outcome::Rejected(Rejection::NotFound)),
+    }
+}
+
+impl StateReader {
+    /// The lease of `scope` (empty: the cluster), expired or not.
+    pub fn sched_lease(&self, scope: &str) -> Result<Option<LeaseRecord>, StateError> {
+        let t = self.tx.open_table(SCHED_LEASE)?;
+        match t.get(scope.as_bytes())? {
+            Some(v) => {
+                let StoredLease::V1(r) = decode("sched_lease", v.value())?;
+                Ok(Some(r))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{AuditDecision, AuditRecord, Command, CommandId, Op};
+
+    struct Driver {
+        _dir: tempfile::TempDir,
+        db: redb::Database,
+        index: u64,
+    }
+
+    impl Driver {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
+            crate::state::create_tables(&db).unwrap();
+            Driver {
+                _dir: dir,
+                db,
+                index: 0,
+            }
+        }
+
+        fn run_as(&mut self, actor: &str, time_ms: u64, op: Op) -> Outcome {
+            self.index += 1;
+            let cmd = Command {
+                id: CommandId::random(),
+                time_ms,
+                audit: AuditRecord {
+                    actor: actor.into(),
+                    revocation_ids: vec![],
+                    operation: "job:launch".into(),
+                    resource: "ns".into(),
+                    decision: AuditDecision::Allow,
+                    reason: None,
+                    authority: 1,
+                    request_id: "r".into(),
+                    details: vec![],
+                },
+                op,
+            };
+            let tx = self.db.begin_write().unwrap();
+            let r = crate::state::apply::apply_command(&tx, self.index, &cmd).unwrap();
+            tx.commit().unwrap();
+            r.outcome
+        }
+
+        fn read(&self) -> StateReader {
+            StateReader::new(&self.db).unwrap()
+        }
+
+        fn audit_len(&self) -> u64 {
+            self.read().audit_size().unwrap()
+        }
+    }
+
+    fn acquire(d: &mut Driver, holder: &str, actor: &str, at: u64) -> Outcome {
+        d.run_as(
+            actor,
+            at,
+            Op::AcquireSchedLease {
+                scope: String::new(),
+                holder: holder.into(),
+                ttl_ms: 10_000,
+            },
+        )
+    }
+
+    #[test]
+    fn lease_apply_rules() {
+        let mut d = Driver::new();
+        let a = "spiffe://td/user/sched1";
+        let b = "spiffe://td/user/sched2";
+        let audit = |d: &Driver| d.audit_len();
+        // Free: granted, audited.
+        let n0 = audit(&d);
+        assert_eq!(
+            acquire(&mut d, "h1", a, 1_000),
+            Outcome::Lease {
+                expires_ms: 11_000,
+                renewed: false
+            }
+        );
+        assert_eq!(audit(&d), n0 + 1);
+        // Held: refused, naming the holder.
+        assert_eq!(
+            acquire(&mut d, "h2", b, 5_000),
+            Outcome::Rejected(Rejection::LeaseHeld {
+                holder: "h1".into(),
+                expires_ms: 11_000
+            })
+        );
+        // The same holder name from another caller is not the holder.
+        assert!(matches!(
+            acquire(&mut d, "h1", b, 5_000),
+            Outcome::Rejected(Rejection::LeaseHeld { .. })
+        ));
+        // Renewal by the holder: extended, no audit record.
+        let n1 = audit(&d);
+        assert_eq!(
+            acquire(&mut d, "h1", a, 6_000),
+            Outcome::Lease {
+                expires_ms: 16_000,
+                renewed: true
+            }
+        );
+        assert_eq!(audit(&d), n1);
+        let r = d.read().sched_lease("").unwrap().unwrap();
+        assert_eq!((r.acquired_ms, r.renewed_ms), (1_000, 6_000));
+        // Expired (by the command's time): taken by another, audited.
+        assert_eq!(
+            acquire(&mut d, "h2", b, 16_000),
+            Outcome::Lease {
+                expires_ms: 26_000,
+                renewed: false
+            }
+        );
+        assert_eq!(audit(&d), n1 + 1);
+        // The old holder cannot renew or release it.
+        assert!(matches!(
+            acquire(&mut d, "h1", a, 17_000),
+            Outcome::Rejected(Rejection::LeaseHeld { .. })
+        ));
+        let release = |d: &mut Driver, holder: &str, actor: &str| {
+            d.run_as(
+                actor,
+                18_000,
+                Op::ReleaseSchedLease {
+                    scope: String::new(),
+                    holder: holder.into(),
+                },
+            )
+        };
+        assert_eq!(
+            release(&mut d, "h1", a),
+            Outcome::Rejected(Rejection::NotFound)
+        );
+        assert_eq!(release(&mut d, "h2", b), Outcome::Done);
+        assert!(d.read().sched_lease("").unwrap().is_none());
+        // Scopes are independent.
+        assert!(matches!(
+            acquire(&mut d, "h1", a, 19_000),
+            Outcome::Lease { renewed: false, .. }
+        ));
+        assert!(matches!(
+            d.run_as(
+                b,
+                19_000,
+                Op::AcquireSchedLease {
+                    scope: "shop".into(),
+                    holder: "h2".into(),
+                    ttl_ms: 10_000
+                }
+            ),
+            Outcome::Lease { renewed: false, .. }
+        ));
+    }
+}
