@@ -361,6 +361,9 @@ pub enum Scope {
     Fixed(&'static str),
     /// `ns/<namespace>` of the user the role is given to.
     Namespace,
+    /// `ns/<namespace>` when the user has a namespace, else this fixed prefix (a role that is
+    /// either confined to one namespace or cluster-wide).
+    NamespaceOr(&'static str),
 }
 
 /// The built-in roles: named sets of rights.
@@ -375,10 +378,21 @@ pub enum Role {
     Developer,
     /// Reads everything that describes the cluster, changes nothing.
     Auditor,
+    /// The scheduler daemon: reads jobs and allocations and places, stops and marks lost
+    /// allocations (`sched:read`, `job:launch`) in its namespace, or everywhere without one;
+    /// reads node health (`node:read` on `node`). Nothing else: no user, role, key,
+    /// membership, entry or token right.
+    Scheduler,
 }
 
 impl Role {
-    pub const ALL: &'static [Role] = &[Role::Admin, Role::Operator, Role::Developer, Role::Auditor];
+    pub const ALL: &'static [Role] = &[
+        Role::Admin,
+        Role::Operator,
+        Role::Developer,
+        Role::Auditor,
+        Role::Scheduler,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -386,6 +400,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Developer => "developer",
             Role::Auditor => "auditor",
+            Role::Scheduler => "scheduler",
         }
     }
 
@@ -452,6 +467,11 @@ impl Role {
             .into_iter()
             .map(|o| (o, Scope::All))
             .collect(),
+            Role::Scheduler => vec![
+                (SchedRead, Scope::NamespaceOr("")),
+                (JobLaunch, Scope::NamespaceOr("ns")),
+                (NodeRead, Scope::Fixed("node")),
+            ],
         }
     }
 
@@ -460,12 +480,19 @@ impl Role {
         self.grants().iter().any(|(_, s)| *s == Scope::Namespace)
     }
 
+    /// Whether the role takes a namespace, when given one (required or optional).
+    pub fn takes_namespace(self) -> bool {
+        self.grants()
+            .iter()
+            .any(|(_, s)| matches!(s, Scope::Namespace | Scope::NamespaceOr(_)))
+    }
+
     /// The concrete rights of this role for a user of `namespace`.
     pub fn rights(self, namespace: Option<&str>) -> Result<Vec<Right>, RoleError> {
-        let ns = match (self.needs_namespace(), namespace) {
-            (true, None) => return Err(RoleError::NamespaceRequired(self.name())),
-            (false, Some(_)) => return Err(RoleError::NamespaceNotApplicable(self.name())),
-            (_, ns) => ns,
+        let ns = match (self.needs_namespace(), self.takes_namespace(), namespace) {
+            (true, _, None) => return Err(RoleError::NamespaceRequired(self.name())),
+            (_, false, Some(_)) => return Err(RoleError::NamespaceNotApplicable(self.name())),
+            (_, _, ns) => ns,
         };
         self.grants()
             .into_iter()
@@ -474,6 +501,10 @@ impl Role {
                     Scope::All => Resource::root(),
                     Scope::Fixed(p) => Resource::parse(p)?,
                     Scope::Namespace => Resource::from_segments(&["ns", ns.unwrap_or_default()])?,
+                    Scope::NamespaceOr(p) => match ns {
+                        Some(ns) => Resource::from_segments(&["ns", ns])?,
+                        None => Resource::parse(p)?,
+                    },
                 };
                 Ok(Right::new(op, prefix))
             })
@@ -502,7 +533,7 @@ impl fmt::Display for Role {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RoleError {
-    #[error("unknown role {0:?} (built-in roles: admin, operator, developer, auditor)")]
+    #[error("unknown role {0:?} (built-in roles: admin, operator, developer, auditor, scheduler)")]
     Unknown(String),
     #[error("role {0} is confined to a namespace: give one")]
     NamespaceRequired(&'static str),
@@ -619,5 +650,37 @@ mod tests {
         assert!(aud.iter().all(|r| r.operation.as_str().ends_with(":read")));
         assert_eq!("operator".parse::<Role>().unwrap(), Role::Operator);
         assert!("root".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn scheduler_role_places_and_reads_only() {
+        let r = |s: &str| Resource::parse(s).unwrap();
+        let cluster = Role::Scheduler.rights(None).unwrap();
+        let shop = Role::Scheduler.rights(Some("shop")).unwrap();
+        let allows = |rights: &[Right], op, res: &str| rights.iter().any(|x| x.allows(op, &r(res)));
+        // Cluster-wide: every job, the lease of the cluster (`ns`), all reads of jobs/allocs.
+        assert!(allows(&cluster, Operation::JobLaunch, "ns"));
+        assert!(allows(&cluster, Operation::JobLaunch, "ns/any/job"));
+        assert!(allows(&cluster, Operation::SchedRead, ""));
+        assert!(allows(&cluster, Operation::NodeRead, "node"));
+        // In a namespace: that namespace only.
+        assert!(allows(&shop, Operation::JobLaunch, "ns/shop/web"));
+        assert!(!allows(&shop, Operation::JobLaunch, "ns/other/web"));
+        assert!(!allows(&shop, Operation::JobLaunch, "ns"));
+        assert!(allows(&shop, Operation::SchedRead, "ns/shop"));
+        assert!(!allows(&shop, Operation::SchedRead, ""));
+        // Nothing else, anywhere.
+        for rights in [&cluster, &shop] {
+            assert_eq!(rights.len(), 3);
+            for x in rights.iter() {
+                assert!(matches!(
+                    x.operation,
+                    Operation::SchedRead | Operation::JobLaunch | Operation::NodeRead
+                ));
+            }
+        }
+        assert!(!Role::Scheduler.needs_namespace() && Role::Scheduler.takes_namespace());
+        assert!(Role::Scheduler.rights(Some("a/b")).is_err());
+        assert_eq!("scheduler".parse::<Role>().unwrap(), Role::Scheduler);
     }
 }

@@ -54,6 +54,8 @@ fn builtin_info(role: Role) -> pb::RoleInfo {
                     Scope::All => String::new(),
                     Scope::Fixed(p) => p.to_owned(),
                     Scope::Namespace => "ns/<namespace>".to_owned(),
+                    Scope::NamespaceOr("") => "ns/<namespace> (all without one)".to_owned(),
+                    Scope::NamespaceOr(p) => format!("ns/<namespace> ({p} without one)"),
                 },
             })
             .collect(),
