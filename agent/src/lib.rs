@@ -3,8 +3,9 @@
 //! The node agent, one per machine: it enrolls the node with a pinned one-time join token,
 //! keeps the node SVID renewed, receives only the registration entries parented to its own node
 //! through an incremental stream, generates workload keys locally, and serves the standard SPIFFE
-//! Workload API on a unix socket to processes it attests by peer credentials. Later it also runs
-//! jobs and serves their logs and debug sessions, each call gated by a capability.
+//! Workload API on a unix socket to processes it attests by peer credentials. It runs the node's
+//! allocations (the scheduler's tasks), each task with its own SVID. Later it also serves their
+//! logs and debug sessions, each call gated by a capability.
 //!
 //! # Layout
 //!
@@ -16,7 +17,8 @@
 //!   [`AgentError`] (`error.rs`) that says how to recover. `mod.rs` (configuration, startup
 //!   and shutdown, the main loop), `startup.rs` (stored credentials or enrollment),
 //!   `entries.rs` (applying sync events), `issuance.rs` (workload SVIDs), `renewal.rs` (the
-//!   node SVID), `sync.rs` (the sync stream task), `backoff.rs`.
+//!   node SVID), `sync.rs` (the sync stream task), `allocs.rs` (the node's allocations run
+//!   under the task supervisor, their statuses reported), `backoff.rs`.
 //! - `enroll.rs`: first contact, the pin checked before the join secret is sent
 //!   ([`FirstContact`], from `ringzero_proto::client`).
 //! - `state.rs`: the data directory ([`DataDir`]): `node.profile` (credentials, 0600) and
@@ -30,7 +32,8 @@
 //! - `attest/`: workload attestation of a unix-socket peer into selectors (`Attestor`),
 //!   pinned to the process (pidfd, start time, executable) so that pid reuse and exec are
 //!   caught: `mod.rs` (attestation and re-verification), `gate.rs` (per-uid bounds on blocking
-//!   reads), `digest.rs` (the executable's hash, cached and computed once), `tests.rs`.
+//!   reads), `digest.rs` (the executable's hash, cached and computed once), `task.rs`
+//!   (`ringzero:job:<alloc>` for processes of a task this agent launched), `tests.rs`.
 //! - `workload.rs`: the SPIFFE Workload API server ([`serve_workload_api`]) on the generated
 //!   code of `ringzero_proto::workload`; `workload/mesh.rs`: ringzero's extension beside it on
 //!   the same socket (`ringzero.mesh.v1.MeshPolicy/Watch`: mesh policies for the caller's

@@ -389,7 +389,7 @@ fn recheck(caller: &Attestation, method: &'static str) -> Result<(), Status> {
 fn refusal(caller: &Attestation, method: &'static str, e: &AttestError) -> Status {
     info!(method, pid = caller.pid(), uid = caller.uid(), error = %e, "Workload API caller refused");
     match e {
-        AttestError::ProcessGone | AttestError::ExecutableChanged => {
+        AttestError::ProcessGone | AttestError::ExecutableChanged | AttestError::LeftTask => {
             Status::permission_denied(e.to_string())
         }
         _ => Status::unavailable("cannot re-attest the caller"),

@@ -26,6 +26,9 @@
 //!   for concurrent callers, at most [`MAX_HASHED_EXE_LEN`] bytes. It is computed only when an
 //!   entry with a `unix:sha256` selector has all its other selectors among the caller's.
 //!
+//! For a process of a task this agent launched, `ringzero:job:<alloc>` (module `task`): its
+//! process group is the task's, it descends from the task's process, and it stays in that group.
+//!
 //! # Bounds
 //!
 //! Every blocking step runs through a gate ([`AttestLimits`]): the `/proc` reads at accept at
@@ -60,6 +63,7 @@
 
 mod digest;
 mod gate;
+mod task;
 
 use std::fmt;
 use std::fs::File;
@@ -69,6 +73,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use ringzero_policy::selector::{Selector, SelectorKind};
+
+use crate::tasks::AllocId;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{AtFlags, Mode, OFlags, Statx, StatxFlags};
 use rustix::process::{Pid, PidfdFlags};
@@ -76,6 +82,7 @@ use rustix::process::{Pid, PidfdFlags};
 use self::digest::{Digests, Join, Waited};
 use self::gate::Gate;
 pub(crate) use self::gate::GateError;
+pub(crate) use self::task::TaskStatuses;
 
 /// The largest executable whose SHA-256 is computed; a larger one gets no `unix:sha256`
 /// selector.
@@ -138,6 +145,10 @@ pub(crate) enum AttestError {
     /// `/proc/<pid>/stat` did not have the expected shape.
     #[error("malformed /proc/<pid>/stat")]
     MalformedStat,
+    /// The process was attested as part of a task, and has left its process group or the
+    /// task no longer runs.
+    #[error("the peer process is no longer part of the task it was attested in")]
+    LeftTask,
     /// The attestation job did not finish (the agent is shutting down).
     #[error(transparent)]
     Interrupted(#[from] GateError),
@@ -268,6 +279,9 @@ pub(crate) struct Attestation {
     path_ok: OnceLock<bool>,
     /// The executable's hash, once computed (`None`: too large or changed while read).
     digest: OnceLock<Option<[u8; 32]>>,
+    /// The task the process belonged to at accept (its `ringzero:job` selector is in `base`),
+    /// its process group, and the statuses to check it against.
+    task: Option<(AllocId, i32, TaskStatuses)>,
     pidfd: OwnedFd,
     proc_dir: OwnedFd,
 }
@@ -368,7 +382,8 @@ impl Attestation {
     /// executable; see the [module docs](self). Blocking, but only a few small reads of `/proc`
     /// and cached attributes: never a request to the executable's filesystem.
     pub(crate) fn verify(&self) -> Result<(), AttestError> {
-        let start_time = read_start_time(&self.proc_dir)?;
+        let stat = read_stat(&self.proc_dir)?;
+        let start_time = parse_start_time(&stat).ok_or(AttestError::MalformedStat)?;
         let exe =
             statx_cached(&self.proc_dir, "exe").map_err(AttestError::io("/proc/<pid>/exe"))?;
         // Alive *after* the reads: the pid still named this process while they ran.
@@ -377,6 +392,12 @@ impl Attestation {
         }
         if FileId::of(&exe) != self.exe {
             return Err(AttestError::ExecutableChanged);
+        }
+        if let Some((alloc, pgid, tasks)) = &self.task {
+            let (_, now) = task::parse_ppid_pgrp(&stat).ok_or(AttestError::MalformedStat)?;
+            if now != *pgid || !task::still_leads(tasks, alloc, *pgid) {
+                return Err(AttestError::LeftTask);
+            }
         }
         Ok(())
     }
@@ -417,6 +438,8 @@ pub(crate) struct Attestor {
     /// The agent's own mount namespace; `None` if unreadable (then no path selector is ever
     /// granted).
     own_mnt_ns: Option<MntNs>,
+    /// The tasks this agent launched, for `ringzero:job` (none: never granted).
+    tasks: Option<TaskStatuses>,
 }
 
 impl Default for Attestor {
@@ -448,7 +471,14 @@ impl Attestor {
             proc_reads: Arc::new(Gate::new(limits.proc_reads_per_uid, limits.proc_reads)),
             exe_reads: Arc::new(Gate::new(limits.exe_reads_per_uid, limits.exe_reads)),
             own_mnt_ns: mnt_ns(rustix::fs::CWD, "/proc/self/ns/mnt").ok(),
+            tasks: None,
         }
+    }
+
+    /// Grants `ringzero:job:<alloc>` to processes of the running tasks of these statuses.
+    pub(crate) fn with_tasks(mut self, tasks: TaskStatuses) -> Self {
+        self.tasks = Some(tasks);
+        self
     }
 
     /// Attests the peer of a connected unix socket: its credentials, then the `/proc` reads
@@ -486,7 +516,8 @@ impl Attestor {
             Mode::empty(),
         )
         .map_err(AttestError::io("/proc/<pid>"))?;
-        let start_time = read_start_time(&proc_dir)?;
+        let stat = read_stat(&proc_dir)?;
+        let start_time = parse_start_time(&stat).ok_or(AttestError::MalformedStat)?;
         let exe_stat =
             statx_cached(&proc_dir, "exe").map_err(AttestError::io("/proc/<pid>/exe"))?;
         let exe = FileId::of(&exe_stat);
@@ -506,6 +537,20 @@ impl Attestor {
         if let Some(name) = lookup_name("/etc/group", gid) {
             base.extend(Selector::new(SelectorKind::UnixGroup, &name).ok());
         }
+        let task = match &self.tasks {
+            Some(tasks) => {
+                let (ppid, pgid) =
+                    task::parse_ppid_pgrp(&stat).ok_or(AttestError::MalformedStat)?;
+                task::task_leading(tasks, pgid)
+                    .filter(|_| task::descends_from(pid, ppid, pgid))
+                    .and_then(|alloc| {
+                        let selector = Selector::job(alloc.as_str()).ok()?;
+                        base.push(selector);
+                        Some((alloc, pgid, tasks.clone()))
+                    })
+            }
+            None => None,
+        };
         // A path means something only in the agent's own mount namespace (it is checked there
         // before it is granted). A deleted executable reads as "/path (deleted)".
         let exe_path = exe_path
@@ -525,6 +570,7 @@ impl Attestor {
             exe_path,
             path_ok: OnceLock::new(),
             digest: OnceLock::new(),
+            task,
             pidfd,
             proc_dir,
         };
@@ -624,8 +670,8 @@ fn is_alive(pidfd: &OwnedFd) -> Result<bool, AttestError> {
     Ok(ready == 0)
 }
 
-/// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
-fn read_start_time(proc_dir: &OwnedFd) -> Result<u64, AttestError> {
+/// `/proc/<pid>/stat`, read through the pinned directory.
+fn read_stat(proc_dir: &OwnedFd) -> Result<String, AttestError> {
     let fd = rustix::fs::openat(
         proc_dir,
         "stat",
@@ -647,7 +693,7 @@ fn read_start_time(proc_dir: &OwnedFd) -> Result<u64, AttestError> {
                 }
             }
         })?;
-    parse_start_time(&text).ok_or(AttestError::MalformedStat)
+    Ok(text)
 }
 
 /// `pid (comm) state ppid …`: `comm` may contain spaces and parentheses, so fields are counted

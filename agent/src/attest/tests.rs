@@ -313,6 +313,7 @@ async fn a_process_in_another_mount_namespace_gets_no_path() {
         path_ok: OnceLock::new(),
         digest: OnceLock::new(),
         base: Vec::new(),
+        task: None,
         pidfd: a.pidfd.try_clone().unwrap(),
         proc_dir: a.proc_dir.try_clone().unwrap(),
         ..*a

@@ -46,7 +46,11 @@ impl Agent {
         }
     }
 
-    pub(super) async fn apply(&mut self, ev: pb::SyncEntriesEvent) -> Result<(), AgentError> {
+    pub(super) async fn apply(&mut self, mut ev: pb::SyncEntriesEvent) -> Result<(), AgentError> {
+        if let Some(set) = ev.allocs.take() {
+            info!(allocs = set.allocs.len(), "allocations updated");
+            self.allocs_tx.send_replace(Some(std::sync::Arc::new(set)));
+        }
         if let Some(b) = &ev.bundle {
             self.apply_bundle(b);
         }

@@ -9,6 +9,10 @@
 //! - **Issuance**: every entry needing an SVID (new, changed, or due for rotation) is batched
 //!   into `MintSvids` calls of at most [`MINT_BATCH`] CSRs; keys never leave this process.
 //!   Each SVID then has its own timer at half-life ± 10 % of its actual validity.
+//! - **Allocations**: the node's allocations (sent by the feed) run under a task
+//!   [`Supervisor`](crate::tasks::Supervisor) over `<data_dir>/tasks`, each task with
+//!   `SPIFFE_ENDPOINT_SOCKET` set to this agent's socket; their statuses go back through
+//!   `ReportAllocStatus`.
 //! - **Errors**: eviction, a ban or an expired node SVID stop the agent with the recovery
 //!   recipe ([`AgentError`]); anything else is retried with backoff while the cache keeps
 //!   serving.
@@ -22,8 +26,10 @@
 //! - `issuance.rs`: workload SVIDs: their timers and batched `MintSvids` calls.
 //! - `renewal.rs`: the node SVID's renewal.
 //! - `sync.rs`: the `SyncEntries` stream task.
+//! - `allocs.rs`: the allocations' task: starting and stopping them, reporting their statuses.
 //! - `backoff.rs`: exponential backoff with jitter.
 
+mod allocs;
 mod backoff;
 mod entries;
 mod issuance;
@@ -146,13 +152,19 @@ pub async fn run_with_ready(
     //    sync fills the cache, and retry.
     let cache = SvidCache::new();
     cache.set_bundle(td.clone(), creds.bundle.clone());
+    let mut tasks_config = crate::tasks::SupervisorConfig::new(dir.path().join("tasks"));
+    tasks_config.spiffe_endpoint_socket = Some(format!("unix://{}", socket.display()));
+    let supervisor = Arc::new(
+        crate::tasks::Supervisor::new(tasks_config)
+            .map_err(|e| AgentError::Config(format!("task supervisor: {e}")))?,
+    );
     let listener = workload::bind(&socket).await?;
     info!(socket = %socket.display(), "Workload API listening");
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = tokio::spawn(workload::serve_listener(
         listener,
         cache.clone(),
-        crate::attest::Attestor::new(),
+        crate::attest::Attestor::new().with_tasks(supervisor.statuses()),
         workload::Limits::default(),
         async move {
             let _ = stop_rx.wait_for(|s| *s).await;
@@ -166,7 +178,10 @@ pub async fn run_with_ready(
     });
     let (setup_tx, setup_rx) = watch::channel(setup);
     let (sync_tx, sync_rx) = mpsc::channel(64);
+    let allocs_setup = setup_rx.clone();
     let sync = tokio::spawn(sync_task(setup_rx, revision, sync_tx, hint.clone()));
+    let (allocs_tx, allocs_rx) = watch::channel(None);
+    let alloc_runner = tokio::spawn(allocs::alloc_task(supervisor, allocs_rx, allocs_setup));
 
     let mut agent = Agent {
         client: AuthorityClient::new(creds.client_credentials()?, addrs.clone()),
@@ -192,6 +207,7 @@ pub async fn run_with_ready(
         ready,
         revocations: crate::revocations::RevocationSet::new(),
         socket,
+        allocs_tx,
     };
     agent.schedule_node_renewal();
     for e in entries {
@@ -203,6 +219,8 @@ pub async fn run_with_ready(
         () = shutdown => Ok(()),
     };
     sync.abort();
+    // Tasks keep running: the next agent adopts them.
+    alloc_runner.abort();
     let _ = stop_tx.send(true);
     match server.await {
         Ok(Ok(())) => {}
@@ -252,6 +270,8 @@ struct Agent {
     socket: PathBuf,
     /// Revoked capabilities, followed from the feed, for the node's verifiers.
     revocations: crate::revocations::RevocationSet,
+    /// The node's allocations, for the allocations' task (`None` until the feed sends them).
+    allocs_tx: watch::Sender<Option<Arc<ringzero_proto::pb::NodeAllocSet>>>,
 }
 
 impl Agent {

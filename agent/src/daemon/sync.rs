@@ -19,6 +19,12 @@ pub(super) struct ClientSetup {
     pub(super) addrs: Vec<String>,
 }
 
+/// The largest feed event accepted. The first event carries the node's allocations with the
+/// spec of each of their jobs: up to 1,000 allocations, each of a different job whose spec is
+/// at most 64 KiB encoded, so up to about 64 MiB beside the entries; tonic's default of 4 MiB
+/// would cut the stream.
+const MAX_EVENT_LEN: usize = 96 << 20;
+
 pub(super) enum SyncMsg {
     /// A new connection syncs from revision 0: what follows up to `synced` is the full set.
     Reset,
@@ -44,14 +50,15 @@ pub(super) async fn sync_task(
         };
         let from = since;
         let opened = client
-            .call(move |mut c| async move {
-                c.sync_entries(pb::SyncEntriesRequest {
-                    since_revision: from,
-                    cpu_millis: host_cpu_millis(),
-                    memory_mb: host_memory_mb(),
-                    labels: Default::default(),
-                })
-                .await
+            .call(move |c| async move {
+                c.max_decoding_message_size(MAX_EVENT_LEN)
+                    .sync_entries(pb::SyncEntriesRequest {
+                        since_revision: from,
+                        cpu_millis: host_cpu_millis(),
+                        memory_mb: host_memory_mb(),
+                        labels: Default::default(),
+                    })
+                    .await
             })
             .await;
         let mut stream = match opened {
