@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cmd::{
     agent, audit, authority, blast, bundle, dev, entry, job, keygen, login, mesh, node, role,
-    token, user,
+    sched, token, user,
 };
 
 const ABOUT: &str = "ringzero: one root of trust for a cluster — SPIFFE identities, capability tokens, an audit log";
@@ -78,6 +78,9 @@ pub(crate) enum Command {
     /// Jobs: submit one from a TOML file, show, list, stop and purge them, read their history.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// The scheduler: place jobs' allocations on nodes, replace lost ones (one active per lease).
+    #[command(subcommand)]
+    Sched(sched::SchedCommand),
     /// Run the node agent (the SPIFFE Workload API) and fetch SVIDs from it.
     #[command(subcommand)]
     Agent(agent::AgentCommand),

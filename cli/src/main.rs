@@ -18,7 +18,7 @@
 //!   code; `cmd/mod.rs` only dispatches.
 //!   - `keygen.rs`, `token.rs`, `authority.rs`, `bundle.rs`, `node.rs`, `entry.rs`,
 //!     `agent.rs`, `mesh.rs` (`mesh sidecar`), `dev.rs`, `user.rs`, `login.rs`, `role.rs`,
-//!     `blast.rs` (`blast-radius`).
+//!     `blast.rs` (`blast-radius`), `sched.rs` (`sched run`).
 //!   - `audit.rs` with `audit/`: `args.rs` (its flags), `files.rs`, `memory.rs`, `review.rs`,
 //!     `stream.rs`, `tests.rs`.
 //!   - shared by several commands: `session.rs` (profile, client, runtime, error wording,

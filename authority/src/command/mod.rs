@@ -475,7 +475,10 @@ pub enum Outcome {
     Rejected(Rejection),
     /// The scheduler lease was granted until `expires_ms`; `renewed`: by its holder, with no
     /// audit record of its own.
-    Lease { expires_ms: u64, renewed: bool },
+    Lease {
+        expires_ms: u64,
+        renewed: bool,
+    },
 }
 
 /// Why apply refused a command. The refusal is deterministic: every replica refuses alike.

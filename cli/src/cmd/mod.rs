@@ -17,6 +17,7 @@ pub(crate) mod mesh;
 pub(crate) mod node;
 mod profile;
 pub(crate) mod role;
+pub(crate) mod sched;
 mod session;
 pub(crate) mod token;
 pub(crate) mod user;
@@ -35,6 +36,7 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Node(c) => node::run(global, c),
         Command::Entry(c) => entry::run(global, c),
         Command::Job(c) => job::run(global, c),
+        Command::Sched(c) => sched::run(global, c),
         Command::Agent(c) => agent::run(global, c),
         Command::Mesh(c) => mesh::run(global, c),
         Command::Dev(a) => dev::run(global, a),

@@ -69,6 +69,8 @@ pub enum DaemonError {
     Random,
     #[error("the authority listed more than {0} allocations: refusing to plan from a partial view")]
     Truncated(usize),
+    #[error("the scheduler lease is held by {0}")]
+    LeaseHeld(String),
 }
 
 /// What one pass planned, and what it wrote.
@@ -207,6 +209,30 @@ pub async fn pass(client: &mut AuthorityClient, cfg: &Config) -> Result<PassRepo
     write::ids(client, IdsCall::Remove, &report.remove).await?;
     report.written = true;
     Ok(report)
+}
+
+/// One pass, as `sched run --once`: under the lease (taken, then released), or without it for
+/// a dry run, which writes nothing.
+pub async fn once(client: &mut AuthorityClient, cfg: &Config) -> Result<PassReport, DaemonError> {
+    if cfg.dry_run {
+        return pass(client, cfg).await;
+    }
+    let scope = cfg.namespace.clone().unwrap_or_default();
+    let mut lease = Lease::new(scope, cfg.holder.clone(), cfg.lease_ttl);
+    match lease.tick(client).await {
+        LeaseEvent::Acquired | LeaseEvent::Same if lease.held() => {}
+        LeaseEvent::HeldBy(holder, until_ms) => {
+            return Err(DaemonError::LeaseHeld(format!(
+                "{holder} until {until_ms} (ms)"
+            )));
+        }
+        other => return Err(DaemonError::LeaseHeld(format!("{other:?}"))),
+    }
+    let report = pass(client, cfg).await;
+    if let Err(e) = lease.release(client).await {
+        tracing::warn!(error = %e, "could not release the scheduler lease (it expires)");
+    }
+    report
 }
 
 /// Logs each blocked reason of a job at most once a minute (a small, bounded memory: the

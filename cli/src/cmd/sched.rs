@@ -1,0 +1,225 @@
+//! `ringzero sched run`: the scheduler daemon (`ringzero_sched::daemon`) with the global
+//! profile, authority and token; `--once` plans once and prints the plan, `--dry-run` writes
+//! nothing.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use ringzero_sched::daemon::{self, Config, PassReport};
+
+use super::session::{print_table, runtime, session};
+use crate::args::parse_duration;
+use crate::cli::GlobalArgs;
+use crate::daemon::{init_logging, shutdown_signal};
+use crate::failure::{Failure, Outcome, bad_input_msg, failed};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SchedCommand {
+    /// Run the scheduler: place, stop and mark lost allocations while holding the lease.
+    #[command(after_help = RUN_HELP)]
+    Run(SchedRunArgs),
+}
+
+const RUN_HELP: &str = "\
+The scheduler reads jobs (ListJobs), allocations (ListAllocs) and node health (ListNodeHealth),
+plans (ringzero_sched::plan) and writes the plan: MarkAllocsLost, PlaceAllocs, StopAllocs and
+RemoveAllocs, in batches of at most 1,000. It plans again at once while placements remain,
+else every --interval. Only the holder of the scheduler lease plans: run two for failover; the
+standby takes over within --lease-ttl of the holder's death. SIGTERM releases the lease, exit 0.
+
+A node is called lost (its allocations marked LOST, stopped and placed elsewhere) only when its
+entry feed has been down for --lost-after, counted from both its last sign of life and the time
+the current authority leader began tracking feeds.
+
+Credentials: a profile of a principal with the built-in scheduler role (sched:read, job:launch,
+node:read on node; --namespace confines it to one namespace):
+
+  ringzero user invite sched1 --role scheduler      # cluster-wide; or --namespace shop
+  ringzero login --invite … --out sched1.profile
+  ringzero --profile sched1.profile sched run
+
+Examples:
+  ringzero --profile sched1.profile sched run
+  ringzero --profile sched1.profile sched run --interval 2s --lost-after 30s --name sched-a
+  ringzero --profile sched1.profile sched run --once --dry-run      # show what it would do
+  ringzero --profile sched1.profile sched run --once --json";
+
+#[derive(Debug, Args)]
+pub(crate) struct SchedRunArgs {
+    /// Between passes when nothing is left to place.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub(crate) interval: Duration,
+    /// How long a node's feed must be down before its allocations are marked lost.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub(crate) lost_after: Duration,
+    /// The scheduler lease's time to live (renewed every third of it; 1s to 5m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) lease_ttl: Duration,
+    /// The lease holder's name (default: <hostname>-<pid>-<random>).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+    /// Schedule only this namespace's jobs (the role's namespace), with its own lease.
+    #[arg(long, value_name = "NS")]
+    pub(crate) namespace: Option<String>,
+    /// One pass: plan, write (unless --dry-run), print the plan, exit.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Compute and print the plan; write nothing and take no lease (implies --once).
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// With --once: print the plan as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) fn run(global: &GlobalArgs, cmd: SchedCommand) -> Outcome {
+    match cmd {
+        SchedCommand::Run(a) => run_sched(global, a),
+    }
+}
+
+fn holder_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn config(a: &SchedRunArgs) -> Result<Config, Failure> {
+    let mut errors = Vec::new();
+    if a.interval.is_zero() {
+        errors.push("--interval must be positive".to_string());
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&a.lease_ttl) {
+        errors.push("--lease-ttl: 1s to 5m".to_string());
+    }
+    if let Some(n) = &a.name
+        && !holder_ok(n)
+    {
+        errors.push("--name: 1 to 128 of [A-Za-z0-9._-]".to_string());
+    }
+    if let Some(ns) = &a.namespace
+        && ringzero_policy::Resource::from_segments(&["ns", ns]).is_err()
+    {
+        errors.push(format!("--namespace {ns:?}: not a path segment"));
+    }
+    if a.json && !(a.once || a.dry_run) {
+        errors.push("--json needs --once or --dry-run".to_string());
+    }
+    if !errors.is_empty() {
+        return Err(bad_input_msg(errors.join("; ")));
+    }
+    let holder = match &a.name {
+        Some(n) => n.clone(),
+        None => daemon::default_holder().map_err(failed)?,
+    };
+    Ok(Config {
+        interval: a.interval,
+        lost_after: a.lost_after,
+        lease_ttl: a.lease_ttl,
+        holder,
+        namespace: a.namespace.clone(),
+        dry_run: a.dry_run,
+        ..Config::default()
+    })
+}
+
+fn run_sched(global: &GlobalArgs, a: SchedRunArgs) -> Outcome {
+    let cfg = config(&a)?;
+    let s = session(global)?;
+    let rt = runtime()?;
+    if a.once || a.dry_run {
+        return rt.block_on(async move {
+            let mut client = s.client;
+            let report = daemon::once(&mut client, &cfg)
+                .await
+                .map_err(|e| failed(anyhow!("{e}")))?;
+            print_report(&report, a.json);
+            Ok(ExitCode::SUCCESS)
+        });
+    }
+    init_logging(global.log_json);
+    rt.block_on(daemon::run(s.client, cfg, shutdown_signal()))
+        .map_err(|e| failed(anyhow!("{e}")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &PassReport, json: bool) {
+    if json {
+        let v = serde_json::json!({
+            "written": r.written,
+            "place": r.place.iter().map(|p| serde_json::json!({
+                "id": p.id, "namespace": p.namespace, "job": p.job, "version": p.version,
+                "index": p.index, "node": p.node,
+            })).collect::<Vec<_>>(),
+            "stop": r.stop,
+            "lost": r.lost,
+            "remove": r.remove,
+            "blocked": r.blocked.iter().map(|b| serde_json::json!({
+                "namespace": b.namespace, "job": b.job, "index": b.index, "reason": b.reason,
+            })).collect::<Vec<_>>(),
+            "deferred": r.deferred,
+            "unreported": r.unreported,
+            "nodes_in_grace": r.in_grace,
+        });
+        println!("{v}");
+        return;
+    }
+    let mut rows = vec![[
+        "ACTION".to_string(),
+        "ALLOC".to_string(),
+        "JOB".to_string(),
+        "NODE / REASON".to_string(),
+    ]];
+    for p in &r.place {
+        rows.push([
+            "place".into(),
+            p.id.clone(),
+            format!("{}/{}[{}]@v{}", p.namespace, p.job, p.index, p.version),
+            p.node.clone(),
+        ]);
+    }
+    for (what, ids) in [("lost", &r.lost), ("stop", &r.stop), ("remove", &r.remove)] {
+        for id in ids {
+            rows.push([what.into(), id.clone(), String::new(), String::new()]);
+        }
+    }
+    for b in &r.blocked {
+        rows.push([
+            "blocked".into(),
+            String::new(),
+            format!("{}/{}[{}]", b.namespace, b.job, b.index),
+            b.reason.clone(),
+        ]);
+    }
+    print_table(&rows);
+    println!(
+        "{} place, {} stop, {} lost, {} remove, {} blocked, {} deferred{}",
+        r.place.len(),
+        r.stop.len(),
+        r.lost.len(),
+        r.remove.len(),
+        r.blocked.len() + r.unreported,
+        r.deferred,
+        if r.written {
+            ""
+        } else {
+            " (dry run: nothing written)"
+        }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_names() {
+        assert!(holder_ok("host-12-abc.d_e"));
+        assert!(!holder_ok(""));
+        assert!(!holder_ok("a b"));
+        assert!(!holder_ok(&"a".repeat(129)));
+    }
+}
