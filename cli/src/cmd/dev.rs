@@ -1,5 +1,6 @@
 //! `ringzero dev`: a whole single-machine cluster in one process — one authority node, one
-//! enrolled agent, and a registration entry for the calling user.
+//! enrolled agent, the scheduler (with the admin profile), and a registration entry for the
+//! calling user.
 //!
 //! Data layout: `D/authority` (the authority node, `admin.profile` in it) and `D/agent` (the
 //! agent's data directory, `workload.sock` in it). A second run with the same `D` starts both
@@ -28,11 +29,12 @@ use crate::input::read_bounded;
 
 /// The `dev` help's closing text.
 pub(crate) const HELP: &str = "\
-Runs one authority node and one enrolled agent in this process, with data in DIR (a new
-temporary directory, removed at exit, when not given), and creates a registration entry
+Runs one authority node, one enrolled agent and the scheduler in this process, with data in DIR
+(a new temporary directory, removed at exit, when not given), and creates a registration entry
 spiffe://TD/ns/dev/<your user name> for your uid. Prints SPIFFE_ENDPOINT_SOCKET=… and the
-admin profile's path on stdout, with commands to try (among them two mesh sidecars in front
-of an app, on ports free at the time), then serves until Ctrl-C. Run it again with the same
+admin profile's path on stdout, with commands to try (among them a job whose task fetches its
+own SVID, and two mesh sidecars in front of an app, on ports free at the time), then serves
+until Ctrl-C. Run it again with the same
 --data-dir to pick up where it left off.
 
 Examples:
@@ -228,7 +230,7 @@ async fn with_authority(
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     let (agent_stop, agent_stopped) = oneshot::channel::<()>();
-    let mut agent = tokio::spawn(ringzero_agent::run_with_ready(
+    let agent = tokio::spawn(ringzero_agent::run_with_ready(
         config,
         Some(ready_tx),
         async {
@@ -236,13 +238,74 @@ async fn with_authority(
         },
     ));
 
+    // 4. The scheduler, with the admin's credentials, in a task of its own.
+    let (sched_stop, sched_stopped) = oneshot::channel::<()>();
+    let sched_client = AuthorityClient::new(
+        profile
+            .credentials()
+            .map_err(|e| failed(anyhow!("{}: {e}", profile_path.display())))?,
+        vec![addr.to_owned()],
+    );
+    let sched_config = ringzero_sched::daemon::Config {
+        holder: format!("dev-{}", std::process::id()),
+        ..Default::default()
+    };
+    let sched = tokio::spawn(ringzero_sched::daemon::run(
+        sched_client,
+        sched_config,
+        async {
+            let _ = sched_stopped.await;
+        },
+    ));
+    let job = Example {
+        root,
+        agent_dir,
+        workload: &workload_id,
+        uid,
+    };
+    let outcome = serve(
+        agent,
+        agent_stop,
+        ready_rx,
+        root,
+        addr,
+        profile_path,
+        temporary,
+        &job,
+    )
+    .await;
+    // The scheduler stops first (it releases its lease while the authority still runs).
+    let _ = sched_stop.send(());
+    match tokio::time::timeout(Duration::from_secs(10), sched).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => eprintln!("scheduler stopped with an error: {e}"),
+        Ok(Err(e)) => eprintln!("scheduler task failed: {e}"),
+        Err(_) => eprintln!("scheduler did not stop within 10s"),
+    }
+    outcome
+}
+
+type AgentTask = tokio::task::JoinHandle<Result<(), ringzero_agent::AgentError>>;
+
+/// Until Ctrl-C / SIGTERM, or until the agent stops on its own; then the agent stops.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    mut agent: AgentTask,
+    agent_stop: oneshot::Sender<()>,
+    ready_rx: oneshot::Receiver<ringzero_agent::Ready>,
+    root: &Path,
+    addr: &str,
+    profile_path: &Path,
+    temporary: bool,
+    job: &Example<'_>,
+) -> Outcome {
     let signal = shutdown_signal();
     tokio::pin!(signal);
     tokio::select! {
         r = ready_rx => match r {
             Ok(ready) => {
                 eprintln!("{}", ready_line(&ready));
-                print_banner(root, addr, profile_path, &ready.socket, &workload_id, temporary);
+                print_banner(root, addr, profile_path, &ready.socket, job, temporary);
             }
             // The agent stopped before it was ready: its result says why.
             Err(_) => return agent_result(agent.await, root),
@@ -254,7 +317,7 @@ async fn with_authority(
         }
     }
 
-    // 4. Serve until Ctrl-C / SIGTERM, or until the agent stops on its own.
+    // 5. Serve until Ctrl-C / SIGTERM, or until the agent stops on its own.
     tokio::select! {
         r = &mut agent => return agent_result(r, root),
         () = &mut signal => {}
@@ -366,14 +429,62 @@ async fn ensure_entry(admin: &mut AuthorityClient, id: &SpiffeId, uid: u32) -> R
     Ok(())
 }
 
+/// What the job example needs.
+struct Example<'a> {
+    root: &'a Path,
+    agent_dir: &'a Path,
+    workload: &'a SpiffeId,
+    uid: u32,
+}
+
+/// Writes `ROOT/hello.toml`: a job in namespace `dev` whose one task runs this binary's
+/// `agent fetch` (the agent hands it `SPIFFE_ENDPOINT_SOCKET`) and so prints the SPIFFE ID the
+/// authority derived for its allocation; returns the example's text. The task waits 2 s first:
+/// the agent mints the allocation's SVID once the derived entry reaches it, which can be just
+/// after the task starts.
+fn job_example(job: &Example<'_>) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let path = job.root.join("hello.toml");
+    let td = job.workload.trust_domain();
+    let (Ok(exe), Ok(meta)) = (std::env::current_exe(), std::fs::metadata(job.root)) else {
+        return String::new();
+    };
+    let script = format!(
+        "sleep 2; exec '{}' agent fetch",
+        exe.display().to_string().replace('\'', "'\\''")
+    );
+    let text = format!(
+        "namespace = \"dev\"\nname = \"hello\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", {script:?}]\n\
+         uid = {uid}\ngid = {gid}\ncount = 1\nspiffe_id = \"spiffe://{td}/ns/dev/hello\"\n",
+        uid = job.uid,
+        gid = meta.gid(),
+    );
+    if std::fs::write(&path, text).is_err() {
+        return String::new();
+    }
+    format!(
+        "
+A job: the scheduler places it on node {NODE}, the agent runs its task, which fetches its own
+SVID (spiffe://{td}/ns/dev/hello, from the entry the authority derives from the allocation):
+  ringzero job run {job_file}
+  ringzero job status dev/hello   # its allocation: running, then exited 0
+  cat {tasks}/*/stdout.log   # the task's SVIDs: spiffe://{td}/ns/dev/hello (and your uid's)
+  ringzero job stop dev/hello --purge
+",
+        job_file = path.display(),
+        tasks = job.agent_dir.join("tasks").display(),
+    )
+}
+
 fn print_banner(
     root: &Path,
     addr: &str,
     profile: &Path,
     socket: &Path,
-    workload: &SpiffeId,
+    job: &Example<'_>,
     temporary: bool,
 ) {
+    let workload = job.workload;
     let socket = format!("unix://{}", socket.display());
     let profile = profile.display();
     let kept = if temporary {
@@ -383,7 +494,7 @@ fn print_banner(
     };
     let mut out = format!(
         "\
-ringzero dev: one authority on {addr}, agent node {NODE}
+ringzero dev: one authority on {addr}, agent node {NODE}, the scheduler
 data: {root}{kept}
 
 SPIFFE_ENDPOINT_SOCKET={socket}
@@ -402,8 +513,9 @@ Try, in another shell:
     if temporary {
         out.push_str("  (pass --data-dir DIR to keep the cluster between runs)\n");
     }
+    out.push_str(&job_example(job));
     out.push_str(&mesh_example(workload));
-    out.push_str("\nCtrl-C stops the agent, then the authority.\n");
+    out.push_str("\nCtrl-C stops the agent and the scheduler, then the authority.\n");
     print_out(&out);
 }
 
