@@ -15,7 +15,8 @@
 //!   openraft type configuration.
 //! - `state/`: the tables (`mod.rs`), the deterministic `apply`, the audit log's tree and
 //!   indexes (`audit_log`), token lineage and revocation that follows it (`lineage`), mesh
-//!   policies (`mesh`), jobs (`jobs`), allocations and node drains (`allocs`), shared row
+//!   policies (`mesh`), jobs (`jobs`), allocations and node drains (`allocs`), the scheduler
+//!   lease (`lease`), shared row
 //!   helpers (`rows`), [`StateReader`] for reads (`read`), and `tests`.
 //! - [`store`] (`store/`): [`LogStore`](store::LogStore) (`log`) and
 //!   [`StateMachineStore`](store::StateMachineStore) (`sm`), openraft's v2 storage traits on
@@ -29,7 +30,8 @@
 //! - `service/`: the Authority gRPC API by concept — core and bundle (`mod.rs`), `membership`
 //!   (join tokens, redemption, join, remove, status), `nodes` (agents and workload SVIDs),
 //!   `entries`, `feed` (the agents' entry feed), `jobs`, `allocs` (allocations, node health
-//!   and drains), `health` (the leader's in-memory view of its agents' feeds), `users`,
+//!   and drains), `health` (the leader's in-memory view of its agents' feeds), `lease` (the
+//!   scheduler lease), `users`,
 //!   `tokens` (roles, delegation, revocation), `audit`, `blast` (blast radius: `blast.rs` with the request and shared
 //!   helpers, `blast/` with the reach of a `node` or authority member, a `user`, a `token`),
 //!   and `status`, the one place refusals become gRPC statuses.
