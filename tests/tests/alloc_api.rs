@@ -131,6 +131,7 @@ async fn place(
     c.call(|mut g| {
         let r = pb::PlaceAllocsRequest {
             allocs: allocs.clone(),
+            lease: None,
         };
         async move { g.place_allocs(r).await }
     })
@@ -319,6 +320,7 @@ fn allocations_are_placed_fed_reported_and_confined() {
             .call(|mut g| async move {
                 g.stop_allocs(pb::AllocIdsRequest {
                     ids: vec![A.into()],
+                    lease: None,
                 })
                 .await
             })
@@ -351,6 +353,7 @@ fn allocations_are_placed_fed_reported_and_confined() {
             .call(|mut g| async move {
                 g.stop_allocs(pb::AllocIdsRequest {
                     ids: vec![A.into()],
+                    lease: None,
                 })
                 .await
             })

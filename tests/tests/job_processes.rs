@@ -74,6 +74,7 @@ async fn place(c: &mut AuthorityClient, id: &str, job: &str) {
     c.call(|mut g| {
         let r = pb::PlaceAllocsRequest {
             allocs: vec![p.clone()],
+            lease: None,
         };
         async move { g.place_allocs(r).await }
     })
@@ -187,6 +188,7 @@ fn tasks_run_with_their_own_svid() {
             .call(|mut g| async move {
                 g.stop_allocs(pb::AllocIdsRequest {
                     ids: vec![A.into()],
+                    lease: None,
                 })
                 .await
             })

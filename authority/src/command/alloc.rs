@@ -89,6 +89,27 @@ pub struct Placement {
     pub previous: Option<String>,
 }
 
+/// One of the scheduler's allocation writes, as carried by [`super::Op::FencedAllocWrite`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllocWrite {
+    Place(Vec<Placement>),
+    Stop(Vec<String>),
+    Lost(Vec<String>),
+    Remove(Vec<String>),
+}
+
+impl AllocWrite {
+    /// The checks of the write's own kind ([`check_placements`], [`check_alloc_ids`]).
+    pub fn check(&self) -> Result<(), Invalid> {
+        match self {
+            AllocWrite::Place(allocs) => check_placements(allocs),
+            AllocWrite::Stop(ids) => check_alloc_ids("stop", ids),
+            AllocWrite::Lost(ids) => check_alloc_ids("lost", ids),
+            AllocWrite::Remove(ids) => check_alloc_ids("remove", ids),
+        }
+    }
+}
+
 /// An agent's report on one allocation of its node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocUpdate {

@@ -1,8 +1,38 @@
 //! The scheduler's lease: at most one active scheduler per scope (the cluster, or one
 //! namespace). Apply grants it when it is free, expired by the command's `time_ms`, or already
 //! held by the same holder *and* the same caller; it refuses otherwise, naming the holder.
+//!
+//! Each change of holder gives the lease a new `epoch` (a fencing token). The scheduler's
+//! allocation writes carry the lease they are made under ([`LeaseFence`]) and apply decides, in
+//! log order, whether it still holds: a deposed scheduler's in-flight write is refused.
+
+use serde::{Deserialize, Serialize};
 
 use super::{Invalid, invalid};
+
+/// The lease an allocation write is made under: `scope`'s lease held by `holder` at `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseFence {
+    pub scope: String,
+    pub holder: String,
+    pub epoch: u64,
+}
+
+impl LeaseFence {
+    /// Scope and holder as for [`check_lease`]; the epoch of a granted lease is never 0.
+    pub fn check(&self) -> Result<(), Invalid> {
+        check_lease(&self.scope, &self.holder, None)?;
+        if self.epoch == 0 {
+            return Err(invalid("lease epoch 0: take the lease first"));
+        }
+        Ok(())
+    }
+
+    /// Whether this lease's scope covers `namespace` (the cluster's covers every one).
+    pub fn covers(&self, namespace: &str) -> bool {
+        self.scope.is_empty() || self.scope == namespace
+    }
+}
 
 /// The shortest lease.
 pub const MIN_LEASE_TTL_MS: u64 = 1_000;
@@ -47,5 +77,15 @@ mod tests {
         assert!(check_lease("a/b", "h", None).is_err());
         assert!(check_lease("", "h", Some(999)).is_err());
         assert!(check_lease("", "h", Some(300_001)).is_err());
+        let f = |scope: &str, epoch| LeaseFence {
+            scope: scope.into(),
+            holder: "h".into(),
+            epoch,
+        };
+        assert!(f("", 1).check().is_ok());
+        assert!(f("", 0).check().is_err());
+        assert!(f("a/b", 1).check().is_err());
+        assert!(f("", 1).covers("shop") && f("shop", 1).covers("shop"));
+        assert!(!f("shop", 1).covers("web"));
     }
 }

@@ -36,12 +36,12 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 pub use self::alloc::{
-    ALLOC_ENTRY_PREFIX, AllocDesired, AllocState, AllocUpdate, Placement, alloc_entry_id,
-    check_alloc_id, check_alloc_ids, check_placements, check_report,
+    ALLOC_ENTRY_PREFIX, AllocDesired, AllocState, AllocUpdate, AllocWrite, Placement,
+    alloc_entry_id, check_alloc_id, check_alloc_ids, check_placements, check_report,
 };
 use self::encoding::Envelope;
 pub use self::job::{Constraints, Job, Restart, RestartPolicy, job_resource};
-pub use self::lease::{MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS, check_lease};
+pub use self::lease::{LeaseFence, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS, check_lease};
 
 /// A Raft node id. Assigned once when a node joins; never reused.
 pub type NodeId = u64;
@@ -379,6 +379,17 @@ pub enum Op {
         scope: String,
         holder: String,
     },
+    /// A place, stop, lost or remove, fenced by the scheduler lease (the form the service
+    /// proposes; the four plain variants above are kept for entries written before, and apply
+    /// them as then). With `lease`: applied only if that scope's lease is held by its holder,
+    /// for this command's actor, at its epoch, not expired at `time_ms`, and the scope covers
+    /// every allocation's namespace; else `LeaseLost` (or `AllocRefused` for the scope).
+    /// Without: refused with `LeaseHeld` while an unexpired lease covers one of their
+    /// namespaces (the cluster's, or the namespace's own).
+    FencedAllocWrite {
+        lease: Option<LeaseFence>,
+        write: AllocWrite,
+    },
 }
 
 /// A mesh allow rule: workloads whose SPIFFE ID matches `from` may open connections to the
@@ -528,6 +539,16 @@ pub enum Rejection {
     /// The scheduler lease is held by another holder (or caller) until `expires_ms`.
     #[error("the scheduler lease is held by {holder} until {expires_ms} (ms)")]
     LeaseHeld { holder: String, expires_ms: u64 },
+    /// A write made under a lease its maker no longer holds (expired, taken over, released,
+    /// or never held at that epoch).
+    #[error(
+        "the scheduler lease of scope {scope:?} is no longer held by {holder} at epoch {epoch}"
+    )]
+    LeaseLost {
+        scope: String,
+        holder: String,
+        epoch: u64,
+    },
 }
 
 /// Why a command is malformed.

@@ -116,6 +116,10 @@ impl Command {
                 ttl_ms,
             } => super::check_lease(scope, holder, Some(*ttl_ms)),
             Op::ReleaseSchedLease { scope, holder } => super::check_lease(scope, holder, None),
+            Op::FencedAllocWrite { lease, write } => {
+                lease.as_ref().map_or(Ok(()), super::LeaseFence::check)?;
+                write.check()
+            }
             Op::PutUser { user } => user.validate(),
             Op::RemoveUser { name } | Op::RemoveRole { name } => check_node_name(name),
             Op::PutRole { role } => {

@@ -5,6 +5,10 @@
 //! (`node:read`) and `SetNodeDrain` (`node:evict` on `node/<name>`); and the allocation set
 //! the entry feed hands a node.
 //!
+//! Each of the four writes is proposed as `Op::FencedAllocWrite`, with the lease the request
+//! names (the scheduler's) or none (an operator's): apply decides whether the lease still
+//! holds, in log order (see `state::lease::fence`).
+//!
 //! The ids of a stop, lost or remove batch are looked up before deciding (the job to check is
 //! the allocation's): an unknown id answers `NotFound`. Ids are 16 random characters chosen by
 //! the scheduler, so this tells a caller nothing it could guess.
@@ -18,8 +22,8 @@ use super::jobs::job_to_pb;
 use super::nodes::*;
 use super::{AuthorityService, status_of};
 use crate::command::{
-    AllocDesired, AllocState, AllocUpdate, AuditDecision, Op, Placement, check_alloc_ids,
-    check_placements, check_report, job_resource,
+    AllocDesired, AllocState, AllocUpdate, AllocWrite, AuditDecision, LeaseFence, Op, Placement,
+    check_alloc_ids, check_placements, check_report, job_resource,
 };
 use crate::state::{AllocRecord, StateReader};
 
@@ -117,6 +121,8 @@ pub(crate) fn node_alloc_set(
                 job_version: a.job_version,
                 index: a.index,
                 desired: desired_pb(a.desired).into(),
+                state: state_pb(a.state).into(),
+                exit_code: a.exit_code,
             })
             .collect(),
         jobs: jobs.into_values().flatten().collect(),
@@ -200,8 +206,12 @@ impl AuthorityService {
             .collect();
         let allowed = self.launch_gate(&req, &jobs).await?;
         let ids: Vec<String> = allocs.iter().map(|a| a.id.clone()).collect();
-        let mut cmd = allowed.command(Op::PlaceAllocs { allocs });
-        details(&mut cmd.audit, "place", &jobs, &ids);
+        let lease = fence_of(req.get_ref().lease.as_ref())?;
+        let mut cmd = allowed.command(Op::FencedAllocWrite {
+            lease: lease.clone(),
+            write: AllocWrite::Place(allocs),
+        });
+        details(&mut cmd.audit, "place", &jobs, &ids, lease.as_ref());
         let resp = self.propose(cmd).await?;
         super::status::accepted("allocation placement", resp.outcome)?;
         Ok(tonic::Response::new(self.allocs_reply(&ids)?))
@@ -214,10 +224,11 @@ impl AuthorityService {
     ) -> Result<tonic::Response<pb::AllocsReply>, tonic::Status> {
         self.require_leader()?;
         let ids = req.get_ref().ids.clone();
-        let (name, op) = match which {
-            IdsOp::Stop => ("stop", Op::StopAllocs { ids: ids.clone() }),
-            IdsOp::Lost => ("lost", Op::MarkAllocsLost { ids: ids.clone() }),
-            IdsOp::Remove => ("remove", Op::RemoveAllocs { ids: ids.clone() }),
+        let lease = fence_of(req.get_ref().lease.as_ref())?;
+        let (name, write) = match which {
+            IdsOp::Stop => ("stop", AllocWrite::Stop(ids.clone())),
+            IdsOp::Lost => ("lost", AllocWrite::Lost(ids.clone())),
+            IdsOp::Remove => ("remove", AllocWrite::Remove(ids.clone())),
         };
         check_alloc_ids(name, &ids).map_err(invalid)?;
         let jobs = self
@@ -226,8 +237,11 @@ impl AuthorityService {
             .map(|a| (a.namespace, a.job))
             .collect();
         let allowed = self.launch_gate(&req, &jobs).await?;
-        let mut cmd = allowed.command(op);
-        details(&mut cmd.audit, name, &jobs, &ids);
+        let mut cmd = allowed.command(Op::FencedAllocWrite {
+            lease: lease.clone(),
+            write,
+        });
+        details(&mut cmd.audit, name, &jobs, &ids, lease.as_ref());
         let resp = self.propose(cmd).await?;
         super::status::accepted("allocation change", resp.outcome)?;
         Ok(tonic::Response::new(self.allocs_reply(&ids)?))
@@ -435,15 +449,36 @@ impl AuthorityService {
     }
 }
 
-/// The jobs and allocation ids a command touched, in its audit record (ids cut at 64).
+/// The lease a write is made under, checked.
+fn fence_of(lease: Option<&pb::SchedLeaseFence>) -> Result<Option<LeaseFence>, tonic::Status> {
+    let Some(l) = lease else {
+        return Ok(None);
+    };
+    let f = LeaseFence {
+        scope: l.scope.clone(),
+        holder: l.holder.clone(),
+        epoch: l.epoch,
+    };
+    f.check().map_err(invalid)?;
+    Ok(Some(f))
+}
+
+/// The jobs and allocation ids a command touched, and the lease it was made under, in its
+/// audit record (ids cut at 64).
 fn details(
     audit: &mut crate::command::AuditRecord,
     action: &str,
     jobs: &BTreeSet<(String, String)>,
     ids: &[String],
+    lease: Option<&LeaseFence>,
 ) {
     let d = &mut audit.details;
     d.push(("action".into(), format!("alloc_{action}")));
+    if let Some(l) = lease {
+        d.push(("lease_scope".into(), l.scope.clone()));
+        d.push(("lease_holder".into(), l.holder.clone()));
+        d.push(("lease_epoch".into(), l.epoch.to_string()));
+    }
     d.push(("count".into(), ids.len().to_string()));
     let mut names: Vec<String> = jobs.iter().map(|(n, j)| format!("{n}/{j}")).collect();
     names.truncate(8);

@@ -35,6 +35,7 @@ fn lease_pb(scope: &str, r: &LeaseRecord, now: u64) -> pb::SchedLease {
         renewed_ms: r.renewed_ms,
         ttl_ms: r.ttl_ms,
         remaining_ms: r.expires_ms.saturating_sub(now),
+        epoch: r.epoch,
     }
 }
 

@@ -6,7 +6,7 @@
 //! | malformed request or command (`Rejection::Invalid`, [`invalid`]) | `InvalidArgument` |
 //! | no such entry, node, user, member (`NotFound`) | `NotFound` |
 //! | a first-contact secret refused (unknown, wrong, used, expired, misnamed token), a banned name, a parent capability revoked, a suspended user | `PermissionDenied` |
-//! | the state forbids it now (an inactive node, purging a running job, a scheduler lease held by another) | `FailedPrecondition` |
+//! | the state forbids it now (an inactive node, purging a running job, a scheduler lease held by another, a write under a lease no longer held) | `FailedPrecondition` |
 //! | it exists already (`UserExists`) | `AlreadyExists` |
 //! | a bound on the state's size (`LimitReached`) | `ResourceExhausted` |
 //! | this node's storage or an internal step failed ([`internal`]) | `Internal` |
@@ -45,7 +45,7 @@ pub(crate) fn rejection_code(r: &Rejection) -> Code {
             Code::FailedPrecondition
         }
         Rejection::WrongNode(_) => Code::PermissionDenied,
-        Rejection::LeaseHeld { .. } => Code::FailedPrecondition,
+        Rejection::LeaseHeld { .. } | Rejection::LeaseLost { .. } => Code::FailedPrecondition,
         Rejection::UserExists => Code::AlreadyExists,
         Rejection::LimitReached(_) => Code::ResourceExhausted,
     }
@@ -91,6 +91,11 @@ mod tests {
             Rejection::LeaseHeld {
                 holder: "h".into(),
                 expires_ms: 1,
+            },
+            Rejection::LeaseLost {
+                scope: String::new(),
+                holder: "h".into(),
+                epoch: 1,
             },
         ];
         for r in &all {

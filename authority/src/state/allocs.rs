@@ -17,7 +17,7 @@
 //! Records are stored inside a versioned enum ([`StoredAlloc`]): postcard records cannot gain
 //! fields, so a later shape is a new variant and the old one keeps decoding.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -29,8 +29,8 @@ use super::{
     StateReader, compound, decode, encode,
 };
 use crate::command::{
-    AllocDesired, AllocState, AllocUpdate, NodeStatus, Outcome, Placement, RegistrationEntry,
-    Rejection, alloc_entry_id, limits,
+    AllocDesired, AllocState, AllocUpdate, AllocWrite, LeaseFence, NodeStatus, Outcome, Placement,
+    RegistrationEntry, Rejection, alloc_entry_id, limits,
 };
 
 /// `ctr:allocs:<node>`: bumped when the allocations the node must run change.
@@ -295,6 +295,38 @@ fn load_all(tx: &WriteTransaction, ids: &[String]) -> Result<Option<Vec<AllocRec
         }
     }
     Ok(Some(out))
+}
+
+/// A [`AllocWrite`] under the lease rule ([`super::lease::fence`]), then as its plain op.
+pub(crate) fn fenced_write(
+    tx: &WriteTransaction,
+    lease: Option<&LeaseFence>,
+    write: &AllocWrite,
+    now: u64,
+    actor: &str,
+) -> Result<Outcome, StateError> {
+    let namespaces: BTreeSet<String> = match write {
+        AllocWrite::Place(allocs) => allocs.iter().map(|a| a.namespace.clone()).collect(),
+        // Unknown ids are left to the write itself (`NotFound`).
+        AllocWrite::Stop(ids) | AllocWrite::Lost(ids) | AllocWrite::Remove(ids) => {
+            let mut out = BTreeSet::new();
+            for id in ids {
+                if let Some(r) = load(tx, id)? {
+                    out.insert(r.namespace);
+                }
+            }
+            out
+        }
+    };
+    if let Some(refused) = super::lease::fence(tx, lease, &namespaces, now, actor)? {
+        return Ok(Outcome::Rejected(refused));
+    }
+    match write {
+        AllocWrite::Place(allocs) => place(tx, allocs, now, actor),
+        AllocWrite::Stop(ids) => stop(tx, ids, now),
+        AllocWrite::Lost(ids) => mark_lost(tx, ids, now),
+        AllocWrite::Remove(ids) => remove_allocs(tx, ids),
+    }
 }
 
 /// `StopAllocs`: desired `Stop`.

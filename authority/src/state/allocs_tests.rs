@@ -26,12 +26,17 @@ impl Db {
     }
 
     fn run(&mut self, op: Op) -> Outcome {
+        let at = (self.index + 1) * 10;
+        self.run_as("spiffe://td/user/sched", at, op)
+    }
+
+    fn run_as(&mut self, actor: &str, time_ms: u64, op: Op) -> Outcome {
         self.index += 1;
         let cmd = Command {
             id: CommandId::random(),
-            time_ms: self.index * 10,
+            time_ms,
             audit: AuditRecord {
-                actor: "spiffe://td/user/sched".into(),
+                actor: actor.into(),
                 revocation_ids: vec![],
                 operation: "job:launch".into(),
                 resource: "ns/shop/web".into(),
@@ -464,4 +469,225 @@ fn user_written_entries_cannot_claim_an_allocation() {
         }),
         Outcome::Revision(_)
     ));
+}
+
+// ---- fencing: allocation writes under the scheduler lease ----
+
+const SCHED_A: &str = "spiffe://td/user/sched-a";
+const SCHED_B: &str = "spiffe://td/user/sched-b";
+const OPERATOR: &str = "spiffe://td/user/admin";
+const T0: u64 = 1_000_000;
+const TTL: u64 = 10_000;
+
+/// Takes `scope`'s lease as `holder` for `actor` at `at`; its epoch.
+fn take(d: &mut Db, actor: &str, holder: &str, scope: &str, at: u64) -> u64 {
+    let o = d.run_as(
+        actor,
+        at,
+        Op::AcquireSchedLease {
+            scope: scope.into(),
+            holder: holder.into(),
+            ttl_ms: TTL,
+        },
+    );
+    assert!(matches!(o, Outcome::Lease { .. }), "{o:?}");
+    d.read().sched_lease(scope).unwrap().unwrap().epoch
+}
+
+fn under(scope: &str, holder: &str, epoch: u64) -> Option<LeaseFence> {
+    Some(LeaseFence {
+        scope: scope.into(),
+        holder: holder.into(),
+        epoch,
+    })
+}
+
+fn fenced(lease: Option<LeaseFence>, write: AllocWrite) -> Op {
+    Op::FencedAllocWrite { lease, write }
+}
+
+fn lost(o: &Outcome) -> bool {
+    matches!(o, Outcome::Rejected(Rejection::LeaseLost { .. }))
+}
+
+#[test]
+fn fenced_writes_land_only_under_the_current_lease() {
+    let mut d = setup();
+    // No lease anywhere: an operator's write lands.
+    let op = fenced(None, AllocWrite::Place(vec![place(A, "n1", 1, 0)]));
+    assert_eq!(d.run_as(OPERATOR, T0, op), Outcome::Done);
+    let e1 = take(&mut d, SCHED_A, "a", "", T0);
+    assert!(e1 > 0);
+    // No lease while one is held: refused, naming the holder; nothing written.
+    let op = fenced(None, AllocWrite::Place(vec![place(B, "n1", 1, 1)]));
+    assert_eq!(
+        d.run_as(OPERATOR, T0 + 1, op),
+        Outcome::Rejected(Rejection::LeaseHeld {
+            holder: "a".into(),
+            expires_ms: T0 + TTL
+        })
+    );
+    assert!(d.read().alloc(B).unwrap().is_none());
+    let op = fenced(None, AllocWrite::Stop(vec![A.into()]));
+    assert!(matches!(
+        d.run_as(OPERATOR, T0 + 1, op),
+        Outcome::Rejected(Rejection::LeaseHeld { .. })
+    ));
+    // The holder at its epoch: lands.
+    let op = fenced(
+        under("", "a", e1),
+        AllocWrite::Place(vec![place(B, "n1", 1, 1)]),
+    );
+    assert_eq!(d.run_as(SCHED_A, T0 + 2, op), Outcome::Done);
+    // The holder's name and epoch from another caller: refused.
+    let op = fenced(under("", "a", e1), AllocWrite::Stop(vec![A.into()]));
+    assert!(lost(&d.run_as(SCHED_B, T0 + 3, op)));
+    // A wrong epoch: refused.
+    let op = fenced(under("", "a", e1 + 1), AllocWrite::Stop(vec![A.into()]));
+    assert!(lost(&d.run_as(SCHED_A, T0 + 3, op)));
+    // Expired by the command's time, even before anyone took over: refused.
+    let op = fenced(under("", "a", e1), AllocWrite::Stop(vec![A.into()]));
+    assert!(lost(&d.run_as(SCHED_A, T0 + TTL, op)));
+    assert_eq!(
+        d.read().alloc(A).unwrap().unwrap().desired,
+        AllocDesired::Run
+    );
+    // B takes over: a new, greater epoch.
+    let e2 = take(&mut d, SCHED_B, "b", "", T0 + TTL);
+    assert!(e2 > e1);
+    // The deposed A's in-flight writes with its old epoch: refused, nothing written.
+    let op = fenced(
+        under("", "a", e1),
+        AllocWrite::Place(vec![place(C, "n2", 1, 0)]),
+    );
+    assert!(lost(&d.run_as(SCHED_A, T0 + TTL + 1, op)));
+    assert!(d.read().alloc(C).unwrap().is_none());
+    for w in [
+        AllocWrite::Lost(vec![A.into()]),
+        AllocWrite::Stop(vec![A.into()]),
+        AllocWrite::Remove(vec![A.into()]),
+    ] {
+        assert!(lost(&d.run_as(
+            SCHED_A,
+            T0 + TTL + 1,
+            fenced(under("", "a", e1), w)
+        )));
+    }
+    assert_eq!(
+        d.read().alloc(A).unwrap().unwrap().state,
+        AllocState::Pending
+    );
+    // B under the old epoch: refused; under its own: lands.
+    let op = fenced(under("", "b", e1), AllocWrite::Stop(vec![A.into()]));
+    assert!(lost(&d.run_as(SCHED_B, T0 + TTL + 2, op)));
+    let op = fenced(under("", "b", e2), AllocWrite::Stop(vec![A.into()]));
+    assert_eq!(d.run_as(SCHED_B, T0 + TTL + 2, op), Outcome::Done);
+    assert_eq!(
+        d.read().alloc(A).unwrap().unwrap().desired,
+        AllocDesired::Stop
+    );
+    // A renewal keeps the epoch; a release and a new grant to the same holder do not.
+    assert_eq!(take(&mut d, SCHED_B, "b", "", T0 + TTL + 5_000), e2);
+    let release = Op::ReleaseSchedLease {
+        scope: String::new(),
+        holder: "b".into(),
+    };
+    assert_eq!(d.run_as(SCHED_B, T0 + TTL + 5_001, release), Outcome::Done);
+    // Released: an operator's write lands again; B's old epoch does not.
+    let op = fenced(None, AllocWrite::Lost(vec![B.into()]));
+    assert_eq!(d.run_as(OPERATOR, T0 + TTL + 5_002, op), Outcome::Done);
+    let e3 = take(&mut d, SCHED_B, "b", "", T0 + TTL + 5_003);
+    assert!(e3 > e2);
+    let op = fenced(under("", "b", e2), AllocWrite::Stop(vec![B.into()]));
+    assert!(lost(&d.run_as(SCHED_B, T0 + TTL + 5_004, op)));
+    // An unknown id under a valid lease: the write's own answer.
+    let op = fenced(under("", "b", e3), AllocWrite::Stop(vec![C.into()]));
+    assert_eq!(
+        d.run_as(SCHED_B, T0 + TTL + 5_005, op),
+        Outcome::Rejected(Rejection::NotFound)
+    );
+    // Epoch 0 (never given) is malformed.
+    let op = fenced(under("", "b", 0), AllocWrite::Stop(vec![B.into()]));
+    assert!(matches!(
+        d.run_as(SCHED_B, T0 + TTL + 5_006, op),
+        Outcome::Rejected(Rejection::Invalid(_))
+    ));
+}
+
+#[test]
+fn a_lease_covers_its_namespace_or_all() {
+    let mut d = setup();
+    let mut api = job("web", 2);
+    api.namespace = "api".into();
+    api.spiffe_id = "spiffe://td/ns/api/web".into();
+    assert!(matches!(
+        d.run(Op::PutJob { job: api }),
+        Outcome::Revision(_)
+    ));
+    let in_api = |id: &str| Placement {
+        namespace: "api".into(),
+        ..place(id, "n2", 1, 0)
+    };
+    // A lease on another namespace does not block an operator here.
+    let e_other = take(&mut d, SCHED_A, "a", "other", T0);
+    let op = fenced(None, AllocWrite::Place(vec![place(A, "n1", 1, 0)]));
+    assert_eq!(d.run_as(OPERATOR, T0 + 1, op), Outcome::Done);
+    // Nor does it let its holder write here.
+    let op = fenced(
+        under("other", "a", e_other),
+        AllocWrite::Stop(vec![A.into()]),
+    );
+    assert!(matches!(
+        d.run_as(SCHED_A, T0 + 2, op),
+        Outcome::Rejected(Rejection::AllocRefused(_))
+    ));
+    // A lease on shop: an operator is refused in shop, not in api.
+    let e_shop = take(&mut d, SCHED_B, "b", "shop", T0 + 3);
+    let op = fenced(None, AllocWrite::Stop(vec![A.into()]));
+    assert_eq!(
+        d.run_as(OPERATOR, T0 + 4, op),
+        Outcome::Rejected(Rejection::LeaseHeld {
+            holder: "b".into(),
+            expires_ms: T0 + 3 + TTL
+        })
+    );
+    let op = fenced(None, AllocWrite::Place(vec![in_api(B)]));
+    assert_eq!(d.run_as(OPERATOR, T0 + 4, op), Outcome::Done);
+    // The scope must cover every allocation of a batch: all or nothing.
+    let batch = vec![place(C, "n1", 1, 1), in_api("dddddddddddddddd")];
+    let op = fenced(under("shop", "b", e_shop), AllocWrite::Place(batch));
+    assert!(matches!(
+        d.run_as(SCHED_B, T0 + 5, op),
+        Outcome::Rejected(Rejection::AllocRefused(_))
+    ));
+    assert!(d.read().alloc(C).unwrap().is_none());
+    let op = fenced(
+        under("shop", "b", e_shop),
+        AllocWrite::Place(vec![place(C, "n1", 1, 1)]),
+    );
+    assert_eq!(d.run_as(SCHED_B, T0 + 5, op), Outcome::Done);
+    // Stops by id are judged by the allocations' namespaces.
+    let op = fenced(
+        under("shop", "b", e_shop),
+        AllocWrite::Stop(vec![A.into(), B.into()]),
+    );
+    assert!(matches!(
+        d.run_as(SCHED_B, T0 + 6, op),
+        Outcome::Rejected(Rejection::AllocRefused(_))
+    ));
+    // A cluster lease covers both, and blocks an operator in api too.
+    let e_all = take(&mut d, SCHED_A, "a", "", T0 + 7);
+    let op = fenced(None, AllocWrite::Stop(vec![B.into()]));
+    assert!(matches!(
+        d.run_as(OPERATOR, T0 + 8, op),
+        Outcome::Rejected(Rejection::LeaseHeld { .. })
+    ));
+    let op = fenced(
+        under("", "a", e_all),
+        AllocWrite::Stop(vec![A.into(), B.into()]),
+    );
+    assert_eq!(d.run_as(SCHED_A, T0 + 8, op), Outcome::Done);
+    // Once both have expired, an operator's write lands.
+    let op = fenced(None, AllocWrite::Stop(vec![C.into()]));
+    assert_eq!(d.run_as(OPERATOR, T0 + 7 + TTL, op), Outcome::Done);
 }

@@ -458,6 +458,9 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
         Op::ReleaseSchedLease { scope, holder } => {
             super::lease::release(tx, scope, holder, &cmd.audit.actor, now)
         }
+        Op::FencedAllocWrite { lease, write } => {
+            super::allocs::fenced_write(tx, lease.as_ref(), write, now, &cmd.audit.actor)
+        }
         Op::PurgeExpired => {
             purge_where(tx, REVOCATIONS, |v| Ok(read_u64(v)? <= now))?;
             purge_where(tx, NODE_SERIALS, |v| Ok(read_not_after(v)? <= now))?;

@@ -1,13 +1,22 @@
 //! The scheduler lease: `sched_lease` (scope → [`LeaseRecord`], versioned), one row per scope
 //! (empty: the cluster). Expiry is decided by the command's `time_ms` (the proposing leader's
 //! clock), so every replica decides alike.
+//!
+//! Each change of holder takes a new epoch from one cluster-wide counter in `meta`
+//! (`ctr:sched_lease_epoch`), so an epoch is never given twice, in any scope, even after a
+//! release deletes the row. [`fence`] decides whether an allocation write may land under it.
+
+use std::collections::BTreeSet;
 
 use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 
-use super::rows::{get, put, remove};
+use super::rows::{get, next_counter, put, remove};
 use super::{SCHED_LEASE, StateError, StateReader, decode};
-use crate::command::{Outcome, Rejection};
+use crate::command::{LeaseFence, Outcome, Rejection};
+
+/// The epoch counter (`meta`).
+const CTR_LEASE_EPOCH: &str = "ctr:sched_lease_epoch";
 
 /// Who holds a scope's lease, and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +29,8 @@ pub struct LeaseRecord {
     pub renewed_ms: u64,
     pub expires_ms: u64,
     pub ttl_ms: u64,
+    /// The fencing token, set when this holder took it (0: taken before epochs existed).
+    pub epoch: u64,
 }
 
 impl LeaseRecord {
@@ -29,18 +40,49 @@ impl LeaseRecord {
     }
 }
 
+/// The first shape: no epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseRecordV1 {
+    holder: String,
+    actor: String,
+    acquired_ms: u64,
+    renewed_ms: u64,
+    expires_ms: u64,
+    ttl_ms: u64,
+}
+
+/// Postcard records cannot gain fields: a later shape is a new variant, the old one still
+/// decodes (as epoch 0, which no fenced write can name).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum StoredLease {
-    V1(LeaseRecord),
+    V1(LeaseRecordV1),
+    V2(LeaseRecord),
+}
+
+impl From<StoredLease> for LeaseRecord {
+    fn from(s: StoredLease) -> Self {
+        match s {
+            StoredLease::V1(r) => LeaseRecord {
+                holder: r.holder,
+                actor: r.actor,
+                acquired_ms: r.acquired_ms,
+                renewed_ms: r.renewed_ms,
+                expires_ms: r.expires_ms,
+                ttl_ms: r.ttl_ms,
+                epoch: 0,
+            },
+            StoredLease::V2(r) => r,
+        }
+    }
 }
 
 fn load(tx: &WriteTransaction, scope: &str) -> Result<Option<LeaseRecord>, StateError> {
     let s: Option<StoredLease> = get(tx, SCHED_LEASE, "sched_lease", scope.as_bytes())?;
-    Ok(s.map(|StoredLease::V1(r)| r))
+    Ok(s.map(LeaseRecord::from))
 }
 
 /// `AcquireSchedLease`: granted when free, expired at `now`, or held by `holder` and `actor`
-/// (a renewal); `LeaseHeld` otherwise.
+/// (a renewal, keeping its epoch); `LeaseHeld` otherwise. A new holder gets a new epoch.
 pub(crate) fn acquire(
     tx: &WriteTransaction,
     scope: &str,
@@ -61,22 +103,68 @@ pub(crate) fn acquire(
         _ => false,
     };
     let expires_ms = now.saturating_add(ttl_ms);
+    // A lease taken before epochs existed gets one at its first renewal.
+    let (acquired_ms, epoch) = match &current {
+        Some(c) if renewed && c.epoch != 0 => (c.acquired_ms, c.epoch),
+        Some(c) if renewed => (c.acquired_ms, next_counter(tx, CTR_LEASE_EPOCH)?),
+        _ => (now, next_counter(tx, CTR_LEASE_EPOCH)?),
+    };
     let record = LeaseRecord {
         holder: holder.to_owned(),
         actor: actor.to_owned(),
-        acquired_ms: match &current {
-            Some(c) if renewed => c.acquired_ms,
-            _ => now,
-        },
+        acquired_ms,
         renewed_ms: now,
         expires_ms,
         ttl_ms,
+        epoch,
     };
-    put(tx, SCHED_LEASE, scope.as_bytes(), &StoredLease::V1(record))?;
+    put(tx, SCHED_LEASE, scope.as_bytes(), &StoredLease::V2(record))?;
     Ok(Outcome::Lease {
         expires_ms,
         renewed,
     })
+}
+
+/// Whether an allocation write touching `namespaces` may land at `now` for `actor`: `None` if
+/// so, else the refusal. With `lease`: its scope's lease must be held by its holder for
+/// `actor` at its epoch, not expired, and the scope must cover every namespace. Without: no
+/// unexpired lease may cover any of them (the cluster's, or a namespace's own). At most one
+/// read per namespace plus one.
+pub(crate) fn fence(
+    tx: &WriteTransaction,
+    lease: Option<&LeaseFence>,
+    namespaces: &BTreeSet<String>,
+    now: u64,
+    actor: &str,
+) -> Result<Option<Rejection>, StateError> {
+    if let Some(f) = lease {
+        let held = load(tx, &f.scope)?
+            .is_some_and(|c| c.held_by(&f.holder, actor, now) && c.epoch == f.epoch);
+        if !held {
+            return Ok(Some(Rejection::LeaseLost {
+                scope: f.scope.clone(),
+                holder: f.holder.clone(),
+                epoch: f.epoch,
+            }));
+        }
+        if let Some(ns) = namespaces.iter().find(|ns| !f.covers(ns)) {
+            return Ok(Some(Rejection::AllocRefused(format!(
+                "the lease of scope {:?} does not cover namespace {ns}",
+                f.scope
+            ))));
+        }
+        return Ok(None);
+    }
+    let scopes = std::iter::once("").chain(namespaces.iter().map(String::as_str));
+    for scope in scopes {
+        if let Some(c) = load(tx, scope)?.filter(|c| now < c.expires_ms) {
+            return Ok(Some(Rejection::LeaseHeld {
+                holder: c.holder,
+                expires_ms: c.expires_ms,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// `ReleaseSchedLease`: removes the lease if `holder` and `actor` hold it; `NotFound` else.
@@ -101,10 +189,9 @@ impl StateReader {
     pub fn sched_lease(&self, scope: &str) -> Result<Option<LeaseRecord>, StateError> {
         let t = self.tx.open_table(SCHED_LEASE)?;
         match t.get(scope.as_bytes())? {
-            Some(v) => {
-                let StoredLease::V1(r) = decode("sched_lease", v.value())?;
-                Ok(Some(r))
-            }
+            Some(v) => Ok(Some(
+                decode::<StoredLease>("sched_lease", v.value())?.into(),
+            )),
             None => Ok(None),
         }
     }
@@ -176,6 +263,34 @@ mod tests {
                 ttl_ms: 10_000,
             },
         )
+    }
+
+    #[test]
+    fn a_first_shape_record_decodes_and_gets_an_epoch_at_renewal() {
+        let mut d = Driver::new();
+        let a = "spiffe://td/user/sched1";
+        let v1 = LeaseRecordV1 {
+            holder: "h1".into(),
+            actor: a.into(),
+            acquired_ms: 1_000,
+            renewed_ms: 1_000,
+            expires_ms: 11_000,
+            ttl_ms: 10_000,
+        };
+        let tx = d.db.begin_write().unwrap();
+        put(&tx, SCHED_LEASE, b"", &StoredLease::V1(v1)).unwrap();
+        tx.commit().unwrap();
+        let r = d.read().sched_lease("").unwrap().unwrap();
+        assert_eq!((r.holder.as_str(), r.epoch), ("h1", 0));
+        assert!(matches!(
+            acquire(&mut d, "h1", a, 2_000),
+            Outcome::Lease { renewed: true, .. }
+        ));
+        let r = d.read().sched_lease("").unwrap().unwrap();
+        assert_eq!((r.acquired_ms, r.epoch), (1_000, 1));
+        // Later renewals keep it.
+        acquire(&mut d, "h1", a, 3_000);
+        assert_eq!(d.read().sched_lease("").unwrap().unwrap().epoch, 1);
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The scheduler's lease: only its holder plans and writes. Renewed every ttl/3; lost when a
 //! renewal is refused or when no renewal succeeded before the lease would expire by this
 //! process's own clock (it then stops writing even if the authority is unreachable).
+//!
+//! Every write carries the lease's epoch ([`Lease::fence`]): the authority refuses, in log
+//! order, a write whose lease has since expired or changed holder, so a paused or partitioned
+//! scheduler cannot land a pass after its standby took over.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,8 @@ pub(crate) struct Lease {
     /// ttl, minus a margin for clock rate differences. `None`: not held.
     until: Option<Instant>,
     renewed_at: Option<Instant>,
+    /// The fencing token the authority gave with the lease (0: none yet).
+    epoch: u64,
 }
 
 /// The outcome of one [`Lease::tick`].
@@ -40,7 +46,18 @@ impl Lease {
             ttl,
             until: None,
             renewed_at: None,
+            epoch: 0,
         }
+    }
+
+    /// The lease to write under: `None` when not held by our clock (or given without an
+    /// epoch, by an authority that predates them: then wait for a renewal to bring one).
+    pub(crate) fn fence(&self) -> Option<pb::SchedLeaseFence> {
+        (self.held() && self.epoch != 0).then(|| pb::SchedLeaseFence {
+            scope: self.scope.clone(),
+            holder: self.holder.clone(),
+            epoch: self.epoch,
+        })
     }
 
     pub(crate) fn holder(&self) -> &str {
@@ -85,6 +102,7 @@ impl Lease {
                 let remaining = Duration::from_millis(lease.remaining_ms).min(self.ttl);
                 self.until = Some(started + remaining.saturating_sub(self.ttl / 10));
                 self.renewed_at = Some(started);
+                self.epoch = lease.epoch;
                 if was_held {
                     LeaseEvent::Same
                 } else {
@@ -110,6 +128,11 @@ impl Lease {
                 }
             }
         }
+    }
+
+    /// Forgets the lease at once: a write made under it was refused as no longer held.
+    pub(crate) fn forget(&mut self) {
+        self.until = None;
     }
 
     /// Gives the lease up, if held (on a clean shutdown).

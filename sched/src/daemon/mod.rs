@@ -184,9 +184,14 @@ pub fn decide(
     }
 }
 
-/// One pass: read, plan, and (unless `cfg.dry_run`) write — losses, placements, stops,
-/// removals. The first error from the authority ends the pass.
-pub async fn pass(client: &mut AuthorityClient, cfg: &Config) -> Result<PassReport, DaemonError> {
+/// One pass: read, plan, and (unless `cfg.dry_run`) write under `lease` — losses, placements,
+/// stops, removals. The first error from the authority ends the pass (a write under a lease
+/// lost meanwhile is refused, and nothing of it lands). Without a lease it only plans.
+pub async fn pass(
+    client: &mut AuthorityClient,
+    cfg: &Config,
+    lease: Option<&pb::SchedLeaseFence>,
+) -> Result<PassReport, DaemonError> {
     let snapshot = read(client, cfg.namespace.as_deref()).await?;
     let rng = SystemRandom::new();
     let mut failed = false;
@@ -200,13 +205,13 @@ pub async fn pass(client: &mut AuthorityClient, cfg: &Config) -> Result<PassRepo
     if failed {
         return Err(DaemonError::Random);
     }
-    if cfg.dry_run {
+    let Some(lease) = lease.filter(|_| !cfg.dry_run) else {
         return Ok(report);
-    }
-    write::ids(client, IdsCall::Lost, &report.lost).await?;
-    write::place(client, &report.place).await?;
-    write::ids(client, IdsCall::Stop, &report.stop).await?;
-    write::ids(client, IdsCall::Remove, &report.remove).await?;
+    };
+    write::ids(client, IdsCall::Lost, &report.lost, lease).await?;
+    write::place(client, &report.place, lease).await?;
+    write::ids(client, IdsCall::Stop, &report.stop, lease).await?;
+    write::ids(client, IdsCall::Remove, &report.remove, lease).await?;
     report.written = true;
     Ok(report)
 }
@@ -215,7 +220,7 @@ pub async fn pass(client: &mut AuthorityClient, cfg: &Config) -> Result<PassRepo
 /// a dry run, which writes nothing.
 pub async fn once(client: &mut AuthorityClient, cfg: &Config) -> Result<PassReport, DaemonError> {
     if cfg.dry_run {
-        return pass(client, cfg).await;
+        return pass(client, cfg, None).await;
     }
     let scope = cfg.namespace.clone().unwrap_or_default();
     let mut lease = Lease::new(scope, cfg.holder.clone(), cfg.lease_ttl);
@@ -228,7 +233,12 @@ pub async fn once(client: &mut AuthorityClient, cfg: &Config) -> Result<PassRepo
         }
         other => return Err(DaemonError::LeaseHeld(format!("{other:?}"))),
     }
-    let report = pass(client, cfg).await;
+    let Some(fence) = lease.fence() else {
+        return Err(DaemonError::LeaseHeld(
+            "the authority gave the lease without an epoch".into(),
+        ));
+    };
+    let report = pass(client, cfg, Some(&fence)).await;
     if let Err(e) = lease.release(client).await {
         tracing::warn!(error = %e, "could not release the scheduler lease (it expires)");
     }
@@ -305,8 +315,8 @@ pub async fn run(
             }
             _ => {}
         }
-        if lease.held() {
-            match pass(&mut client, &cfg).await {
+        if let Some(fence) = lease.fence() {
+            match pass(&mut client, &cfg, Some(&fence)).await {
                 Ok(r) => {
                     if !r.is_empty() {
                         tracing::info!(
@@ -322,6 +332,10 @@ pub async fn run(
                     if r.deferred > 0 && !r.place.is_empty() {
                         again = Duration::ZERO;
                     }
+                }
+                Err(DaemonError::Authority(e)) if lease_lost(&e) => {
+                    lease.forget();
+                    tracing::warn!(error = %e, "scheduler lease lost (a write was refused): standing by");
                 }
                 Err(e) => tracing::warn!(error = %e, "pass ended; retrying next pass"),
             }
@@ -339,6 +353,12 @@ pub async fn run(
         tracing::info!("scheduler stopped; lease released");
     }
     Ok(())
+}
+
+/// The authority refused a write because its lease is no longer held (`LeaseLost`).
+fn lease_lost(e: &ClientError) -> bool {
+    matches!(e, ClientError::Status { code: tonic::Code::FailedPrecondition, message }
+        if message.contains("is no longer held by"))
 }
 
 /// A default lease holder name: `<hostname>-<pid>-<random>`.

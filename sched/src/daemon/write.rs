@@ -1,6 +1,7 @@
 //! Writing a plan to the authority: losses, placements, stops and removals, in batches of at
 //! most [`MAX_BATCH`], each batch all or nothing. The first error ends the pass; the next pass
-//! reads the state again and plans from what was written.
+//! reads the state again and plans from what was written. Every call carries the lease the
+//! pass runs under, so the authority refuses it once that lease is lost (`FailedPrecondition`).
 
 use ring::rand::{SecureRandom, SystemRandom};
 use ringzero_proto::client::{AuthorityClient, ClientError};
@@ -43,11 +44,13 @@ pub(crate) async fn ids(
     client: &mut AuthorityClient,
     call: IdsCall,
     ids: &[String],
+    lease: &pb::SchedLeaseFence,
 ) -> Result<usize, ClientError> {
     let mut done = 0;
     for chunk in ids.chunks(MAX_BATCH) {
         let req = pb::AllocIdsRequest {
             ids: chunk.to_vec(),
+            lease: Some(lease.clone()),
         };
         client
             .call(|mut c| {
@@ -70,6 +73,7 @@ pub(crate) async fn ids(
 pub(crate) async fn place(
     client: &mut AuthorityClient,
     allocs: &[NewAlloc],
+    lease: &pb::SchedLeaseFence,
 ) -> Result<usize, ClientError> {
     let mut done = 0;
     for chunk in allocs.chunks(MAX_BATCH) {
@@ -86,6 +90,7 @@ pub(crate) async fn place(
                     previous: String::new(),
                 })
                 .collect(),
+            lease: Some(lease.clone()),
         };
         client
             .call(|mut c| {
