@@ -4,7 +4,9 @@
 //! shows its own identity, `job status` shows it running, a process of the same uid that is not
 //! the task gets no such SVID, stopping the allocation ends the process and removes its entry,
 //! and a task exiting with 3 under `never` is reported exited with 3. A user-written entry
-//! naming a `ringzero:` selector is refused.
+//! naming a `ringzero:` selector is refused. After the agent is killed and restarted on the
+//! same data directory, a task that already exited (0, under `never`) is not run again and
+//! stays EXITED, and a long-running task is adopted, not duplicated.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -61,6 +63,19 @@ policy = "never"
     assert!(out.status.success(), "job run {name}: {}", show(&out));
 }
 
+async fn stop(c: &mut AuthorityClient, id: &str) {
+    let ids = vec![id.to_owned()];
+    c.call(|mut g| {
+        let ids = ids.clone();
+        async move {
+            g.stop_allocs(pb::AllocIdsRequest { ids, lease: None })
+                .await
+        }
+    })
+    .await
+    .unwrap();
+}
+
 async fn place(c: &mut AuthorityClient, id: &str, job: &str) {
     let p = pb::AllocPlacement {
         id: id.into(),
@@ -105,7 +120,12 @@ fn wait_state(a: &SoloAuthority, job: &str, id: &str, state: &str) -> serde_json
 
 /// Pids of processes whose command line is `sleep MARK`.
 fn marked_sleeps() -> Vec<u32> {
-    let want = format!("sleep\0{MARK}\0");
+    sleeps_marked(MARK)
+}
+
+/// Pids of processes whose command line is `sleep <mark>`.
+fn sleeps_marked(mark: &str) -> Vec<u32> {
+    let want = format!("sleep\0{mark}\0");
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -219,5 +239,64 @@ fn tasks_run_with_their_own_svid() {
     let exited = wait_state(&a, "three", B, "exited");
     assert_eq!(exited["exit_code"], 3, "{exited}");
     assert_eq!(exited["restarts"], 0, "{exited}");
+    drop(agent);
+}
+
+#[test]
+fn a_restarted_agent_neither_reruns_nor_duplicates_tasks() {
+    const ONCE: &str = "c3c3c3c3c3c3c3c3";
+    const LONG: &str = "d4d4d4d4d4d4d4d4";
+    const LONG_MARK: &str = "3172";
+    let a = SoloAuthority::start("job-restart", TD);
+    let (mut agent, data_dir, socket) = start_agent(&a, "n1");
+    submit(&a, "once", &["-c", "echo ran-once"]);
+    submit(&a, "long", &["-c", &format!("exec sleep {LONG_MARK}")]);
+    let rt = ringzero_tests::cluster::runtime();
+    let mut admin = admin(&a);
+    rt.block_on(place(&mut admin, ONCE, "once"));
+    rt.block_on(place(&mut admin, LONG, "long"));
+    let exited = wait_state(&a, "once", ONCE, "exited");
+    assert_eq!(exited["exit_code"], 0, "{exited}");
+    wait_state(&a, "long", LONG, "running");
+    let before = sleeps_marked(LONG_MARK);
+    assert_eq!(before.len(), 1, "one long task process");
+    let out_log = data_dir.join("tasks").join(ONCE).join("stdout.log");
+    let runs = || {
+        std::fs::read_to_string(&out_log)
+            .unwrap_or_default()
+            .matches("ran-once")
+            .count()
+    };
+    assert_eq!(runs(), 1);
+
+    // The agent dies (its tasks do not) and starts again on the same data directory.
+    agent.kill9();
+    let cmd = agent_cmd(a.root.path(), &a.addr, None, &data_dir, &socket);
+    let log = a.root.path().join("agent-n1-again.log");
+    let agent = spawn_ready_agent("agent-n1-again", cmd, &log, Duration::from_secs(20));
+    wait_until(
+        "the restarted agent to skip the ended allocation",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || agent.log().contains("not started again").then_some(()),
+    );
+    // Give a wrongly started task time to show itself.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(runs(), 1, "the exited task ran again");
+    let still = alloc_status(&a, "once", ONCE).unwrap();
+    assert_eq!(still["state"], "exited", "{still}");
+    assert_eq!(still["exit_code"], 0, "{still}");
+    // The long task: the same single process, adopted and still reported running.
+    assert_eq!(sleeps_marked(LONG_MARK), before, "adopted, not duplicated");
+    let long = alloc_status(&a, "long", LONG).unwrap();
+    assert_eq!(long["state"], "running", "{long}");
+
+    rt.block_on(stop(&mut admin, LONG));
+    wait_until(
+        "the long task to end",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || sleeps_marked(LONG_MARK).is_empty().then_some(()),
+    );
     drop(agent);
 }

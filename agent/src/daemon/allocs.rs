@@ -4,6 +4,9 @@
 //!
 //! - **Start** every allocation desired RUN whose job spec (at the allocation's version) is in
 //!   the set, once: the supervisor restarts it per its policy; a task that ended stays ended.
+//!   One whose reported state (carried in the set) is already terminal — EXITED, FAILED,
+//!   STOPPED, LOST — is never started: after an agent restart, a finished task stays
+//!   finished.
 //! - **Stop** every allocation desired STOP, or no longer in the set (then forget it once it
 //!   ended). An allocation desired RUN whose spec is missing (its job was resubmitted or
 //!   purged) is left as it is: the scheduler replaces or stops it.
@@ -148,6 +151,14 @@ impl Runner {
             if self.launched.contains(&a.id) {
                 continue;
             }
+            if ended(a.state) {
+                // Its task ended before this agent process started (the set carries what was
+                // reported): starting it would run a finished task again.
+                if self.first {
+                    info!(alloc = %a.id, state = a.state, "allocation already ended; not started again");
+                }
+                continue;
+            }
             let Some(job) = specs.get(&(a.namespace.as_str(), a.job.as_str(), a.job_version))
             else {
                 // Resubmitted or purged since: keep what runs, the scheduler decides.
@@ -199,6 +210,18 @@ impl Runner {
             });
         }
     }
+}
+
+/// A reported state after which no process runs for the allocation, nor will be started:
+/// EXITED, FAILED, STOPPED, or LOST (the scheduler's verdict; it replaces the allocation).
+fn ended(state: i32) -> bool {
+    matches!(
+        pb::AllocState::try_from(state),
+        Ok(pb::AllocState::Exited
+            | pb::AllocState::Failed
+            | pb::AllocState::Stopped
+            | pb::AllocState::Lost)
+    )
 }
 
 /// The task of an allocation of `job`.
@@ -296,6 +319,26 @@ mod tests {
             limits: Limits::Unavailable("no cgroup v2".into()),
             adopted: false,
         }
+    }
+
+    #[test]
+    fn only_terminal_reported_states_block_a_start() {
+        for s in [
+            pb::AllocState::Exited,
+            pb::AllocState::Failed,
+            pb::AllocState::Stopped,
+            pb::AllocState::Lost,
+        ] {
+            assert!(ended(s as i32), "{s:?}");
+        }
+        for s in [
+            pb::AllocState::Unspecified,
+            pb::AllocState::Pending,
+            pb::AllocState::Running,
+        ] {
+            assert!(!ended(s as i32), "{s:?}");
+        }
+        assert!(!ended(99));
     }
 
     #[test]
