@@ -2,6 +2,8 @@
 //! `status`, `list`, `stop [--purge]` and `history` (the job's audit records, through the same
 //! code as `audit query`). Placing and running the tasks is the scheduler's and the agents'.
 
+mod plan;
+
 use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
@@ -83,7 +85,11 @@ Needs sched:submit on ns/<namespace>/<name>, and — since the tasks receive tha
 run as that uid — entry:write on the SPIFFE ID's path and entry:select on
 selector/unix/uid/<uid>, as a registration entry would. Submitting a job of an existing name
 replaces it (its version goes up) and sets it running. --dry-run is authorized and checked
-exactly the same and commits nothing but its audit record (a read, detail dry_run=true).
+exactly the same and commits nothing but its audit record (a read, detail dry_run=true); it
+then shows the placement the scheduler would make — which index goes to which node, what is
+blocked and why, which current allocations the new version replaces — computed over the
+current node health, jobs and allocations (reads only; needs node:read on node, else only
+the check is shown, exit 0).
 Exit 2 when the file or the job is invalid.
 
 Examples:
@@ -96,7 +102,8 @@ pub(crate) struct JobRunArgs {
     /// The job file (TOML), or '-' for stdin.
     #[arg(value_name = "FILE")]
     pub(crate) file: String,
-    /// Authorize and check the job, and print it as it would be stored; commit nothing.
+    /// Authorize and check the job, print it as it would be stored and the placement the
+    /// scheduler would make; commit nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
     /// Print the job as JSON.
@@ -246,22 +253,57 @@ async fn submit(global: &GlobalArgs, job: pb::Job, a: JobRunArgs) -> Outcome {
                 refused(e, &what)
             }
         })?;
-    s.refresh().await;
     let st = reply
         .job
         .ok_or_else(|| failed(anyhow!("{what}: the authority's reply carries no job")))?;
+    // A dry run also shows where the scheduler would put the tasks (reads only).
+    let placement = if a.dry_run {
+        Some(
+            plan::placement(&mut s.client, &st)
+                .await
+                .map_err(|e| refused(e, &format!("{what}: placement")))?,
+        )
+    } else {
+        None
+    };
+    s.refresh().await;
     if a.json {
-        println!("{}", status_json(&st));
+        let mut v = status_json(&st);
+        if let Some(p) = &placement {
+            v["placement"] = p.as_ref().map_or(serde_json::Value::Null, plan::json);
+        }
+        println!("{v}");
     } else {
         for line in describe(&st) {
             println!("{line}");
         }
+        if let Some(Some(p)) = &placement {
+            println!();
+            print_table(&plan::rows(p));
+        }
     }
-    if a.dry_run {
+    if let Some(p) = &placement {
         eprintln!(
             "dry run: {what} is allowed and valid; it would be version {} (nothing committed)",
             st.version
         );
+        match p {
+            Some(p) => {
+                for note in &p.notes {
+                    eprintln!("note: {note}");
+                }
+                eprintln!(
+                    "placement: {} placed, {} blocked, {} stopped",
+                    p.place.len(),
+                    p.blocked.len(),
+                    p.stop.len()
+                );
+            }
+            None => eprintln!(
+                "note: the placement needs node:read on node (and sched:read on the job) to be \
+                 shown"
+            ),
+        }
     } else {
         eprintln!("submitted: {what} version {}", st.version);
     }
