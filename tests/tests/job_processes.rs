@@ -6,7 +6,11 @@
 //! and a task exiting with 3 under `never` is reported exited with 3. A user-written entry
 //! naming a `ringzero:` selector is refused. After the agent is killed and restarted on the
 //! same data directory, a task that already exited (0, under `never`) is not run again and
-//! stays EXITED, and a long-running task is adopted, not duplicated.
+//! stays EXITED, and a long-running task is adopted, not duplicated. A task that exits 3 every
+//! time under `on-failure` with at most 2 restarts runs 3 times and is reported FAILED with
+//! restarts 2 and exit code 3. With two agents and two jobs of the same uid, each task —
+//! whether the other job's task is on the other node or the same one — fetches only its own
+//! job's SVID, never the other's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -40,6 +44,12 @@ fn admin(a: &SoloAuthority) -> AuthorityClient {
 }
 
 fn submit(a: &SoloAuthority, name: &str, args: &[&str]) {
+    submit_with(a, name, args, 1, "policy = \"never\"");
+}
+
+/// Submits job `shop/<name>` of `count` tasks of `/bin/sh ARGS` as uid 0, with the `[restart]`
+/// table's body `restart`.
+fn submit_with(a: &SoloAuthority, name: &str, args: &[&str], count: u32, restart: &str) {
     let args: Vec<String> = args.iter().map(|s| format!("{s:?}")).collect();
     let text = format!(
         r#"namespace = "shop"
@@ -49,11 +59,11 @@ args = [{}]
 env = {{ PATH = "/usr/bin:/bin" }}
 uid = 0
 gid = 0
-count = 1
+count = {count}
 spiffe_id = "spiffe://{TD}/ns/shop/{name}"
 
 [restart]
-policy = "never"
+{restart}
 "#,
         args.join(", ")
     );
@@ -77,13 +87,18 @@ async fn stop(c: &mut AuthorityClient, id: &str) {
 }
 
 async fn place(c: &mut AuthorityClient, id: &str, job: &str) {
+    place_on(c, id, job, 0, "n1").await;
+}
+
+/// Places index `index` of version 1 of `shop/<job>` on `node`, as the scheduler would.
+async fn place_on(c: &mut AuthorityClient, id: &str, job: &str, index: u32, node: &str) {
     let p = pb::AllocPlacement {
         id: id.into(),
         namespace: "shop".into(),
         job: job.into(),
         job_version: 1,
-        index: 0,
-        node: "n1".into(),
+        index,
+        node: node.into(),
         previous: String::new(),
     };
     c.call(|mut g| {
@@ -299,4 +314,107 @@ fn a_restarted_agent_neither_reruns_nor_duplicates_tasks() {
         || sleeps_marked(LONG_MARK).is_empty().then_some(()),
     );
     drop(agent);
+}
+
+#[test]
+fn a_crashed_task_restarts_per_policy() {
+    const CRASH: &str = "e5e5e5e5e5e5e5e5";
+    let a = SoloAuthority::start("job-crash", TD);
+    let (agent, data_dir, _socket) = start_agent(&a, "n1");
+    submit_with(
+        &a,
+        "crash",
+        &["-c", "echo crash-run; exit 3"],
+        1,
+        "policy = \"on-failure\"\nmax_restarts = 2\nbackoff = \"1s\"",
+    );
+    let rt = ringzero_tests::cluster::runtime();
+    let mut admin = admin(&a);
+    rt.block_on(place(&mut admin, CRASH, "crash"));
+    // Runs at once, then after about 1 s and 2 s of backoff: failed after two restarts.
+    let failed = wait_state(&a, "crash", CRASH, "failed");
+    assert_eq!(failed["exit_code"], 3, "{failed}");
+    assert_eq!(failed["restarts"], 2, "{failed}");
+    assert_eq!(failed["desired"], "run", "{failed}");
+    let log = data_dir.join("tasks").join(CRASH).join("stdout.log");
+    let runs = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("crash-run")
+            .count()
+    };
+    assert_eq!(runs(), 3, "one run and two restarts");
+    // Failed is final: no fourth run.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(runs(), 3, "a failed task ran again");
+    let still = alloc_status(&a, "crash", CRASH).unwrap();
+    assert_eq!(still["state"], "failed", "{still}");
+    drop(agent);
+}
+
+#[test]
+fn each_task_gets_its_own_svid_and_nobody_elses() {
+    // alpha[0] on n1, beta[0] on n2 (one job per node); alpha[1] on n2 and beta[1] on n1 (both
+    // jobs on each node). Every task runs as uid 0, like this test.
+    const ALPHA: [&str; 2] = ["f6f6f6f6f6f6f6f6", "a7a7a7a7a7a7a7a7"];
+    const BETA: [&str; 2] = ["b8b8b8b8b8b8b8b8", "c9c9c9c9c9c9c9c9"];
+    let a = SoloAuthority::start("job-svids", TD);
+    let (agent1, dir1, _) = start_agent(&a, "n1");
+    let (agent2, dir2, _) = start_agent(&a, "n2");
+    let alpha = format!("spiffe://{TD}/ns/shop/alpha");
+    let beta = format!("spiffe://{TD}/ns/shop/beta");
+    // Each task fetches its SVIDs again and again, so fetches after every entry exists count.
+    let script = format!(
+        "while :; do {bin} agent fetch --timeout 2s; sleep 0.5; done",
+        bin = ringzero_bin().display()
+    );
+    let restart = "policy = \"never\"";
+    submit_with(&a, "alpha", &["-c", &script], 2, restart);
+    submit_with(&a, "beta", &["-c", &script], 2, restart);
+    let rt = ringzero_tests::cluster::runtime();
+    let mut admin = admin(&a);
+    rt.block_on(async {
+        place_on(&mut admin, ALPHA[0], "alpha", 0, "n1").await;
+        place_on(&mut admin, BETA[0], "beta", 0, "n2").await;
+        place_on(&mut admin, ALPHA[1], "alpha", 1, "n2").await;
+        place_on(&mut admin, BETA[1], "beta", 1, "n1").await;
+    });
+    let tasks = [
+        (ALPHA[0], &dir1, "alpha", &alpha, &beta),
+        (BETA[0], &dir2, "beta", &beta, &alpha),
+        (ALPHA[1], &dir2, "alpha", &alpha, &beta),
+        (BETA[1], &dir1, "beta", &beta, &alpha),
+    ];
+    let log = |dir: &Path, id: &str| {
+        std::fs::read_to_string(dir.join("tasks").join(id).join("stdout.log")).unwrap_or_default()
+    };
+    for (id, _, job, _, _) in tasks {
+        wait_state(&a, job, id, "running");
+    }
+    // Every task has received its own SVID at least twice: the later fetches came after all
+    // four allocations (and their entries) existed.
+    for (id, dir, _, own, _) in tasks {
+        wait_until(
+            &format!("task {id} to fetch its SVID twice"),
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || (log(dir, id).matches(own.as_str()).count() >= 2).then_some(()),
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for (id, dir, _, own, other) in tasks {
+        let text = log(dir, id);
+        assert!(text.contains(own.as_str()), "{id}: {text}");
+        assert!(!text.contains(other.as_str()), "{id} got {other}: {text}");
+    }
+
+    rt.block_on(async {
+        for id in ALPHA.iter().chain(&BETA) {
+            stop(&mut admin, id).await;
+        }
+    });
+    for (id, _, job, _, _) in tasks {
+        wait_state(&a, job, id, "stopped");
+    }
+    drop((agent1, agent2));
 }
