@@ -1,16 +1,17 @@
 //! Jobs run by a real agent, each task with its own SVID: an authority, an agent, a job whose
 //! task fetches its SVID through the Workload API (`ringzero agent fetch`) and prints it; its
 //! allocation placed with the admin's token (standing in for the scheduler). The task's log
-//! shows its own identity, `job status` shows it running, a process of the same uid that is not
-//! the task gets no such SVID, stopping the allocation ends the process and removes its entry,
-//! and a task exiting with 3 under `never` is reported exited with 3. A user-written entry
-//! naming a `ringzero:` selector is refused. After the agent is killed and restarted on the
-//! same data directory, a task that already exited (0, under `never`) is not run again and
-//! stays EXITED, and a long-running task is adopted, not duplicated. A task that exits 3 every
-//! time under `on-failure` with at most 2 restarts runs 3 times and is reported FAILED with
-//! restarts 2 and exit code 3. With two agents and two jobs of the same uid, each task —
-//! whether the other job's task is on the other node or the same one — fetches only its own
-//! job's SVID, never the other's.
+//! shows its own identity, `job status` shows it running on a live node, a process of the same
+//! uid that is not the task gets no such SVID, stopping the allocation ends the process and
+//! removes its entry, and a task exiting with 3 under `never` is reported exited with 3. A
+//! user-written entry naming a `ringzero:` selector is refused. After the agent is killed
+//! (`job status` then shows its node down) and restarted on the same data directory, a task
+//! that already exited (0, under `never`) is not run again and stays EXITED, and a
+//! long-running task is adopted, not duplicated. A task that exits 3 every time under
+//! `on-failure` with at most 2 restarts runs 3 times and is reported FAILED with restarts 2 and
+//! exit code 3. With two agents and two jobs of the same uid, each task — whether the other
+//! job's task is on the other node or the same one — fetches only its own job's SVID, never
+//! the other's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -207,6 +208,7 @@ fn tasks_run_with_their_own_svid() {
     );
     let running = wait_state(&a, "web", A, "running");
     assert_eq!(running["desired"], "run", "{running}");
+    assert_eq!(running["node_live"], true, "{running}");
     assert_eq!(marked_sleeps().len(), 1, "one task process");
 
     // This test process has the task's uid (0) but is not in its process group.
@@ -284,8 +286,15 @@ fn a_restarted_agent_neither_reruns_nor_duplicates_tasks() {
     };
     assert_eq!(runs(), 1);
 
-    // The agent dies (its tasks do not) and starts again on the same data directory.
+    // The agent dies (its tasks do not): `job status` shows its node down; it starts again on
+    // the same data directory.
     agent.kill9();
+    wait_until(
+        "job status to show the node down",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || (alloc_status(&a, "long", LONG)?["node_live"] == false).then_some(()),
+    );
     let cmd = agent_cmd(a.root.path(), &a.addr, None, &data_dir, &socket);
     let log = a.root.path().join("agent-n1-again.log");
     let agent = spawn_ready_agent("agent-n1-again", cmd, &log, Duration::from_secs(20));
@@ -303,7 +312,12 @@ fn a_restarted_agent_neither_reruns_nor_duplicates_tasks() {
     assert_eq!(still["exit_code"], 0, "{still}");
     // The long task: the same single process, adopted and still reported running.
     assert_eq!(sleeps_marked(LONG_MARK), before, "adopted, not duplicated");
-    let long = alloc_status(&a, "long", LONG).unwrap();
+    let long = wait_until(
+        "job status to show the node live again",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || alloc_status(&a, "long", LONG).filter(|l| l["node_live"] == true),
+    );
     assert_eq!(long["state"], "running", "{long}");
 
     rt.block_on(stop(&mut admin, LONG));

@@ -25,7 +25,8 @@ pub(crate) enum JobCommand {
     Run(JobRunArgs),
     /// Show one job: its spec, version, desired state and who submitted it.
     #[command(after_help = "\
-Needs sched:read on ns/NS/NAME.
+Needs sched:read on ns/NS/NAME. Each allocation's NODE LIVE (its node's agent feed is open)
+is shown when the caller also has node:read on node, else '-' (JSON: node_live null).
 
 Examples:
   ringzero job status shop/web
@@ -341,10 +342,26 @@ async fn status(global: &GlobalArgs, a: JobShowArgs) -> Outcome {
         })
         .await
         .map_err(|e| refused(e, &format!("{what}: allocations")))?;
+    let live = if allocs.allocs.is_empty() {
+        None
+    } else {
+        node_liveness(&mut s.client).await
+    };
     s.refresh().await;
+    let node_live = |a: &pb::Alloc| live.as_ref().and_then(|m| m.get(&a.node).copied());
     if a.json {
         let mut v = status_json(&st);
-        v["allocs"] = serde_json::Value::Array(allocs.allocs.iter().map(alloc_json).collect());
+        v["allocs"] = serde_json::Value::Array(
+            allocs
+                .allocs
+                .iter()
+                .map(|x| {
+                    let mut j = alloc_json(x);
+                    j["node_live"] = node_live(x).into();
+                    j
+                })
+                .collect(),
+        );
         v["allocs_truncated"] = allocs.truncated.into();
         println!("{v}");
     } else {
@@ -355,7 +372,10 @@ async fn status(global: &GlobalArgs, a: JobShowArgs) -> Outcome {
         if allocs.allocs.is_empty() {
             println!("no allocations");
         } else {
-            print_table(&alloc_rows(&allocs.allocs));
+            print_table(&alloc_rows(&allocs.allocs, &node_live));
+        }
+        if live.is_none() && !allocs.allocs.is_empty() {
+            eprintln!("note: node liveness needs node:read on node");
         }
         if allocs.truncated {
             println!("(more allocations than one reply holds)");
@@ -400,10 +420,34 @@ fn alloc_json(a: &pb::Alloc) -> serde_json::Value {
     })
 }
 
-fn alloc_rows(allocs: &[pb::Alloc]) -> Vec<[String; 8]> {
+/// Each node's liveness (its agent's feed is open), or `None` when the caller may not read node
+/// health or it could not be read: `job status` then shows allocations without it.
+async fn node_liveness(
+    client: &mut ringzero_proto::client::AuthorityClient,
+) -> Option<std::collections::HashMap<String, bool>> {
+    let health = client
+        .call(|mut c| async move { c.list_node_health(pb::ListNodeHealthRequest {}).await })
+        .await
+        .ok()?;
+    Some(health.nodes.into_iter().map(|n| (n.name, n.live)).collect())
+}
+
+/// The allocations' table; `live` says whether an allocation's node is live (`None`: unknown).
+fn alloc_rows(
+    allocs: &[pb::Alloc],
+    live: &impl Fn(&pb::Alloc) -> Option<bool>,
+) -> Vec<[String; 9]> {
     let mut rows = vec![
         [
-            "ID", "INDEX", "NODE", "DESIRED", "STATE", "EXIT", "RESTARTS", "UPDATED",
+            "ID",
+            "INDEX",
+            "NODE",
+            "NODE LIVE",
+            "DESIRED",
+            "STATE",
+            "EXIT",
+            "RESTARTS",
+            "UPDATED",
         ]
         .map(str::to_owned),
     ];
@@ -414,6 +458,11 @@ fn alloc_rows(allocs: &[pb::Alloc]) -> Vec<[String; 8]> {
             esc(&a.id),
             a.index.to_string(),
             esc(&a.node),
+            match live(a) {
+                Some(true) => "yes".to_owned(),
+                Some(false) => "no".to_owned(),
+                None => "-".to_owned(),
+            },
             desired_name(a.desired).to_owned(),
             state_name(a.state).to_owned(),
             a.exit_code
