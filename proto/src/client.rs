@@ -391,6 +391,19 @@ impl AuthorityClient {
         }
     }
 
+    /// The capability presented with every call, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.creds.token.as_deref()
+    }
+
+    /// Presents `creds` from the next call on (renewed credentials): the TLS configuration and
+    /// every open connection are dropped, so the next call connects with the new certificate.
+    pub fn set_credentials(&mut self, creds: Credentials) {
+        self.creds = creds;
+        self.tls = None;
+        self.channels.clear();
+    }
+
     /// The address that answered the last call.
     pub fn current_address(&self) -> Option<&str> {
         self.addrs.get(self.current).map(String::as_str)

@@ -425,11 +425,34 @@ fn alloc_json(a: &pb::Alloc) -> serde_json::Value {
 async fn node_liveness(
     client: &mut ringzero_proto::client::AuthorityClient,
 ) -> Option<std::collections::HashMap<String, bool>> {
+    if !may_read_nodes(client) {
+        return None;
+    }
     let health = client
         .call(|mut c| async move { c.list_node_health(pb::ListNodeHealthRequest {}).await })
         .await
         .ok()?;
     Some(health.nodes.into_iter().map(|n| (n.name, n.live)).collect())
+}
+
+/// Whether the caller's token grants `node:read` on `node`, read from its authority block
+/// without verifying it: only so that a caller who may not read node health is not refused —
+/// and audited as a denial — on every `job status` and dry run. The authority still decides.
+fn may_read_nodes(client: &ringzero_proto::client::AuthorityClient) -> bool {
+    let Some(token) = client.token() else {
+        // No token: an mTLS-only caller; let the authority answer.
+        return true;
+    };
+    let Ok(view) = ringzero_policy::token::inspect(token) else {
+        return true;
+    };
+    let Ok(node) = ringzero_policy::Resource::parse("node") else {
+        return true;
+    };
+    view.rights.iter().any(|r| {
+        r.operation == ringzero_policy::Operation::NodeRead.as_str()
+            && ringzero_policy::Resource::parse(&r.prefix).is_ok_and(|p| p.covers(&node))
+    })
 }
 
 /// The allocations' table; `live` says whether an allocation's node is live (`None`: unknown).

@@ -36,6 +36,9 @@ pub(super) async fn placement(
     let Some(job) = st.job.as_ref() else {
         return Ok(None);
     };
+    if !super::may_read_nodes(client) {
+        return Ok(None);
+    }
     let health = match client
         .call(|mut c| async move { c.list_node_health(pb::ListNodeHealthRequest {}).await })
         .await
