@@ -25,6 +25,7 @@ async fn write(c: &mut AuthorityClient, name: String) {
             purpose: "agent".into(),
             node_name: name.clone(),
             ttl_seconds: 60,
+            namespace: String::new(),
         };
         async move { g.create_join_token(req).await }
     })

@@ -32,6 +32,7 @@ async fn agent(admin: &mut AuthorityClient, addr: &str, name: &str) -> Authority
                     purpose: "agent".into(),
                     node_name,
                     ttl_seconds: 600,
+                    namespace: String::new(),
                 })
                 .await
             }

@@ -430,24 +430,22 @@ impl Gate {
                         )
                     })
                 }
-                Some(Principal::User(name)) => {
-                    if reader.user(name)?.is_none() {
-                        Some((
-                            "unknown_user",
-                            "this user does not exist (removed?); its credentials are revoked"
-                                .to_owned(),
-                        ))
-                    } else if reader.is_suspended(name)? {
-                        Some(("suspended_user", format!("user {name} is suspended")))
-                    } else if !reader.has_user_serial(name, serial, peer.issuer_authority)? {
-                        Some((
-                            "unrecorded_certificate",
-                            format!("the authority never issued this certificate to user {name}"),
-                        ))
-                    } else {
-                        None
-                    }
-                }
+                Some(Principal::User(name)) => principal_record_refusal(
+                    reader,
+                    name,
+                    &format!("user {name}"),
+                    serial,
+                    peer.issuer_authority,
+                )?,
+                // A scheduler is recorded in the users table under `sched:<name>`: the same
+                // checks, against that record and the serials recorded for it.
+                Some(Principal::Sched(name)) => principal_record_refusal(
+                    reader,
+                    &crate::command::sched_key(name),
+                    &format!("scheduler {name}"),
+                    serial,
+                    peer.issuer_authority,
+                )?,
                 Some(Principal::Authority(n)) => {
                     let members = self
                         .proposer
@@ -702,6 +700,33 @@ pub mod bypass {
             _ => Mode::Off,
         }
     }
+}
+
+/// Why a certificate of the principal recorded under `key` in the users table (a user, or a
+/// scheduler) opens nothing: the record is gone (removed: its credentials are revoked), it is
+/// suspended, or this serial was never recorded as issued to it by the CA that signed it.
+fn principal_record_refusal(
+    reader: &crate::StateReader,
+    key: &str,
+    who: &str,
+    serial: &[u8],
+    issuer: Option<u64>,
+) -> Result<Option<(&'static str, String)>, crate::StateError> {
+    Ok(if reader.user(key)?.is_none() {
+        Some((
+            "unknown_user",
+            format!("{who} does not exist (removed?); its credentials are revoked"),
+        ))
+    } else if reader.is_suspended(key)? {
+        Some(("suspended_user", format!("{who} is suspended")))
+    } else if !reader.has_user_serial(key, serial, issuer)? {
+        Some((
+            "unrecorded_certificate",
+            format!("the authority never issued this certificate to {who}"),
+        ))
+    } else {
+        None
+    })
 }
 
 #[cfg(test)]

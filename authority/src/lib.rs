@@ -31,7 +31,8 @@
 //!   (join tokens, redemption, join, remove, status), `nodes` (agents and workload SVIDs),
 //!   `entries`, `feed` (the agents' entry feed), `jobs`, `allocs` (allocations, node health
 //!   and drains), `health` (the leader's in-memory view of its agents' feeds), `lease` (the
-//!   scheduler lease), `users`,
+//!   scheduler lease), `users`, `scheds` (schedulers: users-table principals
+//!   `ringzero/sched/<name>` with a token, listing and removal),
 //!   `tokens` (roles, delegation, revocation), `audit`, `blast` (blast radius: `blast.rs` with the request and shared
 //!   helpers, `blast/` with the reach of a `node` or authority member, a `user`, a `token`),
 //!   and `status`, the one place refusals become gRPC statuses.

@@ -192,7 +192,9 @@ pub enum Principal<'a> {
     Node(&'a str),
     /// `user/<name>`: a user.
     User(&'a str),
-    /// Any other reserved path (`ringzero/sched`, a malformed `ringzero/authority/x`, …):
+    /// `ringzero/sched/<name>`: a scheduler enrolled with a `sched token`.
+    Sched(&'a str),
+    /// Any other reserved path (`ringzero/sched` alone, a malformed `ringzero/authority/x`, …):
     /// reserved, but no principal the authority has enrolled.
     OtherReserved,
 }
@@ -224,6 +226,7 @@ impl SpiffeId {
                 _ => Principal::OtherReserved,
             },
             ["ringzero", "node", name] => Principal::Node(name),
+            ["ringzero", "sched", name] => Principal::Sched(name),
             ["user", name] => Principal::User(name),
             _ => Principal::OtherReserved,
         })
@@ -472,5 +475,30 @@ mod tests {
         assert!(e.matches(&no1) && !e.matches(&yes));
         assert!(SpiffeIdPattern::parse("spiffe://td/a/**").is_err());
         assert_eq!(p.to_string(), "spiffe://td/ringzero/authority/*");
+    }
+}
+
+#[cfg(test)]
+mod principal_tests {
+    use super::*;
+
+    #[test]
+    fn sched_principals() {
+        let p = |s: &str| SpiffeId::parse(s).unwrap();
+        let id = p("spiffe://td/ringzero/sched/sched");
+        assert_eq!(id.principal(), Some(Principal::Sched("sched")));
+        // Only the exact shape names a scheduler; the rest of the path stays reserved.
+        for other in [
+            "spiffe://td/ringzero/sched",
+            "spiffe://td/ringzero/sched/a/b",
+            "spiffe://td/RingZero/sched/a",
+        ] {
+            assert_eq!(
+                p(other).principal(),
+                Some(Principal::OtherReserved),
+                "{other}"
+            );
+        }
+        assert_eq!(p("spiffe://td/ns/sched/a").principal(), None);
     }
 }

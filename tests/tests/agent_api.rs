@@ -43,6 +43,7 @@ async fn node_token(admin: &mut AuthorityClient, name: &str, ttl: u64) -> String
                     purpose: "agent".into(),
                     node_name,
                     ttl_seconds: ttl,
+                    namespace: String::new(),
                 })
                 .await
             }

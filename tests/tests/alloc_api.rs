@@ -80,6 +80,7 @@ async fn enrolled_node(
                     purpose: "agent".into(),
                     node_name,
                     ttl_seconds: 600,
+                    namespace: String::new(),
                 })
                 .await
             }

@@ -111,6 +111,7 @@ async fn exercise(c: &mut AuthorityClient, op: Operation, tag: &str, me: &str) -
                             purpose: "agent".into(),
                             node_name,
                             ttl_seconds: 600,
+                            namespace: String::new(),
                         })
                         .await
                     }
@@ -245,6 +246,7 @@ async fn exercise(c: &mut AuthorityClient, op: Operation, tag: &str, me: &str) -
                         purpose: "authority".into(),
                         node_name: String::new(),
                         ttl_seconds: 600,
+                        namespace: String::new(),
                     })
                     .await
                 })

@@ -113,6 +113,7 @@ pub(crate) async fn three_node_cluster(
                     purpose: "authority".into(),
                     node_name: String::new(),
                     ttl_seconds: 600,
+                    namespace: String::new(),
                 })
                 .await
             })

@@ -22,12 +22,14 @@
 //! - `job.rs`: a job's spec ([`Job`]) and its checks.
 //! - `alloc.rs`: allocations ([`Placement`], [`AllocUpdate`], their states) and their checks.
 //! - `lease.rs`: the scheduler lease's bounds and checks ([`check_lease`]).
+//! - `principal.rs`: users and schedulers in the users table ([`sched_key`], [`principal_path`]).
 //! - `tests.rs`: unit tests.
 
 mod alloc;
 mod encoding;
 mod job;
 mod lease;
+mod principal;
 mod validate;
 
 #[cfg(test)]
@@ -42,6 +44,9 @@ pub use self::alloc::{
 use self::encoding::Envelope;
 pub use self::job::{Constraints, Job, Restart, RestartPolicy, job_resource};
 pub use self::lease::{LeaseFence, MAX_LEASE_TTL_MS, MIN_LEASE_TTL_MS, check_lease};
+pub use self::principal::{
+    SCHED_KEY_PREFIX, SCHED_ROLE, check_principal_key, principal_path, sched_key, sched_name,
+};
 
 /// A Raft node id. Assigned once when a node joins; never reused.
 pub type NodeId = u64;

@@ -11,7 +11,7 @@ fn check_len(what: &str, s: &str, max: usize) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn check_node_name(s: &str) -> Result<(), Invalid> {
+pub(super) fn check_node_name(s: &str) -> Result<(), Invalid> {
     NodeName::parse(s)
         .map(|_| ())
         .map_err(|e| invalid(format!("node name {s:?}: {e}")))
@@ -53,7 +53,7 @@ impl Command {
                 revocation_ids,
                 ..
             } => {
-                check_node_name(user)?;
+                super::check_principal_key(user)?;
                 check_serial(serial)?;
                 if revocation_ids.is_empty() || revocation_ids.len() > 64 {
                     return Err(invalid("a capability has 1 to 64 revocation ids"));
@@ -74,11 +74,12 @@ impl Command {
                 check_node_name(name)?;
                 check_len("address", addr, 255)
             }
-            Op::IssueJoinToken { node_name, .. } | Op::RedeemJoinToken { node_name, .. } => {
-                check_node_name(node_name)
-            }
+            Op::IssueJoinToken { node_name, .. } => check_node_name(node_name),
+            // An invite's token is named for its principal's key (`sched:<name>` for a
+            // scheduler); the redemption names it the same way.
+            Op::RedeemJoinToken { node_name, .. } => super::check_principal_key(node_name),
             Op::SetNodeStatus { name, .. } => check_node_name(name),
-            Op::SetUserSuspended { name, .. } => check_node_name(name),
+            Op::SetUserSuspended { name, .. } => super::check_principal_key(name),
             Op::RecordMint {
                 id,
                 parents,
@@ -121,7 +122,8 @@ impl Command {
                 write.check()
             }
             Op::PutUser { user } => user.validate(),
-            Op::RemoveUser { name } | Op::RemoveRole { name } => check_node_name(name),
+            Op::RemoveUser { name } => super::check_principal_key(name),
+            Op::RemoveRole { name } => check_node_name(name),
             Op::PutRole { role } => {
                 check_node_name(&role.name)?;
                 if role.rights.len() > limits::MAX_RIGHTS {
@@ -155,9 +157,11 @@ fn check_serial(serial: &[u8]) -> Result<(), Invalid> {
 }
 
 impl User {
-    /// Checks the name (a node-name-like segment), the role name and the namespace.
+    /// Checks the name (a node-name-like segment, or `sched:` and one for a scheduler, whose
+    /// role is `scheduler`), the role name and the namespace.
     pub fn validate(&self) -> Result<(), Invalid> {
-        check_node_name(&self.name)?;
+        super::check_principal_key(&self.name)?;
+        self.check_kind()?;
         check_len("role", &self.role, limits::MAX_NAME)?;
         if self.role.is_empty() {
             return Err(invalid("a user needs a role"));

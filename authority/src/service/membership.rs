@@ -331,13 +331,16 @@ impl AuthorityService {
             let ttl = Duration::from_secs(r.ttl_seconds.clamp(1, MAX_JOIN_TOKEN_TTL.as_secs()));
             match r.purpose.as_str() {
                 "authority" => (JoinPurpose::Authority, None, ttl),
+                "sched" => return self.create_sched_token_impl(req).await,
                 "agent" => {
                     let name = NodeName::parse(&r.node_name)
                         .map_err(|e| super::status::invalid(format!("node name: {e}")))?;
                     (JoinPurpose::Agent, Some(name), ttl)
                 }
                 _ => {
-                    return Err(super::status::invalid("purpose must be authority or agent"));
+                    return Err(super::status::invalid(
+                        "purpose must be authority, agent or sched",
+                    ));
                 }
             }
         };

@@ -33,6 +33,7 @@ mod lease;
 mod membership;
 mod mesh;
 mod nodes;
+mod scheds;
 mod status;
 mod tokens;
 mod users;
@@ -557,6 +558,20 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::RemoveUserRequest>,
     ) -> Result<tonic::Response<pb::RemoveUserReply>, tonic::Status> {
         self.remove_user_impl(req).await
+    }
+
+    async fn list_scheds(
+        &self,
+        req: tonic::Request<pb::ListSchedsRequest>,
+    ) -> Result<tonic::Response<pb::ListSchedsReply>, tonic::Status> {
+        self.list_scheds_impl(req).await
+    }
+
+    async fn remove_sched(
+        &self,
+        req: tonic::Request<pb::RemoveSchedRequest>,
+    ) -> Result<tonic::Response<pb::RemoveSchedReply>, tonic::Status> {
+        self.remove_sched_impl(req).await
     }
 
     async fn suspend_user(

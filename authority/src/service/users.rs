@@ -11,6 +11,7 @@
 //! - An invite is a join token of purpose `User` whose pending user (role, namespace) is stored
 //!   with it ([`Op::IssueUserInvite`]); `Login` with it redeems it by the same compare-and-set
 //!   as a join token, which creates the user in the same transaction.
+//! - Schedulers (`ringzero/sched/<name>`) share this table and these flows: see `scheds`.
 //! - `Login` without an invite renews: the caller's still-valid user SVID names the user, its
 //!   capability must pass the gate (on the first right of the user's current role), and the
 //!   user must still exist. An expired SVID cannot even connect.
@@ -26,6 +27,7 @@ use ringzero_proto::pb;
 use super::{AuthorityService, MAX_JOIN_TOKEN_TTL, status_of};
 use crate::command::{
     AuditDecision, AuditRecord, Command, CommandId, JoinPurpose, Op, Outcome, Rejection, User,
+    principal_path, sched_key, sched_name,
 };
 use crate::gate::now_ms;
 
@@ -65,7 +67,17 @@ fn user_ttl(asked: u64) -> Duration {
     }
 }
 
-fn rights_summary(user: &User) -> String {
+/// The credential lifetime of `user` for `asked` seconds: a scheduler's is short (it renews
+/// itself, see [`super::scheds`]), a user's as [`user_ttl`].
+fn credential_ttl(user: &User, asked: u64) -> Duration {
+    if user.sched_name().is_some() {
+        super::scheds::sched_ttl(asked)
+    } else {
+        user_ttl(asked)
+    }
+}
+
+pub(super) fn rights_summary(user: &User) -> String {
     match &user.namespace {
         Some(ns) => format!("role {} in namespace {ns}", user.role),
         None => format!("role {}", user.role),
@@ -126,7 +138,7 @@ impl Issued {
     }
 }
 
-fn credential_refused(outcome: Outcome, user: &str) -> Result<(), tonic::Status> {
+pub(super) fn credential_refused(outcome: Outcome, user: &str) -> Result<(), tonic::Status> {
     match outcome {
         Outcome::Rejected(Rejection::NotFound) => Err(tonic::Status::permission_denied(format!(
             "user {user} does not exist (removed?)"
@@ -177,11 +189,15 @@ impl AuthorityService {
         Ok(rights)
     }
 
-    fn user_id(&self, name: &str) -> Result<SpiffeId, tonic::Status> {
-        self.gate
-            .trust_domain()
-            .id_with_path(&["user", name])
-            .map_err(invalid)
+    /// The SPIFFE ID of the principal recorded under `key`: `user/<name>`, or
+    /// `ringzero/sched/<name>` for a scheduler.
+    fn principal_id(&self, key: &str) -> Result<SpiffeId, tonic::Status> {
+        let td = self.gate.trust_domain();
+        match sched_name(key) {
+            Some(name) => td.id_with_path(&["ringzero", "sched", name]),
+            None => td.id_with_path(&["user", key]),
+        }
+        .map_err(invalid)
     }
 
     /// Issues `user`'s SVID for the key of `csr` and its role's capability bound to it.
@@ -190,7 +206,7 @@ impl AuthorityService {
             return Err(invalid("CSR too large"));
         }
         let rights = self.role_rights(&user.role, user.namespace.as_deref())?;
-        let id = self.user_id(&user.name)?;
+        let id = self.principal_id(&user.name)?;
         let now = SystemTime::now();
         let svid = self
             .keys
@@ -387,7 +403,7 @@ impl AuthorityService {
             now_ms(),
         ) {
             let resource = match &record {
-                Some(t) if t.purpose == JoinPurpose::User => format!("user/{}", t.node_name),
+                Some(t) if t.purpose == JoinPurpose::User => principal_path(&t.node_name),
                 _ => "invite".into(),
             };
             self.first_contact_refused(
@@ -407,14 +423,14 @@ impl AuthorityService {
             return Err(super::status::internal("a checked invite has no record"));
         };
         let name = record.node_name.clone();
-        let id = self.user_id(&name)?;
+        let id = self.principal_id(&name)?;
         let audit = AuditRecord {
             actor: peer
                 .spiffe_id
                 .map_or_else(|| format!("invitee:{id}"), |p| p.to_string()),
             revocation_ids: vec![],
             operation: Operation::UserWrite.as_str().into(),
-            resource: format!("user/{name}"),
+            resource: principal_path(&name),
             decision: AuditDecision::Allow,
             reason: None,
             authority: self.gate.node_id(),
@@ -451,7 +467,7 @@ impl AuthorityService {
             .ok_or_else(|| {
                 tonic::Status::permission_denied(format!("user {name} was removed meanwhile"))
             })?;
-        let issued = self.issue_user(&user, &r.csr, user_ttl(r.ttl_seconds))?;
+        let issued = self.issue_user(&user, &r.csr, credential_ttl(&user, r.ttl_seconds))?;
         credential_refused(
             self.propose(issued.record(audit, &user)).await?.outcome,
             &name,
@@ -475,12 +491,15 @@ impl AuthorityService {
                     "renewal needs a valid user SVID (or an invite for a first login)",
                 )
             })?;
+        // The record the certificate names: a user's, or a scheduler's (`sched:<name>`). The
+        // gate below checks that this very certificate was recorded as issued to it.
         let segments: Vec<&str> = id.segments().collect();
         let name = match segments.as_slice() {
-            ["user", name] => parse_name(name)?,
+            ["user", name] => parse_name(name)?.to_string(),
+            ["ringzero", "sched", name] => sched_key(parse_name(name)?.as_str()),
             _ => {
                 return Err(tonic::Status::permission_denied(format!(
-                    "{id} is not a user identity"
+                    "{id} is not a user or scheduler identity"
                 )));
             }
         };
@@ -488,10 +507,13 @@ impl AuthorityService {
             .sm
             .reader()
             .map_err(status_of)?
-            .user(name.as_str())
+            .user(&name)
             .map_err(status_of)?
             .ok_or_else(|| {
-                tonic::Status::permission_denied(format!("user {name} does not exist (removed?)"))
+                tonic::Status::permission_denied(format!(
+                    "{} does not exist (removed?)",
+                    principal_path(&name)
+                ))
             })?;
         // The capability must still be good for what the role grants: checked on the role's
         // first right, which every token minted for the role holds.
@@ -515,7 +537,7 @@ impl AuthorityService {
             .map(|id| {
                 self.sm
                     .reader()
-                    .and_then(|r| r.has_user_token(name.as_str(), &id.0))
+                    .and_then(|r| r.has_user_token(&name, &id.0))
             })
             .transpose()
             .map_err(status_of)?
@@ -524,7 +546,7 @@ impl AuthorityService {
             let mut cmd = allowed.command(Op::AuditOnly);
             cmd.audit.decision = crate::command::AuditDecision::Deny;
             cmd.audit.operation = "user:renew".into();
-            cmd.audit.resource = format!("user/{name}");
+            cmd.audit.resource = principal_path(&name);
             cmd.audit.reason = Some(
                 "not_own_credential: renewal needs the user's own, unattenuated capability".into(),
             );
@@ -537,7 +559,7 @@ impl AuthorityService {
             ));
         }
         let r = req.get_ref();
-        let issued = self.issue_user(&user, &r.csr, user_ttl(r.ttl_seconds))?;
+        let issued = self.issue_user(&user, &r.csr, credential_ttl(&user, r.ttl_seconds))?;
         let mut audit = allowed.audit.clone();
         audit.details.push(("login".into(), "renew".into()));
         credential_refused(
@@ -556,7 +578,8 @@ impl AuthorityService {
             .await?;
         let users = reader.users().map_err(status_of)?;
         let mut out = Vec::with_capacity(users.len());
-        for u in users {
+        // Schedulers share the table; `sched list` shows them.
+        for u in users.into_iter().filter(|u| u.sched_name().is_none()) {
             out.push(pb::UserInfo {
                 suspended: reader.is_suspended(&u.name).map_err(status_of)?,
                 name: u.name,

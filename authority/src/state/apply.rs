@@ -383,7 +383,7 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
                 let record = MintRecord {
                     parents: Vec::new(),
                     minter: "authority".into(),
-                    subject: format!("user/{user}"),
+                    subject: crate::command::principal_path(user),
                     expires_ms: *expires_ms,
                 };
                 tx.open_table(MINTED)?

@@ -243,6 +243,7 @@ async fn join_token(global: &GlobalArgs, ttl: Duration) -> Outcome {
                 purpose: "authority".into(),
                 node_name: String::new(),
                 ttl_seconds: ttl.as_secs(),
+                namespace: String::new(),
             })
             .await
         })

@@ -210,6 +210,7 @@ async fn with_authority(
                     purpose: "agent".into(),
                     node_name: NODE.into(),
                     ttl_seconds: JOIN_TTL.as_secs(),
+                    namespace: String::new(),
                 })
                 .await
             })

@@ -99,6 +99,7 @@ async fn token(global: &GlobalArgs, a: NodeTokenArgs) -> Outcome {
                     purpose: "agent".into(),
                     node_name,
                     ttl_seconds: ttl.as_secs(),
+                    namespace: String::new(),
                 })
                 .await
             }

@@ -1,7 +1,15 @@
-//! `ringzero sched run`: the scheduler daemon (`ringzero_sched::daemon`) with the global
-//! profile, authority and token; `--once` plans once and prints the plan, `--dry-run` writes
-//! nothing.
+//! `ringzero sched …`: the scheduler daemon (`ringzero_sched::daemon`) and its identity.
+//!
+//! - `run` with its own identity (`--data-dir D`, enrolled once with `--join-token`, renewed
+//!   by itself: `identity`), or with the global profile, authority and token (a user with the
+//!   `scheduler` role, or an admin); `--once` plans once and prints the plan, `--dry-run`
+//!   writes nothing.
+//! - `token`, `list`, `remove`: enrolling schedulers, listing them, cutting one off (`admin`).
 
+mod admin;
+mod identity;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,7 +18,7 @@ use clap::{Args, Subcommand};
 use ringzero_sched::daemon::{self, Config, PassReport};
 
 use super::session::{print_table, runtime, session};
-use crate::args::parse_duration;
+use crate::args::{JsonArgs, parse_duration};
 use crate::cli::GlobalArgs;
 use crate::daemon::{init_logging, shutdown_signal};
 use crate::failure::{Failure, Outcome, bad_input_msg, failed};
@@ -20,7 +28,34 @@ pub(crate) enum SchedCommand {
     /// Run the scheduler: place, stop and mark lost allocations while holding the lease.
     #[command(after_help = RUN_HELP)]
     Run(SchedRunArgs),
+    /// Issue a one-time token enrolling a scheduler with its own identity (prints it alone on
+    /// the last line of stdout).
+    #[command(after_help = TOKEN_HELP)]
+    Token(admin::SchedTokenArgs),
+    /// List the enrolled schedulers: name, namespace (* for the whole cluster), status.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile sched list
+  ringzero sched list --json")]
+    List(JsonArgs),
+    /// Remove a scheduler: its certificates and capabilities (and tokens minted from them) are
+    /// revoked; it fails at its next call.
+    #[command(after_help = "\
+Examples:
+  ringzero --profile admin.profile sched remove sched")]
+    Remove(admin::SchedNameArg),
 }
+
+const TOKEN_HELP: &str = "\
+Needs cluster:admin: the scheduler it enrolls may place allocations (job:launch) in its
+namespace, or everywhere without --namespace. The token is pinned to the cluster's CA like a
+node's join token and works once; the scheduler's SVID is spiffe://TD/ringzero/sched/NAME and
+its capability holds exactly the built-in scheduler role's rights, bound to that SVID.
+
+Examples:
+  ringzero --profile admin.profile sched token > sched.token
+  ringzero sched token --name sched-shop --namespace shop --ttl 1h > sched-shop.token
+  ringzero sched token --json";
 
 const RUN_HELP: &str = "\
 The scheduler reads jobs (ListJobs), allocations (ListAllocs) and node health (ListNodeHealth),
@@ -33,14 +68,18 @@ A node is called lost (its allocations marked LOST, stopped and placed elsewhere
 entry feed has been down for --lost-after, counted from both its last sign of life and the time
 the current authority leader began tracking feeds.
 
-Credentials: a profile of a principal with the built-in scheduler role (sched:read, job:launch,
-node:read on node; --namespace confines it to one namespace):
-
-  ringzero user invite sched1 --role scheduler      # cluster-wide; or --namespace shop
-  ringzero login --invite … --out sched1.profile
-  ringzero --profile sched1.profile sched run
+Credentials, either:
+- its own identity (spiffe://TD/ringzero/sched/NAME) in --data-dir: the first start redeems a
+  token from `ringzero sched token` (the pin is checked before the secret is sent; the key is
+  generated here), later starts reuse the directory (0700; profile.toml 0600). The credentials
+  last 1h and are renewed at half-life. `ringzero --profile DIR/profile.toml …` presents them.
+- or a profile (--profile) of a principal with the built-in scheduler role (sched:read,
+  job:launch, node:read on node; --namespace confines it to one namespace), e.g. a user from
+  `ringzero user invite sched1 --role scheduler` and `ringzero login`.
 
 Examples:
+  ringzero sched run --join-token @sched.token --authority 10.0.0.1:7000 --data-dir /var/lib/ringzero/sched
+  ringzero sched run --data-dir /var/lib/ringzero/sched          # a restart: no token needed
   ringzero --profile sched1.profile sched run
   ringzero --profile sched1.profile sched run --interval 2s --lost-after 30s --name sched-a
   ringzero --profile sched1.profile sched run --once --dry-run      # show what it would do
@@ -48,6 +87,16 @@ Examples:
 
 #[derive(Debug, Args)]
 pub(crate) struct SchedRunArgs {
+    /// Run with the scheduler's own identity kept in DIR (created 0700) instead of --profile.
+    #[arg(long, value_name = "DIR", env = "RINGZERO_SCHED_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// The one-time token from `ringzero sched token`, for the first start with --data-dir
+    /// (TOKEN, @FILE or -).
+    #[arg(long, value_name = "TOKEN|@FILE|-", requires = "data_dir")]
+    pub(crate) join_token: Option<String>,
+    /// With --data-dir: the lifetime asked for the credentials (10s to 1h; renewed at half).
+    #[arg(long, default_value = "1h", value_parser = parse_credential_ttl)]
+    pub(crate) credential_ttl: Duration,
     /// Between passes when nothing is left to place.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub(crate) interval: Duration,
@@ -77,7 +126,19 @@ pub(crate) struct SchedRunArgs {
 pub(crate) fn run(global: &GlobalArgs, cmd: SchedCommand) -> Outcome {
     match cmd {
         SchedCommand::Run(a) => run_sched(global, a),
+        SchedCommand::Token(a) => admin::token(global, a),
+        SchedCommand::List(a) => admin::list(global, a),
+        SchedCommand::Remove(a) => admin::remove(global, a),
     }
+}
+
+/// A scheduler credential's lifetime: 10s to 1h (the authority grants at most 1h).
+fn parse_credential_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(10) || d > Duration::from_secs(3600) {
+        return Err("must be from 10s to 1h".into());
+    }
+    Ok(d)
 }
 
 fn holder_ok(s: &str) -> bool {
@@ -128,6 +189,9 @@ fn config(a: &SchedRunArgs) -> Result<Config, Failure> {
 
 fn run_sched(global: &GlobalArgs, a: SchedRunArgs) -> Outcome {
     let cfg = config(&a)?;
+    if let Some(dir) = a.data_dir.clone() {
+        return run_own_identity(global, a, cfg, &dir);
+    }
     let s = session(global)?;
     let rt = runtime()?;
     if a.once || a.dry_run {
@@ -144,6 +208,46 @@ fn run_sched(global: &GlobalArgs, a: SchedRunArgs) -> Outcome {
     rt.block_on(daemon::run(s.client, cfg, shutdown_signal()))
         .map_err(|e| failed(anyhow!("{e}")))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sched run --data-dir D`: the scheduler's own identity, enrolled or loaded, renewed beside
+/// the daemon.
+fn run_own_identity(
+    global: &GlobalArgs,
+    a: SchedRunArgs,
+    cfg: Config,
+    dir: &std::path::Path,
+) -> Outcome {
+    if global.profile.is_some() || global.token.is_some() {
+        return Err(bad_input_msg(
+            "--data-dir runs with the scheduler's own credentials: drop --profile and --token",
+        ));
+    }
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let id = identity::load_or_enroll(
+            dir,
+            a.join_token.as_deref(),
+            &global.authority,
+            a.credential_ttl.as_secs(),
+        )
+        .await?;
+        let mut client = id.client()?;
+        if a.once || a.dry_run {
+            let report = daemon::once(&mut client, &cfg)
+                .await
+                .map_err(|e| failed(anyhow!("{e}")))?;
+            print_report(&report, a.json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        init_logging(global.log_json);
+        let (tx, rx) = tokio::sync::watch::channel(id.profile.clone());
+        let renewal = tokio::spawn(id.renew_forever(tx));
+        let result = daemon::run_renewed(client, cfg, shutdown_signal(), Some(rx)).await;
+        renewal.abort();
+        result.map_err(|e| failed(anyhow!("{e}")))?;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn print_report(r: &PassReport, json: bool) {
@@ -214,6 +318,14 @@ fn print_report(r: &PassReport, json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_ttls_are_short() {
+        assert!(parse_credential_ttl("1h").is_ok());
+        assert!(parse_credential_ttl("10s").is_ok());
+        assert!(parse_credential_ttl("2h").is_err());
+        assert!(parse_credential_ttl("5s").is_err());
+    }
 
     #[test]
     fn holder_names() {

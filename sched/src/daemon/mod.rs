@@ -16,7 +16,7 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use ring::rand::SystemRandom;
-use ringzero_proto::client::{AuthorityClient, ClientError};
+use ringzero_proto::client::{AuthorityClient, ClientError, Profile};
 use ringzero_proto::pb;
 
 pub use self::convert::{Snapshot, Views, alloc_view, job_view, node_view, views};
@@ -288,9 +288,21 @@ impl BlockedLog {
 /// as a standby), plans while holding it — again at once while placements were deferred,
 /// else every `interval` — and releases the lease on the way out.
 pub async fn run(
+    client: AuthorityClient,
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    run_renewed(client, cfg, shutdown, None).await
+}
+
+/// [`run`], presenting the credentials of each profile `renewed` publishes from the next call
+/// on (a scheduler with its own identity renews them beside the daemon). The lease stays held
+/// across a renewal: it is bound to the caller's SPIFFE ID, which a renewal keeps.
+pub async fn run_renewed(
     mut client: AuthorityClient,
     cfg: Config,
     shutdown: impl Future<Output = ()>,
+    mut renewed: Option<tokio::sync::watch::Receiver<Profile>>,
 ) -> Result<(), DaemonError> {
     let scope = cfg.namespace.clone().unwrap_or_default();
     let mut lease = Lease::new(scope, cfg.holder.clone(), cfg.lease_ttl);
@@ -300,6 +312,17 @@ pub async fn run(
     tracing::info!(holder = lease.holder(), "scheduler started");
     loop {
         let mut again = cfg.interval;
+        if let Some(rx) = renewed.as_mut()
+            && rx.has_changed().unwrap_or(false)
+        {
+            match rx.borrow_and_update().credentials() {
+                Ok(creds) => {
+                    client.set_credentials(creds);
+                    tracing::info!("presenting renewed credentials");
+                }
+                Err(e) => tracing::warn!(error = %e, "renewed credentials unusable"),
+            }
+        }
         match lease.tick(&mut client).await {
             LeaseEvent::Acquired => {
                 tracing::info!(

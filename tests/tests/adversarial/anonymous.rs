@@ -286,6 +286,7 @@ fn anonymous_network_client() {
                             purpose: "authority".into(),
                             node_name: String::new(),
                             ttl_seconds: 600,
+                            namespace: String::new(),
                         },
                         Some(&profile.token),
                     ))
