@@ -29,7 +29,9 @@ use crate::input::read_bounded;
 
 /// The `dev` help's closing text.
 pub(crate) const HELP: &str = "\
-Runs one authority node, one enrolled agent and the scheduler in this process, with data in DIR
+Runs one authority node, one enrolled agent and the scheduler (with the admin's credentials; a
+real cluster's scheduler has its own identity: `ringzero sched token`) in this process, with
+data in DIR
 (a new temporary directory, removed at exit, when not given), and creates a registration entry
 spiffe://TD/ns/dev/<your user name> for your uid. Prints SPIFFE_ENDPOINT_SOCKET=… and the
 admin profile's path on stdout, with commands to try (among them a job whose task fetches its
@@ -516,6 +518,11 @@ Try, in another shell:
     }
     out.push_str(&job_example(job));
     out.push_str(&mesh_example(workload));
+    out.push_str(
+        "\nThe scheduler runs here with the admin's credentials; on a real cluster it has its own\n\
+         identity (spiffe://TD/ringzero/sched/NAME): `ringzero sched token`, then\n\
+         `ringzero sched run --join-token @FILE --data-dir DIR` (see `ringzero sched run --help`).\n",
+    );
     out.push_str("\nCtrl-C stops the agent and the scheduler, then the authority.\n");
     print_out(&out);
 }
