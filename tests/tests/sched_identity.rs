@@ -2,8 +2,10 @@
 //! `sched run --join-token @file --data-dir D` enrolls as `spiffe://TD/ringzero/sched/<name>`
 //! and places a job's allocations; a wrong or reused token is refused; the credentials in D
 //! cannot add a user, apply a role, create an entry, submit a job or mint a token (denied and
-//! audited); they renew at half-life while the daemon keeps placing; a restart with the same D
-//! needs no token; `sched remove` cuts it off at its next call.
+//! audited); a `ringzero/sched/<name>` certificate the authority never recorded issuing opens
+//! nothing even with the scheduler's real capability (`unrecorded_certificate`); they renew at
+//! half-life while the daemon keeps placing; a restart with the same D needs no token;
+//! `sched remove` cuts it off at its next call.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -89,6 +91,41 @@ const RUN_FLAGS: &[&str] = &[
     "--lease-ttl",
     "3s",
 ];
+
+/// A client presenting a certificate for `id` signed by the authority's own CA key with a
+/// fresh serial (one the authority never recorded), and `token`.
+fn forged_client(a: &SoloAuthority, id: &str, token: &str) -> AuthorityClient {
+    use rcgen::{
+        CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose, SanType, SerialNumber,
+    };
+    let keys = a.dir.join("keys");
+    let ca_der =
+        rustls_pki_types::CertificateDer::from(std::fs::read(keys.join("ca.der")).unwrap());
+    let ca_key = KeyPair::try_from(std::fs::read(keys.join("ca.key")).unwrap().as_slice()).unwrap();
+    let issuer = Issuer::from_ca_cert_der(&ca_der, &ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+    let now = std::time::SystemTime::now();
+    params.not_before = (now - Duration::from_secs(60)).into();
+    params.not_after = (now + Duration::from_secs(600)).into();
+    params.serial_number = Some(SerialNumber::from_slice(&[0x5c, 0xed, 0x01, 0x02, 0x03]));
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let mut p = Profile::from_toml(&std::fs::read_to_string(&a.profile).unwrap()).unwrap();
+    p.svid_pem = cert.pem();
+    p.key_pem = key.serialize_pem();
+    p.token = token.to_owned();
+    AuthorityClient::new(p.credentials().unwrap(), vec![a.addr.clone()])
+}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -319,6 +356,31 @@ fn scheduler_enrolls_with_its_own_identity_and_is_cut_off() {
             "no denial of {op} recorded: {denied:?}"
         );
     }
+
+    // An identity string is not an identity: a ringzero/sched/s1 certificate the authority
+    // never recorded issuing (here signed by its own CA key, as only a CA key holder can),
+    // presented with the scheduler's real capability, opens nothing.
+    let token = Profile::from_toml(&std::fs::read_to_string(&stolen).unwrap())
+        .unwrap()
+        .token;
+    let mut forged = forged_client(&a, &sched_id, &token);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt
+        .block_on(
+            forged.call(|mut g| async move { g.list_jobs(pb::ListJobsRequest::default()).await }),
+        )
+        .expect_err("a forged scheduler certificate was honoured");
+    assert_eq!(e.code(), Some(tonic::Code::PermissionDenied), "{e}");
+    let denied = audit(&a, &["--decision", "deny", "--actor", &sched_id]);
+    assert!(
+        denied.iter().any(|r| r["reason"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("unrecorded_certificate"))),
+        "no unrecorded_certificate denial: {denied:?}"
+    );
 
     // A restart with the same directory needs no token.
     let status = sched
