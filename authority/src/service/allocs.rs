@@ -177,7 +177,10 @@ impl AuthorityService {
                 allocs.push(alloc_to_pb(&r));
             }
         }
-        Ok(pb::AllocsReply { allocs })
+        Ok(pb::AllocsReply {
+            allocs,
+            allocs_revision: reader.alloc_changes_revision().map_err(status_of)?,
+        })
     }
 
     pub(crate) async fn place_allocs_impl(

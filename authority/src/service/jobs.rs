@@ -91,7 +91,7 @@ pub(crate) fn job_to_pb(j: &Job) -> pb::Job {
     }
 }
 
-fn status_to_pb(r: &JobRecord) -> pb::JobStatus {
+pub(super) fn status_to_pb(r: &JobRecord) -> pb::JobStatus {
     pb::JobStatus {
         job: Some(job_to_pb(&r.job)),
         version: r.version,

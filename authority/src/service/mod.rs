@@ -34,6 +34,7 @@ mod membership;
 mod mesh;
 mod nodes;
 mod scheds;
+mod sched_watch;
 mod status;
 mod tokens;
 mod users;
@@ -722,6 +723,13 @@ impl pb::authority_server::Authority for AuthorityService {
     }
 
     async fn acquire_sched_lease(
+    async fn watch_sched(
+        &self,
+        req: tonic::Request<pb::WatchSchedRequest>,
+    ) -> Result<tonic::Response<sched_watch::SchedStream>, tonic::Status> {
+        self.watch_sched_impl(req).await
+    }
+
         &self,
         req: tonic::Request<pb::AcquireSchedLeaseRequest>,
     ) -> Result<tonic::Response<pb::SchedLease>, tonic::Status> {

@@ -5,6 +5,8 @@
 //! (`namespace \0 job \0 id`). A per-node counter in `meta` (`ctr:allocs:<node>`) is bumped
 //! whenever what that node's agent must run changes (placed, desired changed, removed), so each
 //! agent's feed re-reads its allocations only then; an agent's own status reports do not bump it.
+//! A cluster-wide counter (`ctr:alloc-changes`) is bumped by every command that changes any
+//! allocation, reports included, so the scheduler's watch re-reads them only then.
 //!
 //! Each allocation also owns a registration entry, `alloc-<id>`, written and deleted here in
 //! the same transaction as the allocation: its task's identity (the job's SPIFFE ID, on the
@@ -35,6 +37,8 @@ use crate::command::{
 
 /// `ctr:allocs:<node>`: bumped when the allocations the node must run change.
 const CTR_NODE_ALLOCS: &str = "ctr:allocs:";
+/// `ctr:alloc-changes`: bumped by every command that changes an allocation (reports too).
+const CTR_ALLOC_CHANGES: &str = "ctr:alloc-changes";
 
 /// An allocation as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +106,11 @@ fn store(tx: &WriteTransaction, r: &AllocRecord) -> Result<(), StateError> {
 
 fn bump(tx: &WriteTransaction, node: &str) -> Result<(), StateError> {
     next_counter(tx, &format!("{CTR_NODE_ALLOCS}{node}")).map(|_| ())
+}
+
+/// Some allocation changed in this command.
+fn changed(tx: &WriteTransaction) -> Result<(), StateError> {
+    next_counter(tx, CTR_ALLOC_CHANGES).map(|_| ())
 }
 
 /// Rows under `prefix` in `table`, at most `cap` of them.
@@ -282,6 +291,7 @@ pub(crate) fn place(
     for node in per_node.keys() {
         bump(tx, node)?;
     }
+    changed(tx)?;
     Ok(Outcome::Done)
 }
 
@@ -334,6 +344,7 @@ pub(crate) fn stop(tx: &WriteTransaction, ids: &[String], now: u64) -> Result<Ou
     let Some(records) = load_all(tx, ids)? else {
         return Ok(Outcome::Rejected(Rejection::NotFound));
     };
+    let mut any = false;
     for mut r in records {
         if r.desired != AllocDesired::Stop {
             r.desired = AllocDesired::Stop;
@@ -342,7 +353,11 @@ pub(crate) fn stop(tx: &WriteTransaction, ids: &[String], now: u64) -> Result<Ou
             store(tx, &r)?;
             bump(tx, &r.node)?;
             drop_alloc_entry(tx, &r.id)?;
+            any = true;
         }
+    }
+    if any {
+        changed(tx)?;
     }
     Ok(Outcome::Done)
 }
@@ -356,6 +371,7 @@ pub(crate) fn mark_lost(
     let Some(records) = load_all(tx, ids)? else {
         return Ok(Outcome::Rejected(Rejection::NotFound));
     };
+    let mut any = false;
     for mut r in records {
         if r.state != AllocState::Lost {
             r.state = AllocState::Lost;
@@ -363,7 +379,11 @@ pub(crate) fn mark_lost(
             r.message = "marked lost by the scheduler".into();
             store(tx, &r)?;
             drop_alloc_entry(tx, &r.id)?;
+            any = true;
         }
+    }
+    if any {
+        changed(tx)?;
     }
     Ok(Outcome::Done)
 }
@@ -397,6 +417,9 @@ pub(crate) fn remove_allocs(tx: &WriteTransaction, ids: &[String]) -> Result<Out
         bump(tx, &r.node)?;
         drop_alloc_entry(tx, &r.id)?;
     }
+    if !records.is_empty() {
+        changed(tx)?;
+    }
     Ok(Outcome::Done)
 }
 
@@ -416,6 +439,9 @@ pub(crate) fn report(
             }
             records.push((r, u));
         }
+    }
+    if !records.is_empty() {
+        changed(tx)?;
     }
     for (mut r, u) in records {
         r.state = u.state;
@@ -537,6 +563,15 @@ impl StateReader {
     pub fn node_alloc_revision(&self, node: &str) -> Result<u64, StateError> {
         let t = self.tx.open_table(super::META)?;
         match t.get(format!("{CTR_NODE_ALLOCS}{node}").as_bytes())? {
+            Some(v) => super::rows::read_u64(v.value()),
+            None => Ok(0),
+        }
+    }
+
+    /// Increases with every command that changes an allocation (0 before any).
+    pub fn alloc_changes_revision(&self) -> Result<u64, StateError> {
+        let t = self.tx.open_table(super::META)?;
+        match t.get(CTR_ALLOC_CHANGES.as_bytes())? {
             Some(v) => super::rows::read_u64(v.value()),
             None => Ok(0),
         }

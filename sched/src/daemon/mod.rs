@@ -1,14 +1,20 @@
-//! The scheduler daemon: reads jobs, allocations and node health from the authority, plans,
-//! and writes the plan back, while it holds the scheduler lease. It keeps no state of its own
-//! (everything is read again every pass), so it can be restarted anywhere.
+//! The scheduler daemon: follows jobs, allocations and node health on the authority's
+//! `WatchSched` stream (one audited open; snapshots pushed on change), plans, and writes the
+//! plan back, while it holds the scheduler lease. It keeps no state of its own beyond the
+//! latest snapshot, so it can be restarted anywhere. Against an authority without the stream
+//! it reads them every pass instead (`ListJobs`, `ListAllocs`, `ListNodeHealth`).
 //!
 //! - `convert`: the authority's messages as views; which nodes are lost yet; what to stop
 //!   because it was lost and what to remove.
+//! - `watch`: the stream, its parts assembled into snapshots.
+//! - `follow`: the latest snapshot, reconnects, and when to plan again without reading.
 //! - `lease`: acquiring, renewing and releasing the lease.
 //! - `write`: allocation ids and batched writes.
 
 mod convert;
+mod follow;
 mod lease;
+mod watch;
 mod write;
 
 use std::collections::BTreeMap;
@@ -193,6 +199,19 @@ pub async fn pass(
     lease: Option<&pb::SchedLeaseFence>,
 ) -> Result<PassReport, DaemonError> {
     let snapshot = read(client, cfg.namespace.as_deref()).await?;
+    plan_and_write(client, cfg, &snapshot, lease)
+        .await
+        .map(|(r, _)| r)
+}
+
+/// Plans from `snapshot` and (unless `cfg.dry_run`) writes under `lease`; also returns the
+/// authority's allocation revision after the writes (0 when nothing was written).
+async fn plan_and_write(
+    client: &mut AuthorityClient,
+    cfg: &Config,
+    snapshot: &Snapshot,
+    lease: Option<&pb::SchedLeaseFence>,
+) -> Result<(PassReport, u64), DaemonError> {
     let rng = SystemRandom::new();
     let mut failed = false;
     let mut ids = || {
@@ -201,19 +220,19 @@ pub async fn pass(
             String::new()
         })
     };
-    let mut report = decide(&snapshot, cfg, now_ms(), &mut ids);
+    let mut report = decide(snapshot, cfg, now_ms(), &mut ids);
     if failed {
         return Err(DaemonError::Random);
     }
     let Some(lease) = lease.filter(|_| !cfg.dry_run) else {
-        return Ok(report);
+        return Ok((report, 0));
     };
-    write::ids(client, IdsCall::Lost, &report.lost, lease).await?;
-    write::place(client, &report.place, lease).await?;
-    write::ids(client, IdsCall::Stop, &report.stop, lease).await?;
-    write::ids(client, IdsCall::Remove, &report.remove, lease).await?;
+    let mut revision = write::ids(client, IdsCall::Lost, &report.lost, lease).await?;
+    revision = revision.max(write::place(client, &report.place, lease).await?);
+    revision = revision.max(write::ids(client, IdsCall::Stop, &report.stop, lease).await?);
+    revision = revision.max(write::ids(client, IdsCall::Remove, &report.remove, lease).await?);
     report.written = true;
-    Ok(report)
+    Ok((report, revision))
 }
 
 /// One pass, as `sched run --once`: under the lease (taken, then released), or without it for
@@ -285,8 +304,11 @@ impl BlockedLog {
 }
 
 /// Runs until `shutdown` resolves: holds the lease (renewing it every ttl/3, or waiting for it
-/// as a standby), plans while holding it — again at once while placements were deferred,
-/// else every `interval` — and releases the lease on the way out.
+/// as a standby), and while holding it follows the authority's `WatchSched` stream and plans
+/// on every snapshot, and again without reading when a grace or removal deadline passes or
+/// `interval` went by. It never plans from a snapshot older than its own last writes. Against
+/// an authority without the stream (`Unimplemented`) it polls every `interval` instead. It
+/// releases the lease on the way out.
 pub async fn run(
     client: AuthorityClient,
     cfg: Config,
@@ -297,7 +319,8 @@ pub async fn run(
 
 /// [`run`], presenting the credentials of each profile `renewed` publishes from the next call
 /// on (a scheduler with its own identity renews them beside the daemon). The lease stays held
-/// across a renewal: it is bound to the caller's SPIFFE ID, which a renewal keeps.
+/// across a renewal: it is bound to the caller's SPIFFE ID, which a renewal keeps. The stream
+/// is opened again with the new certificate (one audit record per renewal).
 pub async fn run_renewed(
     mut client: AuthorityClient,
     cfg: Config,
@@ -308,6 +331,10 @@ pub async fn run_renewed(
     let mut lease = Lease::new(scope, cfg.holder.clone(), cfg.lease_ttl);
     let mut blocked = BlockedLog::default();
     let mut waiting_logged = false;
+    let mut follow = follow::Follow::default();
+    let mut planned_at = Instant::now();
+    // The deadline (unix ms) the last wait was cut short for.
+    let mut deadline: Option<u64> = None;
     tokio::pin!(shutdown);
     tracing::info!(holder = lease.holder(), "scheduler started");
     loop {
@@ -318,6 +345,7 @@ pub async fn run_renewed(
             match rx.borrow_and_update().credentials() {
                 Ok(creds) => {
                     client.set_credentials(creds);
+                    follow.close();
                     tracing::info!("presenting renewed credentials");
                 }
                 Err(e) => tracing::warn!(error = %e, "renewed credentials unusable"),
@@ -338,38 +366,90 @@ pub async fn run_renewed(
             }
             _ => {}
         }
-        if let Some(fence) = lease.fence() {
-            match pass(&mut client, &cfg, Some(&fence)).await {
-                Ok(r) => {
-                    if !r.is_empty() {
-                        tracing::info!(
-                            placed = r.place.len(),
-                            stopped = r.stop.len(),
-                            lost = r.lost.len(),
-                            removed = r.remove.len(),
-                            deferred = r.deferred,
-                            "plan written"
-                        );
-                    }
-                    blocked.log(&r.blocked, r.unreported);
-                    if r.deferred > 0 && !r.place.is_empty() {
-                        again = Duration::ZERO;
+        let fence = lease.fence();
+        if fence.is_some() {
+            follow.ensure_open(&mut client, &cfg).await;
+            follow.drain();
+        } else {
+            // A standby holds no stream.
+            follow.close();
+        }
+        let outcome = match &fence {
+            None => None,
+            Some(fence) if follow.polling => Some(pass(&mut client, &cfg, Some(fence)).await),
+            Some(fence) => {
+                let due = follow.fresh
+                    || planned_at.elapsed() >= cfg.interval
+                    || deadline.is_some_and(|d| now_ms() >= d);
+                match follow.plannable().filter(|_| due).cloned() {
+                    None => None,
+                    Some(w) => {
+                        follow.fresh = false;
+                        planned_at = Instant::now();
+                        let r = plan_and_write(&mut client, &cfg, &w.snapshot, Some(fence)).await;
+                        Some(r.map(|(report, revision)| {
+                            if !report.is_empty() {
+                                // Plan next from a snapshot that includes these writes.
+                                follow.min_revision =
+                                    revision.max(w.allocs_revision.saturating_add(1));
+                            }
+                            report
+                        }))
                     }
                 }
-                Err(DaemonError::Authority(e)) if lease_lost(&e) => {
-                    lease.forget();
-                    tracing::warn!(error = %e, "scheduler lease lost (a write was refused): standing by");
+            }
+        };
+        match outcome {
+            None => {}
+            Some(Ok(r)) => {
+                if !r.is_empty() {
+                    tracing::info!(
+                        placed = r.place.len(),
+                        stopped = r.stop.len(),
+                        lost = r.lost.len(),
+                        removed = r.remove.len(),
+                        deferred = r.deferred,
+                        "plan written"
+                    );
                 }
-                Err(e) => tracing::warn!(error = %e, "pass ended; retrying next pass"),
+                blocked.log(&r.blocked, r.unreported);
+                if follow.polling && r.deferred > 0 && !r.place.is_empty() {
+                    again = Duration::ZERO;
+                }
+            }
+            Some(Err(DaemonError::Authority(e))) if lease_lost(&e) => {
+                lease.forget();
+                follow.close();
+                tracing::warn!(error = %e, "scheduler lease lost (a write was refused): standing by");
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "pass ended; retrying next pass");
+                // Some of it may have landed: start over from a snapshot taken after it.
+                follow.close();
             }
         }
-        // While waiting, renewals stay due every ttl/3 at the latest.
-        let wait = again.min(cfg.lease_ttl / 3);
+        // While waiting, renewals stay due every ttl/3 at the latest; following the stream,
+        // also the next deadline a plan depends on, and a reconnect.
+        let mut wait = again.min(cfg.lease_ttl / 3);
+        deadline = None;
+        if fence.is_some() && !follow.polling {
+            if let Some(w) = follow.plannable()
+                && let Some(at) = follow::next_deadline(&w.snapshot, &cfg, now_ms())
+            {
+                wait = wait.min(Duration::from_millis(at.saturating_sub(now_ms())));
+                deadline = Some(at);
+            }
+            if let Some(r) = follow.retry_in() {
+                wait = wait.min(r);
+            }
+        }
         tokio::select! {
             () = &mut shutdown => break,
             () = tokio::time::sleep(wait) => {}
+            () = follow.next() => {}
         }
     }
+    follow.close();
     if let Err(e) = lease.release(&mut client).await {
         tracing::warn!(error = %e, "could not release the scheduler lease (it expires)");
     } else {

@@ -39,20 +39,21 @@ pub(crate) enum IdsCall {
     Remove,
 }
 
-/// Sends `ids` in batches; returns how many were written.
+/// Sends `ids` in batches; returns the authority's allocation revision after the last one (0
+/// when nothing was sent).
 pub(crate) async fn ids(
     client: &mut AuthorityClient,
     call: IdsCall,
     ids: &[String],
     lease: &pb::SchedLeaseFence,
-) -> Result<usize, ClientError> {
-    let mut done = 0;
+) -> Result<u64, ClientError> {
+    let mut revision = 0;
     for chunk in ids.chunks(MAX_BATCH) {
         let req = pb::AllocIdsRequest {
             ids: chunk.to_vec(),
             lease: Some(lease.clone()),
         };
-        client
+        let reply = client
             .call(|mut c| {
                 let req = req.clone();
                 async move {
@@ -64,18 +65,19 @@ pub(crate) async fn ids(
                 }
             })
             .await?;
-        done += chunk.len();
+        revision = revision.max(reply.allocs_revision);
     }
-    Ok(done)
+    Ok(revision)
 }
 
-/// Places `allocs` in batches; returns how many were written.
+/// Places `allocs` in batches; returns the authority's allocation revision after the last one
+/// (0 when nothing was sent).
 pub(crate) async fn place(
     client: &mut AuthorityClient,
     allocs: &[NewAlloc],
     lease: &pb::SchedLeaseFence,
-) -> Result<usize, ClientError> {
-    let mut done = 0;
+) -> Result<u64, ClientError> {
+    let mut revision = 0;
     for chunk in allocs.chunks(MAX_BATCH) {
         let req = pb::PlaceAllocsRequest {
             allocs: chunk
@@ -92,15 +94,15 @@ pub(crate) async fn place(
                 .collect(),
             lease: Some(lease.clone()),
         };
-        client
+        let reply = client
             .call(|mut c| {
                 let req = req.clone();
                 async move { c.place_allocs(req).await }
             })
             .await?;
-        done += chunk.len();
+        revision = revision.max(reply.allocs_revision);
     }
-    Ok(done)
+    Ok(revision)
 }
 
 #[cfg(test)]
