@@ -176,6 +176,9 @@ phase_svid() { # REP
     local script="until $RINGZERO agent fetch --timeout 2s 2>/dev/null | grep -q '$id\$'; do sleep 0.1; done; echo \$(date +%s%N) $id; exec sleep $MARK"
     job_file web $COUNT "$script" >"$DIR/web.toml"
     local t0 t0ms submitted placed=0 running=0 st p r
+    # The daemon passes every INTERVAL: submit at a random point of its cycle (a fixed sleep
+    # above would land every repetition at the same point).
+    sleep "$(awk -v s="$RANDOM" 'BEGIN {print (s % 1000) / 1000}')"
     local perf_pid=
     if [ "${PERF:-0}" = 1 ] && [ "$rep" = 1 ]; then # the whole machine, until all are running
         perf record -a -g -F 999 -o "$WORK/perf-phase1.data" 2>"$WORK/perf1.log" &
@@ -287,7 +290,11 @@ all() { awk -v k="$1" '$2 == k {printf "%s%s", sep, $3; sep=", "}' "$RESULTS"; }
 
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/^Mem/ {print $2}') GB"
-echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' + uncommitted changes in the working tree')"
+if [ -n "${RINGZERO_BIN:-}" ]; then
+    echo "binary: $RINGZERO (given; built $(date -u -r "$RINGZERO" +%Y-%m-%dT%H:%MZ))"
+else
+    echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' + uncommitted changes in the working tree')"
+fi
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "raw results: $RESULTS"
 for rep in $(seq "$REPS"); do
