@@ -310,6 +310,33 @@ pub fn run_timeout_stdin(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Durat
 }
 
 /// stdout and stderr of `out`, for assertion messages.
+/// A client presenting the credentials of the profile file at `profile`.
+pub fn client_of(profile: &Path) -> ringzero_proto::client::AuthorityClient {
+    let text = std::fs::read_to_string(profile).expect("profile readable");
+    let p = ringzero_proto::client::Profile::from_toml(&text).expect("profile parses");
+    ringzero_proto::client::AuthorityClient::new(
+        p.credentials().expect("profile credentials"),
+        p.authorities.clone(),
+    )
+}
+
+/// A client presenting the admin profile of `a`.
+pub fn admin_client(a: &SoloAuthority) -> ringzero_proto::client::AuthorityClient {
+    client_of(&a.profile)
+}
+
+/// `audit query --json --limit 10000 FILTERS…` as the admin of `a`: one JSON value a record.
+pub fn audit(a: &SoloAuthority, filters: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["audit", "query", "--json", "--limit", "10000"];
+    args.extend_from_slice(filters);
+    let out = a.cli(&args);
+    assert!(out.status.success(), "audit query: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit query prints JSON lines"))
+        .collect()
+}
+
 pub fn show(out: &Output) -> String {
     format!(
         "status {}\n--- stdout\n{}--- stderr\n{}",

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use ringzero_tests::{SoloAuthority, ringzero, run_timeout, run_timeout_stdin, show};
+use ringzero_tests::{SoloAuthority, audit, ringzero, run_timeout, run_timeout_stdin, show};
 
 const TD: &str = "jobs.test";
 
@@ -71,18 +71,6 @@ fn write_job(a: &SoloAuthority, file: &str, text: &str) -> String {
     let path = a.root.path().join(file);
     std::fs::write(&path, text).unwrap();
     path.to_string_lossy().into_owned()
-}
-
-/// The audit records matching `filters`, as JSON values.
-fn audit(a: &SoloAuthority, filters: &[&str]) -> Vec<serde_json::Value> {
-    let mut args = vec!["audit", "query", "--json", "--limit", "10000"];
-    args.extend_from_slice(filters);
-    let out = a.cli(&args);
-    assert!(out.status.success(), "audit query: {}", show(&out));
-    stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn status(a: &SoloAuthority, profile: &Path, job: &str) -> serde_json::Value {

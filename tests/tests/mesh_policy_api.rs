@@ -14,10 +14,12 @@ use ringzero_policy::TrustDomain;
 use ringzero_policy::join::{JoinToken, pin_matches};
 use ringzero_policy::svid::{TrustBundle, csr_for, generate_key};
 use ringzero_proto::client::{
-    AuthorityClient, Credentials, Profile, bundle_cas, fetch_bundle_unverified, redeem_join_token,
+    AuthorityClient, Credentials, bundle_cas, fetch_bundle_unverified, redeem_join_token,
 };
 use ringzero_proto::pb;
-use ringzero_tests::{Proc, SoloAuthority, ringzero, run_timeout, show, wait_until};
+use ringzero_tests::{
+    Proc, SoloAuthority, admin_client, audit, ringzero, run_timeout, show, wait_until,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const TD: &str = "meshpol.test";
@@ -51,18 +53,6 @@ fn developer(a: &SoloAuthority, name: &str, namespace: &str) -> PathBuf {
 
 fn id(path: &str) -> String {
     format!("spiffe://{TD}/{path}")
-}
-
-/// The audit records matching `filters`, as JSON values.
-fn audit(a: &SoloAuthority, filters: &[&str]) -> Vec<serde_json::Value> {
-    let mut args = vec!["audit", "query", "--json", "--limit", "10000"];
-    args.extend_from_slice(filters);
-    let out = a.cli(&args);
-    assert!(out.status.success(), "audit query: {}", show(&out));
-    stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn policies(a: &SoloAuthority, profile: &Path, scope: &str) -> Vec<(String, String)> {
@@ -181,11 +171,6 @@ fn mesh_policy_is_gated_on_the_to_namespace_and_audited() {
     let out = as_user(&a, &carol, &["mesh", "deny", "--to", &db, "--from", &web]);
     assert!(!out.status.success(), "{}", show(&out));
     assert!(show(&out).contains("not found"), "{}", show(&out));
-}
-
-fn admin_client(a: &SoloAuthority) -> AuthorityClient {
-    let p = Profile::from_toml(&std::fs::read_to_string(&a.profile).unwrap()).unwrap();
-    AuthorityClient::new(p.credentials().unwrap(), p.authorities.clone())
 }
 
 /// Enrolls node `name` as an agent would (pinned bundle, local key) and returns its client.

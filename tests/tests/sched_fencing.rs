@@ -6,23 +6,18 @@
 //! (FailedPrecondition) and write nothing; B's writes under its own land.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ringzero_proto::client::{AuthorityClient, ClientError, Profile};
 use ringzero_proto::pb;
 use ringzero_tests::agent::{agent_cmd, my_uid, spawn_ready_agent};
-use ringzero_tests::{SoloAuthority, show};
+use ringzero_tests::{SoloAuthority, client_of, show};
 
 const TD: &str = "fence.test";
 const X: &str = "xxxxxxxxxxxxxxxx";
 const Y: &str = "yyyyyyyyyyyyyyyy";
 const TTL_MS: u64 = 1_500;
-
-fn client_of(profile: &Path) -> AuthorityClient {
-    let p = Profile::from_toml(&std::fs::read_to_string(profile).unwrap()).unwrap();
-    AuthorityClient::new(p.credentials().unwrap(), p.authorities.clone())
-}
 
 fn scheduler(a: &SoloAuthority, name: &str) -> AuthorityClient {
     let path: PathBuf = a.root.path().join(format!("{name}.profile"));

@@ -16,7 +16,7 @@ use std::time::Duration;
 use ringzero_proto::client::{AuthorityClient, Profile};
 use ringzero_proto::pb;
 use ringzero_tests::agent::{agent_cmd, my_uid, spawn_ready_agent};
-use ringzero_tests::{Proc, SoloAuthority, ringzero, show, wait_until};
+use ringzero_tests::{Proc, SoloAuthority, audit, ringzero, show, wait_until};
 
 const TD: &str = "schedid.test";
 const POLL: Duration = Duration::from_millis(300);
@@ -55,17 +55,6 @@ fn job_file(a: &SoloAuthority, name: &str) -> String {
     )
     .unwrap();
     path.to_string_lossy().into_owned()
-}
-
-fn audit(a: &SoloAuthority, filters: &[&str]) -> Vec<serde_json::Value> {
-    let mut args = vec!["audit", "query", "--json", "--limit", "10000"];
-    args.extend_from_slice(filters);
-    let out = a.cli(&args);
-    assert!(out.status.success(), "audit query: {}", show(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn with_profile(a: &SoloAuthority, profile: &Path, args: &[&str]) -> std::process::Output {
