@@ -9,7 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workload = ["proto/spiffe/workload.proto"];
     // ringzero's extension beside the Workload API on the agent's socket (`ringzero.mesh.v1`).
     let mesh = ["proto/ringzero/mesh/v1/mesh.proto"];
-    for p in ringzero.iter().chain(&workload).chain(&mesh) {
+    // The agent's node API over mTLS (`ringzero.node.v1`): task logs, later exec and sessions.
+    let node = ["proto/ringzero/node/v1/node.proto"];
+    for p in ringzero.iter().chain(&workload).chain(&mesh).chain(&node) {
         println!("cargo:rerun-if-changed={p}");
     }
     // Default stubs answer `Unimplemented`: a server built against an older set of methods
@@ -20,5 +22,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The Workload API is a standard: its server implements every method on purpose.
     tonic_prost_build::configure().compile_fds(protox::compile(workload, ["proto"])?)?;
     tonic_prost_build::configure().compile_fds(protox::compile(mesh, ["proto"])?)?;
+    tonic_prost_build::configure().compile_fds(protox::compile(node, ["proto"])?)?;
     Ok(())
 }

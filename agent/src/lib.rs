@@ -4,8 +4,9 @@
 //! keeps the node SVID renewed, receives only the registration entries parented to its own node
 //! through an incremental stream, generates workload keys locally, and serves the standard SPIFFE
 //! Workload API on a unix socket to processes it attests by peer credentials. It runs the node's
-//! allocations (the scheduler's tasks), each task with its own SVID. Later it also serves their
-//! logs and debug sessions, each call gated by a capability.
+//! allocations (the scheduler's tasks), each task with its own SVID, and serves their logs on its
+//! node API, each call gated by a capability and audited before it is served (debug sessions
+//! come later).
 //!
 //! # Layout
 //!
@@ -43,6 +44,11 @@
 //!   host allows them, restarts per [`RestartPolicy`], and re-adoption after an agent restart:
 //!   `mod.rs` (types, the supervisor), `run.rs` (one task's lifecycle), `spawn.rs`, `logs.rs`,
 //!   `cgroup.rs`, `adopt.rs` (`task.json` and `/proc`), `tests.rs`.
+//! - `node_api/`: the node API over mTLS (`ringzero.node.v1.Node`, `--node-api`): task logs
+//!   read by callers holding `logs:read` on the job, every decision committed to the audit
+//!   log through the authority (`AppendNodeAudit`) before anything is served, refused while
+//!   the revocation feed is stale; `auth.rs`, `read.rs` (tail, since, follow across rotation),
+//!   `retention.rs` (logs kept after their allocation left, with age and size limits).
 //! - `fetch.rs`: the client behind `ringzero agent fetch` ([`fetch_x509`]).
 //! - `testing.rs` (feature `testing`): helpers for tests and benches, such as an identity
 //!   issued by a test CA as the cache holds it.
@@ -62,6 +68,8 @@
 //!     data_dir: "/var/lib/ringzero-agent".into(),
 //!     socket: None, // <data_dir>/workload.sock
 //!     join: Some(FirstContact::Pinned(token)),
+//!     node_api: None, // or Some("0.0.0.0:7443".parse()?) with an advertised address
+//!     node_api_advertise: None,
 //! };
 //! ringzero_agent::run(config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(())
@@ -96,12 +104,7 @@ mod daemon;
 mod enroll;
 mod error;
 mod fetch;
-// Filled from the entry feed now; read by the capability verifiers of the job API, which come
-// with it.
-#[allow(
-    dead_code,
-    reason = "its readers, the job API's verifiers, are not written yet"
-)]
+mod node_api;
 mod revocations;
 mod rotation;
 mod state;

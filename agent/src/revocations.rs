@@ -88,11 +88,13 @@ impl RevocationSet {
             .is_some_and(|&until| until > now_ms())
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         let s = self.0.read().unwrap_or_else(|p| p.into_inner());
         s.tokens.len() + s.serials.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }

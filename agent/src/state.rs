@@ -84,6 +84,12 @@ impl NodeCredentials {
         ))
     }
 
+    /// The node key, for serving the node API.
+    pub(crate) fn private_key(&self) -> Result<PrivateKeyDer<'static>, AgentError> {
+        PrivateKeyDer::try_from(self.key.to_vec())
+            .map_err(|e| AgentError::Corrupt(format!("node key: {e}")))
+    }
+
     fn to_profile(&self, authorities: &[String]) -> Profile {
         Profile::new(
             &self.trust_domain,

@@ -30,7 +30,8 @@
 //! - `service/`: the Authority gRPC API by concept — core and bundle (`mod.rs`), `membership`
 //!   (join tokens, redemption, join, remove, status), `nodes` (agents and workload SVIDs),
 //!   `entries`, `feed` (the agents' entry feed), `jobs`, `allocs` (allocations, node health
-//!   and drains), `health` (the leader's in-memory view of its agents' feeds), `lease` (the
+//!   and drains), `health` (the leader's in-memory view of its agents' feeds), `node_audit`
+//!   (`AppendNodeAudit`: agents' node-API audit records), `lease` (the
 //!   scheduler lease), `users`, `scheds` (schedulers: users-table principals
 //!   `ringzero/sched/<name>` with a token, listing and removal),
 //!   `tokens` (roles, delegation, revocation), `audit`, `blast` (blast radius: `blast.rs` with the request and shared

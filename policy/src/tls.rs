@@ -274,6 +274,68 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The certificate a server presents, replaceable at run time: a server whose SVID rotates
+/// (an agent's node API) presents the new one from the next handshake on, without rebuilding
+/// its configuration or closing its listener.
+#[derive(Debug)]
+pub struct RotatingCert(RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl RotatingCert {
+    /// Starts with `chain`/`key` (P-256 or any key the ring provider signs with).
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<Self>, rustls::Error> {
+        Ok(Arc::new(Self(RwLock::new(Arc::new(certified(
+            chain, key,
+        )?)))))
+    }
+
+    /// Presents `chain`/`key` from the next handshake on.
+    pub fn replace(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), rustls::Error> {
+        let next = Arc::new(certified(chain, key)?);
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::sign::CertifiedKey, rustls::Error> {
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+}
+
+impl rustls::server::ResolvesServerCert for RotatingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// [`server_config`], presenting whatever `cert` holds at each handshake.
+pub fn rotating_server_config(
+    cert: Arc<RotatingCert>,
+    verifier: Arc<SpiffeClientVerifier>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_client_cert_verifier(verifier)
+    .with_cert_resolver(cert);
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
 /// A TLS 1.3 client configuration (ring provider) that presents `chain`/`key` and accepts only
 /// a server SVID accepted by `verifier`.
 pub fn client_config(

@@ -330,9 +330,18 @@ impl Credentials {
     }
 
     fn tls(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+        self.tls_to(authority_pattern(&self.trust_domain)?)
+    }
+
+    /// A TLS configuration presenting these credentials to a server whose SVID matches
+    /// `server` (an agent's node API: exactly `spiffe://TD/ringzero/node/<name>`).
+    pub fn tls_to(
+        &self,
+        server: ringzero_policy::SpiffeIdPattern,
+    ) -> Result<Arc<rustls::ClientConfig>, ClientError> {
         let verifier = SpiffeServerVerifier::new(
             BundleSource::new(self.bundle.clone()),
-            PeerMatch::OneOf(vec![authority_pattern(&self.trust_domain)?]),
+            PeerMatch::OneOf(vec![server]),
         );
         let config =
             ringzero_policy::tls::client_config(self.chain.clone(), self.key.clone_key(), verifier)

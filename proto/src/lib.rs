@@ -15,6 +15,8 @@
 //! - `proto/ringzero/mesh/v1/mesh.proto` → [`mesh`]: ringzero's extension served beside the
 //!   Workload API on the agent's socket (`ringzero.mesh.v1.MeshPolicy`: mesh policies and
 //!   revoked serials for the caller's identities).
+//! - `proto/ringzero/node/v1/node.proto` → [`node`]: the agent's node API over mTLS
+//!   (`ringzero.node.v1.Node`: `ReadLogs`), each call carrying a capability.
 //! - `build.rs`: compiles them with protox.
 //! - [`workload_api`] (`workload_api.rs`): what the Workload API's server and clients share —
 //!   the security header, `SPIFFE_ENDPOINT_SOCKET`'s endpoint syntax, DER certificate lists.
@@ -77,6 +79,23 @@ pub mod workload {
 )]
 pub mod mesh {
     tonic::include_proto!("ringzero.mesh.v1");
+}
+
+/// The agent's node API, generated from `proto/ringzero/node/v1/node.proto`
+/// (`/ringzero.node.v1.Node/…` on the wire): task logs over mTLS, gated by a capability.
+#[allow(
+    rustdoc::invalid_html_tags,
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+pub mod node {
+    tonic::include_proto!("ringzero.node.v1");
 }
 
 pub mod client;

@@ -232,6 +232,7 @@ fn allocations_are_placed_fed_reported_and_confined() {
                         cpu_millis: Some(4000),
                         memory_mb: Some(8192),
                         labels,
+                        node_api: String::new(),
                     })
                     .await
                 }

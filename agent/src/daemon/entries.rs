@@ -53,6 +53,7 @@ impl Agent {
         }
         if let Some(b) = &ev.bundle {
             self.apply_bundle(b);
+            self.keys_tx.send_replace(crate::node_api::biscuit_keys(b));
         }
         self.revocations.heard();
         if let Some(r) = &ev.revocations {
@@ -122,6 +123,7 @@ impl Agent {
                     entries: self.entries.len(),
                     identities: self.cache.snapshot().identities().count(),
                     socket: self.socket.clone(),
+                    node_api: self.node_api_addr,
                 });
             }
         }

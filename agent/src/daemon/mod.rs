@@ -37,6 +37,8 @@ mod renewal;
 mod startup;
 mod sync;
 
+pub(crate) use self::sync::ClientSetup;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
@@ -51,7 +53,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use self::backoff::Backoff;
-use self::sync::{ClientSetup, SyncMsg, sync_task};
+use self::sync::{SyncMsg, sync_task};
 use crate::cache::SvidCache;
 use crate::error::{AgentError, RecoveryHint, Verdict, classify};
 use crate::rotation::Validity;
@@ -82,6 +84,11 @@ pub struct AgentConfig {
     pub socket: Option<PathBuf>,
     /// How to enroll when the data directory holds no credentials yet. Ignored once enrolled.
     pub join: Option<FirstContact>,
+    /// Where to serve the node API (task logs over mTLS); `None`: not served.
+    pub node_api: Option<std::net::SocketAddr>,
+    /// The address announced to the authority for the node API (`host:port`); default the
+    /// bound address, unless it is unspecified (`0.0.0.0`), when nothing is announced.
+    pub node_api_advertise: Option<String>,
 }
 
 /// Reported once: the Workload API serves and the first sync (and the SVIDs it called for)
@@ -95,6 +102,8 @@ pub struct Ready {
     /// Identities in the cache (entries with an SVID).
     pub identities: usize,
     pub socket: PathBuf,
+    /// Where the node API listens, when it is served.
+    pub node_api: Option<std::net::SocketAddr>,
 }
 
 /// Runs the agent until `shutdown` completes (`Ok`) or an operator must act (`Err`).
@@ -179,8 +188,65 @@ pub async fn run_with_ready(
     let (setup_tx, setup_rx) = watch::channel(setup);
     let (sync_tx, sync_rx) = mpsc::channel(64);
     let allocs_setup = setup_rx.clone();
-    let sync = tokio::spawn(sync_task(setup_rx, revision, sync_tx, hint.clone()));
     let (allocs_tx, allocs_rx) = watch::channel(None);
+    let (keys_tx, keys_rx) = watch::channel(ringzero_policy::token::KeySet::new());
+    let revocations = crate::revocations::RevocationSet::new();
+
+    // 5. The node API, when asked for: bound before the feed opens, so that its address is
+    //    announced with it.
+    let mut node_api_task = None;
+    let mut node_api_addr = None;
+    let mut announce = String::new();
+    if let Some(addr) = config.node_api {
+        let name = ringzero_policy::NodeName::parse(&node)
+            .map_err(|e| AgentError::Corrupt(e.to_string()))?;
+        let api = crate::node_api::NodeApi::new(
+            name,
+            setup_rx.clone(),
+            keys_rx,
+            revocations.clone(),
+            allocs_rx.clone(),
+            dir.path(),
+        );
+        let listener = crate::node_api::bind(addr)
+            .await
+            .map_err(|e| AgentError::Config(format!("node API on {addr}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| AgentError::Config(format!("node API: {e}")))?;
+        announce = match &config.node_api_advertise {
+            Some(a) => a.clone(),
+            None if bound.ip().is_unspecified() => {
+                warn!(%bound, "node API bound to an unspecified address and no --node-api-advertise: not announced");
+                String::new()
+            }
+            None => bound.to_string(),
+        };
+        info!(%bound, announced = %announce, "node API listening");
+        node_api_addr = Some(bound);
+        let mut stop = stop_tx.subscribe();
+        node_api_task = Some(tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::node_api::serve(api.clone(), listener, stopped).await {
+                warn!(error = %e, "node API stopped");
+            }
+        }));
+        tokio::spawn(crate::node_api::retention_task(
+            dir.path().join("tasks"),
+            dir.path().join("node-api"),
+            allocs_rx.clone(),
+            crate::node_api::Retention::default(),
+        ));
+    }
+    let sync = tokio::spawn(sync_task(
+        setup_rx,
+        revision,
+        sync_tx,
+        hint.clone(),
+        announce,
+    ));
     let alloc_runner = tokio::spawn(allocs::alloc_task(supervisor, allocs_rx, allocs_setup));
 
     let mut agent = Agent {
@@ -205,8 +271,10 @@ pub async fn run_with_ready(
         full_sync: None,
         synced: false,
         ready,
-        revocations: crate::revocations::RevocationSet::new(),
+        revocations,
+        keys_tx,
         socket,
+        node_api_addr,
         allocs_tx,
     };
     agent.schedule_node_renewal();
@@ -222,6 +290,9 @@ pub async fn run_with_ready(
     // Tasks keep running: the next agent adopts them.
     alloc_runner.abort();
     let _ = stop_tx.send(true);
+    if let Some(t) = node_api_task {
+        let _ = t.await;
+    }
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "Workload API stopped with an error"),
@@ -270,6 +341,9 @@ struct Agent {
     socket: PathBuf,
     /// Revoked capabilities, followed from the feed, for the node's verifiers.
     revocations: crate::revocations::RevocationSet,
+    /// The bundle's Biscuit keys, for the node API's verifier.
+    keys_tx: watch::Sender<ringzero_policy::token::KeySet>,
+    node_api_addr: Option<std::net::SocketAddr>,
     /// The node's allocations, for the allocations' task (`None` until the feed sends them).
     allocs_tx: watch::Sender<Option<Arc<ringzero_proto::pb::NodeAllocSet>>>,
 }

@@ -14,9 +14,9 @@ use crate::state::NodeCredentials;
 
 /// What a client of the authority is built from; the sync task rebuilds its client from the
 /// latest one on every reconnect.
-pub(super) struct ClientSetup {
-    pub(super) creds: NodeCredentials,
-    pub(super) addrs: Vec<String>,
+pub(crate) struct ClientSetup {
+    pub(crate) creds: NodeCredentials,
+    pub(crate) addrs: Vec<String>,
 }
 
 /// The largest feed event accepted. The first event carries the node's allocations with the
@@ -37,6 +37,7 @@ pub(super) async fn sync_task(
     mut since: u64,
     tx: mpsc::Sender<SyncMsg>,
     hint: RecoveryHint,
+    node_api: String,
 ) {
     let mut backoff = Backoff::default();
     loop {
@@ -49,16 +50,21 @@ pub(super) async fn sync_task(
             }
         };
         let from = since;
+        let announce = node_api.clone();
         let opened = client
-            .call(move |c| async move {
-                c.max_decoding_message_size(MAX_EVENT_LEN)
-                    .sync_entries(pb::SyncEntriesRequest {
-                        since_revision: from,
-                        cpu_millis: host_cpu_millis(),
-                        memory_mb: host_memory_mb(),
-                        labels: Default::default(),
-                    })
-                    .await
+            .call(move |c| {
+                let node_api = announce.clone();
+                async move {
+                    c.max_decoding_message_size(MAX_EVENT_LEN)
+                        .sync_entries(pb::SyncEntriesRequest {
+                            since_revision: from,
+                            cpu_millis: host_cpu_millis(),
+                            memory_mb: host_memory_mb(),
+                            labels: Default::default(),
+                            node_api,
+                        })
+                        .await
+                }
             })
             .await;
         let mut stream = match opened {

@@ -82,6 +82,8 @@ pub(crate) fn alloc_to_pb(r: &AllocRecord) -> pb::Alloc {
         placed_by: r.placed_by.clone(),
         desired_ms: r.desired_ms,
         reported_ms: r.reported_ms,
+        // Filled where the caller may reach the node (ListAllocs).
+        node_api: String::new(),
     }
 }
 
@@ -307,13 +309,19 @@ impl AuthorityService {
             (None, true) => reader.allocs(MAX_LIST + 1),
         }
         .map_err(status_of)?;
+        // Where each node serves its node API, so that a caller allowed to read an
+        // allocation can reach its agent directly (`job logs`).
+        let node_apis = self.health.node_apis();
         let mut allocs: Vec<pb::Alloc> = found
             .iter()
             .filter(|a| {
                 (r.namespace.is_empty() || a.namespace == r.namespace)
                     && (r.job.is_empty() || a.job == r.job)
             })
-            .map(alloc_to_pb)
+            .map(|a| pb::Alloc {
+                node_api: node_apis.get(&a.node).cloned().unwrap_or_default(),
+                ..alloc_to_pb(a)
+            })
             .collect();
         let truncated = allocs.len() > MAX_LIST;
         allocs.truncate(MAX_LIST);
@@ -414,6 +422,7 @@ impl AuthorityService {
                     cpu_millis: v.capacity.cpu_millis,
                     memory_mb: v.capacity.memory_mb,
                     labels: v.capacity.labels.into_iter().collect(),
+                    node_api: v.capacity.node_api,
                     drained: drain.is_some(),
                     drained_since_ms: drain.map_or(0, |d| d.since_ms),
                     drained_by: drain.map(|d| d.by.clone()).unwrap_or_default(),

@@ -20,6 +20,10 @@ const MAX_LABEL_KEY: usize = 63;
 const MAX_LABEL_VALUE: usize = 255;
 /// `ReportAllocStatus` calls per node per second.
 pub(crate) const REPORTS_PER_SECOND: u32 = 5;
+/// `AppendNodeAudit` calls per node per second.
+pub(crate) const NODE_AUDITS_PER_SECOND: u32 = 20;
+/// The longest node-API address an agent may announce.
+const MAX_NODE_API: usize = 261;
 
 /// What an agent announced when it opened its feed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +31,8 @@ pub(crate) struct Capacity {
     pub cpu_millis: Option<u32>,
     pub memory_mb: Option<u64>,
     pub labels: BTreeMap<String, String>,
+    /// Where the agent serves its node API (`host:port`; empty: not served).
+    pub node_api: String,
 }
 
 impl Capacity {
@@ -51,11 +57,37 @@ impl Capacity {
                 ));
             }
         }
+        check_node_api(&r.node_api)?;
         Ok(Capacity {
             cpu_millis: r.cpu_millis,
             memory_mb: r.memory_mb,
             labels: r.labels.clone().into_iter().collect(),
+            node_api: r.node_api.clone(),
         })
+    }
+}
+
+/// A node-API address as announced: empty, or `host:port` with a non-zero port and a host of
+/// letters, digits, `.`, `-`, `:` (IPv6 in brackets). Not trust material — a client checks the
+/// server's node SVID — but shown to callers, so kept plain.
+fn check_node_api(addr: &str) -> Result<(), String> {
+    if addr.is_empty() {
+        return Ok(());
+    }
+    let ok = addr.len() <= MAX_NODE_API
+        && addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the node API address must be host:port, at most {MAX_NODE_API} bytes"
+        ))
     }
 }
 
@@ -66,6 +98,8 @@ struct Seen {
     capacity: Capacity,
     /// Start of the current one-second report window, and the reports in it.
     report_window: (u64, u32),
+    /// The same for `AppendNodeAudit`.
+    audit_window: (u64, u32),
 }
 
 #[derive(Debug)]
@@ -182,6 +216,33 @@ impl Health {
         true
     }
 
+    /// Counts one node-audit append from `node`; false past [`NODE_AUDITS_PER_SECOND`].
+    pub(crate) fn admit_node_audit(&self, node: &str) -> bool {
+        let now = now_ms();
+        let mut inner = self.lock();
+        let s = inner.nodes.entry(node.to_owned()).or_default();
+        let (start, n) = &mut s.audit_window;
+        if now.saturating_sub(*start) >= 1000 {
+            *start = now;
+            *n = 0;
+        }
+        if *n >= NODE_AUDITS_PER_SECOND {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Where each node with an open feed serves its node API (only non-empty addresses).
+    pub(crate) fn node_apis(&self) -> HashMap<String, String> {
+        self.lock()
+            .nodes
+            .iter()
+            .filter(|(_, s)| s.feeds > 0 && !s.capacity.node_api.is_empty())
+            .map(|(k, s)| (k.clone(), s.capacity.node_api.clone()))
+            .collect()
+    }
+
     /// Every tracked node's view at `term`, and since when this leader tracks.
     pub(crate) fn view(&self, term: u64) -> (u64, HashMap<String, NodeView>) {
         let mut inner = self.lock();
@@ -245,5 +306,44 @@ mod tests {
             r.labels.insert(format!("k{i}"), String::new());
         }
         assert!(Capacity::from_request(&r).is_err());
+    }
+
+    #[test]
+    fn node_audits_are_rate_bound_and_node_api_addresses_plain() {
+        let h = Health::default();
+        for _ in 0..NODE_AUDITS_PER_SECOND {
+            assert!(h.admit_node_audit("n1"));
+        }
+        assert!(!h.admit_node_audit("n1"));
+        assert!(h.admit_node_audit("n2"));
+        assert!(
+            h.admit_report("n1"),
+            "a separate budget from status reports"
+        );
+        for good in ["", "127.0.0.1:7443", "node-1.example.org:1", "[::1]:7443"] {
+            assert!(check_node_api(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "127.0.0.1",
+            "h:0",
+            ":80",
+            "h:99999",
+            "a b:1",
+            "h:1\n",
+            &"a".repeat(300),
+        ] {
+            assert!(check_node_api(bad).is_err(), "{bad}");
+        }
+        let r = pb::SyncEntriesRequest {
+            node_api: "127.0.0.1:7443".into(),
+            ..Default::default()
+        };
+        let g = h.connected(1, "n3", Capacity::from_request(&r).unwrap());
+        assert_eq!(h.node_apis()["n3"], "127.0.0.1:7443");
+        drop(g);
+        assert!(
+            !h.node_apis().contains_key("n3"),
+            "only while its feed is open"
+        );
     }
 }

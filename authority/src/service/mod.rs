@@ -32,6 +32,7 @@ pub(crate) mod jobs;
 mod lease;
 mod membership;
 mod mesh;
+mod node_audit;
 mod nodes;
 mod scheds;
 mod sched_watch;
@@ -706,6 +707,13 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::ReportAllocStatusRequest>,
     ) -> Result<tonic::Response<pb::ReportAllocStatusReply>, tonic::Status> {
         self.report_alloc_status_impl(req).await
+    }
+
+    async fn append_node_audit(
+        &self,
+        req: tonic::Request<pb::AppendNodeAuditRequest>,
+    ) -> Result<tonic::Response<pb::AppendNodeAuditReply>, tonic::Status> {
+        self.append_node_audit_impl(req).await
     }
 
     async fn list_node_health(

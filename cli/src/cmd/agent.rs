@@ -60,6 +60,14 @@ pub(crate) struct AgentRunArgs {
     /// Send the join secret without verifying the authority first. Only for throwaway clusters.
     #[arg(long)]
     pub(crate) insecure_skip_pin: bool,
+    /// Serve the node API (task logs over mTLS, each call gated by a capability and audited)
+    /// on ADDR, such as 0.0.0.0:7443. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) node_api: Option<std::net::SocketAddr>,
+    /// The node API address announced to the authority, for clients to reach (host:port;
+    /// default the bound address, unless it is unspecified like 0.0.0.0).
+    #[arg(long, value_name = "HOST:PORT", requires = "node_api")]
+    pub(crate) node_api_advertise: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -103,8 +111,12 @@ pub(crate) fn print_out(text: &str) {
 
 /// The readiness line on stderr, which scripts and tests wait for.
 pub(crate) fn ready_line(r: &Ready) -> String {
+    let node_api = r
+        .node_api
+        .map(|a| format!(", node API {a}"))
+        .unwrap_or_default();
     format!(
-        "agent ready: node {}, {} entries, {} SVIDs, socket {}",
+        "agent ready: node {}, {} entries, {} SVIDs, socket {}{node_api}",
         r.node,
         r.entries,
         r.identities,
@@ -153,6 +165,8 @@ async fn run_agent(global: &GlobalArgs, a: AgentRunArgs) -> Outcome {
         data_dir,
         socket,
         join,
+        node_api: a.node_api,
+        node_api_advertise: a.node_api_advertise.clone(),
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<Ready>();
     let announce = tokio::spawn(async move {
@@ -302,10 +316,16 @@ mod tests {
             entries: 2,
             identities: 1,
             socket: "/run/a.sock".into(),
+            node_api: None,
         };
         assert_eq!(
             ready_line(&r),
             "agent ready: node n7, 2 entries, 1 SVIDs, socket /run/a.sock"
         );
+        let r = Ready {
+            node_api: Some(([127, 0, 0, 1], 7443).into()),
+            ..r
+        };
+        assert!(ready_line(&r).ends_with(", node API 127.0.0.1:7443"));
     }
 }

@@ -230,6 +230,9 @@ async fn with_authority(
         data_dir: agent_dir.to_path_buf(),
         socket: None,
         join,
+        // The dev cluster serves task logs on loopback.
+        node_api: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        node_api_advertise: None,
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     let (agent_stop, agent_stopped) = oneshot::channel::<()>();

@@ -2,6 +2,7 @@
 //! `status`, `list`, `stop [--purge]` and `history` (the job's audit records, through the same
 //! code as `audit query`). Placing and running the tasks is the scheduler's and the agents'.
 
+mod logs;
 mod plan;
 
 use std::io::Read;
@@ -57,6 +58,9 @@ Examples:
   ringzero job history shop/web
   ringzero job history shop/web --json --limit 1000")]
     History(JobHistoryArgs),
+    /// Read a task's log from the agent that runs it (directly, over mTLS).
+    #[command(after_help = logs::LOGS_HELP)]
+    Logs(logs::JobLogsArgs),
 }
 
 const RUN_HELP: &str = "\
@@ -200,6 +204,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: JobCommand) -> Outcome {
         JobCommand::Status(a) => runtime()?.block_on(status(global, a)),
         JobCommand::List(a) => runtime()?.block_on(list(global, a)),
         JobCommand::Stop(a) => runtime()?.block_on(stop(global, a)),
+        JobCommand::Logs(a) => runtime()?.block_on(logs::logs(global, a)),
         JobCommand::History(a) => runtime()?.block_on(super::audit::query_resource(
             global,
             a.job.resource(),

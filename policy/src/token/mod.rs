@@ -159,6 +159,13 @@ impl PublicRootKey {
         Ok(Self { id, key })
     }
 
+    /// Parses the 32 raw bytes of an Ed25519 key, as a trust bundle carries it.
+    pub fn from_bytes(id: RootKeyId, bytes: &[u8]) -> Result<Self, TokenError> {
+        let key = biscuit_auth::PublicKey::from_bytes(bytes, biscuit_auth::Algorithm::Ed25519)
+            .map_err(|_| TokenError::BadKey("expected 32 bytes of an Ed25519 key".into()))?;
+        Ok(Self { id, key })
+    }
+
     /// The key in biscuit's text form, `ed25519/<hex>`.
     pub fn to_text(&self) -> String {
         self.key.to_string()

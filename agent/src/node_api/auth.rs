@@ -1,0 +1,172 @@
+//! Deciding a node-API call: the caller's SVID (not revoked), the feed's freshness, and the
+//! capability in `authorization: Bearer …` verified against the bundle's Biscuit keys and the
+//! revocation feed, for the operation on the allocation's job, bound to the caller (the token's
+//! `peer` check sees the SVID's SPIFFE ID: proof of possession) and to this node.
+
+use std::time::SystemTime;
+
+use ringzero_policy::token::{self, Decision, KeySet, Limits, Request};
+use ringzero_policy::{NodeName, Operation, Resource, SpiffeId};
+use ringzero_proto::pb;
+
+use crate::revocations::RevocationSet;
+
+/// Who asked, with what, and the verdict — everything the audit record needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Verdict {
+    pub caller: String,
+    pub revocation_ids: Vec<String>,
+    /// `None`: allowed. `Some(code: detail)`: the check that failed.
+    pub denied: Option<String>,
+    /// When the capability stops being valid (allowed calls only).
+    pub expires: Option<SystemTime>,
+}
+
+/// Reads the bearer capability, as the authority's gate does.
+pub(crate) fn bearer<T>(req: &tonic::Request<T>) -> Option<String> {
+    let v = req.metadata().get("authorization")?.to_str().ok()?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?;
+    Some(t.trim().to_owned())
+}
+
+/// The Biscuit keys a bundle carries, compromised ones excluded (as the authority's gate).
+pub(crate) fn biscuit_keys(bundle: &pb::Bundle) -> KeySet {
+    let mut keys = KeySet::new();
+    for k in &bundle.keys {
+        if k.kind != "biscuit" || k.status == "compromised" {
+            continue;
+        }
+        let Ok(id) = u32::try_from(k.key_id) else {
+            continue;
+        };
+        let Ok(public) = token::PublicRootKey::from_bytes(token::RootKeyId(id), &k.public_key)
+        else {
+            continue;
+        };
+        keys.insert(public);
+    }
+    keys
+}
+
+/// What is checked, in order: the caller has an SVID whose serial is not revoked; the
+/// revocation feed is fresh (else every privileged call is refused: a revocation this node has
+/// not seen may exist); a capability is present; it allows `operation` on `resource` for this
+/// caller on this node. The Datalog runs off the async workers.
+pub(crate) async fn decide(
+    peer: &ringzero_proto::transport::PeerInfo,
+    token_text: Option<String>,
+    keys: KeySet,
+    revocations: &RevocationSet,
+    operation: Operation,
+    resource: &Resource,
+    node: &NodeName,
+) -> Verdict {
+    let caller = peer
+        .spiffe_id
+        .as_ref()
+        .map_or_else(|| "anonymous".to_owned(), ToString::to_string);
+    let unverified_ids = token_text
+        .as_deref()
+        .and_then(|t| token::revocation_ids(t).ok())
+        .map(|ids| ids.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    let deny = |why: String, ids: Vec<String>| Verdict {
+        caller: caller.clone(),
+        revocation_ids: ids,
+        denied: Some(why),
+        expires: None,
+    };
+    let Some(id) = peer.spiffe_id.clone() else {
+        return deny("no_client_svid".into(), unverified_ids);
+    };
+    if peer
+        .serial
+        .as_ref()
+        .is_some_and(|s| revocations.is_serial_revoked(s))
+    {
+        return deny(
+            "revoked_certificate: the caller's SVID was revoked".into(),
+            unverified_ids,
+        );
+    }
+    if peer.not_after.is_some_and(|t| t <= SystemTime::now()) {
+        return deny("expired_certificate".into(), unverified_ids);
+    }
+    if !revocations.is_fresh() {
+        return deny(
+            format!(
+                "stale_revocations: no word from the authority for over {} s",
+                crate::revocations::MAX_STALENESS.as_secs()
+            ),
+            unverified_ids,
+        );
+    }
+    let Some(text) = token_text else {
+        return deny("no_capability".into(), unverified_ids);
+    };
+    let revs = revocations.clone();
+    let resource = resource.clone();
+    let node = node.clone();
+    let decided = tokio::task::spawn_blocking(move || {
+        let decision = token::authorize(
+            &text,
+            &keys,
+            &revs,
+            &Request {
+                operation,
+                resource: &resource,
+                peer: Some(&id),
+                node: Some(&node),
+                time: SystemTime::now(),
+            },
+            Limits::default(),
+        );
+        let expires = token::expiry(&text).ok().flatten();
+        (decision, expires)
+    })
+    .await;
+    match decided {
+        Ok((Decision::Allow(grant), expires)) => Verdict {
+            caller: caller.clone(),
+            revocation_ids: grant
+                .revocation_ids
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            denied: None,
+            expires,
+        },
+        Ok((Decision::Deny(d), _)) => deny(format!("{}: {d}", d.code()), unverified_ids),
+        Err(_) => deny("internal: the verifier failed".into(), unverified_ids),
+    }
+}
+
+/// Whether an allowed call may go on streaming: the feed is fresh, its capability is neither
+/// revoked since nor expired.
+pub(crate) fn still_allowed(v: &Verdict, revocations: &RevocationSet) -> Result<(), String> {
+    use ringzero_policy::token::Revocations;
+    if !revocations.is_fresh() {
+        return Err("the revocation feed is stale".into());
+    }
+    if v.expires.is_some_and(|t| t <= SystemTime::now()) {
+        return Err("the capability expired".into());
+    }
+    for id in &v.revocation_ids {
+        if token::RevocationId::from_hex(id).is_ok_and(|r| revocations.is_revoked(&r.0)) {
+            return Err("the capability was revoked".into());
+        }
+    }
+    Ok(())
+}
+
+/// `ns/<namespace>/<job>`.
+pub(crate) fn job_resource(namespace: &str, job: &str) -> Option<Resource> {
+    Resource::from_segments(&["ns", namespace, job]).ok()
+}
+
+/// The caller's SPIFFE ID is what the concurrency cap counts.
+pub(crate) fn caller_key(peer: &ringzero_proto::transport::PeerInfo) -> Option<SpiffeId> {
+    peer.spiffe_id.clone()
+}

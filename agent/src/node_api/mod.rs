@@ -1,0 +1,338 @@
+//! The agent's node API (`ringzero.node.v1.Node`) over mTLS: the node SVID as the server
+//! identity (rotating with it), client SVIDs that chain to the trust bundle, and a capability on
+//! every call. Today: `ReadLogs`; exec and recorded sessions come later, behind the same gate.
+//!
+//! Every call is decided here (`auth.rs`), then — allowed or denied — recorded through the
+//! authority's `AppendNodeAudit` **before** anything is served; an append that does not commit
+//! fails the call (`Unavailable`). Privileged calls are refused while the revocation feed is
+//! staler than [`MAX_STALENESS`](crate::revocations::MAX_STALENESS). An allowed follow stops
+//! when the feed goes stale, its capability is revoked or expires, the caller leaves, or the
+//! allocation leaves the node.
+//!
+//! # Layout
+//!
+//! - this file: [`NodeApi`] (what the server reads), [`serve`], the service.
+//! - `auth.rs`: the decision.
+//! - `read.rs`: reading a log (tail, since, follow across rotation).
+//! - `retention.rs`: logs outlive their task: kept for a retention period, within a size cap.
+
+mod auth;
+mod read;
+mod retention;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ringzero_policy::token::KeySet;
+use ringzero_policy::{NodeName, Operation, SpiffeId};
+use ringzero_proto::client::AuthorityClient;
+use ringzero_proto::node::node_server::{Node, NodeServer};
+use ringzero_proto::node::{LogChunk, LogStream, ReadLogsRequest};
+use ringzero_proto::pb;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+pub(crate) use self::auth::biscuit_keys;
+pub(crate) use self::retention::{Retention, retention_task};
+use crate::daemon::ClientSetup;
+use crate::revocations::RevocationSet;
+
+/// Concurrent reads per caller (SPIFFE ID), and in all.
+const PER_CALLER: u32 = 4;
+const TOTAL: u32 = 64;
+/// How long the audit append may take before the call fails.
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the node API reads: shared with the agent's loop, which keeps them current.
+#[derive(Clone)]
+pub(crate) struct NodeApi {
+    pub node: NodeName,
+    /// The node's credentials and the authority addresses (rotated by the agent).
+    pub setup: watch::Receiver<Arc<ClientSetup>>,
+    /// The bundle's Biscuit keys.
+    pub keys: watch::Receiver<KeySet>,
+    pub revocations: RevocationSet,
+    /// The node's allocations as the feed last sent them.
+    pub allocs: watch::Receiver<Option<Arc<pb::NodeAllocSet>>>,
+    /// `<data_dir>/tasks`: each allocation's log files.
+    pub tasks_dir: PathBuf,
+    /// `<data_dir>/node-api`: which job each allocation ran, kept as long as its logs.
+    pub meta_dir: PathBuf,
+    active: Arc<Mutex<HashMap<SpiffeId, u32>>>,
+}
+
+impl NodeApi {
+    pub(crate) fn new(
+        node: NodeName,
+        setup: watch::Receiver<Arc<ClientSetup>>,
+        keys: watch::Receiver<KeySet>,
+        revocations: RevocationSet,
+        allocs: watch::Receiver<Option<Arc<pb::NodeAllocSet>>>,
+        data_dir: &std::path::Path,
+    ) -> Self {
+        Self {
+            node,
+            setup,
+            keys,
+            revocations,
+            allocs,
+            tasks_dir: data_dir.join("tasks"),
+            meta_dir: data_dir.join("node-api"),
+            active: Arc::default(),
+        }
+    }
+
+    /// The allocation's namespace and job: from the feed's current set, or — once it left the
+    /// node, while its logs are kept — from what was recorded when it was seen.
+    fn job_of(&self, alloc: &str) -> Option<(String, String)> {
+        if let Some(a) = self
+            .allocs
+            .borrow()
+            .as_ref()
+            .and_then(|set| set.allocs.iter().find(|a| a.id == alloc))
+        {
+            return Some((a.namespace.clone(), a.job.clone()));
+        }
+        retention::recorded_job(&self.meta_dir, alloc)
+    }
+
+    fn on_node(&self, alloc: &str) -> bool {
+        self.allocs
+            .borrow()
+            .as_ref()
+            .is_some_and(|s| s.allocs.iter().any(|a| a.id == alloc))
+    }
+
+    /// Commits the record of a decision through the authority; the call fails otherwise.
+    async fn audit(
+        &self,
+        alloc: &str,
+        v: &auth::Verdict,
+        r: &ReadLogsRequest,
+    ) -> Result<(), tonic::Status> {
+        let record = pb::NodeAuditRecord {
+            alloc_id: alloc.to_owned(),
+            action: "logs.read".into(),
+            caller_spiffe_id: v.caller.clone(),
+            token_revocation_ids: v.revocation_ids.clone(),
+            decision: if v.denied.is_some() { "deny" } else { "allow" }.into(),
+            reason: v
+                .denied
+                .as_deref()
+                .map(|d| d.chars().take(250).collect())
+                .unwrap_or_default(),
+            detail: [
+                ("stream".to_owned(), stream_name(r.stream).to_owned()),
+                ("tail".to_owned(), r.tail_lines.to_string()),
+                ("since_ms".to_owned(), r.since_ms.to_string()),
+                ("follow".to_owned(), r.follow.to_string()),
+            ]
+            .into(),
+        };
+        let setup = self.setup.borrow().clone();
+        let creds = setup
+            .creds
+            .client_credentials()
+            .map_err(|e| tonic::Status::unavailable(format!("audit: {e}")))?;
+        let mut client = AuthorityClient::new(creds, setup.addrs.clone());
+        let call = client.call(move |mut c| {
+            let req = pb::AppendNodeAuditRequest {
+                records: vec![record.clone()],
+            };
+            async move { c.append_node_audit(req).await }
+        });
+        match tokio::time::timeout(AUDIT_TIMEOUT, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(tonic::Status::unavailable(format!(
+                "the audit record could not be committed, so nothing is served: {e}"
+            ))),
+            Err(_) => Err(tonic::Status::unavailable(
+                "the audit record could not be committed in time, so nothing is served",
+            )),
+        }
+    }
+
+    /// Takes one of the caller's concurrent-read slots.
+    fn admit(&self, caller: &SpiffeId) -> Option<Slot> {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        let total: u32 = active.values().sum();
+        let mine = active.entry(caller.clone()).or_default();
+        if *mine >= PER_CALLER || total >= TOTAL {
+            return None;
+        }
+        *mine += 1;
+        Some(Slot {
+            active: self.active.clone(),
+            caller: caller.clone(),
+        })
+    }
+}
+
+struct Slot {
+    active: Arc<Mutex<HashMap<SpiffeId, u32>>>,
+    caller: SpiffeId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = active.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                active.remove(&self.caller);
+            }
+        }
+    }
+}
+
+fn stream_name(s: i32) -> &'static str {
+    match LogStream::try_from(s) {
+        Ok(LogStream::Stderr) => "stderr",
+        _ => "stdout",
+    }
+}
+
+fn alloc_id_ok(id: &str) -> bool {
+    id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+#[tonic::async_trait]
+impl Node for NodeApi {
+    type ReadLogsStream = ReceiverStream<Result<LogChunk, tonic::Status>>;
+
+    async fn read_logs(
+        &self,
+        req: tonic::Request<ReadLogsRequest>,
+    ) -> Result<tonic::Response<Self::ReadLogsStream>, tonic::Status> {
+        let peer = ringzero_proto::transport::peer(&req);
+        let token = auth::bearer(&req);
+        let r = req.into_inner();
+        if !alloc_id_ok(&r.alloc_id) || LogStream::try_from(r.stream).is_err() {
+            return Err(tonic::Status::invalid_argument(
+                "alloc_id must be [a-z0-9]{16}, stream stdout or stderr",
+            ));
+        }
+        let Some((namespace, job)) = self.job_of(&r.alloc_id) else {
+            return Err(tonic::Status::not_found(format!(
+                "no allocation {} on node {}",
+                r.alloc_id, self.node
+            )));
+        };
+        let Some(resource) = auth::job_resource(&namespace, &job) else {
+            return Err(tonic::Status::internal("the allocation's job is malformed"));
+        };
+        let keys = self.keys.borrow().clone();
+        let verdict = auth::decide(
+            &peer,
+            token,
+            keys,
+            &self.revocations,
+            Operation::LogsRead,
+            &resource,
+            &self.node,
+        )
+        .await;
+        self.audit(&r.alloc_id, &verdict, &r).await?;
+        if let Some(why) = &verdict.denied {
+            info!(caller = %verdict.caller, alloc = %r.alloc_id, reason = %why, "log read denied");
+            return Err(if why.starts_with("stale_revocations") {
+                tonic::Status::unavailable(why.clone())
+            } else {
+                tonic::Status::permission_denied(why.clone())
+            });
+        }
+        let Some(slot) = auth::caller_key(&peer).and_then(|c| self.admit(&c)) else {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "at most {PER_CALLER} log reads per caller and {TOTAL} in all"
+            )));
+        };
+        info!(caller = %verdict.caller, alloc = %r.alloc_id, follow = r.follow, "log read");
+        let dir = self.tasks_dir.join(&r.alloc_id);
+        let live = dir.join(if stream_name(r.stream) == "stderr" {
+            "stderr.log"
+        } else {
+            "stdout.log"
+        });
+        let read = read::LogRead {
+            live,
+            tail_lines: r.tail_lines,
+            since: (r.since_ms > 0)
+                .then(|| std::time::UNIX_EPOCH + Duration::from_millis(r.since_ms)),
+            follow: r.follow,
+        };
+        let api = self.clone();
+        let alloc = r.alloc_id.clone();
+        let stop: read::Stop = Box::new(move || {
+            if let Err(why) = auth::still_allowed(&verdict, &api.revocations) {
+                return Some(Err(tonic::Status::permission_denied(why)));
+            }
+            (!api.on_node(&alloc)).then_some(Ok(()))
+        });
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            read::stream(&read, &tx, &stop);
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves the node API on `listener` until `shutdown`, presenting the node SVID of `api.setup`
+/// (re-read whenever the agent renews it) and trusting its bundle.
+pub(crate) async fn serve(
+    api: NodeApi,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    use ringzero_policy::tls::{BundleSource, PeerMatch, RotatingCert, SpiffeClientVerifier};
+    let mut setup = api.setup.clone();
+    let (bundle, cert) = {
+        let s = setup.borrow_and_update().clone();
+        let c = s.creds.client_credentials().map_err(|e| e.to_string())?;
+        let key = s.creds.private_key().map_err(|e| e.to_string())?;
+        (
+            BundleSource::new(c.bundle.clone()),
+            RotatingCert::new(s.creds.chain.clone(), key).map_err(|e| e.to_string())?,
+        )
+    };
+    let verifier = SpiffeClientVerifier::new(bundle.clone(), PeerMatch::AnyInTrustDomain);
+    let config = ringzero_policy::tls::rotating_server_config(cert.clone(), verifier)
+        .map_err(|e| e.to_string())?;
+    // Follow the node SVID's renewals and the bundle's changes.
+    let rotate = tokio::spawn(async move {
+        while setup.changed().await.is_ok() {
+            let s = setup.borrow_and_update().clone();
+            match (s.creds.client_credentials(), s.creds.private_key()) {
+                (Ok(c), Ok(key)) => {
+                    bundle.replace(c.bundle.clone());
+                    if let Err(e) = cert.replace(s.creds.chain.clone(), key) {
+                        warn!(error = %e, "node API: the renewed node SVID is unusable");
+                    }
+                }
+                _ => warn!("node API: the new credentials are unusable"),
+            }
+        }
+    });
+    let policy = ringzero_proto::transport::ServerPolicy::default();
+    let result = policy
+        .server()
+        .layer(ringzero_proto::transport::RefuseExpiredLayer)
+        .add_service(NodeServer::new(api))
+        .serve_with_incoming_shutdown(policy.incoming(listener, Arc::new(config)), shutdown)
+        .await
+        .map_err(|e| e.to_string());
+    rotate.abort();
+    result
+}
+
+/// Binds the node API's listener.
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}

@@ -1,0 +1,247 @@
+//! Reading a task's log: the rotated copies (`.2`, `.1`, oldest first) then the live file,
+//! optionally only the last lines or only files written since a time, then — when following —
+//! what the task appends, across copy-truncate rotation.
+//!
+//! Runs on a blocking thread and hands chunks of at most [`CHUNK`] bytes to a bounded channel,
+//! so a slow reader holds one thread and a few chunks, never the file. Follow polls the live
+//! file every [`POLL`]; when it shrank (rotation truncated it) reading resumes at its start,
+//! as `tail -F` does: lines written between the last poll and the truncation are in `.1` and
+//! not re-sent.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use ringzero_proto::node::LogChunk;
+use tokio::sync::mpsc;
+
+/// The largest chunk sent.
+pub(crate) const CHUNK: usize = 64 * 1024;
+/// How often a follower looks for new bytes.
+const POLL: Duration = Duration::from_millis(200);
+/// The most lines `tail_lines` may ask for.
+pub(crate) const MAX_TAIL: u32 = 100_000;
+/// Rotated copies looked at (the supervisor keeps two by default).
+const MAX_ROTATED: u32 = 8;
+
+/// What to read.
+#[derive(Debug, Clone)]
+pub(crate) struct LogRead {
+    /// `<tasks>/<alloc>/stdout.log` or `stderr.log`.
+    pub live: PathBuf,
+    pub tail_lines: u32,
+    pub since: Option<SystemTime>,
+    pub follow: bool,
+}
+
+/// Why a follow ends early (the stream ends with it as an error).
+pub(crate) type Stop = Box<dyn Fn() -> Option<Result<(), tonic::Status>> + Send>;
+
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+fn is_file(path: &Path) -> Option<std::fs::Metadata> {
+    std::fs::symlink_metadata(path).ok().filter(|m| m.is_file())
+}
+
+/// The files to read, oldest first; the live file last, always (when it exists).
+fn files(r: &LogRead) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for n in (1..=MAX_ROTATED).rev() {
+        let p = numbered(&r.live, n);
+        if let Some(m) = is_file(&p) {
+            let recent = r.since.is_none_or(|s| m.modified().is_ok_and(|t| t >= s));
+            if recent {
+                out.push(p);
+            }
+        }
+    }
+    if is_file(&r.live).is_some() {
+        out.push(r.live.clone());
+    }
+    out
+}
+
+/// Where the last `lines` lines begin: (index into `files`, offset). A final newline does not
+/// start a line of its own.
+fn tail_start(files: &[PathBuf], lines: u32) -> io::Result<(usize, u64)> {
+    if lines == 0 {
+        return Ok((0, 0));
+    }
+    let mut found = 0u32;
+    let mut last_byte = true;
+    let mut buf = vec![0u8; CHUNK];
+    for (i, path) in files.iter().enumerate().rev() {
+        let mut f = open(path)?;
+        let len = f.metadata()?.len();
+        let mut end = len;
+        while end > 0 {
+            let start = end.saturating_sub(CHUNK as u64);
+            let n = (end - start) as usize;
+            f.seek(SeekFrom::Start(start))?;
+            let chunk = &mut buf[..n];
+            f.read_exact(chunk)?;
+            for j in (0..n).rev() {
+                let skip = std::mem::take(&mut last_byte);
+                if chunk[j] == b'\n' && !skip {
+                    found += 1;
+                    if found == lines {
+                        return Ok((i, start + j as u64 + 1));
+                    }
+                }
+            }
+            end = start;
+        }
+    }
+    Ok((0, 0))
+}
+
+fn open(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
+/// Sends `f` from its position to its end; returns the new position, or `None` when the
+/// receiver went away.
+fn drain(
+    f: &mut File,
+    buf: &mut [u8],
+    tx: &mpsc::Sender<Result<LogChunk, tonic::Status>>,
+) -> io::Result<Option<u64>> {
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            return Ok(Some(f.stream_position()?));
+        }
+        let chunk = LogChunk {
+            data: buf[..n].to_vec(),
+        };
+        if tx.blocking_send(Ok(chunk)).is_err() {
+            return Ok(None);
+        }
+    }
+}
+
+/// Streams `r` into `tx` (blocking: run it on a blocking thread). `stop` is asked before each
+/// poll while following.
+pub(crate) fn stream(r: &LogRead, tx: &mpsc::Sender<Result<LogChunk, tonic::Status>>, stop: &Stop) {
+    if let Err(e) = stream_inner(r, tx, stop) {
+        let _ = tx.blocking_send(Err(tonic::Status::internal(format!(
+            "reading the log: {e}"
+        ))));
+    }
+}
+
+fn stream_inner(
+    r: &LogRead,
+    tx: &mpsc::Sender<Result<LogChunk, tonic::Status>>,
+    stop: &Stop,
+) -> io::Result<()> {
+    let files = files(r);
+    let (first, offset) = tail_start(&files, r.tail_lines.min(MAX_TAIL))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut live: Option<File> = None;
+    for (i, path) in files.iter().enumerate().skip(first) {
+        let mut f = open(path)?;
+        if i == first {
+            f.seek(SeekFrom::Start(offset))?;
+        }
+        if drain(&mut f, &mut buf, tx)?.is_none() {
+            return Ok(());
+        }
+        if *path == r.live {
+            live = Some(f);
+        }
+    }
+    if !r.follow {
+        return Ok(());
+    }
+    loop {
+        if let Some(end) = stop() {
+            if let Err(status) = end {
+                let _ = tx.blocking_send(Err(status));
+            }
+            return Ok(());
+        }
+        if tx.is_closed() {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+        let f = match &mut live {
+            Some(f) => f,
+            None => match open(&r.live) {
+                Ok(f) => live.insert(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            },
+        };
+        let pos = f.stream_position()?;
+        if f.metadata()?.len() < pos {
+            // Copy-truncate rotation: the file starts over.
+            f.seek(SeekFrom::Start(0))?;
+        }
+        if drain(f, &mut buf, tx)?.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn collect(r: &LogRead) -> Vec<u8> {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let stop: Stop = Box::new(|| Some(Ok(())));
+        stream(r, &tx, &stop);
+        drop(tx);
+        let mut out = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            out.extend(c.unwrap().data);
+        }
+        out
+    }
+
+    #[test]
+    fn reads_rotated_copies_then_the_live_file_and_tails_across_them() {
+        let dir = std::env::temp_dir().join(format!("rz-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let live = dir.join("stdout.log");
+        std::fs::write(numbered(&live, 2), "a\nb\n").unwrap();
+        std::fs::write(numbered(&live, 1), "c\nd\n").unwrap();
+        std::fs::write(&live, "e\nf\ng").unwrap();
+        let mut r = LogRead {
+            live: live.clone(),
+            tail_lines: 0,
+            since: None,
+            follow: false,
+        };
+        assert_eq!(collect(&r), b"a\nb\nc\nd\ne\nf\ng");
+        r.tail_lines = 2;
+        assert_eq!(collect(&r), b"f\ng");
+        r.tail_lines = 4;
+        assert_eq!(collect(&r), b"d\ne\nf\ng");
+        std::fs::write(&live, "e\nf\n").unwrap();
+        r.tail_lines = 3;
+        assert_eq!(collect(&r), b"d\ne\nf\n");
+        r.tail_lines = 100;
+        assert_eq!(collect(&r), b"a\nb\nc\nd\ne\nf\n");
+        r.tail_lines = 0;
+        r.since = Some(SystemTime::now() + Duration::from_secs(3600));
+        assert_eq!(
+            collect(&r),
+            b"e\nf\n",
+            "old copies skipped, the live file kept"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,202 @@
+//! `ringzero job logs`: finds the job's allocations and their nodes' node-API addresses through
+//! the authority (`ListAllocs`), then reads each log **directly** from the agent that runs it,
+//! over mTLS with the caller's own SVID and capability — no proxy, so the caller stays the
+//! peer its token may be bound to — and accepts only that node's SVID
+//! (`spiffe://TD/ringzero/node/<node>`).
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::anyhow;
+use clap::Args;
+use ringzero_proto::node::node_client::NodeClient;
+use ringzero_proto::node::{LogStream, ReadLogsRequest};
+use ringzero_proto::pb;
+
+use super::{JobRef, parse_job_ref};
+use crate::args::parse_duration;
+use crate::cli::GlobalArgs;
+use crate::cmd::session::{refused, session};
+use crate::failure::{Failure, Outcome, bad_input_msg, failed};
+use crate::input::read_secret;
+
+/// How long to wait for the agent's connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Args)]
+pub(crate) struct JobLogsArgs {
+    /// The job, as NAMESPACE/NAME.
+    #[arg(value_name = "NS/NAME", value_parser = parse_job_ref)]
+    pub(crate) job: JobRef,
+    /// The allocation (needed when the job has several).
+    #[arg(long, value_name = "ID")]
+    pub(crate) alloc: Option<String>,
+    /// Read stderr instead of stdout.
+    #[arg(long)]
+    pub(crate) stderr: bool,
+    /// Keep printing what the task writes (until interrupted, or the allocation leaves its
+    /// node).
+    #[arg(short = 'f', long)]
+    pub(crate) follow: bool,
+    /// Only the last N lines (at most 100000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) tail: Option<u32>,
+    /// Only log files written within DURATION (30s, 10m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) since: Option<Duration>,
+}
+
+pub(crate) const LOGS_HELP: &str = "\
+Needs logs:read on ns/NS/NAME, checked by the agent of the allocation's node (and sched:read on
+it to find the allocation). The CLI connects to that agent directly, with your SVID and
+capability; the agent records the read in the audit log before it sends a byte, and refuses
+while it cannot (authority unreachable) or while its revocation feed is over 30 s old.
+Logs outlive the task: agents keep them for 24 h after the allocation stops.
+
+Examples:
+  ringzero job logs shop/web --tail 100
+  ringzero job logs shop/web --alloc k3j9x0c2m4n6p8q1 --stderr -f
+  ringzero job logs shop/web --since 1h";
+
+pub(crate) async fn logs(global: &GlobalArgs, a: JobLogsArgs) -> Outcome {
+    let what = format!("job {}", a.job);
+    let mut s = session(global)?;
+    let list = pb::ListAllocsRequest {
+        namespace: a.job.namespace.clone(),
+        job: a.job.name.clone(),
+        node: String::new(),
+    };
+    let allocs = s
+        .client
+        .call(|mut c| {
+            let req = list.clone();
+            async move { c.list_allocs(req).await }
+        })
+        .await
+        .map_err(|e| refused(e, &format!("{what}: allocations")))?
+        .allocs;
+    let alloc = match &a.alloc {
+        Some(id) => allocs
+            .into_iter()
+            .find(|x| x.id == *id)
+            .ok_or_else(|| failed(anyhow!("{what} has no allocation {id}")))?,
+        None => {
+            let mut allocs = allocs;
+            match allocs.len() {
+                0 => return Err(failed(anyhow!("{what} has no allocations"))),
+                1 => allocs.remove(0),
+                _ => {
+                    let ids: Vec<String> = allocs
+                        .iter()
+                        .map(|x| format!("{} (node {})", x.id, x.node))
+                        .collect();
+                    return Err(bad_input_msg(format!(
+                        "{what} has {} allocations; pick one with --alloc: {}",
+                        ids.len(),
+                        ids.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    if alloc.node_api.is_empty() {
+        return Err(failed(anyhow!(
+            "allocation {} is on node {}, whose agent announces no node API (not connected, or \
+             started without --node-api)",
+            alloc.id,
+            alloc.node
+        )));
+    }
+    let mut creds = s
+        .profile
+        .credentials()
+        .map_err(|e| failed(anyhow!("profile: {e}")))?;
+    if let Some(t) = &global.token {
+        creds.token = Some(read_secret(t).map_err(crate::failure::bad_input)?);
+    }
+    let server = ringzero_policy::SpiffeIdPattern::parse(&format!(
+        "spiffe://{}/ringzero/node/{}",
+        creds.trust_domain, alloc.node
+    ))
+    .map_err(|e| failed(anyhow!("node {}: {e}", alloc.node)))?;
+    let tls = creds
+        .tls_to(server)
+        .map_err(|e| failed(anyhow!("TLS: {e}")))?;
+    let channel = ringzero_proto::transport::channel(&alloc.node_api, tls, CONNECT_TIMEOUT)
+        .map_err(|e| failed(anyhow!("node {} at {}: {e}", alloc.node, alloc.node_api)))?;
+    let bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = match &creds.token
+    {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| bad_input_msg("the token has characters not allowed in metadata"))?,
+        ),
+        None => None,
+    };
+    let mut client = NodeClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        if let Some(v) = &bearer {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    });
+    let since_ms = a
+        .since
+        .and_then(|d| SystemTime::now().checked_sub(d))
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
+    let req = ReadLogsRequest {
+        alloc_id: alloc.id.clone(),
+        stream: if a.stderr {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        }
+        .into(),
+        tail_lines: a.tail.unwrap_or(0),
+        since_ms,
+        follow: a.follow,
+    };
+    let on = format!("node {} ({})", alloc.node, alloc.node_api);
+    let mut stream = client
+        .read_logs(req)
+        .await
+        .map_err(|st| denied(&st, &alloc.id, &on))?
+        .into_inner();
+    s.refresh().await;
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                if out
+                    .write_all(&chunk.data)
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    // A closed stdout (`| head`): done.
+                    return Ok(std::process::ExitCode::SUCCESS);
+                }
+            }
+            Ok(None) => return Ok(std::process::ExitCode::SUCCESS),
+            Err(st) => return Err(denied(&st, &alloc.id, &on)),
+        }
+    }
+}
+
+fn denied(st: &tonic::Status, alloc: &str, on: &str) -> Failure {
+    let kind = match st.code() {
+        tonic::Code::PermissionDenied => "denied",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::ResourceExhausted => "busy",
+        _ => "failed",
+    };
+    let reach = if st.code() == tonic::Code::Unavailable && st.message().contains("transport") {
+        " (node unreachable)"
+    } else {
+        ""
+    };
+    failed(anyhow!(
+        "logs of allocation {alloc} on {on}: {kind}{reach}: {}",
+        st.message()
+    ))
+}
