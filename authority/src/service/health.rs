@@ -107,6 +107,9 @@ struct Inner {
     term: Option<u64>,
     since_ms: u64,
     nodes: HashMap<String, Seen>,
+    /// Bumped when a feed opens or closes (liveness or capacity may have changed) and when a
+    /// new term starts over: the scheduler's watch wakes on it, never on mere heartbeats.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The leader's view of its agents' feeds.
@@ -119,6 +122,7 @@ impl Default for Health {
             term: None,
             since_ms: now_ms(),
             nodes: HashMap::new(),
+            changes: tokio::sync::watch::Sender::new(0),
         })))
     }
 }
@@ -141,13 +145,11 @@ pub(crate) struct FeedGuard {
 impl Drop for FeedGuard {
     fn drop(&mut self) {
         let mut inner = self.health.lock();
-    /// Bumped when a feed opens or closes (liveness or capacity may have changed) and when a
-    /// new term starts over: the scheduler's watch wakes on it, never on mere heartbeats.
-    changes: tokio::sync::watch::Sender<u64>,
         if let Some(s) = inner.nodes.get_mut(&self.node) {
             s.feeds = s.feeds.saturating_sub(1);
             s.last_seen_ms = now_ms();
         }
+        inner.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -156,7 +158,6 @@ impl Health {
         // A panic while holding the lock leaves plain data behind: keep using it.
         self.0
             .lock()
-            changes: tokio::sync::watch::Sender::new(0),
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -167,7 +168,13 @@ impl Health {
             inner.term = Some(term);
             inner.since_ms = now_ms();
             inner.nodes.retain(|_, s| s.feeds > 0);
+            inner.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Changes whenever a node's liveness or announced capacity may have changed.
+    pub(crate) fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.lock().changes.subscribe()
     }
 
     /// A feed opened by `node` at leader term `term`.
@@ -178,12 +185,12 @@ impl Health {
         s.feeds = s.feeds.saturating_add(1);
         s.last_seen_ms = now_ms();
         s.capacity = capacity;
+        inner.changes.send_modify(|n| *n = n.wrapping_add(1));
         FeedGuard {
             health: self.clone(),
             node: node.to_owned(),
         }
     }
-        inner.changes.send_modify(|n| *n = n.wrapping_add(1));
 
     /// The feed of `node` sent it an event (or a heartbeat).
     pub(crate) fn seen(&self, node: &str) {
@@ -202,15 +209,9 @@ impl Health {
         if now.saturating_sub(*start) >= 1000 {
             *start = now;
             *n = 0;
-            inner.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
         if *n >= REPORTS_PER_SECOND {
             return false;
-    /// Changes whenever a node's liveness or announced capacity may have changed.
-    pub(crate) fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.lock().changes.subscribe()
-    }
-
         }
         *n += 1;
         true
@@ -246,7 +247,6 @@ impl Health {
     /// Every tracked node's view at `term`, and since when this leader tracks.
     pub(crate) fn view(&self, term: u64) -> (u64, HashMap<String, NodeView>) {
         let mut inner = self.lock();
-        inner.changes.send_modify(|n| *n = n.wrapping_add(1));
         Self::at_term(&mut inner, term);
         let nodes = inner
             .nodes

@@ -34,8 +34,8 @@ mod membership;
 mod mesh;
 mod node_audit;
 mod nodes;
-mod scheds;
 mod sched_watch;
+mod scheds;
 mod status;
 mod tokens;
 mod users;
@@ -723,6 +723,13 @@ impl pb::authority_server::Authority for AuthorityService {
         self.list_node_health_impl(req).await
     }
 
+    async fn watch_sched(
+        &self,
+        req: tonic::Request<pb::WatchSchedRequest>,
+    ) -> Result<tonic::Response<sched_watch::SchedStream>, tonic::Status> {
+        self.watch_sched_impl(req).await
+    }
+
     async fn set_node_drain(
         &self,
         req: tonic::Request<pb::SetNodeDrainRequest>,
@@ -731,13 +738,6 @@ impl pb::authority_server::Authority for AuthorityService {
     }
 
     async fn acquire_sched_lease(
-    async fn watch_sched(
-        &self,
-        req: tonic::Request<pb::WatchSchedRequest>,
-    ) -> Result<tonic::Response<sched_watch::SchedStream>, tonic::Status> {
-        self.watch_sched_impl(req).await
-    }
-
         &self,
         req: tonic::Request<pb::AcquireSchedLeaseRequest>,
     ) -> Result<tonic::Response<pb::SchedLease>, tonic::Status> {
