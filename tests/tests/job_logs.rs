@@ -341,3 +341,81 @@ async fn read_direct(profile: &Path, addr: &str, token: String, alloc: &str) -> 
         },
     }
 }
+
+/// By hand, not in CI: time to first byte and throughput of `ringzero job logs` on a 100 MB log
+/// (an ended task's, so that rotation leaves it whole), through the real CLI, authority and
+/// agent. `cargo test -p ringzero-tests --release --test job_logs -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: run by hand"]
+fn bench_job_logs_100mb() {
+    use std::io::Read;
+    let a = SoloAuthority::start("job-logs-bench", TD);
+    let token = a.node_token("n1", "10m");
+    let dir = a.root.path().join("agent-n1");
+    let socket = a.root.path().join("n1.sock");
+    let mut cmd = agent_cmd(
+        a.root.path(),
+        &a.addr,
+        Some(&format!("@{}", token.display())),
+        &dir,
+        &socket,
+    );
+    cmd.args(["--node-api", "127.0.0.1:0"]);
+    let log = a.root.path().join("agent-n1.log");
+    let _agent = spawn_ready_agent("agent-n1", cmd, &log, Duration::from_secs(20));
+    submit(&a, "web", "echo start");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async { place(&mut admin_client(&a), WEB, "web").await });
+    let web_log = dir.join("tasks").join(WEB).join("stdout.log");
+    wait_until(
+        "the task to end",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let out = a.cli(&["job", "status", "shop/web", "--json"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("\"exited\"")
+                .then_some(())
+        },
+    );
+    let line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklm\n";
+    let mut big = String::with_capacity(100 << 20);
+    while big.len() < 100_000_000 {
+        big.push_str(line);
+    }
+    std::fs::write(&web_log, &big).unwrap();
+    for run in 0..3 {
+        let start = std::time::Instant::now();
+        let mut child = ringzero(a.root.path())
+            .arg("--profile")
+            .arg(&a.profile)
+            .args(["job", "logs", "shop/web"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0usize;
+        let mut first = None;
+        loop {
+            let n = out.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            first.get_or_insert_with(|| start.elapsed());
+            total += n;
+        }
+        let all = start.elapsed();
+        assert!(child.wait().unwrap().success());
+        assert_eq!(total, big.len());
+        let ttfb = first.unwrap();
+        println!(
+            "run {run}: {} bytes, first byte after {:?}, all after {:?}, {:.0} MB/s after the first byte",
+            total,
+            ttfb,
+            all,
+            total as f64 / 1e6 / (all - ttfb).as_secs_f64()
+        );
+    }
+}
