@@ -6,17 +6,17 @@
 //! agent live with the capacity it announced; a drain is shown and audited.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ringzero_policy::TrustDomain;
 use ringzero_policy::join::{JoinToken, pin_matches};
 use ringzero_policy::svid::{TrustBundle, csr_for, generate_key};
 use ringzero_proto::client::{
-    AuthorityClient, Credentials, Profile, bundle_cas, fetch_bundle_unverified, redeem_join_token,
+    AuthorityClient, Credentials, bundle_cas, fetch_bundle_unverified, redeem_join_token,
 };
 use ringzero_proto::pb;
-use ringzero_tests::{SoloAuthority, show};
+use ringzero_tests::{SoloAuthority, admin_client, audit, client_of, show};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const TD: &str = "allocs.test";
@@ -42,27 +42,6 @@ fn developer(a: &SoloAuthority, name: &str, namespace: &str) -> PathBuf {
     ]);
     assert!(out.status.success(), "user add {name}: {}", show(&out));
     path
-}
-
-fn client_of(profile: &Path) -> AuthorityClient {
-    let p = Profile::from_toml(&std::fs::read_to_string(profile).unwrap()).unwrap();
-    AuthorityClient::new(p.credentials().unwrap(), p.authorities.clone())
-}
-
-fn audit(a: &SoloAuthority, filters: &[&str]) -> Vec<serde_json::Value> {
-    let mut args = vec!["audit", "query", "--json", "--limit", "10000"];
-    args.extend_from_slice(filters);
-    let out = a.cli(&args);
-    assert!(out.status.success(), "audit query: {}", show(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn admin_client(a: &SoloAuthority) -> AuthorityClient {
-    let p = Profile::from_toml(&std::fs::read_to_string(&a.profile).unwrap()).unwrap();
-    AuthorityClient::new(p.credentials().unwrap(), p.authorities.clone())
 }
 
 /// Enrolls node `name` as an agent would (pinned bundle, local key) and returns its client.
