@@ -2,9 +2,11 @@
 //! identity (rotating with it), client SVIDs that chain to the trust bundle, and a capability on
 //! every call. Today: `ReadLogs`; exec and recorded sessions come later, behind the same gate.
 //!
-//! Every call is decided here (`auth.rs`), then — allowed or denied — recorded through the
-//! authority's `AppendNodeAudit` **before** anything is served; an append that does not commit
-//! fails the call (`Unavailable`). Privileged calls are refused while the revocation feed is
+//! Every call is decided here (`auth.rs`). An allowed call is recorded through the authority's
+//! `AppendNodeAudit` **before** anything is served; an append that does not commit fails the
+//! call (`Unavailable`). A denied call is refused at once and its record goes through the
+//! per-caller denial windows (`denials.rs`), which bound what one caller's denials cost the
+//! node's audit budget. Privileged calls are refused while the revocation feed is
 //! staler than [`MAX_STALENESS`](crate::revocations::MAX_STALENESS). An allowed follow stops
 //! when the feed goes stale, its capability is revoked or expires, the caller leaves, or the
 //! allocation leaves the node.
@@ -13,10 +15,12 @@
 //!
 //! - this file: [`NodeApi`] (what the server reads), [`serve`], the service.
 //! - `auth.rs`: the decision.
+//! - `denials.rs`: denial records, folded per caller and sent off the call's path.
 //! - `read.rs`: reading a log (tail, since, follow across rotation).
 //! - `retention.rs`: logs outlive their task: kept for a retention period, within a size cap.
 
 mod auth;
+mod denials;
 mod read;
 mod retention;
 
@@ -63,6 +67,7 @@ pub(crate) struct NodeApi {
     /// `<data_dir>/node-api`: which job each allocation ran, kept as long as its logs.
     pub meta_dir: PathBuf,
     active: Arc<Mutex<HashMap<SpiffeId, u32>>>,
+    denials: denials::Denials,
 }
 
 impl NodeApi {
@@ -74,8 +79,11 @@ impl NodeApi {
         allocs: watch::Receiver<Option<Arc<pb::NodeAllocSet>>>,
         data_dir: &std::path::Path,
     ) -> Self {
+        let (denials, sender) = denials::Denials::new(setup.clone());
+        tokio::spawn(sender);
         Self {
             node,
+            denials,
             setup,
             keys,
             revocations,
@@ -107,14 +115,9 @@ impl NodeApi {
             .is_some_and(|s| s.allocs.iter().any(|a| a.id == alloc))
     }
 
-    /// Commits the record of a decision through the authority; the call fails otherwise.
-    async fn audit(
-        &self,
-        alloc: &str,
-        v: &auth::Verdict,
-        r: &ReadLogsRequest,
-    ) -> Result<(), tonic::Status> {
-        let record = pb::NodeAuditRecord {
+    /// The audit record of a decision on a log read.
+    fn record(alloc: &str, v: &auth::Verdict, r: &ReadLogsRequest) -> pb::NodeAuditRecord {
+        pb::NodeAuditRecord {
             alloc_id: alloc.to_owned(),
             action: "logs.read".into(),
             caller_spiffe_id: v.caller.clone(),
@@ -132,7 +135,11 @@ impl NodeApi {
                 ("follow".to_owned(), r.follow.to_string()),
             ]
             .into(),
-        };
+        }
+    }
+
+    /// Commits the record of an allowed call through the authority; the call fails otherwise.
+    async fn audit(&self, record: pb::NodeAuditRecord) -> Result<(), tonic::Status> {
         let setup = self.setup.borrow().clone();
         let creds = setup
             .creds
@@ -239,15 +246,25 @@ impl Node for NodeApi {
             &self.node,
         )
         .await;
-        self.audit(&r.alloc_id, &verdict, &r).await?;
+        let record = Self::record(&r.alloc_id, &verdict, &r);
         if let Some(why) = &verdict.denied {
             info!(caller = %verdict.caller, alloc = %r.alloc_id, reason = %why, "log read denied");
+            // Refused at once; the record is folded per caller and sent off this path.
+            let who = auth::caller_key(&peer).map_or_else(
+                || {
+                    peer.addr
+                        .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+                },
+                |id| id.to_string(),
+            );
+            self.denials.record(&who, record);
             return Err(if why.starts_with("stale_revocations") {
                 tonic::Status::unavailable(why.clone())
             } else {
                 tonic::Status::permission_denied(why.clone())
             });
         }
+        self.audit(record).await?;
         let Some(slot) = auth::caller_key(&peer).and_then(|c| self.admit(&c)) else {
             return Err(tonic::Status::resource_exhausted(format!(
                 "at most {PER_CALLER} log reads per caller and {TOTAL} in all"
