@@ -70,6 +70,8 @@
 //!     join: Some(FirstContact::Pinned(token)),
 //!     node_api: None, // or Some("0.0.0.0:7443".parse()?) with an advertised address
 //!     node_api_advertise: None,
+//!     disable_exec: false,
+//!     recording: ringzero_agent::RecordingMode::Strict,
 //! };
 //! ringzero_agent::run(config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(())
@@ -121,6 +123,7 @@ pub use self::cache::{Identity, MeshRule, SvidCache};
 pub use self::daemon::{AgentConfig, Ready, run, run_with_ready};
 pub use self::error::{AgentError, RecoveryHint};
 pub use self::fetch::{FetchError, X509Svid, endpoint_path, fetch_x509};
+pub use self::node_api::RecordingMode;
 pub use self::state::DataDir;
 pub use self::tasks::{
     AllocId, Exit as TaskExit, Limits as TaskLimits, MAX_TASKS, RestartMode, RestartPolicy,

@@ -374,7 +374,8 @@ pub enum Role {
     /// Runs the cluster day to day: nodes, entries, mesh policy, jobs, logs, debug, tokens, audit; not
     /// membership, users or roles.
     Operator,
-    /// Works inside one namespace: jobs, logs, debug, entries, mesh policy and delegation there.
+    /// Works inside one namespace: jobs, logs, entries, mesh policy and delegation there. Not
+    /// `debug:attach` (`job exec`): a role file grants it where it is wanted.
     Developer,
     /// Reads everything that describes the cluster, changes nothing.
     Auditor,
@@ -446,7 +447,6 @@ impl Role {
                     SchedCancel,
                     SchedRead,
                     LogsRead,
-                    DebugAttach,
                 ]
                 .into_iter()
                 .map(|o| (o, Scope::Namespace))
@@ -645,6 +645,12 @@ mod tests {
             Operation::MeshPolicy,
             &Resource::parse("ns/team-b/db").unwrap()
         )));
+        // Reads its own logs, but exec (debug:attach) is granted by a role file, never built in.
+        assert!(dev.iter().any(|r| r.allows(
+            Operation::LogsRead,
+            &Resource::parse("ns/team-a/web").unwrap()
+        )));
+        assert!(!dev.iter().any(|r| r.operation == Operation::DebugAttach));
         assert!(Role::Developer.rights(Some("a/b")).is_err());
         let aud = Role::Auditor.rights(None).unwrap();
         assert!(aud.iter().all(|r| r.operation.as_str().ends_with(":read")));

@@ -225,7 +225,7 @@ fn ended(state: i32) -> bool {
 }
 
 /// The task of an allocation of `job`.
-fn task_spec(alloc_id: AllocId, job: &pb::Job) -> Result<TaskSpec, String> {
+pub(crate) fn task_spec(alloc_id: AllocId, job: &pb::Job) -> Result<TaskSpec, String> {
     let restart = job.restart.clone().unwrap_or_default();
     let mode = match restart.policy.as_str() {
         "" | "never" => RestartMode::Never,

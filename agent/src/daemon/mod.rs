@@ -29,7 +29,7 @@
 //! - `allocs.rs`: the allocations' task: starting and stopping them, reporting their statuses.
 //! - `backoff.rs`: exponential backoff with jitter.
 
-mod allocs;
+pub(crate) mod allocs;
 mod backoff;
 mod entries;
 mod issuance;
@@ -89,6 +89,10 @@ pub struct AgentConfig {
     /// The address announced to the authority for the node API (`host:port`); default the
     /// bound address, unless it is unspecified (`0.0.0.0`), when nothing is announced.
     pub node_api_advertise: Option<String>,
+    /// Refuse every exec on this node (audited as `exec_disabled`).
+    pub disable_exec: bool,
+    /// What a failed write of an exec session's recording does.
+    pub recording: crate::node_api::RecordingMode,
 }
 
 /// Reported once: the Workload API serves and the first sync (and the SVIDs it called for)
@@ -207,6 +211,11 @@ pub async fn run_with_ready(
             revocations.clone(),
             allocs_rx.clone(),
             dir.path(),
+            crate::node_api::ExecSettings {
+                enabled: !config.disable_exec,
+                recording: config.recording,
+                supervisor: Some(supervisor.clone()),
+            },
         );
         let listener = crate::node_api::bind(addr)
             .await

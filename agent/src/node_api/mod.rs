@@ -1,6 +1,6 @@
 //! The agent's node API (`ringzero.node.v1.Node`) over mTLS: the node SVID as the server
 //! identity (rotating with it), client SVIDs that chain to the trust bundle, and a capability on
-//! every call. Today: `ReadLogs`; exec and recorded sessions come later, behind the same gate.
+//! every call: `ReadLogs`, `Exec` (recorded sessions) and `GetRecording`.
 //!
 //! Every call is decided here (`auth.rs`). An allowed call is recorded through the authority's
 //! `AppendNodeAudit` **before** anything is served; an append that does not commit fails the
@@ -17,11 +17,16 @@
 //! - `auth.rs`: the decision.
 //! - `denials.rs`: denial records, folded per caller and sent off the call's path.
 //! - `read.rs`: reading a log (tail, since, follow across rotation).
+//! - `exec.rs`: `Exec` (a command in a task's context, recorded) and `GetRecording`;
+//!   `child.rs` its process (pipes or a pty), `recording.rs` its recording.
 //! - `retention.rs`: logs outlive their task: kept for a retention period, within a size cap.
 
 mod auth;
+mod child;
 mod denials;
+mod exec;
 mod read;
+mod recording;
 mod retention;
 
 use std::collections::HashMap;
@@ -41,6 +46,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 pub(crate) use self::auth::biscuit_keys;
+pub(crate) use self::exec::ExecSettings;
+pub use self::recording::RecordingMode;
 pub(crate) use self::retention::{Retention, retention_task};
 use crate::daemon::ClientSetup;
 use crate::revocations::RevocationSet;
@@ -67,6 +74,11 @@ pub(crate) struct NodeApi {
     /// `<data_dir>/node-api`: which job each allocation ran, kept as long as its logs.
     pub meta_dir: PathBuf,
     active: Arc<Mutex<HashMap<SpiffeId, u32>>>,
+    /// Exec: on or off, recording mode, the tasks.
+    pub exec: ExecSettings,
+    /// `<data_dir>/sessions`: exec recordings.
+    pub sessions_dir: PathBuf,
+    exec_active: Arc<Mutex<HashMap<SpiffeId, u32>>>,
     denials: denials::Denials,
 }
 
@@ -78,6 +90,7 @@ impl NodeApi {
         revocations: RevocationSet,
         allocs: watch::Receiver<Option<Arc<pb::NodeAllocSet>>>,
         data_dir: &std::path::Path,
+        exec: ExecSettings,
     ) -> Self {
         let (denials, sender) = denials::Denials::new(setup.clone());
         tokio::spawn(sender);
@@ -91,6 +104,9 @@ impl NodeApi {
             tasks_dir: data_dir.join("tasks"),
             meta_dir: data_dir.join("node-api"),
             active: Arc::default(),
+            exec,
+            sessions_dir: data_dir.join("sessions"),
+            exec_active: Arc::default(),
         }
     }
 
@@ -165,18 +181,44 @@ impl NodeApi {
 
     /// Takes one of the caller's concurrent-read slots.
     fn admit(&self, caller: &SpiffeId) -> Option<Slot> {
-        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
-        let total: u32 = active.values().sum();
-        let mine = active.entry(caller.clone()).or_default();
-        if *mine >= PER_CALLER || total >= TOTAL {
-            return None;
-        }
-        *mine += 1;
-        Some(Slot {
-            active: self.active.clone(),
-            caller: caller.clone(),
-        })
+        admit_in(&self.active, caller, PER_CALLER, TOTAL)
     }
+
+    /// Takes the caller's exec session slot.
+    fn admit_exec(&self, caller: &SpiffeId) -> Option<Slot> {
+        admit_in(&self.exec_active, caller, exec::PER_CALLER, exec::TOTAL)
+    }
+
+    /// The task of an allocation on this node, as the feed describes it.
+    fn task_spec(&self, id: &crate::tasks::AllocId) -> Option<crate::tasks::TaskSpec> {
+        let set = self.allocs.borrow().clone()?;
+        let a = set.allocs.iter().find(|a| a.id == id.as_str())?;
+        let job = set.jobs.iter().find_map(|j| {
+            let job = j.job.as_ref()?;
+            (job.namespace == a.namespace && job.name == a.job && j.version == a.job_version)
+                .then_some(job)
+        })?;
+        crate::daemon::allocs::task_spec(id.clone(), job).ok()
+    }
+}
+
+fn admit_in(
+    map: &Arc<Mutex<HashMap<SpiffeId, u32>>>,
+    caller: &SpiffeId,
+    per_caller: u32,
+    total: u32,
+) -> Option<Slot> {
+    let mut active = map.lock().unwrap_or_else(PoisonError::into_inner);
+    let all: u32 = active.values().sum();
+    let mine = active.entry(caller.clone()).or_default();
+    if *mine >= per_caller || all >= total {
+        return None;
+    }
+    *mine += 1;
+    Some(Slot {
+        active: map.clone(),
+        caller: caller.clone(),
+    })
 }
 
 struct Slot {
@@ -213,6 +255,22 @@ fn alloc_id_ok(id: &str) -> bool {
 #[tonic::async_trait]
 impl Node for NodeApi {
     type ReadLogsStream = ReceiverStream<Result<LogChunk, tonic::Status>>;
+    type ExecStream = exec::ExecStream;
+    type GetRecordingStream = exec::RecordingStream;
+
+    async fn exec(
+        &self,
+        req: tonic::Request<tonic::Streaming<ringzero_proto::node::ExecInput>>,
+    ) -> Result<tonic::Response<Self::ExecStream>, tonic::Status> {
+        exec::exec(self, req).await
+    }
+
+    async fn get_recording(
+        &self,
+        req: tonic::Request<ringzero_proto::node::GetRecordingRequest>,
+    ) -> Result<tonic::Response<Self::GetRecordingStream>, tonic::Status> {
+        exec::get_recording(self, req).await
+    }
 
     async fn read_logs(
         &self,

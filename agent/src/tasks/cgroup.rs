@@ -122,6 +122,11 @@ impl TaskCgroup {
         Ok(Self { dir })
     }
 
+    /// Its `cgroup.procs`, where a pid is written to move it in.
+    pub(super) fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
     /// Moves `pid` in, then every other member of its process group (a child it forked
     /// before the move).
     pub(super) fn add(&self, pid: u32) -> io::Result<()> {

@@ -181,6 +181,13 @@ pub enum RestartMode {
     Always,
 }
 
+/// See [`Supervisor::exec_context`].
+#[derive(Debug, Clone)]
+pub(crate) struct ExecContext {
+    pub cgroup_procs: Option<PathBuf>,
+    pub spiffe_endpoint_socket: Option<String>,
+}
+
 /// The supervisor's settings.
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
@@ -462,6 +469,24 @@ impl Supervisor {
     /// Every task's status, updated as they change.
     pub fn statuses(&self) -> watch::Receiver<BTreeMap<AllocId, TaskStatus>> {
         self.shared.statuses.subscribe()
+    }
+
+    /// What a command run in a running task's context needs beyond its spec: the task's
+    /// `cgroup.procs` when it has a cgroup, and the Workload API address tasks are given.
+    /// `None` when the task is not running.
+    pub(crate) fn exec_context(&self, alloc_id: &AllocId) -> Option<ExecContext> {
+        let running = matches!(
+            self.shared
+                .statuses
+                .borrow()
+                .get(alloc_id)
+                .map(|s| &s.state),
+            Some(TaskState::Running { .. })
+        );
+        running.then(|| ExecContext {
+            cgroup_procs: self.shared.cgroups.existing(alloc_id).map(|c| c.procs()),
+            spiffe_endpoint_socket: self.shared.config.spiffe_endpoint_socket.clone(),
+        })
     }
 
     /// Where the task's stdout and stderr logs are.

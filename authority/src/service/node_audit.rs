@@ -1,5 +1,5 @@
-//! `AppendNodeAudit`: an agent's audit records of its node API (log reads; later exec and
-//! recorded sessions), committed before the agent serves anything.
+//! `AppendNodeAudit`: an agent's audit records of its node API (log reads, exec sessions and
+//! reads of their recordings), committed before the agent serves anything.
 //!
 //! Gated like `ReportAllocStatus`: the caller is a node agent (`svid:mint` on `node/<name>` of
 //! its own certificate), it may only speak about allocations placed on its node (another
@@ -45,6 +45,8 @@ pub(crate) struct NodeAudit {
 fn operation_of(action: &str) -> Option<Operation> {
     match action {
         "logs.read" => Some(Operation::LogsRead),
+        "exec.start" | "exec.end" => Some(Operation::DebugAttach),
+        "session.read" => Some(Operation::AuditRead),
         _ => None,
     }
 }

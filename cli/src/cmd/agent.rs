@@ -68,6 +68,13 @@ pub(crate) struct AgentRunArgs {
     /// default the bound address, unless it is unspecified like 0.0.0.0).
     #[arg(long, value_name = "HOST:PORT", requires = "node_api")]
     pub(crate) node_api_advertise: Option<String>,
+    /// Refuse every `job exec` on this node (each refusal audited as exec_disabled).
+    #[arg(long)]
+    pub(crate) disable_exec: bool,
+    /// When writing an exec session's recording fails: strict ends the session; best-effort
+    /// goes on and marks the recording incomplete in the exec.end audit record.
+    #[arg(long, value_name = "MODE", default_value = "strict", value_parser = ["strict", "best-effort"])]
+    pub(crate) recording: String,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +174,12 @@ async fn run_agent(global: &GlobalArgs, a: AgentRunArgs) -> Outcome {
         join,
         node_api: a.node_api,
         node_api_advertise: a.node_api_advertise.clone(),
+        disable_exec: a.disable_exec,
+        recording: if a.recording == "best-effort" {
+            ringzero_agent::RecordingMode::BestEffort
+        } else {
+            ringzero_agent::RecordingMode::Strict
+        },
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<Ready>();
     let announce = tokio::spawn(async move {

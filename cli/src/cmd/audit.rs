@@ -14,12 +14,14 @@
 //! - [`files`]: `verify --file`, a chain of exports checked offline.
 //! - [`memory`]: the remembered head and the digest of its records.
 //! - [`review`]: `query`, `tail`, `export` and the record table.
+//! - [`session`]: `session show|verify`, exec recordings checked against their audit record.
 //! - [`stream`]: feeding an export stream to the (blocking) verifier, and to files.
 
 mod args;
 mod files;
 mod memory;
 mod review;
+mod session;
 mod stream;
 
 use std::fs::File;
@@ -87,6 +89,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: AuditCommand) -> Outcome {
             AuditCommand::Export(a) => review::export(global, a).await,
             AuditCommand::Prove(a) => prove(global, a).await,
             AuditCommand::Seal(a) => seal(global, a).await,
+            AuditCommand::Session(c) => session::run(global, c).await,
         }
     })
 }

@@ -233,6 +233,8 @@ async fn with_authority(
         // The dev cluster serves task logs on loopback.
         node_api: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         node_api_advertise: None,
+        disable_exec: false,
+        recording: ringzero_agent::RecordingMode::Strict,
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     let (agent_stop, agent_stopped) = oneshot::channel::<()>();

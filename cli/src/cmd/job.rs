@@ -2,7 +2,10 @@
 //! `status`, `list`, `stop [--purge]` and `history` (the job's audit records, through the same
 //! code as `audit query`). Placing and running the tasks is the scheduler's and the agents'.
 
+mod exec;
 mod logs;
+
+pub(crate) use self::logs::dial;
 mod plan;
 
 use std::io::Read;
@@ -61,6 +64,9 @@ Examples:
     /// Read a task's log from the agent that runs it (directly, over mTLS).
     #[command(after_help = logs::LOGS_HELP)]
     Logs(logs::JobLogsArgs),
+    /// Run a command in a running task's context (audited, recorded), through its agent.
+    #[command(after_help = exec::EXEC_HELP)]
+    Exec(exec::JobExecArgs),
 }
 
 const RUN_HELP: &str = "\
@@ -205,6 +211,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: JobCommand) -> Outcome {
         JobCommand::List(a) => runtime()?.block_on(list(global, a)),
         JobCommand::Stop(a) => runtime()?.block_on(stop(global, a)),
         JobCommand::Logs(a) => runtime()?.block_on(logs::logs(global, a)),
+        JobCommand::Exec(a) => runtime()?.block_on(exec::exec(global, a)),
         JobCommand::History(a) => runtime()?.block_on(super::audit::query_resource(
             global,
             a.job.resource(),

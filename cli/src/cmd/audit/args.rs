@@ -50,6 +50,9 @@ Examples:
     /// Move old records into a signed segment file and drop them from the live log.
     #[command(after_help = AUDIT_SEAL_HELP)]
     Seal(AuditSealArgs),
+    /// Exec sessions' recordings: fetch one from its node, or check it against the audit log.
+    #[command(subcommand, after_help = super::session::SESSION_HELP)]
+    Session(super::session::AuditSessionCommand),
 }
 
 const AUDIT_VERIFY_HELP: &str = "\

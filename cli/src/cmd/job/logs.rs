@@ -15,7 +15,7 @@ use ringzero_proto::pb;
 use super::{JobRef, parse_job_ref};
 use crate::args::parse_duration;
 use crate::cli::GlobalArgs;
-use crate::cmd::session::{refused, session};
+use crate::cmd::session::{Session, refused, session};
 use crate::failure::{Failure, Outcome, bad_input_msg, failed};
 use crate::input::read_secret;
 
@@ -57,12 +57,35 @@ Examples:
   ringzero job logs shop/web --alloc k3j9x0c2m4n6p8q1 --stderr -f
   ringzero job logs shop/web --since 1h";
 
-pub(crate) async fn logs(global: &GlobalArgs, a: JobLogsArgs) -> Outcome {
-    let what = format!("job {}", a.job);
-    let mut s = session(global)?;
+/// A client of the node API with the caller's bearer capability.
+pub(crate) type Client =
+    NodeClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+
+/// Adds `authorization: Bearer …` to each call.
+#[derive(Debug, Clone)]
+pub(crate) struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Finds the job's allocation (the one named, or its only one) through the authority and
+/// connects to the node API of its agent, accepting only that node's SVID.
+pub(super) async fn connect(
+    global: &GlobalArgs,
+    s: &mut Session,
+    job: &JobRef,
+    alloc: Option<&str>,
+) -> Result<(Client, pb::Alloc), Failure> {
+    let what = format!("job {job}");
     let list = pb::ListAllocsRequest {
-        namespace: a.job.namespace.clone(),
-        job: a.job.name.clone(),
+        namespace: job.namespace.clone(),
+        job: job.name.clone(),
         node: String::new(),
     };
     let allocs = s
@@ -74,7 +97,7 @@ pub(crate) async fn logs(global: &GlobalArgs, a: JobLogsArgs) -> Outcome {
         .await
         .map_err(|e| refused(e, &format!("{what}: allocations")))?
         .allocs;
-    let alloc = match &a.alloc {
+    let alloc = match alloc {
         Some(id) => allocs
             .into_iter()
             .find(|x| x.id == *id)
@@ -106,6 +129,17 @@ pub(crate) async fn logs(global: &GlobalArgs, a: JobLogsArgs) -> Outcome {
             alloc.node
         )));
     }
+    Ok((dial(global, s, &alloc.node, &alloc.node_api)?, alloc))
+}
+
+/// Connects to `node`'s node API at `addr` with the caller's SVID and capability (`--token`
+/// overriding the profile's), accepting only `spiffe://TD/ringzero/node/<node>`.
+pub(crate) fn dial(
+    global: &GlobalArgs,
+    s: &Session,
+    node: &str,
+    addr: &str,
+) -> Result<Client, Failure> {
     let mut creds = s
         .profile
         .credentials()
@@ -115,16 +149,15 @@ pub(crate) async fn logs(global: &GlobalArgs, a: JobLogsArgs) -> Outcome {
     }
     let server = ringzero_policy::SpiffeIdPattern::parse(&format!(
         "spiffe://{}/ringzero/node/{}",
-        creds.trust_domain, alloc.node
+        creds.trust_domain, node
     ))
-    .map_err(|e| failed(anyhow!("node {}: {e}", alloc.node)))?;
+    .map_err(|e| failed(anyhow!("node {}: {e}", node)))?;
     let tls = creds
         .tls_to(server)
         .map_err(|e| failed(anyhow!("TLS: {e}")))?;
-    let channel = ringzero_proto::transport::channel(&alloc.node_api, tls, CONNECT_TIMEOUT)
-        .map_err(|e| failed(anyhow!("node {} at {}: {e}", alloc.node, alloc.node_api)))?;
-    let bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = match &creds.token
-    {
+    let channel = ringzero_proto::transport::channel(addr, tls, CONNECT_TIMEOUT)
+        .map_err(|e| failed(anyhow!("node {} at {}: {e}", node, addr)))?;
+    let bearer = match &creds.token {
         Some(t) => Some(
             format!("Bearer {t}")
                 .parse()
@@ -132,12 +165,12 @@ pub(crate) async fn logs(global: &GlobalArgs, a: JobLogsArgs) -> Outcome {
         ),
         None => None,
     };
-    let mut client = NodeClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        if let Some(v) = &bearer {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    });
+    Ok(NodeClient::with_interceptor(channel, Bearer(bearer)))
+}
+
+pub(crate) async fn logs(global: &GlobalArgs, a: JobLogsArgs) -> Outcome {
+    let mut s = session(global)?;
+    let (mut client, alloc) = connect(global, &mut s, &a.job, a.alloc.as_deref()).await?;
     let since_ms = a
         .since
         .and_then(|d| SystemTime::now().checked_sub(d))
@@ -159,7 +192,7 @@ pub(crate) async fn logs(global: &GlobalArgs, a: JobLogsArgs) -> Outcome {
     let mut stream = client
         .read_logs(req)
         .await
-        .map_err(|st| denied(&st, &alloc.id, &on))?
+        .map_err(|st| denied(&st, &format!("logs of allocation {}", alloc.id), &on))?
         .into_inner();
     s.refresh().await;
     loop {
@@ -177,12 +210,19 @@ pub(crate) async fn logs(global: &GlobalArgs, a: JobLogsArgs) -> Outcome {
                 }
             }
             Ok(None) => return Ok(std::process::ExitCode::SUCCESS),
-            Err(st) => return Err(denied(&st, &alloc.id, &on)),
+            Err(st) => {
+                return Err(denied(
+                    &st,
+                    &format!("logs of allocation {}", alloc.id),
+                    &on,
+                ));
+            }
         }
     }
 }
 
-fn denied(st: &tonic::Status, alloc: &str, on: &str) -> Failure {
+/// `what` names the call and its allocation ("logs of allocation ID").
+pub(super) fn denied(st: &tonic::Status, what: &str, on: &str) -> Failure {
     let kind = match st.code() {
         tonic::Code::PermissionDenied => "denied",
         tonic::Code::Unavailable => "unavailable",
@@ -195,8 +235,5 @@ fn denied(st: &tonic::Status, alloc: &str, on: &str) -> Failure {
     } else {
         ""
     };
-    failed(anyhow!(
-        "logs of allocation {alloc} on {on}: {kind}{reach}: {}",
-        st.message()
-    ))
+    failed(anyhow!("{what} on {on}: {kind}{reach}: {}", st.message()))
 }

@@ -1,0 +1,196 @@
+//! A session's recording: `<data_dir>/sessions/<id>.cast` (0600), asciicast v2 — a JSON header
+//! line, then one `[seconds, kind, data]` line per chunk: `"i"` input, `"o"` output (stdout, or
+//! the terminal), `"e"` stderr (not in the asciicast spec; players skip it), `"r"` a resize
+//! (`"COLSxROWS"`), `"x"` the end (`"code N"`, `"signal N"`, or why the agent ended it).
+//! Bytes that are not UTF-8 are recorded as U+FFFD. The SHA-256 and length are of the file's
+//! bytes, computed as they are written; `exec.end` carries them.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+/// When a recording write fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingMode {
+    /// End the session (the default): nothing runs unrecorded.
+    Strict,
+    /// Keep the session going; the `exec.end` record says the recording is incomplete.
+    BestEffort,
+}
+
+/// Who and what a recording is of, in its header.
+#[derive(Debug, Clone)]
+pub(crate) struct Header<'a> {
+    pub session: &'a str,
+    pub alloc: &'a str,
+    pub node: &'a str,
+    pub cols: u32,
+    pub rows: u32,
+}
+
+pub(crate) struct Recording {
+    file: fs::File,
+    digest: ring::digest::Context,
+    len: u64,
+    start: Instant,
+    /// A write failed (best-effort mode goes on without recording).
+    pub failed: bool,
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording").field("len", &self.len).finish()
+    }
+}
+
+/// `[0-9a-f]{16}`.
+pub(crate) fn session_id_ok(id: &str) -> bool {
+    id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub(crate) fn path_of(dir: &Path, session: &str) -> PathBuf {
+    dir.join(format!("{session}.cast"))
+}
+
+/// The allocation a recording's header names.
+pub(crate) fn alloc_of(dir: &Path, session: &str) -> Option<String> {
+    use std::io::{BufRead, Read};
+    let file = fs::File::open(path_of(dir, session)).ok()?;
+    let mut line = String::new();
+    io::BufReader::new(file.take(4096))
+        .read_line(&mut line)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    v.get("ringzero")?
+        .get("alloc")?
+        .as_str()
+        .map(ToOwned::to_owned)
+}
+
+impl Recording {
+    /// Creates the file (never over an existing one) and writes its header.
+    pub(crate) fn create(dir: &Path, h: &Header<'_>) -> io::Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path_of(dir, h.session))?;
+        let mut r = Self {
+            file,
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            len: 0,
+            start: Instant::now(),
+            failed: false,
+        };
+        let timestamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let header = serde_json::json!({
+            "version": 2,
+            "width": h.cols,
+            "height": h.rows,
+            "timestamp": timestamp,
+            "ringzero": { "session": h.session, "alloc": h.alloc, "node": h.node },
+        });
+        r.write_line(&header.to_string())?;
+        Ok(r)
+    }
+
+    fn write_line(&mut self, line: &str) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        self.file.write_all(&bytes)?;
+        self.digest.update(&bytes);
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Records one chunk; after a failure, nothing more is written.
+    pub(crate) fn event(&mut self, kind: &str, data: &[u8]) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other("the recording already failed"));
+        }
+        let t = self.start.elapsed().as_secs_f64();
+        let line =
+            serde_json::json!([(t * 1e6).round() / 1e6, kind, String::from_utf8_lossy(data)]);
+        let r = self.write_line(&line.to_string());
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    /// Syncs the file; its length and SHA-256 (hex).
+    pub(crate) fn finish(mut self) -> (u64, String, bool) {
+        if self.file.sync_all().is_err() {
+            self.failed = true;
+        }
+        let sum = hex::encode(self.digest.finish().as_ref());
+        (self.len, sum, self.failed)
+    }
+}
+
+/// SHA-256 over the argv, each argument prefixed by its length (u64 big-endian), in hex: what
+/// the audit log carries instead of the arguments.
+pub(crate) fn argv_sha256(argv: &[String]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for a in argv {
+        ctx.update(&(a.len() as u64).to_be_bytes());
+        ctx.update(a.as_bytes());
+    }
+    hex::encode(ctx.finish().as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn argv_hash_is_length_prefixed() {
+        let a = argv_sha256(&["ab".into(), "c".into()]);
+        let b = argv_sha256(&["a".into(), "bc".into()]);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn a_recording_hashes_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Header {
+            session: "0123456789abcdef",
+            alloc: "abcdefgh01234567",
+            node: "n1",
+            cols: 80,
+            rows: 24,
+        };
+        let mut r = Recording::create(dir.path(), &h).unwrap();
+        r.event("o", b"hello\n").unwrap();
+        r.event("i", b"\xff").unwrap();
+        let (len, sum, failed) = r.finish();
+        assert!(!failed);
+        let bytes = fs::read(path_of(dir.path(), h.session)).unwrap();
+        assert_eq!(bytes.len() as u64, len);
+        let want = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+        assert_eq!(sum, want);
+        assert_eq!(
+            alloc_of(dir.path(), h.session).as_deref(),
+            Some("abcdefgh01234567")
+        );
+        assert!(
+            Recording::create(dir.path(), &h).is_err(),
+            "never overwritten"
+        );
+    }
+}
