@@ -509,3 +509,85 @@ pub(super) async fn get_recording(
     });
     Ok(tonic::Response::new(ReceiverStream::new(rx)))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn start() -> ExecStart {
+        ExecStart {
+            alloc_id: "abcdefgh01234567".into(),
+            argv: vec!["id".into(), "-u".into()],
+            reason: "INC-1".into(),
+            tty: false,
+            window: None,
+        }
+    }
+
+    #[test]
+    fn starts_are_checked_before_anything() {
+        assert!(check_start(&start()).is_ok());
+        let bad = [
+            ExecStart {
+                alloc_id: "x".into(),
+                ..start()
+            },
+            ExecStart {
+                argv: vec![],
+                ..start()
+            },
+            ExecStart {
+                argv: vec![String::new()],
+                ..start()
+            },
+            ExecStart {
+                argv: vec!["a".into(); MAX_ARGS + 1],
+                ..start()
+            },
+            ExecStart {
+                argv: vec!["a".repeat(MAX_ARGV_BYTES + 1)],
+                ..start()
+            },
+            ExecStart {
+                argv: vec!["a\0b".into()],
+                ..start()
+            },
+            ExecStart {
+                reason: " ".into(),
+                ..start()
+            },
+            ExecStart {
+                reason: "a\nb".into(),
+                ..start()
+            },
+            ExecStart {
+                reason: "r".repeat(MAX_REASON + 1),
+                ..start()
+            },
+        ];
+        for s in bad {
+            assert!(check_start(&s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn windows_are_clamped() {
+        use ringzero_proto::node::WindowSize;
+        assert_eq!(window(None), (24, 80));
+        assert_eq!(window(Some(&WindowSize { rows: 0, cols: 0 })), (24, 80));
+        let huge = WindowSize {
+            rows: u32::MAX,
+            cols: 5000,
+        };
+        assert_eq!(window(Some(&huge)), (1000, 1000));
+    }
+
+    #[test]
+    fn session_ids_are_what_recordings_accept() {
+        let id = session_id().unwrap();
+        assert!(recording::session_id_ok(&id), "{id}");
+        assert!(!recording::session_id_ok("../../etc/passwd"));
+    }
+}
