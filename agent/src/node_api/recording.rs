@@ -166,6 +166,27 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_is_sticky() {
+        // /dev/full: every write fails (ENOSPC), as on a full disk.
+        let Ok(file) = fs::OpenOptions::new().write(true).open("/dev/full") else {
+            return;
+        };
+        let mut r = Recording {
+            file,
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            len: 0,
+            start: Instant::now(),
+            failed: false,
+        };
+        assert!(r.event("o", b"x").is_err());
+        assert!(r.failed);
+        assert!(r.event("o", b"y").is_err(), "nothing after a failure");
+        let (len, _, failed) = r.finish();
+        assert_eq!(len, 0);
+        assert!(failed);
+    }
+
+    #[test]
     fn a_recording_hashes_what_it_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let h = Header {
