@@ -227,23 +227,29 @@ fn job_logs_are_gated_audited_and_fail_closed() {
     assert!(refused.message().contains("peer_mismatch"), "{refused:?}");
     let out = logs(&a, &dave, Some(&carol_token), &["shop/web", "--alloc", WEB]);
     assert!(!out.status.success(), "{}", show(&out));
-    let denied = audit(&a, &["--decision", "deny"]);
-    let agent_denials: Vec<_> = denied
-        .iter()
-        .filter(|r| {
-            r["actor"] == dave_id.as_str()
-                && r["operation"] == "logs:read"
-                && r["resource"] == "ns/shop/web"
-        })
-        .collect();
-    assert!(
-        agent_denials
-            .iter()
-            .any(|r| r.to_string().contains("peer_mismatch"))
-            && agent_denials
+    // Denial records are sent off the call's path (the agent's denial window): wait for them.
+    wait_until(
+        "dave's two refused reads to be recorded",
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        || {
+            let denied = audit(&a, &["--decision", "deny"]);
+            let agent_denials: Vec<_> = denied
                 .iter()
-                .any(|r| !r.to_string().contains("peer_mismatch")),
-        "dave's two refused reads are not both recorded: {denied:?}"
+                .filter(|r| {
+                    r["actor"] == dave_id.as_str()
+                        && r["operation"] == "logs:read"
+                        && r["resource"] == "ns/shop/web"
+                })
+                .collect();
+            (agent_denials
+                .iter()
+                .any(|r| r.to_string().contains("peer_mismatch"))
+                && agent_denials
+                    .iter()
+                    .any(|r| !r.to_string().contains("peer_mismatch")))
+            .then_some(())
+        },
     );
 
     // A token attenuated to job web cannot read job db.
