@@ -161,6 +161,15 @@ fn mesh_policy_is_gated_on_the_to_namespace_and_audited() {
         &web,
     ]);
     assert!(!out.status.success(), "{}", show(&out));
+    // A malformed rule in carol's own namespace (a bare trust domain as --from names no
+    // workload) is invalid input: refused, and not recorded as a namespace denial.
+    let before = audit(&a, &["--operation", "mesh:policy", "--decision", "deny"]).len();
+    let bare = format!("spiffe://{TD}");
+    let out = as_user(&a, &carol, &["mesh", "allow", "--to", &db, "--from", &bare]);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(show(&out).contains("names no workload"), "{}", show(&out));
+    let after = audit(&a, &["--operation", "mesh:policy", "--decision", "deny"]);
+    assert_eq!(after.len(), before, "{after:#?}");
 
     // The admin sees every rule; carol removes hers.
     assert_eq!(policies(&a, &a.profile, "").len(), 2);

@@ -260,15 +260,7 @@ impl MeshPolicy {
         if to.trust_domain_name() != from.trust_domain_name() {
             return Err(invalid("to and from must be of one trust domain"));
         }
-        let base = match &to {
-            SpiffeIdPattern::Exact(id) | SpiffeIdPattern::Below(id) => id,
-        };
-        let segments: Vec<&str> = base.segments().collect();
-        let under_ns = matches!(
-            (&to, segments.as_slice()),
-            (SpiffeIdPattern::Exact(_), ["ns", _, ..]) | (SpiffeIdPattern::Below(_), ["ns", ..])
-        );
-        if !under_ns || base.is_reserved() {
+        if !Self::protects_a_namespace(&to) {
             return Err(invalid(format!(
                 "to {to}: a mesh policy protects workloads under ns/… (spiffe://TD/ns/NS/… or \
                  spiffe://TD/ns/NS/*), never a reserved or other path"
@@ -282,6 +274,20 @@ impl MeshPolicy {
             ));
         }
         Ok((to, from))
+    }
+
+    /// Whether `to` names workloads under `ns/…` (`spiffe://TD/ns/NS/…` or `spiffe://TD/ns/NS/*`,
+    /// never a reserved path): what a namespace's `mesh:policy` can protect at all.
+    pub fn protects_a_namespace(to: &SpiffeIdPattern) -> bool {
+        let base = match to {
+            SpiffeIdPattern::Exact(id) | SpiffeIdPattern::Below(id) => id,
+        };
+        let segments: Vec<&str> = base.segments().collect();
+        let under_ns = matches!(
+            (to, segments.as_slice()),
+            (SpiffeIdPattern::Exact(_), ["ns", _, ..]) | (SpiffeIdPattern::Below(_), ["ns", ..])
+        );
+        under_ns && !base.is_reserved()
     }
 
     /// The resource `mesh:policy` is checked on: the path of `to`'s base ID (`ns/shop/db`, or

@@ -83,18 +83,26 @@ impl AuthorityService {
             from: from.to_string(),
         };
         let resource = base_resource(&to)?;
+        let protects_a_namespace = MeshPolicy::protects_a_namespace(&to);
+        let shape = policy.validate();
+        if protects_a_namespace && let Err(e) = shape {
+            // Malformed (too long, a bare trust domain as --from): invalid input, refused before
+            // any decision, like an unparsable pattern.
+            return Err(invalid(e));
+        }
         let allowed = self
             .gate
             .check(&req, Operation::MeshPolicy, &resource, None)
             .await?;
-        if let Err(e) = policy.validate() {
+        if !protects_a_namespace {
             // Refused whatever the caller's rights, and recorded: a rule protecting a reserved
             // identity (an authority member, a node, a user) is not a namespace's to write.
+            let why = shape.err().map_or_else(String::new, |e| e.to_string());
             let mut audit = allowed.audit.clone();
             audit.decision = AuditDecision::Deny;
-            audit.reason = Some(format!("not_a_namespace: {e}"));
+            audit.reason = Some(format!("not_a_namespace: {why}"));
             self.gate.record_denial(audit).await;
-            return Err(invalid(e));
+            return Err(invalid(why));
         }
         let op = if allow {
             Op::PutMeshPolicy {
