@@ -65,6 +65,7 @@
 //! let token = JoinToken::parse(&std::fs::read_to_string("n7.token")?)?;
 //! let config = AgentConfig {
 //!     authorities: vec!["10.0.0.1:7000".into(), "10.0.0.2:7000".into()],
+//!     pin_authority: false, // true: keep these, ignore the bundle's list (behind a proxy)
 //!     data_dir: "/var/lib/ringzero-agent".into(),
 //!     socket: None, // <data_dir>/workload.sock
 //!     join: Some(FirstContact::Pinned(token)),

@@ -142,6 +142,10 @@ impl Agent {
         }
         let addrs: Vec<String> = b.members.iter().map(|m| m.address.clone()).collect();
         let addrs_changed = !addrs.is_empty() && addrs != self.addrs;
+        if addrs_changed && self.pin_authority {
+            info!(authorities = %addrs.join(","), "authority addresses pinned; the bundle's list is not used");
+        }
+        let addrs_changed = addrs_changed && !self.pin_authority;
         if cas == self.creds.bundle && !addrs_changed {
             return;
         }

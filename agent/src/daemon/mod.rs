@@ -78,6 +78,10 @@ const COALESCE: Duration = Duration::from_millis(250);
 pub struct AgentConfig {
     /// Authority addresses (host:port). Empty: the ones stored at enrollment.
     pub authorities: Vec<String>,
+    /// Keep the addresses the agent starts with (`authorities`, or the stored ones) and ignore
+    /// the authority list the trust bundle carries: for an agent that reaches the authorities
+    /// through a proxy or NAT, whose members' own addresses it cannot dial.
+    pub pin_authority: bool,
     /// The data directory (created; mode `0711`, files `0600`).
     pub data_dir: PathBuf,
     /// The Workload API socket; default `<data_dir>/workload.sock`.
@@ -267,6 +271,7 @@ pub async fn run_with_ready(
         td,
         creds,
         addrs,
+        pin_authority: config.pin_authority,
         node_validity,
         node_renew_at: Instant::now(),
         node_backoff: Backoff::default(),
@@ -330,6 +335,8 @@ struct Agent {
     td: TrustDomain,
     creds: NodeCredentials,
     addrs: Vec<String>,
+    /// Ignore the bundle's authority addresses (`AgentConfig::pin_authority`).
+    pin_authority: bool,
     client: AuthorityClient,
     node_validity: Validity,
     node_renew_at: Instant,

@@ -32,7 +32,8 @@ Examples:
   ringzero agent run --authority 10.0.0.1:7000,10.0.0.2:7000 --join-token @n7.token \\
       --data-dir /var/lib/ringzero-agent
   ringzero agent run --data-dir /var/lib/ringzero-agent     # a restart: no token needed
-  ringzero agent run --authority A --join-token - --data-dir D < n7.token")]
+  ringzero agent run --authority A --join-token - --data-dir D < n7.token
+  ringzero agent run --authority proxy.example:7000 --pin-authority --data-dir D")]
     Run(AgentRunArgs),
     /// Fetch this process's X.509-SVIDs from the Workload API (like `spire-agent api fetch x509`).
     #[command(after_help = "\
@@ -71,6 +72,11 @@ pub(crate) struct AgentRunArgs {
     /// Refuse every `job exec` on this node (each refusal audited as exec_disabled).
     #[arg(long)]
     pub(crate) disable_exec: bool,
+    /// Keep the authority addresses the agent starts with (--authority, or the ones stored at
+    /// enrollment) instead of switching to the members listed in the trust bundle: for an agent
+    /// that reaches the authorities through a proxy or NAT.
+    #[arg(long)]
+    pub(crate) pin_authority: bool,
     /// When writing an exec session's recording fails: strict ends the session; best-effort
     /// goes on and marks the recording incomplete in the exec.end audit record.
     #[arg(long, value_name = "MODE", default_value = "strict", value_parser = ["strict", "best-effort"])]
@@ -169,6 +175,7 @@ async fn run_agent(global: &GlobalArgs, a: AgentRunArgs) -> Outcome {
     let socket = a.socket.as_deref().map(absolute).transpose()?;
     let config = AgentConfig {
         authorities: global.authority.clone(),
+        pin_authority: a.pin_authority,
         data_dir,
         socket,
         join,

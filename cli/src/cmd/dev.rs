@@ -227,6 +227,7 @@ async fn with_authority(
     // 3. The agent, in a task.
     let config = AgentConfig {
         authorities: vec![addr.to_owned()],
+        pin_authority: false,
         data_dir: agent_dir.to_path_buf(),
         socket: None,
         join,

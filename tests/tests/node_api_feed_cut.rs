@@ -1,0 +1,335 @@
+//! The node API when the agent's revocation feed is cut while the authority stays up: the agent
+//! reaches the authority only through an in-test TCP proxy (`--pin-authority` keeps it there
+//! after the bundle lists the authority's own address). Silence the feed's connection: reads
+//! are served until the feed is staler than the bound (30 s), then refused as
+//! `stale_revocations` (Unavailable), though the authority still commits their audit records.
+//! Reset it: the agent reconnects and reads are served again.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringzero_proto::client::AuthorityClient;
+use ringzero_proto::node::node_client::NodeClient;
+use ringzero_proto::pb;
+use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
+use ringzero_tests::{SoloAuthority, admin_client, show, wait_until};
+
+const TD: &str = "feedcut.test";
+const WEB: &str = "f1f1f1f1f1f1f1f1";
+
+/// A loopback TCP proxy to one upstream. `cut` silences every connection open at that moment
+/// (bytes dropped both ways, sockets held open: a middlebox that lost the flow), so the agent's
+/// long-lived feed stream hears nothing while new connections still pass: the authority stays
+/// reachable, as the audit commit of every served read needs. `restore` resets the silenced
+/// connections, so the agent reconnects its feed.
+struct Proxy {
+    addr: String,
+    conns: Arc<Mutex<Vec<Conn>>>,
+    accepted: Arc<AtomicUsize>,
+}
+
+struct Conn {
+    silenced: Arc<AtomicBool>,
+    down: TcpStream,
+    up: TcpStream,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let upstream = upstream.to_owned();
+        let (c, n) = (conns.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for down in listener.incoming() {
+                let Ok(down) = down else { continue };
+                let Ok(up) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                n.fetch_add(1, Ordering::SeqCst);
+                let silenced = Arc::new(AtomicBool::new(false));
+                pipe(
+                    down.try_clone().unwrap(),
+                    up.try_clone().unwrap(),
+                    silenced.clone(),
+                );
+                pipe(
+                    up.try_clone().unwrap(),
+                    down.try_clone().unwrap(),
+                    silenced.clone(),
+                );
+                c.lock().unwrap().push(Conn { silenced, down, up });
+            }
+        });
+        Proxy {
+            addr,
+            conns,
+            accepted,
+        }
+    }
+
+    /// Silences every connection open now; later ones pass.
+    fn cut(&self) {
+        for conn in self.conns.lock().unwrap().iter() {
+            conn.silenced.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Resets the silenced connections.
+    fn restore(&self) {
+        let mut conns = self.conns.lock().unwrap();
+        for conn in conns.iter().filter(|c| c.silenced.load(Ordering::SeqCst)) {
+            let _ = conn.down.shutdown(Shutdown::Both);
+            let _ = conn.up.shutdown(Shutdown::Both);
+        }
+        conns.retain(|c| !c.silenced.load(Ordering::SeqCst));
+    }
+}
+
+/// Copies `from` to `to` in a thread until either side closes; drops what it reads while
+/// `silenced`.
+fn pipe(mut from: TcpStream, mut to: TcpStream, silenced: Arc<AtomicBool>) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if silenced.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
+}
+
+async fn place(c: &mut AuthorityClient) {
+    let p = pb::AllocPlacement {
+        id: WEB.into(),
+        namespace: "shop".into(),
+        job: "web".into(),
+        job_version: 1,
+        index: 0,
+        node: "n1".into(),
+        previous: String::new(),
+    };
+    c.call(|mut g| {
+        let r = pb::PlaceAllocsRequest {
+            allocs: vec![p.clone()],
+            lease: None,
+        };
+        async move { g.place_allocs(r).await }
+    })
+    .await
+    .unwrap();
+}
+
+async fn wait_for_node_api(c: &mut AuthorityClient) -> String {
+    for _ in 0..100 {
+        let reply = c
+            .call(|mut g| async move {
+                g.list_allocs(pb::ListAllocsRequest {
+                    namespace: "shop".into(),
+                    job: "web".into(),
+                    node: String::new(),
+                })
+                .await
+            })
+            .await
+            .unwrap();
+        if let Some(a) = reply.allocs.iter().find(|a| !a.node_api.is_empty()) {
+            return a.node_api.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the node API address was never announced");
+}
+
+/// Adds the capability to every call.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+type Client =
+    NodeClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+
+/// A node-API client over `profile`'s SVID presenting the profile's own token.
+fn node_client(profile: &Path, addr: &str) -> Client {
+    let p = ringzero_proto::client::Profile::from_toml(&std::fs::read_to_string(profile).unwrap())
+        .unwrap();
+    let creds = p.credentials().unwrap();
+    let server =
+        ringzero_policy::SpiffeIdPattern::parse(&format!("spiffe://{TD}/ringzero/node/n1"))
+            .unwrap();
+    let tls = creds.tls_to(server).unwrap();
+    let channel = ringzero_proto::transport::channel(addr, tls, Duration::from_secs(5)).unwrap();
+    let bearer = format!("Bearer {}", p.token).parse().unwrap();
+    NodeClient::with_interceptor(channel, Bearer(bearer))
+}
+
+/// `ReadLogs` of WEB: the first chunk's text, or the error.
+async fn read(c: &mut Client) -> Result<String, tonic::Status> {
+    let req = ringzero_proto::node::ReadLogsRequest {
+        alloc_id: WEB.into(),
+        ..Default::default()
+    };
+    let mut stream = c.read_logs(req).await?.into_inner();
+    match stream.message().await? {
+        Some(chunk) => Ok(String::from_utf8_lossy(&chunk.data).into_owned()),
+        None => Ok(String::new()),
+    }
+}
+
+#[test]
+fn a_cut_feed_refuses_reads_after_the_staleness_bound_and_a_restored_one_serves_again() {
+    let started = Instant::now();
+    let a = SoloAuthority::start("node-api-feed-cut", TD);
+    let proxy = Proxy::start(&a.addr);
+    let token = a.node_token("n1", "10m");
+    let dir = a.root.path().join("agent-n1");
+    let mut cmd = agent_cmd(
+        a.root.path(),
+        &proxy.addr,
+        Some(&format!("@{}", token.display())),
+        &dir,
+        &a.root.path().join("n1.sock"),
+    );
+    cmd.args(["--pin-authority", "--node-api", "127.0.0.1:0"]);
+    let log = a.root.path().join("agent-n1.log");
+    let agent = spawn_ready_agent("agent-n1", cmd, &log, Duration::from_secs(20));
+
+    let job = a.root.path().join("web.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"namespace = "shop"
+name = "web"
+command = "/bin/sh"
+args = ["-c", "echo line1; exec sleep 3600"]
+env = {{ PATH = "/usr/bin:/bin" }}
+uid = 0
+gid = 0
+spiffe_id = "spiffe://{TD}/ns/shop/web"
+
+[restart]
+policy = "never"
+"#
+        ),
+    )
+    .unwrap();
+    let out = a.cli(&["job", "run", &job.to_string_lossy()]);
+    assert!(out.status.success(), "job run: {}", show(&out));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node_api = rt.block_on(async {
+        let mut c = admin_client(&a);
+        place(&mut c).await;
+        wait_for_node_api(&mut c).await
+    });
+    let web_log = dir.join("tasks").join(WEB).join("stdout.log");
+    wait_until(
+        "the web task to log",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            std::fs::read_to_string(&web_log)
+                .ok()
+                .filter(|t| t.contains("line1"))
+        },
+    );
+    let carol = a.root.path().join("carol.profile");
+    let out = a.cli(&[
+        "user",
+        "add",
+        "carol",
+        "--role",
+        "developer",
+        "--namespace",
+        "shop",
+        "--out",
+        &carol.to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "user add carol: {}", show(&out));
+
+    // The feed is up: served. The agent's authority connections all go through the proxy.
+    // Built inside the runtime: the channel's connection task runs on it.
+    let mut client = rt.block_on(async { node_client(&carol, &node_api) });
+    let served = rt.block_on(read(&mut client));
+    assert_eq!(served.unwrap(), "line1\n", "agent log: {}", agent.log());
+    assert!(proxy.accepted.load(Ordering::SeqCst) > 0);
+    assert!(
+        agent.log().contains("authority addresses pinned"),
+        "the bundle listed the authority's own address and the agent kept the proxy: {}",
+        agent.log()
+    );
+
+    // Cut the feed; the authority stays up. Reads are served until the feed is staler than
+    // the bound, then refused as stale_revocations.
+    proxy.cut();
+    let cut = Instant::now();
+    let refusal = loop {
+        let r = rt.block_on(read(&mut client));
+        match r {
+            Ok(text) => assert_eq!(text, "line1\n"),
+            Err(e) => break e,
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(45),
+            "reads still served 45 s after the feed was cut: {}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let refused_after = cut.elapsed();
+    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    assert!(
+        refusal.message().starts_with("stale_revocations"),
+        "{refusal:?}"
+    );
+    // The last word was at most one heartbeat (10 s) before the cut: not refused before ~20 s.
+    assert!(
+        refused_after >= Duration::from_secs(15),
+        "refused only {refused_after:?} after the cut"
+    );
+
+    // Restore the feed: the agent reconnects through the proxy and reads are served again.
+    proxy.restore();
+    let restored = Instant::now();
+    let back = loop {
+        match rt.block_on(read(&mut client)) {
+            Ok(text) => break text,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                assert!(
+                    restored.elapsed() < Duration::from_secs(45),
+                    "still refused 45 s after the feed was restored: {e:?}; agent log: {}",
+                    agent.log()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(back, "line1\n");
+    eprintln!(
+        "refused {refused_after:?} after the cut, served again {:?} after the restore, {:?} in all",
+        restored.elapsed(),
+        started.elapsed()
+    );
+}
