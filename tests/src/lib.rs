@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod impostor;
+pub mod jobs;
 pub mod mesh;
 pub mod probe;
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use ringzero_proto::client::AuthorityClient;
 use ringzero_proto::pb;
 use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
+use ringzero_tests::jobs::{add_user, place_by_hand};
 use ringzero_tests::{
     Proc, SoloAuthority, admin_client, audit, ringzero, run_timeout, show, wait_until,
 };
@@ -47,36 +48,7 @@ policy = "never"
 }
 
 async fn place(c: &mut AuthorityClient, id: &str, index: u32, node: &str) {
-    let p = pb::AllocPlacement {
-        id: id.into(),
-        namespace: "shop".into(),
-        job: "web".into(),
-        job_version: 1,
-        index,
-        node: node.into(),
-        previous: String::new(),
-    };
-    c.call(|mut g| {
-        let r = pb::PlaceAllocsRequest {
-            allocs: vec![p.clone()],
-            lease: None,
-        };
-        async move { g.place_allocs(r).await }
-    })
-    .await
-    .unwrap();
-}
-
-fn add_user(a: &SoloAuthority, name: &str, role: &str, ns: Option<&str>) -> PathBuf {
-    let out_path = a.root.path().join(format!("{name}.profile"));
-    let path = out_path.to_string_lossy().into_owned();
-    let mut args = vec!["user", "add", name, "--role", role, "--out", &path];
-    if let Some(ns) = ns {
-        args.extend(["--namespace", ns]);
-    }
-    let out = a.cli(&args);
-    assert!(out.status.success(), "user add {name}: {}", show(&out));
-    out_path
+    place_by_hand(c, id, "shop", "web", index, node).await;
 }
 
 fn start_agent(a: &SoloAuthority, node: &str, extra: &[&str]) -> (Proc, PathBuf, PathBuf) {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use ringzero_proto::client::AuthorityClient;
 use ringzero_proto::pb;
 use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
+use ringzero_tests::jobs::{self, place_by_hand, token_of};
 use ringzero_tests::{
     Proc, SoloAuthority, admin_client, audit, ringzero, run_timeout, show, wait_until,
 };
@@ -44,47 +45,11 @@ policy = "never"
 }
 
 async fn place(c: &mut AuthorityClient, id: &str, job: &str) {
-    let p = pb::AllocPlacement {
-        id: id.into(),
-        namespace: "shop".into(),
-        job: job.into(),
-        job_version: 1,
-        index: 0,
-        node: "n1".into(),
-        previous: String::new(),
-    };
-    c.call(|mut g| {
-        let r = pb::PlaceAllocsRequest {
-            allocs: vec![p.clone()],
-            lease: None,
-        };
-        async move { g.place_allocs(r).await }
-    })
-    .await
-    .unwrap();
+    place_by_hand(c, id, "shop", job, 0, "n1").await;
 }
 
 fn add_user(a: &SoloAuthority, name: &str, ns: &str) -> PathBuf {
-    let out_path = a.root.path().join(format!("{name}.profile"));
-    let out = a.cli(&[
-        "user",
-        "add",
-        name,
-        "--role",
-        "developer",
-        "--namespace",
-        ns,
-        "--out",
-        &out_path.to_string_lossy(),
-    ]);
-    assert!(out.status.success(), "user add {name}: {}", show(&out));
-    out_path
-}
-
-fn token_of(profile: &Path) -> String {
-    let p = ringzero_proto::client::Profile::from_toml(&std::fs::read_to_string(profile).unwrap())
-        .unwrap();
-    p.token.clone()
+    jobs::add_user(a, name, "developer", Some(ns))
 }
 
 /// `ringzero --profile P [--token @FILE] job logs ARGS…`.

@@ -16,6 +16,7 @@ use ringzero_proto::client::AuthorityClient;
 use ringzero_proto::node::node_client::NodeClient;
 use ringzero_proto::pb;
 use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
+use ringzero_tests::jobs::place_by_hand;
 use ringzero_tests::{SoloAuthority, admin_client, show, wait_until};
 
 const TD: &str = "feedcut.test";
@@ -116,24 +117,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, silenced: Arc<AtomicBool>) {
 }
 
 async fn place(c: &mut AuthorityClient) {
-    let p = pb::AllocPlacement {
-        id: WEB.into(),
-        namespace: "shop".into(),
-        job: "web".into(),
-        job_version: 1,
-        index: 0,
-        node: "n1".into(),
-        previous: String::new(),
-    };
-    c.call(|mut g| {
-        let r = pb::PlaceAllocsRequest {
-            allocs: vec![p.clone()],
-            lease: None,
-        };
-        async move { g.place_allocs(r).await }
-    })
-    .await
-    .unwrap();
+    place_by_hand(c, WEB, "shop", "web", 0, "n1").await;
 }
 
 async fn wait_for_node_api(c: &mut AuthorityClient) -> String {

@@ -11,6 +11,7 @@ use ringzero_proto::client::AuthorityClient;
 use ringzero_proto::node::node_client::NodeClient;
 use ringzero_proto::pb;
 use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
+use ringzero_tests::jobs::{self, place_by_hand, token_of};
 use ringzero_tests::{Proc, SoloAuthority, admin_client, audit, show, wait_until};
 
 const TD: &str = "nodegaps.test";
@@ -90,24 +91,7 @@ policy = "never"
 }
 
 async fn place(c: &mut AuthorityClient) {
-    let p = pb::AllocPlacement {
-        id: WEB.into(),
-        namespace: "shop".into(),
-        job: "web".into(),
-        job_version: 1,
-        index: 0,
-        node: "n1".into(),
-        previous: String::new(),
-    };
-    c.call(|mut g| {
-        let r = pb::PlaceAllocsRequest {
-            allocs: vec![p.clone()],
-            lease: None,
-        };
-        async move { g.place_allocs(r).await }
-    })
-    .await
-    .unwrap();
+    place_by_hand(c, WEB, "shop", "web", 0, "n1").await;
 }
 
 async fn wait_for_node_api(c: &mut AuthorityClient) -> String {
@@ -132,27 +116,7 @@ async fn wait_for_node_api(c: &mut AuthorityClient) -> String {
 }
 
 fn add_user(a: &SoloAuthority, name: &str, ns: &str) -> PathBuf {
-    let out_path = a.root.path().join(format!("{name}.profile"));
-    let out = a.cli(&[
-        "user",
-        "add",
-        name,
-        "--role",
-        "developer",
-        "--namespace",
-        ns,
-        "--out",
-        &out_path.to_string_lossy(),
-    ]);
-    assert!(out.status.success(), "user add {name}: {}", show(&out));
-    out_path
-}
-
-fn token_of(profile: &Path) -> String {
-    ringzero_proto::client::Profile::from_toml(&std::fs::read_to_string(profile).unwrap())
-        .unwrap()
-        .token
-        .clone()
+    jobs::add_user(a, name, "developer", Some(ns))
 }
 
 /// Adds the capability to every call (clonable, so one channel serves concurrent calls).
