@@ -390,7 +390,7 @@ async fn status(global: &GlobalArgs, a: JobShowArgs) -> Outcome {
             eprintln!("note: node liveness needs node:read on node");
         }
         if allocs.truncated {
-            println!("(more allocations than one reply holds)");
+            eprintln!("note: more allocations than one reply holds; the list is cut");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -154,7 +154,7 @@ pub(crate) async fn run(global: &GlobalArgs, cmd: AuditSessionCommand) -> Outcom
                 })?
         }
     };
-    let mut client = crate::cmd::job::dial(global, &s, &end.node, &addr)?;
+    let mut client = crate::cmd::job::dial(&s, &end.node, &addr)?;
     let on = format!("node {} ({addr})", end.node);
     let mut stream = client
         .get_recording(GetRecordingRequest {

@@ -88,7 +88,7 @@ fn window() -> Option<WindowSize> {
 
 pub(crate) async fn exec(global: &GlobalArgs, a: JobExecArgs) -> Outcome {
     let mut s = session(global)?;
-    let (mut client, alloc) = connect(global, &mut s, &a.job, a.alloc.as_deref()).await?;
+    let (mut client, alloc) = connect(&mut s, &a.job, a.alloc.as_deref()).await?;
     let on = format!("node {} ({})", alloc.node, alloc.node_api);
     let (tx, rx) = mpsc::channel::<ExecInput>(8);
     let start = ExecStart {

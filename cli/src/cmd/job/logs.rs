@@ -17,7 +17,6 @@ use crate::args::parse_duration;
 use crate::cli::GlobalArgs;
 use crate::cmd::session::{Session, refused, session};
 use crate::failure::{Failure, Outcome, bad_input_msg, failed};
-use crate::input::read_secret;
 
 /// How long to wait for the agent's connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,7 +76,6 @@ impl tonic::service::Interceptor for Bearer {
 /// Finds the job's allocation (the one named, or its only one) through the authority and
 /// connects to the node API of its agent, accepting only that node's SVID.
 pub(super) async fn connect(
-    global: &GlobalArgs,
     s: &mut Session,
     job: &JobRef,
     alloc: Option<&str>,
@@ -129,24 +127,19 @@ pub(super) async fn connect(
             alloc.node
         )));
     }
-    Ok((dial(global, s, &alloc.node, &alloc.node_api)?, alloc))
+    Ok((dial(s, &alloc.node, &alloc.node_api)?, alloc))
 }
 
-/// Connects to `node`'s node API at `addr` with the caller's SVID and capability (`--token`
-/// overriding the profile's), accepting only `spiffe://TD/ringzero/node/<node>`.
-pub(crate) fn dial(
-    global: &GlobalArgs,
-    s: &Session,
-    node: &str,
-    addr: &str,
-) -> Result<Client, Failure> {
+/// Connects to `node`'s node API at `addr` with the caller's SVID and the capability the session
+/// presents (`--token`, already read once by [`session`], overriding the profile's), accepting
+/// only `spiffe://TD/ringzero/node/<node>`.
+pub(crate) fn dial(s: &Session, node: &str, addr: &str) -> Result<Client, Failure> {
     let mut creds = s
         .profile
         .credentials()
-        .map_err(|e| failed(anyhow!("profile: {e}")))?;
-    if let Some(t) = &global.token {
-        creds.token = Some(read_secret(t).map_err(crate::failure::bad_input)?);
-    }
+        .map_err(|e| crate::failure::bad_input(anyhow!("profile: {e}")))?;
+    // Not `read_secret` again: `--token -` has consumed stdin already.
+    creds.token = s.client.token().map(str::to_owned);
     let server = ringzero_policy::SpiffeIdPattern::parse(&format!(
         "spiffe://{}/ringzero/node/{}",
         creds.trust_domain, node
@@ -170,7 +163,7 @@ pub(crate) fn dial(
 
 pub(crate) async fn logs(global: &GlobalArgs, a: JobLogsArgs) -> Outcome {
     let mut s = session(global)?;
-    let (mut client, alloc) = connect(global, &mut s, &a.job, a.alloc.as_deref()).await?;
+    let (mut client, alloc) = connect(&mut s, &a.job, a.alloc.as_deref()).await?;
     let since_ms = a
         .since
         .and_then(|d| SystemTime::now().checked_sub(d))

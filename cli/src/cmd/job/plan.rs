@@ -13,7 +13,9 @@ use super::esc;
 
 /// The scheduler daemon's default `--lost-after`: a node whose feed has been down longer is
 /// lost and gets nothing.
-const LOST_AFTER_MS: u64 = 15_000;
+fn lost_after_ms() -> u64 {
+    u64::try_from(daemon::Config::default().lost_after.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// What a submit of the job would lead the scheduler to do with it.
 #[derive(Debug, Default)]
@@ -105,7 +107,7 @@ pub(super) async fn placement(
 
 /// The plan of `snapshot` at `now_ms`, restricted to job `ns/name`. Pure.
 fn decide(snapshot: &Snapshot, ns: &str, name: &str, now_ms: u64) -> Placement {
-    let v = daemon::views(snapshot, now_ms, LOST_AFTER_MS);
+    let v = daemon::views(snapshot, now_ms, lost_after_ms());
     let mut n = 0u64;
     let mut ids = || {
         n += 1;
