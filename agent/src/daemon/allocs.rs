@@ -44,7 +44,7 @@ const MAX_MESSAGE: usize = 1024;
 pub(super) async fn alloc_task(
     supervisor: Arc<Supervisor>,
     mut sets: watch::Receiver<Option<Arc<pb::NodeAllocSet>>>,
-    setup: watch::Receiver<Arc<ClientSetup>>,
+    mut setup: watch::Receiver<Arc<ClientSetup>>,
 ) {
     let mut runner = Runner {
         supervisor,
@@ -80,7 +80,9 @@ pub(super) async fn alloc_task(
                 let c = match &mut client {
                     Some(c) => c,
                     None => {
-                        let current = setup.borrow().clone();
+                        // Marks the credentials seen: `has_changed` above then fires only on
+                        // the next rotation, not on every tick.
+                        let current = setup.borrow_and_update().clone();
                         match current.creds.client_credentials() {
                             Ok(creds) => client.insert(AuthorityClient::new(creds, current.addrs.clone())),
                             Err(e) => {

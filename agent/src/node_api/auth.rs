@@ -72,10 +72,13 @@ pub(crate) async fn decide(
         .and_then(|t| token::revocation_ids(t).ok())
         .map(|ids| ids.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
+    // Every reason goes through `bounded_reason`: a denial's detail can quote a rule from a
+    // block the caller wrote, so it must not carry control characters into the agent's log or
+    // exceed what the authority records (which would get the denial record refused).
     let deny = |why: String, ids: Vec<String>| Verdict {
         caller: caller.clone(),
         revocation_ids: ids,
-        denied: Some(why),
+        denied: Some(bounded_reason(&why)),
         expires: None,
     };
     let Some(id) = peer.spiffe_id.clone() else {
@@ -143,6 +146,23 @@ pub(crate) async fn decide(
     }
 }
 
+/// The longest denial reason kept, in bytes (the authority records at most 256).
+const MAX_REASON: usize = 200;
+
+/// `why` without control characters, cut to at most [`MAX_REASON`] bytes on a character
+/// boundary.
+fn bounded_reason(why: &str) -> String {
+    let mut out = String::with_capacity(why.len().min(MAX_REASON));
+    for c in why.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > MAX_REASON {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Whether an allowed call may go on streaming: the feed is fresh, its capability is neither
 /// revoked since nor expired.
 pub(crate) fn still_allowed(v: &Verdict, revocations: &RevocationSet) -> Result<(), String> {
@@ -169,4 +189,19 @@ pub(crate) fn job_resource(namespace: &str, job: &str) -> Option<Resource> {
 /// The caller's SPIFFE ID is what the concurrency cap counts.
 pub(crate) fn caller_key(peer: &ringzero_proto::transport::PeerInfo) -> Option<SpiffeId> {
     peer.spiffe_id.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_bounded_in_bytes_and_free_of_control_characters() {
+        let hostile = format!("no_matching_right: rule {}\n\u{1b}[2J", "é".repeat(300));
+        let r = bounded_reason(&hostile);
+        assert!(r.len() <= MAX_REASON, "{} bytes", r.len());
+        assert!(r.starts_with("no_matching_right: rule é"));
+        assert!(!r.chars().any(char::is_control), "{r:?}");
+        assert_eq!(bounded_reason("peer_mismatch"), "peer_mismatch");
+    }
 }

@@ -106,11 +106,7 @@ fn record(
         caller_spiffe_id: v.caller.clone(),
         token_revocation_ids: v.revocation_ids.clone(),
         decision: if v.denied.is_some() { "deny" } else { "allow" }.into(),
-        reason: v
-            .denied
-            .as_deref()
-            .map(|d| d.chars().take(250).collect())
-            .unwrap_or_default(),
+        reason: v.denied.as_deref().map(str::to_owned).unwrap_or_default(),
         detail,
     }
 }

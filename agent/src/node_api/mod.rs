@@ -139,11 +139,7 @@ impl NodeApi {
             caller_spiffe_id: v.caller.clone(),
             token_revocation_ids: v.revocation_ids.clone(),
             decision: if v.denied.is_some() { "deny" } else { "allow" }.into(),
-            reason: v
-                .denied
-                .as_deref()
-                .map(|d| d.chars().take(250).collect())
-                .unwrap_or_default(),
+            reason: v.denied.as_deref().map(str::to_owned).unwrap_or_default(),
             detail: [
                 ("stream".to_owned(), stream_name(r.stream).to_owned()),
                 ("tail".to_owned(), r.tail_lines.to_string()),

@@ -230,7 +230,14 @@ async fn start_once(
             return Err(format!("cannot start {}: {e}", spec.command.display()));
         }
     };
-    let pid = child.id().unwrap_or(0);
+    // A spawned child always has a pid until it is reaped; never fall back to 0, which written
+    // to `cgroup.procs` would move the agent itself.
+    let Some(pid) = child.id() else {
+        if let Some(group) = cgroup.take() {
+            group.remove().await;
+        }
+        return Err(format!("{} started without a pid", spec.command.display()));
+    };
     if let Some(group) = &cgroup
         && let Err(e) = group.add(pid)
     {
