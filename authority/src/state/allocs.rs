@@ -231,6 +231,15 @@ pub(crate) fn place(
                 a.index, a.namespace, a.job, job.job.count
             )));
         }
+        // The submitter's node list binds every placer, not only an honest scheduler (labels
+        // are announced by agents, not replicated, so only names are checked here).
+        let allowed = &job.job.constraints.nodes;
+        if !allowed.is_empty() && allowed.binary_search(&a.node).is_err() {
+            return Ok(refused(format!(
+                "job {}/{} may not run on node {}",
+                a.namespace, a.job, a.node
+            )));
+        }
         let node: Option<NodeRecord> = get(tx, NODES, "nodes", a.node.as_bytes())?;
         match node {
             None => return Ok(refused(format!("node {} is not enrolled", a.node))),
@@ -436,6 +445,12 @@ pub(crate) fn report(
         if let Some(r) = load(tx, &u.id)? {
             if r.node != node {
                 return Ok(Outcome::Rejected(Rejection::WrongNode(u.id.clone())));
+            }
+            // The scheduler's verdict stands: a partitioned agent that comes back and reports
+            // its task running must not turn a lost allocation (whose entry is gone and whose
+            // index was placed again) back into a live one.
+            if r.state == AllocState::Lost {
+                continue;
             }
             records.push((r, u));
         }

@@ -691,3 +691,44 @@ fn a_lease_covers_its_namespace_or_all() {
     let op = fenced(None, AllocWrite::Stop(vec![C.into()]));
     assert_eq!(d.run_as(OPERATOR, T0 + 7 + TTL, op), Outcome::Done);
 }
+
+#[test]
+fn a_jobs_node_list_binds_every_placer_and_a_lost_verdict_stands() {
+    let mut d = setup();
+    let mut pinned = job("pinned", 1);
+    pinned.constraints.nodes = vec!["n2".into()];
+    assert_eq!(d.run(Op::PutJob { job: pinned }), Outcome::Revision(1));
+    let on = |node: &str| {
+        let mut p = place(A, node, 1, 0);
+        p.job = "pinned".into();
+        p
+    };
+    // Whoever holds job:launch, the submitter's node list holds in apply.
+    assert!(refused(&d.run(Op::PlaceAllocs {
+        allocs: vec![on("n1")]
+    })));
+    assert_eq!(
+        d.run(Op::PlaceAllocs {
+            allocs: vec![on("n2")]
+        }),
+        Outcome::Done
+    );
+    // The scheduler marks it lost; its agent, back from a partition, reports it running.
+    assert_eq!(
+        d.run(Op::MarkAllocsLost {
+            ids: vec![A.into()]
+        }),
+        Outcome::Done
+    );
+    d.run(Op::ReportAllocStatus {
+        node: "n2".into(),
+        updates: vec![AllocUpdate {
+            id: A.into(),
+            state: AllocState::Running,
+            exit_code: None,
+            restarts: 0,
+            message: String::new(),
+        }],
+    });
+    assert_eq!(d.read().alloc(A).unwrap().unwrap().state, AllocState::Lost);
+}
