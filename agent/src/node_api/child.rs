@@ -156,9 +156,14 @@ impl Running {
             pty,
         };
         if let (Some(procs), Some(pid)) = (&ctx.cgroup_procs, running.pgid) {
-            // As the supervisor does for tasks; a command outside its task's limits would be a
-            // way around them, so failing to move it ends it.
-            std::fs::write(procs, pid.as_raw_nonzero().to_string())?;
+            // As the supervisor does for tasks (the leader, then what it already forked); a
+            // command outside its task's limits would be a way around them, so failing to move
+            // it ends its whole group, not only the leader `kill_on_drop` reaches.
+            let leader = pid.as_raw_nonzero().get().unsigned_abs();
+            if let Err(e) = crate::tasks::move_group_into(procs, leader) {
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                return Err(e);
+            }
         }
         Ok((running, output))
     }

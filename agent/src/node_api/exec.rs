@@ -36,6 +36,10 @@ pub(super) const MAX_DURATION: Duration = Duration::from_secs(3600);
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long output may drain after the command ended (a background child holding it open).
 const DRAIN: Duration = Duration::from_secs(2);
+/// How long the pump waits for the caller to take output, or for the command to take input,
+/// before ending the session: while it waits it checks neither the deadline nor revocation, so
+/// a caller that stops reading cannot keep a session (and its slot) past them.
+const STALL: Duration = Duration::from_secs(10);
 /// Concurrent sessions per caller, and in all.
 pub(super) const PER_CALLER: u32 = 1;
 pub(super) const TOTAL: u32 = 16;
@@ -195,11 +199,14 @@ pub(super) async fn exec(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    commit(api, &peer, record(&alloc, "exec.start", &verdict, detail)).await?;
+    let start_record = record(&alloc, "exec.start", &verdict, detail);
     if let Some(why) = &verdict.denied {
+        commit(api, &peer, start_record).await?;
         info!(caller = %verdict.caller, %alloc, reason = %why, "exec denied");
         return Err(refusal(why));
     }
+    // The slot and the running task first: a call refused for either costs no audit append
+    // (the node's budget) and is not recorded as an allowed exec that never ran.
     let Some(slot) = auth::caller_key(&peer).and_then(|c| api.admit_exec(&c)) else {
         return Err(tonic::Status::resource_exhausted(format!(
             "at most {PER_CALLER} exec session per caller and {TOTAL} in all"
@@ -218,6 +225,8 @@ pub(super) async fn exec(
         .ok_or_else(|| {
             tonic::Status::failed_precondition(format!("the task of {alloc} is not running"))
         })?;
+    // Audited before it happens: nothing runs unless this record commits.
+    commit(api, &peer, start_record).await?;
     let dir = api.sessions_dir.clone();
     let header = Header {
         session: &session,
@@ -337,10 +346,16 @@ async fn pump(
                         Out::Stderr => exec_output::Output::Stderr(data),
                     };
                     match r {
-                        Ok(()) => tx
-                            .send(Ok(ExecOutput { output: Some(output) }))
-                            .await
-                            .map_err(|_| "caller_gone".to_owned()),
+                        Ok(()) => match tokio::time::timeout(
+                            STALL,
+                            tx.send(Ok(ExecOutput { output: Some(output) })),
+                        )
+                        .await
+                        {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(_)) => Err("caller_gone".to_owned()),
+                            Err(_) => Err("caller_stalled: output not read".to_owned()),
+                        },
                         Err(e) => Err(e),
                     }
                 }
@@ -353,10 +368,16 @@ async fn pump(
                 Ok(Some(ExecInput { input: Some(i) })) => match i {
                     exec_input::Input::Stdin(data) if data.len() <= super::child::CHUNK => {
                         match recorded(&mut rec, "i", &data) {
-                            Ok(()) => {
-                                let _ = child.stdin.send(In::Data(data)).await;
-                                Ok(())
-                            }
+                            Ok(()) => match tokio::time::timeout(
+                                STALL,
+                                child.stdin.send(In::Data(data)),
+                            )
+                            .await
+                            {
+                                Err(_) => Err("stdin_stalled: input not read".to_owned()),
+                                // The command closed its input: what follows is dropped.
+                                Ok(_) => Ok(()),
+                            },
                             Err(e) => Err(e),
                         }
                     }
@@ -369,7 +390,7 @@ async fn pump(
                         r
                     }
                     exec_input::Input::Eof(_) => {
-                        let _ = child.stdin.send(In::Eof).await;
+                        let _ = tokio::time::timeout(STALL, child.stdin.send(In::Eof)).await;
                         Ok(())
                     }
                     _ => Err("bad_input: stdin over 64 KiB or a second ExecStart".to_owned()),
@@ -378,7 +399,7 @@ async fn pump(
                 Ok(None) => {
                     // The caller is done sending; it still reads.
                     in_open = false;
-                    let _ = child.stdin.send(In::Eof).await;
+                    let _ = tokio::time::timeout(STALL, child.stdin.send(In::Eof)).await;
                     Ok(())
                 }
                 Err(_) => Err("caller_gone".to_owned()),

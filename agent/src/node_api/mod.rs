@@ -318,12 +318,14 @@ impl Node for NodeApi {
                 tonic::Status::permission_denied(why.clone())
             });
         }
-        self.audit(record).await?;
+        // The slot first: a call refused for want of one costs no audit append (the node's
+        // budget) and is not recorded as an allowed read that was never served.
         let Some(slot) = auth::caller_key(&peer).and_then(|c| self.admit(&c)) else {
             return Err(tonic::Status::resource_exhausted(format!(
                 "at most {PER_CALLER} log reads per caller and {TOTAL} in all"
             )));
         };
+        self.audit(record).await?;
         info!(caller = %verdict.caller, alloc = %r.alloc_id, follow = r.follow, "log read");
         let dir = self.tasks_dir.join(&r.alloc_id);
         let live = dir.join(if stream_name(r.stream) == "stderr" {

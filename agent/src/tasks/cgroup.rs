@@ -130,15 +130,7 @@ impl TaskCgroup {
     /// Moves `pid` in, then every other member of its process group (a child it forked
     /// before the move).
     pub(super) fn add(&self, pid: u32) -> io::Result<()> {
-        let procs = self.dir.join("cgroup.procs");
-        fs::write(&procs, pid.to_string())?;
-        for member in adopt::group_members(pid) {
-            if member != pid {
-                // It may have exited meanwhile.
-                let _ = fs::write(&procs, member.to_string());
-            }
-        }
-        Ok(())
+        move_group_into(&self.procs(), pid)
     }
 
     /// SIGKILL to every process in it.
@@ -162,4 +154,18 @@ impl TaskCgroup {
             tracing::warn!(cgroup = %self.dir.display(), %error, "cannot remove a task's cgroup");
         }
     }
+}
+
+/// Writes `pid` to the cgroup whose `cgroup.procs` is `procs`, then every other member of its
+/// process group (a child it forked before the move). Used for tasks and for the commands
+/// `job exec` runs in a task's context.
+pub(crate) fn move_group_into(procs: &Path, pid: u32) -> io::Result<()> {
+    fs::write(procs, pid.to_string())?;
+    for member in adopt::group_members(pid) {
+        if member != pid {
+            // It may have exited meanwhile.
+            let _ = fs::write(procs, member.to_string());
+        }
+    }
+    Ok(())
 }

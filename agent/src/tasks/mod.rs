@@ -57,6 +57,8 @@ mod cgroup;
 mod logs;
 mod run;
 mod spawn;
+
+pub(crate) use self::cgroup::move_group_into;
 #[cfg(test)]
 mod tests;
 
