@@ -53,6 +53,20 @@ pub(crate) type SchedStream = std::pin::Pin<
 
 type WatchTx = tokio::sync::mpsc::Sender<Result<pb::SchedSnapshot, tonic::Status>>;
 
+/// The most `WatchSched` streams one authority process serves at once: each rebuilds a
+/// snapshot on every change, so their number bounds the leader's work (a scheduler per
+/// namespace, and standbys, fit well within it).
+const MAX_WATCHES: usize = 64;
+
+/// The slots of [`MAX_WATCHES`].
+fn watch_slots() -> std::sync::Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::OnceLock::new();
+    SLOTS
+        .get_or_init(|| std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WATCHES)))
+        .clone()
+}
+
 impl AuthorityService {
     pub(crate) async fn watch_sched_impl(
         &self,
@@ -83,6 +97,12 @@ impl AuthorityService {
             .audit
             .details
             .push(("also".into(), "node:read node".into()));
+        // Decided before a slot is taken, so callers without the rights cannot hold them.
+        let Ok(slot) = watch_slots().try_acquire_owned() else {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "at most {MAX_WATCHES} scheduler watches at once"
+            )));
+        };
         self.gate.record(&allowed).await?;
         let term = self.raft.metrics().borrow().current_term;
         // The caller's metadata and peer, to decide again on every wake.
@@ -103,7 +123,10 @@ impl AuthorityService {
             term,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(watch.run(tx));
+        tokio::spawn(async move {
+            watch.run(tx).await;
+            drop(slot);
+        });
         Ok(tonic::Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
