@@ -1,9 +1,14 @@
-//! The node API when the agent's revocation feed is cut while the authority stays up: the agent
-//! reaches the authority only through an in-test TCP proxy (`--pin-authority` keeps it there
-//! after the bundle lists the authority's own address). Silence the feed's connection: reads
-//! are served until the feed is staler than the bound (30 s), then refused as
-//! `stale_revocations` (Unavailable), though the authority still commits their audit records.
-//! Reset it: the agent reconnects and reads are served again.
+//! The node API when the agent's revocation feed is cut: the agent reaches the authority only
+//! through an in-test TCP proxy (`--pin-authority` keeps it there after the bundle lists the
+//! authority's own address).
+//! 1. Silence the feed's connection while new connections still pass (a middlebox that lost
+//!    the flow without a reset): the agent's watchdog drops the silent stream 25 s after its
+//!    last word and dials again, before the revocation set goes stale, so reads keep being
+//!    served.
+//! 2. Silence everything, new connections too (a partition): nothing is served, and once the
+//!    feed is staler than the bound (30 s) reads are refused as `stale_revocations`
+//!    (Unavailable) before any audit append is tried.
+//! 3. Lift the partition: the agent reconnects and reads are served again.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -24,13 +29,14 @@ const WEB: &str = "f1f1f1f1f1f1f1f1";
 
 /// A loopback TCP proxy to one upstream. `cut` silences every connection open at that moment
 /// (bytes dropped both ways, sockets held open: a middlebox that lost the flow), so the agent's
-/// long-lived feed stream hears nothing while new connections still pass: the authority stays
-/// reachable, as the audit commit of every served read needs. `restore` resets the silenced
-/// connections, so the agent reconnects its feed.
+/// long-lived feed stream hears nothing while new connections still pass. `partition` also
+/// silences every connection opened after it. `restore` lifts the partition and resets the
+/// silenced connections, so the agent reconnects its feed.
 struct Proxy {
     addr: String,
     conns: Arc<Mutex<Vec<Conn>>>,
     accepted: Arc<AtomicUsize>,
+    partitioned: Arc<AtomicBool>,
 }
 
 struct Conn {
@@ -45,8 +51,9 @@ impl Proxy {
         let addr = listener.local_addr().unwrap().to_string();
         let conns = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let partitioned = Arc::new(AtomicBool::new(false));
         let upstream = upstream.to_owned();
-        let (c, n) = (conns.clone(), accepted.clone());
+        let (c, n, part) = (conns.clone(), accepted.clone(), partitioned.clone());
         std::thread::spawn(move || {
             for down in listener.incoming() {
                 let Ok(down) = down else { continue };
@@ -54,7 +61,7 @@ impl Proxy {
                     continue;
                 };
                 n.fetch_add(1, Ordering::SeqCst);
-                let silenced = Arc::new(AtomicBool::new(false));
+                let silenced = Arc::new(AtomicBool::new(part.load(Ordering::SeqCst)));
                 pipe(
                     down.try_clone().unwrap(),
                     up.try_clone().unwrap(),
@@ -72,6 +79,7 @@ impl Proxy {
             addr,
             conns,
             accepted,
+            partitioned,
         }
     }
 
@@ -82,8 +90,15 @@ impl Proxy {
         }
     }
 
-    /// Resets the silenced connections.
+    /// Silences every connection, open now or opened later, until `restore`.
+    fn partition(&self) {
+        self.partitioned.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
+    /// Lifts a partition and resets the silenced connections.
     fn restore(&self) {
+        self.partitioned.store(false, Ordering::SeqCst);
         let mut conns = self.conns.lock().unwrap();
         for conn in conns.iter().filter(|c| c.silenced.load(Ordering::SeqCst)) {
             let _ = conn.down.shutdown(Shutdown::Both);
@@ -183,7 +198,7 @@ async fn read(c: &mut Client) -> Result<String, tonic::Status> {
 }
 
 #[test]
-fn a_cut_feed_refuses_reads_after_the_staleness_bound_and_a_restored_one_serves_again() {
+fn a_silent_feed_is_replaced_a_partitioned_one_refuses_after_the_bound_and_a_restored_one_serves_again() {
     let started = Instant::now();
     let a = SoloAuthority::start("node-api-feed-cut", TD);
     let proxy = Proxy::start(&a.addr);
@@ -264,36 +279,71 @@ policy = "never"
         agent.log()
     );
 
-    // Cut the feed; the authority stays up. Reads are served until the feed is staler than
-    // the bound, then refused as stale_revocations.
+    // Cut the feed's connection; new connections pass. The watchdog replaces the silent stream
+    // before the revocation set goes stale: every read is served meanwhile.
     proxy.cut();
     let cut = Instant::now();
-    let refusal = loop {
+    let silent_line = "entry sync stream silent past its heartbeats";
+    loop {
         let r = rt.block_on(read(&mut client));
-        match r {
-            Ok(text) => assert_eq!(text, "line1\n"),
-            Err(e) => break e,
+        assert_eq!(
+            r.as_deref().ok(),
+            Some("line1\n"),
+            "a read {:?} after the feed's connection went silent: {r:?}; agent log: {}",
+            cut.elapsed(),
+            agent.log()
+        );
+        if agent.log().contains(silent_line) {
+            break;
         }
         assert!(
             cut.elapsed() < Duration::from_secs(45),
-            "reads still served 45 s after the feed was cut: {}",
+            "the silent feed was not replaced 45 s after the cut: {}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let redialled_after = cut.elapsed();
+    // The last word was at most one heartbeat (10 s) before the cut: no alarm before ~15 s.
+    assert!(
+        redialled_after >= Duration::from_secs(14),
+        "the watchdog fired only {redialled_after:?} after the cut"
+    );
+    // Served on the new stream, past the point where the old one would have gone stale.
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        rt.block_on(read(&mut client)).as_deref().ok(),
+        Some("line1\n"),
+        "agent log: {}",
+        agent.log()
+    );
+
+    // Partition: nothing reaches the authority. Nothing is served (no audit record can be
+    // committed); once the feed is staler than the bound the refusal names the stale feed.
+    proxy.partition();
+    let cut = Instant::now();
+    let refusal = loop {
+        let e = rt
+            .block_on(read(&mut client))
+            .expect_err("a read was served with the authority unreachable");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        if e.message().starts_with("stale_revocations") {
+            break e;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "reads not refused as stale 60 s after the partition: {e:?}; {}",
             agent.log()
         );
         std::thread::sleep(Duration::from_millis(500));
     };
     let refused_after = cut.elapsed();
-    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
-    assert!(
-        refusal.message().starts_with("stale_revocations"),
-        "{refusal:?}"
-    );
-    // The last word was at most one heartbeat (10 s) before the cut: not refused before ~20 s.
     assert!(
         refused_after >= Duration::from_secs(15),
-        "refused only {refused_after:?} after the cut"
+        "refused as stale only {refused_after:?} after the partition: {refusal:?}"
     );
 
-    // Restore the feed: the agent reconnects through the proxy and reads are served again.
+    // Lift the partition: the agent reconnects through the proxy and reads are served again.
     proxy.restore();
     let restored = Instant::now();
     let back = loop {
@@ -312,7 +362,7 @@ policy = "never"
     };
     assert_eq!(back, "line1\n");
     eprintln!(
-        "refused {refused_after:?} after the cut, served again {:?} after the restore, {:?} in all",
+        "silent feed replaced {redialled_after:?} after the cut; refused as stale {refused_after:?} after the partition, served again {:?} after the restore, {:?} in all",
         restored.elapsed(),
         started.elapsed()
     );

@@ -2,6 +2,7 @@
 //! reconnect, following leader changes through the client's address list.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ringzero_proto::client::{AuthorityClient, ClientError};
 use ringzero_proto::pb;
@@ -24,6 +25,13 @@ pub(crate) struct ClientSetup {
 /// at most 64 KiB encoded, so up to about 64 MiB beside the entries; tonic's default of 4 MiB
 /// would cut the stream.
 const MAX_EVENT_LEN: usize = 96 << 20;
+
+/// How long an open feed may stay silent before it is dropped and dialled again. The authority
+/// sends a heartbeat every 10 s when idle, so this is two and a half missed heartbeats: a stream
+/// whose connection a middlebox lost without a reset (no FIN, no RST, TCP would notice only
+/// after minutes) is replaced before the revocation set goes stale at
+/// [`MAX_STALENESS`](crate::revocations::MAX_STALENESS) (30 s) and the node API starts refusing.
+pub(crate) const FEED_SILENCE: Duration = Duration::from_secs(25);
 
 pub(super) enum SyncMsg {
     /// A new connection syncs from revision 0: what follows up to `synced` is the full set.
@@ -93,7 +101,14 @@ pub(super) async fn sync_task(
         }
         let mut caught_up = from != 0;
         loop {
-            match stream.message().await {
+            let Ok(next) = tokio::time::timeout(FEED_SILENCE, stream.message()).await else {
+                warn!(
+                    silent_for = ?FEED_SILENCE,
+                    "entry sync stream silent past its heartbeats; dialling again"
+                );
+                break;
+            };
+            match next {
                 Ok(Some(ev)) => {
                     backoff.reset();
                     caught_up |= ev.synced;
