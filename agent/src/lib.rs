@@ -73,6 +73,7 @@
 //!     node_api_advertise: None,
 //!     disable_exec: false,
 //!     recording: ringzero_agent::RecordingMode::Strict,
+//!     recording_max_bytes: ringzero_agent::DEFAULT_RECORDING_BYTES,
 //! };
 //! ringzero_agent::run(config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(())
@@ -124,7 +125,7 @@ pub use self::cache::{Identity, MeshRule, SvidCache};
 pub use self::daemon::{AgentConfig, Ready, run, run_with_ready};
 pub use self::error::{AgentError, RecoveryHint};
 pub use self::fetch::{FetchError, X509Svid, endpoint_path, fetch_x509};
-pub use self::node_api::RecordingMode;
+pub use self::node_api::{DEFAULT_RECORDING_BYTES, MIN_RECORDING_BYTES, RecordingMode};
 pub use self::state::DataDir;
 pub use self::tasks::{
     AllocId, Exit as TaskExit, Limits as TaskLimits, MAX_TASKS, RestartMode, RestartPolicy,

@@ -4,12 +4,13 @@
 //! recording on the node matches the length and SHA-256 of its `exec.end` record, and `audit
 //! session verify` says so (and fails on a tampered recording); the arguments never reach the
 //! audit log or the agent's log; an agent run with `--disable-exec` refuses; with the authority
-//! gone, exec fails closed and nothing is started.
+//! gone, exec fails closed and nothing is started. A command that cannot start still gets its
+//! `exec.end`; a session whose recording hits the node's per-session limit is ended (strict).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringzero_proto::client::AuthorityClient;
 use ringzero_proto::pb;
@@ -125,7 +126,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 #[test]
 fn job_exec_is_gated_audited_recorded_and_fails_closed() {
     let mut a = SoloAuthority::start("job-exec", TD);
-    let (_n1, dir1, log1) = start_agent(&a, "n1", &[]);
+    // n1 caps each recording at 8 KiB, so the strict-recording case below is cheap to reach.
+    let (_n1, dir1, log1) = start_agent(&a, "n1", &["--recording-max-bytes", "8192"]);
     let (_n2, _dir2, log2) = start_agent(&a, "n2", &["--disable-exec"]);
     submit(&a);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -217,6 +219,59 @@ fn job_exec_is_gated_audited_recorded_and_fails_closed() {
     // The remote exit code is ours.
     let out = exec(&a, &olga, &with(&["--", "sh", "-c", "exit 7"]), None);
     assert_eq!(out.status.code(), Some(7), "{}", show(&out));
+
+    // A command that cannot start: refused, and its exec.start is closed by an exec.end.
+    let out = exec(&a, &olga, &with(&["--", "/nonexistent/rz-cmd"]), None);
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot start"),
+        "{}",
+        show(&out)
+    );
+
+    // Strict recording: output past the recording's limit ends the session at once (the
+    // command would otherwise sleep 30 s) rather than let it run unrecorded.
+    let began = Instant::now();
+    let out = exec(
+        &a,
+        &olga,
+        &with(&[
+            "--",
+            "sh",
+            "-c",
+            "head -c 65536 /dev/zero | tr '\\0' x; sleep 30",
+        ]),
+        None,
+    );
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("recording_failed"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "the session outlived its failed recording: {:?}",
+        began.elapsed()
+    );
+    let ended: Vec<(String, String)> = wait_until(
+        "the spawn failure's and the cut session's exec.end",
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        || {
+            let ends: Vec<(String, String)> = audit(&a, &["--resource", "ns/shop/web"])
+                .iter()
+                .filter(|r| r.to_string().contains("exec.end"))
+                .filter_map(|r| Some((detail(r, "req.ended_by")?, detail(r, "req.recording")?)))
+                .collect();
+            let spawn = ends.iter().any(|(by, _)| by == "spawn_failed");
+            let cut = ends
+                .iter()
+                .any(|(by, rec)| by.starts_with("recording_failed") && rec == "incomplete");
+            (spawn && cut).then_some(ends)
+        },
+    );
+    assert!(!ended.is_empty());
 
     // -i: stdin round trip.
     let out = exec(

@@ -97,6 +97,9 @@ pub struct AgentConfig {
     pub disable_exec: bool,
     /// What a failed write of an exec session's recording does.
     pub recording: crate::node_api::RecordingMode,
+    /// The most bytes one exec session's recording may hold (at least 4 KiB); past it the
+    /// write fails, and `recording` decides what happens.
+    pub recording_max_bytes: u64,
 }
 
 /// Reported once: the Workload API serves and the first sync (and the SVIDs it called for)
@@ -218,6 +221,7 @@ pub async fn run_with_ready(
             crate::node_api::ExecSettings {
                 enabled: !config.disable_exec,
                 recording: config.recording,
+                recording_max_bytes: config.recording_max_bytes,
                 supervisor: Some(supervisor.clone()),
             },
         );
@@ -249,6 +253,7 @@ pub async fn run_with_ready(
         tokio::spawn(crate::node_api::retention_task(
             dir.path().join("tasks"),
             dir.path().join("node-api"),
+            dir.path().join("sessions"),
             allocs_rx.clone(),
             crate::node_api::Retention::default(),
         ));

@@ -49,6 +49,8 @@ pub(super) const TOTAL: u32 = 16;
 pub(crate) struct ExecSettings {
     pub enabled: bool,
     pub recording: RecordingMode,
+    /// The most bytes one session's recording may hold.
+    pub recording_max_bytes: u64,
     pub supervisor: Option<Arc<Supervisor>>,
 }
 
@@ -235,10 +237,29 @@ pub(super) async fn exec(
         cols: u32::from(cols),
         rows: u32::from(rows),
     };
-    let rec = Recording::create(&dir, &header)
-        .map_err(|e| tonic::Status::unavailable(format!("cannot record the session: {e}")))?;
-    let running = Running::spawn(&spec, &ctx, &start.argv, start.tty.then_some((rows, cols)))
-        .map_err(|e| tonic::Status::failed_precondition(format!("cannot start: {e}")))?;
+    // From here on `exec.start` is in the log: every way out writes its `exec.end`, so no
+    // started session is left open in the record.
+    let rec = match Recording::create(&dir, &header, api.exec.recording_max_bytes) {
+        Ok(rec) => rec,
+        Err(e) => {
+            let why = format!("cannot record the session: {e}");
+            not_started(api, &alloc, &session, &verdict, "recording_failed").await;
+            return Err(tonic::Status::unavailable(why));
+        }
+    };
+    let running = match Running::spawn(&spec, &ctx, &start.argv, start.tty.then_some((rows, cols)))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let (len, sum, _) = rec.finish();
+            warn!(%alloc, %session, error = %e, "exec command did not start");
+            let detail = end_detail(&session, len, sum, "not_started", "spawn_failed", false);
+            let _ = commit_end(api, &alloc, &verdict, detail).await;
+            return Err(tonic::Status::failed_precondition(format!(
+                "cannot start: {e}"
+            )));
+        }
+    };
     info!(caller = %verdict.caller, %alloc, %session, tty = start.tty, "exec session started");
     let (tx, rx) = mpsc::channel(8);
     let _ = tx
@@ -251,48 +272,81 @@ pub(super) async fn exec(
         let _slot = slot;
         let end = pump(running, input, &tx, rec, &api, &verdict, &alloc).await;
         let (len, sum, incomplete) = end.recording;
-        let detail: HashMap<String, String> = [
-            ("session", session.clone()),
-            ("bytes", len.to_string()),
-            ("sha256", sum),
-            ("exit", end.exit.clone()),
-            ("ended_by", end.ended_by.clone().unwrap_or_default()),
-            (
-                "recording",
-                if incomplete { "incomplete" } else { "complete" }.to_owned(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        // The command has run: its end record must land, so a refusal (the node's append rate)
-        // or a blip is retried for a while before the caller is told.
-        let end_record = record(&alloc, "exec.end", &verdict, detail);
-        let mut ended = api.audit(end_record.clone()).await;
-        for wait_ms in [200, 400, 800, 1600, 3200] {
-            if ended.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            ended = api.audit(end_record.clone()).await;
-        }
+        let ended_by = end.ended_by.clone().unwrap_or_default();
+        let detail = end_detail(&session, len, sum, &end.exit, &ended_by, incomplete);
+        let ended = commit_end(&api, &alloc, &verdict, detail).await;
         info!(%alloc, %session, exit = %end.exit, "exec session ended");
-        let msg = match ended {
-            Ok(()) => Ok(ExecOutput {
-                output: Some(exec_output::Output::Exit(ExecExit {
-                    code: end.code,
-                    signal: end.signal,
-                    ended_by: end.ended_by.unwrap_or_default(),
-                })),
-            }),
-            Err(e) => {
-                warn!(%alloc, %session, error = %e, "exec.end not committed");
-                Err(e)
-            }
-        };
+        let msg = ended.map(|()| ExecOutput {
+            output: Some(exec_output::Output::Exit(ExecExit {
+                code: end.code,
+                signal: end.signal,
+                ended_by,
+            })),
+        });
         let _ = tx.send(msg).await;
     });
     Ok(tonic::Response::new(ReceiverStream::new(rx)))
+}
+
+/// The detail of an `exec.end` record.
+fn end_detail(
+    session: &str,
+    len: u64,
+    sha256: String,
+    exit: &str,
+    ended_by: &str,
+    incomplete: bool,
+) -> HashMap<String, String> {
+    [
+        ("session", session.to_owned()),
+        ("bytes", len.to_string()),
+        ("sha256", sha256),
+        ("exit", exit.to_owned()),
+        ("ended_by", ended_by.to_owned()),
+        (
+            "recording",
+            if incomplete { "incomplete" } else { "complete" }.to_owned(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// The `exec.end` of a session that never ran: no recording was made (`why` says what failed).
+async fn not_started(
+    api: &NodeApi,
+    alloc: &str,
+    session: &str,
+    verdict: &auth::Verdict,
+    why: &str,
+) {
+    let detail = end_detail(session, 0, String::new(), "not_started", why, true);
+    let _ = commit_end(api, alloc, verdict, detail).await;
+}
+
+/// Commits a session's `exec.end`. `exec.start` is already in the log, so its end must land:
+/// a refusal (the node's append rate) or a blip is retried for about 6 s before giving up.
+async fn commit_end(
+    api: &NodeApi,
+    alloc: &str,
+    verdict: &auth::Verdict,
+    detail: HashMap<String, String>,
+) -> Result<(), tonic::Status> {
+    let session = detail.get("session").cloned().unwrap_or_default();
+    let end_record = record(alloc, "exec.end", verdict, detail);
+    let mut ended = api.audit(end_record.clone()).await;
+    for wait_ms in [200, 400, 800, 1600, 3200] {
+        if ended.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        ended = api.audit(end_record.clone()).await;
+    }
+    if let Err(e) = &ended {
+        warn!(%alloc, %session, error = %e, "exec.end not committed");
+    }
+    ended
 }
 
 struct End {

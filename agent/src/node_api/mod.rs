@@ -47,7 +47,7 @@ use tracing::{info, warn};
 
 pub(crate) use self::auth::biscuit_keys;
 pub(crate) use self::exec::ExecSettings;
-pub use self::recording::RecordingMode;
+pub use self::recording::{DEFAULT_RECORDING_BYTES, MIN_RECORDING_BYTES, RecordingMode};
 pub(crate) use self::retention::{Retention, retention_task};
 use crate::daemon::ClientSetup;
 use crate::revocations::RevocationSet;

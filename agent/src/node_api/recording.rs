@@ -11,6 +11,12 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+/// The smallest per-session limit accepted: room for the header and a few events.
+pub const MIN_RECORDING_BYTES: u64 = 4096;
+
+/// The default per-session limit (`agent run --recording-max-bytes`).
+pub const DEFAULT_RECORDING_BYTES: u64 = 64 << 20;
+
 /// When a recording write fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordingMode {
@@ -34,6 +40,9 @@ pub(crate) struct Recording {
     file: fs::File,
     digest: ring::digest::Context,
     len: u64,
+    /// The most bytes this recording may hold; a write past it fails (and, strict, ends the
+    /// session), so one session cannot fill the node's disk.
+    max_bytes: u64,
     start: Instant,
     /// A write failed (best-effort mode goes on without recording).
     pub failed: bool,
@@ -73,8 +82,9 @@ pub(crate) fn alloc_of(dir: &Path, session: &str) -> Option<String> {
 }
 
 impl Recording {
-    /// Creates the file (never over an existing one) and writes its header.
-    pub(crate) fn create(dir: &Path, h: &Header<'_>) -> io::Result<Self> {
+    /// Creates the file (never over an existing one) and writes its header. The recording
+    /// holds at most `max_bytes` (at least [`MIN_RECORDING_BYTES`], so the header fits).
+    pub(crate) fn create(dir: &Path, h: &Header<'_>, max_bytes: u64) -> io::Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -88,6 +98,7 @@ impl Recording {
             file,
             digest: ring::digest::Context::new(&ring::digest::SHA256),
             len: 0,
+            max_bytes: max_bytes.max(MIN_RECORDING_BYTES),
             start: Instant::now(),
             failed: false,
         };
@@ -109,6 +120,12 @@ impl Recording {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
+        if self.len.saturating_add(bytes.len() as u64) > self.max_bytes {
+            return Err(io::Error::other(format!(
+                "the recording reached its limit of {} bytes",
+                self.max_bytes
+            )));
+        }
         self.file.write_all(&bytes)?;
         self.digest.update(&bytes);
         self.len += bytes.len() as u64;
@@ -175,6 +192,7 @@ mod tests {
             file,
             digest: ring::digest::Context::new(&ring::digest::SHA256),
             len: 0,
+            max_bytes: DEFAULT_RECORDING_BYTES,
             start: Instant::now(),
             failed: false,
         };
@@ -196,7 +214,7 @@ mod tests {
             cols: 80,
             rows: 24,
         };
-        let mut r = Recording::create(dir.path(), &h).unwrap();
+        let mut r = Recording::create(dir.path(), &h, DEFAULT_RECORDING_BYTES).unwrap();
         r.event("o", b"hello\n").unwrap();
         r.event("i", b"\xff").unwrap();
         let (len, sum, failed) = r.finish();
@@ -210,8 +228,34 @@ mod tests {
             Some("abcdefgh01234567")
         );
         assert!(
-            Recording::create(dir.path(), &h).is_err(),
+            Recording::create(dir.path(), &h, DEFAULT_RECORDING_BYTES).is_err(),
             "never overwritten"
         );
+    }
+
+    #[test]
+    fn a_recording_stops_at_its_limit_and_the_file_stays_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Header {
+            session: "fedcba9876543210",
+            alloc: "abcdefgh01234567",
+            node: "n1",
+            cols: 80,
+            rows: 24,
+        };
+        let mut r = Recording::create(dir.path(), &h, 1).unwrap();
+        assert_eq!(r.max_bytes, MIN_RECORDING_BYTES, "raised to the minimum");
+        let chunk = [b'a'; 1000];
+        let mut written = 0;
+        while r.event("o", &chunk).is_ok() {
+            written += 1;
+        }
+        assert!(written >= 3, "{written} chunks before the limit");
+        assert!(r.failed);
+        let (len, _, failed) = r.finish();
+        assert!(failed);
+        assert!(len <= MIN_RECORDING_BYTES);
+        let on_disk = fs::metadata(path_of(dir.path(), h.session)).unwrap().len();
+        assert_eq!(on_disk, len);
     }
 }

@@ -3,7 +3,13 @@
 //! left the node); an allocation's directory under `<data_dir>/tasks` is deleted once it is
 //! neither listed nor recorded by the supervisor (`task.json`) and nothing in it changed for
 //! the retention period, and the oldest such directories go first while they exceed the size
-//! cap. The supervisor itself never deletes logs.
+//! cap. The supervisor itself never deletes logs. A recorded job whose allocation never got a
+//! task directory is forgotten after the same period.
+//!
+//! Exec recordings (`<data_dir>/sessions/*.cast`) are evidence an investigation may need long
+//! after the session: they are kept [`RECORDINGS.max_age`](RECORDINGS) (30 days), and the oldest
+//! go first while all of them exceed [`RECORDINGS.max_bytes`](RECORDINGS) (4 GiB). A live
+//! session's recording is the newest file, so it is the last to go.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +37,13 @@ impl Default for Retention {
         }
     }
 }
+
+/// How exec recordings are kept.
+pub(crate) const RECORDINGS: Retention = Retention {
+    max_age: Duration::from_secs(30 * 24 * 3600),
+    max_bytes: 4 << 30,
+    every: Duration::from_secs(300),
+};
 
 /// The job recorded for `alloc`, if any.
 pub(crate) fn recorded_job(meta_dir: &Path, alloc: &str) -> Option<(String, String)> {
@@ -105,6 +118,53 @@ pub(crate) fn sweep(
             deleted.push(name);
         }
     }
+    // What was recorded for an allocation that never got a task directory (placed, then
+    // stopped before it ran) goes once it is past retention.
+    if let Ok(entries) = std::fs::read_dir(meta_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > r.max_age);
+            if old && !listed.contains(&name) && !tasks_dir.join(&name).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    deleted
+}
+
+/// One pass over the exec recordings: deletes those past `r.max_age`, then the oldest while
+/// the rest exceed `r.max_bytes`; returns how many went.
+pub(crate) fn sweep_recordings(dir: &Path, r: Retention, now: SystemTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut files: Vec<(SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cast"))
+        .filter_map(|e| {
+            let m = e.metadata().ok().filter(std::fs::Metadata::is_file)?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    files.sort();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    let mut deleted = 0;
+    for (modified, bytes, path) in files {
+        let old = now.duration_since(modified).unwrap_or_default() > r.max_age;
+        if !old && total <= r.max_bytes {
+            break;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                total = total.saturating_sub(bytes);
+                deleted += 1;
+            }
+            Err(e) => warn!(file = %path.display(), error = %e, "could not delete a recording"),
+        }
+    }
     deleted
 }
 
@@ -112,6 +172,7 @@ pub(crate) fn sweep(
 pub(crate) async fn retention_task(
     tasks_dir: PathBuf,
     meta_dir: PathBuf,
+    sessions_dir: PathBuf,
     mut allocs: watch::Receiver<Option<Arc<pb::NodeAllocSet>>>,
     r: Retention,
 ) {
@@ -132,13 +193,21 @@ pub(crate) async fn retention_task(
         for a in &set.allocs {
             record(&meta_dir, a);
         }
-        let (t, m) = (tasks_dir.clone(), meta_dir.clone());
-        let deleted =
-            tokio::task::spawn_blocking(move || sweep(&t, &m, &listed, r, SystemTime::now()))
-                .await
-                .unwrap_or_default();
+        let (t, m, s) = (tasks_dir.clone(), meta_dir.clone(), sessions_dir.clone());
+        let (deleted, recordings) = tokio::task::spawn_blocking(move || {
+            let now = SystemTime::now();
+            (
+                sweep(&t, &m, &listed, r, now),
+                sweep_recordings(&s, RECORDINGS, now),
+            )
+        })
+        .await
+        .unwrap_or_default();
         if !deleted.is_empty() {
             info!(allocs = %deleted.join(","), "expired task logs deleted");
+        }
+        if recordings > 0 {
+            info!(recordings, "expired exec recordings deleted");
         }
     }
 }
@@ -182,5 +251,63 @@ mod tests {
         assert!(tasks.join("listed").exists() && tasks.join("running").exists());
         assert!(recorded_job(&meta, "stopped1").is_none());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_recorded_job_without_logs_is_forgotten_after_retention() {
+        let root = std::env::temp_dir().join(format!("rz-ret-meta-{}", std::process::id()));
+        let (tasks, meta) = (root.join("tasks"), root.join("meta"));
+        std::fs::create_dir_all(&tasks).unwrap();
+        std::fs::create_dir_all(&meta).unwrap();
+        std::fs::write(meta.join("neverran"), "ns/job").unwrap();
+        std::fs::write(meta.join("listed"), "ns/job").unwrap();
+        let listed = ["listed".to_owned()].into();
+        let r = Retention::default();
+        sweep(&tasks, &meta, &listed, r, SystemTime::now());
+        assert!(
+            recorded_job(&meta, "neverran").is_some(),
+            "kept within retention"
+        );
+        let later = SystemTime::now() + r.max_age + Duration::from_secs(60);
+        sweep(&tasks, &meta, &listed, r, later);
+        assert!(recorded_job(&meta, "neverran").is_none());
+        assert!(
+            recorded_job(&meta, "listed").is_some(),
+            "a listed allocation's job stays"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn recordings_go_by_age_then_oldest_first_over_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, age_s: u64| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, vec![b'x'; 100]).unwrap();
+            let t = SystemTime::now() - Duration::from_secs(age_s);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        };
+        write("a.cast", 300);
+        write("b.cast", 200);
+        write("c.cast", 100);
+        write("notes.txt", 400);
+        let r = Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: 250,
+            every: Duration::from_secs(1),
+        };
+        // 300 bytes > 250: the oldest recording goes; other files are left alone.
+        assert_eq!(sweep_recordings(dir.path(), r, SystemTime::now()), 1);
+        assert!(!dir.path().join("a.cast").exists());
+        assert!(dir.path().join("b.cast").exists() && dir.path().join("notes.txt").exists());
+        // Past the age, every recording goes.
+        let later = SystemTime::now() + Duration::from_secs(7200);
+        assert_eq!(sweep_recordings(dir.path(), r, later), 2);
+        assert!(dir.path().join("notes.txt").exists());
     }
 }

@@ -81,6 +81,12 @@ pub(crate) struct AgentRunArgs {
     /// goes on and marks the recording incomplete in the exec.end audit record.
     #[arg(long, value_name = "MODE", default_value = "strict", value_parser = ["strict", "best-effort"])]
     pub(crate) recording: String,
+    /// The most bytes one exec session's recording may hold (at least 4096). Past it the
+    /// recording fails: strict ends the session (ended_by recording_failed), best-effort goes
+    /// on unrecorded. Recordings themselves are kept 30 days, at most 4 GiB per node.
+    #[arg(long, value_name = "BYTES", default_value_t = ringzero_agent::DEFAULT_RECORDING_BYTES,
+          value_parser = clap::value_parser!(u64).range(ringzero_agent::MIN_RECORDING_BYTES..))]
+    pub(crate) recording_max_bytes: u64,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +193,7 @@ async fn run_agent(global: &GlobalArgs, a: AgentRunArgs) -> Outcome {
         } else {
             ringzero_agent::RecordingMode::Strict
         },
+        recording_max_bytes: a.recording_max_bytes,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<Ready>();
     let announce = tokio::spawn(async move {

@@ -236,6 +236,7 @@ async fn with_authority(
         node_api_advertise: None,
         disable_exec: false,
         recording: ringzero_agent::RecordingMode::Strict,
+        recording_max_bytes: ringzero_agent::DEFAULT_RECORDING_BYTES,
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     let (agent_stop, agent_stopped) = oneshot::channel::<()>();
