@@ -555,7 +555,7 @@ pub(super) async fn get_recording(
         let mut file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) => {
-                let _ = tx.blocking_send(Err(tonic::Status::not_found(e.to_string())));
+                let _ = super::read::send(&tx, Err(tonic::Status::not_found(e.to_string())));
                 return;
             }
         };
@@ -567,12 +567,12 @@ pub(super) async fn get_recording(
                     let chunk = RecordingChunk {
                         data: buf[..n].to_vec(),
                     };
-                    if tx.blocking_send(Ok(chunk)).is_err() {
+                    if !super::read::send(&tx, Ok(chunk)) {
                         return;
                     }
                 }
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(tonic::Status::internal(e.to_string())));
+                    let _ = super::read::send(&tx, Err(tonic::Status::internal(e.to_string())));
                     return;
                 }
             }

@@ -3,7 +3,8 @@
 //! what the task appends, across copy-truncate rotation.
 //!
 //! Runs on a blocking thread and hands chunks of at most [`CHUNK`] bytes to a bounded channel,
-//! so a slow reader holds one thread and a few chunks, never the file. Follow polls the live
+//! so a slow reader holds one thread and a few chunks, never the file; a reader that leaves a
+//! chunk unread for [`STALL`] loses the read, and with it the slot and the thread. Follow polls the live
 //! file every [`POLL`]; when it shrank (rotation truncated it) reading resumes at its start,
 //! as `tail -F` does: lines written between the last poll and the truncation are in `.1` and
 //! not re-sent.
@@ -22,6 +23,8 @@ pub(crate) const CHUNK: usize = 64 * 1024;
 const POLL: Duration = Duration::from_millis(200);
 /// The most lines `tail_lines` may ask for.
 pub(crate) const MAX_TAIL: u32 = 100_000;
+/// How long a chunk may wait for the reader to make room before the read ends.
+pub(crate) const STALL: Duration = Duration::from_secs(10);
 /// Rotated copies looked at (the supervisor keeps two by default).
 const MAX_ROTATED: u32 = 8;
 
@@ -123,9 +126,25 @@ fn drain(
         let chunk = LogChunk {
             data: buf[..n].to_vec(),
         };
-        if tx.blocking_send(Ok(chunk)).is_err() {
+        if !send(tx, Ok(chunk)) {
             return Ok(None);
         }
+    }
+}
+
+/// Hands `item` to the reader, waiting at most [`STALL`] for room; `false` when the reader
+/// went away or stalled. Call it from a blocking thread.
+pub(super) fn send<T>(tx: &mpsc::Sender<T>, item: T) -> bool {
+    send_within(tx, item, STALL)
+}
+
+fn send_within<T>(tx: &mpsc::Sender<T>, item: T, wait: Duration) -> bool {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => rt
+            .block_on(tokio::time::timeout(wait, tx.send(item)))
+            .is_ok_and(|sent| sent.is_ok()),
+        // Outside a runtime (unit tests): a plain blocking send.
+        Err(_) => tx.blocking_send(item).is_ok(),
     }
 }
 
@@ -133,9 +152,10 @@ fn drain(
 /// poll while following.
 pub(crate) fn stream(r: &LogRead, tx: &mpsc::Sender<Result<LogChunk, tonic::Status>>, stop: &Stop) {
     if let Err(e) = stream_inner(r, tx, stop) {
-        let _ = tx.blocking_send(Err(tonic::Status::internal(format!(
-            "reading the log: {e}"
-        ))));
+        let _ = send(
+            tx,
+            Err(tonic::Status::internal(format!("reading the log: {e}"))),
+        );
     }
 }
 
@@ -166,7 +186,7 @@ fn stream_inner(
     loop {
         if let Some(end) = stop() {
             if let Err(status) = end {
-                let _ = tx.blocking_send(Err(status));
+                let _ = send(tx, Err(status));
             }
             return Ok(());
         }
@@ -209,6 +229,23 @@ mod tests {
             out.extend(c.unwrap().data);
         }
         out
+    }
+
+    #[test]
+    fn a_reader_that_leaves_its_chunks_unread_loses_the_read() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (tx, mut rx) = mpsc::channel::<u32>(1);
+        let stalled = rt.block_on(async {
+            tokio::task::spawn_blocking(move || {
+                let first = send_within(&tx, 1, Duration::from_millis(50));
+                let second = send_within(&tx, 2, Duration::from_millis(50));
+                (first, second)
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(stalled, (true, false), "the second chunk found no room");
+        assert_eq!(rx.try_recv().ok(), Some(1));
     }
 
     #[test]
