@@ -56,3 +56,116 @@ pub fn token_of(profile: &Path) -> String {
     let text = std::fs::read_to_string(profile).expect("profile readable");
     Profile::from_toml(&text).expect("profile parses").token
 }
+
+/// Writes `NAME.toml` (namespace `shop`, one task running `sh -c SCRIPT` as `uid`, `count`
+/// instances, no restart, identity `spiffe://TD/ns/shop/NAME`) and submits it with `job run`.
+pub fn run_shop_job(a: &SoloAuthority, td: &str, name: &str, script: &str, uid: u32, count: u32) {
+    let text = format!(
+        r#"namespace = "shop"
+name = "{name}"
+count = {count}
+command = "/bin/sh"
+args = ["-c", {script:?}]
+env = {{ PATH = "/usr/bin:/bin" }}
+uid = {uid}
+gid = {uid}
+spiffe_id = "spiffe://{td}/ns/shop/{name}"
+
+[restart]
+policy = "never"
+"#
+    );
+    let file = a.root.path().join(format!("{name}.toml"));
+    std::fs::write(&file, text).expect("write the job file");
+    let out = a.cli(&["job", "run", &file.to_string_lossy()]);
+    assert!(out.status.success(), "job run {name}: {}", show(&out));
+}
+
+/// Starts the agent of `node` serving its node API on loopback, with `extra` flags; returns the
+/// process, its data directory and its log.
+pub fn start_node_agent(
+    a: &SoloAuthority,
+    node: &str,
+    extra: &[&str],
+) -> (crate::Proc, PathBuf, PathBuf) {
+    let token = a.node_token(node, "10m");
+    let dir = a.root.path().join(format!("agent-{node}"));
+    let socket = a.root.path().join(format!("{node}.sock"));
+    let mut cmd = crate::agent::agent_cmd(
+        a.root.path(),
+        &a.addr,
+        Some(&format!("@{}", token.display())),
+        &dir,
+        &socket,
+    );
+    cmd.args(["--node-api", "127.0.0.1:0"]).args(extra);
+    let log = a.root.path().join(format!("agent-{node}.log"));
+    let p = crate::agent::spawn_ready_agent(
+        &format!("agent-{node}"),
+        cmd,
+        &log,
+        std::time::Duration::from_secs(20),
+    );
+    (p, dir, log)
+}
+
+/// The node-API address the authority lists for `namespace/job`'s allocations on `node`
+/// (empty until the agent announced it).
+pub async fn node_api_of(
+    c: &mut AuthorityClient,
+    namespace: &str,
+    job: &str,
+    node: &str,
+) -> String {
+    let req = pb::ListAllocsRequest {
+        namespace: namespace.into(),
+        job: job.into(),
+        node: node.into(),
+    };
+    let reply = c
+        .call(|mut g| {
+            let r = req.clone();
+            async move { g.list_allocs(r).await }
+        })
+        .await
+        .expect("list the allocations");
+    reply
+        .allocs
+        .first()
+        .map(|a| a.node_api.clone())
+        .unwrap_or_default()
+}
+
+/// A node-API client of `node` (trust domain `td`) at `addr`, over `profile`'s SVID, presenting
+/// the profile's own capability on every call. Build it inside a runtime.
+pub type NodeClient = ringzero_proto::node::node_client::NodeClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// Adds `authorization: Bearer …` to every call.
+#[derive(Clone, Debug)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+/// See [`NodeClient`].
+pub fn node_client(profile: &Path, td: &str, node: &str, addr: &str) -> NodeClient {
+    let text = std::fs::read_to_string(profile).expect("profile readable");
+    let p = Profile::from_toml(&text).expect("profile parses");
+    let creds = p.credentials().expect("profile credentials");
+    let server =
+        ringzero_policy::SpiffeIdPattern::parse(&format!("spiffe://{td}/ringzero/node/{node}"))
+            .expect("node identity");
+    let tls = creds.tls_to(server).expect("TLS to the node");
+    let channel = ringzero_proto::transport::channel(addr, tls, std::time::Duration::from_secs(5))
+        .expect("node-API channel");
+    let bearer = format!("Bearer {}", p.token)
+        .parse()
+        .expect("bearer header");
+    ringzero_proto::node::node_client::NodeClient::with_interceptor(channel, Bearer(bearer))
+}

@@ -8,17 +8,13 @@
 //! `exec.end`; a session whose recording hits the node's per-session limit is ended (strict).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ringzero_proto::client::AuthorityClient;
-use ringzero_proto::pb;
-use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
-use ringzero_tests::jobs::{add_user, place_by_hand};
-use ringzero_tests::{
-    Proc, SoloAuthority, admin_client, audit, ringzero, run_timeout, show, wait_until,
-};
+use ringzero_tests::jobs::{self, add_user, place_by_hand};
+use ringzero_tests::{SoloAuthority, admin_client, audit, ringzero, run_timeout, show, wait_until};
 
 const TD: &str = "jobexec.test";
 const WEB: &str = "e1e1e1e1e1e1e1e1";
@@ -50,23 +46,6 @@ policy = "never"
 
 async fn place(c: &mut AuthorityClient, id: &str, index: u32, node: &str) {
     place_by_hand(c, id, "shop", "web", index, node).await;
-}
-
-fn start_agent(a: &SoloAuthority, node: &str, extra: &[&str]) -> (Proc, PathBuf, PathBuf) {
-    let token = a.node_token(node, "10m");
-    let dir = a.root.path().join(format!("agent-{node}"));
-    let socket = a.root.path().join(format!("{node}.sock"));
-    let mut cmd = agent_cmd(
-        a.root.path(),
-        &a.addr,
-        Some(&format!("@{}", token.display())),
-        &dir,
-        &socket,
-    );
-    cmd.args(["--node-api", "127.0.0.1:0"]).args(extra);
-    let log = a.root.path().join(format!("agent-{node}.log"));
-    let p = spawn_ready_agent(&format!("agent-{node}"), cmd, &log, Duration::from_secs(20));
-    (p, dir, log)
 }
 
 /// `ringzero --profile P job exec ARGS…` with `stdin`.
@@ -127,8 +106,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn job_exec_is_gated_audited_recorded_and_fails_closed() {
     let mut a = SoloAuthority::start("job-exec", TD);
     // n1 caps each recording at 8 KiB, so the strict-recording case below is cheap to reach.
-    let (_n1, dir1, log1) = start_agent(&a, "n1", &["--recording-max-bytes", "8192"]);
-    let (_n2, _dir2, log2) = start_agent(&a, "n2", &["--disable-exec"]);
+    let (_n1, dir1, log1) = jobs::start_node_agent(&a, "n1", &["--recording-max-bytes", "8192"]);
+    let (_n2, _dir2, log2) = jobs::start_node_agent(&a, "n2", &["--disable-exec"]);
     submit(&a);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -403,45 +382,16 @@ fn session_verify(a: &SoloAuthority, profile: &Path, session: &str, sessions: &P
     assert_eq!(out.status.code(), Some(1), "tampered: {}", show(&out));
 }
 
-/// The node API address `ListAllocs` shows for the web allocation on n1.
+/// The node-API address of WEB's node.
 fn node_api_of(a: &SoloAuthority) -> String {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut c = admin_client(a);
-        let reply = c
-            .call(|mut g| async move {
-                g.list_allocs(pb::ListAllocsRequest {
-                    namespace: "shop".into(),
-                    job: "web".into(),
-                    node: "n1".into(),
-                })
-                .await
-            })
-            .await
-            .unwrap();
-        reply.allocs[0].node_api.clone()
-    })
+    rt.block_on(async { jobs::node_api_of(&mut admin_client(a), "shop", "web", "n1").await })
 }
 
 /// `Exec` straight to the agent (`touch MARKER`); the code it ends with.
 async fn exec_direct(profile: &Path, addr: &str, alloc: &str, marker: &str) -> tonic::Code {
     use ringzero_proto::node::{ExecInput, ExecStart, exec_input};
-    let p = ringzero_proto::client::Profile::from_toml(&std::fs::read_to_string(profile).unwrap())
-        .unwrap();
-    let creds = p.credentials().unwrap();
-    let server =
-        ringzero_policy::SpiffeIdPattern::parse(&format!("spiffe://{TD}/ringzero/node/n1"))
-            .unwrap();
-    let tls = creds.tls_to(server).unwrap();
-    let channel = ringzero_proto::transport::channel(addr, tls, Duration::from_secs(5)).unwrap();
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", p.token).parse().unwrap();
-    let mut c = ringzero_proto::node::node_client::NodeClient::with_interceptor(
-        channel,
-        move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", bearer.clone());
-            Ok(r)
-        },
-    );
+    let mut c = jobs::node_client(profile, TD, "n1", addr);
     let start = ExecInput {
         input: Some(exec_input::Input::Start(ExecStart {
             alloc_id: alloc.into(),
@@ -458,110 +408,4 @@ async fn exec_direct(profile: &Path, addr: &str, alloc: &str, marker: &str) -> t
             Ok(m) => panic!("started: {m:?}"),
         },
     }
-}
-
-/// By hand, not in CI: the round trip of `exec true` — the exec.start commit, the spawn, the
-/// exec.end commit, the exit — p50/p99 over 50 runs, straight to the agent (one connection) and
-/// through the CLI (a process per run: profile, ListAllocs, a new mTLS connection).
-/// `cargo test -p ringzero-tests --release --test job_exec -- --ignored --nocapture`.
-#[test]
-#[ignore = "benchmark: run by hand"]
-fn bench_exec_true_round_trip() {
-    use ringzero_proto::node::{ExecInput, ExecStart, exec_input, exec_output};
-    let a = SoloAuthority::start("job-exec-bench", TD);
-    let (_n1, dir1, _log1) = start_agent(&a, "n1", &[]);
-    submit(&a);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async { place(&mut admin_client(&a), WEB, 0, "n1").await });
-    let log = dir1.join("tasks").join(WEB).join("stdout.log");
-    wait_until(
-        "the task to run",
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || {
-            std::fs::read_to_string(&log)
-                .ok()
-                .filter(|t| t.contains("up"))
-        },
-    );
-    let olga = add_user(&a, "olga", "operator", None);
-    wait_until(
-        "the node API address to be known",
-        Duration::from_secs(20),
-        Duration::from_millis(300),
-        || (!node_api_of(&a).is_empty()).then_some(()),
-    );
-    let addr = node_api_of(&a);
-    let p = ringzero_proto::client::Profile::from_toml(&std::fs::read_to_string(&olga).unwrap())
-        .unwrap();
-    let creds = p.credentials().unwrap();
-    let server =
-        ringzero_policy::SpiffeIdPattern::parse(&format!("spiffe://{TD}/ringzero/node/n1"))
-            .unwrap();
-    let tls = creds.tls_to(server).unwrap();
-    let _rt = rt.enter();
-    let channel = ringzero_proto::transport::channel(&addr, tls, Duration::from_secs(5)).unwrap();
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", p.token).parse().unwrap();
-    let mut c = ringzero_proto::node::node_client::NodeClient::with_interceptor(
-        channel,
-        move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", bearer.clone());
-            Ok(r)
-        },
-    );
-    let pct = |mut v: Vec<Duration>| {
-        v.sort();
-        let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-        (at(0.5), at(0.99))
-    };
-    // Paced: each exec costs two of the node's 20 AppendNodeAudit calls per second.
-    let pace = Duration::from_millis(150);
-    let mut direct = Vec::new();
-    for _ in 0..50 {
-        std::thread::sleep(pace);
-        let start = std::time::Instant::now();
-        let first = ExecInput {
-            input: Some(exec_input::Input::Start(ExecStart {
-                alloc_id: WEB.into(),
-                argv: vec!["true".into()],
-                reason: "bench".into(),
-                tty: false,
-                window: None,
-            })),
-        };
-        let code = rt.block_on(async {
-            let mut s = c
-                .exec(tokio_stream::iter(vec![first]))
-                .await
-                .unwrap()
-                .into_inner();
-            loop {
-                match s.message().await.unwrap().unwrap().output {
-                    Some(exec_output::Output::Exit(x)) => return x.code,
-                    _ => continue,
-                }
-            }
-        });
-        assert_eq!(code, 0);
-        direct.push(start.elapsed());
-    }
-    let mut cli = Vec::new();
-    for _ in 0..50 {
-        std::thread::sleep(pace);
-        let start = std::time::Instant::now();
-        let out = exec(
-            &a,
-            &olga,
-            &[
-                "shop/web", "--alloc", WEB, "--reason", "bench", "--", "true",
-            ],
-            None,
-        );
-        assert!(out.status.success(), "{}", show(&out));
-        cli.push(start.elapsed());
-    }
-    let (d50, d99) = pct(direct);
-    let (c50, c99) = pct(cli);
-    println!("exec true, straight to the agent: p50 {d50:?}, p99 {d99:?}");
-    println!("exec true, through the CLI:       p50 {c50:?}, p99 {c99:?}");
 }

@@ -22,6 +22,8 @@ use ringzero_tests::{
 const TD: &str = "joblogs.test";
 const WEB: &str = "w1w1w1w1w1w1w1w1";
 const DB: &str = "d2d2d2d2d2d2d2d2";
+/// A second allocation of `shop/db`.
+const DB2: &str = "d3d3d3d3d3d3d3d3";
 
 fn submit(a: &SoloAuthority, name: &str, script: &str) {
     let text = format!(
@@ -95,12 +97,14 @@ fn job_logs_are_gated_audited_and_fail_closed() {
         "web",
         "echo line1; echo line2; echo line3; echo err1 >&2; exec sleep 3600",
     );
-    submit(&a, "db", "echo db-secret; exec sleep 3600");
+    // Two allocations of db: `--all` reads both.
+    jobs::run_shop_job(&a, TD, "db", "echo db-secret; exec sleep 3600", 0, 2);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut c = admin_client(&a);
         place(&mut c, WEB, "web").await;
         place(&mut c, DB, "db").await;
+        place_by_hand(&mut c, DB2, "shop", "db", 1, "n1").await;
     });
     let web_log = dir.join("tasks").join(WEB).join("stdout.log");
     wait_until(
@@ -130,6 +134,26 @@ fn job_logs_are_gated_audited_and_fail_closed() {
     assert_eq!(text(&out), "line3\n", "{}", show(&out));
     let out = logs(&a, &admin, None, &["shop/web", "--alloc", WEB, "--stderr"]);
     assert_eq!(text(&out), "err1\n", "{}", show(&out));
+
+    // Two allocations: one must be picked, or --all reads both, each line prefixed.
+    let out = logs(&a, &admin, None, &["shop/db"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(show(&out).contains("--alloc"), "{}", show(&out));
+    let both = wait_until(
+        "both db allocations to log",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || {
+            let out = logs(&a, &admin, None, &["shop/db", "--all"]);
+            let mut lines: Vec<String> = text(&out).lines().map(str::to_owned).collect();
+            lines.sort();
+            (out.status.success() && lines.len() == 2).then_some(lines)
+        },
+    );
+    assert_eq!(
+        both,
+        [format!("[{DB}] db-secret"), format!("[{DB2}] db-secret")]
+    );
 
     // A developer of the namespace reads; the allow record names them and the job.
     let carol = add_user(&a, "carol", "shop");
@@ -310,83 +334,5 @@ async fn read_direct(profile: &Path, addr: &str, token: String, alloc: &str) -> 
             Err(s) => s,
             Ok(m) => panic!("served: {m:?}"),
         },
-    }
-}
-
-/// By hand, not in CI: time to first byte and throughput of `ringzero job logs` on a 100 MB log
-/// (an ended task's, so that rotation leaves it whole), through the real CLI, authority and
-/// agent. `cargo test -p ringzero-tests --release --test job_logs -- --ignored --nocapture`.
-#[test]
-#[ignore = "benchmark: run by hand"]
-fn bench_job_logs_100mb() {
-    use std::io::Read;
-    let a = SoloAuthority::start("job-logs-bench", TD);
-    let token = a.node_token("n1", "10m");
-    let dir = a.root.path().join("agent-n1");
-    let socket = a.root.path().join("n1.sock");
-    let mut cmd = agent_cmd(
-        a.root.path(),
-        &a.addr,
-        Some(&format!("@{}", token.display())),
-        &dir,
-        &socket,
-    );
-    cmd.args(["--node-api", "127.0.0.1:0"]);
-    let log = a.root.path().join("agent-n1.log");
-    let _agent = spawn_ready_agent("agent-n1", cmd, &log, Duration::from_secs(20));
-    submit(&a, "web", "echo start");
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(async { place(&mut admin_client(&a), WEB, "web").await });
-    let web_log = dir.join("tasks").join(WEB).join("stdout.log");
-    wait_until(
-        "the task to end",
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || {
-            let out = a.cli(&["job", "status", "shop/web", "--json"]);
-            String::from_utf8_lossy(&out.stdout)
-                .contains("\"exited\"")
-                .then_some(())
-        },
-    );
-    let line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklm\n";
-    let mut big = String::with_capacity(100 << 20);
-    while big.len() < 100_000_000 {
-        big.push_str(line);
-    }
-    std::fs::write(&web_log, &big).unwrap();
-    for run in 0..3 {
-        let start = std::time::Instant::now();
-        let mut child = ringzero(a.root.path())
-            .arg("--profile")
-            .arg(&a.profile)
-            .args(["job", "logs", "shop/web"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0usize;
-        let mut first = None;
-        loop {
-            let n = out.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            first.get_or_insert_with(|| start.elapsed());
-            total += n;
-        }
-        let all = start.elapsed();
-        assert!(child.wait().unwrap().success());
-        assert_eq!(total, big.len());
-        let ttfb = first.unwrap();
-        println!(
-            "run {run}: {} bytes, first byte after {:?}, all after {:?}, {:.0} MB/s after the first byte",
-            total,
-            ttfb,
-            all,
-            total as f64 / 1e6 / (all - ttfb).as_secs_f64()
-        );
     }
 }

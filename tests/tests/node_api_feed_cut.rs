@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringzero_proto::client::AuthorityClient;
-use ringzero_proto::node::node_client::NodeClient;
 use ringzero_proto::pb;
 use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
 use ringzero_tests::jobs::place_by_hand;
@@ -156,32 +155,10 @@ async fn wait_for_node_api(c: &mut AuthorityClient) -> String {
     panic!("the node API address was never announced");
 }
 
-/// Adds the capability to every call.
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+type Client = ringzero_tests::jobs::NodeClient;
 
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        r.metadata_mut().insert("authorization", self.0.clone());
-        Ok(r)
-    }
-}
-
-type Client =
-    NodeClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
-
-/// A node-API client over `profile`'s SVID presenting the profile's own token.
 fn node_client(profile: &Path, addr: &str) -> Client {
-    let p = ringzero_proto::client::Profile::from_toml(&std::fs::read_to_string(profile).unwrap())
-        .unwrap();
-    let creds = p.credentials().unwrap();
-    let server =
-        ringzero_policy::SpiffeIdPattern::parse(&format!("spiffe://{TD}/ringzero/node/n1"))
-            .unwrap();
-    let tls = creds.tls_to(server).unwrap();
-    let channel = ringzero_proto::transport::channel(addr, tls, Duration::from_secs(5)).unwrap();
-    let bearer = format!("Bearer {}", p.token).parse().unwrap();
-    NodeClient::with_interceptor(channel, Bearer(bearer))
+    ringzero_tests::jobs::node_client(profile, TD, "n1", addr)
 }
 
 /// `ReadLogs` of WEB: the first chunk's text, or the error.
@@ -198,7 +175,8 @@ async fn read(c: &mut Client) -> Result<String, tonic::Status> {
 }
 
 #[test]
-fn a_silent_feed_is_replaced_a_partitioned_one_refuses_after_the_bound_and_a_restored_one_serves_again() {
+fn a_silent_feed_is_replaced_a_partitioned_one_refuses_after_the_bound_and_a_restored_one_serves_again()
+ {
     let started = Instant::now();
     let a = SoloAuthority::start("node-api-feed-cut", TD);
     let proxy = Proxy::start(&a.addr);
