@@ -78,3 +78,79 @@ pub fn bundle_document(
     keys.extend(jwt_keys(bundle, untrusted).iter().map(JwtKey::to_jwk));
     serde_json::json!({ "keys": keys, "spiffe_refresh_hint": REFRESH_HINT_S })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+
+    use super::*;
+
+    fn spki() -> Vec<u8> {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let mut out = vec![
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        out.extend_from_slice(pair.public_key().as_ref());
+        out
+    }
+
+    fn key(id: u64, status: &str, not_after_ms: u64) -> pb::BundleKey {
+        pb::BundleKey {
+            key_id: id,
+            authority: id,
+            kind: "jwt".into(),
+            public_key: spki(),
+            status: status.into(),
+            not_after_ms,
+        }
+    }
+
+    #[test]
+    fn compromised_keys_are_left_out_and_retired_ones_bounded() {
+        let bundle = pb::Bundle {
+            trust_domain: "example.org".into(),
+            keys: vec![
+                key(3, "active", 0),
+                key(4, "published", 0),
+                key(5, "retired", 1_800_000_000_000),
+                key(6, "compromised", 0),
+                pb::BundleKey {
+                    kind: "audit".into(),
+                    ..key(7, "active", 0)
+                },
+            ],
+            members: Vec::new(),
+        };
+        let keys = jwt_keys(&bundle, |_| false);
+        let kids: Vec<&str> = keys.iter().map(JwtKey::kid).collect();
+        assert_eq!(kids, ["3", "4", "5"]);
+        assert_eq!(keys[0].signed_until(), None);
+        assert_eq!(keys[2].signed_until(), Some(1_800_000_000));
+        // What a profile remembers as compromised is left out too, whatever the bundle says.
+        let keys = jwt_keys(&bundle, |k| k.key_id == 3);
+        assert!(keys.iter().all(|k| k.kid() != "3"));
+        let doc = bundle_document(&bundle, |_| false);
+        let listed: Vec<&str> = doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, ["3", "4", "5"]);
+        let jwt_doc: serde_json::Value =
+            serde_json::from_slice(&jwt_bundle_document(&jwt_keys(&bundle, |_| false))).unwrap();
+        assert!(
+            jwt_doc["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|k| k["use"] == "jwt-svid" && k["kty"] == "EC" && k["crv"] == "P-256")
+        );
+    }
+}

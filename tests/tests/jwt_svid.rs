@@ -138,9 +138,69 @@ fn jwt_svids_fetch_validate_and_refuse() {
 
     // Minted once (the second fetch was served from the cache), never for `other`.
     let mints = jwt_mints(&a, &me);
-    assert_eq!(mints.len(), 1, "{mints:#?}");
+    assert_eq!(
+        mints.len(),
+        1,
+        "one record per mint, none per cached fetch: {mints:#?}"
+    );
     assert!(mints[0].to_string().contains(&kid), "{}", mints[0]);
     assert!(jwt_mints(&a, &other).is_empty());
+
+    // What a compromised node can do with its own credentials (its node.profile): mint a
+    // token for its own entries, for any audience; never for another node's entry, and that
+    // attempt is an audited denial.
+    let out = a.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        &format!("spiffe://{TD}/ns/test/elsewhere"),
+        "--node",
+        "n8",
+        "--selector",
+        "unix:uid:4242",
+    ]);
+    assert!(out.status.success(), "entry create: {}", show(&out));
+    let elsewhere = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let own = {
+        let out = a.cli(&["entry", "list", "--node", "n7", "--json"]);
+        assert!(out.status.success(), "{}", show(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .or_else(|_| {
+                serde_json::from_str(&format!("[{}]", text.lines().collect::<Vec<_>>().join(",")))
+            })
+            .unwrap();
+        let list = v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
+        list.iter()
+            .find(|e| e["spiffe_id"] == me.as_str())
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no entry for {me} in {text}"))
+    };
+    let mut node = ringzero_tests::client_of(&dir.join("node.profile"));
+    let (stolen_ok, stolen_err) = rt.block_on(async {
+        let mint = |entry_id: String| {
+            move |mut c: ringzero_proto::pb::authority_client::AuthorityClient<_>| {
+                let req = ringzero_proto::pb::MintJwtSvidRequest {
+                    entry_id: entry_id.clone(),
+                    audience: vec!["anything".into()],
+                };
+                async move { c.mint_jwt_svid(req).await }
+            }
+        };
+        let ok = node.call(mint(own.clone())).await;
+        let err = node.call(mint(elsewhere.clone())).await;
+        (ok, err)
+    });
+    assert_eq!(stolen_ok.unwrap().spiffe_id, me);
+    let err = stolen_err.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{err}");
+    let denied = audit(&a, &["--decision", "deny", "--resource", "node/n8"]);
+    assert!(
+        denied
+            .iter()
+            .any(|r| r.to_string().contains("parented to another node")),
+        "{denied:#?}"
+    );
 
     // A generic JWT library validates against `bundle show --format jwks`.
     let out = a.cli(&["bundle", "show", "--format", "jwks"]);
