@@ -73,6 +73,8 @@ pub(crate) type RevokedSerials = BTreeMap<Vec<u8>, u64>;
 pub(crate) struct Snapshot {
     identities: BTreeMap<String, Arc<Identity>>,
     bundles: BTreeMap<TrustDomain, Vec<CertificateDer<'static>>>,
+    /// Every trust domain's trusted JWT-SVID keys (from the bundle's `jwt` keys).
+    jwt_keys: ringzero_policy::jwt::JwtBundles,
     /// The authority's mesh policies for this node's identities; `None` until first set.
     mesh_rules: Option<Arc<Vec<MeshRule>>>,
     /// Revoked certificate serials → their not-after (unix ms); `None` until first set.
@@ -117,6 +119,11 @@ impl Snapshot {
     /// Every trust domain's CA certificates: the agent's own and, later, federated ones.
     pub(crate) fn bundles(&self) -> &BTreeMap<TrustDomain, Vec<CertificateDer<'static>>> {
         &self.bundles
+    }
+
+    /// Every trust domain's trusted JWT-SVID keys.
+    pub(crate) fn jwt_bundles(&self) -> &ringzero_policy::jwt::JwtBundles {
+        &self.jwt_keys
     }
 
     /// The authority's mesh policies for this node's identities and the revoked serials with
@@ -173,6 +180,20 @@ impl SvidCache {
                 false
             } else {
                 s.bundles.insert(td, cas);
+                true
+            }
+        });
+    }
+
+    /// Sets the trusted JWT-SVID keys of `td` (an empty list removes the trust domain).
+    pub fn set_jwt_keys(&self, td: TrustDomain, keys: Vec<ringzero_policy::jwt::JwtKey>) {
+        self.modify(|s| {
+            if keys.is_empty() {
+                s.jwt_keys.remove(&td).is_some()
+            } else if s.jwt_keys.get(&td) == Some(&keys) {
+                false
+            } else {
+                s.jwt_keys.insert(td, keys);
                 true
             }
         });

@@ -33,6 +33,10 @@ use zeroize::Zeroizing;
 
 use ringzero_proto::workload_api::{self, SECURITY_HEADER};
 
+mod jwt;
+
+pub use self::jwt::{JwtSvid, ValidatedJwt, fetch_jwt, validate_jwt};
+
 /// The largest response message accepted.
 const MAX_RESPONSE_LEN: usize = 32 * 1024 * 1024;
 

@@ -49,7 +49,8 @@
 //!   log through the authority (`AppendNodeAudit`) before anything is served, refused while
 //!   the revocation feed is stale; `auth.rs`, `read.rs` (tail, since, follow across rotation),
 //!   `retention.rs` (logs kept after their allocation left, with age and size limits).
-//! - `fetch.rs`: the client behind `ringzero agent fetch` ([`fetch_x509`]).
+//! - `fetch.rs`: the client behind `ringzero agent fetch` ([`fetch_x509`]); `fetch/jwt.rs`:
+//!   [`fetch_jwt`] and [`validate_jwt`], behind `agent fetch --jwt` and `agent validate-jwt`.
 //! - `testing.rs` (feature `testing`): helpers for tests and benches, such as an identity
 //!   issued by a test CA as the cache holds it.
 //!
@@ -124,7 +125,9 @@ pub use self::attest::{current_uid, user_name};
 pub use self::cache::{Identity, MeshRule, SvidCache};
 pub use self::daemon::{AgentConfig, Ready, run, run_with_ready};
 pub use self::error::{AgentError, RecoveryHint};
-pub use self::fetch::{FetchError, X509Svid, endpoint_path, fetch_x509};
+pub use self::fetch::{
+    FetchError, JwtSvid, ValidatedJwt, X509Svid, endpoint_path, fetch_jwt, fetch_x509, validate_jwt,
+};
 pub use self::node_api::{DEFAULT_RECORDING_BYTES, MIN_RECORDING_BYTES, RecordingMode};
 pub use self::state::DataDir;
 pub use self::tasks::{

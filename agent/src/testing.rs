@@ -67,6 +67,7 @@ impl Serving {
             cache,
             Attestor::new(),
             limits,
+            None,
             async {
                 let _ = stopped.await;
             },

@@ -22,8 +22,11 @@
 //!   caller's — at once and again after every change of the cache; with none it fails (or, later,
 //!   ends) with `PermissionDenied: no identity issued`. `FetchX509Bundles` streams every trust
 //!   domain's CA certificates keyed by the trust domain's SPIFFE ID (`spiffe://example.org`);
-//!   bundles are public, so any attested caller gets them. The JWT methods answer
-//!   `Unimplemented`.
+//!   bundles are public, so any attested caller gets them.
+//! - **JWT-SVIDs** (`jwt.rs`): `FetchJWTSVID` answers with tokens minted by the authority for
+//!   the caller's identities, cached per (entry, audience set) until half-life;
+//!   `FetchJWTBundles` streams JWK sets per trust domain; `ValidateJWTSVID` validates against
+//!   them.
 //! - **The mesh extension** (`mesh.rs`): `ringzero.mesh.v1.MeshPolicy/Watch` on the same socket,
 //!   admitted the same way, streams the authority's mesh policies for the caller's identities
 //!   and the revoked serials. An agent of another make answers `Unimplemented` there.
@@ -57,7 +60,10 @@ use tracing::{debug, info, warn};
 use crate::attest::{AttestError, Attestation, Attestor};
 use crate::cache::{Snapshot, SvidCache};
 
+mod jwt;
 mod mesh;
+
+pub(crate) use self::jwt::JwtIssuer;
 
 pub use ringzero_proto::workload_api::SECURITY_HEADER;
 /// The largest request message accepted (Workload API requests are tiny).
@@ -157,6 +163,7 @@ pub async fn serve(
         cache,
         Attestor::new(),
         Limits::default(),
+        None,
         shutdown,
     )
     .await
@@ -168,6 +175,7 @@ pub(crate) async fn serve_listener(
     cache: SvidCache,
     attestor: Attestor,
     limits: Limits,
+    jwt: Option<Arc<JwtIssuer>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     // Open streams end when shutdown begins, so that the graceful shutdown can finish; a
@@ -184,6 +192,7 @@ pub(crate) async fn serve_listener(
         .max_encoding_message_size(MAX_RESPONSE_LEN);
     let service = SpiffeWorkloadApiServer::new(WorkloadApi {
         cache,
+        jwt,
         stopping: stopping.clone(),
         attestor: attestor.clone(),
         attest_timeout: limits.attest_timeout,
@@ -348,6 +357,9 @@ fn incoming(
 
 struct WorkloadApi {
     cache: SvidCache,
+    /// Mints and caches JWT-SVIDs; `None` when no authority is at hand (then
+    /// `FetchJWTSVID` answers `Unavailable`).
+    jwt: Option<Arc<JwtIssuer>>,
     /// Becomes `true` when the server shuts down: open streams end.
     stopping: watch::Receiver<bool>,
     /// Establishes the selectors that read the caller's executable, when entries need them.
@@ -633,23 +645,65 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
-        admit(&req, "FetchJWTSVID")?;
-        Err(Status::unimplemented("JWT-SVIDs are not supported yet"))
+        let (caller, _, snap) = open_stream(
+            &self.cache,
+            &self.attestor,
+            self.attest_timeout,
+            &req,
+            "FetchJWTSVID",
+        )
+        .await?;
+        let reply = jwt::fetch(self.jwt.as_deref(), &snap, &caller, req.get_ref()).await?;
+        // The caller may have exec'd or died while the token was minted.
+        recheck(&caller, "FetchJWTSVID")?;
+        Ok(Response::new(reply))
     }
 
     async fn fetch_jwt_bundles(
         &self,
         req: Request<pb::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        admit(&req, "FetchJWTBundles")?;
-        Err(Status::unimplemented("JWT-SVIDs are not supported yet"))
+        let caller = admit(&req, "FetchJWTBundles")?;
+        info!(
+            pid = caller.pid(),
+            uid = caller.uid(),
+            "FetchJWTBundles: serving"
+        );
+        // Sent again only when the JWT bundles change, not on every cache change.
+        let last = std::sync::Mutex::new(None::<pb::JwtBundlesResponse>);
+        Ok(Response::new(stream_updates(
+            self.cache.subscribe(),
+            self.stopping.clone(),
+            caller,
+            "FetchJWTBundles",
+            None,
+            move |snap, _| {
+                let next = jwt::bundles_response(snap);
+                let Ok(mut last) = last.lock() else {
+                    return Ok(next);
+                };
+                if next.is_none() || *last == next {
+                    return Ok(None);
+                }
+                last.clone_from(&next);
+                Ok(next)
+            },
+        )))
     }
 
     async fn validate_jwtsvid(
         &self,
         req: Request<pb::ValidateJwtsvidRequest>,
     ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
-        admit(&req, "ValidateJWTSVID")?;
-        Err(Status::unimplemented("JWT-SVIDs are not supported yet"))
+        let caller = admit(&req, "ValidateJWTSVID")?;
+        let snap = self.cache.snapshot();
+        let reply = jwt::validate(&snap, req.get_ref());
+        info!(
+            pid = caller.pid(),
+            uid = caller.uid(),
+            valid = reply.is_ok(),
+            "ValidateJWTSVID"
+        );
+        Ok(Response::new(reply?))
     }
 }

@@ -213,6 +213,16 @@ impl NodeKeys {
         Ok(p256_spki(pair.public_key().as_ref()))
     }
 
+    /// The JWT key pair, for signing JWT-SVIDs (ES256).
+    pub(crate) fn jwt_key_pair(&self) -> Result<ring::signature::EcdsaKeyPair, KeyError> {
+        ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &self.jwt_pkcs8,
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|e| KeyError::Generate(e.to_string()))
+    }
+
     /// The audit public key, as SubjectPublicKeyInfo DER (Ed25519).
     pub(crate) fn audit_public_spki(&self) -> Result<Vec<u8>, KeyError> {
         let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&self.audit_pkcs8)

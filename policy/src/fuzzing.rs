@@ -265,3 +265,54 @@ fn fixed_bundle() -> Option<&'static TrustBundle> {
         })
         .as_ref()
 }
+
+/// JWT-SVID validation ([`crate::jwt::validate`]). The first byte picks the mode: `0`, the rest
+/// is a token as received; `1`, the rest is `header JSON \n claims JSON`, encoded and signed
+/// with the bundle's key before validation, so that the fuzzer reaches the checks after the
+/// signature. A token accepted must name the audience and the bundle's trust domain.
+pub fn jwt_validate(data: &[u8]) {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    static KEY: std::sync::OnceLock<Option<EcdsaKeyPair>> = std::sync::OnceLock::new();
+    let Some(key) = KEY.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).ok()?;
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).ok()
+    }) else {
+        return;
+    };
+    let Ok(td) = TrustDomain::new("example.org") else {
+        return;
+    };
+    let Ok(jwt_key) = crate::jwt::JwtKey::from_point("1", key.public_key().as_ref(), None) else {
+        return;
+    };
+    let mut bundles = crate::jwt::JwtBundles::new();
+    bundles.insert(td.clone(), vec![jwt_key]);
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let token = match data.split_first() {
+        Some((1, rest)) => {
+            let mut halves = rest.splitn(2, |b| *b == b'\n');
+            let (Some(h), Some(c)) = (halves.next(), halves.next()) else {
+                return;
+            };
+            let signed = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(h),
+                URL_SAFE_NO_PAD.encode(c)
+            );
+            let Ok(sig) = key.sign(&ring::rand::SystemRandom::new(), signed.as_bytes()) else {
+                return;
+            };
+            format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+        }
+        Some((_, rest)) => String::from_utf8_lossy(rest).into_owned(),
+        None => return,
+    };
+    if let Ok(claims) = crate::jwt::validate(&token, "db", &bundles, now) {
+        assert!(claims.audience.iter().any(|a| a == "db"));
+        assert!(claims.subject.is_member_of(&td));
+        assert!(claims.expires_at > 1_800_000_000);
+    }
+}

@@ -25,6 +25,8 @@
 //!   audit keys), `digest.rs` (the bounded leaf digest a verifier keeps), `export/` (the
 //!   JSON-lines export: writer and verifier); see its `# Layout`.
 //! - [`join`] (`join.rs`): one-time join tokens and the trust-bundle pin they carry.
+//! - [`jwt`] (`jwt/`): JWT-SVIDs — ES256 signing with an authority key, strict validation of
+//!   untrusted tokens against a bundle's JWT keys, and their JWK form.
 //! - [`selector`] (`selector.rs`): workload selectors, observed and required.
 //! - `fuzzing.rs`, `audit/fuzzing.rs` (feature `fuzzing`): entry points shared by the
 //!   cargo-fuzz targets and the corpus replay tests.
@@ -67,6 +69,7 @@
 
 pub mod audit;
 pub mod join;
+pub mod jwt;
 pub mod rights;
 pub mod selector;
 pub mod spiffe;

@@ -260,3 +260,8 @@ fn regenerate_token_shape_corpus() {
     )
     .unwrap();
 }
+
+#[test]
+fn jwt_validate_corpus() {
+    replay("jwt_validate", 20, fuzzing::jwt_validate);
+}

@@ -29,6 +29,8 @@
 //!   type ([`transport::Connection`], `connection.rs`), the per-connection bounds
 //!   (`policy.rs`) and the tower layers that refuse calls by peer (`layers.rs`).
 //! - [`fs`] (`fs.rs`): [`fs::write_private`], the atomic writer of files that hold secrets.
+//! - [`jwks`] (`jwks.rs`): the trust bundle as a SPIFFE bundle document (JWK set), for
+//!   `bundle show --format jwks` and the Workload API's `FetchJWTBundles`.
 //! - [`job_file`] (`job_file.rs`): the TOML job file of `ringzero job run`, read into a
 //!   [`pb::Job`] (bounded, unknown keys refused).
 #![forbid(unsafe_code)]
@@ -101,6 +103,7 @@ pub mod node {
 pub mod client;
 pub mod fs;
 pub mod job_file;
+pub mod jwks;
 pub mod transport;
 pub mod workload_api;
 

@@ -131,6 +131,12 @@ impl Agent {
     }
 
     fn apply_bundle(&mut self, b: &pb::Bundle) {
+        // The JWT keys come only with the feed's bundle (they are not stored with the
+        // credentials): the first event of every feed carries it.
+        self.cache.set_jwt_keys(
+            self.td.clone(),
+            ringzero_proto::jwks::jwt_keys(b, |_| false),
+        );
         let cas = bundle_cas(b);
         if cas.is_empty() {
             warn!("the authority sent an empty bundle; keeping the current one");

@@ -181,22 +181,23 @@ pub async fn run_with_ready(
     let listener = workload::bind(&socket).await?;
     info!(socket = %socket.display(), "Workload API listening");
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let setup = Arc::new(ClientSetup {
+        creds: creds.clone(),
+        addrs: addrs.clone(),
+    });
+    let (setup_tx, setup_rx) = watch::channel(setup);
     let server = tokio::spawn(workload::serve_listener(
         listener,
         cache.clone(),
         crate::attest::Attestor::new().with_tasks(supervisor.statuses()),
         workload::Limits::default(),
+        Some(Arc::new(workload::JwtIssuer::new(setup_rx.clone()))),
         async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         },
     ));
 
     // 4. The sync stream in its own task, the rest here.
-    let setup = Arc::new(ClientSetup {
-        creds: creds.clone(),
-        addrs: addrs.clone(),
-    });
-    let (setup_tx, setup_rx) = watch::channel(setup);
     let (sync_tx, sync_rx) = mpsc::channel(64);
     let allocs_setup = setup_rx.clone();
     let (allocs_tx, allocs_rx) = watch::channel(None);

@@ -33,6 +33,7 @@ pub async fn bootstrap(
         trust_domain: td.to_string(),
         listen: listen.to_owned(),
         biscuit_key_id: 0,
+        jwt_svid_ttl_s: None,
     };
     config.save(&layout.config())?;
     save_bundle(&layout.bundle(), &[keys.ca.cert_der().clone()])?;

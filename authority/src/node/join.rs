@@ -77,6 +77,7 @@ pub async fn join(
         trust_domain: td.to_string(),
         listen: listen.to_owned(),
         biscuit_key_id: 0,
+        jwt_svid_ttl_s: None,
     }
     .save(&layout.config())?;
     save_bundle(&layout.bundle(), &cas)?;

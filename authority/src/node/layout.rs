@@ -20,6 +20,10 @@ pub struct NodeConfig {
     pub listen: String,
     /// The id Raft assigned to this node's Biscuit key.
     pub biscuit_key_id: u32,
+    /// The lifetime of the JWT-SVIDs this node signs, in seconds: default 300, within
+    /// 10–3600, and never beyond the entry's own TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_svid_ttl_s: Option<u64>,
 }
 
 pub(super) struct Layout(pub(super) PathBuf);
@@ -61,6 +65,14 @@ impl NodeConfig {
         })?;
         write_private(path, text.as_bytes(), 0o600)?;
         Ok(())
+    }
+
+    /// See [`NodeConfig::jwt_svid_ttl_s`].
+    pub(super) fn jwt_svid_ttl(&self) -> std::time::Duration {
+        self.jwt_svid_ttl_s.map_or(
+            crate::service::DEFAULT_JWT_TTL,
+            std::time::Duration::from_secs,
+        )
     }
 
     pub(super) fn trust_domain(&self) -> Result<TrustDomain, NodeError> {

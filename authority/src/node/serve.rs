@@ -94,7 +94,8 @@ pub(super) async fn serve(
         parts.keys.clone(),
         parts.contacts.clone(),
     )
-    .with_shutdown(stopping);
+    .with_shutdown(stopping)
+    .with_jwt_ttl(parts.config.jwt_svid_ttl());
     // Connections bounded per class and per source IP, streams and HTTP/2 memory per
     // connection, one deadline per call (proto::transport::ServerPolicy). In front of every
     // handler: expired certificates authenticate nothing, anonymous clients reach only the

@@ -29,6 +29,7 @@ mod entries;
 mod feed;
 mod health;
 pub(crate) mod jobs;
+mod jwt;
 mod lease;
 mod membership;
 mod mesh;
@@ -39,6 +40,7 @@ mod scheds;
 mod status;
 mod tokens;
 mod users;
+pub(crate) use jwt::DEFAULT_JWT_TTL;
 pub(crate) use nodes::{AGENT_SVID_TTL, MAX_ENTRY_TTL};
 
 /// The node SVID lifetime for authority nodes joining the cluster.
@@ -65,6 +67,8 @@ pub(crate) struct AuthorityService {
     stopping: tokio::sync::watch::Receiver<bool>,
     /// Which agents hold an open feed to this leader (in memory, never replicated).
     health: health::Health,
+    /// The lifetime of the JWT-SVIDs this node signs (capped by each entry's TTL).
+    jwt_ttl: std::time::Duration,
 }
 
 impl std::fmt::Debug for AuthorityService {
@@ -94,7 +98,14 @@ impl AuthorityService {
             first_contact: Default::default(),
             stopping: tokio::sync::watch::channel(false).1,
             health: health::Health::default(),
+            jwt_ttl: jwt::DEFAULT_JWT_TTL,
         }
+    }
+
+    /// Signs JWT-SVIDs for `ttl` (clamped to [`jwt::MIN_JWT_TTL`]–[`jwt::MAX_JWT_TTL`]).
+    pub(crate) fn with_jwt_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.jwt_ttl = ttl.clamp(jwt::MIN_JWT_TTL, jwt::MAX_JWT_TTL);
+        self
     }
 
     /// Ends the service's long-lived streams when `stopping` becomes true.
@@ -434,6 +445,13 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::MintSvidsRequest>,
     ) -> Result<tonic::Response<pb::MintSvidsReply>, tonic::Status> {
         self.mint_svids_impl(req).await
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        req: tonic::Request<pb::MintJwtSvidRequest>,
+    ) -> Result<tonic::Response<pb::MintJwtSvidReply>, tonic::Status> {
+        self.mint_jwt_svid_impl(req).await
     }
 
     async fn sync_entries(

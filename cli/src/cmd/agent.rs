@@ -1,4 +1,6 @@
-//! `ringzero agent run` and `ringzero agent fetch`.
+//! `ringzero agent run`, `ringzero agent fetch` and `ringzero agent validate-jwt`.
+
+mod jwt;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,8 +42,17 @@ Examples:
 Examples:
   ringzero agent fetch                                   # socket from SPIFFE_ENDPOINT_SOCKET
   ringzero agent fetch --socket /var/lib/ringzero-agent/workload.sock --write /run/my-service
-  ringzero agent fetch --json")]
+  ringzero agent fetch --json
+  ringzero agent fetch --jwt --audience db.shop.internal > token  # the token alone on stdout
+  ringzero agent fetch --jwt --audience A --audience B --spiffe-id spiffe://example.org/ns/shop/web")]
     Fetch(AgentFetchArgs),
+    /// Validate a JWT-SVID through the Workload API (like `spire-agent api validate jwt`):
+    /// prints its claims.
+    #[command(after_help = "\
+Examples:
+  ringzero agent validate-jwt @token --audience db.shop.internal
+  ringzero agent validate-jwt - --audience db.shop.internal --json < token")]
+    ValidateJwt(jwt::AgentValidateJwtArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +114,15 @@ pub(crate) struct AgentFetchArgs {
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Fetch JWT-SVIDs instead (needs --audience): the token alone on the last line of stdout.
+    #[arg(long)]
+    pub(crate) jwt: bool,
+    /// An audience of the JWT-SVID (repeatable).
+    #[arg(long, value_name = "AUDIENCE", requires = "jwt")]
+    pub(crate) audience: Vec<String>,
+    /// Only this identity's JWT-SVID.
+    #[arg(long, value_name = "SPIFFE_ID", requires = "jwt")]
+    pub(crate) spiffe_id: Option<String>,
 }
 
 pub(crate) fn run(global: &GlobalArgs, cmd: AgentCommand) -> Outcome {
@@ -110,7 +130,9 @@ pub(crate) fn run(global: &GlobalArgs, cmd: AgentCommand) -> Outcome {
     rt.block_on(async move {
         match cmd {
             AgentCommand::Run(a) => run_agent(global, a).await,
+            AgentCommand::Fetch(a) if a.jwt => jwt::fetch(a).await,
             AgentCommand::Fetch(a) => fetch(a).await,
+            AgentCommand::ValidateJwt(a) => jwt::validate(a).await,
         }
     })
 }
