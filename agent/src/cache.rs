@@ -202,8 +202,10 @@ impl SvidCache {
     /// Adds or replaces the identity of `identity.entry_id`.
     pub fn upsert(&self, identity: Identity) {
         self.modify(|s| {
-            if s.identities.get(&identity.entry_id).map(AsRef::as_ref) == Some(&identity) {
-                return false;
+            match s.identities.get(&identity.entry_id) {
+                Some(old) if old.as_ref() == &identity => return false,
+                Some(old) if old.chain != identity.chain => crate::metrics::metrics().rotated(),
+                _ => {}
             }
             s.identities
                 .insert(identity.entry_id.clone(), Arc::new(identity));

@@ -75,6 +75,7 @@
 //!     disable_exec: false,
 //!     recording: ringzero_agent::RecordingMode::Strict,
 //!     recording_max_bytes: ringzero_agent::DEFAULT_RECORDING_BYTES,
+//!     metrics: None, // or Some("127.0.0.1:9091".parse()?): /live, /ready, /metrics
 //! };
 //! ringzero_agent::run(config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(())
@@ -109,6 +110,7 @@ mod daemon;
 mod enroll;
 mod error;
 mod fetch;
+mod metrics;
 mod node_api;
 mod revocations;
 mod rotation;

@@ -66,6 +66,16 @@ impl RevocationSet {
     /// Marks the feed alive (every event, heartbeats included).
     pub(crate) fn heard(&self) {
         self.0.write().unwrap_or_else(|p| p.into_inner()).heard = Some(std::time::Instant::now());
+        crate::metrics::metrics().feed_event();
+    }
+
+    /// How long since the feed last spoke (`None`: never).
+    pub(crate) fn since_heard(&self) -> Option<std::time::Duration> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .heard
+            .map(|t| t.elapsed())
     }
 
     /// Whether the set is current: the feed spoke within [`MAX_STALENESS`]. A verifier on the

@@ -240,6 +240,7 @@ type AttestedConnection = Connection<UnixStream, Caller, Slots>;
 struct Slots {
     _slot: OwnedSemaphorePermit,
     _uid_slot: UidSlot,
+    _counted: crate::metrics::GaugeGuard,
 }
 
 impl ConnectionGuard for Slots {}
@@ -333,6 +334,7 @@ fn incoming(
                         Slots {
                             _slot: slot,
                             _uid_slot: uid_slot,
+                            _counted: crate::metrics::metrics().connection(),
                         },
                     ))
                 }
@@ -535,6 +537,7 @@ fn stream_updates<T: Send + 'static>(
     // One message in flight: a client that does not read holds only its own task back.
     let (tx, out) = mpsc::channel(1);
     tokio::spawn(async move {
+        let _open = crate::metrics::metrics().stream(method);
         loop {
             let snap = Arc::clone(&rx.borrow_and_update());
             // A few small reads of /proc and cached attributes: cheap enough to run on the
@@ -584,6 +587,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let started = std::time::Instant::now();
         let (caller, rx, snap) = open_stream(
             &self.cache,
             &self.attestor,
@@ -611,6 +615,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             }
         }
         first?;
+        crate::metrics::metrics().fetched("FetchX509SVID", started.elapsed());
         Ok(Response::new(stream_updates(
             rx,
             self.stopping.clone(),
@@ -645,6 +650,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<pb::JwtsvidRequest>,
     ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        let started = std::time::Instant::now();
         let (caller, _, snap) = open_stream(
             &self.cache,
             &self.attestor,
@@ -656,6 +662,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let reply = jwt::fetch(self.jwt.as_deref(), &snap, &caller, req.get_ref()).await?;
         // The caller may have exec'd or died while the token was minted.
         recheck(&caller, "FetchJWTSVID")?;
+        crate::metrics::metrics().fetched("FetchJWTSVID", started.elapsed());
         Ok(Response::new(reply))
     }
 

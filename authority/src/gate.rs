@@ -382,6 +382,7 @@ impl Gate {
         }
         match decision {
             Decision::Allow(grant) => {
+                crate::metrics::metrics().gate(&audit.operation, true);
                 audit.decision = AuditDecision::Allow;
                 audit.revocation_ids = grant.revocation_ids.iter().map(|id| id.to_hex()).collect();
                 Ok(Allowed {
@@ -539,6 +540,7 @@ impl Gate {
     /// closes, so a misbehaving client cannot turn denials into unbounded Raft writes (at most
     /// [`DENIAL_KEYS_PER_WINDOW`] + its summaries per window) and no distinct denial is lost.
     async fn deny(&self, audit: AuditRecord) {
+        crate::metrics::metrics().gate(&audit.operation, false);
         let key = audit.actor.clone();
         let (now_commit, summary, opened) = {
             let mut w = self.denials.lock().unwrap_or_else(|p| p.into_inner());

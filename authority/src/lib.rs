@@ -57,6 +57,7 @@ mod first_contact;
 pub mod fuzzing;
 mod gate;
 mod keys;
+mod metrics;
 mod net;
 pub mod node;
 mod private_fs;

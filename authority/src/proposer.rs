@@ -114,7 +114,10 @@ async fn run_batches(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<(command::C
         let raft = raft.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            match raft.client_write(command::Batch(cmds)).await {
+            let (n, started) = (cmds.len(), std::time::Instant::now());
+            let written = raft.client_write(command::Batch(cmds)).await;
+            crate::metrics::metrics().batch(n, started.elapsed().as_secs_f64(), written.is_ok());
+            match written {
                 Ok(resp) => {
                     let mut responses = resp.data.into_iter();
                     for reply in replies {

@@ -415,11 +415,18 @@ pub struct SoloAuthority {
     pub profile: PathBuf,
     pub trust_domain: String,
     pub proc: Proc,
+    /// Extra flags of `authority run`.
+    pub run_args: Vec<String>,
 }
 
 impl SoloAuthority {
     /// Bootstraps and starts the node; returns once `authority status` succeeds.
     pub fn start(name: &str, trust_domain: &str) -> Self {
+        Self::start_with(name, trust_domain, &[])
+    }
+
+    /// [`start`](Self::start), with `extra` flags for `authority run` (kept on restarts).
+    pub fn start_with(name: &str, trust_domain: &str, extra: &[&str]) -> Self {
         let root = TestDir::new(name);
         let dir = root.path().join("n1");
         let addr = free_addr();
@@ -431,7 +438,8 @@ impl SoloAuthority {
         let out = run_timeout(cmd, Duration::from_secs(60));
         assert!(out.status.success(), "bootstrap: {}", show(&out));
         let profile = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let proc = Self::run(root.path(), &dir);
+        let run_args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let proc = Self::run(root.path(), &dir, &run_args);
         let s = Self {
             root,
             dir,
@@ -439,6 +447,7 @@ impl SoloAuthority {
             profile,
             trust_domain: trust_domain.to_owned(),
             proc,
+            run_args,
         };
         s.wait_writable(
             "the authority to accept writes",
@@ -449,9 +458,11 @@ impl SoloAuthority {
     }
 
     /// `ringzero authority run --data-dir DIR` in `root`, logging to `n1.log`.
-    fn run(root: &Path, dir: &Path) -> Proc {
+    fn run(root: &Path, dir: &Path, extra: &[String]) -> Proc {
         let mut cmd = ringzero(root);
-        cmd.args(["authority", "run", "--data-dir"]).arg(dir);
+        cmd.args(["authority", "run", "--data-dir"])
+            .arg(dir)
+            .args(extra);
         Proc::spawn("n1", cmd, &root.join("n1.log"))
     }
 
@@ -493,7 +504,7 @@ impl SoloAuthority {
             "the node did not stop on SIGTERM"
         );
         between(&self.dir);
-        self.proc = Self::run(self.root.path(), &self.dir);
+        self.proc = Self::run(self.root.path(), &self.dir, &self.run_args);
         self.wait_writable(
             "the restarted authority to accept writes",
             Duration::from_secs(30),

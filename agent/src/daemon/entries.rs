@@ -109,6 +109,8 @@ impl Agent {
         self.save_state()?;
         if ev.synced && !self.synced {
             self.synced = true;
+            self.serving
+                .store(true, std::sync::atomic::Ordering::Release);
             info!(
                 node = %self.node,
                 revision = self.revision,

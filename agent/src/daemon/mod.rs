@@ -100,6 +100,8 @@ pub struct AgentConfig {
     /// The most bytes one exec session's recording may hold (at least 4 KiB); past it the
     /// write fails, and `recording` decides what happens.
     pub recording_max_bytes: u64,
+    /// Where to serve `/live`, `/ready` and `/metrics`; `None`: not served.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Reported once: the Workload API serves and the first sync (and the SVIDs it called for)
@@ -203,6 +205,19 @@ pub async fn run_with_ready(
     let (allocs_tx, allocs_rx) = watch::channel(None);
     let (keys_tx, keys_rx) = watch::channel(ringzero_policy::token::KeySet::new());
     let revocations = crate::revocations::RevocationSet::new();
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = config.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| AgentError::Config(format!("metrics on {addr}: {e}")))?;
+        info!(bound = ?listener.local_addr().ok(), "metrics endpoint listening");
+        let health = crate::metrics::AgentHealth {
+            cache: cache.clone(),
+            revocations: revocations.clone(),
+            serving: Arc::clone(&serving),
+        };
+        tokio::spawn(ringzero_telemetry::serve(listener, Arc::new(health)));
+    }
 
     // 5. The node API, when asked for: bound before the feed opens, so that its address is
     //    announced with it.
@@ -291,6 +306,7 @@ pub async fn run_with_ready(
         full_sync: None,
         synced: false,
         ready,
+        serving,
         revocations,
         keys_tx,
         socket,
@@ -360,6 +376,8 @@ struct Agent {
     full_sync: Option<HashSet<String>>,
     synced: bool,
     ready: Option<oneshot::Sender<Ready>>,
+    /// Set with `synced`, for the metrics endpoint's `/ready`.
+    serving: Arc<std::sync::atomic::AtomicBool>,
     socket: PathBuf,
     /// Revoked capabilities, followed from the feed, for the node's verifiers.
     revocations: crate::revocations::RevocationSet,

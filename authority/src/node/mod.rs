@@ -34,7 +34,7 @@ pub use self::layout::NodeConfig;
 use self::layout::*;
 use self::parts::*;
 use self::serve::serve;
-pub use self::serve::{listen_address, run};
+pub use self::serve::{listen_address, run, run_with_metrics};
 use self::tasks::*;
 
 /// The lifetime of a node's own SVID, re-issued by its own CA at every start.

@@ -24,7 +24,25 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    run_with_metrics(dir, listener, None, shutdown).await
+}
+
+/// [`run`], also serving `/live`, `/ready` and `/metrics` on `metrics` when given.
+pub async fn run_with_metrics(
+    dir: &Path,
+    listener: tokio::net::TcpListener,
+    metrics: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
     let parts = open(dir, crate::raft_config("ringzero").map_err(raft_err)?).await?;
+    if let Some(l) = metrics {
+        let health = crate::metrics::AuthorityHealth {
+            node_id: parts.config.node_id,
+            raft: parts.raft.clone(),
+            sm: parts.sm.clone(),
+        };
+        tokio::spawn(ringzero_telemetry::serve(l, Arc::new(health)));
+    }
     serve(parts, listener, shutdown).await
 }
 

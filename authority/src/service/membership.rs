@@ -300,6 +300,25 @@ impl AuthorityService {
                     .map(|n| n.addr.clone())
             })
             .unwrap_or_default();
+        let health = crate::metrics::RaftHealth::of(&self.raft);
+        let not_ready = health.not_ready();
+        let keys = self.sm.reader().and_then(|r| r.keys()).map_err(status_of)?;
+        let now_ms = crate::gate::now_ms();
+        let expiring_keys = crate::metrics::expiring_keys(&keys, now_ms)
+            .into_iter()
+            .map(|k| pb::KeyWarning {
+                key_id: k.id,
+                authority: k.authority,
+                kind: crate::metrics::kind_label(k.kind).to_owned(),
+                status: if k.status == crate::command::KeyStatus::Active {
+                    "active"
+                } else {
+                    "published"
+                }
+                .to_owned(),
+                not_after_ms: k.not_after_ms,
+            })
+            .collect();
         Ok(tonic::Response::new(pb::StatusReply {
             node_id: m.id,
             leader_id: m.current_leader,
@@ -307,6 +326,10 @@ impl AuthorityService {
             term: m.current_term,
             last_applied: m.last_applied.map_or(0, |l| l.index),
             writable,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            ready: not_ready.is_none(),
+            not_ready: not_ready.unwrap_or_default(),
+            expiring_keys,
         }))
     }
 

@@ -381,7 +381,9 @@ impl pb::authority_server::Authority for AuthorityService {
         &self,
         req: tonic::Request<pb::RedeemJoinTokenRequest>,
     ) -> Result<tonic::Response<pb::RedeemJoinTokenReply>, tonic::Status> {
-        self.redeem_join_token_impl(req).await
+        let r = self.redeem_join_token_impl(req).await;
+        crate::metrics::metrics().join(join_outcome(&r));
+        r
     }
 
     async fn status(
@@ -444,14 +446,28 @@ impl pb::authority_server::Authority for AuthorityService {
         &self,
         req: tonic::Request<pb::MintSvidsRequest>,
     ) -> Result<tonic::Response<pb::MintSvidsReply>, tonic::Status> {
-        self.mint_svids_impl(req).await
+        let r = self.mint_svids_impl(req).await;
+        if let Ok(reply) = &r {
+            let issued = reply
+                .get_ref()
+                .svids
+                .iter()
+                .filter(|s| s.error.is_empty())
+                .count();
+            crate::metrics::metrics().issued("workload", issued);
+        }
+        r
     }
 
     async fn mint_jwt_svid(
         &self,
         req: tonic::Request<pb::MintJwtSvidRequest>,
     ) -> Result<tonic::Response<pb::MintJwtSvidReply>, tonic::Status> {
-        self.mint_jwt_svid_impl(req).await
+        let r = self.mint_jwt_svid_impl(req).await;
+        if r.is_ok() {
+            crate::metrics::metrics().issued("jwt", 1);
+        }
+        r
     }
 
     async fn sync_entries(
@@ -767,5 +783,19 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::ReleaseSchedLeaseRequest>,
     ) -> Result<tonic::Response<pb::ReleaseSchedLeaseReply>, tonic::Status> {
         self.release_sched_lease_impl(req).await
+    }
+}
+
+/// The `join_attempts` label of a redemption's result.
+fn join_outcome<T>(r: &Result<T, tonic::Status>) -> &'static str {
+    match r {
+        Ok(_) => "joined",
+        Err(s) => match s.code() {
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => "refused",
+            tonic::Code::InvalidArgument => "invalid",
+            tonic::Code::ResourceExhausted => "throttled",
+            tonic::Code::Unavailable => "unavailable",
+            _ => "error",
+        },
     }
 }

@@ -129,6 +129,11 @@ impl StateReader {
         Ok(out)
     }
 
+    /// How many registration entries there are.
+    pub fn entry_count(&self) -> Result<u64, StateError> {
+        Ok(self.tx.open_table(ENTRIES)?.len()?)
+    }
+
     /// The revision of the latest entry change (0 before any).
     pub fn entry_revision(&self) -> Result<u64, StateError> {
         let t = self.tx.open_table(META)?;

@@ -98,6 +98,11 @@ pub(crate) struct AgentRunArgs {
     #[arg(long, value_name = "BYTES", default_value_t = ringzero_agent::DEFAULT_RECORDING_BYTES,
           value_parser = clap::value_parser!(u64).range(ringzero_agent::MIN_RECORDING_BYTES..))]
     pub(crate) recording_max_bytes: u64,
+    /// Serve /live, /ready and /metrics (Prometheus text, unauthenticated) on ADDR, such as
+    /// 127.0.0.1:9091. Off unless given. /ready: enrolled, first sync done, and the
+    /// authority's feed heard within 30 s.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +221,7 @@ async fn run_agent(global: &GlobalArgs, a: AgentRunArgs) -> Outcome {
             ringzero_agent::RecordingMode::Strict
         },
         recording_max_bytes: a.recording_max_bytes,
+        metrics: a.metrics,
     };
     let (tx, rx) = tokio::sync::oneshot::channel::<Ready>();
     let announce = tokio::spawn(async move {

@@ -1,5 +1,6 @@
 //! `ringzero authority …`: bootstrap, run and join authority nodes, manage the members.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -108,6 +109,11 @@ pub(crate) struct BootstrapArgs {
 pub(crate) struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: PathBuf,
+    /// Serve /live, /ready and /metrics (Prometheus text, unauthenticated) on ADDR, such as
+    /// 127.0.0.1:9090. Off unless given. /ready: a leader is known and this node's log is
+    /// applied to within 1,000 entries.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -152,7 +158,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
     rt.block_on(async move {
         match cmd {
             AuthorityCommand::Bootstrap(a) => bootstrap(a).await,
-            AuthorityCommand::Run(a) => serve(global, &a.data_dir).await,
+            AuthorityCommand::Run(a) => serve(global, &a.data_dir, a.metrics).await,
             AuthorityCommand::Join(a) => join(global, a).await,
             AuthorityCommand::JoinToken(a) => join_token(global, a.ttl).await,
             AuthorityCommand::Members(a) => members(global, a).await,
@@ -194,12 +200,23 @@ async fn bootstrap(a: BootstrapArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(global: &GlobalArgs, dir: &Path) -> Outcome {
+async fn serve(global: &GlobalArgs, dir: &Path, metrics: Option<SocketAddr>) -> Outcome {
     init_logging(global.log_json);
     let listen = node::listen_address(dir).map_err(bad_input)?;
     let listener = bind(&listen).await?;
+    let metrics = match metrics {
+        Some(addr) => {
+            let l = bind(&addr.to_string()).await?;
+            let bound = l
+                .local_addr()
+                .map_or_else(|_| addr.to_string(), |a| a.to_string());
+            tracing::info!(%bound, "metrics endpoint listening");
+            Some(l)
+        }
+        None => None,
+    };
     tracing::info!(%listen, data_dir = %dir.display(), "authority node serving");
-    node::run(dir, listener, shutdown_signal())
+    node::run_with_metrics(dir, listener, metrics, shutdown_signal())
         .await
         .map_err(failed)?;
     Ok(ExitCode::SUCCESS)
@@ -348,6 +365,20 @@ async fn status(global: &GlobalArgs, a: JsonArgs) -> Outcome {
         .await
         .map_err(call_failed)?;
     s.refresh().await;
+    let expiring: Vec<serde_json::Value> = reply
+        .expiring_keys
+        .iter()
+        .map(|k| {
+            serde_json::json!({
+                "key_id": k.key_id,
+                "authority": k.authority,
+                "kind": k.kind,
+                "status": k.status,
+                "not_after": crate::cmd::session::rfc3339_ms(k.not_after_ms),
+                "not_after_ms": k.not_after_ms,
+            })
+        })
+        .collect();
     if a.json {
         println!(
             "{}",
@@ -357,10 +388,30 @@ async fn status(global: &GlobalArgs, a: JsonArgs) -> Outcome {
                 "leader_address": reply.leader_address,
                 "term": reply.term,
                 "last_applied": reply.last_applied,
+                "last_log_index": reply.last_log_index,
                 "writable": reply.writable,
+                "ready": reply.ready,
+                "not_ready": reply.not_ready,
+                "expiring_keys": expiring,
             })
         );
     } else {
+        if !reply.ready {
+            eprintln!(
+                "warning: node {} is not ready: {}",
+                reply.node_id, reply.not_ready
+            );
+        }
+        for k in &reply.expiring_keys {
+            eprintln!(
+                "warning: the {} {} key {} of authority {} expires {} (within 30 days): rotate it (see the README: key lifecycle)",
+                k.status,
+                k.kind,
+                k.key_id,
+                k.authority,
+                crate::cmd::session::rfc3339_ms(k.not_after_ms),
+            );
+        }
         println!(
             "leader: node {} at {} (term {}, applied {}), {}",
             reply.leader_id.map_or("-".into(), |l| l.to_string()),

@@ -93,10 +93,14 @@ async fn dev(global: &GlobalArgs, a: DevArgs) -> Outcome {
 
     // 1. The authority: bootstrap once, then serve it in a task.
     let (listener, addr, profile_path) = start_authority(&a, &auth_dir).await?;
+    let metrics = crate::daemon::bind("127.0.0.1:0").await?;
+    if let Ok(m) = metrics.local_addr() {
+        eprintln!("metrics: authority http://{m}/metrics (and /ready, /live)");
+    }
     let (auth_stop, auth_stopped) = oneshot::channel::<()>();
     let dir = auth_dir.clone();
     let mut authority = tokio::spawn(async move {
-        node::run(&dir, listener, async {
+        node::run_with_metrics(&dir, listener, Some(metrics), async {
             let _ = auth_stopped.await;
         })
         .await
@@ -224,7 +228,11 @@ async fn with_authority(
         Some(FirstContact::Pinned(token))
     };
 
-    // 3. The agent, in a task.
+    // 3. The agent, in a task. Its metrics port is picked now, so it can be printed.
+    let agent_metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| failed(anyhow!("picking a metrics port: {e}")))?;
+    eprintln!("metrics: agent http://{agent_metrics}/metrics");
     let config = AgentConfig {
         authorities: vec![addr.to_owned()],
         pin_authority: false,
@@ -237,6 +245,7 @@ async fn with_authority(
         disable_exec: false,
         recording: ringzero_agent::RecordingMode::Strict,
         recording_max_bytes: ringzero_agent::DEFAULT_RECORDING_BYTES,
+        metrics: Some(agent_metrics),
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     let (agent_stop, agent_stopped) = oneshot::channel::<()>();
@@ -260,6 +269,16 @@ async fn with_authority(
         holder: format!("dev-{}", std::process::id()),
         ..Default::default()
     };
+    let sched_metrics = crate::daemon::bind("127.0.0.1:0").await?;
+    if let Ok(m) = sched_metrics.local_addr() {
+        eprintln!("metrics: scheduler http://{m}/metrics");
+    }
+    tokio::spawn(ringzero_telemetry::serve(
+        sched_metrics,
+        std::sync::Arc::new(ringzero_sched::daemon::SchedHealth {
+            lease_ttl: sched_config.lease_ttl,
+        }),
+    ));
     let sched = tokio::spawn(ringzero_sched::daemon::run(
         sched_client,
         sched_config,

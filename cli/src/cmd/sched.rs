@@ -121,6 +121,11 @@ pub(crate) struct SchedRunArgs {
     /// With --once: print the plan as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Serve /live, /ready and /metrics (Prometheus text, unauthenticated) on ADDR, such as
+    /// 127.0.0.1:9092. Off unless given. /ready: the authority answered a lease request
+    /// within twice the lease ttl.
+    #[arg(long, value_name = "ADDR", conflicts_with = "once")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 pub(crate) fn run(global: &GlobalArgs, cmd: SchedCommand) -> Outcome {
@@ -205,8 +210,12 @@ fn run_sched(global: &GlobalArgs, a: SchedRunArgs) -> Outcome {
         });
     }
     init_logging(global.log_json);
-    rt.block_on(daemon::run(s.client, cfg, shutdown_signal()))
-        .map_err(|e| failed(anyhow!("{e}")))?;
+    rt.block_on(async move {
+        serve_metrics(a.metrics, &cfg).await?;
+        daemon::run(s.client, cfg, shutdown_signal())
+            .await
+            .map_err(|e| failed(anyhow!("{e}")))
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -241,6 +250,7 @@ fn run_own_identity(
             return Ok(ExitCode::SUCCESS);
         }
         init_logging(global.log_json);
+        serve_metrics(a.metrics, &cfg).await?;
         let (tx, rx) = tokio::sync::watch::channel(id.profile.clone());
         let renewal = tokio::spawn(id.renew_forever(tx));
         let result = daemon::run_renewed(client, cfg, shutdown_signal(), Some(rx)).await;
@@ -248,6 +258,23 @@ fn run_own_identity(
         result.map_err(|e| failed(anyhow!("{e}")))?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Serves the scheduler's /live, /ready and /metrics on `addr`, when given.
+async fn serve_metrics(addr: Option<std::net::SocketAddr>, cfg: &Config) -> Result<(), Failure> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let listener = crate::daemon::bind(&addr.to_string()).await?;
+    tracing::info!(bound = ?listener.local_addr().ok(), "metrics endpoint listening");
+    let health = daemon::SchedHealth {
+        lease_ttl: cfg.lease_ttl,
+    };
+    tokio::spawn(ringzero_telemetry::serve(
+        listener,
+        std::sync::Arc::new(health),
+    ));
+    Ok(())
 }
 
 fn print_report(r: &PassReport, json: bool) {

@@ -22,8 +22,8 @@ pub struct Args {
     #[arg(long, value_name = "LISTEN=TARGET@spiffe://TD/PATH")]
     pub outbound: Vec<String>,
     /// Serve /live, /ready, /metrics and /status on this address (loopback unless
-    /// --unsafe-admin).
-    #[arg(long, value_name = "ADDR")]
+    /// --unsafe-admin). `--metrics` is the same flag, as on the other daemons.
+    #[arg(long, value_name = "ADDR", visible_alias = "metrics")]
     pub admin: Option<String>,
     /// Allow an --admin address that is not loopback (for a scraper: /live, /ready and
     /// /metrics answer whoever can reach it; /status answers loopback callers only).

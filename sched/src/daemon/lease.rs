@@ -97,6 +97,7 @@ impl Lease {
             .await
         {
             Ok(lease) => {
+                super::metrics::metrics().answered();
                 // What the leader said remains, counted from before we asked, less a tenth of
                 // the ttl for clocks that run at different rates.
                 let remaining = Duration::from_millis(lease.remaining_ms).min(self.ttl);
@@ -110,6 +111,7 @@ impl Lease {
                 }
             }
             Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                super::metrics::metrics().answered();
                 self.until = None;
                 let (holder, until) = held_by(&e);
                 if was_held {

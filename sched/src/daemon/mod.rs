@@ -14,6 +14,7 @@
 mod convert;
 mod follow;
 mod lease;
+mod metrics;
 mod watch;
 mod write;
 
@@ -27,6 +28,7 @@ use ringzero_proto::pb;
 
 pub use self::convert::{Snapshot, Views, alloc_view, job_view, node_view, views};
 use self::lease::{Lease, LeaseEvent};
+pub use self::metrics::SchedHealth;
 use self::write::IdsCall;
 pub use self::write::{MAX_BATCH, alloc_id};
 use crate::plan::{Blocked, NewAlloc, PlanLimits};
@@ -367,6 +369,7 @@ pub async fn run_renewed(
             _ => {}
         }
         let fence = lease.fence();
+        metrics::metrics().lease(fence.is_some());
         if fence.is_some() {
             follow.ensure_open(&mut client, &cfg).await;
             follow.drain();
@@ -374,6 +377,7 @@ pub async fn run_renewed(
             // A standby holds no stream.
             follow.close();
         }
+        let pass_started = Instant::now();
         let outcome = match &fence {
             None => None,
             Some(fence) if follow.polling => Some(pass(&mut client, &cfg, Some(fence)).await),
@@ -399,6 +403,24 @@ pub async fn run_renewed(
                 }
             }
         };
+        if let Some(o) = &outcome {
+            let (label, changes) = match o {
+                Ok(r) => (
+                    if r.is_empty() { "nothing" } else { "written" },
+                    [
+                        ("place", r.place.len()),
+                        ("stop", r.stop.len()),
+                        ("lost", r.lost.len()),
+                        ("remove", r.remove.len()),
+                    ],
+                ),
+                Err(_) => (
+                    "error",
+                    [("place", 0), ("stop", 0), ("lost", 0), ("remove", 0)],
+                ),
+            };
+            metrics::metrics().pass(label, pass_started.elapsed(), changes);
+        }
         match outcome {
             None => {}
             Some(Ok(r)) => {
