@@ -2,13 +2,13 @@
 //! `/status` (JSON).
 //!
 //! Hand-rolled on purpose: four GET routes do not need an HTTP stack, and a bounded reader is
-//! easy to keep safe — one request per connection, at most [`MAX_REQUEST`] bytes of head,
+//! easy to keep safe — one request per connection, at most 8 KiB of head (`ringzero_telemetry::http`),
 //! read within [`REQUEST_TIMEOUT`], at most [`MAX_CONNECTIONS`] at once.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ringzero_telemetry::http::{Response, parse_request_line, read_head, write_response};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -17,8 +17,6 @@ use crate::identity::Current;
 use crate::metrics::Metrics;
 use crate::proxy::Tracker;
 
-/// The largest request head read.
-const MAX_REQUEST: usize = 8 * 1024;
 /// Bound on reading a request and writing its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most admin connections served at once.
@@ -69,22 +67,6 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     }
 }
 
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Response {
-    fn text(status: u16, body: impl Into<String>) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into(),
-        }
-    }
-}
-
 async fn answer(mut tcp: TcpStream, state: &AdminState) -> std::io::Result<()> {
     let head = read_head(&mut tcp).await?;
     let local_caller = tcp.peer_addr().is_ok_and(|a| a.ip().is_loopback());
@@ -96,24 +78,8 @@ async fn answer(mut tcp: TcpStream, state: &AdminState) -> std::io::Result<()> {
         Some(_) => Response::text(405, "method not allowed\n"),
         None => Response::text(400, "bad request\n"),
     };
-    let reason = match response.status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
     let head_only = head.starts_with(b"HEAD ");
-    let out = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{}",
-        response.status,
-        response.content_type,
-        response.body.len(),
-        if head_only { "" } else { &response.body },
-    );
-    tcp.write_all(out.as_bytes()).await?;
-    tcp.shutdown().await
+    write_response(&mut tcp, head_only, &response).await
 }
 
 /// Whether `path` answers this caller. What `/status` tells (identity, serial, rules,
@@ -122,37 +88,6 @@ async fn answer(mut tcp: TcpStream, state: &AdminState) -> std::io::Result<()> {
 /// loopback callers.
 fn open_to(path: &str, local_caller: bool) -> bool {
     local_caller || path != "/status"
-}
-
-/// Reads until the end of the request head, at most [`MAX_REQUEST`] bytes.
-async fn read_head(tcp: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() >= MAX_REQUEST {
-            break;
-        }
-        let n = tcp.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    buf.truncate(MAX_REQUEST);
-    Ok(buf)
-}
-
-/// `METHOD SP PATH SP HTTP/1.x` → (method, path without query).
-fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
-    let end = head.windows(2).position(|w| w == b"\r\n")?;
-    let line = std::str::from_utf8(&head[..end]).ok()?;
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || !version.starts_with("HTTP/1.") {
-        return None;
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    Some((method, path))
 }
 
 async fn route(path: &str, state: &AdminState) -> Response {

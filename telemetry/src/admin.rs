@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-/// The largest request head read.
-const MAX_REQUEST: usize = 8 * 1024;
+use crate::http::{Response, parse_request_line, read_head, write_response};
+
 /// Bound on reading a request and writing its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most connections served at once; more wait in the listen backlog.
@@ -52,22 +51,6 @@ pub async fn serve(listener: TcpListener, health: Arc<dyn Health>) {
     }
 }
 
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Response {
-    fn text(status: u16, body: impl Into<String>) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into(),
-        }
-    }
-}
-
 async fn answer(mut tcp: TcpStream, health: &dyn Health) -> std::io::Result<()> {
     let head = read_head(&mut tcp).await?;
     let response = match parse_request_line(&head) {
@@ -75,23 +58,8 @@ async fn answer(mut tcp: TcpStream, health: &dyn Health) -> std::io::Result<()> 
         Some(_) => Response::text(405, "method not allowed\n"),
         None => Response::text(400, "bad request\n"),
     };
-    let reason = match response.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
     let head_only = head.starts_with(b"HEAD ");
-    let out = format!(
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{}",
-        response.status,
-        response.content_type,
-        response.body.len(),
-        if head_only { "" } else { &response.body },
-    );
-    tcp.write_all(out.as_bytes()).await?;
-    tcp.shutdown().await
+    write_response(&mut tcp, head_only, &response).await
 }
 
 fn route(path: &str, health: &dyn Health) -> Response {
@@ -116,60 +84,13 @@ fn route(path: &str, health: &dyn Health) -> Response {
     }
 }
 
-/// Reads until the end of the request head, at most [`MAX_REQUEST`] bytes.
-async fn read_head(tcp: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() >= MAX_REQUEST {
-            break;
-        }
-        let n = tcp.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    buf.truncate(MAX_REQUEST);
-    Ok(buf)
-}
-
-/// `METHOD SP PATH SP HTTP/1.x` → (method, path without query).
-fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
-    let end = head.windows(2).position(|w| w == b"\r\n")?;
-    let line = std::str::from_utf8(&head[..end]).ok()?;
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || !version.starts_with("HTTP/1.") {
-        return None;
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    Some((method, path))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn request_lines_are_parsed_strictly() {
-        assert_eq!(
-            parse_request_line(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"),
-            Some(("GET", "/metrics"))
-        );
-        for hostile in [
-            &b"GET /metrics\r\n\r\n"[..],
-            b"GET  /metrics HTTP/1.1\r\n",
-            b"GET /metrics HTTP/2\r\n",
-            b"\xff\xfe /x HTTP/1.1\r\n",
-            b"GET /metrics HTTP/1.1",
-            b"",
-        ] {
-            assert_eq!(parse_request_line(hostile), None, "{hostile:?}");
-        }
-    }
+    use super::*;
 
     struct Fixed(prometheus_client::registry::Registry);
 

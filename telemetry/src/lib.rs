@@ -11,8 +11,11 @@
 //!   a deadline, a bounded number of connections, GET and HEAD only. Unauthenticated by
 //!   design (a scraper and a kubelet call it), so it answers only what is safe to tell anyone
 //!   who can reach the address, and costs a fixed, small amount per request.
+//! - `http.rs`: the HTTP/1.1 it speaks (bounded head read, strict request line, the answer),
+//!   shared with the mesh sidecar's admin listener.
 
 mod admin;
+pub mod http;
 
 pub use admin::{Health, serve};
 pub use prometheus_client;
