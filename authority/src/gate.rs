@@ -391,9 +391,17 @@ impl Gate {
                 })
             }
             Decision::Deny(d) => {
-                // Name the token by its revocation ids even when it was refused (decoded only).
+                // Name the token by its revocation ids when its signatures were verified; a
+                // token that did not verify only claims its ids (anyone can write someone
+                // else's into a forged token), so its first id is kept apart, as a claim.
                 if let Ok(ids) = ringzero_policy::token::revocation_ids(&token) {
-                    audit.revocation_ids = ids.iter().map(|id| id.to_hex()).collect();
+                    if d.signature_verified() {
+                        audit.revocation_ids = ids.iter().map(|id| id.to_hex()).collect();
+                    } else if let Some(first) = ids.first() {
+                        audit
+                            .details
+                            .push(("claimed_revocation_id".into(), first.to_hex()));
+                    }
                 }
                 audit.reason = Some(format!("{}: {d}", d.code()));
                 self.deny(audit).await;

@@ -15,11 +15,48 @@ use crate::revocations::RevocationSet;
 #[derive(Debug, Clone)]
 pub(crate) struct Verdict {
     pub caller: String,
+    /// The capability's revocation ids, once its signatures verified.
     pub revocation_ids: Vec<String>,
+    /// The first revocation id a refused capability names without its signatures having been
+    /// verified: a claim (anyone can write someone else's id into a forged token), recorded
+    /// apart as `claimed_revocation_id`.
+    pub claimed_id: Option<String>,
     /// `None`: allowed. `Some(code: detail)`: the check that failed.
     pub denied: Option<String>,
     /// When the capability stops being valid (allowed calls only).
     pub expires: Option<SystemTime>,
+}
+
+impl Verdict {
+    /// The audit record of this decision on `action` about `alloc`, with `detail`.
+    pub(crate) fn record(
+        &self,
+        alloc: &str,
+        action: &str,
+        mut detail: std::collections::HashMap<String, String>,
+    ) -> pb::NodeAuditRecord {
+        if let Some(id) = &self.claimed_id {
+            detail.insert("claimed_revocation_id".into(), id.clone());
+        }
+        pb::NodeAuditRecord {
+            alloc_id: alloc.to_owned(),
+            action: action.to_owned(),
+            caller_spiffe_id: self.caller.clone(),
+            token_revocation_ids: self.revocation_ids.clone(),
+            decision: if self.denied.is_some() {
+                "deny"
+            } else {
+                "allow"
+            }
+            .into(),
+            reason: self
+                .denied
+                .as_deref()
+                .map(str::to_owned)
+                .unwrap_or_default(),
+            detail,
+        }
+    }
 }
 
 /// Reads the bearer capability, as the authority's gate does.
@@ -67,7 +104,7 @@ pub(crate) async fn decide(
         .spiffe_id
         .as_ref()
         .map_or_else(|| "anonymous".to_owned(), ToString::to_string);
-    let unverified_ids = token_text
+    let unverified_ids: Vec<String> = token_text
         .as_deref()
         .and_then(|t| token::revocation_ids(t).ok())
         .map(|ids| ids.iter().map(ToString::to_string).collect())
@@ -75,9 +112,11 @@ pub(crate) async fn decide(
     // Every reason goes through `bounded_reason`: a denial's detail can quote a rule from a
     // block the caller wrote, so it must not carry control characters into the agent's log or
     // exceed what the authority records (which would get the denial record refused).
+    // Refused before (or without) verifying the token's signatures: its ids are a claim.
     let deny = |why: String, ids: Vec<String>| Verdict {
         caller: caller.clone(),
-        revocation_ids: ids,
+        revocation_ids: Vec::new(),
+        claimed_id: ids.into_iter().next(),
         denied: Some(bounded_reason(&why)),
         expires: None,
     };
@@ -138,8 +177,16 @@ pub(crate) async fn decide(
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            claimed_id: None,
             denied: None,
             expires,
+        },
+        Ok((Decision::Deny(d), _)) if d.signature_verified() => Verdict {
+            caller: caller.clone(),
+            revocation_ids: unverified_ids,
+            claimed_id: None,
+            denied: Some(bounded_reason(&format!("{}: {d}", d.code()))),
+            expires: None,
         },
         Ok((Decision::Deny(d), _)) => deny(format!("{}: {d}", d.code()), unverified_ids),
         Err(_) => deny("internal: the verifier failed".into(), unverified_ids),

@@ -106,15 +106,7 @@ fn record(
     v: &auth::Verdict,
     detail: HashMap<String, String>,
 ) -> pb::NodeAuditRecord {
-    pb::NodeAuditRecord {
-        alloc_id: alloc.to_owned(),
-        action: action.to_owned(),
-        caller_spiffe_id: v.caller.clone(),
-        token_revocation_ids: v.revocation_ids.clone(),
-        decision: if v.denied.is_some() { "deny" } else { "allow" }.into(),
-        reason: v.denied.as_deref().map(str::to_owned).unwrap_or_default(),
-        detail,
-    }
+    v.record(alloc, action, detail)
 }
 
 /// An allowed call's record is committed before it goes on (or it fails); a denial's goes

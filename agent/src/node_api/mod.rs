@@ -133,21 +133,14 @@ impl NodeApi {
 
     /// The audit record of a decision on a log read.
     fn record(alloc: &str, v: &auth::Verdict, r: &ReadLogsRequest) -> pb::NodeAuditRecord {
-        pb::NodeAuditRecord {
-            alloc_id: alloc.to_owned(),
-            action: "logs.read".into(),
-            caller_spiffe_id: v.caller.clone(),
-            token_revocation_ids: v.revocation_ids.clone(),
-            decision: if v.denied.is_some() { "deny" } else { "allow" }.into(),
-            reason: v.denied.as_deref().map(str::to_owned).unwrap_or_default(),
-            detail: [
-                ("stream".to_owned(), stream_name(r.stream).to_owned()),
-                ("tail".to_owned(), r.tail_lines.to_string()),
-                ("since_ms".to_owned(), r.since_ms.to_string()),
-                ("follow".to_owned(), r.follow.to_string()),
-            ]
-            .into(),
-        }
+        let detail = [
+            ("stream".to_owned(), stream_name(r.stream).to_owned()),
+            ("tail".to_owned(), r.tail_lines.to_string()),
+            ("since_ms".to_owned(), r.since_ms.to_string()),
+            ("follow".to_owned(), r.follow.to_string()),
+        ]
+        .into();
+        v.record(alloc, "logs.read", detail)
     }
 
     /// Commits the record of an allowed call through the authority; the call fails otherwise.

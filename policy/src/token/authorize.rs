@@ -135,6 +135,16 @@ pub enum Denial {
 }
 
 impl Denial {
+    /// Whether the token's signatures were verified before it was refused (a check or the
+    /// rights refused it). Otherwise what the token says about itself — its revocation ids
+    /// among it — is only a claim: anyone can write any id into a token that does not verify.
+    pub fn signature_verified(&self) -> bool {
+        matches!(
+            self,
+            Denial::CheckFailed { .. } | Denial::NoMatchingRight { .. } | Denial::LimitExceeded(_)
+        )
+    }
+
     /// A short, stable code for logs, audit records and JSON.
     pub fn code(&self) -> &'static str {
         match self {
@@ -449,5 +459,27 @@ fn classify(rule: &str) -> CheckKind {
         CheckKind::Resource
     } else {
         CheckKind::Other
+    }
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use super::*;
+
+    #[test]
+    fn only_denials_after_the_signature_check_vouch_for_the_tokens_ids() {
+        for claim in [
+            Denial::Malformed("x".into()),
+            Denial::NoRootKeyId,
+            Denial::UnknownRootKey(RootKeyId(9)),
+            Denial::BadSignature("x".into()),
+            Denial::Revoked {
+                block: 0,
+                id: RevocationId(vec![1]),
+            },
+        ] {
+            assert!(!claim.signature_verified(), "{claim:?}");
+        }
+        assert!(Denial::LimitExceeded("x".into()).signature_verified());
     }
 }
