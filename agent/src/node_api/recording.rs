@@ -2,8 +2,11 @@
 //! line, then one `[seconds, kind, data]` line per chunk: `"i"` input, `"o"` output (stdout, or
 //! the terminal), `"e"` stderr (not in the asciicast spec; players skip it), `"r"` a resize
 //! (`"COLSxROWS"`), `"x"` the end (`"code N"`, `"signal N"`, or why the agent ended it).
-//! Bytes that are not UTF-8 are recorded as U+FFFD. The SHA-256 and length are of the file's
-//! bytes, computed as they are written; `exec.end` carries them.
+//! A chunk that is not UTF-8 (binary output, or a character split between two reads) is
+//! recorded byte for byte as `"ib"`, `"ob"` or `"eb"` with its bytes in base64 (players skip
+//! kinds they do not know), so the recording holds exactly what crossed the session. The
+//! SHA-256 and length are of the file's bytes, computed as they are written; `exec.end`
+//! carries them.
 
 use std::fs;
 use std::io::{self, Write};
@@ -137,9 +140,15 @@ impl Recording {
         if self.failed {
             return Err(io::Error::other("the recording already failed"));
         }
-        let t = self.start.elapsed().as_secs_f64();
-        let line =
-            serde_json::json!([(t * 1e6).round() / 1e6, kind, String::from_utf8_lossy(data)]);
+        let t = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6;
+        let line = match std::str::from_utf8(data) {
+            Ok(text) => serde_json::json!([t, kind, text]),
+            Err(_) => {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+                serde_json::json!([t, format!("{kind}b"), b64])
+            }
+        };
         let r = self.write_line(&line.to_string());
         if r.is_err() {
             self.failed = true;
@@ -217,12 +226,17 @@ mod tests {
         let mut r = Recording::create(dir.path(), &h, DEFAULT_RECORDING_BYTES).unwrap();
         r.event("o", b"hello\n").unwrap();
         r.event("i", b"\xff").unwrap();
+        r.event("o", "é".as_bytes()).unwrap();
         let (len, sum, failed) = r.finish();
         assert!(!failed);
         let bytes = fs::read(path_of(dir.path(), h.session)).unwrap();
         assert_eq!(bytes.len() as u64, len);
         let want = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
         assert_eq!(sum, want);
+        // Not UTF-8: kept byte for byte, in base64; UTF-8 stays text.
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains(r#""ib","/w=="]"#), "{text}");
+        assert!(text.contains(r#""o","é"]"#), "{text}");
         assert_eq!(
             alloc_of(dir.path(), h.session).as_deref(),
             Some("abcdefgh01234567")
