@@ -417,7 +417,9 @@ async fn rotate_keys(global: &GlobalArgs, a: RotateKeysArgs) -> Outcome {
     }
     s.refresh().await;
     if !a.json {
-        eprintln!("done: `ringzero authority status --json` lists the keys now active");
+        eprintln!(
+            "done: the new keys sign; `ringzero bundle show` prints the bundle, old keys retired in it"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
