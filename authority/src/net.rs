@@ -22,7 +22,6 @@ use ringzero_policy::tls::{BundleSource, PeerMatch, SpiffeServerVerifier};
 use ringzero_policy::{SpiffeId, SpiffeIdPattern, TrustDomain};
 use ringzero_proto::pb;
 use ringzero_proto::pb::raft_client::RaftClient;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -55,8 +54,8 @@ pub(crate) fn authority_node_id(td: &TrustDomain, id: &SpiffeId) -> Option<NodeI
 #[derive(Clone)]
 pub(crate) struct PeerCredentials {
     pub trust_domain: TrustDomain,
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: Arc<PrivateKeyDer<'static>>,
+    /// This node's SVID, read at each new connection (it is re-issued when the CA rotates).
+    pub cert: Arc<ringzero_policy::tls::RotatingCert>,
     pub bundle: BundleSource,
 }
 
@@ -135,9 +134,8 @@ fn client_for(
         creds.bundle.clone(),
         PeerMatch::OneOf(vec![SpiffeIdPattern::Exact(expected)]),
     );
-    let config =
-        ringzero_policy::tls::client_config(creds.chain.clone(), creds.key.clone_key(), verifier)
-            .map_err(|e| e.to_string())?;
+    let config = ringzero_policy::tls::rotating_client_config(Arc::clone(&creds.cert), verifier)
+        .map_err(|e| e.to_string())?;
     let channel =
         ringzero_proto::transport::channel(addr, Arc::new(config), Duration::from_secs(3))
             .map_err(|e| e.to_string())?;

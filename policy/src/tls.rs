@@ -320,6 +320,20 @@ impl rustls::server::ResolvesServerCert for RotatingCert {
     }
 }
 
+impl rustls::client::ResolvesClientCert for RotatingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// [`server_config`], presenting whatever `cert` holds at each handshake.
 pub fn rotating_server_config(
     cert: Arc<RotatingCert>,
@@ -348,6 +362,21 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)
+}
+
+/// [`client_config`], presenting whatever `cert` holds at each handshake: a client whose SVID
+/// rotates (an authority node talking to its peers) uses the new one on its next connection.
+pub fn rotating_client_config(
+    cert: Arc<RotatingCert>,
+    verifier: Arc<SpiffeServerVerifier>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .dangerous()
+    .with_custom_certificate_verifier(verifier)
+    .with_client_cert_resolver(cert))
 }
 
 /// What the verified client SVID of an established connection says: its SPIFFE ID, serial,

@@ -21,7 +21,7 @@ use tokio::net::{UnixListener, UnixStream};
 use super::{NodeError, admin_profile, pin_audit_keys};
 use crate::command::{AuditDecision, AuditRecord, Command, CommandId, Op};
 use crate::gate::now_ms;
-use crate::keys::NodeKeys;
+use crate::keys::CurrentKeys;
 use crate::store::StateMachineStore;
 use crate::{NodeId, Raft};
 
@@ -46,7 +46,7 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 #[derive(Clone)]
 pub(crate) struct Issuer {
     pub(crate) raft: Raft,
-    pub(crate) keys: Arc<NodeKeys>,
+    pub(crate) keys: CurrentKeys,
     pub(crate) td: TrustDomain,
     pub(crate) node_id: NodeId,
     pub(crate) listen: String,
@@ -174,7 +174,7 @@ async fn serve_one(stream: &mut UnixStream, issuer: &Issuer) -> Result<String, S
     };
     let mut profile = admin_profile(
         &issuer.raft,
-        &issuer.keys,
+        &issuer.keys.load(),
         &issuer.td,
         issuer.node_id,
         &issuer.listen,

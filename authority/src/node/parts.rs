@@ -6,12 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use ringzero_policy::TrustDomain;
 use ringzero_policy::svid::{LeafKey, LeafRequest, TrustBundle, generate_key};
-use ringzero_policy::tls::BundleSource;
+use ringzero_policy::tls::{BundleSource, RotatingCert};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::command::{KeyKind, KeyStatus};
 use crate::gate::TrustedKeys;
-use crate::keys::{NodeKeys, write_private};
+use crate::keys::{CurrentKeys, KeyFiles, NodeKeys, write_private};
 use crate::net::{Contacts, GrpcNetwork, PeerCredentials, authority_id};
 use crate::store::{self, StateMachineStore};
 use crate::{NodeId, Raft, StateError};
@@ -77,7 +77,7 @@ pub(super) struct Parts {
     pub(super) dir: PathBuf,
     pub(super) config: NodeConfig,
     pub(super) td: TrustDomain,
-    pub(super) keys: Arc<NodeKeys>,
+    pub(super) keys: CurrentKeys,
     pub(super) log: store::LogStore,
     pub(super) peer_creds: PeerCredentials,
     pub(super) sm: StateMachineStore,
@@ -85,8 +85,18 @@ pub(super) struct Parts {
     pub(super) bundle: BundleSource,
     pub(super) trusted: TrustedKeys,
     pub(super) contacts: Contacts,
-    pub(super) chain: Vec<CertificateDer<'static>>,
-    pub(super) key: PrivateKeyDer<'static>,
+    /// The node's own SVID, presented as a server and to peers; re-issued when its CA rotates.
+    pub(super) cert: Arc<RotatingCert>,
+}
+
+/// The id Raft gave this node's current Biscuit key, looked up by its public key (a rotation
+/// changes it; `node.toml` keeps the id of the key the node started with).
+fn biscuit_id_of(records: &[crate::KeyRecord], keys: &NodeKeys) -> Option<u32> {
+    let own = keys.biscuit.public().key.to_bytes().to_vec();
+    records
+        .iter()
+        .find(|k| k.kind == KeyKind::Biscuit && k.public_der == own)
+        .and_then(|k| u32::try_from(k.id).ok())
 }
 
 pub(super) async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Parts, NodeError> {
@@ -99,10 +109,7 @@ pub(super) async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Pa
     // Removed while it was down: the replicated keys say so before the keys are even loaded.
     if let Ok((_, sm)) = store::open(&layout.raft())
         && let Ok(records) = sm.reader().and_then(|r| r.keys())
-        && records.iter().any(|k| {
-            k.authority == config.node_id
-                && matches!(k.status, KeyStatus::Retired | KeyStatus::Compromised)
-        })
+        && crate::keys::removed_by_keys(&records, config.node_id)
     {
         drop(sm);
         let gone = NodeKeys::destroy(&layout.keys());
@@ -119,7 +126,16 @@ pub(super) async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Pa
         return Err(NodeError::Removed(dir.display().to_string()));
     }
     let td = config.trust_domain()?;
-    let keys = Arc::new(NodeKeys::load(&layout.keys(), config.biscuit_key_id)?);
+    // A rotation a crash interrupted after its activation committed is finished first, so
+    // the files loaded are one whole key of each kind (see `keys::staging`).
+    let files = KeyFiles::new(layout.keys());
+    for kind in files.recover()? {
+        tracing::info!(
+            kind = crate::keys::kind_name(kind),
+            "finished a key promotion interrupted by a restart"
+        );
+    }
+    let mut keys = files.load(config.biscuit_key_id)?;
     // In one process, a node just shut down may hold its database for a moment longer.
     let mut tries = 0;
     let (log, sm) = loop {
@@ -132,6 +148,11 @@ pub(super) async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Pa
             Err(e) => return Err(e.into()),
         }
     };
+    if let Some(id) = biscuit_id_of(&sm.reader()?.keys()?, &keys)
+        && id != keys.biscuit.id().0
+    {
+        keys.set_biscuit_key_id(id)?;
+    }
     let mut cas = replicated_cas(&sm)?;
     if cas.is_empty() {
         cas = load_bundle(&layout.bundle());
@@ -143,11 +164,12 @@ pub(super) async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Pa
     let trusted = TrustedKeys::default();
     trusted.update(&sm.reader()?.keys()?);
     let (chain, key) = own_svid(&keys, &td, config.node_id)?;
+    let cert = RotatingCert::new(chain, key)?;
+    let keys = CurrentKeys::new(keys);
     let contacts = Contacts::default();
     let peer_creds = PeerCredentials {
         trust_domain: td.clone(),
-        chain: chain.clone(),
-        key: Arc::new(key.clone_key()),
+        cert: Arc::clone(&cert),
         bundle: bundle.clone(),
     };
     let net = GrpcNetwork::new(peer_creds.clone(), contacts.clone());
@@ -172,7 +194,6 @@ pub(super) async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Pa
         bundle,
         trusted,
         contacts,
-        chain,
-        key,
+        cert,
     })
 }

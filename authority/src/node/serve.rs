@@ -54,8 +54,7 @@ pub(super) async fn serve(
     spawn_bundle_refresher(&parts);
     let verifier =
         SpiffeClientVerifier::optional(parts.bundle.clone(), PeerMatch::AnyInTrustDomain);
-    let tls =
-        ringzero_policy::tls::server_config(parts.chain.clone(), parts.key.clone_key(), verifier)?;
+    let tls = ringzero_policy::tls::rotating_server_config(Arc::clone(&parts.cert), verifier)?;
     let proposer = crate::Proposer::new(parts.raft.clone());
     let gate = Arc::new(Gate::new(
         proposer.clone(),
@@ -113,6 +112,12 @@ pub(super) async fn serve(
         parts.contacts.clone(),
     )
     .with_shutdown(stopping)
+    .with_rotator(crate::service::Rotator {
+        files: crate::keys::KeyFiles::new(Layout(parts.dir.clone()).keys()),
+        td: parts.td.clone(),
+        cert: Arc::clone(&parts.cert),
+        in_flight: Arc::default(),
+    })
     .with_jwt_ttl(parts.config.jwt_svid_ttl());
     // Connections bounded per class and per source IP, streams and HTTP/2 memory per
     // connection, one deadline per call (proto::transport::ServerPolicy). In front of every

@@ -30,12 +30,12 @@ pub(super) async fn wait_leader(raft: &Raft, timeout: Duration) -> Result<NodeId
 
 /// Keeps the TLS bundle and the capability key set in step with the replicated trust bundle.
 pub(super) fn spawn_bundle_refresher(parts: &Parts) {
-    let (sm, bundle, trusted, td, own) = (
+    let (sm, bundle, trusted, td, current) = (
         parts.sm.clone(),
         parts.bundle.clone(),
         parts.trusted.clone(),
         parts.td.clone(),
-        parts.keys.ca.cert_der().clone(),
+        parts.keys.clone(),
     );
     let mut rx = parts.raft.metrics();
     tokio::spawn(async move {
@@ -50,8 +50,9 @@ pub(super) fn spawn_bundle_refresher(parts: &Parts) {
                     .filter(|k| k.kind == KeyKind::X509Ca && k.status != KeyStatus::Compromised)
                     .map(|k| CertificateDer::from(k.public_der.clone()))
                     .collect();
+                let own = current.load().ca.cert_der().clone();
                 if !cas.contains(&own) {
-                    cas.push(own.clone());
+                    cas.push(own);
                 }
                 if let Ok(b) = TrustBundle::new(td.clone(), cas) {
                     bundle.replace(b);

@@ -76,23 +76,29 @@ impl AuthorityService {
         self.gate.check(req, op, &audit_resource()?, None).await
     }
 
-    /// This node's audit key id in the bundle.
-    fn audit_key_id(&self) -> Result<u64, tonic::Status> {
+    /// The key this node signs tree heads with now, and its id in the bundle: both from one
+    /// read of the current keys, found by public key (during a rotation the node has two
+    /// unretired audit keys in the bundle, and signs with the one it holds).
+    fn audit_signer(&self) -> Result<(u64, ring::signature::Ed25519KeyPair), tonic::Status> {
+        let node_keys = self.keys.load();
+        let own = node_keys.audit_public_spki().map_err(status_of)?;
         let keys = self
             .sm
             .reader()
             .map_err(status_of)?
             .keys()
             .map_err(status_of)?;
-        keys.iter()
-            .filter(|k| {
+        let id = keys
+            .iter()
+            .find(|k| {
                 k.kind == KeyKind::Audit
                     && k.authority == self.gate.node_id()
+                    && k.public_der == own
                     && matches!(k.status, KeyStatus::Active | KeyStatus::Published)
             })
             .map(|k| k.id)
-            .max()
-            .ok_or_else(|| tonic::Status::unavailable("this node has no active audit key"))
+            .ok_or_else(|| tonic::Status::unavailable("this node has no active audit key"))?;
+        Ok((id, node_keys.audit_key_pair().map_err(status_of)?))
     }
 
     pub(crate) async fn get_tree_head_impl(
@@ -101,7 +107,7 @@ impl AuthorityService {
     ) -> Result<tonic::Response<pb::SignedTreeHead>, tonic::Status> {
         let allowed = self.gate_audit(&req, Operation::AuditRead).await?;
         self.gate.record(&allowed).await?;
-        let key_id = self.audit_key_id()?;
+        let (key_id, pair) = self.audit_signer()?;
         let reader = self.sm.reader().map_err(status_of)?;
         let size = reader.audit_size().map_err(status_of)?;
         let root = audit::merkle::root(&reader.audit_tree(size), size).map_err(status_of)?;
@@ -112,7 +118,6 @@ impl AuthorityService {
             time_ms: now_ms(),
             key_id,
         };
-        let pair = self.keys.audit_key_pair().map_err(status_of)?;
         let signed = SignedTreeHead::sign(&pair, head);
         Ok(tonic::Response::new(pb::SignedTreeHead {
             size,
@@ -278,8 +283,7 @@ impl AuthorityService {
     ) -> Result<tonic::Response<ExportStream>, tonic::Status> {
         let allowed = self.gate_audit(&req, Operation::AuditRead).await?;
         self.gate.record(&allowed).await?;
-        let key_id = self.audit_key_id()?;
-        let pair = self.keys.audit_key_pair().map_err(status_of)?;
+        let (key_id, pair) = self.audit_signer()?;
         let (since, until) = (req.get_ref().since_seq, req.get_ref().until_seq);
         let reader = self.sm.reader().map_err(status_of)?;
         let size = reader.audit_size().map_err(status_of)?;

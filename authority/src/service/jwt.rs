@@ -31,9 +31,8 @@ pub(crate) const MAX_JWT_TTL: Duration = Duration::from_secs(3600);
 impl AuthorityService {
     /// This node's JWT key id in the bundle, if the key is published or active (never once
     /// retired or compromised: a removed member signs nothing).
-    fn jwt_kid(&self) -> Result<String, tonic::Status> {
-        let own = self
-            .keys
+    fn jwt_kid(&self, node_keys: &crate::keys::NodeKeys) -> Result<String, tonic::Status> {
+        let own = node_keys
             .jwt_public_spki()
             .map_err(|e| super::status::internal(e.to_string()))?;
         let keys = self
@@ -116,9 +115,11 @@ impl AuthorityService {
         let entry_ttl =
             Duration::from_secs(u64::from(entry.ttl_s)).clamp(MIN_ENTRY_TTL, MAX_ENTRY_TTL);
         let ttl = self.jwt_ttl.min(entry_ttl);
-        let kid = self.jwt_kid()?;
-        let key = self
-            .keys
+        // The kid and the key from one read of the current keys: a rotation in between must
+        // not sign with one key under the other's id.
+        let node_keys = self.keys.load();
+        let kid = self.jwt_kid(&node_keys)?;
+        let key = node_keys
             .jwt_key_pair()
             .map_err(|e| super::status::internal(e.to_string()))?;
         let iat = SystemTime::now()

@@ -75,7 +75,7 @@ impl AuthorityService {
     }
 
     pub(crate) fn pin(&self) -> Result<[u8; 32], tonic::Status> {
-        ringzero_policy::join::ca_pin(self.keys.ca.cert_der())
+        ringzero_policy::join::ca_pin(self.keys.load().ca.cert_der())
             .ok_or_else(|| super::status::internal("own CA does not parse"))
     }
 
@@ -153,6 +153,7 @@ impl AuthorityService {
         .map_err(|e| super::status::internal(e.to_string()))?;
         let svid = self
             .keys
+            .load()
             .ca
             .issue(&LeafRequest {
                 id: &id,
@@ -482,10 +483,7 @@ impl AuthorityService {
             .into_iter()
             .filter(|k| k.authority == node_id)
             .collect();
-        if existing
-            .iter()
-            .any(|k| matches!(k.status, KeyStatus::Retired | KeyStatus::Compromised))
-        {
+        if crate::keys::removed_by_keys(&existing, node_id) {
             return Err(tonic::Status::permission_denied(format!(
                 "join: authority node {node_id} was removed; join a new node with a new token"
             )));

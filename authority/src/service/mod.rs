@@ -17,7 +17,7 @@ use crate::command::{
     AuditDecision, AuditRecord, Command, CommandId, JoinPurpose, KeyKind, KeyStatus, Op, Outcome,
 };
 use crate::gate::{Gate, now_ms};
-use crate::keys::NodeKeys;
+use crate::keys::{CurrentKeys, NodeKeys};
 use crate::net::{Contacts, authority_id};
 use crate::store::StateMachineStore;
 use crate::{NodeId, Proposer, Raft};
@@ -35,6 +35,7 @@ mod membership;
 mod mesh;
 mod node_audit;
 mod nodes;
+mod rotation;
 mod sched_watch;
 mod scheds;
 mod status;
@@ -42,6 +43,7 @@ mod tokens;
 mod users;
 pub(crate) use jwt::DEFAULT_JWT_TTL;
 pub(crate) use nodes::{AGENT_SVID_TTL, MAX_ENTRY_TTL};
+pub(crate) use rotation::Rotator;
 
 /// The node SVID lifetime for authority nodes joining the cluster.
 pub(crate) const AUTHORITY_SVID_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -56,7 +58,7 @@ pub(crate) struct AuthorityService {
     proposer: Proposer,
     sm: StateMachineStore,
     gate: Arc<Gate>,
-    keys: Arc<NodeKeys>,
+    keys: CurrentKeys,
     contacts: Contacts,
     /// Membership changes and join-token id allocation are serialized here.
     membership: Mutex<()>,
@@ -69,6 +71,8 @@ pub(crate) struct AuthorityService {
     health: health::Health,
     /// The lifetime of the JWT-SVIDs this node signs (capped by each entry's TTL).
     jwt_ttl: std::time::Duration,
+    /// How this node rotates its own keys (absent in tests that build a bare service).
+    rotator: Option<Rotator>,
 }
 
 impl std::fmt::Debug for AuthorityService {
@@ -84,7 +88,7 @@ impl AuthorityService {
         proposer: Proposer,
         sm: StateMachineStore,
         gate: Arc<Gate>,
-        keys: Arc<NodeKeys>,
+        keys: CurrentKeys,
         contacts: Contacts,
     ) -> Self {
         Self {
@@ -99,7 +103,14 @@ impl AuthorityService {
             stopping: tokio::sync::watch::channel(false).1,
             health: health::Health::default(),
             jwt_ttl: jwt::DEFAULT_JWT_TTL,
+            rotator: None,
         }
+    }
+
+    /// Lets `RotateKeys` rotate this node's keys.
+    pub(crate) fn with_rotator(mut self, rotator: Rotator) -> Self {
+        self.rotator = Some(rotator);
+        self
     }
 
     /// Signs JWT-SVIDs for `ttl` (clamped to [`jwt::MIN_JWT_TTL`]–[`jwt::MAX_JWT_TTL`]).
@@ -259,7 +270,7 @@ impl AuthorityService {
     /// learns that id only after its key was published, so the id is looked up in the bundle
     /// when the key was loaded without one.
     pub(crate) fn minting_key(&self) -> Result<ringzero_policy::token::RootKey, tonic::Status> {
-        minting_key(&self.keys, &self.sm)
+        minting_key(&self.keys.load(), &self.sm)
     }
 }
 
@@ -419,6 +430,13 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::RemoveMemberRequest>,
     ) -> Result<tonic::Response<pb::RemoveMemberReply>, tonic::Status> {
         self.remove_member_impl(req).await
+    }
+
+    async fn rotate_keys(
+        &self,
+        req: tonic::Request<pb::RotateKeysRequest>,
+    ) -> Result<tonic::Response<rotation::RotateStream>, tonic::Status> {
+        self.rotate_keys_impl(req).await
     }
 
     async fn list_nodes(

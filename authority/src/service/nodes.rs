@@ -301,6 +301,7 @@ impl AuthorityService {
             .map_err(status_of)?;
         let svid = self
             .keys
+            .load()
             .ca
             .issue(&LeafRequest {
                 id: &id,
@@ -406,7 +407,7 @@ impl AuthorityService {
             };
             let ttl =
                 Duration::from_secs(u64::from(entry.ttl_s)).clamp(MIN_ENTRY_TTL, MAX_ENTRY_TTL);
-            let issued = self.keys.ca.issue(&LeafRequest {
+            let issued = self.keys.load().ca.issue(&LeafRequest {
                 id: &id,
                 key: LeafKey::Csr(&r.csr),
                 ttl,

@@ -210,6 +210,7 @@ impl AuthorityService {
         let now = SystemTime::now();
         let svid = self
             .keys
+            .load()
             .ca
             .issue(&LeafRequest {
                 id: &id,

@@ -56,6 +56,20 @@ Examples:
   ringzero --profile admin.profile authority remove 3
   ringzero --profile admin.profile authority remove 3 --compromised")]
     Remove(RemoveArgs),
+    /// Rotate the answering node's own keys: prepare, publish, wait one propagation window,
+    /// activate, retire the old ones (SPIRE's prepared/active/old). Agents, workloads and tokens
+    /// see no interruption; the node's own SVID is re-issued from its new CA without a restart.
+    #[command(after_help = "\
+Each new key is generated on the node whose key it is (the leader answering; --node must name
+it) and published in the trust bundle one propagation window before it signs anything, so every
+agent feed and profile has it first. The old key is retired: it stays in the bundle and verifies
+what it signed before, and its private key is destroyed. Requires cluster:admin; audited.
+
+Examples:
+  ringzero --profile admin.profile authority rotate-keys
+  ringzero --profile admin.profile authority rotate-keys --kind ca --kind jwt --propagation 1m
+  ringzero --profile admin.profile authority rotate-keys --json")]
+    RotateKeys(RotateKeysArgs),
     /// Exit 0 only when a leader is known and accepts writes.
     #[command(after_help = "\
 Examples:
@@ -153,6 +167,23 @@ pub(crate) struct RemoveArgs {
     pub(crate) compromised: bool,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct RotateKeysArgs {
+    /// The node whose keys rotate (default: the node answering, which must lead).
+    #[arg(long)]
+    pub(crate) node: Option<u64>,
+    /// Which keys: ca, biscuit, jwt, audit (repeatable; default: all four).
+    #[arg(long = "kind", value_parser = ["ca", "biscuit", "jwt", "audit"])]
+    pub(crate) kinds: Vec<String>,
+    /// How long each new key is in the bundle before it signs (default 30s: twice the agents'
+    /// 10 s feed heartbeat, plus margin).
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) propagation: Option<std::time::Duration>,
+    /// Print one JSON object per step.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
 pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
     let rt = runtime()?;
     rt.block_on(async move {
@@ -163,6 +194,7 @@ pub(crate) fn run(global: &GlobalArgs, cmd: AuthorityCommand) -> Outcome {
             AuthorityCommand::JoinToken(a) => join_token(global, a.ttl).await,
             AuthorityCommand::Members(a) => members(global, a).await,
             AuthorityCommand::Remove(a) => remove(global, a).await,
+            AuthorityCommand::RotateKeys(a) => rotate_keys(global, a).await,
             AuthorityCommand::Status(a) => status(global, a).await,
             AuthorityCommand::AdminProfile(a) => admin_profile(a).await,
         }
@@ -323,6 +355,75 @@ async fn members(global: &GlobalArgs, a: JsonArgs) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn rotate_keys(global: &GlobalArgs, a: RotateKeysArgs) -> Outcome {
+    let mut s = session(global)?;
+    let req = pb::RotateKeysRequest {
+        node_id: a.node.unwrap_or(0),
+        kinds: a.kinds.clone(),
+        propagation_ms: a
+            .propagation
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let mut events = s
+        .client
+        .call(|mut c| {
+            let req = req.clone();
+            async move { c.rotate_keys(req).await }
+        })
+        .await
+        .map_err(call_failed)?;
+    if !a.json {
+        eprintln!(
+            "rotating keys; each new key is published {} before it signs",
+            a.propagation
+                .map_or("30s".into(), |d| humantime::format_duration(d).to_string())
+        );
+    }
+    while let Some(e) = events
+        .message()
+        .await
+        .map_err(|st| failed(anyhow::anyhow!("rotate-keys: {}", st.message())))?
+    {
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "node": e.node_id,
+                    "kind": e.kind,
+                    "step": e.step,
+                    "old_key_id": e.old_key_id,
+                    "new_key_id": e.new_key_id,
+                    "at": crate::cmd::session::rfc3339_ms(e.at_ms),
+                    "detail": e.detail,
+                })
+            );
+        } else if e.step != "done" {
+            let old = if e.old_key_id == 0 {
+                "-".to_owned()
+            } else {
+                e.old_key_id.to_string()
+            };
+            println!(
+                "{}  node {}  {:<7}  {:<9}  key {} -> {}  {}",
+                crate::cmd::session::rfc3339_ms(e.at_ms),
+                e.node_id,
+                e.kind,
+                e.step,
+                old,
+                e.new_key_id,
+                e.detail
+            );
+        }
+    }
+    s.refresh().await;
+    if !a.json {
+        eprintln!(
+            "done: the new keys sign; `ringzero bundle show` prints the bundle, old keys retired in it"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn remove(global: &GlobalArgs, a: RemoveArgs) -> Outcome {
     let mut s = session(global)?;
     let (node_id, compromised) = (a.node, a.compromised);
@@ -404,7 +505,7 @@ async fn status(global: &GlobalArgs, a: JsonArgs) -> Outcome {
         }
         for k in &reply.expiring_keys {
             eprintln!(
-                "warning: the {} {} key {} of authority {} expires {} (within 30 days): rotate it (see the README: key lifecycle)",
+                "warning: the {} {} key {} of authority {} expires {} (within 30 days): rotate it with `ringzero authority rotate-keys` (see the README: key lifecycle)",
                 k.status,
                 k.kind,
                 k.key_id,

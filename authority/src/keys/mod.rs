@@ -3,6 +3,17 @@
 //! Each node has its own signing CA (P-256), Biscuit root key (Ed25519), JWT signing key (ES256)
 //! and audit signing key (Ed25519). Only the public halves leave the node, through Raft, into the
 //! trust bundle. Private keys are written with mode 0600 by an atomic rename.
+//!
+//! # Layout
+//! - `mod.rs`: [`NodeKeys`], the four key pairs, and their files in `<data_dir>/keys/`.
+//! - `current.rs`: [`CurrentKeys`], the keys a running node signs with, swapped at run time.
+//! - `staging.rs`: the files of a rotation (`keys/next/`, `keys/old/`) and their recovery.
+
+mod current;
+mod staging;
+
+pub(crate) use current::CurrentKeys;
+pub(crate) use staging::{ALL_KINDS, KeyFiles, kind_name};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +23,8 @@ use ring::signature::KeyPair as _;
 use ringzero_policy::TrustDomain;
 use ringzero_policy::svid::SigningCa;
 use ringzero_policy::token::{RootKey, RootKeyId};
+
+use crate::command::KeyKind;
 
 /// How long a node's signing CA is valid. Leaves it signs are capped at its expiry.
 pub(crate) const CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -84,6 +97,18 @@ impl std::fmt::Debug for NodeKeys {
     }
 }
 
+impl NodeKeys {
+    /// The public bytes of the key of `kind`, as published in the bundle.
+    pub(crate) fn public_of(&self, kind: KeyKind) -> Result<Vec<u8>, KeyError> {
+        Ok(match kind {
+            KeyKind::X509Ca => self.ca.cert_der().to_vec(),
+            KeyKind::Biscuit => self.biscuit.public().key.to_bytes().to_vec(),
+            KeyKind::Jwt => self.jwt_public_spki()?,
+            KeyKind::Audit => self.audit_public_spki()?,
+        })
+    }
+}
+
 const CA_CERT: &str = "ca.der";
 const CA_KEY: &str = "ca.key";
 const BISCUIT_KEY: &str = "biscuit.key";
@@ -123,21 +148,38 @@ impl NodeKeys {
 
     /// Writes every key under `dir` (created 0700), private keys 0600.
     pub(crate) fn save(&self, dir: &Path) -> Result<(), KeyError> {
+        for kind in [
+            KeyKind::X509Ca,
+            KeyKind::Biscuit,
+            KeyKind::Jwt,
+            KeyKind::Audit,
+        ] {
+            self.save_kind(dir, kind)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the files of the key of `kind` under `dir` (created 0700), private keys 0600.
+    pub(crate) fn save_kind(&self, dir: &Path, kind: KeyKind) -> Result<(), KeyError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(io(dir))?;
         }
-        write_private(&dir.join(CA_CERT), self.ca.cert_der(), 0o600)?;
-        write_private(&dir.join(CA_KEY), &self.ca.key_pkcs8_der(), 0o600)?;
-        write_private(
-            &dir.join(BISCUIT_KEY),
-            self.biscuit.private_text().as_bytes(),
-            0o600,
-        )?;
-        write_private(&dir.join(JWT_KEY), &self.jwt_pkcs8, 0o600)?;
-        write_private(&dir.join(AUDIT_KEY), &self.audit_pkcs8, 0o600)?;
+        match kind {
+            KeyKind::X509Ca => {
+                write_private(&dir.join(CA_KEY), &self.ca.key_pkcs8_der(), 0o600)?;
+                write_private(&dir.join(CA_CERT), self.ca.cert_der(), 0o600)?;
+            }
+            KeyKind::Biscuit => write_private(
+                &dir.join(BISCUIT_KEY),
+                self.biscuit.private_text().as_bytes(),
+                0o600,
+            )?,
+            KeyKind::Jwt => write_private(&dir.join(JWT_KEY), &self.jwt_pkcs8, 0o600)?,
+            KeyKind::Audit => write_private(&dir.join(AUDIT_KEY), &self.audit_pkcs8, 0o600)?,
+        }
         Ok(())
     }
 
@@ -147,35 +189,36 @@ impl NodeKeys {
     /// deleted.
     pub(crate) fn destroy(dir: &Path) -> Vec<std::path::PathBuf> {
         let mut gone = Vec::new();
-        for f in [CA_KEY, BISCUIT_KEY, JWT_KEY, AUDIT_KEY] {
-            let path = dir.join(f);
-            if let Ok(meta) = std::fs::metadata(&path) {
-                let zeros = vec![0u8; usize::try_from(meta.len()).unwrap_or(0).min(1 << 20)];
-                if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(&path) {
-                    let _ = file.write_all(&zeros);
-                    let _ = file.sync_all();
-                }
-                if std::fs::remove_file(&path).is_ok() {
-                    gone.push(path);
-                }
-            }
+        for sub in [dir.to_path_buf(), dir.join("next"), dir.join("old")] {
+            gone.extend(destroy_files(
+                &sub,
+                &[CA_KEY, BISCUIT_KEY, JWT_KEY, AUDIT_KEY],
+            ));
         }
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         gone
     }
 
     pub(crate) fn load(dir: &Path, biscuit_key_id: u32) -> Result<Self, KeyError> {
-        let cert_path = dir.join(CA_CERT);
+        Self::load_from(|f| dir.join(f), biscuit_key_id)
+    }
+
+    /// Loads the keys whose files `path` names (one directory, or a staged key over the
+    /// current ones).
+    pub(crate) fn load_from(
+        path: impl Fn(&str) -> PathBuf,
+        biscuit_key_id: u32,
+    ) -> Result<Self, KeyError> {
+        let cert_path = path(CA_CERT);
         let cert = std::fs::read(&cert_path).map_err(io(&cert_path))?;
-        let key_path = dir.join(CA_KEY);
+        let key_path = path(CA_KEY);
         let ca = SigningCa::from_der(&cert, &read(&key_path)?, Vec::new())
             .map_err(|e| bad(&key_path, e))?;
-        let b_path = dir.join(BISCUIT_KEY);
+        let b_path = path(BISCUIT_KEY);
         let b_text = zeroize::Zeroizing::new(read(&b_path)?);
         let b_text = std::str::from_utf8(&b_text).map_err(|e| bad(&b_path, e))?;
         let biscuit = RootKey::from_private_text(RootKeyId(biscuit_key_id), b_text)
             .map_err(|e| bad(&b_path, e))?;
-        let jwt_path = dir.join(JWT_KEY);
+        let jwt_path = path(JWT_KEY);
         let jwt_pkcs8 = zeroize::Zeroizing::new(read(&jwt_path)?);
         ring::signature::EcdsaKeyPair::from_pkcs8(
             &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -183,7 +226,7 @@ impl NodeKeys {
             &ring::rand::SystemRandom::new(),
         )
         .map_err(|e| bad(&jwt_path, e))?;
-        let audit_path = dir.join(AUDIT_KEY);
+        let audit_path = path(AUDIT_KEY);
         let audit_pkcs8 = zeroize::Zeroizing::new(read(&audit_path)?);
         ring::signature::Ed25519KeyPair::from_pkcs8(&audit_pkcs8)
             .map_err(|e| bad(&audit_path, e))?;
@@ -235,6 +278,41 @@ impl NodeKeys {
         ring::signature::Ed25519KeyPair::from_pkcs8(&self.audit_pkcs8)
             .map_err(|e| KeyError::Generate(e.to_string()))
     }
+}
+
+/// Whether the replicated keys say node `node_id` was removed: it has keys, and none of them
+/// is published or active any more (a rotation retires one key of a kind while another of the
+/// same kind is active, so a retired key alone proves nothing).
+pub(crate) fn removed_by_keys(records: &[crate::KeyRecord], node_id: crate::NodeId) -> bool {
+    let mut own = records.iter().filter(|k| k.authority == node_id).peekable();
+    own.peek().is_some()
+        && own.all(|k| {
+            matches!(
+                k.status,
+                crate::command::KeyStatus::Retired | crate::command::KeyStatus::Compromised
+            )
+        })
+}
+
+/// Overwrites with zeros (best effort), then deletes, the files `names` under `dir`. Returns
+/// the files it deleted.
+pub(crate) fn destroy_files(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
+    let mut gone = Vec::new();
+    for f in names {
+        let path = dir.join(f);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let zeros = vec![0u8; usize::try_from(meta.len()).unwrap_or(0).min(1 << 20)];
+            if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(&path) {
+                let _ = file.write_all(&zeros);
+                let _ = file.sync_all();
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                gone.push(path);
+            }
+        }
+    }
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    gone
 }
 
 /// SPKI DER for an uncompressed P-256 point.
