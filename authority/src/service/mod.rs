@@ -311,32 +311,21 @@ pub(crate) type BundleSource =
 /// would stay trusted wherever it was pinned. Every consumer excludes compromised keys from
 /// what it trusts (`ringzero_proto::client::bundle_cas`, `Profile::apply_bundle`).
 /// The trust bundle as verifiers receive it. Compromised keys are sent marked as such (so
-/// every verifier drops them, never merely forgets them). The CA of a member removed without
-/// `--compromised` is sent as retired until everything it was recorded issuing has expired,
-/// and then no more: verifiers outside the authority stop trusting it then.
+/// every verifier drops them, never merely forgets them). A retired CA (its member removed
+/// without `--compromised`, or rotated away from) is sent as retired until everything it can
+/// have signed has expired, and then no more: verifiers outside the authority stop trusting it
+/// then. See [`retired_ca_until`].
 fn bundle_keys(sm: &StateMachineStore) -> Result<Vec<pb::BundleKey>, tonic::Status> {
     let reader = sm.reader().map_err(status_of)?;
     let keys = reader.keys().map_err(status_of)?;
     let now = now_ms();
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
-        if k.kind == KeyKind::X509Ca && k.status == KeyStatus::Retired {
-            let until = match reader.issued_until(k.authority).map_err(status_of)? {
-                // Nothing recorded (a cluster older than the record): the longest lifetime an
-                // SVID can have, from the removal.
-                0 => reader
-                    .key_retired_ms(k.id)
-                    .map_err(status_of)?
-                    .unwrap_or(k.published_ms)
-                    .saturating_add(
-                        u64::try_from(crate::service::nodes::MAX_ENTRY_TTL.as_millis())
-                            .unwrap_or(u64::MAX),
-                    ),
-                t => t,
-            };
-            if until <= now {
-                continue;
-            }
+        if k.kind == KeyKind::X509Ca
+            && k.status == KeyStatus::Retired
+            && retired_ca_until(&reader, &k).map_err(status_of)? <= now
+        {
+            continue;
         }
         out.push(k);
     }
@@ -353,6 +342,39 @@ fn bundle_keys(sm: &StateMachineStore) -> Result<Vec<pb::BundleKey>, tonic::Stat
         });
     }
     Ok(wire)
+}
+
+/// The longest an X.509-SVID, node, user or authority certificate can live: a CA signs nothing
+/// valid for longer.
+pub(crate) const MAX_CERT_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(30 * 24 * 3600);
+
+// Every certificate a CA signs lives at most MAX_CERT_LIFETIME.
+const _: () = assert!(
+    MAX_CERT_LIFETIME.as_secs() >= MAX_ENTRY_TTL.as_secs()
+        && MAX_CERT_LIFETIME.as_secs() >= AUTHORITY_SVID_TTL.as_secs()
+        && MAX_CERT_LIFETIME.as_secs() >= crate::node::NODE_SVID_TTL.as_secs()
+        && MAX_CERT_LIFETIME.as_secs() >= users::MAX_USER_TTL.as_secs()
+        && MAX_CERT_LIFETIME.as_secs() >= crate::node::admin_socket::MAX_TTL.as_secs()
+);
+
+/// Until when a retired CA `k` must stay in the bundle: until the last certificate recorded as
+/// issued by its member expires, and never past the longest lifetime a certificate can have
+/// counted from the retirement — it signed nothing after it. The second bound matters for a
+/// rotated CA whose member goes on issuing (from the new CA): without it, the old key, if it
+/// leaked, would stay trusted as long as the member lives.
+pub(crate) fn retired_ca_until(
+    reader: &crate::StateReader,
+    k: &crate::KeyRecord,
+) -> Result<u64, crate::StateError> {
+    let retired = reader.key_retired_ms(k.id)?.unwrap_or(k.published_ms);
+    let by_lifetime = retired
+        .saturating_add(u64::try_from(MAX_CERT_LIFETIME.as_millis()).unwrap_or(u64::MAX));
+    Ok(match reader.issued_until(k.authority)? {
+        // Nothing recorded (a cluster older than the record): the lifetime bound alone.
+        0 => by_lifetime,
+        t => t.min(by_lifetime),
+    })
 }
 
 /// The end of a key's validity as verifiers are told it. A retired signing key (Biscuit, JWT,
