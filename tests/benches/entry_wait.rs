@@ -45,7 +45,10 @@ fn main() {
     let socket = a.root.path().join("n1.sock");
     let token = format!("@{}", token.display());
     let mut cmd = agent_cmd(a.root.path(), &a.addr, Some(&token), &dir, &socket);
-    cmd.env("RINGZERO_LOG", "info,ringzero_agent::daemon::servable=debug");
+    cmd.env(
+        "RINGZERO_LOG",
+        "info,ringzero_agent::daemon::servable=debug",
+    );
     let log = a.root.path().join("agent-n1.log");
     let agent = spawn_ready_agent("agent-n1", cmd, &log, Duration::from_secs(30));
     let uid = format!("unix:uid:{}", my_uid());
@@ -117,7 +120,11 @@ fn main() {
         .filter(|l| l.contains("identity servable"))
         .filter_map(|l| {
             let v = l.split("latency_ms=").nth(1)?;
-            let ms: u64 = v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+            let ms: u64 = v
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?;
             Some(Duration::from_millis(ms))
         })
         .collect();

@@ -118,7 +118,11 @@ fn wait_on_a_node_without_a_running_agent_times_out_naming_it() {
     ]);
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
-    assert_eq!(stdout(&out).len(), 32, "the entry was created: its id is printed");
+    assert_eq!(
+        stdout(&out).len(),
+        32,
+        "the entry was created: its id is printed"
+    );
     let err = stderr(&out);
     assert!(err.contains("timed out after 2s"), "{err}");
     assert!(err.contains("node n9"), "{err}");
@@ -154,7 +158,10 @@ fn wait_on_a_node_without_a_running_agent_times_out_naming_it() {
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     let err = stderr(&out);
-    assert!(err.contains("node n7: its agent serves up to revision"), "{err}");
+    assert!(
+        err.contains("node n7: its agent serves up to revision"),
+        "{err}"
+    );
     assert!(err.contains("no entry feed from it is open"), "{err}");
 }
 
@@ -255,7 +262,9 @@ fn only_readers_wait_only_agents_report_and_waits_are_bounded() {
         for _ in 0..20 {
             let mut c = admin_client(&a);
             let id = ghost.clone();
-            calls.push(tokio::spawn(async move { wait_call(&mut c, &id, 3000).await }));
+            calls.push(tokio::spawn(
+                async move { wait_call(&mut c, &id, 3000).await },
+            ));
         }
         let mut refused = 0;
         let mut pending = 0;

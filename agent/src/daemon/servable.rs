@@ -228,10 +228,18 @@ mod tests {
         s.served("b", 9);
         assert_eq!(s.report(9).revision, 7, "a is still pending");
         s.served("a", 7);
-        assert_eq!(s.report(9).revision, 7, "an SVID of an older revision does not count");
+        assert_eq!(
+            s.report(9).revision,
+            7,
+            "an SVID of an older revision does not count"
+        );
         s.served("a", 8);
         assert_eq!(s.report(9).revision, 9);
-        assert_eq!(latency.summary().count, 1, "only timed changes are recorded");
+        assert_eq!(
+            latency.summary().count,
+            1,
+            "only timed changes are recorded"
+        );
         s.unservable("c", 10, "selector: bad\nline");
         let r = s.report(10);
         assert_eq!(r.revision, 10);
@@ -241,7 +249,11 @@ mod tests {
         assert!(s.report(10).unservable.is_empty());
         s.pending("d", 11, 0);
         s.forget("d");
-        assert_eq!(s.report(11).revision, 11, "a dropped entry holds nothing back");
+        assert_eq!(
+            s.report(11).revision,
+            11,
+            "a dropped entry holds nothing back"
+        );
     }
 
     #[test]

@@ -434,10 +434,7 @@ mod tests {
         for _ in 0..REPORTS_PER_SECOND {
             s.report(1, "n1", report(3, &[])).unwrap();
         }
-        assert_eq!(
-            s.report(1, "n1", report(3, &[])),
-            Err(Refusal::TooFrequent)
-        );
+        assert_eq!(s.report(1, "n1", report(3, &[])), Err(Refusal::TooFrequent));
         s.report(1, "n2", report(3, &[])).unwrap();
         assert_eq!(s.latest(1, "n1").unwrap().revision, 3);
         assert!(s.latest(2, "n1").is_none(), "a new leadership starts over");
@@ -483,7 +480,11 @@ mod tests {
         );
         drop(other);
         let mut slot = s.admit_wait("bob", "n1").unwrap();
-        assert_eq!(s.tracked(), 1, "a node without report nor waiter is forgotten");
+        assert_eq!(
+            s.tracked(),
+            1,
+            "a node without report nor waiter is forgotten"
+        );
         s.report(1, "n1", report(7, &[])).unwrap();
         tokio::time::timeout(Duration::from_secs(1), slot.changed())
             .await
