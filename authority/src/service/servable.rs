@@ -163,9 +163,9 @@ pub(crate) struct Servable(Arc<Mutex<Inner>>);
 /// Why a report or a wait was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    TooFrequent,
-    TooManyWaits,
-    TooManyWaitsForCaller,
+    RateLimited,
+    Busy,
+    CallerBusy,
 }
 
 /// A wait in progress; its slots are given back on drop, and a node nobody reported nor waits
@@ -245,7 +245,7 @@ impl Servable {
             *n = 0;
         }
         if *n >= REPORTS_PER_SECOND {
-            return Err(Refusal::TooFrequent);
+            return Err(Refusal::RateLimited);
         }
         *n += 1;
         s.report = Some(report);
@@ -257,11 +257,11 @@ impl Servable {
     pub(crate) fn admit_wait(&self, caller: &str, node: &str) -> Result<WaitSlot, Refusal> {
         let mut inner = self.lock();
         if inner.waits >= MAX_WAITS {
-            return Err(Refusal::TooManyWaits);
+            return Err(Refusal::Busy);
         }
         let mine = inner.waits_by_caller.get(caller).copied().unwrap_or(0);
         if mine >= MAX_WAITS_PER_CALLER {
-            return Err(Refusal::TooManyWaitsForCaller);
+            return Err(Refusal::CallerBusy);
         }
         inner.waits += 1;
         inner.waits_by_caller.insert(caller.to_owned(), mine + 1);
@@ -334,7 +334,7 @@ impl AuthorityService {
             .admit_wait(&caller, &entry.parent)
             .map_err(|e| {
                 tonic::Status::resource_exhausted(match e {
-                    Refusal::TooManyWaitsForCaller => {
+                    Refusal::CallerBusy => {
                         format!("at most {MAX_WAITS_PER_CALLER} waits at once per caller")
                     }
                     _ => format!("at most {MAX_WAITS} waits at once on this authority"),
@@ -434,7 +434,7 @@ mod tests {
         for _ in 0..REPORTS_PER_SECOND {
             s.report(1, "n1", report(3, &[])).unwrap();
         }
-        assert_eq!(s.report(1, "n1", report(3, &[])), Err(Refusal::TooFrequent));
+        assert_eq!(s.report(1, "n1", report(3, &[])), Err(Refusal::RateLimited));
         s.report(1, "n2", report(3, &[])).unwrap();
         assert_eq!(s.latest(1, "n1").unwrap().revision, 3);
         assert!(s.latest(2, "n1").is_none(), "a new leadership starts over");
@@ -468,16 +468,13 @@ mod tests {
         }
         assert_eq!(
             s.admit_wait("alice", "n1").unwrap_err(),
-            Refusal::TooManyWaitsForCaller
+            Refusal::CallerBusy
         );
         let mut other = Vec::new();
         while other.len() + slots.len() < MAX_WAITS {
             other.push(s.admit_wait(&format!("c{}", other.len()), "n2").unwrap());
         }
-        assert_eq!(
-            s.admit_wait("bob", "n1").unwrap_err(),
-            Refusal::TooManyWaits
-        );
+        assert_eq!(s.admit_wait("bob", "n1").unwrap_err(), Refusal::Busy);
         drop(other);
         let mut slot = s.admit_wait("bob", "n1").unwrap();
         assert_eq!(

@@ -582,7 +582,19 @@ mod tests {
             dns_names: vec!["web.local".into()],
             revision: 42,
             created_revision: 40,
+            changed_ms: 0,
         }
+    }
+
+    #[test]
+    fn wait_takes_an_optional_timeout_after_an_equals_sign() {
+        assert_eq!(create(&["--selector", "unix:uid:1000"]).unwrap().wait, None);
+        let a = create(&["--selector", "unix:uid:1000", "--wait"]).unwrap();
+        assert_eq!(a.wait, Some(Duration::from_secs(30)));
+        let a = create(&["--selector", "unix:uid:1000", "--wait=5s"]).unwrap();
+        assert_eq!(a.wait, Some(Duration::from_secs(5)));
+        assert!(create(&["--selector", "unix:uid:1000", "--wait=2h"]).is_err());
+        assert!(create(&["--selector", "unix:uid:1000", "--wait", "5s"]).is_err());
     }
 
     #[test]
