@@ -8,9 +8,10 @@
 //!   refuses, is *unservable* (with why) until an SVID arrives; a dropped entry is forgotten.
 //!   It also times each live change from its commit (`changed_ms`) to its SVID
 //!   ([`ServableLatency`]).
-//! - [`report_task`] sends the latest report with `ReportServable`: at once on a change (at most
-//!   [`REPORTS_PER_WINDOW`] per second, then at the end of the second), again whenever the feed
-//!   reconnects (a new leader knows nothing) and every [`KEEPALIVE`].
+//! - [`report_task`] sends the latest report with `ReportServable`: on a change, at once unless
+//!   the last one left less than [`MIN_INTERVAL`] ago (then the latest state when it has
+//!   passed: changes in between are coalesced), again whenever the feed reconnects (a new
+//!   leader knows nothing) and every [`KEEPALIVE`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -29,8 +30,10 @@ use crate::servable_latency::ServableLatency;
 pub(super) const MAX_UNSERVABLE: usize = 64;
 /// The longest reason reported (the authority keeps 256 bytes).
 const MAX_REASON: usize = 256;
-/// Reports sent per second at most (the authority allows 20 per node).
-pub(super) const REPORTS_PER_WINDOW: u32 = 10;
+/// The least time between two reports: at most 20 per second (the authority allows 25 per
+/// node). A fixed window of N per second would hold a report back for most of a second once
+/// spent; an interval delays one by at most this much.
+pub(super) const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// A report is sent again this often without a change, so a leader that started over (or
 /// missed the reconnect) learns it.
 pub(super) const KEEPALIVE: Duration = Duration::from_secs(10);
@@ -151,7 +154,7 @@ pub(super) async fn report_task(
     mut feed_connected: watch::Receiver<u64>,
 ) {
     let mut client: Option<AuthorityClient> = None;
-    let mut window = (Instant::now(), 0u32);
+    let mut last: Option<Instant> = None;
     let mut dirty = true;
     loop {
         if !dirty {
@@ -161,15 +164,10 @@ pub(super) async fn report_task(
                 () = tokio::time::sleep(KEEPALIVE) => {}
             }
         }
-        let now = Instant::now();
-        if now.duration_since(window.0) >= Duration::from_secs(1) {
-            window = (now, 0);
+        if let Some(at) = last {
+            tokio::time::sleep_until(at + MIN_INTERVAL).await;
         }
-        if window.1 >= REPORTS_PER_WINDOW {
-            tokio::time::sleep_until(window.0 + Duration::from_secs(1)).await;
-            window = (Instant::now(), 0);
-        }
-        window.1 += 1;
+        last = Some(Instant::now());
         if setup.has_changed().unwrap_or(false) {
             client = None;
         }

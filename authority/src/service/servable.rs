@@ -33,7 +33,7 @@ use super::{AuthorityService, status_of};
 use crate::gate::now_ms;
 
 /// `ReportServable` calls per node per second.
-pub(crate) const REPORTS_PER_SECOND: u32 = 20;
+pub(crate) const REPORTS_PER_SECOND: u32 = 25;
 /// Unservable entries one report may list.
 pub(crate) const MAX_UNSERVABLE: usize = 64;
 /// The longest reason kept for an unservable entry.
