@@ -19,7 +19,11 @@
 //!   and shutdown, the main loop), `startup.rs` (stored credentials or enrollment),
 //!   `entries.rs` (applying sync events), `issuance.rs` (workload SVIDs), `renewal.rs` (the
 //!   node SVID), `sync.rs` (the sync stream task), `allocs.rs` (the node's allocations run
-//!   under the task supervisor, their statuses reported), `backoff.rs`.
+//!   under the task supervisor, their statuses reported), `servable.rs` (which entries the
+//!   cache can serve, reported with `ReportServable` for `entry create --wait`), `backoff.rs`.
+//! - `servable_latency.rs`: [`ServableLatency`], the bounded commit-to-servable latency summary
+//!   (histogram buckets, count, sum, recent quantiles) a metrics exporter reads, handed out in
+//!   [`Ready::servable_latency`].
 //! - `enroll.rs`: first contact, the pin checked before the join secret is sent
 //!   ([`FirstContact`], from `ringzero_proto::client`).
 //! - `state.rs`: the data directory ([`DataDir`]): `node.profile` (credentials, 0600) and
@@ -114,6 +118,7 @@ mod metrics;
 mod node_api;
 mod revocations;
 mod rotation;
+mod servable_latency;
 mod state;
 mod tasks;
 mod workload;
@@ -131,6 +136,7 @@ pub use self::fetch::{
     FetchError, JwtSvid, ValidatedJwt, X509Svid, endpoint_path, fetch_jwt, fetch_x509, validate_jwt,
 };
 pub use self::node_api::{DEFAULT_RECORDING_BYTES, MIN_RECORDING_BYTES, RecordingMode};
+pub use self::servable_latency::{BUCKETS_MS, LatencySummary, RECENT, ServableLatency};
 pub use self::state::DataDir;
 pub use self::tasks::{
     AllocId, Exit as TaskExit, Limits as TaskLimits, MAX_TASKS, RestartMode, RestartPolicy,

@@ -13,7 +13,8 @@ use crate::cmd::{
 const ABOUT: &str = "ringzero: one root of trust for a cluster — SPIFFE identities, capability tokens, an audit log";
 
 const EXIT_CODES: &str = "\
-Exit codes: 0 success (token verify: allowed), 1 failed or denied, 2 invalid input or usage.
+Exit codes: 0 success (token verify: allowed), 1 failed or denied, 2 invalid input or usage;
+entry create|update --wait: 3 timed out, 4 unservable (see their --help).
 Secrets and tokens are accepted as an argument, as '-' (read from stdin) or as '@FILE'.";
 
 #[derive(Debug, Parser)]

@@ -30,6 +30,8 @@
 //! - 0: success (for `token verify`: allowed)
 //! - 1: the operation failed or was denied (for `token verify`: denied)
 //! - 2: invalid input or usage (bad flags, malformed token, unreadable key file)
+//! - 3, 4: only `entry create|update --wait`: written, but not servable in time (3) or
+//!   reported unservable by the node's agent (4)
 #![forbid(unsafe_code)]
 
 mod args;

@@ -18,15 +18,22 @@ use crate::error::AgentError;
 use crate::state::{AgentState, StoredEntry};
 
 impl Agent {
-    /// Holds `entry` (new or changed) and schedules its issuance now.
-    pub(super) fn hold(&mut self, entry: StoredEntry) {
+    /// Holds `entry` (new or changed) and schedules its issuance now; `committed_ms` (0: not
+    /// timed) is when its change was committed.
+    pub(super) fn hold(&mut self, entry: StoredEntry, committed_ms: u64) {
         let parsed = parse_entry(&entry, &self.td);
         let id = entry.id.clone();
         if let Err(e) = &parsed {
             warn!(entry = %id, error = %e, "registration entry not usable; no SVID issued");
             self.cache.remove(&id);
             self.unschedule(&id);
+            self.servable.unservable(
+                &id,
+                entry.revision,
+                &format!("registration entry not usable: {e}"),
+            );
         } else {
+            self.servable.pending(&id, entry.revision, committed_ms);
             self.schedule(&id, Instant::now() + CHANGE_DELAY);
         }
         self.entries.insert(
@@ -41,6 +48,7 @@ impl Agent {
     fn drop_entry(&mut self, id: &str) {
         self.entries.remove(id);
         self.unschedule(id);
+        self.servable.forget(id);
         if self.cache.remove(id) {
             info!(entry = %id, "registration entry removed; identity dropped");
         }
@@ -66,7 +74,11 @@ impl Agent {
             info!(rules = rules.len(), "mesh policies updated");
             self.cache.set_mesh_rules(rules);
         }
+        // Changes followed live are timed from their commit; a full sync's are not (they may
+        // be hours old).
+        let timed = self.synced && self.full_sync.is_none();
         for e in ev.upserts {
+            let committed_ms = if timed { e.changed_ms } else { 0 };
             if let Some(seen) = &mut self.full_sync {
                 seen.insert(e.id.clone());
             }
@@ -84,7 +96,7 @@ impl Agent {
             });
             if !unchanged {
                 debug!(entry = %stored.id, revision = stored.revision, "entry changed");
-                self.hold(stored);
+                self.hold(stored, committed_ms);
             }
         }
         for id in &ev.removed {
@@ -126,6 +138,7 @@ impl Agent {
                     identities: self.cache.snapshot().identities().count(),
                     socket: self.socket.clone(),
                     node_api: self.node_api_addr,
+                    servable_latency: self.servable_latency.clone(),
                 });
             }
         }

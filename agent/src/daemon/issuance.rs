@@ -128,6 +128,11 @@ impl Agent {
             let id = minted.entry_id;
             if !minted.error.is_empty() {
                 warn!(entry = %id, error = %minted.error, "the authority refused an SVID");
+                self.servable.unservable(
+                    &id,
+                    revision,
+                    &format!("the authority refused an SVID: {}", minted.error),
+                );
                 self.schedule(&id, Instant::now() + REFUSED_RETRY);
                 continue;
             }
@@ -151,6 +156,11 @@ impl Agent {
                     .and_then(|c| Validity::of(c, SystemTime::now())),
             ) else {
                 warn!(entry = %id, "the authority sent an SVID that does not validate");
+                self.servable.unservable(
+                    &id,
+                    revision,
+                    "the authority sent an SVID that does not validate",
+                );
                 self.schedule(&id, Instant::now() + REFUSED_RETRY);
                 continue;
             };
@@ -164,6 +174,7 @@ impl Agent {
                 hint: String::new(),
                 created_revision,
             });
+            self.servable.served(&id, revision);
             let wait = renew_in(validity, random_jitter(), SystemTime::now()).max(MIN_REISSUE);
             self.schedule(&id, Instant::now() + wait);
             issued += 1;

@@ -13,6 +13,10 @@
 //!   [`Supervisor`](crate::tasks::Supervisor) over `<data_dir>/tasks`, each task with
 //!   `SPIFFE_ENDPOINT_SOCKET` set to this agent's socket; their statuses go back through
 //!   `ReportAllocStatus`.
+//! - **Servable**: the highest entry revision up to which every entry of the node has a valid
+//!   SVID in the cache (or was found unservable, with why) goes back through `ReportServable`,
+//!   which `entry create --wait` waits on; each live change's commit-to-servable latency goes
+//!   to [`ServableLatency`](crate::ServableLatency) ([`Ready::servable_latency`]).
 //! - **Errors**: eviction, a ban or an expired node SVID stop the agent with the recovery
 //!   recipe ([`AgentError`]); anything else is retried with backoff while the cache keeps
 //!   serving.
@@ -27,6 +31,8 @@
 //! - `renewal.rs`: the node SVID's renewal.
 //! - `sync.rs`: the `SyncEntries` stream task.
 //! - `allocs.rs`: the allocations' task: starting and stopping them, reporting their statuses.
+//! - `servable.rs`: which entries the cache can serve (the servable revision, unservable
+//!   entries, commit-to-servable latency), reported to the authority with `ReportServable`.
 //! - `backoff.rs`: exponential backoff with jitter.
 
 pub(crate) mod allocs;
@@ -34,6 +40,7 @@ mod backoff;
 mod entries;
 mod issuance;
 mod renewal;
+mod servable;
 mod startup;
 mod sync;
 
@@ -117,6 +124,8 @@ pub struct Ready {
     pub socket: PathBuf,
     /// Where the node API listens, when it is served.
     pub node_api: Option<std::net::SocketAddr>,
+    /// Commit-to-servable latencies of the entry changes this agent follows, for metrics.
+    pub servable_latency: crate::ServableLatency,
 }
 
 /// Runs the agent until `shutdown` completes (`Ok`) or an operator must act (`Err`).
@@ -274,13 +283,25 @@ pub async fn run_with_ready(
             crate::node_api::Retention::default(),
         ));
     }
+    let (connected_tx, connected_rx) = watch::channel(0u64);
+    let (servable_tx, servable_rx) = watch::channel(ringzero_proto::pb::ReportServableRequest {
+        revision,
+        unservable: Vec::new(),
+    });
+    let reporter = tokio::spawn(servable::report_task(
+        servable_rx,
+        setup_rx.clone(),
+        connected_rx,
+    ));
     let sync = tokio::spawn(sync_task(
         setup_rx,
         revision,
         sync_tx,
         hint.clone(),
         announce,
+        connected_tx,
     ));
+    let servable_latency = crate::ServableLatency::new();
     let alloc_runner = tokio::spawn(allocs::alloc_task(supervisor, allocs_rx, allocs_setup));
 
     let mut agent = Agent {
@@ -312,17 +333,22 @@ pub async fn run_with_ready(
         socket,
         node_api_addr,
         allocs_tx,
+        servable: servable::Servability::new(servable_latency.clone()),
+        servable_tx,
+        servable_latency,
     };
     agent.schedule_node_renewal();
     for e in entries {
-        agent.hold(e);
+        agent.hold(e, 0);
     }
+    agent.publish_servable();
 
     let result = tokio::select! {
         r = agent.run(sync_rx) => r,
         () = shutdown => Ok(()),
     };
     sync.abort();
+    reporter.abort();
     // Tasks keep running: the next agent adopts them.
     alloc_runner.abort();
     let _ = stop_tx.send(true);
@@ -386,6 +412,10 @@ struct Agent {
     node_api_addr: Option<std::net::SocketAddr>,
     /// The node's allocations, for the allocations' task (`None` until the feed sends them).
     allocs_tx: watch::Sender<Option<Arc<ringzero_proto::pb::NodeAllocSet>>>,
+    /// Which entries the cache can serve, and the report of it for the reporting task.
+    servable: servable::Servability,
+    servable_tx: watch::Sender<ringzero_proto::pb::ReportServableRequest>,
+    servable_latency: crate::ServableLatency,
 }
 
 impl Agent {
@@ -404,7 +434,21 @@ impl Agent {
                     self.issue_due().await?;
                 }
             }
+            self.publish_servable();
         }
+    }
+
+    /// Hands the reporting task the current report, when it changed.
+    fn publish_servable(&self) {
+        let report = self.servable.report(self.revision);
+        self.servable_tx.send_if_modified(|current| {
+            if *current == report {
+                false
+            } else {
+                *current = report;
+                true
+            }
+        });
     }
 
     /// Stops on a fatal error; logs a transient one.

@@ -46,6 +46,7 @@ pub(super) async fn sync_task(
     tx: mpsc::Sender<SyncMsg>,
     hint: RecoveryHint,
     node_api: String,
+    connected: watch::Sender<u64>,
 ) {
     let mut backoff = Backoff::default();
     loop {
@@ -96,6 +97,8 @@ pub(super) async fn sync_task(
             }
         };
         info!(since = from, "entry sync connected");
+        // The servable report goes again: the feed may have moved to a new leader.
+        connected.send_modify(|n| *n = n.wrapping_add(1));
         if from == 0 && tx.send(SyncMsg::Reset).await.is_err() {
             return;
         }

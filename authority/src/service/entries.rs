@@ -37,6 +37,7 @@ pub(crate) fn entry_to_pb(
         ttl_seconds: e.ttl_s,
         dns_names: e.dns_names.clone(),
         revision: e.revision,
+        changed_ms: reader.entry_changed_ms(e).map_err(status_of)?,
     })
 }
 
@@ -240,7 +241,7 @@ impl AuthorityService {
         self.put_entry(req, true).await
     }
 
-    fn existing_entry(&self, id: &str) -> Result<RegistrationEntry, tonic::Status> {
+    pub(super) fn existing_entry(&self, id: &str) -> Result<RegistrationEntry, tonic::Status> {
         if id.is_empty() || id.len() > 64 {
             return Err(invalid("bad entry id"));
         }

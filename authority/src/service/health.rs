@@ -234,6 +234,11 @@ impl Health {
         true
     }
 
+    /// Whether `node` holds an open feed to this node now.
+    pub(crate) fn is_live(&self, node: &str) -> bool {
+        self.lock().nodes.get(node).is_some_and(|s| s.feeds > 0)
+    }
+
     /// Where each node with an open feed serves its node API (only non-empty addresses).
     pub(crate) fn node_apis(&self) -> HashMap<String, String> {
         self.lock()

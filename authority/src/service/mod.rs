@@ -38,6 +38,7 @@ mod nodes;
 mod rotation;
 mod sched_watch;
 mod scheds;
+mod servable;
 mod status;
 mod tokens;
 mod users;
@@ -69,6 +70,8 @@ pub(crate) struct AuthorityService {
     stopping: tokio::sync::watch::Receiver<bool>,
     /// Which agents hold an open feed to this leader (in memory, never replicated).
     health: health::Health,
+    /// What each node's agent reported it can serve (in memory, never replicated).
+    servable: servable::Servable,
     /// The lifetime of the JWT-SVIDs this node signs (capped by each entry's TTL).
     jwt_ttl: std::time::Duration,
     /// How this node rotates its own keys (absent in tests that build a bare service).
@@ -102,6 +105,7 @@ impl AuthorityService {
             first_contact: Default::default(),
             stopping: tokio::sync::watch::channel(false).1,
             health: health::Health::default(),
+            servable: servable::Servable::default(),
             jwt_ttl: jwt::DEFAULT_JWT_TTL,
             rotator: None,
         }
@@ -774,6 +778,20 @@ impl pb::authority_server::Authority for AuthorityService {
         req: tonic::Request<pb::ListAllocsRequest>,
     ) -> Result<tonic::Response<pb::ListAllocsReply>, tonic::Status> {
         self.list_allocs_impl(req).await
+    }
+
+    async fn wait_entry_servable(
+        &self,
+        req: tonic::Request<pb::WaitEntryServableRequest>,
+    ) -> Result<tonic::Response<pb::WaitEntryServableReply>, tonic::Status> {
+        self.wait_entry_servable_impl(req).await
+    }
+
+    async fn report_servable(
+        &self,
+        req: tonic::Request<pb::ReportServableRequest>,
+    ) -> Result<tonic::Response<pb::ReportServableReply>, tonic::Status> {
+        self.report_servable_impl(req).await
     }
 
     async fn report_alloc_status(

@@ -140,6 +140,7 @@ fn put_alloc_entry(
     tx: &WriteTransaction,
     a: &Placement,
     job: &JobRecord,
+    now: u64,
 ) -> Result<(), StateError> {
     let entry = RegistrationEntry {
         id: alloc_entry_id(&a.id),
@@ -153,7 +154,7 @@ fn put_alloc_entry(
         dns_names: Vec::new(),
         revision: 0,
     };
-    super::apply::put_entry(tx, &entry).map(|_| ())
+    super::apply::put_entry(tx, &entry, now).map(|_| ())
 }
 
 /// Deletes `alloc-<id>` if it exists.
@@ -295,7 +296,7 @@ pub(crate) fn place(
             .insert(by_node(&a.node, &a.id).as_slice(), &[][..])?;
         tx.open_table(ALLOCS_BY_JOB)?
             .insert(by_job(&a.namespace, &a.job, &a.id).as_slice(), &[][..])?;
-        put_alloc_entry(tx, a, job)?;
+        put_alloc_entry(tx, a, job, now)?;
     }
     for node in per_node.keys() {
         bump(tx, node)?;

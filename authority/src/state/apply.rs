@@ -273,7 +273,7 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
             }
             Ok(Outcome::Done)
         }
-        Op::PutEntry { entry } => put_entry(tx, entry).map(Outcome::Revision),
+        Op::PutEntry { entry } => put_entry(tx, entry, now).map(Outcome::Revision),
         Op::DeleteEntry { id } => match delete_entry(tx, id)? {
             Some(revision) => Ok(Outcome::Revision(revision)),
             None => rejected(Rejection::NotFound),
@@ -490,8 +490,11 @@ fn apply_op(tx: &WriteTransaction, cmd: &Command) -> Result<Outcome, StateError>
 pub(super) fn put_entry(
     tx: &WriteTransaction,
     entry: &RegistrationEntry,
+    now: u64,
 ) -> Result<u64, StateError> {
     let revision = next_counter(tx, CTR_REVISION)?;
+    tx.open_table(ENTRY_CHANGED_MS)?
+        .insert(entry.id.as_bytes(), &be(now)[..])?;
     let previous = get::<RegistrationEntry>(tx, ENTRIES, "entries", entry.id.as_bytes())?;
     if previous.is_none() {
         tx.open_table(ENTRY_CREATED)?
@@ -527,6 +530,7 @@ pub(super) fn delete_entry(tx: &WriteTransaction, id: &str) -> Result<Option<u64
     let revision = next_counter(tx, CTR_REVISION)?;
     remove(tx, ENTRIES, id.as_bytes())?;
     remove(tx, ENTRY_CREATED, id.as_bytes())?;
+    remove(tx, ENTRY_CHANGED_MS, id.as_bytes())?;
     remove(
         tx,
         ENTRIES_BY_PARENT,

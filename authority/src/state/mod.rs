@@ -87,6 +87,9 @@ pub(crate) const USER_INVITES: Raw = TableDefinition::new("user_invites");
 
 /// entry id → the revision at which the entry was created (u64 BE); updates keep it.
 pub(crate) const ENTRY_CREATED: Raw = TableDefinition::new("entry_created");
+/// entry id → when its last change was proposed (the command's time, unix ms, u64 BE): agents
+/// measure commit-to-servable from it. Absent for entries written before the table existed.
+pub(crate) const ENTRY_CHANGED_MS: Raw = TableDefinition::new("entry_changed_ms");
 
 /// user name → since (unix ms, u64 BE): suspended users
 pub(crate) const SUSPENDED_USERS: Raw = TableDefinition::new("suspended_users");
@@ -153,6 +156,7 @@ pub(crate) const TABLES: &[(u8, Raw)] = &[
     (34, ALLOCS_BY_JOB),
     (35, NODE_DRAINS),
     (36, SCHED_LEASE),
+    (37, ENTRY_CHANGED_MS),
 ];
 
 pub(crate) const META_LAST_APPLIED: &str = "last_applied";

@@ -107,6 +107,17 @@ impl StateReader {
         })
     }
 
+    /// When `e`'s last change was proposed (unix ms; 0: not recorded).
+    pub fn entry_changed_ms(&self, e: &RegistrationEntry) -> Result<u64, StateError> {
+        let t = self.tx.open_table(ENTRY_CHANGED_MS)?;
+        Ok(match t.get(e.id.as_bytes())? {
+            Some(v) => <[u8; 8]>::try_from(v.value())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0),
+            None => 0,
+        })
+    }
+
     pub fn entries_of(&self, node: &str) -> Result<Vec<RegistrationEntry>, StateError> {
         let index = self.tx.open_table(ENTRIES_BY_PARENT)?;
         let start = compound(node, b"");

@@ -372,6 +372,7 @@ mod tests {
             identities: 1,
             socket: "/run/a.sock".into(),
             node_api: None,
+            servable_latency: Default::default(),
         };
         assert_eq!(
             ready_line(&r),

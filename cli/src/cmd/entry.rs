@@ -14,6 +14,8 @@ use crate::args::parse_duration;
 use crate::cli::GlobalArgs;
 use crate::failure::{Failure, Outcome, bad_input_msg, failed};
 
+mod wait;
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum EntryCommand {
     /// Create a registration entry (prints its id alone on stdout).
@@ -27,7 +29,16 @@ Examples:
   ringzero --profile admin.profile entry create --spiffe-id spiffe://example.org/ns/web \\
       --node n7 --selector unix:uid:1000
   ID=$(ringzero entry create --spiffe-id spiffe://example.org/db --node n7 \\
-      --selector unix:user:postgres --selector unix:path:/usr/bin/postgres --ttl 30m --dns db.local)")]
+      --selector unix:user:postgres --selector unix:path:/usr/bin/postgres --ttl 30m --dns db.local)
+  ringzero entry create --spiffe-id spiffe://example.org/ns/web --node n7 \\
+      --selector unix:uid:1000 --wait=10s   # returns once n7's agent can serve the SVID
+
+--wait[=TIMEOUT] (default 30s, at most 1h) returns only once the agent of the entry's node
+holds a valid SVID for it, so a workload's next fetch gets it; the id is printed first.
+
+Exit codes: 0 created (and with --wait: servable on its node), 1 failed or denied, 2 invalid
+input, 3 created but --wait timed out (the nodes that have not caught up are named), 4 created
+but the node's agent reports it cannot serve the entry (the reason is printed).")]
     Create(EntryCreateArgs),
     /// List entries, all pages, optionally only those of one node or one SPIFFE ID.
     #[command(after_help = "\
@@ -47,7 +58,15 @@ Examples:
 Examples:
   ringzero --profile admin.profile entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --ttl 15m
   ringzero entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --selector unix:uid:1001 --node n8
-  ringzero entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --clear-dns")]
+  ringzero entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --clear-dns
+  ringzero entry update 6f1c0d2a9b8e4f3a0c1d2e3f4a5b6c7d --node n8 --wait
+
+--wait[=TIMEOUT] (default 30s, at most 1h) returns only once the agent of the entry's node
+serves it as updated.
+
+Exit codes: 0 updated (and with --wait: servable on its node), 1 failed or denied, 2 invalid
+input, 3 updated but --wait timed out (the nodes that have not caught up are named), 4 updated
+but the node's agent reports it cannot serve the entry (the reason is printed).")]
     Update(EntryUpdateArgs),
     /// Delete an entry: its workloads stop receiving new SVIDs.
     #[command(after_help = "\
@@ -80,6 +99,10 @@ pub(crate) struct EntryCreateArgs {
     /// Print the created entry as JSON instead of its id.
     #[arg(long)]
     pub(crate) json: bool,
+    /// After the commit, wait (default 30s, at most 1h) until the node's agent can serve it.
+    #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, require_equals = true,
+          default_missing_value = wait::DEFAULT_WAIT, value_parser = wait::parse_wait)]
+    pub(crate) wait: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +164,11 @@ pub(crate) struct EntryUpdateArgs {
     /// Print the updated entry as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// After the commit, wait (default 30s, at most 1h) until the node's agent serves it as
+    /// updated.
+    #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, require_equals = true,
+          default_missing_value = wait::DEFAULT_WAIT, value_parser = wait::parse_wait)]
+    pub(crate) wait: Option<Duration>,
 }
 
 /// The shortest and longest SVID lifetime an entry may ask for.
@@ -237,14 +265,18 @@ async fn create(global: &GlobalArgs, a: EntryCreateArgs) -> Outcome {
     };
     let mut s = session(global)?;
     let entry = put(&mut s, req, false, &format!("entry for {}", a.spiffe_id)).await?;
-    s.refresh().await;
     eprintln!("created {}", summary(&entry));
     if a.json {
         println!("{}", entry_json(&entry));
     } else {
         println!("{}", entry.id);
     }
-    Ok(ExitCode::SUCCESS)
+    let code = match a.wait {
+        Some(timeout) => wait::wait_servable(&mut s, &entry, timeout).await?,
+        None => ExitCode::SUCCESS,
+    };
+    s.refresh().await;
+    Ok(code)
 }
 
 /// Sends a create (`update == false`) or an update.
@@ -403,15 +435,20 @@ async fn update(global: &GlobalArgs, a: EntryUpdateArgs) -> Outcome {
     let mut s = session(global)?;
     let id = a.id.clone();
     let json = a.json;
+    let wait = a.wait;
     let current = get(&mut s, &id).await?;
     let req = updated(current, a)?;
     let entry = put(&mut s, req, true, &format!("entry {id}")).await?;
-    s.refresh().await;
     eprintln!("updated {}", summary(&entry));
     if json {
         println!("{}", entry_json(&entry));
     }
-    Ok(ExitCode::SUCCESS)
+    let code = match wait {
+        Some(timeout) => wait::wait_servable(&mut s, &entry, timeout).await?,
+        None => ExitCode::SUCCESS,
+    };
+    s.refresh().await;
+    Ok(code)
 }
 
 async fn delete(global: &GlobalArgs, a: EntryIdArg) -> Outcome {
@@ -545,7 +582,19 @@ mod tests {
             dns_names: vec!["web.local".into()],
             revision: 42,
             created_revision: 40,
+            changed_ms: 0,
         }
+    }
+
+    #[test]
+    fn wait_takes_an_optional_timeout_after_an_equals_sign() {
+        assert_eq!(create(&["--selector", "unix:uid:1000"]).unwrap().wait, None);
+        let a = create(&["--selector", "unix:uid:1000", "--wait"]).unwrap();
+        assert_eq!(a.wait, Some(Duration::from_secs(30)));
+        let a = create(&["--selector", "unix:uid:1000", "--wait=5s"]).unwrap();
+        assert_eq!(a.wait, Some(Duration::from_secs(5)));
+        assert!(create(&["--selector", "unix:uid:1000", "--wait=2h"]).is_err());
+        assert!(create(&["--selector", "unix:uid:1000", "--wait", "5s"]).is_err());
     }
 
     #[test]
