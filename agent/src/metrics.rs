@@ -153,6 +153,11 @@ impl Metrics {
     pub(crate) fn feed_event(&self) {
         self.feed_events.inc();
     }
+
+    /// An entry change became servable `took` after its commit.
+    pub(crate) fn servable(&self, took: Duration) {
+        self.servable_seconds.observe(took.as_secs_f64());
+    }
 }
 
 /// Holds one unit of a gauge; gives it back on drop.

@@ -61,6 +61,7 @@ impl ServableLatency {
 
     /// Records one entry change that became servable `latency` after its commit.
     pub fn record(&self, latency: Duration) {
+        crate::metrics::metrics().servable(latency);
         let mut inner = self.lock();
         inner.count = inner.count.saturating_add(1);
         inner.sum = inner.sum.saturating_add(latency);

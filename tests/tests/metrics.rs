@@ -183,6 +183,8 @@ fn every_daemon_serves_parseable_metrics_and_probes() {
         value(&s, "ringzero_agent_workload_connections", &[]),
         Some(0.0)
     );
+    // The entry reached this agent on its live feed: its commit-to-servable time is observed.
+    assert!(value(&s, "ringzero_agent_entry_servable_seconds", &[]).unwrap() >= 1.0);
 
     // The scheduler takes its lease and says so.
     wait_until(
