@@ -32,6 +32,7 @@ pub use self::bootstrap::bootstrap;
 pub use self::join::{FirstContact, join};
 pub use self::layout::NodeConfig;
 use self::layout::*;
+pub(crate) use self::parts::own_svid;
 use self::parts::*;
 use self::serve::serve;
 pub use self::serve::{listen_address, run, run_with_metrics};

@@ -31,8 +31,10 @@ pub(super) fn replicated_cas(
         .collect())
 }
 
-/// A node's own SVID, issued by its own CA.
-pub(super) fn own_svid(
+/// A node's own SVID, issued by its own CA: the certificate it presents as a server and as a
+/// Raft client. Renewed at half its lifetime ([`super::serve`]) and re-issued when its CA
+/// rotates.
+pub(crate) fn own_svid(
     keys: &NodeKeys,
     td: &TrustDomain,
     node_id: NodeId,

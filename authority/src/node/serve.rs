@@ -83,6 +83,14 @@ pub(super) async fn serve(
     );
     let was_removed = removed_rx.clone();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    spawn_own_svid_renewal(
+        parts.keys.clone(),
+        parts.td.clone(),
+        parts.config.node_id,
+        Arc::clone(&parts.cert),
+        NODE_SVID_TTL / 2,
+        stopping.clone(),
+    );
     let shutdown = async move {
         tokio::select! {
             () = shutdown => {}
@@ -152,4 +160,72 @@ pub(super) async fn serve(
         return Err(NodeError::Removed(parts.dir.display().to_string()));
     }
     result.map_err(NodeError::from)
+}
+
+/// Re-issues this node's own SVID from its current CA every `every` (half its lifetime), so a
+/// node that runs longer than [`NODE_SVID_TTL`] never presents an expired certificate to
+/// agents, CLIs or its Raft peers; presented from the next handshake on, without a restart.
+/// A failed renewal is retried a minute later.
+fn spawn_own_svid_renewal(
+    keys: crate::keys::CurrentKeys,
+    td: ringzero_policy::TrustDomain,
+    node_id: crate::NodeId,
+    cert: Arc<ringzero_policy::tls::RotatingCert>,
+    every: std::time::Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut wait = every;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+            let renewed = own_svid(&keys.load(), &td, node_id)
+                .map_err(|e| e.to_string())
+                .and_then(|(chain, key)| cert.replace(chain, key).map_err(|e| e.to_string()));
+            wait = match renewed {
+                Ok(()) => {
+                    tracing::info!(node_id, "own SVID renewed");
+                    every
+                }
+                Err(e) => {
+                    tracing::warn!(node_id, error = %e, "own SVID renewal failed; retrying in 1 min");
+                    std::time::Duration::from_secs(60)
+                }
+            };
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_own_svid_is_renewed_without_a_restart() {
+        let td = ringzero_policy::TrustDomain::new("renew.test").unwrap();
+        let keys = crate::keys::NodeKeys::generate(&td, 1, std::time::SystemTime::now()).unwrap();
+        let (chain, key) = own_svid(&keys, &td, 1).unwrap();
+        let first = chain[0].clone();
+        let cert = ringzero_policy::tls::RotatingCert::new(chain, key).unwrap();
+        let presented = |c: &ringzero_policy::tls::RotatingCert| {
+            use rustls::client::ResolvesClientCert;
+            c.resolve(&[], &[]).unwrap().cert[0].clone()
+        };
+        assert_eq!(presented(&cert), first);
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        spawn_own_svid_renewal(
+            crate::keys::CurrentKeys::new(keys),
+            td,
+            1,
+            Arc::clone(&cert),
+            std::time::Duration::from_millis(50),
+            stop,
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_ne!(presented(&cert), first, "a fresh SVID is presented");
+    }
 }

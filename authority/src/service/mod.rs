@@ -372,8 +372,8 @@ pub(crate) fn retired_ca_until(
     k: &crate::KeyRecord,
 ) -> Result<u64, crate::StateError> {
     let retired = reader.key_retired_ms(k.id)?.unwrap_or(k.published_ms);
-    let by_lifetime = retired
-        .saturating_add(u64::try_from(MAX_CERT_LIFETIME.as_millis()).unwrap_or(u64::MAX));
+    let by_lifetime =
+        retired.saturating_add(u64::try_from(MAX_CERT_LIFETIME.as_millis()).unwrap_or(u64::MAX));
     Ok(match reader.issued_until(k.authority)? {
         // Nothing recorded (a cluster older than the record): the lifetime bound alone.
         0 => by_lifetime,

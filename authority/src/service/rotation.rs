@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringzero_policy::svid::generate_key;
 use ringzero_policy::tls::RotatingCert;
 use ringzero_policy::{Operation, TrustDomain};
 use ringzero_proto::pb;
@@ -315,7 +314,8 @@ impl RotationHandle {
         if step.kind == KeyKind::X509Ca {
             // The node's own SVID, from the new CA, presented from the next handshake on
             // (server and Raft client alike); open connections keep the old one, still valid.
-            let (chain, key) = own_svid_from(&keys, &rotator.td, self.node_id)?;
+            let (chain, key) =
+                crate::node::own_svid(&keys, &rotator.td, self.node_id).map_err(internal)?;
             rotator.cert.replace(chain, key).map_err(internal)?;
         }
         self.keys.replace(keys);
@@ -376,40 +376,6 @@ impl RotationHandle {
         );
         Ok(())
     }
-}
-
-/// A fresh SVID for this node from `keys`' CA.
-fn own_svid_from(
-    keys: &NodeKeys,
-    td: &TrustDomain,
-    node_id: NodeId,
-) -> Result<
-    (
-        Vec<rustls_pki_types::CertificateDer<'static>>,
-        rustls_pki_types::PrivateKeyDer<'static>,
-    ),
-    tonic::Status,
-> {
-    use ringzero_policy::svid::{LeafKey, LeafRequest};
-    let key = generate_key().map_err(internal)?;
-    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let id = crate::net::authority_id(td, node_id).map_err(internal)?;
-    let svid = keys
-        .ca
-        .issue(&LeafRequest {
-            id: &id,
-            key: LeafKey::PublicKey(&spki),
-            ttl: crate::node::NODE_SVID_TTL,
-            dns_names: &[],
-            now: std::time::SystemTime::now(),
-        })
-        .map_err(internal)?;
-    Ok((
-        svid.chain,
-        rustls_pki_types::PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
-            key.serialize_der(),
-        )),
-    ))
 }
 
 #[cfg(test)]
