@@ -233,7 +233,16 @@ async fn task_runs_with_its_uid_gid_cwd_env_and_logs() {
     assert_eq!(status_line(pid, "Uid"), "65534 65534 65534 65534");
     assert_eq!(status_line(pid, "Gid"), "65534 65534 65534 65534");
     assert_eq!(status_line(pid, "Groups"), "");
-    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    // Read while `sh` may still be exec'ing `sleep`: an exec in progress shows an empty
+    // environment for a moment, so wait for the settled one.
+    let mut environ = Vec::new();
+    for _ in 0..100 {
+        environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+        if !environ.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // What the shell adds itself aside, exactly the spec's and the agent's.
     let vars: Vec<String> = environ
         .split(|&b| b == 0)
