@@ -56,6 +56,7 @@ mod first_contact;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod gate;
+mod key_sync;
 mod keys;
 mod metrics;
 mod net;
