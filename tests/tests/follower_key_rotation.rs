@@ -22,7 +22,7 @@ use ringzero_policy::testing::{anonymous_client_config, one_of};
 use ringzero_policy::tls::{BundleSource, SpiffeServerVerifier};
 use ringzero_proto::pb;
 use ringzero_tests::agent::{agent_cmd, my_uid, spawn_ready_agent};
-use ringzero_tests::cluster::{Cluster, TD, ca_of_keys, td};
+use ringzero_tests::cluster::{Cluster, Svid, TD, ca_of_keys, channel, mtls, stdout, td};
 use ringzero_tests::*;
 use rustls_pki_types::CertificateDer;
 
@@ -48,7 +48,7 @@ async fn presents_chain_to(addr: &str, node: u64, ca: &[u8]) -> Result<(), Strin
         BundleSource::new(bundle),
         one_of(&[&format!("spiffe://{TD}/ringzero/authority/{node}")]),
     );
-    let ch = ringzero_tests::cluster::channel(addr, anonymous_client_config(verifier));
+    let ch = channel(addr, anonymous_client_config(verifier));
     pb::authority_client::AuthorityClient::new(ch)
         .get_bundle(pb::GetBundleRequest {})
         .await
@@ -219,6 +219,7 @@ async fn a_followers_keys_rotate_under_load_and_survive_its_restart() {
     });
     let took = started.elapsed();
     assert!(out.status.success(), "rotate-keys --node: {}", show(&out));
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
@@ -320,9 +321,54 @@ async fn a_followers_keys_rotate_under_load_and_survive_its_restart() {
     assert!(out.status.success(), "audit verify: {}", show(&out));
 }
 
+/// A member that is not the leader, or anyone not a member, cannot make a member stage keys;
+/// the refusal is reported to the leader and audited. A rotation of a non-member is refused.
 #[test]
-fn a_rotation_of_a_non_member_is_refused() {
-    let c = Cluster::new("follower-keyrot-nonmember");
+fn only_the_leader_makes_a_member_prepare_keys() {
+    let c = Cluster::with_voters("follower-prepare-hostile", 3);
+    c.wait_replicated(Duration::from_secs(20));
+    let leader = c.leader();
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (a, b) = (others[0], others[1]);
+    let (aid, bid) = (c.nodes[a].node_id(), c.nodes[b].node_id());
+    let profile = c.profile();
+    let rt = ringzero_tests::cluster::runtime();
+    let prepare = |svid: &Svid| {
+        rt.block_on(async {
+            pb::raft_client::RaftClient::new(channel(&c.nodes[a].addr, mtls(&profile, svid)))
+                .prepare_keys(pb::RaftPayload { data: vec![1, 3] })
+                .await
+        })
+    };
+    // Member b, with its own genuine member certificate: a member, not the leader.
+    let member_b = Svid::forge(
+        &c.node_ca(b),
+        &format!("spiffe://{TD}/ringzero/authority/{bid}"),
+    );
+    let refused = prepare(&member_b).expect_err("a non-leader made a member prepare keys");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("not the leader"), "{refused:?}");
+    // The admin's certificate: not a member at all.
+    let admin = Svid::of_profile(&profile);
+    let refused = prepare(&admin).expect_err("a non-member made a member prepare keys");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // Nothing was staged on a.
+    let next = c.nodes[a].dir.join("keys").join("next");
+    assert!(
+        std::fs::read_dir(&next).map_or(true, |mut d| d.next().is_none()),
+        "keys staged on node {aid}"
+    );
+    // The member's refusal reached the leader's audit log.
+    wait_until(
+        "the refused PrepareKeys in the audit log",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let out = c.cli(&["audit", "query", "--json", "--decision", "deny"]);
+            stdout(&out).contains("PrepareKeys").then_some(())
+        },
+    );
+    // Not a member: refused by the leader before anything is asked of anyone.
     let out = c.cli(&[
         "authority",
         "rotate-keys",
