@@ -39,7 +39,8 @@
 //!   and `status`, the one place refusals become gRPC statuses.
 //! - `gate`: every API call's authorization and audit record, and the denial windows;
 //!   `first_contact`: what an unauthenticated redemption costs, bounded per source address.
-//! - `keys`: a node's own CA, Biscuit, JWT and audit keys.
+//! - `keys`: a node's own CA, Biscuit, JWT and audit keys; `key_sync`: staging them when the
+//!   leader asks (`PrepareKeys`) and swapping to them once the replicated state activates them.
 //!
 //! A node's life:
 //! - [`node`] (`node/`): bootstrap, join and run a node (`layout`, `parts`, `bootstrap`, `join`,
@@ -56,6 +57,7 @@ mod first_contact;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod gate;
+mod key_sync;
 mod keys;
 mod metrics;
 mod net;

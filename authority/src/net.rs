@@ -274,12 +274,51 @@ pub(crate) async fn send_report(
         .map_err(|s| s.message().to_owned())
 }
 
+/// Asks member `target` at `addr` (this node leading) to stage new keys of `kinds`; returns
+/// their public halves. Idempotent, so a caller may retry it.
+pub(crate) async fn prepare_keys(
+    creds: &PeerCredentials,
+    target: NodeId,
+    addr: &str,
+    kinds: &[crate::command::KeyKind],
+) -> Result<Vec<crate::key_sync::Prepared>, tonic::Status> {
+    let mut client = client_for(creds, target, addr).map_err(tonic::Status::unavailable)?;
+    let data = encode(&crate::key_sync::PrepareRequest {
+        kinds: kinds.to_vec(),
+    })
+    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let mut request = tonic::Request::new(pb::RaftPayload { data });
+    request.set_timeout(PREPARE_TIMEOUT);
+    let reply = client.prepare_keys(request).await?;
+    decode(&reply.into_inner().data).map_err(|e| tonic::Status::internal(e.to_string()))
+}
+
+/// The public halves of the keys of `kinds` member `target` signs with now.
+pub(crate) async fn signing_keys(
+    creds: &PeerCredentials,
+    target: NodeId,
+    addr: &str,
+    kinds: &[crate::command::KeyKind],
+) -> Result<Vec<(crate::command::KeyKind, Vec<u8>)>, tonic::Status> {
+    let mut client = client_for(creds, target, addr).map_err(tonic::Status::unavailable)?;
+    let data = encode(&kinds.to_vec()).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let mut request = tonic::Request::new(pb::RaftPayload { data });
+    request.set_timeout(Duration::from_secs(5));
+    let reply = client.signing_keys(request).await?;
+    decode(&reply.into_inner().data).map_err(|e| tonic::Status::internal(e.to_string()))
+}
+
+/// How long a member may take to generate and stage keys.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The server side of the Raft transport.
 #[derive(Clone)]
 pub(crate) struct RaftService {
     raft: Raft,
     trust_domain: TrustDomain,
     guard: Option<Guard>,
+    /// How this node stages its keys when the leader asks (absent: it refuses).
+    key_sync: Option<crate::key_sync::KeySync>,
 }
 
 /// What the server checks messages against, and where it reports refusals.
@@ -302,7 +341,14 @@ impl RaftService {
             raft,
             trust_domain,
             guard: None,
+            key_sync: None,
         }
+    }
+
+    /// Stages keys through `sync` when the leader asks (`PrepareKeys`).
+    pub(crate) fn with_key_sync(mut self, sync: crate::key_sync::KeySync) -> Self {
+        self.key_sync = Some(sync);
+        self
     }
 
     /// Checks messages against this node's log and state, and records refusals through `gate`
@@ -440,6 +486,76 @@ impl pb::raft_server::Raft for RaftService {
             }
             _ => Err(tonic::Status::unavailable("raft: not the leader")),
         }
+    }
+
+    async fn prepare_keys(
+        &self,
+        req: tonic::Request<pb::RaftPayload>,
+    ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+        let sender = self.admit(&req)?;
+        let Some(sync) = &self.key_sync else {
+            return Err(tonic::Status::unimplemented(
+                "raft: this node stages no keys",
+            ));
+        };
+        let metrics = self.raft.metrics().borrow().clone();
+        let members: Vec<NodeId> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(n, _)| *n)
+            .collect();
+        if let Err(why) =
+            crate::key_sync::may_prepare(sender, &members, metrics.current_leader, metrics.id)
+        {
+            return self.refuse(sender, "PrepareKeys", why).await;
+        }
+        let asked: crate::key_sync::PrepareRequest = request(req)?;
+        let mut kinds = Vec::new();
+        for k in asked.kinds {
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
+        if kinds.is_empty() {
+            return Err(tonic::Status::invalid_argument(
+                "raft: no key kind to prepare",
+            ));
+        }
+        match sync.prepare(&kinds).await {
+            Ok(prepared) => {
+                tracing::info!(
+                    leader = sender,
+                    kinds = ?kinds.iter().map(|k| crate::keys::kind_name(*k)).collect::<Vec<_>>(),
+                    "keys staged for the leader's rotation"
+                );
+                reply(&prepared)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not stage keys");
+                Err(tonic::Status::internal(format!("raft: staging keys: {e}")))
+            }
+        }
+    }
+
+    async fn signing_keys(
+        &self,
+        req: tonic::Request<pb::RaftPayload>,
+    ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+        self.admit(&req)?;
+        let Some(sync) = &self.key_sync else {
+            return Err(tonic::Status::unimplemented(
+                "raft: this node stages no keys",
+            ));
+        };
+        let kinds: Vec<crate::command::KeyKind> = request(req)?;
+        if kinds.len() > crate::keys::ALL_KINDS.len() {
+            return Err(tonic::Status::invalid_argument("raft: too many key kinds"));
+        }
+        let keys = sync
+            .signing(&kinds)
+            .map_err(|e| tonic::Status::internal(format!("raft: {e}")))?;
+        reply(&keys)
     }
 }
 

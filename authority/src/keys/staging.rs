@@ -107,11 +107,42 @@ impl KeyFiles {
         kind: KeyKind,
         biscuit_key_id: u32,
     ) -> Result<NodeKeys, KeyError> {
-        let staged = files(kind);
+        self.load_with(&self.next(), kind, biscuit_key_id)
+    }
+
+    /// The keys as they were with the key of `kind` kept in `old/` in place of the current one.
+    pub(crate) fn load_old(
+        &self,
+        kind: KeyKind,
+        biscuit_key_id: u32,
+    ) -> Result<NodeKeys, KeyError> {
+        self.load_with(&self.old(), kind, biscuit_key_id)
+    }
+
+    /// When the staged key of `kind` was written (its first file's modification time).
+    pub(crate) fn staged_at(&self, kind: KeyKind) -> Option<std::time::SystemTime> {
+        let first = files(kind).first()?;
+        std::fs::metadata(self.next().join(first))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    /// Whether any file of the key of `kind` is in `old/`.
+    pub(crate) fn has_old(&self, kind: KeyKind) -> bool {
+        files(kind).iter().any(|f| self.old().join(f).exists())
+    }
+
+    fn load_with(
+        &self,
+        sub: &Path,
+        kind: KeyKind,
+        biscuit_key_id: u32,
+    ) -> Result<NodeKeys, KeyError> {
+        let replaced = files(kind);
         NodeKeys::load_from(
             |f| {
-                if staged.contains(&f) {
-                    self.next().join(f)
+                if replaced.contains(&f) {
+                    sub.join(f)
                 } else {
                     self.dir.join(f)
                 }

@@ -137,7 +137,6 @@ pub(super) async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Pa
             "finished a key promotion interrupted by a restart"
         );
     }
-    let mut keys = files.load(config.biscuit_key_id)?;
     // In one process, a node just shut down may hold its database for a moment longer.
     let mut tries = 0;
     let (log, sm) = loop {
@@ -150,6 +149,17 @@ pub(super) async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Pa
             Err(e) => return Err(e.into()),
         }
     };
+    // A staged key the applied state already activated (a crash between the activation and
+    // the swap) signs from the start; one it retired is destroyed. An activation still in
+    // the log but not applied is caught by the running node's key watch.
+    let settled = crate::key_sync::settle_files(&files, &sm.reader()?.keys()?, config.node_id)?;
+    for kind in settled.promoted {
+        tracing::info!(
+            kind = crate::keys::kind_name(kind),
+            "promoted a staged key the cluster activated while this node was down"
+        );
+    }
+    let mut keys = files.load(config.biscuit_key_id)?;
     if let Some(id) = biscuit_id_of(&sm.reader()?.keys()?, &keys)
         && id != keys.biscuit.id().0
     {

@@ -64,13 +64,24 @@ pub(super) async fn serve(
         parts.trusted.clone(),
     ));
     spawn_revocation_watch(parts.sm.clone(), Arc::clone(&gate));
-    let raft_service = RaftService::new(parts.raft.clone(), parts.td.clone()).guarded(
-        parts.config.node_id,
-        parts.log.clone(),
-        parts.sm.clone(),
-        Arc::clone(&gate),
-        parts.peer_creds.clone(),
-    );
+    let key_sync = crate::key_sync::KeySync {
+        files: crate::keys::KeyFiles::new(Layout(parts.dir.clone()).keys()),
+        td: parts.td.clone(),
+        node_id: parts.config.node_id,
+        cert: Arc::clone(&parts.cert),
+        keys: parts.keys.clone(),
+        sm: parts.sm.clone(),
+        lock: Arc::default(),
+    };
+    let raft_service = RaftService::new(parts.raft.clone(), parts.td.clone())
+        .guarded(
+            parts.config.node_id,
+            parts.log.clone(),
+            parts.sm.clone(),
+            Arc::clone(&gate),
+            parts.peer_creds.clone(),
+        )
+        .with_key_sync(key_sync.clone());
     spawn_revocation_purger(parts.sm.clone(), parts.raft.clone(), parts.config.node_id);
     let (removed_tx, mut removed_rx) = tokio::sync::watch::channel(false);
     crate::removal::spawn_watch(
@@ -83,6 +94,8 @@ pub(super) async fn serve(
     );
     let was_removed = removed_rx.clone();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    // Swaps to a staged key once the replicated state activates it, whoever led the rotation.
+    crate::key_sync::spawn_watch(key_sync.clone(), stopping.clone());
     spawn_own_svid_renewal(
         parts.keys.clone(),
         parts.td.clone(),
@@ -121,9 +134,8 @@ pub(super) async fn serve(
     )
     .with_shutdown(stopping)
     .with_rotator(crate::service::Rotator {
-        files: crate::keys::KeyFiles::new(Layout(parts.dir.clone()).keys()),
-        td: parts.td.clone(),
-        cert: Arc::clone(&parts.cert),
+        sync: key_sync,
+        peers: parts.peer_creds.clone(),
         in_flight: Arc::default(),
     })
     .with_jwt_ttl(parts.config.jwt_svid_ttl());

@@ -1,27 +1,32 @@
-//! `RotateKeys`: a node replaces its own CA, Biscuit, JWT and audit keys without a restart.
+//! `RotateKeys`: the leader replaces a member's CA, Biscuit, JWT and audit keys (its own or
+//! another member's) without a restart.
 //!
-//! SPIRE's prepared → active → old, on the replicated key records: for each kind the node
-//! generates the new key itself (private halves never leave it) and stages its files
-//! (`keys::staging`), proposes `PublishKey` (status published: every verifier trusts it from
-//! now on, nothing is signed with it yet), waits one propagation window so every agent feed and
-//! every profile that refreshes has carried the new bundle, then proposes `SetKeyStatus`
-//! active, promotes the files, swaps the in-memory signer (and, for the CA, re-issues and swaps
-//! the node's own SVID), and proposes `SetKeyStatus` retired for the old key, whose files are
-//! then destroyed. A retired key stays in the bundle and verifies what it signed before its
-//! retirement. Each proposal carries the caller's audit record.
+//! SPIRE's prepared → active → old, on the replicated key records. The caller asks the leader,
+//! which gates and audits the call; for each kind the member whose key it is generates the new
+//! key itself and stages its files (`key_sync`: the leader's own directly, another member's
+//! over the member-only `PrepareKeys` RPC; private halves never leave that member). The leader
+//! proposes `PublishKey` (status published: every verifier trusts it from now on, nothing is
+//! signed with it yet), waits one propagation window so every agent feed and every profile
+//! that refreshes has carried the new bundle, then proposes `SetKeyStatus` active. The member
+//! swaps when it applies that (`key_sync::spawn_watch`): it promotes the files, swaps its
+//! in-memory signer and, for the CA, re-issues its own SVID. Once the member says it signs with
+//! the new key (`SigningKeys`), the leader proposes `SetKeyStatus` retired for the old key,
+//! whose files the member then destroys. A retired key stays in the bundle and verifies what it
+//! signed before its retirement. Each proposal carries the caller's audit record.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringzero_policy::tls::RotatingCert;
-use ringzero_policy::{Operation, TrustDomain};
+use ringzero_policy::Operation;
 use ringzero_proto::pb;
 use tokio::sync::mpsc;
 
 use super::{AuthorityService, res, status_of};
 use crate::command::{KeyKind, KeyStatus, Op, Outcome};
 use crate::gate::{Allowed, now_ms};
-use crate::keys::{KeyFiles, NodeKeys, kind_name};
+use crate::key_sync::{KeySync, Prepared};
+use crate::keys::kind_name;
+use crate::net::PeerCredentials;
 use crate::{KeyRecord, NodeId};
 
 /// The default propagation window: twice the agents' 10 s feed heartbeat, plus margin.
@@ -34,15 +39,20 @@ pub(crate) type RotateStream = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = Result<pb::RotateKeysEvent, tonic::Status>> + Send>,
 >;
 
-/// What a node needs to rotate its own keys: its key files, its trust domain, the SVID it
-/// presents (re-issued when its CA rotates), and the one-rotation-at-a-time lock.
+/// What the leader needs to rotate a member's keys: its own key files and signers, the
+/// credentials it asks other members with, and the one-rotation-at-a-time lock.
 #[derive(Debug, Clone)]
 pub(crate) struct Rotator {
-    pub(crate) files: KeyFiles,
-    pub(crate) td: TrustDomain,
-    pub(crate) cert: Arc<RotatingCert>,
+    pub(crate) sync: KeySync,
+    pub(crate) peers: PeerCredentials,
     pub(crate) in_flight: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// How long the leader waits for a member to sign with its activated key before it stops
+/// (the old key then stays active beside the new one until the next rotation retires it).
+const SWAP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many times a `PrepareKeys` that did not answer is retried (it is idempotent).
+const PREPARE_TRIES: u32 = 3;
 
 /// Parses `--kind` names; none means all four.
 pub(crate) fn parse_kinds(names: &[String]) -> Result<Vec<KeyKind>, String> {
@@ -83,8 +93,10 @@ struct Step {
     kind: KeyKind,
     old: Option<u64>,
     new: u64,
+    /// The new key's public half: the member signs with it once this is what it reports.
+    new_public: Vec<u8>,
     published_ms: u64,
-    /// This node's other unretired keys of the kind (left by an interrupted rotation).
+    /// The member's other unretired keys of the kind (left by an interrupted rotation).
     stale: Vec<u64>,
 }
 
@@ -101,19 +113,12 @@ impl AuthorityService {
         self.gate.record(&allowed).await?;
         let r = req.into_inner();
         let me = self.gate.node_id();
-        if r.node_id != 0 && r.node_id != me {
-            return Err(tonic::Status::failed_precondition(format!(
-                "node {} generates its own keys and proposes them only while it leads; this is \
-                 node {me}: ask node {} when it leads",
-                r.node_id, r.node_id
-            )));
-        }
+        let target = if r.node_id == 0 { me } else { r.node_id };
+        let addr = self.member_address(target)?;
         let kinds = parse_kinds(&r.kinds).map_err(super::status::invalid)?;
         let window = propagation(r.propagation_ms).map_err(super::status::invalid)?;
         let Some(rotator) = self.rotator.clone() else {
-            return Err(tonic::Status::unimplemented(
-                "this node cannot rotate its keys",
-            ));
+            return Err(tonic::Status::unimplemented("this node cannot rotate keys"));
         };
         let Ok(guard) = Arc::clone(&rotator.in_flight).try_lock_owned() else {
             return Err(tonic::Status::failed_precondition(
@@ -121,12 +126,19 @@ impl AuthorityService {
             ));
         };
         let (tx, rx) = mpsc::channel(32);
-        let this = self.rotation_handle();
+        let this = RotationHandle {
+            proposer: self.proposer.clone(),
+            sm: self.sm.clone(),
+            me,
+            target,
+            addr,
+            rotator,
+        };
         tokio::spawn(async move {
             let _guard = guard;
-            let result = this.run(&rotator, &allowed, &kinds, window, &tx).await;
+            let result = this.run(&allowed, &kinds, window, &tx).await;
             if let Err(status) = result {
-                tracing::warn!(error = %status.message(), "key rotation stopped");
+                tracing::warn!(node_id = this.target, error = %status.message(), "key rotation stopped");
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -135,13 +147,18 @@ impl AuthorityService {
         )))
     }
 
-    fn rotation_handle(&self) -> RotationHandle {
-        RotationHandle {
-            proposer: self.proposer.clone(),
-            sm: self.sm.clone(),
-            keys: self.keys.clone(),
-            node_id: self.gate.node_id(),
-        }
+    /// The Raft address of member `id` (voter or learner).
+    fn member_address(&self, id: NodeId) -> Result<String, tonic::Status> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| {
+                tonic::Status::failed_precondition(format!(
+                    "authority node {id} is not a member of the cluster"
+                ))
+            })
     }
 }
 
@@ -149,8 +166,13 @@ impl AuthorityService {
 struct RotationHandle {
     proposer: crate::Proposer,
     sm: crate::store::StateMachineStore,
-    keys: crate::keys::CurrentKeys,
-    node_id: NodeId,
+    /// The leader (this node).
+    me: NodeId,
+    /// The member whose keys rotate.
+    target: NodeId,
+    /// Its Raft address.
+    addr: String,
+    rotator: Rotator,
 }
 
 type Events = mpsc::Sender<Result<pb::RotateKeysEvent, tonic::Status>>;
@@ -186,71 +208,79 @@ impl RotationHandle {
                 old_key_id: step.old.unwrap_or(0),
                 new_key_id: step.new,
                 at_ms: now_ms(),
-                node_id: self.node_id,
+                node_id: self.target,
                 detail,
             }))
             .await;
     }
 
-    /// Stages and publishes the new key of `kind`, or resumes with one an interrupted
-    /// rotation staged and published.
-    async fn prepare(
+    /// The member stages new keys of `kinds` and returns their public halves: this node
+    /// directly, another member over `PrepareKeys` (retried: it is idempotent).
+    async fn stage(&self, kinds: &[KeyKind]) -> Result<Vec<Prepared>, tonic::Status> {
+        if self.target == self.me {
+            return self.rotator.sync.prepare(kinds).await.map_err(internal);
+        }
+        let mut tries = 0;
+        loop {
+            match crate::net::prepare_keys(&self.rotator.peers, self.target, &self.addr, kinds)
+                .await
+            {
+                Ok(p)
+                    if p.len() == kinds.len() && p.iter().zip(kinds).all(|(p, k)| p.kind == *k) =>
+                {
+                    return Ok(p);
+                }
+                Ok(_) => return Err(internal("the member prepared other keys than asked")),
+                Err(s) if s.code() == tonic::Code::Unavailable && tries + 1 < PREPARE_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(tries))).await;
+                }
+                Err(s) => {
+                    return Err(tonic::Status::unavailable(format!(
+                        "node {} did not prepare its keys: {}",
+                        self.target,
+                        s.message()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Publishes the member's staged key, or resumes with it if an interrupted rotation
+    /// already published it.
+    async fn publish(
         &self,
-        rotator: &Rotator,
         allowed: &Allowed,
-        kind: KeyKind,
+        prepared: &Prepared,
         tx: &Events,
     ) -> Result<Step, tonic::Status> {
-        let current = self.keys.load();
-        let own = current.public_of(kind).map_err(internal)?;
+        let kind = prepared.kind;
         let records = self.records()?;
-        let mine = |k: &&KeyRecord| k.authority == self.node_id && k.kind == kind;
+        let mine = |k: &&KeyRecord| k.authority == self.target && k.kind == kind;
         let old = records
             .iter()
             .filter(mine)
-            .find(|k| k.public_der == own)
+            .find(|k| k.public_der == prepared.current)
             .map(|k| k.id);
-        let mut resumed = None;
-        if rotator.files.is_staged(kind) {
-            let staged = rotator
-                .files
-                .load_staged(kind, 0)
-                .and_then(|k| k.public_of(kind))
-                .map_err(internal)?;
-            resumed = records
-                .iter()
-                .filter(mine)
-                .find(|k| {
-                    k.public_der == staged
-                        && matches!(k.status, KeyStatus::Published | KeyStatus::Active)
-                })
-                .map(|k| (k.id, k.published_ms));
-            if resumed.is_none() {
-                rotator.files.discard_staged(kind);
-            }
-        }
+        let resumed = records
+            .iter()
+            .filter(mine)
+            .find(|k| {
+                k.public_der == prepared.staged
+                    && matches!(k.status, KeyStatus::Published | KeyStatus::Active)
+            })
+            .map(|k| (k.id, k.published_ms));
         let (new, published_ms, how) = match resumed {
             Some((id, at)) => (id, at, "resumed"),
             None => {
-                let fresh =
-                    NodeKeys::generate(&rotator.td, self.node_id, std::time::SystemTime::now())
-                        .map_err(internal)?;
-                // Durable on this node before anyone learns of it.
-                rotator.files.stage(&fresh, kind).map_err(internal)?;
-                let not_after_ms = fresh
-                    .ca
-                    .not_after()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
                 let outcome = self
                     .propose(
                         allowed,
                         Op::PublishKey {
-                            authority: self.node_id,
+                            authority: self.target,
                             kind,
-                            public_der: fresh.public_of(kind).map_err(internal)?,
-                            not_after_ms,
+                            public_der: prepared.staged.clone(),
+                            not_after_ms: prepared.not_after_ms,
                         },
                     )
                     .await?;
@@ -274,6 +304,7 @@ impl RotationHandle {
             kind,
             old,
             new,
+            new_public: prepared.staged.clone(),
             published_ms,
             stale,
         };
@@ -282,10 +313,47 @@ impl RotationHandle {
         Ok(step)
     }
 
-    /// Activates the new key, makes it the one this node signs with, retires the old one.
+    /// Waits until the member signs with the new key of `step` (it swaps when it applies the
+    /// activation).
+    async fn confirm_swap(&self, step: &Step) -> Result<(), tonic::Status> {
+        let deadline = tokio::time::Instant::now() + SWAP_TIMEOUT;
+        loop {
+            let signing = if self.target == self.me {
+                self.rotator.sync.sync().await.map_err(internal)?;
+                self.rotator.sync.signing(&[step.kind]).map_err(internal)
+            } else {
+                crate::net::signing_keys(&self.rotator.peers, self.target, &self.addr, &[step.kind])
+                    .await
+            };
+            match signing {
+                Ok(keys)
+                    if keys
+                        .iter()
+                        .any(|(k, p)| *k == step.kind && *p == step.new_public) =>
+                {
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(s) => {
+                    tracing::debug!(node_id = self.target, error = %s.message(), "asking which keys a member signs with")
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(tonic::Status::deadline_exceeded(format!(
+                    "node {} did not start signing with its new {} key within {}s; both keys \
+                     stay active until it does and the next rotate-keys retires the old one",
+                    self.target,
+                    kind_name(step.kind),
+                    SWAP_TIMEOUT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Activates the new key, waits until the member signs with it, retires the old one.
     async fn activate(
         &self,
-        rotator: &Rotator,
         allowed: &Allowed,
         step: &Step,
         tx: &Events,
@@ -298,29 +366,14 @@ impl RotationHandle {
             },
         )
         .await?;
-        // A key file left in old/ by an interrupted rotation signs nothing: make room.
-        rotator.files.destroy_old(step.kind);
-        rotator.files.promote(step.kind).map_err(internal)?;
-        let mut keys = rotator.files.load(0).map_err(internal)?;
-        let biscuit = keys.biscuit.public().key.to_bytes().to_vec();
-        if let Some(id) = self
-            .records()?
-            .iter()
-            .find(|k| k.kind == KeyKind::Biscuit && k.public_der == biscuit)
-            .and_then(|k| u32::try_from(k.id).ok())
-        {
-            keys.set_biscuit_key_id(id).map_err(internal)?;
-        }
-        if step.kind == KeyKind::X509Ca {
-            // The node's own SVID, from the new CA, presented from the next handshake on
-            // (server and Raft client alike); open connections keep the old one, still valid.
-            let (chain, key) =
-                crate::node::own_svid(&keys, &rotator.td, self.node_id).map_err(internal)?;
-            rotator.cert.replace(chain, key).map_err(internal)?;
-        }
-        self.keys.replace(keys);
-        self.emit(tx, step, "activated", "signing with the new key".into())
-            .await;
+        self.confirm_swap(step).await?;
+        self.emit(
+            tx,
+            step,
+            "activated",
+            format!("node {} signs with the new key", self.target),
+        )
+        .await;
         for key_id in step.old.iter().chain(&step.stale) {
             self.propose(
                 allowed,
@@ -331,12 +384,17 @@ impl RotationHandle {
             )
             .await?;
         }
-        rotator.files.destroy_old(step.kind);
+        if self.target == self.me {
+            self.rotator.sync.sync().await.map_err(internal)?;
+        }
         self.emit(
             tx,
             step,
             "retired",
-            "old key verifies only what it signed before; its private key is destroyed".into(),
+            format!(
+                "old key verifies only what it signed before; node {} destroys its private key",
+                self.target
+            ),
         )
         .await;
         Ok(())
@@ -344,15 +402,15 @@ impl RotationHandle {
 
     async fn run(
         &self,
-        rotator: &Rotator,
         allowed: &Allowed,
         kinds: &[KeyKind],
         window: Duration,
         tx: &Events,
     ) -> Result<(), tonic::Status> {
-        let mut steps = Vec::with_capacity(kinds.len());
-        for kind in kinds {
-            steps.push(self.prepare(rotator, allowed, *kind, tx).await?);
+        let prepared = self.stage(kinds).await?;
+        let mut steps = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            steps.push(self.publish(allowed, p, tx).await?);
         }
         // One window for all kinds, counted from the latest publication.
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
@@ -362,15 +420,24 @@ impl RotationHandle {
             .max()
             .unwrap_or(0);
         let wait = until.saturating_sub(now_ms());
+        for step in &steps {
+            self.emit(
+                tx,
+                step,
+                "window",
+                format!("propagating for {} ms before it signs", wait),
+            )
+            .await;
+        }
         tokio::time::sleep(Duration::from_millis(wait)).await;
         for step in &steps {
-            self.activate(rotator, allowed, step, tx).await?;
+            self.activate(allowed, step, tx).await?;
         }
         for step in &steps {
             self.emit(tx, step, "done", String::new()).await;
         }
         tracing::info!(
-            node_id = self.node_id,
+            node_id = self.target,
             kinds = ?kinds.iter().map(|k| kind_name(*k)).collect::<Vec<_>>(),
             "keys rotated"
         );

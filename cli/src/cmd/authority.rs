@@ -56,17 +56,21 @@ Examples:
   ringzero --profile admin.profile authority remove 3
   ringzero --profile admin.profile authority remove 3 --compromised")]
     Remove(RemoveArgs),
-    /// Rotate the answering node's own keys: prepare, publish, wait one propagation window,
-    /// activate, retire the old ones (SPIRE's prepared/active/old). Agents, workloads and tokens
-    /// see no interruption; the node's own SVID is re-issued from its new CA without a restart.
+    /// Rotate a member's keys (the leader's, or any member's with --node): prepare, publish,
+    /// wait one propagation window, activate, retire the old ones (SPIRE's prepared/active/old).
+    /// Agents, workloads and tokens see no interruption; the node's own SVID is re-issued from
+    /// its new CA without a restart.
     #[command(after_help = "\
-Each new key is generated on the node whose key it is (the leader answering; --node must name
-it) and published in the trust bundle one propagation window before it signs anything, so every
-agent feed and profile has it first. The old key is retired: it stays in the bundle and verifies
-what it signed before, and its private key is destroyed. Requires cluster:admin; audited.
+The leader gates (cluster:admin) and audits the call. Each new key is generated on the node
+whose key it is (the leader asks another member over the members-only Raft service; private
+keys never leave their node) and published in the trust bundle one propagation window before
+it signs anything, so every agent feed and profile has it first. The node swaps when the
+replicated state activates the key; the old key is then retired: it stays in the bundle and
+verifies what it signed before, and its private key is destroyed.
 
 Examples:
   ringzero --profile admin.profile authority rotate-keys
+  ringzero --profile admin.profile authority rotate-keys --node 2
   ringzero --profile admin.profile authority rotate-keys --kind ca --kind jwt --propagation 1m
   ringzero --profile admin.profile authority rotate-keys --json")]
     RotateKeys(RotateKeysArgs),
@@ -169,7 +173,7 @@ pub(crate) struct RemoveArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RotateKeysArgs {
-    /// The node whose keys rotate (default: the node answering, which must lead).
+    /// The member whose keys rotate (default: the leader).
     #[arg(long)]
     pub(crate) node: Option<u64>,
     /// Which keys: ca, biscuit, jwt, audit (repeatable; default: all four).
@@ -374,7 +378,8 @@ async fn rotate_keys(global: &GlobalArgs, a: RotateKeysArgs) -> Outcome {
         .map_err(call_failed)?;
     if !a.json {
         eprintln!(
-            "rotating keys; each new key is published {} before it signs",
+            "rotating keys of {}; each new key is published {} before it signs",
+            a.node.map_or("the leader".into(), |n| format!("node {n}")),
             a.propagation
                 .map_or("30s".into(), |d| humantime::format_duration(d).to_string())
         );
