@@ -27,7 +27,9 @@
 //! The network:
 //! - `net`: Raft over gRPC over mTLS (client and server); `raft_guard`: what a Raft message must
 //!   be before openraft sees it ([`check_append`]), and where refusals are reported.
-//! - `service/`: the Authority gRPC API by concept — core and bundle (`mod.rs`), `membership`
+//! - `service/`: the Authority gRPC API by concept — core (`mod.rs`), `bundle` (the keys it
+//!   carries, how long a retired CA stays), `rotation` (`RotateKeys`), `jwt` (JWT-SVIDs),
+//!   `servable` (agents' servable revisions and `entry create --wait`), `membership`
 //!   (join tokens, redemption, join, remove, status), `nodes` (agents and workload SVIDs),
 //!   `entries`, `feed` (the agents' entry feed), `jobs`, `allocs` (allocations, node health
 //!   and drains), `health` (the leader's in-memory view of its agents' feeds), `node_audit`
@@ -37,8 +39,10 @@
 //!   `tokens` (roles, delegation, revocation), `audit`, `blast` (blast radius: `blast.rs` with the request and shared
 //!   helpers, `blast/` with the reach of a `node` or authority member, a `user`, a `token`),
 //!   and `status`, the one place refusals become gRPC statuses.
-//! - `gate`: every API call's authorization and audit record, and the denial windows;
+//! - `gate/`: every API call's authorization and audit record (`mod.rs`), and the denial
+//!   windows (`windows`);
 //!   `first_contact`: what an unauthenticated redemption costs, bounded per source address.
+//! - `metrics`: the node's `/metrics` families and `/ready` (served by `ringzero-telemetry`).
 //! - `keys`: a node's own CA, Biscuit, JWT and audit keys; `key_sync`: staging them when the
 //!   leader asks (`PrepareKeys`) and swapping to them once the replicated state activates them.
 //!

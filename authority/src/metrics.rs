@@ -243,16 +243,6 @@ pub(crate) fn expiring_keys(keys: &[crate::KeyRecord], now_ms: u64) -> Vec<&crat
     out
 }
 
-/// The kinds of key, by their metric label (the bundle's names).
-pub(crate) fn kind_label(k: KeyKind) -> &'static str {
-    match k {
-        KeyKind::X509Ca => "x509-ca",
-        KeyKind::Biscuit => "biscuit",
-        KeyKind::Jwt => "jwt",
-        KeyKind::Audit => "audit",
-    }
-}
-
 /// An authority node's health, for its metrics endpoint.
 pub(crate) struct AuthorityHealth {
     pub(crate) node_id: NodeId,
@@ -367,7 +357,7 @@ impl Health for AuthorityHealth {
                     continue;
                 };
                 let label = KindLabels {
-                    kind: kind_label(kind).to_owned(),
+                    kind: crate::service::key_kind_name(kind).to_owned(),
                 };
                 let secs = (not_after_ms as f64 - now_ms as f64) / 1000.0;
                 m.key_expiry.get_or_create(&label).set(secs);

@@ -310,7 +310,7 @@ impl AuthorityService {
             .map(|k| pb::KeyWarning {
                 key_id: k.id,
                 authority: k.authority,
-                kind: crate::metrics::kind_label(k.kind).to_owned(),
+                kind: crate::service::key_kind_name(k.kind).to_owned(),
                 status: if k.status == crate::command::KeyStatus::Active {
                     "active"
                 } else {
