@@ -82,12 +82,7 @@ impl AuthorityService {
     fn audit_signer(&self) -> Result<(u64, ring::signature::Ed25519KeyPair), tonic::Status> {
         let node_keys = self.keys.load();
         let own = node_keys.audit_public_spki().map_err(status_of)?;
-        let keys = self
-            .sm
-            .reader()
-            .map_err(status_of)?
-            .keys()
-            .map_err(status_of)?;
+        let keys = self.key_records()?;
         let id = keys
             .iter()
             .find(|k| {

@@ -35,12 +35,7 @@ impl AuthorityService {
         let own = node_keys
             .jwt_public_spki()
             .map_err(|e| super::status::internal(e.to_string()))?;
-        let keys = self
-            .sm
-            .reader()
-            .map_err(status_of)?
-            .keys()
-            .map_err(status_of)?;
+        let keys = self.key_records()?;
         let k = keys
             .iter()
             .find(|k| k.kind == KeyKind::Jwt && k.public_der == own)

@@ -303,7 +303,7 @@ impl AuthorityService {
             .unwrap_or_default();
         let health = crate::metrics::RaftHealth::of(&self.raft);
         let not_ready = health.not_ready();
-        let keys = self.sm.reader().and_then(|r| r.keys()).map_err(status_of)?;
+        let keys = self.key_records()?;
         let now_ms = crate::gate::now_ms();
         let expiring_keys = crate::metrics::expiring_keys(&keys, now_ms)
             .into_iter()
@@ -475,11 +475,7 @@ impl AuthorityService {
         // their presence is the durable record that this id was removed and may not come back
         // (a new node needs a new token, which gets a new id).
         let existing: Vec<crate::KeyRecord> = self
-            .sm
-            .reader()
-            .map_err(status_of)?
-            .keys()
-            .map_err(status_of)?
+            .key_records()?
             .into_iter()
             .filter(|k| k.authority == node_id)
             .collect();
@@ -570,12 +566,7 @@ impl AuthorityService {
         if !membership.nodes().any(|(id, _)| *id == r.node_id) {
             // Already removed: `--compromised` may still follow a plain removal, once it turns
             // out the node's keys may have left with its disk.
-            let keys = self
-                .sm
-                .reader()
-                .map_err(status_of)?
-                .keys()
-                .map_err(status_of)?;
+            let keys = self.key_records()?;
             let retired: Vec<u64> = keys
                 .iter()
                 .filter(|k| k.authority == r.node_id && k.status == KeyStatus::Retired)
@@ -612,12 +603,7 @@ impl AuthorityService {
         } else {
             KeyStatus::Retired
         };
-        let keys = self
-            .sm
-            .reader()
-            .map_err(status_of)?
-            .keys()
-            .map_err(status_of)?;
+        let keys = self.key_records()?;
         for k in keys
             .iter()
             .filter(|k| k.authority == r.node_id && k.status != KeyStatus::Compromised)

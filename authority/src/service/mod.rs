@@ -245,6 +245,11 @@ impl AuthorityService {
         self.sm.reader().map_err(status_of)
     }
 
+    /// Every key record of the replicated state (every member's, every status).
+    pub(crate) fn key_records(&self) -> Result<Vec<crate::KeyRecord>, tonic::Status> {
+        self.sm.reader().and_then(|r| r.keys()).map_err(status_of)
+    }
+
     /// The Biscuit key this node mints with, under the id Raft gave it. A node that joined
     /// learns that id only after its key was published, so the id is looked up in the bundle
     /// when the key was loaded without one.

@@ -196,7 +196,7 @@ impl RotationHandle {
         }
     }
 
-    fn records(&self) -> Result<Vec<KeyRecord>, tonic::Status> {
+    fn key_records(&self) -> Result<Vec<KeyRecord>, tonic::Status> {
         self.sm.reader().and_then(|r| r.keys()).map_err(status_of)
     }
 
@@ -255,7 +255,7 @@ impl RotationHandle {
         tx: &Events,
     ) -> Result<Step, tonic::Status> {
         let kind = prepared.kind;
-        let records = self.records()?;
+        let records = self.key_records()?;
         let mine = |k: &&KeyRecord| k.authority == self.target && k.kind == kind;
         let old = records
             .iter()
