@@ -8,6 +8,7 @@ pub mod agent;
 pub mod cluster;
 pub mod impostor;
 pub mod jobs;
+pub mod load;
 pub mod mesh;
 pub mod probe;
 

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ringzero_policy::svid::{TrustBundle, Usage, validate_svid};
@@ -153,55 +153,12 @@ async fn a_followers_keys_rotate_under_load_and_survive_its_restart() {
 
     // Continuous fetches and authorized calls (a capability minted before the rotation).
     let stop = Arc::new(AtomicBool::new(false));
-    let (fetches, calls, bad) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicU64::new(0)),
+    let fetcher = ringzero_tests::load::repeat(stop.clone(), "fetch", fetch.clone());
+    let caller = ringzero_tests::load::repeat(
+        stop.clone(),
+        "call",
+        ringzero_tests::load::list_entries(client_of(&c.profile)),
     );
-    let failures: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let fetcher = tokio::spawn({
-        let (stop, n, bad, why, fetch) = (
-            stop.clone(),
-            fetches.clone(),
-            bad.clone(),
-            failures.clone(),
-            fetch.clone(),
-        );
-        async move {
-            while !stop.load(Ordering::Relaxed) {
-                match fetch().await {
-                    Ok(()) => n.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        why.lock().unwrap().push(format!("fetch: {e}"));
-                        bad.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
-    let caller = tokio::spawn({
-        let (stop, n, bad, why) = (stop.clone(), calls.clone(), bad.clone(), failures.clone());
-        let mut client = client_of(&c.profile);
-        async move {
-            while !stop.load(Ordering::Relaxed) {
-                let r =
-                    client
-                        .call(|mut g| async move {
-                            g.list_entries(pb::ListEntriesRequest::default()).await
-                        })
-                        .await;
-                match r {
-                    Ok(_) => n.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        why.lock().unwrap().push(format!("call: {e}"));
-                        bad.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
@@ -236,15 +193,10 @@ async fn a_followers_keys_rotate_under_load_and_survive_its_restart() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    fetcher.await.unwrap();
-    caller.await.unwrap();
-    let (nf, nc, nb) = (
-        fetches.load(Ordering::Relaxed),
-        calls.load(Ordering::Relaxed),
-        bad.load(Ordering::Relaxed),
-    );
+    let ((nf, fetch_failed), (nc, call_failed)) = (fetcher.finish().await, caller.finish().await);
+    let nb = fetch_failed.len() + call_failed.len();
     eprintln!("follower rotation took {took:?}; {nf} fetches, {nc} calls, {nb} failed");
-    assert_eq!(nb, 0, "failures: {:?}", failures.lock().unwrap());
+    assert_eq!(nb, 0, "failures: {fetch_failed:?} {call_failed:?}");
     assert!(
         nf > 20 && nc > 20,
         "too little load: {nf} fetches, {nc} calls"

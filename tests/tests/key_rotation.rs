@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use ringzero_policy::TrustDomain;
@@ -90,57 +90,12 @@ async fn a_rotation_of_every_key_under_load_loses_nothing() {
     // Continuous Workload API fetches and authorized calls (the admin's capability was
     // minted at bootstrap, before the rotation).
     let stop = Arc::new(AtomicBool::new(false));
-    let (fetches, fetch_failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let (calls, call_failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let failures: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let fetcher = tokio::spawn({
-        let (stop, n, bad, why, fetch) = (
-            stop.clone(),
-            fetches.clone(),
-            fetch_failures.clone(),
-            failures.clone(),
-            fetch.clone(),
-        );
-        async move {
-            while !stop.load(Ordering::Relaxed) {
-                match fetch().await {
-                    Ok(_) => n.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        why.lock().unwrap().push(format!("fetch: {e}"));
-                        bad.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
-    let caller = tokio::spawn({
-        let (stop, n, bad, why) = (
-            stop.clone(),
-            calls.clone(),
-            call_failures.clone(),
-            failures.clone(),
-        );
-        let mut client = admin_client(&a);
-        async move {
-            while !stop.load(Ordering::Relaxed) {
-                let r =
-                    client
-                        .call(|mut c| async move {
-                            c.list_entries(pb::ListEntriesRequest::default()).await
-                        })
-                        .await;
-                match r {
-                    Ok(_) => n.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        why.lock().unwrap().push(format!("call: {e}"));
-                        bad.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
+    let fetcher = ringzero_tests::load::repeat(stop.clone(), "fetch", fetch.clone());
+    let caller = ringzero_tests::load::repeat(
+        stop.clone(),
+        "call",
+        ringzero_tests::load::list_entries(admin_client(&a)),
+    );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = std::time::Instant::now();
@@ -163,16 +118,14 @@ async fn a_rotation_of_every_key_under_load_loses_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    fetcher.await.unwrap();
-    caller.await.unwrap();
-    let (f, fb, c, cb) = (
-        fetches.load(Ordering::Relaxed),
-        fetch_failures.load(Ordering::Relaxed),
-        calls.load(Ordering::Relaxed),
-        call_failures.load(Ordering::Relaxed),
-    );
+    let ((f, fetch_failed), (c, call_failed)) = (fetcher.finish().await, caller.finish().await);
+    let (fb, cb) = (fetch_failed.len(), call_failed.len());
     eprintln!("rotation took {took:?}; {f} fetches ({fb} failed), {c} calls ({cb} failed)");
-    assert_eq!((fb, cb), (0, 0), "failures: {:?}", failures.lock().unwrap());
+    assert_eq!(
+        (fb, cb),
+        (0, 0),
+        "failures: {fetch_failed:?} {call_failed:?}"
+    );
     assert!(f > 20 && c > 20, "too little load: {f} fetches, {c} calls");
 
     // Every kind: one new active key, the old one retired and still in the bundle.
