@@ -171,6 +171,16 @@ fn megabytes_flow_both_ways_between_sidecars_of_two_uids_and_the_admin_port_answ
         metrics.contains("ringzero_mesh_svid_expiry_seconds"),
         "{metrics}"
     );
+    // The sidecar's scrape parses as the Prometheus text format, like every daemon's.
+    let parsed = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("not the Prometheus text format: {e}\n{metrics}"));
+    assert!(
+        parsed
+            .samples
+            .iter()
+            .any(|x| x.metric == "ringzero_mesh_svid_expiry_seconds"),
+        "{metrics}"
+    );
     let status = pair.db.status();
     assert_eq!(status["svid"]["spiffe_id"], DB, "{status}");
     assert_eq!(status["svid"]["trust_domain"], TD, "{status}");
