@@ -5,9 +5,9 @@
 //! Runs on a blocking thread and hands chunks of at most [`CHUNK`] bytes to a bounded channel,
 //! so a slow reader holds one thread and a few chunks, never the file; a reader that leaves a
 //! chunk unread for [`STALL`] loses the read, and with it the slot and the thread. Follow polls the live
-//! file every [`POLL`]; when it shrank (rotation truncated it) reading resumes at its start,
-//! as `tail -F` does: lines written between the last poll and the truncation are in `.1` and
-//! not re-sent.
+//! file every [`POLL`]; when it shrank (rotation truncated it), what was written since the last
+//! poll is read from `.1` (the rotation records where `.1` starts in the old file), then
+//! reading resumes at the live file's start, as `tail -F` does.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -148,6 +148,28 @@ fn send_within<T>(tx: &mpsc::Sender<T>, item: T, wait: Duration) -> bool {
     }
 }
 
+/// After a copy-truncate rotation of `live`, which a follower had read up to `pos`: its copy
+/// `.1`, positioned at what the follower had not read yet (`None` when the copy does not reach
+/// back that far, or its start was not recorded).
+fn missed_by_rotation(live: &Path, pos: u64) -> io::Result<Option<File>> {
+    let Some(start) = crate::tasks::rotated_start(live) else {
+        return Ok(None);
+    };
+    let Some(offset) = pos.checked_sub(start) else {
+        return Ok(None);
+    };
+    let mut copy = match open(&numbered(live, 1)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if copy.metadata()?.len() < offset {
+        return Ok(None);
+    }
+    copy.seek(SeekFrom::Start(offset))?;
+    Ok(Some(copy))
+}
+
 /// Streams `r` into `tx` (blocking: run it on a blocking thread). `stop` is asked before each
 /// poll while following.
 pub(crate) fn stream(r: &LogRead, tx: &mpsc::Sender<Result<LogChunk, tonic::Status>>, stop: &Stop) {
@@ -204,7 +226,13 @@ fn stream_inner(
         };
         let pos = f.stream_position()?;
         if f.metadata()?.len() < pos {
-            // Copy-truncate rotation: the file starts over.
+            // Copy-truncate rotation: what was written since the last poll is in `.1`, then
+            // the file starts over.
+            if let Some(mut missed) = missed_by_rotation(&r.live, pos)?
+                && drain(&mut missed, &mut buf, tx)?.is_none()
+            {
+                return Ok(());
+            }
             f.seek(SeekFrom::Start(0))?;
         }
         if drain(f, &mut buf, tx)?.is_none() {
@@ -246,6 +274,36 @@ mod tests {
         });
         assert_eq!(stalled, (true, false), "the second chunk found no room");
         assert_eq!(rx.try_recv().ok(), Some(1));
+    }
+
+    #[test]
+    fn a_follower_resumes_what_a_rotation_took_from_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("stdout.log");
+        let line = |i: usize| format!("line {i:03}\n");
+        let first: String = (0..10).map(line).collect();
+        std::fs::write(&live, &first).unwrap();
+        // The follower has read everything so far; the task writes more, then the file is
+        // rotated (its last 100 bytes copied to `.1`) and truncated before the next poll.
+        let pos = first.len() as u64;
+        let more: String = (10..14).map(line).collect();
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&live)
+                .unwrap();
+            f.write_all(more.as_bytes()).unwrap();
+        }
+        assert!(crate::tasks::rotate(&live, 100, 2).unwrap());
+        assert_eq!(std::fs::metadata(&live).unwrap().len(), 0);
+        let mut missed = missed_by_rotation(&live, pos).unwrap().expect("resumable");
+        let mut got = String::new();
+        missed.read_to_string(&mut got).unwrap();
+        assert_eq!(got, more, "exactly the lines written since the last poll");
+        // A follower further behind than the copy reaches gets nothing from it (not a wrong
+        // part of it).
+        assert!(missed_by_rotation(&live, 3).unwrap().is_none());
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub(super) fn rotate_all(dir: &Path, max_bytes: u64, keep: u32) {
 /// If `path` is larger than `max_bytes`: shifts `path.1` … up to `path.<keep>`, copies the
 /// last `max_bytes` bytes of `path` to `path.1` and truncates `path`. With `keep` 0 it only
 /// truncates. Returns whether it rotated.
-pub(super) fn rotate(path: &Path, max_bytes: u64, keep: u32) -> io::Result<bool> {
+pub(crate) fn rotate(path: &Path, max_bytes: u64, keep: u32) -> io::Result<bool> {
     let len = match fs::symlink_metadata(path) {
         Ok(meta) if meta.is_file() => meta.len(),
         Ok(_) => return Ok(false),
@@ -74,9 +74,33 @@ pub(super) fn rotate(path: &Path, max_bytes: u64, keep: u32) -> io::Result<bool>
             .open(&tmp)?;
         io::copy(&mut io::Read::take(src, max_bytes), &mut dst)?;
         fs::rename(&tmp, numbered(path, 1))?;
+        // Where `.1` starts in the file as it was, so a follower that had read it up to some
+        // offset resumes what it missed from `.1` instead of losing it (`rotated_start`).
+        let start = len.saturating_sub(max_bytes);
+        let mut marker = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(start_marker(path))?;
+        io::Write::write_all(&mut marker, start.to_string().as_bytes())?;
     }
     OpenOptions::new().write(true).open(path)?.set_len(0)?;
     Ok(true)
+}
+
+/// `path.1.start`: the offset of the file at which its copy `path.1` starts.
+fn start_marker(path: &Path) -> PathBuf {
+    let mut name = numbered(path, 1).into_os_string();
+    name.push(".start");
+    PathBuf::from(name)
+}
+
+/// The offset in `live` (as it was before its last rotation) at which its copy `live.1`
+/// starts, if the agent recorded it.
+pub(crate) fn rotated_start(live: &Path) -> Option<u64> {
+    let text = fs::read_to_string(start_marker(live)).ok()?;
+    text.trim().parse().ok()
 }
 
 /// `path.<n>` (`path.0` is the temporary copy).

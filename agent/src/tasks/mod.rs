@@ -55,6 +55,10 @@
 mod adopt;
 mod cgroup;
 mod logs;
+
+#[cfg(test)]
+pub(crate) use self::logs::rotate;
+pub(crate) use self::logs::rotated_start;
 mod run;
 mod spawn;
 
