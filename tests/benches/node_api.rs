@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ringzero_proto::node::{ExecInput, ExecStart, exec_input, exec_output};
 use ringzero_tests::jobs::{
-    add_user, node_api_of, node_client, place_by_hand, run_shop_job, start_node_agent,
+    add_user, node_client, place_by_hand, run_shop_job, start_node_agent, wait_for_node_api,
 };
 use ringzero_tests::{SoloAuthority, admin_client, ringzero, run_timeout, show, wait_until};
 
@@ -36,14 +36,7 @@ fn main() {
         let mut c = admin_client(&a);
         place_by_hand(&mut c, LOGS, "shop", "logs", 0, "n1").await;
         place_by_hand(&mut c, SHELL, "shop", "shell", 0, "n1").await;
-        for _ in 0..100 {
-            let addr = node_api_of(&mut c, "shop", "shell", "n1").await;
-            if !addr.is_empty() {
-                return addr;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!("the node API address was never announced");
+        wait_for_node_api(&mut c, "shop", "shell", "n1").await
     });
     let task_log = |alloc: &str| dir.join("tasks").join(alloc).join("stdout.log");
     for (alloc, word) in [(LOGS, "start"), (SHELL, "up")] {

@@ -155,6 +155,17 @@ impl tonic::service::Interceptor for Bearer {
 
 /// See [`NodeClient`].
 pub fn node_client(profile: &Path, td: &str, node: &str, addr: &str) -> NodeClient {
+    node_client_presenting(profile, &token_of(profile), td, node, addr)
+}
+
+/// A [`NodeClient`] over `profile`'s SVID presenting `token` (which may be someone else's).
+pub fn node_client_presenting(
+    profile: &Path,
+    token: &str,
+    td: &str,
+    node: &str,
+    addr: &str,
+) -> NodeClient {
     let text = std::fs::read_to_string(profile).expect("profile readable");
     let p = Profile::from_toml(&text).expect("profile parses");
     let creds = p.credentials().expect("profile credentials");
@@ -164,8 +175,37 @@ pub fn node_client(profile: &Path, td: &str, node: &str, addr: &str) -> NodeClie
     let tls = creds.tls_to(server).expect("TLS to the node");
     let channel = ringzero_proto::transport::channel(addr, tls, std::time::Duration::from_secs(5))
         .expect("node-API channel");
-    let bearer = format!("Bearer {}", p.token)
-        .parse()
-        .expect("bearer header");
+    let bearer = format!("Bearer {token}").parse().expect("bearer header");
     ringzero_proto::node::node_client::NodeClient::with_interceptor(channel, Bearer(bearer))
+}
+
+/// Waits (up to 20 s) until the authority lists a node-API address for `namespace/job` on
+/// `node`; returns it.
+pub async fn wait_for_node_api(
+    c: &mut AuthorityClient,
+    namespace: &str,
+    job: &str,
+    node: &str,
+) -> String {
+    for _ in 0..100 {
+        let addr = node_api_of(c, namespace, job, node).await;
+        if !addr.is_empty() {
+            return addr;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("the node API address of {namespace}/{job} on {node} was never announced");
+}
+
+/// `ReadLogs` of `alloc` (stdout): the first chunk's text, or the error.
+pub async fn first_log_chunk(c: &mut NodeClient, alloc: &str) -> Result<String, tonic::Status> {
+    let req = ringzero_proto::node::ReadLogsRequest {
+        alloc_id: alloc.into(),
+        ..Default::default()
+    };
+    let mut stream = c.read_logs(req).await?.into_inner();
+    match stream.message().await? {
+        Some(chunk) => Ok(String::from_utf8_lossy(&chunk.data).into_owned()),
+        None => Ok(String::new()),
+    }
 }

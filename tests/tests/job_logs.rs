@@ -12,7 +12,6 @@ use std::process::Output;
 use std::time::Duration;
 
 use ringzero_proto::client::AuthorityClient;
-use ringzero_proto::pb;
 use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
 use ringzero_tests::jobs::{self, place_by_hand, token_of};
 use ringzero_tests::{
@@ -286,53 +285,17 @@ fn text_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_owned()
 }
 
-/// The node API address `job status --json` shows for the web allocation.
+/// The node API address the authority lists for the web allocation.
 fn node_api_of(a: &SoloAuthority) -> String {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut c = admin_client(a);
-        let reply = c
-            .call(|mut g| async move {
-                g.list_allocs(pb::ListAllocsRequest {
-                    namespace: "shop".into(),
-                    job: "web".into(),
-                    node: String::new(),
-                })
-                .await
-            })
-            .await
-            .unwrap();
-        reply.allocs[0].node_api.clone()
-    })
+    rt.block_on(async { jobs::node_api_of(&mut admin_client(a), "shop", "web", "n1").await })
 }
 
 /// `ReadLogs` straight to the agent with `profile`'s SVID and `token`; the error it ends with.
 async fn read_direct(profile: &Path, addr: &str, token: String, alloc: &str) -> tonic::Status {
-    let p = ringzero_proto::client::Profile::from_toml(&std::fs::read_to_string(profile).unwrap())
-        .unwrap();
-    let creds = p.credentials().unwrap();
-    let server =
-        ringzero_policy::SpiffeIdPattern::parse(&format!("spiffe://{TD}/ringzero/node/n1"))
-            .unwrap();
-    let tls = creds.tls_to(server).unwrap();
-    let channel = ringzero_proto::transport::channel(addr, tls, Duration::from_secs(5)).unwrap();
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-    let mut c = ringzero_proto::node::node_client::NodeClient::with_interceptor(
-        channel,
-        move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", bearer.clone());
-            Ok(r)
-        },
-    );
-    let req = ringzero_proto::node::ReadLogsRequest {
-        alloc_id: alloc.into(),
-        ..Default::default()
-    };
-    match c.read_logs(req).await {
+    let mut c = jobs::node_client_presenting(profile, &token, TD, "n1", addr);
+    match jobs::first_log_chunk(&mut c, alloc).await {
         Err(s) => s,
-        Ok(mut stream) => match stream.get_mut().message().await {
-            Err(s) => s,
-            Ok(m) => panic!("served: {m:?}"),
-        },
+        Ok(text) => panic!("served: {text:?}"),
     }
 }

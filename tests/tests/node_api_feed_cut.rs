@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ringzero_proto::client::AuthorityClient;
-use ringzero_proto::pb;
 use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
 use ringzero_tests::jobs::place_by_hand;
 use ringzero_tests::{SoloAuthority, admin_client, show, wait_until};
@@ -130,31 +128,6 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, silenced: Arc<AtomicBool>) {
     });
 }
 
-async fn place(c: &mut AuthorityClient) {
-    place_by_hand(c, WEB, "shop", "web", 0, "n1").await;
-}
-
-async fn wait_for_node_api(c: &mut AuthorityClient) -> String {
-    for _ in 0..100 {
-        let reply = c
-            .call(|mut g| async move {
-                g.list_allocs(pb::ListAllocsRequest {
-                    namespace: "shop".into(),
-                    job: "web".into(),
-                    node: String::new(),
-                })
-                .await
-            })
-            .await
-            .unwrap();
-        if let Some(a) = reply.allocs.iter().find(|a| !a.node_api.is_empty()) {
-            return a.node_api.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("the node API address was never announced");
-}
-
 type Client = ringzero_tests::jobs::NodeClient;
 
 fn node_client(profile: &Path, addr: &str) -> Client {
@@ -163,15 +136,7 @@ fn node_client(profile: &Path, addr: &str) -> Client {
 
 /// `ReadLogs` of WEB: the first chunk's text, or the error.
 async fn read(c: &mut Client) -> Result<String, tonic::Status> {
-    let req = ringzero_proto::node::ReadLogsRequest {
-        alloc_id: WEB.into(),
-        ..Default::default()
-    };
-    let mut stream = c.read_logs(req).await?.into_inner();
-    match stream.message().await? {
-        Some(chunk) => Ok(String::from_utf8_lossy(&chunk.data).into_owned()),
-        None => Ok(String::new()),
-    }
+    ringzero_tests::jobs::first_log_chunk(c, WEB).await
 }
 
 #[test]
@@ -193,32 +158,12 @@ fn a_silent_feed_is_replaced_a_partitioned_one_refuses_after_the_bound_and_a_res
     let log = a.root.path().join("agent-n1.log");
     let agent = spawn_ready_agent("agent-n1", cmd, &log, Duration::from_secs(20));
 
-    let job = a.root.path().join("web.toml");
-    std::fs::write(
-        &job,
-        format!(
-            r#"namespace = "shop"
-name = "web"
-command = "/bin/sh"
-args = ["-c", "echo line1; exec sleep 3600"]
-env = {{ PATH = "/usr/bin:/bin" }}
-uid = 0
-gid = 0
-spiffe_id = "spiffe://{TD}/ns/shop/web"
-
-[restart]
-policy = "never"
-"#
-        ),
-    )
-    .unwrap();
-    let out = a.cli(&["job", "run", &job.to_string_lossy()]);
-    assert!(out.status.success(), "job run: {}", show(&out));
+    ringzero_tests::jobs::run_shop_job(&a, TD, "web", "echo line1; exec sleep 3600", 0, 1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let node_api = rt.block_on(async {
         let mut c = admin_client(&a);
-        place(&mut c).await;
-        wait_for_node_api(&mut c).await
+        place_by_hand(&mut c, WEB, "shop", "web", 0, "n1").await;
+        ringzero_tests::jobs::wait_for_node_api(&mut c, "shop", "web", "n1").await
     });
     let web_log = dir.join("tasks").join(WEB).join("stdout.log");
     wait_until(

@@ -7,12 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ringzero_proto::client::AuthorityClient;
-use ringzero_proto::node::node_client::NodeClient;
-use ringzero_proto::pb;
-use ringzero_tests::agent::{agent_cmd, spawn_ready_agent};
 use ringzero_tests::jobs::{self, place_by_hand, token_of};
-use ringzero_tests::{Proc, SoloAuthority, admin_client, audit, show, wait_until};
+use ringzero_tests::{Proc, SoloAuthority, admin_client, audit, wait_until};
 
 const TD: &str = "nodegaps.test";
 const WEB: &str = "w1w1w1w1w1w1w1w1";
@@ -29,44 +25,13 @@ struct Cluster {
 /// (developer of shop) and dave (developer of other).
 fn cluster(name: &str) -> Cluster {
     let a = SoloAuthority::start(name, TD);
-    let token = a.node_token("n1", "10m");
-    let dir = a.root.path().join("agent-n1");
-    let mut cmd = agent_cmd(
-        a.root.path(),
-        &a.addr,
-        Some(&format!("@{}", token.display())),
-        &dir,
-        &a.root.path().join("n1.sock"),
-    );
-    cmd.args(["--node-api", "127.0.0.1:0"]);
-    let log = a.root.path().join("agent-n1.log");
-    let agent = spawn_ready_agent("agent-n1", cmd, &log, Duration::from_secs(20));
-    let job = a.root.path().join("web.toml");
-    std::fs::write(
-        &job,
-        format!(
-            r#"namespace = "shop"
-name = "web"
-command = "/bin/sh"
-args = ["-c", "echo line1; exec sleep 3600"]
-env = {{ PATH = "/usr/bin:/bin" }}
-uid = 0
-gid = 0
-spiffe_id = "spiffe://{TD}/ns/shop/web"
-
-[restart]
-policy = "never"
-"#
-        ),
-    )
-    .unwrap();
-    let out = a.cli(&["job", "run", &job.to_string_lossy()]);
-    assert!(out.status.success(), "job run: {}", show(&out));
+    let (agent, dir, _log) = jobs::start_node_agent(&a, "n1", &[]);
+    jobs::run_shop_job(&a, TD, "web", "echo line1; exec sleep 3600", 0, 1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let node_api = rt.block_on(async {
         let mut c = admin_client(&a);
-        place(&mut c).await;
-        wait_for_node_api(&mut c).await
+        place_by_hand(&mut c, WEB, "shop", "web", 0, "n1").await;
+        jobs::wait_for_node_api(&mut c, "shop", "web", "n1").await
     });
     let web_log = dir.join("tasks").join(WEB).join("stdout.log");
     wait_until(
@@ -79,8 +44,8 @@ policy = "never"
                 .filter(|t| t.contains("line1"))
         },
     );
-    let carol = add_user(&a, "carol", "shop");
-    let dave = add_user(&a, "dave", "other");
+    let carol = jobs::add_user(&a, "carol", "developer", Some("shop"));
+    let dave = jobs::add_user(&a, "dave", "developer", Some("other"));
     Cluster {
         a,
         _agent: agent,
@@ -90,74 +55,16 @@ policy = "never"
     }
 }
 
-async fn place(c: &mut AuthorityClient) {
-    place_by_hand(c, WEB, "shop", "web", 0, "n1").await;
-}
-
-async fn wait_for_node_api(c: &mut AuthorityClient) -> String {
-    for _ in 0..100 {
-        let reply = c
-            .call(|mut g| async move {
-                g.list_allocs(pb::ListAllocsRequest {
-                    namespace: "shop".into(),
-                    job: "web".into(),
-                    node: String::new(),
-                })
-                .await
-            })
-            .await
-            .unwrap();
-        if let Some(a) = reply.allocs.iter().find(|a| !a.node_api.is_empty()) {
-            return a.node_api.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("the node API address was never announced");
-}
-
-fn add_user(a: &SoloAuthority, name: &str, ns: &str) -> PathBuf {
-    jobs::add_user(a, name, "developer", Some(ns))
-}
-
-/// Adds the capability to every call (clonable, so one channel serves concurrent calls).
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        r.metadata_mut().insert("authorization", self.0.clone());
-        Ok(r)
-    }
-}
-
-type Client =
-    NodeClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+type Client = jobs::NodeClient;
 
 /// A node-API client over `profile`'s SVID presenting `token`.
 fn node_client(profile: &Path, addr: &str, token: &str) -> Client {
-    let p = ringzero_proto::client::Profile::from_toml(&std::fs::read_to_string(profile).unwrap())
-        .unwrap();
-    let creds = p.credentials().unwrap();
-    let server =
-        ringzero_policy::SpiffeIdPattern::parse(&format!("spiffe://{TD}/ringzero/node/n1"))
-            .unwrap();
-    let tls = creds.tls_to(server).unwrap();
-    let channel = ringzero_proto::transport::channel(addr, tls, Duration::from_secs(5)).unwrap();
-    let bearer = format!("Bearer {token}").parse().unwrap();
-    NodeClient::with_interceptor(channel, Bearer(bearer))
+    jobs::node_client_presenting(profile, token, TD, "n1", addr)
 }
 
 /// `ReadLogs` of WEB: the first chunk's text, or the error.
 async fn read(c: &mut Client) -> Result<String, tonic::Status> {
-    let req = ringzero_proto::node::ReadLogsRequest {
-        alloc_id: WEB.into(),
-        ..Default::default()
-    };
-    let mut stream = c.read_logs(req).await?.into_inner();
-    match stream.message().await? {
-        Some(chunk) => Ok(String::from_utf8_lossy(&chunk.data).into_owned()),
-        None => Ok(String::new()),
-    }
+    jobs::first_log_chunk(c, WEB).await
 }
 
 /// The value of detail `key` of an audit record printed by `audit query --json`.
