@@ -406,30 +406,8 @@ impl AuthorityService {
             .read_gated(&req, Operation::NodeRead, &super::res("node")?)
             .await?;
         let term = self.raft.metrics().borrow().current_term;
-        let (tracking_since_ms, mut seen) = self.health.view(term);
-        let drains = reader.node_drains().map_err(status_of)?;
-        let nodes = reader
-            .nodes()
-            .map_err(status_of)?
-            .into_iter()
-            .map(|n| {
-                let v = seen.remove(&n.name).unwrap_or_default();
-                let drain = drains.get(&n.name);
-                pb::NodeHealth {
-                    status: status_name(n.status).into(),
-                    live: v.live,
-                    last_seen_ms: v.last_seen_ms,
-                    cpu_millis: v.capacity.cpu_millis,
-                    memory_mb: v.capacity.memory_mb,
-                    labels: v.capacity.labels.into_iter().collect(),
-                    node_api: v.capacity.node_api,
-                    drained: drain.is_some(),
-                    drained_since_ms: drain.map_or(0, |d| d.since_ms),
-                    drained_by: drain.map(|d| d.by.clone()).unwrap_or_default(),
-                    name: n.name,
-                }
-            })
-            .collect();
+        let (tracking_since_ms, nodes) =
+            super::sched_watch::node_health(&reader, &self.health, term, true)?;
         Ok(tonic::Response::new(pb::ListNodeHealthReply {
             nodes,
             tracking_since_ms,

@@ -153,11 +153,13 @@ pub(crate) struct Fingerprint {
 }
 
 /// The nodes as `ListNodeHealth` shows them at leader term `term`, and since when this leader
-/// tracks feeds.
+/// tracks feeds. Without `with_node_api` the node-API addresses stay unset (the scheduler does
+/// not plan with them, so their changes must not wake it).
 pub(crate) fn node_health(
     reader: &crate::StateReader,
     health: &super::health::Health,
     term: u64,
+    with_node_api: bool,
 ) -> Result<(u64, Vec<pb::NodeHealth>), tonic::Status> {
     let (tracking_since_ms, mut seen) = health.view(term);
     let drains = reader.node_drains().map_err(status_of)?;
@@ -175,12 +177,15 @@ pub(crate) fn node_health(
                 cpu_millis: v.capacity.cpu_millis,
                 memory_mb: v.capacity.memory_mb,
                 labels: v.capacity.labels.into_iter().collect(),
+                node_api: if with_node_api {
+                    v.capacity.node_api
+                } else {
+                    String::new()
+                },
                 drained: drain.is_some(),
                 drained_since_ms: drain.map_or(0, |d| d.since_ms),
                 drained_by: drain.map(|d| d.by.clone()).unwrap_or_default(),
                 name: n.name,
-                // Fields the scheduler does not plan with stay unset.
-                ..Default::default()
             }
         })
         .collect();
@@ -194,7 +199,7 @@ impl Snapshotter {
         term: u64,
     ) -> Result<(Fingerprint, Vec<pb::NodeHealth>), tonic::Status> {
         let reader = self.sm.reader().map_err(status_of)?;
-        let (tracking_since_ms, nodes) = node_health(&reader, &self.health, term)?;
+        let (tracking_since_ms, nodes) = node_health(&reader, &self.health, term, false)?;
         let masked = nodes
             .iter()
             .map(|n| pb::NodeHealth {
