@@ -245,23 +245,31 @@ impl Gate {
         let keys = self.keys.current();
         // Evaluation is bounded before it starts (`policy` accepts only the block shapes
         // ringzero writes, so every check costs at most one pass over a bounded set of facts)
-        // and by the authorizer's time limit while it runs; it still is CPU work of up to a
-        // few milliseconds, so this worker hands its other tasks to the runtime meanwhile.
-        let decision = off_the_runtime(|| {
-            self.cache.authorize(
-                &token,
-                &keys,
-                &StateRevocations(&reader),
-                &Request {
-                    operation,
-                    resource,
-                    peer: Some(&peer_id),
-                    node,
-                    time: SystemTime::now(),
-                },
-                Limits::default(),
-            )
-        });
+        // and by the authorizer's time limit while it runs. A token seen before costs one
+        // Datalog evaluation (tens of microseconds) and runs here; a new one adds signature
+        // checks, up to a few milliseconds, so this worker hands its other tasks to the
+        // runtime meanwhile.
+        let request = Request {
+            operation,
+            resource,
+            peer: Some(&peer_id),
+            node,
+            time: SystemTime::now(),
+        };
+        let revocations = StateRevocations(&reader);
+        let decision = match self.cache.authorize_cached(
+            &token,
+            &keys,
+            &revocations,
+            &request,
+            Limits::default(),
+        ) {
+            Some(d) => d,
+            None => off_the_runtime(|| {
+                self.cache
+                    .authorize(&token, &keys, &revocations, &request, Limits::default())
+            }),
+        };
         // Who the certificate says is not enough: the authority must have issued it to that
         // principal, and the principal must still be one.
         let refusal = match &decision {
