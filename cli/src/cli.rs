@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cmd::{
-    agent, audit, authority, blast, bundle, dev, entry, job, keygen, login, mesh, node, role,
-    sched, token, user,
+    agent, audit, authority, bench, blast, bundle, dev, entry, job, keygen, login, mesh, node,
+    role, sched, token, user,
 };
 
 const ABOUT: &str = "ringzero: one root of trust for a cluster — SPIFFE identities, capability tokens, an audit log";
@@ -67,6 +67,9 @@ pub(crate) enum Command {
     /// Run and manage authority nodes: the cluster's root of trust.
     #[command(subcommand)]
     Authority(authority::AuthorityCommand),
+    /// Load generators that drive a real cluster through the profile: rate, latency, CPU.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Show the trust bundle.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),

@@ -19,6 +19,8 @@
 //!   - `keygen.rs`, `token.rs`, `authority.rs`, `bundle.rs`, `node.rs`, `entry.rs`,
 //!     `agent.rs`, `mesh.rs` (`mesh sidecar`), `dev.rs`, `user.rs`, `login.rs`, `role.rs`,
 //!     `blast.rs` (`blast-radius`), `sched.rs` (`sched run`).
+//!   - `bench.rs` with `bench/write.rs`: `bench write`, a closed-loop load generator of real
+//!     writes (the driver and statistics are `ringzero_telemetry::load`).
 //!   - `audit.rs` with `audit/`: `args.rs` (its flags), `files.rs`, `memory.rs`, `review.rs`,
 //!     `stream.rs`, `tests.rs`.
 //!   - shared by several commands: `session.rs` (profile, client, runtime, error wording,

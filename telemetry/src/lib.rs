@@ -13,9 +13,13 @@
 //!   who can reach the address, and costs a fixed, small amount per request.
 //! - `http.rs`: the HTTP/1.1 it speaks (bounded head read, strict request line, the answer),
 //!   shared with the mesh sidecar's admin listener.
+//! - `load.rs` with `load/`: the closed-loop load generator of `ringzero bench write` and of
+//!   the etcd client beside it (`driver.rs`), its statistics (`summary.rs`), CPU time from
+//!   `/proc` (`procfs.rs`) and the report (`report.rs`).
 
 mod admin;
 pub mod http;
+pub mod load;
 
 pub use admin::{Health, serve};
 pub use prometheus_client;

@@ -5,6 +5,7 @@
 pub(crate) mod agent;
 pub(crate) mod audit;
 pub(crate) mod authority;
+pub(crate) mod bench;
 pub(crate) mod blast;
 pub(crate) mod bundle;
 pub(crate) mod dev;
@@ -32,6 +33,7 @@ pub(crate) fn run(cli: Cli) -> Outcome {
         Command::Keygen(a) => keygen::run(a),
         Command::Token(c) => token::run(global, c),
         Command::Authority(c) => authority::run(global, c),
+        Command::Bench(c) => bench::run(global, c),
         Command::Bundle(c) => bundle::run(global, c),
         Command::Node(c) => node::run(global, c),
         Command::Entry(c) => entry::run(global, c),

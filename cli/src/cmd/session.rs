@@ -53,6 +53,24 @@ pub(crate) fn session(global: &GlobalArgs) -> Result<Session, Failure> {
 }
 
 impl Session {
+    /// Another client with this session's credentials and the addresses the global flags or
+    /// the (refreshed) profile name: its own connections.
+    pub(crate) fn new_client(&self, global: &GlobalArgs) -> Result<AuthorityClient, Failure> {
+        let mut creds = self
+            .profile
+            .credentials()
+            .map_err(|e| bad_input(anyhow!("{}: {e}", self.path.display())))?;
+        // The capability the session presents: the profile's, or the --token override (read
+        // once: `-` is stdin).
+        creds.token = self.client.token().map(str::to_owned);
+        let addrs = if global.authority.is_empty() {
+            self.profile.authorities.clone()
+        } else {
+            global.authority.clone()
+        };
+        Ok(AuthorityClient::new(creds, addrs))
+    }
+
     /// Refreshes the profile's bundle and member list from the cluster (atomic rename, 0600).
     pub(crate) async fn refresh(&mut self) {
         let Ok(bundle) = self
