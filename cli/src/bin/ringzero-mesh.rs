@@ -24,6 +24,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The same allocator as `ringzero` (see its `main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run a mesh sidecar: mTLS in (terminate, check the caller's SPIFFE ID, forward to the local
 /// app) and out (originate, require the peer's SPIFFE ID), identity from the Workload API.
 #[derive(Debug, Parser)]
