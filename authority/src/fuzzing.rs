@@ -1,6 +1,7 @@
 //! Entry points for fuzzing what the network hands the authority (feature `fuzzing`): the
 //! bytes of a Raft message as the Raft service decodes and checks them, and a command batch as
-//! apply decodes and validates it. Each must return for any input; none may panic.
+//! apply decodes and validates it; and what a damaged disk hands it: a Raft log segment file as
+//! opening the log reads it. Each must return for any input; none may panic.
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
@@ -48,5 +49,18 @@ pub fn job_file(data: &[u8]) {
         let _ = job.validate();
         let _ = job.resource();
         let _ = crate::service::jobs::job_to_pb(&job);
+    }
+}
+
+/// Reads `data` as a Raft log segment file the way opening the log does: every record up to the
+/// first damaged one, and each good record's entry decoded.
+pub fn log_segment(data: &[u8]) {
+    let found = crate::store::segments::scan(data);
+    assert!(found.valid as usize <= data.len());
+    for (_, offset, len) in found.records {
+        let start = offset as usize + 16;
+        if let Some(payload) = data.get(start..start + len as usize) {
+            let _ = postcard::from_bytes::<crate::types::Entry>(payload);
+        }
     }
 }

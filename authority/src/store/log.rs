@@ -1,15 +1,20 @@
-//! The Raft log on redb: entries, vote, committed index, purge point.
+//! The Raft log: entries in append-only segment files ([`super::segments`]); the vote, the
+//! committed index and the purge point in a small redb database beside them.
 //!
 //! Appends are written by one writer thread, in order. `append` hands the entries to it and
-//! returns at once, with the entries readable from an in-memory tail; the writer commits them in
-//! one redb transaction with immediate durability (fsync) and only then fires openraft's
-//! `LogFlushed` callback, so nothing is acknowledged before it is on disk. Returning early lets
-//! the leader send entries to its followers while its own fsync runs (openraft counts the leader
-//! in the quorum only when the callback fires), and the writer folds every append queued behind
-//! an fsync into the next transaction, so under load one fsync covers many appends.
+//! returns at once, with the entries readable from an in-memory tail; the writer writes them
+//! with one `pwrite` and one `fdatasync` and only then fires openraft's `LogFlushed` callback, so
+//! nothing is acknowledged before it is on disk. Returning early lets the leader send entries to
+//! its followers while its own fsync runs (openraft counts the leader in the quorum only when
+//! the callback fires), and the writer folds every append queued behind an fsync into the next
+//! write, so under load one fsync covers many appends.
 //!
 //! Truncation, purge and votes go through the same writer (so they are ordered with appends)
-//! and are awaited; the committed index is written with the next transaction, unsynced.
+//! and are awaited. The committed index is kept in memory and written, unsynced, at most every
+//! [`COMMITTED_EVERY`]: safety does not depend on it (see `save_committed`).
+//!
+//! A data directory from before the segment files keeps its entries in the database's `logs`
+//! table; opening moves them into a segment once (see [`LogStore::open`]).
 
 // openraft's storage traits fix the error type; its size is theirs to choose.
 #![allow(clippy::result_large_err)]
@@ -23,9 +28,11 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::segments::Segments;
 use crate::state::{StateError, decode, encode};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
+/// Where the entries were kept before the segment files; read once, to move them.
 const LOGS: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("logs");
 const LOG_META: TableDefinition<'static, &'static str, &'static [u8]> =
     TableDefinition::new("log_meta");
@@ -33,15 +40,18 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const PURGED: &str = "last_purged";
 
-/// How many queued jobs the writer folds into one transaction at most.
+/// How many queued jobs the writer folds into one write at most.
 const MAX_JOBS_PER_COMMIT: usize = 1024;
 
-/// Entries appended but not yet committed to redb, by index: what readers see until the writer
-/// has made them durable. Always a contiguous run just after the last entry in redb.
+/// How often, at most, the writer records the committed index.
+const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Entries appended but not yet written, by index: what readers see until the writer has made
+/// them durable. Always a contiguous run just after the last entry in the segments.
 type Tail = Arc<Mutex<BTreeMap<u64, Entry>>>;
 
-/// A transaction the writer runs alone.
-type Alone = Box<dyn FnOnce(&Database) -> Result<(), StorageError> + Send>;
+/// Work the writer runs alone, on the meta database and the segments.
+type Alone = Box<dyn FnOnce(&Database, &Segments) -> Result<(), StorageError> + Send>;
 
 /// Entries to write durably, then report through `callback`.
 struct Append {
@@ -54,9 +64,9 @@ struct Append {
 /// Work for the writer thread, done in the order it was queued.
 enum Job {
     Append(Append),
-    /// The committed index, written with the next transaction (not synced on its own).
+    /// The committed index, written soon (not synced on its own).
     Committed(Vec<u8>),
-    /// A transaction of its own (truncate, purge, vote), after everything queued before it.
+    /// Work of its own (truncate, purge, vote), after everything queued before it.
     Alone {
         run: Alone,
         done: tokio::sync::oneshot::Sender<Result<(), StorageError>>,
@@ -80,10 +90,11 @@ impl Drop for Writer {
     }
 }
 
-/// The log store. Cloning shares the database, the unflushed tail and the writer.
+/// The log store. Cloning shares the files, the unflushed tail and the writer.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    segments: Arc<Segments>,
     tail: Tail,
     writer: Arc<Writer>,
 }
@@ -115,25 +126,43 @@ fn lock(tail: &Tail) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
 }
 
 impl LogStore {
-    /// Opens (creating if needed) the log database at `path` and starts its writer thread.
-    pub fn open(path: &std::path::Path) -> Result<Self, StateError> {
-        let db = Database::create(path)?;
+    /// Opens (creating if needed) the log under `dir` — `log.redb` and the segments in `log/` —
+    /// and starts its writer thread.
+    ///
+    /// Entries still in the database's old `logs` table are first written to a segment and
+    /// synced, then deleted from the table; if that was interrupted, the table still holds
+    /// them all and the move starts again.
+    pub fn open(dir: &std::path::Path) -> Result<Self, StateError> {
+        let db = Database::create(dir.join("log.redb"))?;
         let tx = db.begin_write()?;
         tx.open_table(LOGS)?;
         tx.open_table(LOG_META)?;
         tx.commit()?;
+        let purged: Option<LogId> = {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(LOG_META)?;
+            let v = t.get(PURGED)?;
+            match v {
+                Some(v) => decode::<Option<LogId>>("log_meta", v.value())?,
+                None => None,
+            }
+        };
+        let segments = Segments::open(&dir.join("log"), purged.map(|p| p.index))?;
+        move_old_entries(&db, &segments)?;
         let db = Arc::new(db);
+        let segments = Arc::new(segments);
         let tail = Tail::default();
         let (jobs, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn({
-                let (db, tail) = (db.clone(), tail.clone());
-                move || write_loop(&db, &tail, &rx)
+                let (db, segments, tail) = (db.clone(), segments.clone(), tail.clone());
+                move || write_loop(&db, &segments, &tail, &rx)
             })
             .map_err(|e| StateError::Storage(format!("log writer thread: {e}")))?;
         Ok(Self {
             db,
+            segments,
             tail,
             writer: Arc::new(Writer {
                 jobs: Some(jobs),
@@ -147,10 +176,10 @@ impl LogStore {
         jobs.send(job).map_err(|_| stopped())
     }
 
-    /// Runs `run` in a transaction of its own after everything queued, and waits for it.
+    /// Runs `run` on its own after everything queued, and waits for it.
     async fn alone(
         &self,
-        run: impl FnOnce(&Database) -> Result<(), StorageError> + Send + 'static,
+        run: impl FnOnce(&Database, &Segments) -> Result<(), StorageError> + Send + 'static,
     ) -> Result<(), StorageError> {
         let (done, rx) = tokio::sync::oneshot::channel();
         self.send(Job::Alone {
@@ -172,87 +201,112 @@ impl LogStore {
     }
 }
 
-/// The writer thread: takes every job queued, writes runs of appends (and the committed index)
-/// in one transaction, fires their callbacks once it is durable, and runs the others alone.
-fn write_loop(db: &Database, tail: &Tail, rx: &mpsc::Receiver<Job>) {
+/// Moves the entries of the old `logs` table into the segments (see [`LogStore::open`]).
+fn move_old_entries(db: &Database, segments: &Segments) -> Result<(), StateError> {
+    let rows: Vec<(u64, Vec<u8>)> = {
+        let tx = db.begin_read()?;
+        let t = tx.open_table(LOGS)?;
+        let mut rows = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            rows.push((k.value(), v.value().to_vec()));
+        }
+        rows
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        entries = rows.len(),
+        "moving the Raft log into segment files"
+    );
+    segments.clear()?;
+    for chunk in rows.chunks(4096) {
+        segments.append(chunk)?;
+    }
+    let tx = db.begin_write()?;
+    tx.open_table(LOGS)?.retain(|_, _| false)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The writer thread: takes every job queued, writes runs of appends with one sync, fires
+/// their callbacks once they are durable, and runs the others alone.
+fn write_loop(db: &Database, segments: &Segments, tail: &Tail, rx: &mpsc::Receiver<Job>) {
+    let mut committed: Option<Vec<u8>> = None;
+    let mut committed_at = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
-        let mut group = Group::default();
+        let mut appends = Vec::new();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(job) = next.take() {
             taken += 1;
             match job {
-                Job::Append(a) => group.appends.push(a),
-                Job::Committed(bytes) => group.committed = Some(bytes),
+                Job::Append(a) => appends.push(a),
+                Job::Committed(bytes) => committed = Some(bytes),
                 Job::Alone { run, done } => {
-                    group.commit(db, tail);
-                    let _ = done.send(run(db));
+                    write_appends(segments, tail, std::mem::take(&mut appends));
+                    let _ = done.send(run(db, segments));
                 }
             }
             if taken < MAX_JOBS_PER_COMMIT {
                 next = rx.try_recv().ok();
             }
         }
-        group.commit(db, tail);
+        write_appends(segments, tail, appends);
+        if committed.is_some() && committed_at.elapsed() >= COMMITTED_EVERY {
+            write_committed(db, committed.take());
+            committed_at = std::time::Instant::now();
+        }
+    }
+    write_committed(db, committed);
+}
+
+/// Records the committed index, unsynced (it becomes durable with the next vote or sync).
+fn write_committed(db: &Database, committed: Option<Vec<u8>>) {
+    let Some(bytes) = committed else {
+        return;
+    };
+    let written = (|| -> Result<(), StateError> {
+        let mut tx = db.begin_write()?;
+        tx.set_durability(Durability::None)
+            .map_err(|e| StateError::Storage(e.to_string()))?;
+        tx.open_table(LOG_META)?
+            .insert(COMMITTED, bytes.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "could not record the committed index");
     }
 }
 
-/// Appends and the committed index gathered for one transaction.
-#[derive(Default)]
-struct Group {
-    appends: Vec<Append>,
-    committed: Option<Vec<u8>>,
-}
-
-impl Group {
-    fn commit(&mut self, db: &Database, tail: &Tail) {
-        if self.appends.is_empty() && self.committed.is_none() {
-            return;
+/// Writes `appends` with one sync, then reports each one.
+fn write_appends(segments: &Segments, tail: &Tail, appends: Vec<Append>) {
+    if appends.is_empty() {
+        return;
+    }
+    let rows: Vec<(u64, Vec<u8>)> = appends
+        .iter()
+        .flat_map(|a| a.rows.iter().cloned())
+        .collect();
+    let written = segments.append(&rows);
+    if written.is_ok() {
+        // Durable now: readers find these in the segments. An entry replaced in the tail
+        // since (truncated and appended again) stays.
+        let mut t = lock(tail);
+        for id in appends.iter().flat_map(|a| &a.ids) {
+            if t.get(&id.index).is_some_and(|e| e.log_id == *id) {
+                t.remove(&id.index);
+            }
         }
-        let appends = std::mem::take(&mut self.appends);
-        let committed = self.committed.take();
-        let durability = if appends.is_empty() {
-            Durability::None
-        } else {
-            Durability::Immediate
+    }
+    for Append { callback, .. } in appends {
+        let result = match &written {
+            Ok(()) => Ok(()),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
         };
-        let written = (|| {
-            let mut tx = db.begin_write().map_err(io_err)?;
-            tx.set_durability(durability)
-                .map_err(|e| io_err(StateError::Storage(e.to_string())))?;
-            {
-                let mut t = tx.open_table(LOGS).map_err(io_err)?;
-                for a in &appends {
-                    for (index, bytes) in &a.rows {
-                        t.insert(*index, bytes.as_slice()).map_err(io_err)?;
-                    }
-                }
-            }
-            if let Some(bytes) = &committed {
-                tx.open_table(LOG_META)
-                    .map_err(io_err)?
-                    .insert(COMMITTED, bytes.as_slice())
-                    .map_err(io_err)?;
-            }
-            tx.commit().map_err(io_err)
-        })();
-        if written.is_ok() {
-            // Durable now: readers find these in redb. An entry replaced in the tail since
-            // (truncated and appended again) stays.
-            let mut t = lock(tail);
-            for id in appends.iter().flat_map(|a| &a.ids) {
-                if t.get(&id.index).is_some_and(|e| e.log_id == *id) {
-                    t.remove(&id.index);
-                }
-            }
-        }
-        for Append { callback, .. } in appends {
-            let result = match &written {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            callback.log_io_completed(result);
-        }
+        callback.log_io_completed(result);
     }
 }
 
@@ -279,7 +333,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if start > end {
             return Ok(Vec::new());
         }
-        // The tail first: an entry leaves it only after it is in redb, so whatever the writer
+        // The tail first: an entry leaves it only after it is written, so whatever the writer
         // does in between, each entry is found in one or the other.
         let from_tail: Vec<Entry> = lock(&self.tail)
             .range(start..=end)
@@ -291,11 +345,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let mut out = Vec::new();
         if start <= db_end && from_tail.first().is_none_or(|e| e.log_id.index > start) {
-            let tx = self.db.begin_read().map_err(read_err)?;
-            let t = tx.open_table(LOGS).map_err(read_err)?;
-            for row in t.range(start..=db_end).map_err(read_err)? {
-                let (_, v) = row.map_err(read_err)?;
-                out.push(decode::<Entry>("logs", v.value()).map_err(read_err)?);
+            for (_, bytes) in self.segments.read(start, db_end).map_err(read_err)? {
+                out.push(decode::<Entry>("logs", &bytes).map_err(read_err)?);
             }
         }
         out.extend(from_tail);
@@ -311,16 +362,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let in_tail = lock(&self.tail).last_key_value().map(|(_, e)| e.log_id);
         let last = match in_tail {
             Some(id) => Some(id),
-            None => {
-                let tx = self.db.begin_read().map_err(read_err)?;
-                let t = tx.open_table(LOGS).map_err(read_err)?;
-                match t.last().map_err(read_err)? {
-                    Some((_, v)) => {
-                        Some(decode::<Entry>("logs", v.value()).map_err(read_err)?.log_id)
+            None => match self.segments.last() {
+                Some(index) => {
+                    let mut rows = self.segments.read(index, index).map_err(read_err)?;
+                    match rows.pop() {
+                        Some((_, bytes)) => {
+                            Some(decode::<Entry>("logs", &bytes).map_err(read_err)?.log_id)
+                        }
+                        None => last_purged,
                     }
-                    None => last_purged,
                 }
-            }
+                None => last_purged,
+            },
         };
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -335,7 +388,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         // A vote must survive a crash: a node that forgot it could vote twice in one term.
         let bytes = encode(vote).map_err(io_err)?;
-        self.alone(move |db| {
+        self.alone(move |db, _| {
             let tx = db.begin_write().map_err(io_err)?;
             tx.open_table(LOG_META)
                 .map_err(io_err)?
@@ -351,8 +404,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not fsynced on its own: it becomes durable with the next append or vote. Safety does
-        // not depend on it (the state machine records its own last-applied id durably); after a
+        // Written soon, not fsynced on its own: it becomes durable with the next vote. Safety
+        // does not depend on it (the state machine records its own last-applied id durably); after a
         // crash a node merely re-learns the commit point from the leader.
         let bytes = encode(&committed).map_err(io_err)?;
         self.send(Job::Committed(bytes))
@@ -394,34 +447,80 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         lock(&self.tail).retain(|&i, _| i < log_id.index);
-        self.alone(move |db| {
-            let tx = db.begin_write().map_err(io_err)?;
-            {
-                let mut t = tx.open_table(LOGS).map_err(io_err)?;
-                t.retain_in(log_id.index.., |_, _| false).map_err(io_err)?;
-            }
-            tx.commit().map_err(io_err)
-        })
-        .await
+        self.alone(move |_, segments| segments.truncate(log_id.index).map_err(io_err))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let purged = encode(&Some(log_id)).map_err(io_err)?;
         lock(&self.tail).retain(|&i, _| i > log_id.index);
-        self.alone(move |db| {
+        self.alone(move |db, segments| {
+            // Record the purge point first, durably: entries at or below it are ignored from
+            // then on, so a crash before the segments are deleted loses nothing.
             let tx = db.begin_write().map_err(io_err)?;
-            {
-                // Record the purge point first: in the same transaction, so a crash leaves
-                // either both or neither.
-                tx.open_table(LOG_META)
-                    .map_err(io_err)?
-                    .insert(PURGED, purged.as_slice())
-                    .map_err(io_err)?;
-                let mut t = tx.open_table(LOGS).map_err(io_err)?;
-                t.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
-            }
-            tx.commit().map_err(io_err)
+            tx.open_table(LOG_META)
+                .map_err(io_err)?
+                .insert(PURGED, purged.as_slice())
+                .map_err(io_err)?;
+            tx.commit().map_err(io_err)?;
+            segments.purge(log_id.index).map_err(io_err)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::command::Batch;
+    use crate::testing::audit_only;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+            payload: EntryPayload::Normal(Batch::one(audit_only(&format!("e{index}")))),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_of_the_old_log_table_are_moved_into_segments_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<Entry> = (0..=9).map(entry).collect();
+        {
+            let db = Database::create(dir.path().join("log.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(LOGS).unwrap();
+                for i in 5..=9 {
+                    t.insert(i, encode(&entries[i as usize]).unwrap().as_slice())
+                        .unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        // An earlier move was interrupted: a partial segment exists beside the full table.
+        let partial = Segments::open(&dir.path().join("log"), None).unwrap();
+        partial.append(&[(5, encode(&entry(5)).unwrap())]).unwrap();
+        drop(partial);
+
+        let mut log = LogStore::open(dir.path()).unwrap();
+        let got = log.try_get_log_entries(0..=100).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![5, 6, 7, 8, 9]
+        );
+        assert_eq!(encode(&got[2]).unwrap(), encode(&entries[7]).unwrap());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(entries[9].log_id));
+        {
+            let tx = log.db.begin_read().unwrap();
+            assert_eq!(tx.open_table(LOGS).unwrap().iter().unwrap().count(), 0);
+        }
+        drop(log);
+        // Opening again finds them in the segments only.
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.try_get_log_entries(0..=100).await.unwrap().len(), 5);
     }
 }
