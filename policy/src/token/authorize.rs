@@ -9,7 +9,7 @@ use biscuit_auth::builder::{Fact, Policy, Rule, Term};
 use biscuit_auth::error::{FailedCheck, Logic, MatchedPolicy, Token as BiscuitError};
 use biscuit_auth::{AuthorizerBuilder, AuthorizerLimits, Biscuit};
 
-use super::shape::{Refusal, ShapeError, shape_of};
+use super::shape::{Refusal, Shape, ShapeError, shape_of};
 use super::{KeySet, RevocationId, Revocations, RootKeyId, decode_unverified, unix_secs};
 use crate::rights::{NodeName, Operation, Resource};
 use crate::spiffe::SpiffeId;
@@ -218,6 +218,8 @@ pub(super) struct Verified {
     pub(super) root_key_id: RootKeyId,
     pub(super) key: biscuit_auth::PublicKey,
     pub(super) revocation_ids: Vec<RevocationId>,
+    /// Its blocks as the whitelist read them, for [`super::native`].
+    pub(super) shape: Shape,
 }
 
 /// Decodes `token`, refuses it if any block is revoked or any block's shape is not one ringzero
@@ -240,7 +242,7 @@ pub(super) fn verify(
     }
     // Before any Datalog (and before spending a signature check on it): the whitelist is what
     // bounds the cost of evaluation.
-    shape_of(&unverified).map_err(|r| match r {
+    let shape = shape_of(&unverified).map_err(|r| match r {
         Refusal::Malformed(m) => Denial::Malformed(m),
         Refusal::Shape(s) => Denial::UnsupportedBlock(s),
     })?;
@@ -256,6 +258,7 @@ pub(super) fn verify(
         root_key_id,
         key,
         revocation_ids,
+        shape,
     })
 }
 

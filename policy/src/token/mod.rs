@@ -50,6 +50,7 @@ mod authorize;
 mod cache;
 mod inspect;
 mod mint;
+mod native;
 mod reach;
 mod shape;
 

@@ -89,7 +89,7 @@ impl CheckShape {
     /// The first instant, in unix seconds, at which this check no longer holds, if it is a time
     /// check. The verifier states the time in whole seconds (truncated), so `$t < D` holds
     /// until D and `$t <= D` holds through second D, that is until D + 1.
-    fn expires_at(&self) -> Option<u64> {
+    pub(crate) fn expires_at(&self) -> Option<u64> {
         match self {
             CheckShape::Expiry { date, inclusive } => Some(if *inclusive {
                 date.saturating_add(1)

@@ -1102,6 +1102,44 @@ proptest! {
         }
     }
 
+    /// For any token ringzero can produce — rights, then a chain of attenuations with every
+    /// kind of check — and any request, a cache hit (evaluated from the blocks' shapes, see
+    /// `token::native`) decides exactly as the uncached path (Datalog) does.
+    #[test]
+    fn cache_hits_agree_with_datalog_for_any_attenuation_chain(
+        rights in proptest::collection::vec((0..OPS.len(), 0..RESOURCES.len()), 1..4),
+        chain in proptest::collection::vec(att_strategy(), 0..4),
+        reqs in proptest::collection::vec(req_strategy(), 1..16),
+    ) {
+        let f = fixture();
+        let rights = rights.iter().map(|&(o, r)| Right::new(OPS[o], res(RESOURCES[r]))).collect();
+        let mut token = mint_for(&f.key, rights, 300, false);
+        for a in &chain {
+            if let Ok(next) = attenuate(&token, &to_attenuation(a), t0()) {
+                token = next;
+            }
+        }
+        let cache = TokenCache::new(4);
+        for r in &reqs {
+            let peer = r.peer.map(|i| id(PEERS[i]));
+            let node = r.node.map(|i| NodeName::parse(NODES[i]).unwrap());
+            let resource = res(RESOURCES[r.resource]);
+            let req = Request {
+                operation: OPS[r.op],
+                resource: &resource,
+                peer: peer.as_ref(),
+                node: node.as_ref(),
+                time: t0() + Duration::from_secs(r.dt),
+            };
+            let fresh = authorize(&token, &f.keys, &f.none, &req, Limits::default());
+            // The first call may verify; every later one is a hit.
+            for _ in 0..2 {
+                let cached = cache.authorize(&token, &f.keys, &f.none, &req, Limits::default());
+                prop_assert_eq!(&cached, &fresh);
+            }
+        }
+    }
+
     /// Whatever happens to keys and revocations, the cache decides exactly as the uncached
     /// path does — in particular it never turns a deny into an allow.
     #[test]
