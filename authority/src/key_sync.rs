@@ -293,10 +293,13 @@ pub(crate) fn spawn_watch(sync: KeySync, mut stopping: tokio::sync::watch::Recei
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "key sync failed; retrying"),
             }
-            tokio::select! {
-                r = applied.changed() => if r.is_err() { return },
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            let applied_now = tokio::select! {
+                r = applied.changed() => if r.is_err() { return } else { true },
+                () = tokio::time::sleep(Duration::from_secs(1)) => false,
                 _ = stopping.wait_for(|s| *s) => return,
+            };
+            if applied_now {
+                crate::store::settle().await;
             }
         }
     });

@@ -37,7 +37,7 @@ pub(super) fn spawn_bundle_refresher(parts: &Parts) {
         parts.td.clone(),
         parts.keys.clone(),
     );
-    let mut rx = parts.raft.metrics();
+    let mut rx = parts.sm.watch_applied();
     tokio::spawn(async move {
         let mut last: Vec<crate::KeyRecord> = Vec::new();
         loop {
@@ -62,6 +62,7 @@ pub(super) fn spawn_bundle_refresher(parts: &Parts) {
             if rx.changed().await.is_err() {
                 return;
             }
+            crate::store::settle().await;
         }
     });
 }
@@ -83,6 +84,7 @@ pub(super) fn spawn_revocation_watch(sm: StateMachineStore, gate: Arc<Gate>) {
             if applied.changed().await.is_err() {
                 return;
             }
+            crate::store::settle().await;
         }
     });
 }

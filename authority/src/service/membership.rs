@@ -75,8 +75,18 @@ impl AuthorityService {
     }
 
     pub(crate) fn pin(&self) -> Result<[u8; 32], tonic::Status> {
-        ringzero_policy::join::ca_pin(self.keys.load().ca.cert_der())
-            .ok_or_else(|| super::status::internal("own CA does not parse"))
+        let keys = self.keys.load();
+        let der = keys.ca.cert_der();
+        let mut cached = self.ca_pin.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((of, pin)) = cached.as_ref()
+            && of.as_slice() == der.as_ref()
+        {
+            return Ok(*pin);
+        }
+        let pin = ringzero_policy::join::ca_pin(der)
+            .ok_or_else(|| super::status::internal("own CA does not parse"))?;
+        *cached = Some((der.to_vec(), pin));
+        Ok(pin)
     }
 
     pub(crate) async fn redeem_join_token_impl(

@@ -46,9 +46,68 @@ const MAX_JOBS_PER_COMMIT: usize = 1024;
 /// How often, at most, the writer records the committed index.
 const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Entries appended but not yet written, by index: what readers see until the writer has made
-/// them durable. Always a contiguous run just after the last entry in the segments.
-type Tail = Arc<Mutex<BTreeMap<u64, Entry>>>;
+/// How many bytes (encoded) of already written entries the tail keeps, so that the readers that
+/// follow the end of the log — replication to each follower, the state machine — take them
+/// from memory instead of reading and decoding them again.
+const TAIL_KEEP_BYTES: usize = 8 << 20;
+
+/// The end of the log in memory: every entry appended but not yet written (what readers see
+/// until the writer has made them durable), and after them up to [`TAIL_KEEP_BYTES`] of the
+/// latest written ones. A contiguous run of indexes, ending at the last entry.
+#[derive(Default)]
+struct TailEntries {
+    /// Each entry with its encoded size.
+    entries: BTreeMap<u64, (Entry, usize)>,
+    /// The sum of those sizes.
+    bytes: usize,
+    /// The highest index written to the segments, if any is in the tail.
+    written: Option<u64>,
+}
+
+impl TailEntries {
+    fn insert(&mut self, e: Entry, size: usize) {
+        self.bytes += size;
+        if let Some((_, old)) = self.entries.insert(e.log_id.index, (e, size)) {
+            self.bytes -= old;
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.entries.retain(|&i, _| keep(i));
+        self.bytes = self.entries.values().map(|(_, n)| n).sum();
+        // What is left at or below the old mark was written; what a truncation removed and
+        // appends bring again is not.
+        self.written = self
+            .written
+            .and_then(|w| self.entries.range(..=w).next_back().map(|(i, _)| *i));
+    }
+
+    /// Records that `ids` are written, then drops the oldest written entries past the budget.
+    /// An entry replaced since (truncated and appended again) does not count as written.
+    fn written(&mut self, ids: impl Iterator<Item = LogId>) {
+        for id in ids {
+            if self
+                .entries
+                .get(&id.index)
+                .is_some_and(|(e, _)| e.log_id == id)
+            {
+                self.written = Some(self.written.map_or(id.index, |w| w.max(id.index)));
+            }
+        }
+        while self.bytes > TAIL_KEEP_BYTES {
+            let Some((&first, (_, size))) = self.entries.first_key_value() else {
+                break;
+            };
+            if self.written.is_none_or(|w| first > w) {
+                break;
+            }
+            self.bytes -= *size;
+            self.entries.remove(&first);
+        }
+    }
+}
+
+type Tail = Arc<Mutex<TailEntries>>;
 
 /// Work the writer runs alone, on the meta database and the segments.
 type Alone = Box<dyn FnOnce(&Database, &Segments) -> Result<(), StorageError> + Send>;
@@ -119,9 +178,9 @@ fn stopped() -> StorageError {
     StorageIOError::write_logs(openraft::AnyError::error("the log writer has stopped")).into()
 }
 
-fn lock(tail: &Tail) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
-    // A panic while holding the lock cannot leave the map half-updated (every update is one
-    // BTreeMap call), so a poisoned lock is still a consistent map.
+fn lock(tail: &Tail) -> std::sync::MutexGuard<'_, TailEntries> {
+    // No update of the tail can panic midway, so a poisoned lock still guards a consistent
+    // tail.
     tail.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -286,20 +345,15 @@ fn write_appends(segments: &Segments, tail: &Tail, appends: Vec<Append>) {
     if appends.is_empty() {
         return;
     }
-    let rows: Vec<(u64, Vec<u8>)> = appends
+    let rows: Vec<(u64, &[u8])> = appends
         .iter()
-        .flat_map(|a| a.rows.iter().cloned())
+        .flat_map(|a| a.rows.iter().map(|(i, b)| (*i, b.as_slice())))
         .collect();
     let written = segments.append(&rows);
+    drop(rows);
     if written.is_ok() {
-        // Durable now: readers find these in the segments. An entry replaced in the tail
-        // since (truncated and appended again) stays.
-        let mut t = lock(tail);
-        for id in appends.iter().flat_map(|a| &a.ids) {
-            if t.get(&id.index).is_some_and(|e| e.log_id == *id) {
-                t.remove(&id.index);
-            }
-        }
+        // Durable now: readers also find these in the segments.
+        lock(tail).written(appends.iter().flat_map(|a| a.ids.iter().copied()));
     }
     for Append { callback, .. } in appends {
         let result = match &written {
@@ -336,8 +390,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // The tail first: an entry leaves it only after it is written, so whatever the writer
         // does in between, each entry is found in one or the other.
         let from_tail: Vec<Entry> = lock(&self.tail)
+            .entries
             .range(start..=end)
-            .map(|(_, e)| e.clone())
+            .map(|(_, (e, _))| e.clone())
             .collect();
         let db_end = match from_tail.first() {
             Some(e) => e.log_id.index.saturating_sub(1),
@@ -359,7 +414,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.meta(PURGED)?.flatten();
-        let in_tail = lock(&self.tail).last_key_value().map(|(_, e)| e.log_id);
+        let in_tail = lock(&self.tail)
+            .entries
+            .last_key_value()
+            .map(|(_, (e, _))| e.log_id);
         let last = match in_tail {
             Some(id) => Some(id),
             None => match self.segments.last() {
@@ -434,8 +492,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Readable before this returns (openraft's contract), durable when the callback fires.
         {
             let mut t = lock(&self.tail);
-            for e in entries {
-                t.insert(e.log_id.index, e);
+            for (e, (_, bytes)) in entries.into_iter().zip(&rows) {
+                t.insert(e, bytes.len());
             }
         }
         self.send(Job::Append(Append {
@@ -446,14 +504,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        lock(&self.tail).retain(|&i, _| i < log_id.index);
+        lock(&self.tail).retain(|i| i < log_id.index);
         self.alone(move |_, segments| segments.truncate(log_id.index).map_err(io_err))
             .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let purged = encode(&Some(log_id)).map_err(io_err)?;
-        lock(&self.tail).retain(|&i, _| i > log_id.index);
+        lock(&self.tail).retain(|i| i > log_id.index);
         self.alone(move |db, segments| {
             // Record the purge point first, durably: entries at or below it are ignored from
             // then on, so a crash before the segments are deleted loses nothing.
@@ -482,6 +540,30 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
             payload: EntryPayload::Normal(Batch::one(audit_only(&format!("e{index}")))),
         }
+    }
+
+    #[test]
+    fn the_tail_drops_only_written_entries_past_its_budget() {
+        let mut t = TailEntries::default();
+        let half = TAIL_KEEP_BYTES / 2;
+        for i in 1..=4 {
+            t.insert(entry(i), half);
+        }
+        // Nothing written yet: all kept, whatever the budget.
+        t.written(std::iter::empty());
+        assert_eq!(t.entries.len(), 4);
+        // 1 and 2 written: the oldest goes until the budget holds or only unwritten are left.
+        t.written([entry(1).log_id, entry(2).log_id].into_iter());
+        assert_eq!(t.entries.keys().copied().collect::<Vec<_>>(), vec![3, 4]);
+        // 3 and 4 written, then truncated from 4 and 4 appended again: the new 4 is unwritten.
+        t.written([entry(3).log_id, entry(4).log_id].into_iter());
+        t.retain(|i| i < 4);
+        assert_eq!(t.written, Some(3));
+        t.insert(entry(4), half);
+        t.insert(entry(5), half);
+        t.written(std::iter::empty());
+        assert_eq!(t.entries.keys().copied().collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(t.bytes, 2 * half);
     }
 
     #[tokio::test]

@@ -303,9 +303,12 @@ impl Segments {
                 .next_back()
                 .map_or(start, |(f, _)| *f);
             for seg in ix.segments.range(from..=end).map(|(_, s)| s) {
-                for (i, loc) in seg.locs.iter().enumerate() {
-                    let idx = seg.first + i as u64;
-                    if idx >= start && idx <= end {
+                let Some(last) = seg.last() else {
+                    continue;
+                };
+                let (lo, hi) = (start.max(seg.first), end.min(last));
+                for idx in lo..=hi {
+                    if let Some(loc) = seg.locs.get((idx - seg.first) as usize) {
                         wanted.push((idx, seg.file.clone(), *loc, seg.path.clone()));
                     }
                 }
@@ -323,7 +326,7 @@ impl Segments {
 
     /// Writes `rows` (consecutive indexes following the last entry) and syncs them: durable
     /// when this returns.
-    pub(crate) fn append(&self, rows: &[(u64, Vec<u8>)]) -> Result<(), StateError> {
+    pub(crate) fn append<B: AsRef<[u8]>>(&self, rows: &[(u64, B)]) -> Result<(), StateError> {
         let Some(&(first, _)) = rows.first() else {
             return Ok(());
         };
@@ -391,9 +394,10 @@ impl Segments {
                 .ok_or_else(|| StateError::Storage("no segment to append to".into()))?;
             (seg.file.clone(), seg.path.clone(), seg.bytes)
         };
-        let mut buf = Vec::with_capacity(rows.iter().map(|(_, b)| b.len() + HEADER).sum());
+        let mut buf = Vec::with_capacity(rows.iter().map(|(_, b)| b.as_ref().len() + HEADER).sum());
         let mut locs = Vec::with_capacity(rows.len());
         for (idx, payload) in rows {
+            let payload = payload.as_ref();
             locs.push(Loc {
                 offset: offset + buf.len() as u64,
                 len: u32::try_from(payload.len())
