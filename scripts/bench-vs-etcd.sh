@@ -18,6 +18,10 @@
 # the mean of its two runs. Absolute figures move from machine to machine and day to day: the
 # ratios measured in one run are what count.
 #
+# With RZ_BEFORE=/path/to/an/older/ringzero, a second ringzero cluster runs that binary (the
+# load generator stays the current `ringzero bench write`), between the two etcd runs, and the
+# table adds its figures and the ratio current/before: a before/after of a change in one run.
+#
 # Usage: scripts/bench-vs-etcd.sh [-d SECONDS] [-w SECONDS] [-c "1 16 64"] [-k]
 #   -d  measured seconds per point (env BENCH_SECS, default 10)
 #   -w  warmup seconds per point, not counted (env BENCH_WARMUP, default 1)
@@ -76,13 +80,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 mkdir -p "$WORK/results"
 
-# Nine consecutive free loopback ports.
+# Twelve consecutive free loopback ports.
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 BASE=""
 for _ in $(seq 50); do
     b=$((20000 + RANDOM % 20000))
     ok=1
-    for i in $(seq 0 8); do if port_in_use $((b + i)); then ok=0; break; fi; done
+    for i in $(seq 0 11); do if port_in_use $((b + i)); then ok=0; break; fi; done
     if [ $ok = 1 ]; then BASE=$b; break; fi
 done
 [ -n "$BASE" ] || { log "no free ports"; exit 1; }
@@ -120,23 +124,35 @@ ETCD_ENDPOINTS=$(IFS=,; echo "${E_CLIENT[*]}")
 wait_for "the etcd cluster" 30 env ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint health
 log "etcd $(etcd --version | head -1 | awk '{print $3}') up on $ETCD_ENDPOINTS"
 
-# --- ringzero: 3 authority nodes ----------------------------------------------------------
-R=("127.0.0.1:$((BASE + 6))" "127.0.0.1:$((BASE + 7))" "127.0.0.1:$((BASE + 8))")
-PROFILE=$("$RZ" authority bootstrap --trust-domain bench.test --data-dir "$WORK/rz1" \
-    --listen "${R[0]}" 2>"$WORK/rz-bootstrap.log")
-"$RZ" authority run --data-dir "$WORK/rz1" >"$WORK/rz1.log" 2>&1 &
-PIDS+=($!)
-export RINGZERO_PROFILE=$PROFILE
-wait_for "ringzero node 1" 30 "$RZ" authority status
+# --- ringzero: 3 authority nodes (and 3 more of RZ_BEFORE) ---------------------------------
 has_voters() { [ "$("$RZ" authority members --json 2>/dev/null | grep -o '"voter"' | wc -l)" -ge "$1" ]; }
-for n in 2 3; do
-    "$RZ" authority join-token --ttl 10m 2>/dev/null | tail -1 >"$WORK/join$n.token"
-    "$RZ" authority join --peer "${R[0]}" --token "@$WORK/join$n.token" \
-        --data-dir "$WORK/rz$n" --listen "${R[$((n - 1))]}" >"$WORK/rz$n.log" 2>&1 &
+start_ringzero() { # NAME BINARY FIRST_PORT; prints the admin profile's path
+    local name=$1 bin=$2 port=$3 n profile
+    local r=("127.0.0.1:$port" "127.0.0.1:$((port + 1))" "127.0.0.1:$((port + 2))")
+    profile=$("$bin" authority bootstrap --trust-domain bench.test --data-dir "$WORK/$name-1" \
+        --listen "${r[0]}" 2>"$WORK/$name-bootstrap.log")
+    "$bin" authority run --data-dir "$WORK/$name-1" >"$WORK/$name-1.log" 2>&1 &
     PIDS+=($!)
-    wait_for "ringzero node $n to join" 60 has_voters "$n"
-done
-log "ringzero up on ${R[*]}"
+    export RINGZERO_PROFILE=$profile
+    wait_for "$name node 1" 30 "$RZ" authority status
+    for n in 2 3; do
+        "$RZ" authority join-token --ttl 10m 2>/dev/null | tail -1 >"$WORK/$name-join$n.token"
+        "$bin" authority join --peer "${r[0]}" --token "@$WORK/$name-join$n.token" \
+            --data-dir "$WORK/$name-$n" --listen "${r[$((n - 1))]}" >"$WORK/$name-$n.log" 2>&1 &
+        PIDS+=($!)
+        wait_for "$name node $n to join" 60 has_voters "$n"
+    done
+    log "$name up on ${r[*]} ($bin)"
+    PROFILE_OUT=$profile
+}
+start_ringzero rz "$RZ" $((BASE + 6))
+RZ_PROFILE=$PROFILE_OUT
+RUNS="etcd1 ringzero etcd2"
+if [ -n "${RZ_BEFORE:-}" ]; then
+    start_ringzero before "$RZ_BEFORE" $((BASE + 9))
+    BEFORE_PROFILE=$PROFILE_OUT
+    RUNS="etcd1 ringzero before etcd2"
+fi
 
 # --- the runs -----------------------------------------------------------------------------
 point() { # NAME CLIENTS
@@ -146,19 +162,21 @@ point() { # NAME CLIENTS
         etcd1 | etcd2)
             "$EP" --endpoints "$ETCD_ENDPOINTS" --clients "$2" --duration "${SECS}s" \
                 --warmup "${WARMUP}s" --value-size 200 --json >"$out" 2>>"$WORK/etcd-put.log" ;;
-        ringzero)
-            "$RZ" bench write --clients "$2" --duration "${SECS}s" --warmup "${WARMUP}s" \
-                --json >"$out" 2>>"$WORK/bench-write.log" ;;
+        ringzero | before)
+            local profile=$RZ_PROFILE
+            [ "$1" = before ] && profile=$BEFORE_PROFILE
+            RINGZERO_PROFILE=$profile "$RZ" bench write --clients "$2" --duration "${SECS}s" \
+                --warmup "${WARMUP}s" --json >"$out" 2>>"$WORK/bench-write.log" ;;
     esac
 }
-for run in etcd1 ringzero etcd2; do
+for run in $RUNS; do
     for c in $CLIENTS; do point "$run" "$c"; done
 done
 
 # --- the table ----------------------------------------------------------------------------
 echo
 echo "ringzero vs etcd: writes on $(nproc) cores, $(uname -sr), $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "data on $(stat -f -c %T "$WORK"); ${WARMUP}s warmup + ${SECS}s per point; order: etcd, ringzero, etcd"
+echo "data on $(stat -f -c %T "$WORK"); ${WARMUP}s warmup + ${SECS}s per point; order: ${RUNS// /, }"
 echo "etcd $(etcd --version | head -1 | awk '{print $3}'): KV/Put, 200-byte values, to the leader (min–max of 2 runs; p50/p99: their mean)"
 echo "ringzero: CreateJoinToken (mTLS, capability check, audit record), to the leader"
 echo
@@ -185,6 +203,29 @@ for c in $CLIENTS; do
         ] | "\(.[0])|\(.[1])|\(.[2])|\(.[3])|\(.[4])"' |
         awk -F'|' '{ printf "%-8s | %-34s | %-30s | %-18s | %s\n", $1, $2, $3, $4, $5 }'
 done
+if [ -n "${RZ_BEFORE:-}" ]; then
+    echo
+    echo "before: $RZ_BEFORE, run between the same two etcd runs"
+    printf '%-8s | %-30s | %-18s | %s\n' clients "before writes/s (p50, p99 ms)" \
+        "ratio before/etcd" "ratio ringzero/before"
+    for c in $CLIENTS; do
+        jq -rn --argjson c "$c" \
+            --slurpfile e1 "$WORK/results/etcd1-$c.json" \
+            --slurpfile e2 "$WORK/results/etcd2-$c.json" \
+            --slurpfile r "$WORK/results/ringzero-$c.json" \
+            --slurpfile b "$WORK/results/before-$c.json" '
+            def f0: . * 1 | round;
+            def f2: (. * 100 | round) / 100;
+            (($e1[0].writes_per_second + $e2[0].writes_per_second) / 2) as $mean |
+            $b[0] as $z |
+            [ ($c | tostring),
+              "\($z.writes_per_second | f0) (\($z.latency_ms.p50 | f2), \($z.latency_ms.p99 | f2))",
+              "\($z.writes_per_second / $mean | f2)x",
+              "\($r[0].writes_per_second / $z.writes_per_second | f2)x"
+            ] | "\(.[0])|\(.[1])|\(.[2])|\(.[3])"' |
+            awk -F'|' '{ printf "%-8s | %-30s | %-18s | %s\n", $1, $2, $3, $4 }'
+    done
+fi
 errors=$(cat "$WORK"/results/*.json | jq -s '[.[].errors.total] | add')
 echo
 echo "errors (all points): $errors; ringzero node CPU is user+sys of each authority process (from /proc) over the window"

@@ -18,9 +18,11 @@
 //!   policies (`mesh`), jobs (`jobs`), allocations and node drains (`allocs`), the scheduler
 //!   lease (`lease`), shared row
 //!   helpers (`rows`), [`StateReader`] for reads (`read`), and `tests`.
-//! - [`store`] (`store/`): [`LogStore`](store::LogStore) (`log`) and
-//!   [`StateMachineStore`](store::StateMachineStore) (`sm`), openraft's v2 storage traits on
-//!   redb, with file-streamed snapshots; `private_fs`: the data directory stays 0700/0600.
+//! - [`store`] (`store/`): openraft's v2 storage traits — [`LogStore`](store::LogStore)
+//!   (`log`: the in-memory tail and the writer thread; `segments`: the entries' append-only
+//!   segment files; the vote and purge point in redb) and
+//!   [`StateMachineStore`](store::StateMachineStore) (`sm`, on redb, with file-streamed
+//!   snapshots); `private_fs`: the data directory stays 0700/0600.
 //! - `proposer`: [`propose`] one command, or group concurrent ones into one entry
 //!   ([`Proposer`]).
 //!

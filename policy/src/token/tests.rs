@@ -1053,6 +1053,37 @@ fn req_strategy() -> impl Strategy<Value = Req> {
         })
 }
 
+/// What a [`Request`] for `Req` borrows.
+struct ReqParts {
+    op: Operation,
+    resource: Resource,
+    peer: Option<SpiffeId>,
+    node: Option<NodeName>,
+    time: SystemTime,
+}
+
+impl ReqParts {
+    fn of(r: &Req) -> Self {
+        Self {
+            op: OPS[r.op],
+            resource: res(RESOURCES[r.resource]),
+            peer: r.peer.map(|i| id(PEERS[i])),
+            node: r.node.map(|i| NodeName::parse(NODES[i]).unwrap()),
+            time: t0() + Duration::from_secs(r.dt),
+        }
+    }
+
+    fn request(&self) -> Request<'_> {
+        Request {
+            operation: self.op,
+            resource: &self.resource,
+            peer: self.peer.as_ref(),
+            node: self.node.as_ref(),
+            time: self.time,
+        }
+    }
+}
+
 fn decide(token: &str, keys: &KeySet, revs: &HashSet<RevocationId>, r: &Req) -> Decision {
     let peer = r.peer.map(|i| id(PEERS[i]));
     let node = r.node.map(|i| NodeName::parse(NODES[i]).unwrap());
@@ -1121,16 +1152,8 @@ proptest! {
         }
         let cache = TokenCache::new(4);
         for r in &reqs {
-            let peer = r.peer.map(|i| id(PEERS[i]));
-            let node = r.node.map(|i| NodeName::parse(NODES[i]).unwrap());
-            let resource = res(RESOURCES[r.resource]);
-            let req = Request {
-                operation: OPS[r.op],
-                resource: &resource,
-                peer: peer.as_ref(),
-                node: node.as_ref(),
-                time: t0() + Duration::from_secs(r.dt),
-            };
+            let parts = ReqParts::of(r);
+            let req = parts.request();
             let fresh = authorize(&token, &f.keys, &f.none, &req, Limits::default());
             // The first call may verify; every later one is a hit.
             for _ in 0..2 {
@@ -1166,16 +1189,8 @@ proptest! {
         for (action, which, r) in steps {
             match action {
                 0 | 1 => {
-                    let peer = r.peer.map(|i| id(PEERS[i]));
-                    let node = r.node.map(|i| NodeName::parse(NODES[i]).unwrap());
-                    let resource = res(RESOURCES[r.resource]);
-                    let req = Request {
-                        operation: OPS[r.op],
-                        resource: &resource,
-                        peer: peer.as_ref(),
-                        node: node.as_ref(),
-                        time: t0() + Duration::from_secs(r.dt),
-                    };
+                    let parts = ReqParts::of(&r);
+                    let req = parts.request();
                     let cached = cache.authorize(&tokens[which], &keys, &revs, &req, Limits::default());
                     let fresh = authorize(&tokens[which], &keys, &revs, &req, Limits::default());
                     prop_assert_eq!(cached, fresh);
