@@ -14,7 +14,8 @@
 //!   the current request: an allow directly from the blocks' whitelisted shapes
 //!   ([`super::native`], equivalent to Datalog for those shapes), a refusal by Datalog, which
 //!   names the failed check;
-//! - denied tokens are never cached.
+//! - denied tokens are never cached, nor are tokens biscuit cannot evaluate (an authorizer
+//!   that does not build is a refusal on every call, never decided from the shapes).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,17 +103,21 @@ impl TokenCache {
             }),
             Err(d) => Decision::Deny(d),
         };
-        // Only signature verification is cached; a token that verified is worth keeping even
-        // when this request was refused by its checks.
-        self.insert(digest, Entry { verified, subject });
+        // A token that verified is worth keeping even when this request was refused by its
+        // checks. Not one that biscuit cannot evaluate at all (a block it will not load): the
+        // shapes would answer for it where Datalog refuses it, so it stays a miss every time.
+        if !matches!(decision, Decision::Deny(Denial::Malformed(_))) {
+            self.insert(digest, Entry { verified, subject });
+        }
         decision
     }
 
     /// The decision [`authorize`](Self::authorize) would make, when it needs no signature
     /// verification: for a token verified before with a key still trusted, or one too large
     /// to be a token. `None` means the full path must run — it costs signature checks, which
-    /// callers may want to run off an async runtime's workers; this one costs one evaluation
-    /// of the token's Datalog (tens of microseconds).
+    /// callers may want to run off an async runtime's workers; this one costs about a
+    /// microsecond to allow (the blocks' shapes, [`super::native`]) and one Datalog evaluation
+    /// (tens of microseconds) to refuse.
     pub fn authorize_cached(
         &self,
         token: &str,
