@@ -39,6 +39,8 @@ fn bench_write_reports_rate_latency_and_the_nodes_cpu() {
     assert_eq!(nodes[0]["pid"], a.proc.pid(), "{j}");
     assert!(nodes[0]["cpu_seconds"].as_f64().is_some(), "{j}");
     assert!(j["cpu"]["bench"]["cpu_seconds"].as_f64().is_some(), "{j}");
+    // A single node keeps its term: no election during the run.
+    assert_eq!(j["raft_term"]["changes"], 0, "{j}");
 
     // Every write was audited: the records of this run are in the log.
     let out = a.cli(&[

@@ -18,6 +18,9 @@ pub struct Report {
     pub shape: Shape,
     pub summary: Summary,
     pub cpu: CpuUsage,
+    /// The cluster's Raft term before and after the run, when the target tells it: a change
+    /// means an election happened during the run.
+    pub terms: Option<(u64, u64)>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -72,6 +75,11 @@ impl Report {
                 },
                 "nodes": nodes,
             },
+            "raft_term": self.terms.map(|(before, after)| json!({
+                "before": before,
+                "after": after,
+                "changes": after.saturating_sub(before),
+            })),
         })
     }
 
@@ -117,6 +125,15 @@ impl Report {
             ("errors".to_owned(), errors),
             ("cpu (this client)".to_owned(), cpu(self.cpu.own)),
         ];
+        if let Some((before, after)) = self.terms {
+            rows.push((
+                "raft term".to_owned(),
+                format!(
+                    "{before} → {after} ({} elections during the run)",
+                    after.saturating_sub(before)
+                ),
+            ));
+        }
         for n in &self.cpu.nodes {
             let pid = n.pid.map_or_else(String::new, |p| format!(" pid {p}"));
             rows.push((format!("cpu {}{pid}", n.address), cpu(n.cpu)));
@@ -150,6 +167,7 @@ mod tests {
                 duration: Duration::from_secs(2),
             },
             summary: Summary::new(lat, errors, Duration::from_secs(2)),
+            terms: Some((3, 4)),
             cpu: CpuUsage {
                 own: Some(Duration::from_millis(500)),
                 nodes: vec![
@@ -185,6 +203,7 @@ mod tests {
         assert_eq!(j["cpu"]["nodes"][0]["cpu_us_per_write"], 10000.0);
         assert_eq!(j["cpu"]["nodes"][1]["pid"], Value::Null);
         assert_eq!(j["cpu"]["nodes"][1]["cpu_seconds"], Value::Null);
+        assert_eq!(j["raft_term"]["changes"], 1);
     }
 
     #[test]
@@ -193,6 +212,7 @@ mod tests {
         assert!(t.contains("writes/s"), "{t}");
         assert!(t.contains("Unavailable 2"), "{t}");
         assert!(t.contains("cpu 127.0.0.1:7000 pid 42"), "{t}");
+        assert!(t.contains("raft term"), "{t}");
         assert!(
             t.lines()
                 .any(|l| l.starts_with("cpu 10.0.0.2:7000") && l.ends_with("n/a")),

@@ -222,6 +222,7 @@ async fn run(o: Opts) -> Result<Report, String> {
         shape: o.shape,
         cpu: probe.usage(&before, &after),
         summary,
+        terms: None,
     })
 }
 

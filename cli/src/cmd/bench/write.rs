@@ -120,6 +120,14 @@ fn probe_addresses(global: &GlobalArgs, profile_addrs: &[String]) -> Vec<String>
     out
 }
 
+/// The Raft term the cluster reports (`Status`), if the caller may ask.
+async fn raft_term(c: &mut AuthorityClient) -> Option<u64> {
+    c.call(|mut g| async move { g.status(pb::StatusRequest {}).await })
+        .await
+        .ok()
+        .map(|r| r.term)
+}
+
 pub(super) async fn run(global: &GlobalArgs, a: WriteArgs) -> Outcome {
     let mut s = session(global)?;
     // Learn every member's address (for the CPU probe) and check the credentials work.
@@ -145,6 +153,7 @@ pub(super) async fn run(global: &GlobalArgs, a: WriteArgs) -> Outcome {
         probe.pids().len(),
         probe.pids().iter().flatten().count(),
     );
+    let term_before = raft_term(&mut s.client).await;
     let run = run_id.clone();
     let (summary, before, after) = closed_loop(
         clients,
@@ -153,12 +162,17 @@ pub(super) async fn run(global: &GlobalArgs, a: WriteArgs) -> Outcome {
         || probe.sample(),
     )
     .await;
+    let terms = match (term_before, raft_term(&mut s.client).await) {
+        (Some(b), Some(a)) => Some((b, a)),
+        _ => None,
+    };
     let report = Report {
         target: "ringzero".into(),
         clients: usize::from(a.clients),
         shape,
         cpu: probe.usage(&before, &after),
         summary,
+        terms,
     };
     if report.summary.calls == 0 {
         return Err(failed(anyhow!(
