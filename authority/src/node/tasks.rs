@@ -94,7 +94,9 @@ pub(super) const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// On the leader, drops revocations (with expired join tokens and idempotency records) once the
 /// tokens they name would have expired anyway, so the revocation set stays as small as the
-/// tokens still alive. Proposes only when a revocation has expired: no audit noise otherwise.
+/// tokens still alive. Proposes only when a revocation or a join token has expired: no audit
+/// noise otherwise. (Join tokens count on their own: a cluster that issues many — enrolments,
+/// `ringzero bench write` — and revokes nothing would otherwise keep every one.)
 pub(super) fn spawn_revocation_purger(sm: StateMachineStore, raft: Raft, node_id: NodeId) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PURGE_EVERY);
@@ -105,17 +107,24 @@ pub(super) fn spawn_revocation_purger(sm: StateMachineStore, raft: Raft, node_id
                 continue;
             }
             let now = now_ms();
-            let expired = sm
-                .reader()
-                .and_then(|r| r.revocations())
+            let Ok(reader) = sm.reader() else {
+                continue;
+            };
+            let expired = reader
+                .revocations()
                 .map(|all| all.iter().filter(|(_, until)| *until <= now).count())
                 .unwrap_or(0);
-            if expired == 0 {
+            let join_tokens = reader.any_join_token_expired(now).unwrap_or(false);
+            drop(reader);
+            if expired == 0 && !join_tokens {
                 continue;
             }
             let audit = AuditRecord {
                 actor: "local:purge".into(),
-                details: vec![("expired_revocations".into(), expired.to_string())],
+                details: vec![
+                    ("expired_revocations".into(), expired.to_string()),
+                    ("expired_join_tokens".into(), join_tokens.to_string()),
+                ],
                 ..local_audit(node_id, "token:revoke", "token", Vec::new())
             };
             if let Err(e) = propose(&raft, audit, Op::PurgeExpired).await {

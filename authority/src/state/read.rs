@@ -86,6 +86,18 @@ impl StateReader {
         self.all(JOIN_TOKENS, "join_tokens")
     }
 
+    /// Whether some join token expired at or before `now_ms` (stops at the first one found).
+    pub fn any_join_token_expired(&self, now_ms: u64) -> Result<bool, StateError> {
+        let t = self.tx.open_table(JOIN_TOKENS)?;
+        for row in t.iter()? {
+            let (_, v) = row?;
+            if decode::<JoinTokenRecord>("join_tokens", v.value())?.expires_ms <= now_ms {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub fn join_token(&self, id: &[u8; 16]) -> Result<Option<JoinTokenRecord>, StateError> {
         self.get(JOIN_TOKENS, "join_tokens", id)
     }

@@ -122,6 +122,21 @@ fn a_join_token_is_redeemed_exactly_once() {
 }
 
 #[test]
+fn expired_join_tokens_are_found_for_the_purger_and_purged() {
+    let mut d = db();
+    assert!(!d.read().any_join_token_expired(u64::MAX).unwrap());
+    issue(&mut d, 1, b"a", "n1", 1000);
+    issue(&mut d, 2, b"b", "n2", 5000);
+    assert!(!d.read().any_join_token_expired(999).unwrap());
+    assert!(d.read().any_join_token_expired(1000).unwrap());
+    d.run(1000, Op::PurgeExpired);
+    let r = d.read();
+    assert!(r.join_token(&[1; 16]).unwrap().is_none());
+    assert!(r.join_token(&[2; 16]).unwrap().is_some());
+    assert!(!r.any_join_token_expired(4999).unwrap());
+}
+
+#[test]
 fn join_token_expiry_uses_the_command_time() {
     let mut d = db();
     issue(&mut d, 2, b"x", "n1", 1000);
