@@ -5,7 +5,7 @@
 //! ```text
 //! D/node.toml          node id, trust domain, listen address, Biscuit key id
 //! D/keys/              ca.der, ca.key, biscuit.key, jwt.key, audit.key   (private keys 0600)
-//! D/raft/              log.redb, state.redb, snapshots/
+//! D/raft/              log.redb, log/ (the log's segments), state.redb, snapshots/
 //! D/trust-bundle.der   the bundle learned at join, until the replicated one is applied
 //! D/admin.profile      written by bootstrap (0600)
 //! D/admin.sock         the break-glass admin socket while the node runs (0600, root only)

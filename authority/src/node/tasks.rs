@@ -59,10 +59,11 @@ pub(super) fn spawn_bundle_refresher(parts: &Parts) {
                 }
                 last = keys;
             }
+            // No settling here: a key marked compromised must stop verifying as soon as its
+            // removal is applied.
             if rx.changed().await.is_err() {
                 return;
             }
-            crate::store::settle().await;
         }
     });
 }
