@@ -210,8 +210,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(again, 1);
-        assert_eq!(gate.in_flight(1), 0);
-        assert!(gate.uids.lock().unwrap().is_empty());
+        // The released job's thread drops its permit as it ends, which on a loaded machine can
+        // come a moment after uid 1's next job was served.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while gate.in_flight(1) != 0 || !gate.uids.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "uid 1's slot is never forgotten"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The global cap holds whatever the number of uids.

@@ -120,9 +120,11 @@ mod tests {
             Instant::now,
         )
         .await;
+        // The samples are taken when the timers fire: on a loaded machine the first one can
+        // wake later than the second, so the sampled span may be a little short of the window.
         let window = after - before;
         assert!(
-            window >= shape.duration && window < shape.duration * 2,
+            window + Duration::from_millis(50) >= shape.duration && window < shape.duration * 2,
             "{window:?}"
         );
         assert_eq!(s.window, shape.duration);
