@@ -532,3 +532,48 @@ fn agents_get_only_their_own_identities_and_follow_their_entries() {
                 .contains("another node")
     }));
 }
+
+/// A feed heartbeat comes at most FEED_HEARTBEAT (10 s) after the last event, even while
+/// entries that concern other nodes are applied all along: such applies wake the feed, send
+/// nothing, and must not put the heartbeat off (the agent's watchdog and its revocation
+/// freshness live on it).
+#[test]
+fn a_feed_beats_while_unrelated_entries_are_applied() {
+    let a = SoloAuthority::start("feed-beat", TD);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut admin = admin(&a);
+        let t1 = node_token(&mut admin, "n1", 600).await;
+        let n1 = enroll(&a.addr, &t1).await.unwrap();
+        let mut c1 = n1.client();
+        let mut feed = open_feed(&mut c1, 0).await;
+        loop {
+            if next_event(&mut feed).await.unwrap().synced {
+                break;
+            }
+        }
+        let start = std::time::Instant::now();
+        // Writes that change nothing n1 is sent: join tokens for other nodes, every 300 ms.
+        let writer = tokio::spawn(async move {
+            for i in 0..60 {
+                node_token(&mut admin, &format!("other{i}"), 600).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        let beat = tokio::time::timeout(Duration::from_secs(13), feed.message())
+            .await
+            .expect("a heartbeat within 13 s despite the writes")
+            .unwrap()
+            .expect("the feed goes on");
+        assert!(
+            beat.upserts.is_empty() && beat.removed.is_empty(),
+            "{beat:?}"
+        );
+        assert!(
+            start.elapsed() >= Duration::from_secs(9),
+            "{:?}",
+            start.elapsed()
+        );
+        writer.abort();
+    });
+}

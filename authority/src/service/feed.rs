@@ -79,6 +79,10 @@ impl Feed {
         let mut allocs_seen: Option<(u64, u64)> = None;
         let mut last_allocs: Option<pb::NodeAllocSet> = None;
         let mut first = true;
+        // When this stream last sent anything: a heartbeat is due FEED_HEARTBEAT after it,
+        // whether or not entries were applied meanwhile (applies that change nothing for this
+        // node send nothing, and must not put the heartbeat off).
+        let mut last_sent = tokio::time::Instant::now();
         loop {
             // Mark the current applied state seen before reading, so a change applied while
             // this pass reads wakes the next one.
@@ -178,6 +182,7 @@ impl Feed {
                 if tx.send(Ok(event)).await.is_err() {
                     return Ok(());
                 }
+                last_sent = tokio::time::Instant::now();
                 revision = next.0;
                 sent_any = true;
                 self.health.seen(self.name.as_str());
@@ -209,7 +214,7 @@ impl Feed {
                 _ = stopping.wait_for(|s| *s) => {
                     return Err(tonic::Status::unavailable("the authority is shutting down"));
                 }
-                () = tokio::time::sleep(FEED_HEARTBEAT) => true,
+                () = tokio::time::sleep_until(last_sent + FEED_HEARTBEAT) => true,
             };
             if idle {
                 // Nothing changed: say so, so the agent knows its revocations are current.
@@ -220,6 +225,7 @@ impl Feed {
                 if tx.send(Ok(beat)).await.is_err() {
                     return Ok(());
                 }
+                last_sent = tokio::time::Instant::now();
                 self.health.seen(self.name.as_str());
             }
         }
