@@ -74,19 +74,9 @@ impl AuthorityService {
         Ok(max + 1)
     }
 
-    pub(crate) fn pin(&self) -> Result<[u8; 32], tonic::Status> {
-        let keys = self.keys.load();
-        let der = keys.ca.cert_der();
-        let mut cached = self.ca_pin.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((of, pin)) = cached.as_ref()
-            && of.as_slice() == der.as_ref()
-        {
-            return Ok(*pin);
-        }
-        let pin = ringzero_policy::join::ca_pin(der)
-            .ok_or_else(|| super::status::internal("own CA does not parse"))?;
-        *cached = Some((der.to_vec(), pin));
-        Ok(pin)
+    /// The pin of this node's CA, which every join token it issues carries.
+    pub(crate) fn pin(&self) -> [u8; 32] {
+        self.keys.load().ca.pin()
     }
 
     pub(crate) async fn redeem_join_token_impl(
@@ -408,7 +398,7 @@ impl AuthorityService {
             Some(n) => n.to_string(),
             None => self.next_node_id()?.to_string(),
         };
-        let token = JoinToken::generate(self.pin()?).map_err(status_of)?;
+        let token = JoinToken::generate(self.pin()).map_err(status_of)?;
         let expires_ms = now_ms().saturating_add(ttl.as_millis() as u64);
         let mut audit = allowed.audit.clone();
         audit

@@ -79,9 +79,6 @@ pub(crate) struct AuthorityService {
     jwt_ttl: std::time::Duration,
     /// How this node rotates its own keys (absent in tests that build a bare service).
     rotator: Option<Rotator>,
-    /// The pin of this node's CA (every join token carries it), with the certificate it was
-    /// computed from: parsed again only when the CA changes.
-    ca_pin: std::sync::Mutex<Option<(Vec<u8>, [u8; 32])>>,
 }
 
 impl std::fmt::Debug for AuthorityService {
@@ -114,7 +111,6 @@ impl AuthorityService {
             servable: servable::Servable::default(),
             jwt_ttl: jwt::DEFAULT_JWT_TTL,
             rotator: None,
-            ca_pin: std::sync::Mutex::new(None),
         }
     }
 

@@ -82,7 +82,7 @@ impl AuthorityService {
         }
         // A bad namespace fails now, not at the scheduler's first start.
         self.role_rights(SCHED_ROLE, sched.namespace.as_deref())?;
-        let token = JoinToken::generate(self.pin()?).map_err(status_of)?;
+        let token = JoinToken::generate(self.pin()).map_err(status_of)?;
         let expires_ms = now_ms().saturating_add(ttl.as_millis() as u64);
         let mut cmd = allowed.command(Op::IssueUserInvite {
             token_id: token.id,

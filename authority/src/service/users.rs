@@ -335,7 +335,7 @@ impl AuthorityService {
         self.require_no_user(&name)?;
         // A bad role or namespace fails now, not at the invitee's login.
         self.role_rights(&user.role, user.namespace.as_deref())?;
-        let token = JoinToken::generate(self.pin()?).map_err(status_of)?;
+        let token = JoinToken::generate(self.pin()).map_err(status_of)?;
         let expires_ms = now_ms().saturating_add(ttl.as_millis() as u64);
         let mut cmd = allowed.command(Op::IssueUserInvite {
             token_id: token.id,

@@ -197,15 +197,7 @@ impl LogStore {
         tx.open_table(LOGS)?;
         tx.open_table(LOG_META)?;
         tx.commit()?;
-        let purged: Option<LogId> = {
-            let tx = db.begin_read()?;
-            let t = tx.open_table(LOG_META)?;
-            let v = t.get(PURGED)?;
-            match v {
-                Some(v) => decode::<Option<LogId>>("log_meta", v.value())?,
-                None => None,
-            }
-        };
+        let purged = read_meta::<Option<LogId>>(&db, PURGED)?.flatten();
         let segments = Segments::open(&dir.join("log"), purged.map(|p| p.index))?;
         move_old_entries(&db, &segments)?;
         let db = Arc::new(db);
@@ -252,12 +244,19 @@ impl LogStore {
         &self,
         key: &str,
     ) -> Result<Option<T>, StorageError> {
-        let tx = self.db.begin_read().map_err(read_err)?;
-        let t = tx.open_table(LOG_META).map_err(read_err)?;
-        let v = t.get(key).map_err(read_err)?;
-        v.map(|v| decode("log_meta", v.value()).map_err(read_err))
-            .transpose()
+        read_meta(&self.db, key).map_err(read_err)
     }
+}
+
+/// The value stored under `key` in the meta table, if any.
+fn read_meta<T: for<'de> serde::Deserialize<'de>>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, StateError> {
+    let tx = db.begin_read()?;
+    let t = tx.open_table(LOG_META)?;
+    let v = t.get(key)?;
+    v.map(|v| decode("log_meta", v.value())).transpose()
 }
 
 /// Moves the entries of the old `logs` table into the segments (see [`LogStore::open`]).
@@ -394,13 +393,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .range(start..=end)
             .map(|(_, (e, _))| e.clone())
             .collect();
-        let db_end = match from_tail.first() {
-            Some(e) => e.log_id.index.saturating_sub(1),
-            None => end,
+        // The segments for what comes before the tail's first entry (none before index 0).
+        let before_tail = match from_tail.first() {
+            Some(e) => e.log_id.index.checked_sub(1),
+            None => Some(end),
         };
         let mut out = Vec::new();
-        if start <= db_end && from_tail.first().is_none_or(|e| e.log_id.index > start) {
-            for (_, bytes) in self.segments.read(start, db_end).map_err(read_err)? {
+        if let Some(last) = before_tail
+            && start <= last
+        {
+            for (_, bytes) in self.segments.read(start, last).map_err(read_err)? {
                 out.push(decode::<Entry>("logs", &bytes).map_err(read_err)?);
             }
         }
@@ -463,8 +465,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Written soon, not fsynced on its own: it becomes durable with the next vote. Safety
-        // does not depend on it (the state machine records its own last-applied id durably); after a
-        // crash a node merely re-learns the commit point from the leader.
+        // does not depend on it (the state machine records its own last-applied id durably);
+        // after a crash a node merely re-learns the commit point from the leader.
         let bytes = encode(&committed).map_err(io_err)?;
         self.send(Job::Committed(bytes))
     }

@@ -204,6 +204,12 @@ impl SigningCa {
         &self.cert
     }
 
+    /// What join tokens pin this CA by: the SHA-256 of its SubjectPublicKeyInfo — the same as
+    /// [`crate::join::ca_pin`] of its certificate, without parsing the certificate.
+    pub fn pin(&self) -> [u8; 32] {
+        crate::join::sha256(&rcgen::PublicKeyData::subject_public_key_info(&self.key))
+    }
+
     /// The private key as PKCS#8 DER. Handle as a secret.
     pub fn key_pkcs8_der(&self) -> zeroize::Zeroizing<Vec<u8>> {
         zeroize::Zeroizing::new(self.key.serialize_der())

@@ -283,6 +283,11 @@ fn self_signed_ca_profile() {
 
     assert_eq!(uri_sans(&cert), vec!["spiffe://example.org".to_owned()]);
     assert!(dns_sans(&cert).is_empty());
+    // The pin join tokens carry, from the key, is the pin of the certificate.
+    assert_eq!(Some(ca.pin()), crate::join::ca_pin(ca.cert_der()));
+    // So is the pin of the same CA loaded from its files.
+    let reloaded = SigningCa::from_der(ca.cert_der(), &ca.key_pkcs8_der(), Vec::new()).unwrap();
+    assert_eq!(reloaded.pin(), ca.pin());
 
     let skid = skid(&cert).expect("subjectKeyIdentifier");
     assert!(!skid.is_empty());

@@ -84,11 +84,10 @@ impl TokenCache {
         req: &Request<'_>,
         limits: Limits,
     ) -> Decision {
-        if let Some(decision) = self.authorize_cached(token, keys, revocations, req, limits) {
-            return decision;
-        }
-        let token = token.trim();
-        let digest = digest(token.as_bytes());
+        let (token, digest) = match self.lookup(token, keys, revocations, req, limits) {
+            Ok(decision) => return decision,
+            Err(miss) => miss,
+        };
         self.misses.fetch_add(1, Ordering::Relaxed);
         let verified = match verify(token, keys, revocations) {
             Ok(v) => v,
@@ -126,24 +125,38 @@ impl TokenCache {
         req: &Request<'_>,
         limits: Limits,
     ) -> Option<Decision> {
+        self.lookup(token, keys, revocations, req, limits).ok()
+    }
+
+    /// The cached decision, or the trimmed token and its digest for the full path.
+    fn lookup<'t>(
+        &self,
+        token: &'t str,
+        keys: &KeySet,
+        revocations: &impl Revocations,
+        req: &Request<'_>,
+        limits: Limits,
+    ) -> Result<Decision, (&'t str, Digest)> {
         let token = token.trim();
         if token.len() > MAX_TOKEN_LEN {
             // Worded as the uncached path words it.
-            return Some(Decision::Deny(Denial::Malformed(
+            return Ok(Decision::Deny(Denial::Malformed(
                 TokenError::TooLarge.to_string(),
             )));
         }
         let digest = digest(token.as_bytes());
-        let entry = self.lock().entries.get(&digest).cloned()?;
+        let Some(entry) = self.lock().entries.get(&digest).cloned() else {
+            return Err((token, digest));
+        };
         let v = &entry.verified;
         if keys.get(v.root_key_id) != Some(&v.key) {
             // The key it was verified with is gone or replaced: verify again from scratch.
             self.remove(&digest);
-            return None;
+            return Err((token, digest));
         }
         if let Some(denial) = first_revoked(&v.revocation_ids, revocations) {
             self.remove(&digest);
-            return Some(Decision::Deny(denial));
+            return Ok(Decision::Deny(denial));
         }
         self.hits.fetch_add(1, Ordering::Relaxed);
         let grant = || {
@@ -154,10 +167,10 @@ impl TokenCache {
             })
         };
         if native::allows(&v.shape, req) {
-            return Some(grant());
+            return Ok(grant());
         }
         // Refused: Datalog names the failed check, as the uncached path does.
-        Some(match run_datalog(&v.biscuit, req, limits, false).0 {
+        Ok(match run_datalog(&v.biscuit, req, limits, false).0 {
             Ok(()) => grant(),
             Err(d) => Decision::Deny(d),
         })
