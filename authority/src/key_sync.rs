@@ -293,13 +293,10 @@ pub(crate) fn spawn_watch(sync: KeySync, mut stopping: tokio::sync::watch::Recei
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "key sync failed; retrying"),
             }
-            let applied_now = tokio::select! {
-                r = applied.changed() => if r.is_err() { return } else { true },
-                () = tokio::time::sleep(Duration::from_secs(1)) => false,
+            tokio::select! {
+                r = applied.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stopping.wait_for(|s| *s) => return,
-            };
-            if applied_now {
-                crate::store::settle().await;
             }
         }
     });

@@ -245,10 +245,10 @@ impl Gate {
         let keys = self.keys.current();
         // Evaluation is bounded before it starts (`policy` accepts only the block shapes
         // ringzero writes, so every check costs at most one pass over a bounded set of facts)
-        // and by the authorizer's time limit while it runs. A token seen before costs one
-        // Datalog evaluation (tens of microseconds) and runs here; a new one adds signature
-        // checks, up to a few milliseconds, so this worker hands its other tasks to the
-        // runtime meanwhile.
+        // and by the authorizer's time limit while it runs. A token seen before is decided here
+        // (about a microsecond to allow, one Datalog evaluation to refuse); a new one adds
+        // signature checks, up to a few milliseconds, so this worker hands its other tasks to
+        // the runtime meanwhile.
         let request = Request {
             operation,
             resource,

@@ -59,8 +59,8 @@ pub(super) fn spawn_bundle_refresher(parts: &Parts) {
                 }
                 last = keys;
             }
-            // No settling here: a key marked compromised must stop verifying as soon as its
-            // removal is applied.
+            // Read on every apply: a key marked compromised must stop verifying as soon as
+            // its removal is applied.
             if rx.changed().await.is_err() {
                 return;
             }
@@ -85,7 +85,6 @@ pub(super) fn spawn_revocation_watch(sm: StateMachineStore, gate: Arc<Gate>) {
             if applied.changed().await.is_err() {
                 return;
             }
-            crate::store::settle().await;
         }
     });
 }

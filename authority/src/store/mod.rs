@@ -24,13 +24,3 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StateError> {
     }
     Ok((log, sm))
 }
-
-/// How long a watcher of applied entries ([`StateMachineStore::watch_applied`]) lets further
-/// entries arrive before it reads the state again: under write load it then reads once per
-/// burst, not once per entry.
-pub(crate) const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Waits [`SETTLE`].
-pub(crate) async fn settle() {
-    tokio::time::sleep(SETTLE).await;
-}
