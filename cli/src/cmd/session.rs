@@ -34,41 +34,47 @@ pub(crate) fn session(global: &GlobalArgs) -> Result<Session, Failure> {
     let text = read_bounded(&path).map_err(bad_input)?;
     let profile =
         Profile::from_toml(&text).map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
+    let token = match &global.token {
+        Some(t) => Some(read_secret(t).map_err(bad_input)?),
+        None => None,
+    };
+    Ok(Session {
+        client: client_of(&path, &profile, global, token)?,
+        path,
+        profile,
+    })
+}
+
+/// A client with `profile`'s credentials (presenting `token` instead of the profile's, if
+/// given), calling the addresses the global flags name, else the profile's.
+fn client_of(
+    path: &std::path::Path,
+    profile: &Profile,
+    global: &GlobalArgs,
+    token: Option<String>,
+) -> Result<AuthorityClient, Failure> {
     let mut creds = profile
         .credentials()
         .map_err(|e| bad_input(anyhow!("{}: {e}", path.display())))?;
-    if let Some(t) = &global.token {
-        creds.token = Some(read_secret(t).map_err(bad_input)?);
+    if token.is_some() {
+        creds.token = token;
     }
     let addrs = if global.authority.is_empty() {
         profile.authorities.clone()
     } else {
         global.authority.clone()
     };
-    Ok(Session {
-        path,
-        client: AuthorityClient::new(creds, addrs),
-        profile,
-    })
+    Ok(AuthorityClient::new(creds, addrs))
 }
 
 impl Session {
     /// Another client with this session's credentials and the addresses the global flags or
     /// the (refreshed) profile name: its own connections.
     pub(crate) fn new_client(&self, global: &GlobalArgs) -> Result<AuthorityClient, Failure> {
-        let mut creds = self
-            .profile
-            .credentials()
-            .map_err(|e| bad_input(anyhow!("{}: {e}", self.path.display())))?;
         // The capability the session presents: the profile's, or the --token override (read
         // once: `-` is stdin).
-        creds.token = self.client.token().map(str::to_owned);
-        let addrs = if global.authority.is_empty() {
-            self.profile.authorities.clone()
-        } else {
-            global.authority.clone()
-        };
-        Ok(AuthorityClient::new(creds, addrs))
+        let token = self.client.token().map(str::to_owned);
+        client_of(&self.path, &self.profile, global, token)
     }
 
     /// Refreshes the profile's bundle and member list from the cluster (atomic rename, 0600).
