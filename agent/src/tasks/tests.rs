@@ -52,6 +52,22 @@ fn config(dir: &Path) -> SupervisorConfig {
     config
 }
 
+/// A second supervisor over `dir` once the first is dropped. The first one's lock fd can
+/// outlive its drop by a moment: a test on another thread that forks a child between our
+/// open and the child's exec hands the child a copy (close-on-exec closes it only at exec),
+/// and flock belongs to the open file, so wait that window out.
+fn reopen(dir: &Path) -> Supervisor {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Supervisor::new(config(dir)) {
+            Err(TaskError::StateDirInUse(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 async fn wait_until(
     rx: &mut Statuses,
     alloc: &str,
@@ -289,7 +305,7 @@ fn one_supervisor_per_state_dir() {
         Err(TaskError::StateDirInUse(_))
     ));
     drop(first);
-    Supervisor::new(config(dir.path())).unwrap();
+    reopen(dir.path());
 }
 
 #[tokio::test]
@@ -508,7 +524,7 @@ async fn a_new_supervisor_adopts_the_running_task_instead_of_starting_another() 
     let mode = fs::metadata(dir.path().join("state/adopt/task.json")).unwrap();
     assert_eq!(mode.permissions().mode() & 0o777, 0o600);
 
-    let second = Supervisor::new(config(dir.path())).unwrap();
+    let second = reopen(dir.path());
     assert_eq!(second.recorded(), [id("adopt")]);
     let mut rx = second.statuses();
     second.start(spec).await.unwrap();
@@ -534,7 +550,7 @@ async fn a_recorded_task_the_allocator_dropped_is_stopped_without_a_spec() {
         first.start(spec).await.unwrap();
         running(&mut rx, "orphan").await
     };
-    let second = Supervisor::new(config(dir.path())).unwrap();
+    let second = reopen(dir.path());
     second.stop(&id("orphan")).await.unwrap();
     assert!(gone(pid).await);
     assert!(with_marker(&marker).is_empty());
@@ -586,7 +602,7 @@ async fn a_recorded_task_with_another_spec_is_replaced() {
         first.start(sh("changed", "sleep 1000; :")).await.unwrap();
         running(&mut rx, "changed").await
     };
-    let second = Supervisor::new(config(dir.path())).unwrap();
+    let second = reopen(dir.path());
     let mut rx = second.statuses();
     second.start(sh("changed", "sleep 999; :")).await.unwrap();
     let new = running(&mut rx, "changed").await;
