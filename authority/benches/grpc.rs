@@ -73,7 +73,7 @@ fn main() {
         }
         let _ = shutdown_tx.send(true);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let config = ringzero_authority::raft_config("bench").unwrap();
+        let config = ringzero_authority::raft_config("bench", Default::default()).unwrap();
         let cluster = Arc::new(Cluster::start(3, config, 1).await.unwrap());
         cluster.leader(&[], Duration::from_secs(10)).await.unwrap();
         let cpu = cpu_time();

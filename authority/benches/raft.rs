@@ -55,7 +55,7 @@ fn main() {
         "raw redb durable commit (baseline)", raw, p50, p99
     );
     rt.block_on(async {
-        let config = ringzero_authority::raft_config("bench").expect("config");
+        let config = ringzero_authority::raft_config("bench", Default::default()).expect("config");
         let cluster = Arc::new(Cluster::start(3, config, 1).await.expect("cluster"));
         cluster.leader(&[], Duration::from_secs(10)).await.expect("leader");
         // Warm up.

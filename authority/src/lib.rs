@@ -28,7 +28,9 @@
 //!
 //! The network:
 //! - `net`: Raft over gRPC over mTLS (client and server); `raft_guard`: what a Raft message must
-//!   be before openraft sees it ([`check_append`]), and where refusals are reported.
+//!   be before openraft sees it ([`check_append`]), and where refusals are reported;
+//!   `takeover`: a follower with the longer log stands at once when a lagging survivor of a
+//!   dead leader stands first (no split vote).
 //! - `service/`: the Authority gRPC API by concept — core (`mod.rs`), `bundle` (the keys it
 //!   carries, how long a retired CA stays), `rotation` (`RotateKeys`), `jwt` (JWT-SVIDs),
 //!   `servable` (agents' servable revisions and `entry create --wait`), `membership`
@@ -75,6 +77,7 @@ mod removal;
 mod service;
 mod state;
 pub mod store;
+mod takeover;
 mod types;
 
 #[cfg(feature = "testing")]
@@ -93,13 +96,73 @@ pub use self::state::{
 };
 pub use self::types::*;
 
+/// How often a leader heartbeats and how long followers wait before electing, in
+/// milliseconds: the `[raft]` table of a node's `node.toml`. Every member should run the same
+/// values.
+///
+/// openraft lets a follower that heard from its leader stand for election only after
+/// `election_timeout_max` (the leader's lease) plus its own timeout, drawn once from
+/// `[election_timeout_min, election_timeout_max]`, checked on a tick of 1.5 heartbeats. With
+/// the defaults (50 / 150–200 ms) a crashed leader is noticed 350–475 ms after its last
+/// heartbeat — etcd's defaults (100 ms heartbeat, 1 s election) take over a second. On links
+/// with round trips near the heartbeat, raise all three (etcd's tuning guide: heartbeat about
+/// the round trip, election timeout about 10× it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 200,
+        }
+    }
+}
+
+impl RaftTiming {
+    /// Why these values are refused: a heartbeat of 10 ms–10 s, an election timeout of at least
+    /// two heartbeats, a range that is not empty, and at most a minute.
+    pub fn check(&self) -> Result<(), String> {
+        let Self {
+            heartbeat_ms: h,
+            election_timeout_min_ms: lo,
+            election_timeout_max_ms: hi,
+        } = *self;
+        if !(10..=10_000).contains(&h) {
+            return Err(format!("heartbeat_ms = {h}: must be within 10–10000"));
+        }
+        if lo < 2 * h {
+            return Err(format!(
+                "election_timeout_min_ms = {lo}: must be at least two heartbeats ({})",
+                2 * h
+            ));
+        }
+        if hi <= lo || hi > 60_000 {
+            return Err(format!(
+                "election_timeout_max_ms = {hi}: must be above election_timeout_min_ms ({lo}) \
+                 and at most 60000"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The openraft configuration ringzero runs with, validated.
-pub fn raft_config(cluster_name: &str) -> Result<openraft::Config, Box<openraft::ConfigError>> {
+pub fn raft_config(
+    cluster_name: &str,
+    timing: RaftTiming,
+) -> Result<openraft::Config, Box<openraft::ConfigError>> {
     openraft::Config {
         cluster_name: cluster_name.to_owned(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_timeout_min_ms,
+        election_timeout_max: timing.election_timeout_max_ms,
         // Snapshot every 20,000 entries (etcd 3.4 defaults to 100,000): a snapshot writes the
         // whole state, audit log included, so under light load — one command per entry — a
         // smaller interval spent a growing share of every write on snapshots. The log between

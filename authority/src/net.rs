@@ -67,39 +67,73 @@ impl std::fmt::Debug for PeerCredentials {
     }
 }
 
-/// When each peer last answered, for `authority members`, and which peers refuse this node
-/// as not a member (how a removed node learns it was removed when no log entry tells it).
+/// When each peer last answered, for `authority members`, which peers refuse this node as not
+/// a member (how a removed node learns it was removed when no log entry tells it), and which
+/// peers are unreachable now (logged once when a peer goes and once when it comes back, not on
+/// every retry: the default log filter silences openraft's per-attempt replication warnings).
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Contacts(
-    Arc<Mutex<BTreeMap<NodeId, Instant>>>,
-    Arc<Mutex<std::collections::BTreeSet<NodeId>>>,
-);
+pub(crate) struct Contacts(Arc<Mutex<ContactBook>>);
+
+/// How long a peer whose calls time out may stay silent before it is logged as not answering.
+const SILENT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+struct ContactBook {
+    answered: BTreeMap<NodeId, Instant>,
+    refusing: std::collections::BTreeSet<NodeId>,
+    /// Peers whose last call failed (unreachable, or refused): since when.
+    down: BTreeMap<NodeId, Instant>,
+}
 
 impl Contacts {
+    fn book(&self) -> std::sync::MutexGuard<'_, ContactBook> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn touch(&self, id: NodeId) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Instant::now());
-        self.1.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let mut b = self.book();
+        b.answered.insert(id, Instant::now());
+        b.refusing.remove(&id);
+        if let Some(since) = b.down.remove(&id) {
+            tracing::info!(
+                peer = id,
+                down_ms = since.elapsed().as_millis() as u64,
+                "authority peer reachable again"
+            );
+        }
+    }
+
+    fn unreachable(&self, id: NodeId, why: &str) {
+        if let std::collections::btree_map::Entry::Vacant(v) = self.book().down.entry(id) {
+            v.insert(Instant::now());
+            tracing::warn!(
+                peer = id,
+                error = why,
+                "authority peer not answering; retrying"
+            );
+        }
+    }
+
+    /// A call to `id` ran out of time: logged as not answering only once it has been silent for
+    /// [`SILENT`] (a black hole, not a slow moment under load).
+    fn slow(&self, id: NodeId, why: &str) {
+        if self.since(id).is_none_or(|d| d > SILENT) {
+            self.unreachable(id, why);
+        }
     }
 
     fn refused_as_non_member(&self, id: NodeId) {
-        self.1.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        self.book().refusing.insert(id);
     }
 
     /// The peers whose last answer was that this node is not a member.
     pub(crate) fn refusing(&self) -> std::collections::BTreeSet<NodeId> {
-        self.1.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.book().refusing.clone()
     }
 
     /// How long ago `id` last answered this node.
     pub(crate) fn since(&self, id: NodeId) -> Option<Duration> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .map(|t| t.elapsed())
+        self.book().answered.get(&id).map(|t| t.elapsed())
     }
 }
 
@@ -108,11 +142,47 @@ impl Contacts {
 pub(crate) struct GrpcNetwork {
     creds: PeerCredentials,
     contacts: Contacts,
+    retry: Retry,
 }
 
 impl GrpcNetwork {
-    pub(crate) fn new(creds: PeerCredentials, contacts: Contacts) -> Self {
-        Self { creds, contacts }
+    pub(crate) fn new(
+        creds: PeerCredentials,
+        contacts: Contacts,
+        timing: crate::RaftTiming,
+    ) -> Self {
+        Self {
+            creds,
+            contacts,
+            retry: Retry::of(timing),
+        }
+    }
+}
+
+/// How soon a leader tries an unreachable peer again: from one heartbeat, doubling, to at most
+/// the shortest election timeout. openraft's default is a flat 500 ms, which let a restarted
+/// member go unreplicated past its own election timeout: it stood for election, and its higher
+/// term deposed a healthy leader (measured by `cargo bench -p ringzero-tests --bench failover`,
+/// every restart). With the cap, the leader reaches a member within
+/// `election_timeout_min` of its coming back, well before the member's lease and timeout
+/// (`election_timeout_max` + `election_timeout_min`) run out. A failed attempt against a
+/// closed port costs a refused connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retry {
+    first: Duration,
+    cap: Duration,
+}
+
+impl Retry {
+    fn of(t: crate::RaftTiming) -> Self {
+        Self {
+            first: Duration::from_millis(t.heartbeat_ms),
+            cap: Duration::from_millis(t.election_timeout_min_ms),
+        }
+    }
+
+    fn intervals(self) -> impl Iterator<Item = Duration> + Send + 'static {
+        std::iter::successors(Some(self.first), move |d| Some((*d * 2).min(self.cap)))
     }
 }
 
@@ -122,6 +192,7 @@ pub(crate) struct GrpcConnection {
     target: NodeId,
     client: Result<RaftClient<tonic::transport::Channel>, String>,
     contacts: Contacts,
+    retry: Retry,
 }
 
 fn client_for(
@@ -152,6 +223,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             target,
             client: client_for(&self.creds, target, &node.addr),
             contacts: self.contacts.clone(),
+            retry: self.retry,
         }
     }
 }
@@ -183,6 +255,7 @@ impl GrpcConnection {
         let client = match &mut self.client {
             Ok(c) => c,
             Err(e) => {
+                self.contacts.unreachable(self.target, e);
                 return Err(RPCError::Unreachable(Unreachable::new(&NetError(
                     e.clone(),
                 ))));
@@ -203,14 +276,23 @@ impl GrpcConnection {
             self.contacts.refused_as_non_member(self.target);
         }
         let reply = reply.map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            // Gone: openraft backs off (`Retry`) before the next attempt.
+            tonic::Code::Unavailable => {
+                self.contacts.unreachable(self.target, status.message());
                 RPCError::Unreachable(Unreachable::new(&NetError(status.message().to_owned())))
             }
-            _ => RPCError::Network(NetworkError::new(&NetError(format!(
-                "{:?}: {}",
-                status.code(),
-                status.message()
-            )))),
+            // Slow, not gone: retried with the next heartbeat or entry, without a back-off. A
+            // timed-out append under load followed by a back-off left a follower unheard long
+            // enough to stand for election (64 clients on 2 cores, 50 ms heartbeats).
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                self.contacts.slow(self.target, status.message());
+                RPCError::Network(NetworkError::new(&NetError(status.message().to_owned())))
+            }
+            _ => {
+                let why = format!("{:?}: {}", status.code(), status.message());
+                self.contacts.unreachable(self.target, &why);
+                RPCError::Network(NetworkError::new(&NetError(why)))
+            }
         })?;
         self.contacts.touch(self.target);
         let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().data)
@@ -227,6 +309,10 @@ enum Rpc {
 }
 
 impl RaftNetwork<TypeConfig> for GrpcConnection {
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(self.retry.intervals())
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -319,6 +405,8 @@ pub(crate) struct RaftService {
     guard: Option<Guard>,
     /// How this node stages its keys when the leader asks (absent: it refuses).
     key_sync: Option<crate::key_sync::KeySync>,
+    /// Starts this node's election early when a lagging survivor stands first.
+    takeover: Option<Arc<crate::takeover::Takeover>>,
 }
 
 /// What the server checks messages against, and where it reports refusals.
@@ -342,7 +430,14 @@ impl RaftService {
             trust_domain,
             guard: None,
             key_sync: None,
+            takeover: None,
         }
+    }
+
+    /// Answers a split vote in the making with an early election (see `takeover`).
+    pub(crate) fn with_takeover(mut self, takeover: Arc<crate::takeover::Takeover>) -> Self {
+        self.takeover = Some(takeover);
+        self
     }
 
     /// Stages keys through `sync` when the leader asks (`PrepareKeys`).
@@ -438,7 +533,13 @@ impl pb::raft_server::Raft for RaftService {
         {
             return self.refuse(sender, "AppendEntries", why).await;
         }
-        reply(&self.raft.append_entries(rpc).await)
+        let resp = self.raft.append_entries(rpc).await;
+        if let (Some(t), Ok(r)) = (&self.takeover, &resp)
+            && !matches!(r, AppendEntriesResponse::HigherVote(_))
+        {
+            t.heard_from_leader();
+        }
+        reply(&resp)
     }
 
     async fn vote(
@@ -450,7 +551,11 @@ impl pb::raft_server::Raft for RaftService {
         if let Err(why) = crate::raft_guard::sender_matches(sender, &rpc.vote, "Vote") {
             return self.refuse(sender, "Vote", why).await;
         }
-        reply(&self.raft.vote(rpc).await)
+        let resp = self.raft.vote(rpc.clone()).await;
+        if let (Some(t), Ok(r)) = (&self.takeover, &resp) {
+            t.after_vote(&rpc, r);
+        }
+        reply(&resp)
     }
 
     async fn install_snapshot(
@@ -615,5 +720,55 @@ mod tests {
                 "{other}"
             );
         }
+    }
+
+    #[test]
+    fn a_peer_going_and_coming_back_is_one_state_each() {
+        let c = Contacts::default();
+        assert_eq!(c.since(3), None);
+        c.unreachable(3, "connection refused");
+        let first = c.book().down.get(&3).copied();
+        c.unreachable(3, "connection refused");
+        assert_eq!(
+            c.book().down.get(&3).copied(),
+            first,
+            "retries keep the first failure"
+        );
+        c.refused_as_non_member(3);
+        c.touch(3);
+        assert!(c.book().down.is_empty());
+        c.slow(3, "deadline exceeded");
+        assert!(
+            c.book().down.is_empty(),
+            "a timeout right after an answer is load"
+        );
+        c.slow(4, "deadline exceeded");
+        assert!(
+            c.book().down.contains_key(&4),
+            "a peer that never answered is down"
+        );
+        assert!(c.refusing().is_empty());
+        assert!(c.since(3).is_some());
+    }
+
+    #[test]
+    fn an_unreachable_peer_is_retried_within_the_shortest_election_timeout() {
+        let got: Vec<u64> = Retry::of(crate::RaftTiming::default())
+            .intervals()
+            .take(5)
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(got, [50, 100, 150, 150, 150]);
+        let slow = crate::RaftTiming {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+        };
+        assert!(
+            Retry::of(slow)
+                .intervals()
+                .take(100)
+                .all(|d| d <= Duration::from_millis(300))
+        );
     }
 }

@@ -9,7 +9,12 @@ use crate::failure::{Failure, failed};
 /// stderr is a terminal, so that a log file holds plain text.
 pub(crate) fn init_logging(log_json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RINGZERO_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,h2=warn,tower=warn")
+        // openraft's replication logs every retry of an unreachable peer (several lines, a few
+        // times a second); `net::Contacts` logs a peer going and coming back once each.
+        tracing_subscriber::EnvFilter::new(
+            "info,openraft=warn,openraft::replication=off,\
+             openraft::engine::handler::replication_handler=error,h2=warn,tower=warn",
+        )
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

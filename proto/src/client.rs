@@ -30,7 +30,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a call keeps looking for a leader that answers.
 const RETRY_FOR: Duration = Duration::from_secs(10);
 /// The pause between attempts once every address has been tried.
-const RETRY_PAUSE: Duration = Duration::from_millis(150);
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]

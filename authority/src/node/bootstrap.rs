@@ -34,11 +34,12 @@ pub async fn bootstrap(
         listen: listen.to_owned(),
         biscuit_key_id: 0,
         jwt_svid_ttl_s: None,
+        raft: Default::default(),
     };
     config.save(&layout.config())?;
     save_bundle(&layout.bundle(), &[keys.ca.cert_der().clone()])?;
 
-    let parts = open(dir, crate::raft_config("ringzero").map_err(raft_err)?).await?;
+    let parts = open(dir).await?;
     let raft = parts.raft.clone();
     let members = std::collections::BTreeMap::from([(
         node_id,

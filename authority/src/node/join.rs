@@ -78,12 +78,13 @@ pub async fn join(
         listen: listen.to_owned(),
         biscuit_key_id: 0,
         jwt_svid_ttl_s: None,
+        raft: Default::default(),
     }
     .save(&layout.config())?;
     save_bundle(&layout.bundle(), &cas)?;
 
     // 4. Start serving Raft, then ask the leader to publish our keys and add us.
-    let parts = open(dir, crate::raft_config("ringzero").map_err(raft_err)?).await?;
+    let parts = open(dir).await?;
     let pub_keys: Vec<pb::BundleKey> = key_entries(&keys)?
         .into_iter()
         .map(|(kind, public_key, not_after_ms)| pb::BundleKey {

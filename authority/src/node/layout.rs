@@ -24,6 +24,13 @@ pub struct NodeConfig {
     /// 10–3600, and never beyond the entry's own TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_svid_ttl_s: Option<u64>,
+    /// Raft's heartbeat and election timeouts; see [`crate::RaftTiming`].
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub raft: crate::RaftTiming,
+}
+
+fn is_default(t: &crate::RaftTiming) -> bool {
+    *t == crate::RaftTiming::default()
 }
 
 pub(super) struct Layout(pub(super) PathBuf);
@@ -52,10 +59,15 @@ impl NodeConfig {
             path: path.to_path_buf(),
             detail: format!("{e} (is this an authority data directory?)"),
         })?;
-        toml::from_str(&text).map_err(|e| NodeError::Config {
+        let config: Self = toml::from_str(&text).map_err(|e| NodeError::Config {
             path: path.to_path_buf(),
             detail: e.to_string(),
-        })
+        })?;
+        config.raft.check().map_err(|detail| NodeError::Config {
+            path: path.to_path_buf(),
+            detail: format!("[raft] {detail}"),
+        })?;
+        Ok(config)
     }
 
     pub(super) fn save(&self, path: &Path) -> Result<(), NodeError> {
@@ -107,4 +119,70 @@ pub(super) fn load_bundle(path: &Path) -> Vec<CertificateDer<'static>> {
         rest = &rest[n..];
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<NodeConfig, NodeError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        NodeConfig::load(&path)
+    }
+
+    const BASE: &str = "node_id = 1\ntrust_domain = \"a.test\"\nlisten = \"127.0.0.1:1\"\n\
+                        biscuit_key_id = 0\n";
+
+    #[test]
+    fn raft_timing_defaults_when_absent_and_is_not_written_back() {
+        let c = load(BASE).unwrap();
+        assert_eq!(c.raft, crate::RaftTiming::default());
+        assert!(!toml::to_string(&c).unwrap().contains("raft"));
+        crate::raft_config("t", c.raft).unwrap();
+    }
+
+    #[test]
+    fn a_raft_table_sets_the_timeouts() {
+        let c = load(&format!(
+            "{BASE}[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 1000\n\
+             election_timeout_max_ms = 1500\n"
+        ))
+        .unwrap();
+        let cfg = crate::raft_config("t", c.raft).unwrap();
+        assert_eq!(
+            (
+                cfg.heartbeat_interval,
+                cfg.election_timeout_min,
+                cfg.election_timeout_max
+            ),
+            (100, 1000, 1500)
+        );
+        let again = toml::to_string(&c).unwrap();
+        assert!(again.contains("[raft]"), "{again}");
+    }
+
+    #[test]
+    fn bad_raft_timings_are_refused_with_the_reason() {
+        for (table, says) in [
+            ("heartbeat_ms = 0", "heartbeat_ms = 0"),
+            ("heartbeat_ms = 20000", "heartbeat_ms = 20000"),
+            (
+                "heartbeat_ms = 100\nelection_timeout_min_ms = 150",
+                "two heartbeats",
+            ),
+            (
+                "election_timeout_min_ms = 300\nelection_timeout_max_ms = 300",
+                "above election_timeout_min_ms",
+            ),
+            ("election_timeout_max_ms = 90000", "at most 60000"),
+            ("election_timeout_ms = 300", "unknown field"),
+            ("heartbeat_ms = -5", "heartbeat_ms"),
+        ] {
+            let err = load(&format!("{BASE}[raft]\n{table}\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(says), "{table}: {text}");
+        }
+    }
 }

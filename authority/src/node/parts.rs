@@ -101,13 +101,14 @@ fn biscuit_id_of(records: &[crate::KeyRecord], keys: &NodeKeys) -> Option<u32> {
         .and_then(|k| u32::try_from(k.id).ok())
 }
 
-pub(super) async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Parts, NodeError> {
+pub(super) async fn open(dir: &Path) -> Result<Parts, NodeError> {
     crate::private_fs::check_tree(dir)?;
     if crate::removal::marker(dir).exists() {
         return Err(NodeError::Removed(dir.display().to_string()));
     }
     let layout = Layout(dir.to_path_buf());
     let config = NodeConfig::load(&layout.config())?;
+    let raft_config = crate::raft_config("ringzero", config.raft).map_err(raft_err)?;
     // Removed while it was down: the replicated keys say so before the keys are even loaded.
     if let Ok((_, sm)) = store::open(&layout.raft())
         && let Ok(records) = sm.reader().and_then(|r| r.keys())
@@ -184,7 +185,7 @@ pub(super) async fn open(dir: &Path, raft_config: openraft::Config) -> Result<Pa
         cert: Arc::clone(&cert),
         bundle: bundle.clone(),
     };
-    let net = GrpcNetwork::new(peer_creds.clone(), contacts.clone());
+    let net = GrpcNetwork::new(peer_creds.clone(), contacts.clone(), config.raft);
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),

@@ -34,7 +34,7 @@ pub async fn run_with_metrics(
     metrics: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
-    let parts = open(dir, crate::raft_config("ringzero").map_err(raft_err)?).await?;
+    let parts = open(dir).await?;
     if let Some(l) = metrics {
         let health = crate::metrics::AuthorityHealth {
             node_id: parts.config.node_id,
@@ -81,7 +81,12 @@ pub(super) async fn serve(
             Arc::clone(&gate),
             parts.peer_creds.clone(),
         )
-        .with_key_sync(key_sync.clone());
+        .with_key_sync(key_sync.clone())
+        .with_takeover(crate::takeover::Takeover::new(
+            parts.raft.clone(),
+            parts.config.node_id,
+            std::time::Duration::from_millis(parts.config.raft.election_timeout_max_ms),
+        ));
     spawn_revocation_purger(parts.sm.clone(), parts.raft.clone(), parts.config.node_id);
     let (removed_tx, mut removed_rx) = tokio::sync::watch::channel(false);
     crate::removal::spawn_watch(
