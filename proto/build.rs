@@ -19,8 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .generate_default_stubs(true)
         .compile_fds(protox::compile(ringzero, ["proto"])?)?;
-    // The Workload API is a standard: its server implements every method on purpose.
-    tonic_prost_build::configure().compile_fds(protox::compile(workload, ["proto"])?)?;
+    // The Workload API is a standard: its server implements every method on purpose. Its
+    // codec starts each stream's buffers empty (`codec.rs`): an agent holds thousands open.
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::LeanCodec")
+        .compile_fds(protox::compile(workload, ["proto"])?)?;
     tonic_prost_build::configure().compile_fds(protox::compile(mesh, ["proto"])?)?;
     tonic_prost_build::configure().compile_fds(protox::compile(node, ["proto"])?)?;
     Ok(())

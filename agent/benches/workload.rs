@@ -29,8 +29,16 @@
 //!    that its RSS starts clean. RSS is `VmRSS` of that process, which holds the server *and*
 //!    the clients: the delta covers both ends of every connection and stream.
 //!
-//! Server, clients and the tokio runtime (2 worker threads) share this process and its cores,
-//! so client-side decoding is part of every figure. The open-file soft limit is raised to the
+//! 3. **Many streams on one agent, the agent alone**: the server runs in a child process and
+//!    the `FetchX509SVID` streams come from a second process, so the server's `VmRSS` growth is
+//!    the agent's cost per open stream: 10,000 streams 16 per connection (625 connections from
+//!    one uid, the limits raised to 1,024), and 4,000 streams one per connection (as 4,000
+//!    workload processes would open them; limits raised to 4,096). Then one rotation: the time
+//!    from the upsert until every stream has its new message (wall clock; both processes on
+//!    this machine).
+//!
+//! Except in 3, server, clients and the tokio runtime (2 worker threads) share this process and
+//! its cores, so client-side decoding is part of every figure. The open-file soft limit is raised to the
 //! hard limit first (each connection costs 4 descriptors here: the client and server ends of
 //! the socket, and the attestation's pidfd and `/proc/<pid>` directory).
 //!
@@ -478,6 +486,159 @@ async fn fan_out(
     }
 }
 
+/// Set in the server process of an agent-alone point (3): its index in [`AGENT_ALONE`].
+const AGENT_ALONE_ENV: &str = "RINGZERO_BENCH_AGENT_ALONE";
+/// Set in its client process: `<socket> <streams> <per connection>`.
+const CLIENTS_ENV: &str = "RINGZERO_BENCH_CLIENTS";
+/// The agent-alone points: (label, streams, streams per connection). 4,000 connections of one
+/// stream each take 16,000 descriptors between the two processes (the server holds a pidfd and
+/// a `/proc` directory per connection), within a 20,000 limit.
+const AGENT_ALONE: [(&str, usize, usize); 2] = [
+    ("10000 streams, 16/conn (limits 1024)", 10_000, 16),
+    ("4000 streams, 1/conn (limits 4096)", 4_000, 1),
+];
+
+fn unix_nanos() -> u64 {
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(d.as_nanos()).unwrap()
+}
+
+/// The client process of point 3: opens `streams` streams, `per_conn` per connection, prints
+/// `READY` once each has its first message, then `DONE <arrival unix ns>…` (sorted) once each has
+/// a second one (the rotation), and keeps them open until stdin closes.
+async fn many_clients(socket: &Path, streams: usize, per_conn: usize) {
+    use std::io::Write;
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+    let mut opened = 0;
+    let mut keep = Vec::new();
+    while opened < streams {
+        let client = connect(socket).await.unwrap();
+        for _ in 0..per_conn.min(streams - opened) {
+            opened += 1;
+            let mut client = client.clone();
+            let (ready, done) = (ready_tx.clone(), done_tx.clone());
+            keep.push(tokio::spawn(async move {
+                let mut stream = open(&mut client).await.unwrap();
+                stream.message().await.unwrap().unwrap();
+                ready.send(()).unwrap();
+                stream.message().await.unwrap().expect("a rotation");
+                done.send(unix_nanos()).unwrap();
+                // Held open until the process exits.
+                std::future::pending::<()>().await;
+                drop((stream, client));
+            }));
+        }
+    }
+    for _ in 0..streams {
+        ready_rx.recv().await.unwrap();
+    }
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    let mut arrivals = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        arrivals.push(
+            tokio::time::timeout(TIMEOUT, done_rx.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    arrivals.sort_unstable();
+    let line: Vec<String> = arrivals.iter().map(u64::to_string).collect();
+    println!("DONE {}", line.join(" "));
+    std::io::stdout().flush().unwrap();
+    // Until the server has measured: it closes our stdin.
+    tokio::task::spawn_blocking(|| {
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    drop(keep);
+}
+
+/// The server process of a point of 3: `streams` streams, `per_conn` per connection.
+async fn agent_alone(streams: usize, per_conn: usize) -> FanOut {
+    use std::io::BufRead;
+    let connections = streams.div_ceil(per_conn);
+    let room = connections.next_power_of_two();
+    let limits = WorkloadLimits {
+        max_connections: room,
+        max_connections_per_uid: room,
+        max_streams_per_connection: u32::try_from(per_conn.max(16)).unwrap(),
+        ..WorkloadLimits::default()
+    };
+    let server = Server::start(1, limits).await;
+    fetch_first(&mut connect(&server.socket).await.unwrap())
+        .await
+        .unwrap();
+    let rotated = identity(&server.ca, &entry(0));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = rss_kib();
+    let opening = Instant::now();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env_remove(AGENT_ALONE_ENV)
+        .env(
+            CLIENTS_ENV,
+            format!("{} {streams} {per_conn}", server.socket.display()),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (line_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if line_tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = tokio::time::timeout(TIMEOUT, lines.recv()).await.unwrap();
+    assert_eq!(ready.as_deref(), Some("READY"), "the client process failed");
+    let open_time = opening.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_open = rss_kib();
+
+    let t0 = unix_nanos();
+    let s = Instant::now();
+    server.cache.upsert(rotated);
+    let upsert = s.elapsed();
+    let done = tokio::time::timeout(TIMEOUT, lines.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut arrivals: Vec<Duration> = done
+        .strip_prefix("DONE ")
+        .expect("DONE")
+        .split(' ')
+        .map(|v| Duration::from_nanos(v.parse::<u64>().unwrap().saturating_sub(t0)))
+        .collect();
+    assert_eq!(arrivals.len(), streams);
+    let rss_rotated = rss_kib();
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    let (p50, p99, max) = percentiles(&mut arrivals);
+    server.stop().await;
+    FanOut {
+        connections,
+        open_time,
+        rss_before,
+        rss_open,
+        rss_rotated,
+        upsert,
+        p50,
+        p99,
+        max,
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -486,9 +647,58 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Runs this executable with `env` = the point's index, and prints the fan-out it reports.
+fn report_point(label: &str, (env, i): (&str, usize), streams: usize) {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .env(env, i.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "point {label} failed: {stdout}");
+    let f = FanOut::decode(&stdout).expect("no fan-out report from the child");
+    let grown = f.rss_open.saturating_sub(f.rss_before);
+    println!(
+        "{:<40} {:>6} {:>9.0?} {:>7.1}MiB {:>10.1} {:>10.1?} {:>10.2?} {:>10.2?} {:>10.2?}",
+        label,
+        f.connections,
+        f.open_time,
+        mib(grown),
+        grown as f64 / streams as f64,
+        f.upsert,
+        f.p50,
+        f.p99,
+        f.max,
+    );
+    println!(
+        "{:<40} RSS {:.1} MiB before, {:.1} MiB with the streams open, {:.1} MiB after the rotation",
+        "",
+        mib(f.rss_before),
+        mib(f.rss_open),
+        mib(f.rss_rotated),
+    );
+}
+
 fn main() {
     let run = secs();
     let (soft_before, soft, hard) = raise_nofile();
+    if let Ok(spec) = std::env::var(CLIENTS_ENV) {
+        let v: Vec<&str> = spec.split(' ').collect();
+        let (socket, streams, per_conn) = (
+            Path::new(v[0]),
+            v[1].parse().unwrap(),
+            v[2].parse().unwrap(),
+        );
+        runtime().block_on(many_clients(socket, streams, per_conn));
+        return;
+    }
+    if let Ok(point) = std::env::var(AGENT_ALONE_ENV) {
+        let (_, streams, per_conn) = AGENT_ALONE[point.parse::<usize>().unwrap()];
+        let f = runtime().block_on(agent_alone(streams, per_conn));
+        println!("{}", f.encode());
+        return;
+    }
     if let Ok(point) = std::env::var(CHILD_ENV) {
         let (_, identities, per_conn, limits) = fan_out_points()[point.parse::<usize>().unwrap()];
         let f = runtime().block_on(fan_out(STREAMS, per_conn, identities, limits));
@@ -515,39 +725,17 @@ fn main() {
         "{:<40} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "", "conns", "open all", "RSS +open", "KiB/strm", "upsert", "p50", "p99", "max=total"
     );
-    let exe = std::env::current_exe().unwrap();
     for (i, (label, ..)) in fan_out_points().into_iter().enumerate() {
-        let out = std::process::Command::new(&exe)
-            .env(CHILD_ENV, i.to_string())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "fan-out point {label} failed: {stdout}"
-        );
-        let f = FanOut::decode(&stdout).expect("no fan-out report from the child");
-        let grown = f.rss_open.saturating_sub(f.rss_before);
-        println!(
-            "{:<40} {:>6} {:>9.0?} {:>7.1}MiB {:>10.1} {:>10.1?} {:>10.2?} {:>10.2?} {:>10.2?}",
-            label,
-            f.connections,
-            f.open_time,
-            mib(grown),
-            grown as f64 / STREAMS as f64,
-            f.upsert,
-            f.p50,
-            f.p99,
-            f.max,
-        );
-        println!(
-            "{:<40} RSS {:.1} MiB before, {:.1} MiB with the streams open, {:.1} MiB after the rotation",
-            "",
-            mib(f.rss_before),
-            mib(f.rss_open),
-            mib(f.rss_rotated),
-        );
+        report_point(label, (CHILD_ENV, i), STREAMS);
+    }
+
+    // 3. The agent alone with many streams.
+    println!();
+    println!(
+        "FetchX509SVID streams from another process, 1 identity, then one rotation; RSS = the agent's server process alone"
+    );
+    for (i, (label, streams, _)) in AGENT_ALONE.into_iter().enumerate() {
+        report_point(label, (AGENT_ALONE_ENV, i), streams);
     }
 
     runtime().block_on(async {

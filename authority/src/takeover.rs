@@ -163,16 +163,15 @@ mod tests {
         Vote::new_committed(term, leader)
     }
 
+    /// The decision for `req` refused with `resp`, our leader silent past its lease.
+    fn needed(req: VoteRequest<NodeId>, resp: VoteResponse<NodeId>) -> Option<u64> {
+        elections_needed(ME, &req, &resp, SILENT, LEASE)
+    }
+
     #[test]
     fn a_lagging_candidate_past_our_term_after_the_lease_gets_two_elections() {
         // We follow leader 1 at term 5 with entry 41; candidate 3 stood at term 6 with 40.
-        let n = elections_needed(
-            ME,
-            &req(6, 3, log(5, 40)),
-            &refused(committed(5, 1), log(5, 41)),
-            SILENT,
-            LEASE,
-        );
+        let n = needed(req(6, 3, log(5, 40)), refused(committed(5, 1), log(5, 41)));
         assert_eq!(n, Some(2), "term 6 then 7: past the candidate's self-vote");
     }
 
@@ -191,26 +190,14 @@ mod tests {
     #[test]
     fn nothing_when_we_lead() {
         // A leader never hears AppendEntries, so its silence says nothing.
-        let n = elections_needed(
-            ME,
-            &req(6, 3, log(5, 40)),
-            &refused(committed(5, ME), log(5, 41)),
-            SILENT,
-            LEASE,
-        );
+        let n = needed(req(6, 3, log(5, 40)), refused(committed(5, ME), log(5, 41)));
         assert_eq!(n, None);
     }
 
     #[test]
     fn nothing_when_the_candidate_log_is_as_long() {
         for last in [log(5, 41), log(6, 1)] {
-            let n = elections_needed(
-                ME,
-                &req(6, 3, last),
-                &refused(committed(5, 1), log(5, 41)),
-                SILENT,
-                LEASE,
-            );
+            let n = needed(req(6, 3, last), refused(committed(5, 1), log(5, 41)));
             assert_eq!(n, None, "{last:?}: refused for another reason");
         }
     }
@@ -218,23 +205,14 @@ mod tests {
     #[test]
     fn nothing_when_granted() {
         let resp = VoteResponse::new(Vote::new(6, 3), log(5, 41), true);
-        assert_eq!(
-            elections_needed(ME, &req(6, 3, log(5, 40)), &resp, SILENT, LEASE),
-            None
-        );
+        assert_eq!(needed(req(6, 3, log(5, 40)), resp), None);
     }
 
     #[test]
     fn a_split_vote_at_the_candidate_term_gets_one_election() {
         // Both survivors stood at term 6 within a tick; ours is the longer log.
         for ours in [Vote::new(6, ME), Vote::new(6, 3)] {
-            let n = elections_needed(
-                ME,
-                &req(6, 3, log(5, 40)),
-                &refused(ours, log(5, 41)),
-                SILENT,
-                LEASE,
-            );
+            let n = needed(req(6, 3, log(5, 40)), refused(ours, log(5, 41)));
             assert_eq!(n, Some(1), "{ours}: term 7 beats the candidate's 6");
         }
     }
@@ -242,13 +220,7 @@ mod tests {
     #[test]
     fn nothing_when_we_are_past_its_term_or_follow_a_leader_at_it() {
         for ours in [Vote::new(7, ME), committed(6, 1), committed(6, ME)] {
-            let n = elections_needed(
-                ME,
-                &req(6, 3, log(5, 40)),
-                &refused(ours, log(5, 41)),
-                SILENT,
-                LEASE,
-            );
+            let n = needed(req(6, 3, log(5, 40)), refused(ours, log(5, 41)));
             assert_eq!(n, None, "{ours}");
         }
     }
@@ -256,25 +228,13 @@ mod tests {
     #[test]
     fn nothing_for_a_candidate_far_ahead() {
         // A member that stood alone through many terms is not chased term by term.
-        let n = elections_needed(
-            ME,
-            &req(50, 3, log(5, 40)),
-            &refused(committed(5, 1), log(5, 41)),
-            SILENT,
-            LEASE,
-        );
+        let n = needed(req(50, 3, log(5, 40)), refused(committed(5, 1), log(5, 41)));
         assert_eq!(n, None);
     }
 
     #[test]
     fn nothing_against_an_empty_log_request_from_an_empty_node() {
-        let n = elections_needed(
-            ME,
-            &req(1, 3, None),
-            &refused(Vote::default(), None),
-            SILENT,
-            LEASE,
-        );
+        let n = needed(req(1, 3, None), refused(Vote::default(), None));
         assert_eq!(n, None);
     }
 }
