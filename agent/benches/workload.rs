@@ -35,9 +35,10 @@
 //!    one uid, the limits raised to 1,024), and 4,000 streams one per connection (as 4,000
 //!    workload processes would open them; limits raised to 4,096). Then one rotation: the time
 //!    from the upsert until every stream has its new message (wall clock; both processes on
-//!    this machine).
+//!    this machine), and the server's CPU time per stream meanwhile.
 //!
-//! Except in 3, server, clients and the tokio runtime (2 worker threads) share this process and
+//! The allocator is mimalloc, as in the `ringzero` binary. Except in 3, server, clients and
+//! the tokio runtime (2 worker threads) share this process and
 //! its cores, so client-side decoding is part of every figure. The open-file soft limit is raised to the
 //! hard limit first (each connection costs 4 descriptors here: the client and server ends of
 //! the socket, and the attestation's pidfd and `/proc/<pid>` directory).
@@ -61,6 +62,11 @@ use ringzero_proto::workload as pb;
 use ringzero_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
+
+/// The allocator of the `ringzero` binary, which runs the agent: memory and CPU figures are
+/// the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -327,6 +333,9 @@ struct FanOut {
     p99: Duration,
     /// The last stream's arrival: the total fan-out time.
     max: Duration,
+    /// CPU time of the measuring process from the upsert to the last arrival: the server and
+    /// the clients in 2, the server alone in 3.
+    cpu: Duration,
 }
 
 /// How a child process reports a fan-out point to the parent (one line).
@@ -336,7 +345,7 @@ impl FanOut {
     fn encode(&self) -> String {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         format!(
-            "{FAN_OUT_TAG} {} {} {} {} {} {} {} {} {}",
+            "{FAN_OUT_TAG} {} {} {} {} {} {} {} {} {} {}",
             self.connections,
             ns(self.open_time),
             self.rss_before,
@@ -346,6 +355,7 @@ impl FanOut {
             ns(self.p50),
             ns(self.p99),
             ns(self.max),
+            ns(self.cpu),
         )
     }
 
@@ -357,7 +367,7 @@ impl FanOut {
             .collect::<Result<_, _>>()
             .ok()?;
         let d = |i: usize| Duration::from_nanos(v[i]);
-        (v.len() == 9).then(|| Self {
+        (v.len() == 10).then(|| Self {
             connections: usize::try_from(v[0]).unwrap_or(usize::MAX),
             open_time: d(1),
             rss_before: v[2],
@@ -367,6 +377,7 @@ impl FanOut {
             p50: d(6),
             p99: d(7),
             max: d(8),
+            cpu: d(9),
         })
     }
 }
@@ -455,6 +466,7 @@ async fn fan_out(
     let open_time = opening.elapsed();
     let rss_open = rss_kib();
 
+    let cpu0 = cpu_time();
     let t0 = Instant::now();
     server.cache.upsert(rotated);
     let upsert = t0.elapsed();
@@ -469,6 +481,7 @@ async fn fan_out(
         keep.push((stream, client));
     }
     assert_eq!(arrivals.len(), streams);
+    let cpu = cpu_time() - cpu0;
     let rss_rotated = rss_kib();
     let (p50, p99, max) = percentiles(&mut arrivals);
     drop(keep);
@@ -483,6 +496,7 @@ async fn fan_out(
         p50,
         p99,
         max,
+        cpu,
     }
 }
 
@@ -607,6 +621,7 @@ async fn agent_alone(streams: usize, per_conn: usize) -> FanOut {
     let rss_open = rss_kib();
 
     let t0 = unix_nanos();
+    let cpu0 = cpu_time();
     let s = Instant::now();
     server.cache.upsert(rotated);
     let upsert = s.elapsed();
@@ -621,6 +636,7 @@ async fn agent_alone(streams: usize, per_conn: usize) -> FanOut {
         .map(|v| Duration::from_nanos(v.parse::<u64>().unwrap().saturating_sub(t0)))
         .collect();
     assert_eq!(arrivals.len(), streams);
+    let cpu = cpu_time() - cpu0;
     let rss_rotated = rss_kib();
     drop(child.stdin.take());
     child.wait().unwrap();
@@ -636,6 +652,7 @@ async fn agent_alone(streams: usize, per_conn: usize) -> FanOut {
         p50,
         p99,
         max,
+        cpu,
     }
 }
 
@@ -660,7 +677,7 @@ fn report_point(label: &str, (env, i): (&str, usize), streams: usize) {
     let f = FanOut::decode(&stdout).expect("no fan-out report from the child");
     let grown = f.rss_open.saturating_sub(f.rss_before);
     println!(
-        "{:<40} {:>6} {:>9.0?} {:>7.1}MiB {:>10.1} {:>10.1?} {:>10.2?} {:>10.2?} {:>10.2?}",
+        "{:<40} {:>6} {:>9.0?} {:>7.1}MiB {:>10.1} {:>10.1?} {:>10.2?} {:>10.2?} {:>10.2?} {:>10.1}",
         label,
         f.connections,
         f.open_time,
@@ -670,6 +687,7 @@ fn report_point(label: &str, (env, i): (&str, usize), streams: usize) {
         f.p50,
         f.p99,
         f.max,
+        f.cpu.as_secs_f64() * 1e6 / streams as f64,
     );
     println!(
         "{:<40} RSS {:.1} MiB before, {:.1} MiB with the streams open, {:.1} MiB after the rotation",
@@ -722,8 +740,17 @@ fn main() {
         "{STREAMS} concurrent FetchX509SVID streams, then one identity rotated (upsert); RSS = server + clients (one process)"
     );
     println!(
-        "{:<40} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "", "conns", "open all", "RSS +open", "KiB/strm", "upsert", "p50", "p99", "max=total"
+        "{:<40} {:>6} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "",
+        "conns",
+        "open all",
+        "RSS +open",
+        "KiB/strm",
+        "upsert",
+        "p50",
+        "p99",
+        "max=total",
+        "CPU µs/strm"
     );
     for (i, (label, ..)) in fan_out_points().into_iter().enumerate() {
         report_point(label, (CHILD_ENV, i), STREAMS);
