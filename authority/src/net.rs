@@ -103,14 +103,24 @@ impl Contacts {
         }
     }
 
+    /// `id` did not answer: logged once, until it answers again.
     fn unreachable(&self, id: NodeId, why: &str) {
+        self.failing(id, why, "authority peer not answering; retrying");
+    }
+
+    /// `id` answered with a refusal or an error: logged once, until a call succeeds.
+    fn refusing_calls(&self, id: NodeId, why: &str) {
+        self.failing(
+            id,
+            why,
+            "authority peer refusing this node's calls; retrying",
+        );
+    }
+
+    fn failing(&self, id: NodeId, why: &str, what: &'static str) {
         if let std::collections::btree_map::Entry::Vacant(v) = self.book().down.entry(id) {
             v.insert(Instant::now());
-            tracing::warn!(
-                peer = id,
-                error = why,
-                "authority peer not answering; retrying"
-            );
+            tracing::warn!(peer = id, error = why, "{what}");
         }
     }
 
@@ -290,7 +300,7 @@ impl GrpcConnection {
             }
             _ => {
                 let why = format!("{:?}: {}", status.code(), status.message());
-                self.contacts.unreachable(self.target, &why);
+                self.contacts.refusing_calls(self.target, &why);
                 RPCError::Network(NetworkError::new(&NetError(why)))
             }
         })?;

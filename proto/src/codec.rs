@@ -17,7 +17,7 @@ const YIELD_THRESHOLD: usize = 32 * 1024;
 
 /// The codec of the Workload API (`build.rs` names it): prost encoding, lean buffers.
 #[derive(Debug, Clone)]
-pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
+pub(crate) struct LeanCodec<T, U>(PhantomData<(T, U)>);
 
 impl<T, U> Default for LeanCodec<T, U> {
     fn default() -> Self {

@@ -18,7 +18,7 @@
 //! - `proto/ringzero/node/v1/node.proto` → [`node`]: the agent's node API over mTLS
 //!   (`ringzero.node.v1.Node`: `ReadLogs`), each call carrying a capability.
 //! - `build.rs`: compiles them with protox.
-//! - [`codec`] (`codec.rs`): the Workload API's codec, prost with buffers that start empty
+//! - `codec` (`codec.rs`): the Workload API's codec, prost with buffers that start empty
 //!   (an agent holds thousands of its streams open).
 //! - [`workload_api`] (`workload_api.rs`): what the Workload API's server and clients share —
 //!   the security header, `SPIFFE_ENDPOINT_SOCKET`'s endpoint syntax, DER certificate lists.
@@ -103,7 +103,7 @@ pub mod node {
 }
 
 pub mod client;
-pub mod codec;
+mod codec;
 pub mod fs;
 pub mod job_file;
 pub mod jwks;

@@ -498,6 +498,39 @@ fn removed_or_compromised_authority_node_and_local_host() {
     );
 
     g.case(
+        "a member's Vote with an empty log and a higher term, sent to the follower while the leader is live, starts no election",
+        || {
+            // Nodes 1 and 2 remain (index 0 and 1). The attacker holds the leader's keys and
+            // stands, with the shortest log there is, against the follower: the follower's
+            // lease refuses it, and `takeover` (which answers refusals for the log) must not
+            // turn the refusal into an election of its own while the leader is heard.
+            let leader = c.leader();
+            let follower = 1 - leader;
+            let leader_id = c.nodes[leader].node_id();
+            let as_leader = Svid::forge(
+                &c.node_ca(leader),
+                &id(&format!("ringzero/authority/{leader_id}")),
+            );
+            let term = c.status_json()["term"].as_u64().unwrap();
+            for bump in 1..=2 {
+                raft_call(
+                    &rt,
+                    &c.nodes[follower].addr,
+                    &admin,
+                    &as_leader,
+                    false,
+                    forged_vote(term + bump, leader_id),
+                )
+                .expect("a Vote from a member is answered (and refused inside Raft)");
+            }
+            // Past the follower's lease and election timeout (200 + 200 ms).
+            std::thread::sleep(Duration::from_secs(1));
+            assert_eq!(c.status_json()["term"].as_u64(), Some(term), "the term moved");
+            assert_eq!(c.leader(), leader, "the leader changed");
+        },
+    );
+
+    g.case(
         "member 2 naming itself but rewriting entries node 1 has applied is refused and audited",
         || {
             let status = c.status_json();

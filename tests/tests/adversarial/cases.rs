@@ -411,6 +411,12 @@ pub(crate) const CASES: &[Case] = &[
     case(
         REMOVED,
         T_AUTH,
+        "a member's Vote with an empty log and a higher term, sent to the follower while the leader is live, starts no election",
+        "with the leader's keys, Votes for terms +1 and +2 with no log to the follower are answered and refused by its lease; a second later the term and the leader are unchanged (`takeover` does not fire while the leader is heard)",
+    ),
+    case(
+        REMOVED,
+        T_AUTH,
         "member 2 naming itself but rewriting entries node 1 has applied is refused and audited",
         "AppendEntries whose vote names its true sender (2) with entries 0..2 under member 2's leadership: PermissionDenied \"contradicts applied entry\"; denial raft_message_refused; node 1 keeps its term and keeps applying",
     ),
