@@ -2,6 +2,8 @@
 //!
 //! - `svid_issue`: what enrolling a workload costs end to end: a fresh P-256 key, its CSR, and
 //!   the CA verifying the CSR and signing the leaf.
+//! - `svid_issue_csr`: what the authority spends per request: verifying a CSR made elsewhere
+//!   and signing the leaf.
 //! - `svid_issue_spki`: the CA signing a leaf for a bare public key (no CSR to verify).
 //! - `svid_validate`: validating a leaf chain against a bundle of three authority CAs.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -48,6 +50,21 @@ fn bench_issue(c: &mut Criterion) {
             ca.issue(&LeafRequest {
                 id: black_box(&id),
                 key: LeafKey::Csr(&csr),
+                ttl: LEAF_TTL,
+                dns_names: &[],
+                now,
+            })
+            .unwrap()
+        })
+    });
+
+    // What the authority does per request: the CSR was made on the agent's machine.
+    let csr = csr_for(&generate_key().unwrap(), &id).unwrap();
+    c.bench_function("svid_issue_csr", |b| {
+        b.iter(|| {
+            ca.issue(&LeafRequest {
+                id: black_box(&id),
+                key: LeafKey::Csr(black_box(&csr)),
                 ttl: LEAF_TTL,
                 dns_names: &[],
                 now,

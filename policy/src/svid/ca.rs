@@ -348,15 +348,17 @@ impl LeafKey<'_> {
     }
 }
 
-/// Refuses a P-256 public key whose point is not on the curve: an agreement with an ephemeral
-/// key validates the point fully (ring checks it before any arithmetic).
+/// Refuses a P-256 public key that is not an uncompressed point on the curve (what ring and
+/// every TLS peer accept). The curve equation is checked directly: a few field operations,
+/// where an ephemeral key agreement (the check this replaced) cost a full scalar
+/// multiplication, about 60 µs per SVID.
 fn check_p256_point(point: &[u8]) -> Result<(), SvidError> {
-    use ring::agreement;
-    let rng = ring::rand::SystemRandom::new();
-    let mine = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
-        .map_err(|_| SvidError::Generate("no randomness".into()))?;
-    let theirs = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, point);
-    agreement::agree_ephemeral(mine, &theirs, |_| ()).map_err(|_| SvidError::UnsupportedKey)
+    if point.len() != 65 || point.first() != Some(&0x04) {
+        return Err(SvidError::UnsupportedKey);
+    }
+    p256::PublicKey::from_sec1_bytes(point)
+        .map(|_| ())
+        .map_err(|_| SvidError::UnsupportedKey)
 }
 
 /// A DNS SAN must be a syntactically valid DNS name; a wildcard is allowed only as the whole

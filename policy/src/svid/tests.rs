@@ -1348,6 +1348,52 @@ fn csr_for_unsupported_keys_is_refused() {
     );
 }
 
+/// A bare P-256 key is certified only if it is an uncompressed point on the curve: an
+/// off-curve point (invalid-curve attacks), the point at infinity, a compressed point (which
+/// ring and TLS peers refuse) and coordinates past the field prime are all refused.
+#[test]
+fn a_public_key_off_the_curve_is_refused() {
+    let ca = root("a1");
+    let key = generate_key().unwrap();
+    let spki = key.subject_public_key_info();
+    let raw = key.public_key_raw().to_vec();
+    assert_eq!(raw.len(), 65);
+    let at = find(&spki, &raw);
+    let with_point = |point: &[u8]| {
+        let mut s = spki[..at].to_vec();
+        s.extend_from_slice(point);
+        s
+    };
+    // The key itself is accepted; this is the shape every case below changes.
+    ca.issue(&request(&wid("w"), LeafKey::PublicKey(&with_point(&raw))))
+        .unwrap();
+    let mut off_curve = raw.clone();
+    off_curve[64] ^= 1; // y changed: y² ≠ x³ − 3x + b
+    let mut compressed = vec![0x02 | (raw[64] & 1)];
+    compressed.extend_from_slice(&raw[1..33]);
+    compressed.resize(65, 0); // same length as an uncompressed point, so the DER still fits
+    let mut past_prime = vec![0x04];
+    past_prime.extend_from_slice(&[0xff; 64]);
+    let mut zero = vec![0x04];
+    zero.extend_from_slice(&[0; 64]);
+    for (what, point) in [
+        ("off the curve", off_curve),
+        ("compressed prefix", compressed),
+        ("coordinates past the prime", past_prime),
+        ("all zero", zero),
+        ("infinity", {
+            let mut v = vec![0u8];
+            v.resize(65, 0);
+            v
+        }),
+    ] {
+        let err = ca
+            .issue(&request(&wid("w"), LeafKey::PublicKey(&with_point(&point))))
+            .unwrap_err();
+        assert!(matches!(err, SvidError::UnsupportedKey), "{what}: {err:?}");
+    }
+}
+
 #[test]
 fn garbage_spki_is_refused() {
     let ca = root("a1");
