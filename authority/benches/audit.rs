@@ -84,7 +84,7 @@ fn main() {
                 }
                 entries.push(Entry::<TypeConfig> {
                     log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-                    payload: EntryPayload::Normal(Batch(cmds)),
+                    payload: EntryPayload::Normal(Batch::new(cmds)),
                 });
             }
             sm.apply(entries).await.unwrap();

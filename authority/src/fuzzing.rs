@@ -17,7 +17,7 @@ pub fn raft_message(data: &[u8]) {
         let _ = crate::raft_guard::check_append(&rpc);
         for e in &rpc.entries {
             if let openraft::EntryPayload::Normal(batch) = &e.payload {
-                for cmd in &batch.0 {
+                for cmd in batch.commands() {
                     let _ = cmd.validate();
                 }
             }
@@ -30,7 +30,7 @@ pub fn raft_message(data: &[u8]) {
         let _ = crate::raft_guard::sender_matches(sender, &rpc.vote, "InstallSnapshot");
     }
     if let Ok(batch) = Batch::decode(data) {
-        for cmd in &batch.0 {
+        for cmd in batch.commands() {
             let _ = cmd.validate();
         }
     }

@@ -115,7 +115,7 @@ async fn run_batches(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<(command::C
         tokio::spawn(async move {
             let _slot = slot;
             let (n, started) = (cmds.len(), std::time::Instant::now());
-            let written = raft.client_write(command::Batch(cmds)).await;
+            let written = raft.client_write(command::Batch::new(cmds)).await;
             crate::metrics::metrics().batch(n, started.elapsed().as_secs_f64(), written.is_ok());
             match written {
                 Ok(resp) => {

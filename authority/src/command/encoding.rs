@@ -9,35 +9,20 @@ use super::{
 };
 
 impl Batch {
-    /// The versioned wire form.
+    /// The versioned wire form (a copy of the one made when the batch was).
     pub fn encode(&self) -> Vec<u8> {
-        Envelope::from(self.clone()).0
+        self.wire().to_vec()
     }
 
     /// Decodes a batch (or a version-1 single command), refusing unknown versions, oversized
-    /// batches and trailing bytes.
+    /// batches and trailing bytes. The bytes are kept as the batch's wire form.
     pub fn decode(bytes: &[u8]) -> Result<Self, Invalid> {
-        Self::try_from(Envelope(bytes.to_vec()))
+        Self::from_wire(bytes.to_vec())
     }
-}
 
-impl From<Batch> for Envelope {
-    fn from(b: Batch) -> Self {
-        let body: Vec<CommandV1> = b.0.into_iter().map(CommandV1::from).collect();
-        let mut out = vec![BATCH_VERSION];
-        // As for a single command: an encoding failure leaves a batch that decodes as invalid.
-        if let Ok(bytes) = postcard::to_stdvec(&body) {
-            out.extend_from_slice(&bytes);
-        }
-        Envelope(out)
-    }
-}
-
-impl TryFrom<Envelope> for Batch {
-    type Error = Invalid;
-    fn try_from(e: Envelope) -> Result<Self, Invalid> {
-        match e.0.split_first() {
-            Some((&COMMAND_VERSION, _)) => Ok(Batch(vec![Command::try_from(e)?])),
+    fn from_wire(wire: Vec<u8>) -> Result<Self, Invalid> {
+        let commands = match wire.split_first() {
+            Some((&COMMAND_VERSION, _)) => vec![Command::from_wire(&wire)?],
             Some((&BATCH_VERSION, body)) => {
                 let (cmds, rest): (Vec<CommandV1>, &[u8]) = postcard::take_from_bytes(body)
                     .map_err(|err| invalid(format!("decode: {err}")))?;
@@ -47,11 +32,39 @@ impl TryFrom<Envelope> for Batch {
                 if cmds.len() > MAX_BATCH {
                     return Err(invalid("batch too large"));
                 }
-                Ok(Batch(cmds.into_iter().map(Command::from).collect()))
+                cmds.into_iter().map(Command::from).collect()
             }
-            Some((v, _)) => Err(invalid(format!("unknown entry version {v}"))),
-            None => Err(invalid("empty entry")),
-        }
+            Some((v, _)) => return Err(invalid(format!("unknown entry version {v}"))),
+            None => return Err(invalid("empty entry")),
+        };
+        Ok(Batch(std::sync::Arc::new(super::Encoded {
+            commands,
+            wire,
+        })))
+    }
+}
+
+/// Version byte 2 and the postcard encoding of `commands`.
+pub(super) fn encode_batch(commands: &[Command]) -> Vec<u8> {
+    let body: Vec<CommandV1Ref<'_>> = commands.iter().map(CommandV1Ref::from).collect();
+    let mut out = vec![BATCH_VERSION];
+    // As for a single command: an encoding failure leaves a batch that decodes as invalid.
+    if let Ok(bytes) = postcard::to_stdvec(&body) {
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+impl Serialize for Batch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes_compat::serialize(self.wire(), s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire = serde_bytes_compat::deserialize(d)?;
+        Batch::from_wire(wire).map_err(serde::de::Error::custom)
     }
 }
 
@@ -78,6 +91,26 @@ struct CommandV1 {
     time_ms: u64,
     audit: AuditRecord,
     op: Op,
+}
+
+/// [`CommandV1`] borrowed, to encode without cloning.
+#[derive(Serialize)]
+struct CommandV1Ref<'a> {
+    id: &'a CommandId,
+    time_ms: u64,
+    audit: &'a AuditRecord,
+    op: &'a Op,
+}
+
+impl<'a> From<&'a Command> for CommandV1Ref<'a> {
+    fn from(c: &'a Command) -> Self {
+        CommandV1Ref {
+            id: &c.id,
+            time_ms: c.time_ms,
+            audit: &c.audit,
+            op: &c.op,
+        }
+    }
 }
 
 impl From<Command> for CommandV1 {
@@ -119,7 +152,13 @@ impl From<Command> for Envelope {
 impl TryFrom<Envelope> for Command {
     type Error = Invalid;
     fn try_from(e: Envelope) -> Result<Self, Invalid> {
-        match e.0.split_first() {
+        Command::from_wire(&e.0)
+    }
+}
+
+impl Command {
+    fn from_wire(wire: &[u8]) -> Result<Self, Invalid> {
+        match wire.split_first() {
             Some((&COMMAND_VERSION, body)) => {
                 let (v1, rest): (CommandV1, &[u8]) = postcard::take_from_bytes(body)
                     .map_err(|err| invalid(format!("decode: {err}")))?;

@@ -145,9 +145,20 @@ pub struct Command {
 ///
 /// Encoded as version byte 2 and the postcard encoding of the commands; an entry of version 1
 /// (a single command) decodes as a batch of one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(into = "Envelope", try_from = "Envelope")]
-pub struct Batch(pub Vec<Command>);
+///
+/// A batch is immutable and shares its commands and its wire form: cloning it is a reference
+/// count, and the wire form is made once, when the batch is made or decoded. The log store,
+/// the replication stream to every follower and each follower's own log then write those
+/// bytes instead of copying and re-encoding every command (openraft clones an entry for each
+/// reader of the log).
+#[derive(Clone)]
+pub struct Batch(std::sync::Arc<Encoded>);
+
+struct Encoded {
+    commands: Vec<Command>,
+    /// The versioned wire form of `commands` (as decoded, for a batch that was).
+    wire: Vec<u8>,
+}
 
 /// The encoding version of [`Batch`].
 pub const BATCH_VERSION: u8 = 2;
@@ -156,15 +167,43 @@ pub const BATCH_VERSION: u8 = 2;
 pub const MAX_BATCH: usize = 256;
 
 impl Batch {
+    /// A batch of `commands`, encoded once here.
+    pub fn new(commands: Vec<Command>) -> Self {
+        let wire = encoding::encode_batch(&commands);
+        Self(std::sync::Arc::new(Encoded { commands, wire }))
+    }
+
     /// A batch of one command.
     pub fn one(cmd: Command) -> Self {
-        Self(vec![cmd])
+        Self::new(vec![cmd])
+    }
+
+    /// The commands, in the order they apply.
+    pub fn commands(&self) -> &[Command] {
+        &self.0.commands
+    }
+
+    /// The versioned wire form.
+    pub fn wire(&self) -> &[u8] {
+        &self.0.wire
+    }
+}
+
+impl PartialEq for Batch {
+    fn eq(&self, other: &Self) -> bool {
+        self.commands() == other.commands()
+    }
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Batch").field(&self.0.commands).finish()
     }
 }
 
 impl std::fmt::Display for Batch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "batch of {} command(s)", self.0.len())
+        write!(f, "batch of {} command(s)", self.0.commands.len())
     }
 }
 

@@ -23,7 +23,7 @@ fn batches_round_trip_and_read_single_commands() {
         audit: audit(),
         op: Op::AuditOnly,
     };
-    let b = Batch(vec![c(1), c(2), c(3)]);
+    let b = Batch::new(vec![c(1), c(2), c(3)]);
     let bytes = b.encode();
     assert_eq!(bytes[0], BATCH_VERSION);
     assert_eq!(Batch::decode(&bytes).unwrap(), b);
@@ -35,7 +35,7 @@ fn batches_round_trip_and_read_single_commands() {
     trailing.push(0);
     assert!(Batch::decode(&trailing).is_err());
     assert!(Batch::decode(&bytes[..bytes.len() - 1]).is_err());
-    let huge = Batch((0..=MAX_BATCH).map(|i| c(i as u8)).collect()).encode();
+    let huge = Batch::new((0..=MAX_BATCH).map(|i| c(i as u8)).collect()).encode();
     assert!(Batch::decode(&huge).is_err());
 }
 

@@ -9,82 +9,132 @@ use super::*;
 use crate::command::{Command, Op, Rejection};
 use crate::types::{Entry, StoredMembership};
 
-/// Applies one log entry and records it as the last applied, in `tx`.
-pub(crate) fn apply_entry(
-    tx: &WriteTransaction,
-    entry: &Entry,
-) -> Result<Vec<Response>, StateError> {
-    let response = match &entry.payload {
-        EntryPayload::Blank => Vec::new(),
-        EntryPayload::Normal(batch) => {
-            let mut out = Vec::with_capacity(batch.0.len());
-            for cmd in &batch.0 {
-                out.push(apply_command(tx, entry.log_id.index, cmd)?);
-            }
-            out
-        }
-        EntryPayload::Membership(m) => {
-            let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-            meta_put(tx, META_MEMBERSHIP, &encode(&stored)?)?;
-            Vec::new()
-        }
-    };
-    meta_put(tx, META_LAST_APPLIED, &encode(&Some(entry.log_id))?)?;
-    Ok(response)
+/// One apply call: its write transaction, with the tables every command writes (the audit
+/// log's and the command records) opened once for all the entries it applies. They are closed
+/// before an op that opens them itself (sealing the audit log, purging command records).
+pub(crate) struct Applier<'t> {
+    tx: &'t WriteTransaction,
+    held: Option<Held<'t>>,
 }
 
-/// Applies a command and its audit record, or replays the stored response of an earlier
-/// application of the same command id.
-pub(crate) fn apply_command(
-    tx: &WriteTransaction,
-    log_index: u64,
-    cmd: &Command,
-) -> Result<Response, StateError> {
-    if let Some(prev) = get::<CommandRecord>(tx, COMMANDS, "commands", &cmd.id.0)? {
-        return Ok(Response {
-            replayed: true,
-            ..prev.response
-        });
+struct Held<'t> {
+    audit: super::audit_log::AuditTables<'t>,
+    commands: redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl<'t> Applier<'t> {
+    pub(crate) fn new(tx: &'t WriteTransaction) -> Self {
+        Self { tx, held: None }
     }
-    let outcome = match cmd.validate() {
-        Err(e) => Outcome::Rejected(Rejection::Invalid(e.0)),
-        Ok(()) => apply_op(tx, cmd)?,
-    };
-    // A lease renewal by its holder is the one command without a record of its own (its
-    // grant was recorded; renewals are bounded to one per ttl/3 per scheduler by the service):
-    // its response names the latest record instead.
-    let seq = if matches!(outcome, Outcome::Lease { renewed: true, .. }) {
-        counter(tx, CTR_AUDIT)?.saturating_sub(1)
-    } else {
-        // Sequence numbers start at 0: a record's sequence is its leaf index in the audit tree.
-        let seq = next_counter(tx, CTR_AUDIT)? - 1;
-        super::audit_log::append(
-            tx,
-            &StoredAudit {
+
+    fn held(&mut self) -> Result<&mut Held<'t>, StateError> {
+        if self.held.is_none() {
+            self.held = Some(Held {
+                audit: super::audit_log::AuditTables::open(self.tx)?,
+                commands: self.tx.open_table(COMMANDS)?,
+            });
+        }
+        self.held
+            .as_mut()
+            .ok_or(StateError::Storage("tables not open".into()))
+    }
+
+    /// Applies one log entry and records it as the last applied.
+    pub(crate) fn apply_entry(&mut self, entry: &Entry) -> Result<Vec<Response>, StateError> {
+        let response = match &entry.payload {
+            EntryPayload::Blank => Vec::new(),
+            EntryPayload::Normal(batch) => {
+                let mut out = Vec::with_capacity(batch.commands().len());
+                for cmd in batch.commands() {
+                    out.push(self.apply_command(entry.log_id.index, cmd)?);
+                }
+                out
+            }
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                meta_put(self.tx, META_MEMBERSHIP, &encode(&stored)?)?;
+                Vec::new()
+            }
+        };
+        meta_put(self.tx, META_LAST_APPLIED, &encode(&Some(entry.log_id))?)?;
+        Ok(response)
+    }
+
+    /// Applies a command and its audit record, or replays the stored response of an earlier
+    /// application of the same command id.
+    pub(crate) fn apply_command(
+        &mut self,
+        log_index: u64,
+        cmd: &Command,
+    ) -> Result<Response, StateError> {
+        let tx = self.tx;
+        if let Some(prev) = self.held()?.commands.get(&cmd.id.0[..])? {
+            let prev: CommandRecord = decode("commands", prev.value())?;
+            return Ok(Response {
+                replayed: true,
+                ..prev.response
+            });
+        }
+        let outcome = match cmd.validate() {
+            Err(e) => Outcome::Rejected(Rejection::Invalid(e.0)),
+            Ok(()) => {
+                if opens_held_tables(&cmd.op) {
+                    self.held = None;
+                }
+                apply_op(tx, cmd)?
+            }
+        };
+        // A lease renewal by its holder is the one command without a record of its own (its
+        // grant was recorded; renewals are bounded to one per ttl/3 per scheduler by the
+        // service): its response names the latest record instead.
+        let seq = if matches!(outcome, Outcome::Lease { renewed: true, .. }) {
+            counter(tx, CTR_AUDIT)?.saturating_sub(1)
+        } else {
+            // Sequence numbers start at 0: a record's sequence is its leaf index in the audit
+            // tree.
+            let seq = next_counter(tx, CTR_AUDIT)? - 1;
+            self.held()?.audit.append(&StoredAudit {
                 seq,
                 log_index,
                 time_ms: cmd.time_ms,
                 record: cmd.audit.clone(),
                 outcome: outcome.clone(),
-            },
-        )?;
-        seq
-    };
-    let response = Response {
-        audit_seq: seq,
-        outcome,
-        replayed: false,
-    };
-    put(
-        tx,
-        COMMANDS,
-        &cmd.id.0,
-        &CommandRecord {
+            })?;
+            seq
+        };
+        let response = Response {
+            audit_seq: seq,
+            outcome,
+            replayed: false,
+        };
+        let record = encode(&CommandRecord {
             time_ms: cmd.time_ms,
             response: response.clone(),
-        },
-    )?;
-    Ok(response)
+        })?;
+        self.held()?
+            .commands
+            .insert(&cmd.id.0[..], record.as_slice())?;
+        Ok(response)
+    }
+}
+
+/// Whether `op` opens the tables an [`Applier`] holds.
+fn opens_held_tables(op: &Op) -> bool {
+    matches!(op, Op::SealAudit { .. } | Op::PurgeExpired)
+}
+
+/// Applies one command in its own [`Applier`] (tests), with the held tables already open as
+/// they are for every command after an apply call's first: every op the state tests run is
+/// thereby checked not to open a held table itself (redb refuses a table opened twice).
+#[cfg(test)]
+pub(crate) fn apply_command(
+    tx: &WriteTransaction,
+    log_index: u64,
+    cmd: &Command,
+) -> Result<Response, StateError> {
+    let mut applier = Applier::new(tx);
+    applier.held()?;
+    applier.apply_command(log_index, cmd)
 }
 
 fn rejected(r: Rejection) -> Result<Outcome, StateError> {

@@ -67,56 +67,81 @@ fn time_key(time_ms: u64, seq: u64) -> [u8; 16] {
     k
 }
 
-/// Stores `a` (whose `seq` is the next leaf index): the record, its leaf, the subtrees it
-/// completes, and its index rows.
-pub(crate) fn append(tx: &WriteTransaction, a: &StoredAudit) -> Result<(), StateError> {
-    let seq = a.seq;
-    let bytes = encode(a)?;
-    tx.open_table(AUDIT)?
-        .insert(&be(seq)[..], bytes.as_slice())?;
-    let leaf = audit_entry(a).leaf_hash();
-    tx.open_table(AUDIT_LEAVES)?
-        .insert(&be(seq)[..], &leaf[..])?;
-    // Every perfect subtree this leaf completes: at level l when the leaf count is a multiple
-    // of 2^l.
-    let mut nodes = tx.open_table(AUDIT_NODES)?;
-    let mut hash = leaf;
-    let mut level = 0u32;
-    let mut index = seq;
-    while index % 2 == 1 {
-        let left_key = node_key(level, index - 1);
-        let left = if level == 0 {
-            let leaves = tx.open_table(AUDIT_LEAVES)?;
-            let v = leaves.get(&be(index - 1)[..])?.ok_or(StateError::Corrupt {
-                table: "audit_leaves",
-                detail: format!("leaf {} missing", index - 1),
-            })?;
-            hash_of("audit_leaves", v.value())?
-        } else {
-            let v = nodes.get(&left_key[..])?.ok_or(StateError::Corrupt {
-                table: "audit_nodes",
-                detail: format!("subtree {level}/{} missing", index - 1),
-            })?;
-            hash_of("audit_nodes", v.value())?
-        };
-        hash = audit::merkle::node_hash(&left, &hash);
-        level += 1;
-        index /= 2;
-        nodes.insert(&node_key(level, index)[..], &hash[..])?;
+/// The audit log's tables, opened once for every record one apply call appends (opening a
+/// redb table costs about as much as an insert).
+pub(crate) struct AuditTables<'t> {
+    tx: &'t WriteTransaction,
+    records: redb::Table<'t, &'static [u8], &'static [u8]>,
+    leaves: redb::Table<'t, &'static [u8], &'static [u8]>,
+    nodes: redb::Table<'t, &'static [u8], &'static [u8]>,
+    by_actor: redb::Table<'t, &'static [u8], &'static [u8]>,
+    by_operation: redb::Table<'t, &'static [u8], &'static [u8]>,
+    by_time: redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl<'t> AuditTables<'t> {
+    pub(crate) fn open(tx: &'t WriteTransaction) -> Result<Self, StateError> {
+        Ok(Self {
+            tx,
+            records: tx.open_table(AUDIT)?,
+            leaves: tx.open_table(AUDIT_LEAVES)?,
+            nodes: tx.open_table(AUDIT_NODES)?,
+            by_actor: tx.open_table(AUDIT_BY_ACTOR)?,
+            by_operation: tx.open_table(AUDIT_BY_OPERATION)?,
+            by_time: tx.open_table(AUDIT_BY_TIME)?,
+        })
     }
-    drop(nodes);
-    let r = &a.record;
-    tx.open_table(AUDIT_BY_ACTOR)?
-        .insert(seq_key(&r.actor, seq).as_slice(), &[][..])?;
-    tx.open_table(AUDIT_BY_OPERATION)?
-        .insert(seq_key(&r.operation, seq).as_slice(), &[][..])?;
-    if r.decision == AuditDecision::Deny {
-        tx.open_table(AUDIT_DENIALS)?
-            .insert(&be(seq)[..], &[][..])?;
+
+    /// Stores `a` (whose `seq` is the next leaf index): the record, its leaf, the subtrees it
+    /// completes, and its index rows.
+    pub(crate) fn append(&mut self, a: &StoredAudit) -> Result<(), StateError> {
+        let seq = a.seq;
+        let bytes = encode(a)?;
+        self.records.insert(&be(seq)[..], bytes.as_slice())?;
+        let leaf = audit_entry(a).leaf_hash();
+        self.leaves.insert(&be(seq)[..], &leaf[..])?;
+        // Every perfect subtree this leaf completes: at level l when the leaf count is a
+        // multiple of 2^l.
+        let mut hash = leaf;
+        let mut level = 0u32;
+        let mut index = seq;
+        while index % 2 == 1 {
+            let left_key = node_key(level, index - 1);
+            let left = if level == 0 {
+                let v = self
+                    .leaves
+                    .get(&be(index - 1)[..])?
+                    .ok_or(StateError::Corrupt {
+                        table: "audit_leaves",
+                        detail: format!("leaf {} missing", index - 1),
+                    })?;
+                hash_of("audit_leaves", v.value())?
+            } else {
+                let v = self.nodes.get(&left_key[..])?.ok_or(StateError::Corrupt {
+                    table: "audit_nodes",
+                    detail: format!("subtree {level}/{} missing", index - 1),
+                })?;
+                hash_of("audit_nodes", v.value())?
+            };
+            hash = audit::merkle::node_hash(&left, &hash);
+            level += 1;
+            index /= 2;
+            self.nodes.insert(&node_key(level, index)[..], &hash[..])?;
+        }
+        let r = &a.record;
+        self.by_actor
+            .insert(seq_key(&r.actor, seq).as_slice(), &[][..])?;
+        self.by_operation
+            .insert(seq_key(&r.operation, seq).as_slice(), &[][..])?;
+        if r.decision == AuditDecision::Deny {
+            self.tx
+                .open_table(AUDIT_DENIALS)?
+                .insert(&be(seq)[..], &[][..])?;
+        }
+        self.by_time
+            .insert(&time_key(a.time_ms, seq)[..], &[][..])?;
+        Ok(())
     }
-    tx.open_table(AUDIT_BY_TIME)?
-        .insert(&time_key(a.time_ms, seq)[..], &[][..])?;
-    Ok(())
 }
 
 /// The number of records (sealed ones included): the tree size.

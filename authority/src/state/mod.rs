@@ -26,7 +26,7 @@ use crate::types::NodeId;
 
 mod audit_log;
 pub use self::allocs::{AllocRecord, DrainRecord};
-pub(crate) use self::apply::apply_entry;
+pub(crate) use self::apply::Applier;
 pub use self::audit_log::{AuditQuery, AuditTree, audit_entry};
 pub use self::jobs::{DesiredState, JobRecord};
 pub(crate) use self::lease::LeaseRecord;

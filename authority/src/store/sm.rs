@@ -406,7 +406,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let commands: usize = entries
             .iter()
             .map(|e| match &e.payload {
-                openraft::EntryPayload::Normal(batch) => batch.0.len(),
+                openraft::EntryPayload::Normal(batch) => batch.commands().len(),
                 _ => 1,
             })
             .sum();
@@ -417,8 +417,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             tx.set_durability(durability)
                 .map_err(|e| sm_err(StateError::Storage(e.to_string())))?;
             let mut responses = Vec::with_capacity(entries.len());
+            let mut applier = state::Applier::new(&tx);
             for e in &entries {
-                let r = state::apply_entry(&tx, e).map_err(|err| {
+                let r = applier.apply_entry(e).map_err(|err| {
                     StorageError::from(StorageIOError::apply(
                         e.log_id,
                         openraft::AnyError::new(&err),
@@ -426,6 +427,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 })?;
                 responses.push(r);
             }
+            drop(applier);
             tx.commit().map_err(sm_err)?;
             Ok(responses)
         };
