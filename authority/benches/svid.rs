@@ -19,6 +19,11 @@ use ringzero_proto::pb;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 mod common;
+
+/// The allocator of the `ringzero` binary, which runs the authority: CPU figures are the
+/// product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use common::{client, cpu_time, percentiles, secs, three_node_cluster};
 
 /// Enrolls agent `name` with a fresh join token and returns its client.
