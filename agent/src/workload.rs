@@ -528,7 +528,8 @@ fn concat(certs: &[rustls_pki_types::CertificateDer<'static>]) -> Vec<u8> {
 }
 
 /// Streams `build(snapshot)` now and after every cache change while it yields something new;
-/// `Err` ends the stream with that status. Before each message the caller is re-verified.
+/// `Err` ends the stream with that status. Before each message the caller is re-verified
+/// ([`Attestation::verify_for`]: once per connection and snapshot).
 fn stream_updates<T: Send + 'static>(
     mut rx: watch::Receiver<Arc<Snapshot>>,
     mut stopping: watch::Receiver<bool>,
@@ -544,9 +545,11 @@ fn stream_updates<T: Send + 'static>(
         loop {
             let snap = Arc::clone(&rx.borrow_and_update());
             // A few small reads of /proc and cached attributes: cheap enough to run on the
-            // runtime. Reads of the executable (new entries may need them) go through the
-            // attestor's gate.
-            let mut next = recheck(&caller, method);
+            // runtime, and shared by the connection's streams for one snapshot. Reads of the
+            // executable (new entries may need them) go through the attestor's gate.
+            let mut next = caller
+                .verify_for(snap.revision())
+                .map_err(|e| refusal(&caller, method, &e));
             if let (Ok(()), Some((attestor, deadline))) = (&next, &resolver) {
                 next = establish(attestor, *deadline, &caller, &snap, method).await;
             }

@@ -46,7 +46,10 @@
 //! plain exec), is refused, so it never gets the identity of the binary it runs *now*; a
 //! forked child that keeps the socket and the same binary is the same workload by construction.
 //! Any change of the executable's inode (a write, `chmod`, a new link) also changes its ctime:
-//! the process is refused until it reconnects and is attested again.
+//! the process is refused until it reconnects and is attested again. The streams of one
+//! connection share a successful verification for the snapshot they carry, for at most
+//! [`SHARED_VERIFICATION`] ([`Attestation::verify_for`]): a rotation fanned out to a
+//! connection's streams reads `/proc` once per connection, not once per stream.
 //!
 //! # Residual races
 //!
@@ -70,7 +73,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ringzero_policy::selector::{Selector, SelectorKind};
 
@@ -284,7 +287,14 @@ pub(crate) struct Attestation {
     task: Option<(AllocId, i32, TaskStatuses)>,
     pidfd: OwnedFd,
     proc_dir: OwnedFd,
+    /// The last successful [`Attestation::verify_for`]: the snapshot revision it was for and
+    /// when it ran.
+    shared: std::sync::Mutex<Option<(u64, Instant)>>,
 }
+
+/// How long one verification serves the other streams of a connection that carry the same
+/// snapshot ([`Attestation::verify_for`]).
+pub(crate) const SHARED_VERIFICATION: Duration = Duration::from_millis(50);
 
 impl fmt::Debug for Attestation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -398,6 +408,25 @@ impl Attestation {
             if now != *pgid || !task::still_leads(tasks, alloc, *pgid) {
                 return Err(AttestError::LeftTask);
             }
+        }
+        Ok(())
+    }
+
+    /// [`Attestation::verify`] before a stream's message carrying snapshot `revision`, shared
+    /// by the connection's streams: when another stream of this connection verified the caller
+    /// for the same revision less than [`SHARED_VERIFICATION`] ago, that check stands for this
+    /// one. A rotation fanned out to the 16 streams of one connection reads `/proc` once, not
+    /// 16 times. A failure is never shared: each stream verifies again, and is refused itself.
+    pub(crate) fn verify_for(&self, revision: u64) -> Result<(), AttestError> {
+        let recent = |memo: &Option<(u64, Instant)>| {
+            memo.is_some_and(|(r, at)| r == revision && at.elapsed() < SHARED_VERIFICATION)
+        };
+        if self.shared.lock().is_ok_and(|m| recent(&m)) {
+            return Ok(());
+        }
+        self.verify()?;
+        if let Ok(mut m) = self.shared.lock() {
+            *m = Some((revision, Instant::now()));
         }
         Ok(())
     }
@@ -570,6 +599,7 @@ impl Attestor {
             exe_path,
             path_ok: OnceLock::new(),
             digest: OnceLock::new(),
+            shared: std::sync::Mutex::new(None),
             task,
             pidfd,
             proc_dir,

@@ -312,6 +312,7 @@ async fn a_process_in_another_mount_namespace_gets_no_path() {
         exe_path: Some(wanted[0].clone()),
         path_ok: OnceLock::new(),
         digest: OnceLock::new(),
+        shared: std::sync::Mutex::new(None),
         base: Vec::new(),
         task: None,
         pidfd: a.pidfd.try_clone().unwrap(),
@@ -342,4 +343,27 @@ fn a_dead_process_fails_verification() {
         Attestor::new().attest_process(pid, 0, 0),
         Err(AttestError::ProcessGone)
     ));
+}
+
+/// A verification for one snapshot serves the connection's other streams for that snapshot,
+/// for at most [`SHARED_VERIFICATION`]; another snapshot, or a later moment, verifies afresh,
+/// and a failure is never shared.
+#[test]
+fn a_shared_verification_covers_one_snapshot_for_a_bounded_time() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let a = Attestor::new().attest_process(pid, 0, 0).unwrap();
+    a.verify_for(7).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Another snapshot: verified afresh, and refused.
+    assert!(matches!(a.verify_for(8), Err(AttestError::ProcessGone)));
+    // The failure was not recorded as a success: the first snapshot's verification is the only
+    // one shared, and only within the bound.
+    std::thread::sleep(SHARED_VERIFICATION + Duration::from_millis(10));
+    assert!(matches!(a.verify_for(7), Err(AttestError::ProcessGone)));
+    assert!(matches!(a.verify_for(8), Err(AttestError::ProcessGone)));
 }
