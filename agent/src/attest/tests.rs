@@ -327,14 +327,20 @@ async fn a_process_in_another_mount_namespace_gets_no_path() {
     assert!(b.selectors().contains(&wanted[0]));
 }
 
-#[test]
-fn a_dead_process_fails_verification() {
-    let mut child = std::process::Command::new("sleep")
+/// A `sleep 30` child and its attestation.
+fn attested_sleeper() -> (std::process::Child, i32, Attestation) {
+    let child = std::process::Command::new("sleep")
         .arg("30")
         .spawn()
         .unwrap();
     let pid = i32::try_from(child.id()).unwrap();
     let a = Attestor::new().attest_process(pid, 0, 0).unwrap();
+    (child, pid, a)
+}
+
+#[test]
+fn a_dead_process_fails_verification() {
+    let (mut child, pid, a) = attested_sleeper();
     a.verify().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -350,12 +356,7 @@ fn a_dead_process_fails_verification() {
 /// and a failure is never shared.
 #[test]
 fn a_shared_verification_covers_one_snapshot_for_a_bounded_time() {
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
-    let pid = i32::try_from(child.id()).unwrap();
-    let a = Attestor::new().attest_process(pid, 0, 0).unwrap();
+    let (mut child, _, a) = attested_sleeper();
     a.verify_for(7).unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
