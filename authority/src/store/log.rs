@@ -48,7 +48,8 @@ const COMMITTED_EVERY: std::time::Duration = std::time::Duration::from_millis(50
 
 /// How many bytes (encoded) of already written entries the tail keeps, so that the readers that
 /// follow the end of the log — replication to each follower, the state machine — take them
-/// from memory instead of reading and decoding them again.
+/// from memory instead of reading and decoding them again. Each kept entry holds its commands
+/// and its wire form ([`crate::command::Batch`]), so the memory held is a few times this.
 const TAIL_KEEP_BYTES: usize = 8 << 20;
 
 /// The end of the log in memory: every entry appended but not yet written (what readers see
