@@ -40,8 +40,9 @@
 //! # Verification
 //!
 //! Before answering each request the Workload API calls [`Attestation::verify`]: the pidfd must
-//! show the process alive, and the start time and executable read through the pinned
-//! `/proc/<pid>` directory must be unchanged. A process that connected and then died (its pid
+//! show the process alive (after the reads, so they were of that process), and the executable
+//! read through the pinned `/proc/<pid>` directory must be unchanged (and, for a task's
+//! process, its start time and process group). A process that connected and then died (its pid
 //! possibly reused), or that exec'd another binary on the connected socket (fork-then-exec or
 //! plain exec), is refused, so it never gets the identity of the binary it runs *now*; a
 //! forked child that keeps the socket and the same binary is the same workload by construction.
@@ -391,20 +392,33 @@ impl Attestation {
     /// Checks that the peer is still the process that was attested, running the same
     /// executable; see the [module docs](self). Blocking, but only a few small reads of `/proc`
     /// and cached attributes: never a request to the executable's filesystem.
+    ///
+    /// The pidfd alone proves the process is the attested one: it pinned the process that was
+    /// at the pid when the pidfd was opened, and while that process lives its pid cannot name
+    /// another, so `/proc/<pid>` (opened right after) is its directory. The start time is
+    /// therefore compared only when `/proc/<pid>/stat` is read anyway, for a task's process
+    /// group: reading it costs the kernel formatting 52 fields, and it was most of a
+    /// rotation's cost per stream.
     pub(crate) fn verify(&self) -> Result<(), AttestError> {
-        let stat = read_stat(&self.proc_dir)?;
-        let start_time = parse_start_time(&stat).ok_or(AttestError::MalformedStat)?;
+        let stat = match self.task {
+            Some(_) => Some(read_stat(&self.proc_dir)?),
+            None => None,
+        };
         let exe =
             statx_cached(&self.proc_dir, "exe").map_err(AttestError::io("/proc/<pid>/exe"))?;
         // Alive *after* the reads: the pid still named this process while they ran.
-        if !is_alive(&self.pidfd)? || start_time != self.start_time {
+        if !is_alive(&self.pidfd)? {
             return Err(AttestError::ProcessGone);
         }
         if FileId::of(&exe) != self.exe {
             return Err(AttestError::ExecutableChanged);
         }
-        if let Some((alloc, pgid, tasks)) = &self.task {
-            let (_, now) = task::parse_ppid_pgrp(&stat).ok_or(AttestError::MalformedStat)?;
+        if let (Some((alloc, pgid, tasks)), Some(stat)) = (&self.task, &stat) {
+            let start_time = parse_start_time(stat).ok_or(AttestError::MalformedStat)?;
+            if start_time != self.start_time {
+                return Err(AttestError::ProcessGone);
+            }
+            let (_, now) = task::parse_ppid_pgrp(stat).ok_or(AttestError::MalformedStat)?;
             if now != *pgid || !task::still_leads(tasks, alloc, *pgid) {
                 return Err(AttestError::LeftTask);
             }
