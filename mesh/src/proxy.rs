@@ -222,7 +222,10 @@ pub(crate) async fn serve_inbound(
             let tls = Arc::clone(&tls);
             let target = Arc::clone(&target);
             let shared = Arc::clone(&conn_shared);
-            async move { inbound_conn(tcp, peer, &target, tls, &shared).await }
+            // Taken here, in the accept loop, so handshake slots go in accept order: the 17th
+            // connection of a source is the one refused, whatever order the tasks run in.
+            let slot = shared.handshakes.admit(peer.ip());
+            async move { inbound_conn(tcp, peer, slot, &target, tls, &shared).await }
         },
     )
     .await;
@@ -231,6 +234,7 @@ pub(crate) async fn serve_inbound(
 async fn inbound_conn(
     tcp: TcpStream,
     peer: SocketAddr,
+    slot: Option<HandshakeSlot>,
     target: &HostPort,
     tls: Arc<ServerConfig>,
     shared: &Shared,
@@ -240,7 +244,7 @@ async fn inbound_conn(
     // The address this connection reached (not the listener's, which may be 0.0.0.0): the
     // PROXY header's destination.
     let local = tcp.local_addr().ok();
-    let Some(slot) = shared.handshakes.admit(peer.ip()) else {
+    let Some(slot) = slot else {
         // Closed before any cryptography (the log line is rate-limited with the others).
         let e = io::Error::other("too many handshakes in flight");
         return refused(shared, dir, peer, Refusal::Overloaded, &e);
