@@ -252,18 +252,51 @@ pub fn svid_chain(data: &[u8]) {
     let _ = validate_svid(&chain, bundle, now, Usage::Server);
 }
 
+fn fixed_ca() -> Option<&'static SigningCa> {
+    static CA: std::sync::OnceLock<Option<SigningCa>> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let td = TrustDomain::new("example.org").ok()?;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_799_000_000);
+        SigningCa::self_signed(&td, "fuzz", Duration::from_secs(86400 * 30), now, None).ok()
+    })
+    .as_ref()
+}
+
 fn fixed_bundle() -> Option<&'static TrustBundle> {
     static BUNDLE: std::sync::OnceLock<Option<TrustBundle>> = std::sync::OnceLock::new();
     BUNDLE
         .get_or_init(|| {
-            let td = TrustDomain::new("example.org").ok()?;
-            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_799_000_000);
-            let ca =
-                SigningCa::self_signed(&td, "fuzz", Duration::from_secs(86400 * 30), now, None)
-                    .ok()?;
-            TrustBundle::new(td, vec![ca.cert_der().clone()]).ok()
+            let ca = fixed_ca()?;
+            TrustBundle::new(ca.trust_domain().clone(), vec![ca.cert_der().clone()]).ok()
         })
         .as_ref()
+}
+
+/// A workload's key as the CA receives it ([`SigningCa::issue`]): the first byte picks the
+/// form (even: a PKCS#10 CSR, whose signature is verified; odd: a bare SubjectPublicKeyInfo),
+/// the rest is that DER. Hostile keys and CSRs must be refused or certified, never panic.
+pub fn svid_key(data: &[u8]) {
+    use crate::svid::{LeafKey, LeafRequest};
+    let Some((&form, der)) = data.split_first() else {
+        return;
+    };
+    let Some(ca) = fixed_ca() else { return };
+    let Ok(id) = SpiffeId::parse("spiffe://example.org/ns/fuzz/w") else {
+        return;
+    };
+    let key = if form % 2 == 0 {
+        LeafKey::Csr(der)
+    } else {
+        LeafKey::PublicKey(der)
+    };
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_799_000_100);
+    let _ = ca.issue(&LeafRequest {
+        id: &id,
+        key,
+        ttl: Duration::from_secs(3600),
+        dns_names: &[],
+        now,
+    });
 }
 
 /// JWT-SVID validation ([`crate::jwt::validate`]). The first byte picks the mode: `0`, the rest

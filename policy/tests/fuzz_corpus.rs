@@ -120,6 +120,11 @@ fn svid_chain_corpus() {
     replay("svid_chain", 10, fuzzing::svid_chain);
 }
 
+#[test]
+fn svid_key_corpus() {
+    replay("svid_key", 8, fuzzing::svid_key);
+}
+
 /// Appended blocks, whitelisted or not, for the `token_shape` seeds: (name, Datalog).
 fn appended_blocks() -> Vec<(&'static str, String)> {
     let mut attack = String::new();

@@ -28,15 +28,14 @@ impl<'t> Applier<'t> {
     }
 
     fn held(&mut self) -> Result<&mut Held<'t>, StateError> {
-        if self.held.is_none() {
-            self.held = Some(Held {
+        let held = match self.held.take() {
+            Some(held) => held,
+            None => Held {
                 audit: super::audit_log::AuditTables::open(self.tx)?,
                 commands: self.tx.open_table(COMMANDS)?,
-            });
-        }
-        self.held
-            .as_mut()
-            .ok_or(StateError::Storage("tables not open".into()))
+            },
+        };
+        Ok(self.held.insert(held))
     }
 
     /// Applies one log entry and records it as the last applied.
