@@ -278,10 +278,10 @@ impl KeySync {
     }
 }
 
-/// Runs [`KeySync::sync`] whenever the state machine applies an entry (and every second, in
-/// case a notification was missed), until `stopping`.
+/// Runs [`KeySync::sync`] whenever the state machine applies an entry that may change a key
+/// record (and every second, in case a notification was missed), until `stopping`.
 pub(crate) fn spawn_watch(sync: KeySync, mut stopping: tokio::sync::watch::Receiver<bool>) {
-    let mut applied = sync.sm.watch_applied();
+    let mut applied = sync.sm.watch_trust();
     tokio::spawn(async move {
         loop {
             match sync.sync().await {

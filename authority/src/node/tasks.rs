@@ -37,7 +37,7 @@ pub(super) fn spawn_bundle_refresher(parts: &Parts) {
         parts.td.clone(),
         parts.keys.clone(),
     );
-    let mut rx = parts.sm.watch_applied();
+    let mut rx = parts.sm.watch_trust();
     tokio::spawn(async move {
         let mut last: Vec<crate::KeyRecord> = Vec::new();
         loop {
@@ -59,8 +59,8 @@ pub(super) fn spawn_bundle_refresher(parts: &Parts) {
                 }
                 last = keys;
             }
-            // Read on every apply: a key marked compromised must stop verifying as soon as
-            // its removal is applied.
+            // Read on every apply that may change a key record: a key marked compromised
+            // must stop verifying as soon as that is applied.
             if rx.changed().await.is_err() {
                 return;
             }
@@ -71,7 +71,7 @@ pub(super) fn spawn_bundle_refresher(parts: &Parts) {
 /// Makes the gate forget cached tokens as soon as an applied revocation covers them, on every
 /// node (the revocation set itself is read from the state on every decision).
 pub(super) fn spawn_revocation_watch(sm: StateMachineStore, gate: Arc<Gate>) {
-    let mut applied = sm.watch_applied();
+    let mut applied = sm.watch_trust();
     tokio::spawn(async move {
         let mut last: Vec<Vec<u8>> = Vec::new();
         loop {

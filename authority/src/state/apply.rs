@@ -15,6 +15,8 @@ use crate::types::{Entry, StoredMembership};
 pub(crate) struct Applier<'t> {
     tx: &'t WriteTransaction,
     held: Option<Held<'t>>,
+    /// Whether an applied op may have changed the key records or the revocations.
+    trust_changed: bool,
 }
 
 struct Held<'t> {
@@ -24,7 +26,17 @@ struct Held<'t> {
 
 impl<'t> Applier<'t> {
     pub(crate) fn new(tx: &'t WriteTransaction) -> Self {
-        Self { tx, held: None }
+        Self {
+            tx,
+            held: None,
+            trust_changed: false,
+        }
+    }
+
+    /// Whether a command applied so far may have changed the key records or the revocations
+    /// ([`changes_trust`]): the watchers of that material need to look again only then.
+    pub(crate) fn trust_changed(&self) -> bool {
+        self.trust_changed
     }
 
     fn held(&mut self) -> Result<&mut Held<'t>, StateError> {
@@ -80,6 +92,7 @@ impl<'t> Applier<'t> {
                 if opens_held_tables(&cmd.op) {
                     self.held = None;
                 }
+                self.trust_changed |= changes_trust(&cmd.op);
                 apply_op(tx, cmd)?
             }
         };
@@ -122,18 +135,84 @@ fn opens_held_tables(op: &Op) -> bool {
     matches!(op, Op::SealAudit { .. } | Op::PurgeExpired)
 }
 
+/// Whether applying `op` may change the key records or the revocations: the material the TLS
+/// bundle, the gate's token cache and the key files follow. Every op is named (no catch-all),
+/// so a new op has to be placed here; the state tests check every op they apply against it
+/// (see [`apply_command`]).
+fn changes_trust(op: &Op) -> bool {
+    match op {
+        // Key records.
+        Op::PublishKey { .. } | Op::SetKeyStatus { .. } => true,
+        // Revocations: directly, by expiry, or a removed user's capabilities.
+        Op::Revoke { .. } | Op::PurgeExpired | Op::RemoveUser { .. } => true,
+        Op::AuditOnly
+        | Op::PutAuthority { .. }
+        | Op::RemoveAuthority { .. }
+        | Op::IssueJoinToken { .. }
+        | Op::RedeemJoinToken { .. }
+        | Op::SetNodeStatus { .. }
+        | Op::PutEntry { .. }
+        | Op::DeleteEntry { .. }
+        | Op::PutUser { .. }
+        | Op::PutRole { .. }
+        | Op::RemoveRole { .. }
+        | Op::SealAudit { .. }
+        | Op::IssueSvid { .. }
+        | Op::IssueUserInvite { .. }
+        | Op::IssueUserCredential { .. }
+        | Op::SetUserSuspended { .. }
+        | Op::RecordMint { .. }
+        | Op::PutMeshPolicy { .. }
+        | Op::DeleteMeshPolicy { .. }
+        | Op::PutJob { .. }
+        | Op::StopJob { .. }
+        | Op::PurgeJob { .. }
+        | Op::PlaceAllocs { .. }
+        | Op::StopAllocs { .. }
+        | Op::MarkAllocsLost { .. }
+        | Op::RemoveAllocs { .. }
+        | Op::ReportAllocStatus { .. }
+        | Op::SetNodeDrain { .. }
+        | Op::AcquireSchedLease { .. }
+        | Op::ReleaseSchedLease { .. }
+        | Op::FencedAllocWrite { .. } => false,
+    }
+}
+
 /// Applies one command in its own [`Applier`] (tests), with the held tables already open as
 /// they are for every command after an apply call's first: every op the state tests run is
-/// thereby checked not to open a held table itself (redb refuses a table opened twice).
+/// thereby checked not to open a held table itself (redb refuses a table opened twice). Each
+/// is also checked against [`changes_trust`]: an op that changed the key records or the
+/// revocations must be one it names.
 #[cfg(test)]
 pub(crate) fn apply_command(
     tx: &WriteTransaction,
     log_index: u64,
     cmd: &Command,
 ) -> Result<Response, StateError> {
+    /// The key records' and revocations' rows, each key followed by its value.
+    fn trust_rows(tx: &WriteTransaction) -> Result<Vec<Vec<u8>>, StateError> {
+        let mut rows = Vec::new();
+        for table in [KEYS, REVOCATIONS] {
+            for row in tx.open_table(table)?.iter()? {
+                let (k, v) = row?;
+                rows.push(k.value().to_vec());
+                rows.push(v.value().to_vec());
+            }
+        }
+        Ok(rows)
+    }
+    let before = trust_rows(tx)?;
     let mut applier = Applier::new(tx);
     applier.held()?;
-    applier.apply_command(log_index, cmd)
+    let response = applier.apply_command(log_index, cmd)?;
+    drop(applier);
+    assert!(
+        changes_trust(&cmd.op) || trust_rows(tx)? == before,
+        "{:?} changed the keys or revocations but changes_trust does not name it",
+        cmd.op
+    );
+    Ok(response)
 }
 
 fn rejected(r: Rejection) -> Result<Outcome, StateError> {

@@ -74,6 +74,9 @@ pub struct StateMachineStore {
     last_durable: Arc<std::sync::Mutex<std::time::Instant>>,
     /// The last applied log index, for watchers (entry feeds) to wake on.
     applied: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The last applied log index at which the trust material (key records, revocations) may
+    /// have changed, for the watchers that follow only that.
+    trust: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -111,12 +114,21 @@ impl StateMachineStore {
             snapshot_dir: Arc::new(snapshot_dir.to_path_buf()),
             last_durable: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             applied: Arc::new(tokio::sync::watch::Sender::new(0)),
+            trust: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
     /// Changes whenever entries are applied or a snapshot is installed.
     pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// Changes whenever applied entries may have changed the key records or the revocations
+    /// (see [`state::Applier::trust_changed`]), and when a snapshot is installed. The
+    /// watchers of that material (the TLS bundle, the gate's token cache, the key files) wake
+    /// on this rather than on every apply: most writes touch neither.
+    pub fn watch_trust(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.trust.subscribe()
     }
 
     /// Makes every applied batch durable (an empty transaction committed with immediate
@@ -418,6 +430,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| sm_err(StateError::Storage(e.to_string())))?;
             let mut responses = Vec::with_capacity(entries.len());
             let mut applier = state::Applier::new(&tx);
+            let mut trust_changed = false;
             for e in &entries {
                 let r = applier.apply_entry(e).map_err(|err| {
                     StorageError::from(StorageIOError::apply(
@@ -427,16 +440,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 })?;
                 responses.push(r);
             }
+            trust_changed |= applier.trust_changed();
             drop(applier);
             tx.commit().map_err(sm_err)?;
-            Ok(responses)
+            Ok((responses, trust_changed))
         };
-        let responses = if matches!(durability, Durability::None) && commands <= INLINE_APPLY {
-            run()?
-        } else {
-            blocking(run).await?
-        };
+        let (responses, trust_changed) =
+            if matches!(durability, Durability::None) && commands <= INLINE_APPLY {
+                run()?
+            } else {
+                blocking(run).await?
+            };
         self.applied.send_replace(last_index);
+        if trust_changed {
+            self.trust.send_replace(last_index);
+        }
         Ok(responses)
     }
 
@@ -499,6 +517,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .await?;
         self.applied.send_replace(index);
+        self.trust.send_replace(index);
         Ok(())
     }
 

@@ -54,11 +54,11 @@ fn a_torn_record_at_the_end_is_cut_and_appends_continue() {
     s.append(&rows(1, 4)).unwrap();
     drop(s);
     let seg = only_segment(dir.path());
-    let whole = std::fs::metadata(&seg).unwrap().len();
+    let whole = scan(&std::fs::read(&seg).unwrap()).valid;
     // A crash halfway through writing entry 5: its header and half its payload.
     let mut partial = Vec::new();
     encode_record(5, b"entry 5 never acknowledged", &mut partial);
-    let f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     f.write_all_at(&partial[..HEADER + 4], whole).unwrap();
     let s = Segments::open(dir.path(), None).unwrap();
     assert_eq!(s.last(), Some(4));
@@ -220,4 +220,84 @@ fn appends_continue_past_a_purge_beyond_the_end() {
     s.purge(21).unwrap();
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     assert_eq!(indexes(&s, 0, 40), vec![22, 23]);
+}
+
+#[test]
+fn appends_overwrite_zeros_ahead_of_them_and_the_zeros_are_a_clean_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Segments::open(dir.path(), None).unwrap();
+    s.append(&rows(1, 3)).unwrap();
+    let seg = only_segment(dir.path());
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let bytes = std::fs::read(&seg).unwrap();
+    let valid = scan(&bytes).valid;
+    assert_eq!(len, valid + ZERO_AHEAD as u64);
+    assert!(bytes[valid as usize..].iter().all(|b| *b == 0));
+    assert_eq!(scan(&bytes).stopped, None);
+    // Later appends land inside the zeroed space: the file does not grow.
+    s.append(&rows(4, 2)).unwrap();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
+    drop(s);
+    // Reopened: the zeros are the end, the file keeps them, appends go on where records end.
+    let s = Segments::open(dir.path(), None).unwrap();
+    assert_eq!(s.last(), Some(5));
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
+    s.append(&rows(6, 1)).unwrap();
+    drop(s);
+    let s = Segments::open(dir.path(), None).unwrap();
+    assert_eq!(s.read(0, 10).unwrap(), rows(1, 6));
+}
+
+#[test]
+fn an_append_past_the_zeroed_space_extends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Segments::open(dir.path(), None).unwrap();
+    s.append(&rows(1, 1)).unwrap();
+    let seg = only_segment(dir.path());
+    let len = std::fs::metadata(&seg).unwrap().len();
+    // One entry larger than what is left of the zeroed space.
+    let big = vec![9u8; ZERO_AHEAD];
+    s.append(&[(2, big.clone())]).unwrap();
+    let bytes = std::fs::read(&seg).unwrap();
+    let valid = scan(&bytes).valid;
+    assert!(valid > len);
+    assert_eq!(bytes.len() as u64, valid + ZERO_AHEAD as u64);
+    drop(s);
+    let s = Segments::open(dir.path(), None).unwrap();
+    assert_eq!(s.read(2, 2).unwrap(), vec![(2, big)]);
+}
+
+#[test]
+fn data_after_zeros_is_a_torn_end_not_a_clean_one() {
+    // A crash can persist a later page of a write and not an earlier one: zeros, then bytes.
+    let mut bytes = Vec::new();
+    encode_record(1, b"entry 1", &mut bytes);
+    let valid = bytes.len() as u64;
+    bytes.extend_from_slice(&[0u8; 64]);
+    bytes.extend_from_slice(b"stray");
+    let found = scan(&bytes);
+    assert_eq!(found.valid, valid);
+    assert_eq!(found.records.len(), 1);
+    assert!(found.stopped.is_some());
+    // Zeros alone, however short, are a clean end.
+    for zeros in [0, 1, HEADER - 1, HEADER, 4096] {
+        let mut b = bytes[..valid as usize].to_vec();
+        b.resize(b.len() + zeros, 0);
+        let found = scan(&b);
+        assert_eq!((found.valid, found.stopped), (valid, None), "{zeros} zeros");
+    }
+}
+
+#[test]
+fn a_truncated_record_does_not_come_back_after_zeros_are_extended_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Segments::open(dir.path(), None).unwrap();
+    s.append(&rows(1, 5)).unwrap();
+    s.truncate(3).unwrap();
+    // A shorter entry 3 of a new term, then reopening: old entries 4 and 5 are gone.
+    s.append(&[(3, b"3".to_vec())]).unwrap();
+    drop(s);
+    let s = Segments::open(dir.path(), None).unwrap();
+    assert_eq!(s.last(), Some(3));
+    assert_eq!(s.read(3, 3).unwrap(), vec![(3, b"3".to_vec())]);
 }
