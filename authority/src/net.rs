@@ -203,6 +203,26 @@ pub(crate) struct GrpcConnection {
     client: Result<RaftClient<tonic::transport::Channel>, String>,
     contacts: Contacts,
     retry: Retry,
+    /// The open `AppendStream` to the peer, if any.
+    stream: Option<AppendStream>,
+    /// The peer does not know `AppendStream` (an older member): unary `AppendEntries` only.
+    unary_only: bool,
+}
+
+/// How long one `AppendStream` carries appends before the next append opens a new one. The
+/// peer admits the caller at every message too; renewing bounds how long one stream (and the
+/// server task behind it) lives, well inside any request deadline of the server's.
+const STREAM_RENEW: Duration = Duration::from_secs(15);
+
+/// One open `AppendStream`: requests go in through `tx`, responses come back in order on `rx`.
+/// At most one append is in flight on it (openraft replicates to a peer one call at a time);
+/// after any failure or timeout the stream is dropped, so a late answer can never be taken for
+/// the next call's.
+#[derive(Debug)]
+struct AppendStream {
+    tx: tokio::sync::mpsc::Sender<pb::RaftPayload>,
+    rx: tonic::Streaming<pb::RaftPayload>,
+    opened: Instant,
 }
 
 fn client_for(
@@ -234,6 +254,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             client: client_for(&self.creds, target, &node.addr),
             contacts: self.contacts.clone(),
             retry: self.retry,
+            stream: None,
+            unary_only: false,
         }
     }
 }
@@ -272,12 +294,23 @@ impl GrpcConnection {
             }
         };
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(pb::RaftPayload { data });
-        request.set_timeout(timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
         let reply = match which {
-            Rpc::Append => client.append_entries(request).await,
-            Rpc::Vote => client.vote(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
+            Rpc::Append if !self.unary_only => {
+                match open_stream(&mut self.stream, client, deadline).await {
+                    Err(s) if s.code() == tonic::Code::Unimplemented => {
+                        tracing::info!(
+                            peer = self.target,
+                            "peer has no AppendStream; unary appends"
+                        );
+                        self.unary_only = true;
+                        unary(client, which, data, timeout).await
+                    }
+                    Err(s) => Err(s),
+                    Ok(()) => append_streamed(&mut self.stream, data, deadline).await,
+                }
+            }
+            _ => unary(client, which, data, timeout).await,
         };
         if let Err(status) = &reply
             && status.code() == tonic::Code::PermissionDenied
@@ -305,10 +338,90 @@ impl GrpcConnection {
             }
         })?;
         self.contacts.touch(self.target);
-        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+}
+
+/// One unary call.
+async fn unary(
+    client: &mut RaftClient<tonic::transport::Channel>,
+    which: Rpc,
+    data: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut request = tonic::Request::new(pb::RaftPayload { data });
+    request.set_timeout(timeout);
+    let reply = match which {
+        Rpc::Append => client.append_entries(request).await,
+        Rpc::Vote => client.vote(request).await,
+        Rpc::Snapshot => client.install_snapshot(request).await,
+    }?;
+    Ok(reply.into_inner().data)
+}
+
+/// Makes sure `slot` holds an `AppendStream` to the peer that is not due for renewal, opening
+/// one (before `deadline`) if not.
+async fn open_stream(
+    slot: &mut Option<AppendStream>,
+    client: &mut RaftClient<tonic::transport::Channel>,
+    deadline: tokio::time::Instant,
+) -> Result<(), tonic::Status> {
+    if slot
+        .as_ref()
+        .is_some_and(|s| s.opened.elapsed() < STREAM_RENEW)
+    {
+        return Ok(());
+    }
+    *slot = None;
+    let (tx, requests) = tokio::sync::mpsc::channel(1);
+    let opening = client.append_stream(tokio_stream::wrappers::ReceiverStream::new(requests));
+    let rx = tokio::time::timeout_at(deadline, opening)
+        .await
+        .map_err(|_| {
+            tonic::Status::deadline_exceeded("raft: the append stream did not open in time")
+        })??
+        .into_inner();
+    *slot = Some(AppendStream {
+        tx,
+        rx,
+        opened: Instant::now(),
+    });
+    Ok(())
+}
+
+/// One append over the open `AppendStream` in `slot`, answered before `deadline`. Any failure
+/// drops the stream.
+async fn append_streamed(
+    slot: &mut Option<AppendStream>,
+    data: Vec<u8>,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<u8>, tonic::Status> {
+    let Some(stream) = slot.as_mut() else {
+        return Err(tonic::Status::unavailable("raft: no append stream"));
+    };
+    let call = async {
+        stream
+            .tx
+            .send(pb::RaftPayload { data })
+            .await
+            .map_err(|_| tonic::Status::unavailable("raft: the append stream closed"))?;
+        match stream.rx.message().await? {
+            Some(reply) => Ok(reply.data),
+            None => Err(tonic::Status::unavailable("raft: the append stream ended")),
+        }
+    };
+    let result = match tokio::time::timeout_at(deadline, call).await {
+        Ok(r) => r,
+        Err(_) => Err(tonic::Status::deadline_exceeded(
+            "raft: no answer on the append stream in time",
+        )),
+    };
+    if result.is_err() {
+        *slot = None;
+    }
+    result
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -503,7 +616,14 @@ impl RaftService {
             .ok_or_else(|| {
                 tonic::Status::permission_denied("raft: caller is not an authority node")
             })?;
-        let metrics = self.raft.metrics().borrow().clone();
+        self.admit_member(id)?;
+        Ok(id)
+    }
+
+    /// Refuses node `id` unless it is a current member (see [`RaftService::admit`]).
+    fn admit_member(&self, id: NodeId) -> Result<(), tonic::Status> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         let uninitialized = membership.nodes().next().is_none();
         let is_member = uninitialized || membership.nodes().any(|(n, _)| *n == id);
@@ -512,9 +632,78 @@ impl RaftService {
                 "raft: authority node {id} is not a member"
             )));
         }
-        Ok(id)
+        Ok(())
+    }
+
+    /// One AppendEntries from `sender`, checked and handed to Raft; the unary call and every
+    /// message of a stream come here.
+    async fn append(
+        &self,
+        sender: NodeId,
+        payload: pb::RaftPayload,
+    ) -> Result<pb::RaftPayload, tonic::Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> =
+            decode(&payload.data).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        if let Err(why) = crate::raft_guard::sender_matches(sender, &rpc.vote, "AppendEntries")
+            .and_then(|()| crate::raft_guard::check_append(&rpc))
+        {
+            return self.refuse(sender, "AppendEntries", why).await;
+        }
+        if let Some(g) = &self.guard
+            && let Err(why) = crate::raft_guard::check_against_applied(&g.log, &g.sm, &rpc).await
+        {
+            return self.refuse(sender, "AppendEntries", why).await;
+        }
+        let resp = self.raft.append_entries(rpc).await;
+        if let (Some(t), Ok(r)) = (&self.takeover, &resp)
+            && !matches!(r, AppendEntriesResponse::HigherVote(_))
+        {
+            t.heard_from_leader();
+        }
+        let data = encode(&resp).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        Ok(pb::RaftPayload { data })
+    }
+
+    /// The messages of one `AppendStream`, answered in order. Before each, the caller is
+    /// admitted again (still a member, certificate not expired); a refusal, like a malformed
+    /// message, is sent as the stream's last item.
+    async fn serve_append_stream(
+        self,
+        sender: NodeId,
+        not_after: Option<std::time::SystemTime>,
+        mut incoming: impl tokio_stream::Stream<Item = Result<pb::RaftPayload, tonic::Status>> + Unpin,
+        out: tokio::sync::mpsc::Sender<Result<pb::RaftPayload, tonic::Status>>,
+    ) {
+        use tokio_stream::StreamExt;
+        loop {
+            let payload = match incoming.next().await {
+                Some(Ok(p)) => p,
+                None => return,
+                Some(Err(status)) => {
+                    let _ = out.send(Err(status)).await;
+                    return;
+                }
+            };
+            let answer = if not_after.is_some_and(|t| t < std::time::SystemTime::now()) {
+                Err(tonic::Status::unauthenticated(
+                    "raft: the caller's certificate has expired",
+                ))
+            } else {
+                match self.admit_member(sender) {
+                    Ok(()) => self.append(sender, payload).await,
+                    Err(status) => Err(status),
+                }
+            };
+            let last = answer.is_err();
+            if out.send(answer).await.is_err() || last {
+                return;
+            }
+        }
     }
 }
+
+/// The answers of one `AppendStream`.
+type AppendAnswers = tonic::codegen::BoxStream<pb::RaftPayload>;
 
 fn reply<T: Serialize>(v: &T) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
     let data = encode(v).map_err(|e| tonic::Status::internal(e.to_string()))?;
@@ -532,24 +721,24 @@ impl pb::raft_server::Raft for RaftService {
         req: tonic::Request<pb::RaftPayload>,
     ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
         let sender = self.admit(&req)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = request(req)?;
-        if let Err(why) = crate::raft_guard::sender_matches(sender, &rpc.vote, "AppendEntries")
-            .and_then(|()| crate::raft_guard::check_append(&rpc))
-        {
-            return self.refuse(sender, "AppendEntries", why).await;
-        }
-        if let Some(g) = &self.guard
-            && let Err(why) = crate::raft_guard::check_against_applied(&g.log, &g.sm, &rpc).await
-        {
-            return self.refuse(sender, "AppendEntries", why).await;
-        }
-        let resp = self.raft.append_entries(rpc).await;
-        if let (Some(t), Ok(r)) = (&self.takeover, &resp)
-            && !matches!(r, AppendEntriesResponse::HigherVote(_))
-        {
-            t.heard_from_leader();
-        }
-        reply(&resp)
+        let answer = self.append(sender, req.into_inner()).await?;
+        Ok(tonic::Response::new(answer))
+    }
+
+    async fn append_stream(
+        &self,
+        req: tonic::Request<tonic::Streaming<pb::RaftPayload>>,
+    ) -> Result<tonic::Response<AppendAnswers>, tonic::Status> {
+        let sender = self.admit(&req)?;
+        let not_after = ringzero_proto::transport::peer(&req).not_after;
+        let (out, answers) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(
+            self.clone()
+                .serve_append_stream(sender, not_after, req.into_inner(), out),
+        );
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(answers),
+        )))
     }
 
     async fn vote(
@@ -710,6 +899,84 @@ pub(crate) fn raft_server(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An AppendEntries from `sender` at an old term: checked, then answered by Raft (with its
+    /// higher vote), changing nothing.
+    fn stale_append(sender: NodeId) -> pb::RaftPayload {
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: openraft::Vote::new_committed(0, sender),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        pb::RaftPayload {
+            data: encode(&rpc).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_admits_its_caller_again_at_every_message() {
+        use crate::testing::{Cluster, test_config};
+        let c = Cluster::start(3, test_config(), 7).await.unwrap();
+        let leader = c.leader(&[], Duration::from_secs(10)).await.unwrap();
+        let others: Vec<NodeId> = (1..=3).filter(|n| *n != leader).collect();
+        let (receiver, sender) = (others[0], others[1]);
+        let td = TrustDomain::new("example.org").unwrap();
+        let service = RaftService::new(c.raft(receiver).unwrap().clone(), td);
+
+        let (requests, incoming) = tokio::sync::mpsc::channel(4);
+        let (out, mut answers) = tokio::sync::mpsc::channel(4);
+        let serving = tokio::spawn(service.clone().serve_append_stream(
+            sender,
+            None,
+            tokio_stream::wrappers::ReceiverStream::new(incoming),
+            out,
+        ));
+        requests.send(Ok(stale_append(sender))).await.unwrap();
+        let first = answers.recv().await.unwrap();
+        assert!(first.is_ok(), "a member's message is answered: {first:?}");
+
+        // The sender leaves the cluster while its stream is open: its next message is refused
+        // and the stream ends.
+        c.change_voters(&[leader, receiver], Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut refused = None;
+        for _ in 0..100 {
+            let m = service.raft.metrics().borrow().membership_config.clone();
+            if !m.membership().nodes().any(|(n, _)| *n == sender) {
+                requests.send(Ok(stale_append(sender))).await.unwrap();
+                refused = answers.recv().await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let s = refused
+            .expect("the removal reached the receiver")
+            .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+        assert!(s.message().contains("not a member"), "{s:?}");
+        assert!(
+            answers.recv().await.is_none(),
+            "the stream ends at a refusal"
+        );
+        serving.await.unwrap();
+
+        // A certificate that has expired since the stream opened: refused at its next message.
+        let (requests, incoming) = tokio::sync::mpsc::channel(4);
+        let (out, mut answers) = tokio::sync::mpsc::channel(4);
+        let expired = std::time::SystemTime::now() - Duration::from_secs(1);
+        tokio::spawn(service.serve_append_stream(
+            leader,
+            Some(expired),
+            tokio_stream::wrappers::ReceiverStream::new(incoming),
+            out,
+        ));
+        requests.send(Ok(stale_append(leader))).await.unwrap();
+        let s = answers.recv().await.unwrap().unwrap_err();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+        assert!(answers.recv().await.is_none());
+    }
 
     #[test]
     fn authority_ids_round_trip_and_refuse_others() {

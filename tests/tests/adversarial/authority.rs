@@ -104,6 +104,26 @@ fn raft_call(
     })
 }
 
+/// One AppendEntries over the `AppendStream` call (what a leader's replication uses): the
+/// refusal is either the stream's opening status or its first item.
+fn raft_stream_call(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    profile: &Profile,
+    svid: &Svid,
+    data: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    rt.block_on(async {
+        let mut client = pb::raft_client::RaftClient::new(channel(addr, mtls(profile, svid)));
+        let messages = tokio_stream::iter(vec![pb::RaftPayload { data }]);
+        let mut answers = client.append_stream(messages).await?.into_inner();
+        match answers.message().await? {
+            Some(_) => Ok(()),
+            None => Err(tonic::Status::unknown("the stream ended without an answer")),
+        }
+    })
+}
+
 /// An SVID for `id` signed by the CA in `keys` (a copy of a node's `keys/`) with a chosen
 /// serial number, as only the holder of a CA key can make one.
 fn forge_with_serial(keys: &Path, id: &str, serial: &[u8]) -> Svid {
@@ -303,6 +323,10 @@ fn removed_or_compromised_authority_node_and_local_host() {
                 .expect_err("Raft from a removed member");
             assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
             assert!(s.message().contains("not a member"), "{s:?}");
+            let s = raft_stream_call(&rt, &addr1, &admin, &svid, forged_append_entries(term + 1, 3))
+                .expect_err("a Raft stream from a removed member");
+            assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+            assert!(s.message().contains("not a member"), "{s:?}");
             let token = forge_token(&stolen_biscuit, &own, Operation::AuthorityRead);
             let s = status_over(&rt, &addr1, &admin, &svid, Some(&token))
                 .expect_err("the API for a removed member");
@@ -470,6 +494,18 @@ fn removed_or_compromised_authority_node_and_local_host() {
             assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
             assert!(s.message().contains("claims to be from node 3"), "{s:?}");
             wait_denial(&c, &member2_id, &["raft_message_refused", "AppendEntries"]);
+            // The same message as the first of a stream: admitted at the opening, refused as
+            // the message is checked, the refusal the stream's last item.
+            let s = raft_stream_call(
+                &rt,
+                &addr1,
+                &admin,
+                &member2,
+                forged_append_entries(term, 3),
+            )
+            .expect_err("a streamed AppendEntries naming another leader");
+            assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+            assert!(s.message().contains("claims to be from node 3"), "{s:?}");
         },
     );
 

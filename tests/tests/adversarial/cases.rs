@@ -364,7 +364,7 @@ pub(crate) const CASES: &[Case] = &[
         REMOVED,
         T_AUTH,
         "its own authority/3 certificate is refused by Raft as not a member and by the API as not_a_member",
-        "AppendEntries: PermissionDenied \"not a member\"; Status with a token from its own Biscuit key: PermissionDenied, denial with reason not_a_member",
+        "AppendEntries, unary and as the first message of an AppendStream: PermissionDenied \"not a member\"; Status with a token from its own Biscuit key: PermissionDenied, denial with reason not_a_member",
     ),
     case(
         REMOVED,
@@ -400,7 +400,7 @@ pub(crate) const CASES: &[Case] = &[
         REMOVED,
         T_AUTH,
         "member 2 sending AppendEntries that names removed node 3 as leader is refused and audited",
-        "with a certificate from member 2's own CA: PermissionDenied \"claims to be from node 3\"; a denial by authority/2 with reason raft_message_refused … AppendEntries",
+        "with a certificate from member 2's own CA: PermissionDenied \"claims to be from node 3\"; a denial by authority/2 with reason raft_message_refused … AppendEntries; the same message over an AppendStream: the stream ends with PermissionDenied \"claims to be from node 3\"",
     ),
     case(
         REMOVED,
