@@ -530,6 +530,9 @@ pub(crate) struct RaftService {
     key_sync: Option<crate::key_sync::KeySync>,
     /// Starts this node's election early when a lagging survivor stands first.
     takeover: Option<Arc<crate::takeover::Takeover>>,
+    /// Turns true when the node shuts down: open `AppendStream`s end then, or the server's
+    /// graceful shutdown would wait on them.
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What the server checks messages against, and where it reports refusals.
@@ -554,7 +557,14 @@ impl RaftService {
             guard: None,
             key_sync: None,
             takeover: None,
+            stopping: None,
         }
+    }
+
+    /// Ends open `AppendStream`s when `stopping` turns true (the node shutting down).
+    pub(crate) fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 
     /// Answers a split vote in the making with an early election (see `takeover`).
@@ -675,8 +685,22 @@ impl RaftService {
         out: tokio::sync::mpsc::Sender<Result<pb::RaftPayload, tonic::Status>>,
     ) {
         use tokio_stream::StreamExt;
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            match &mut stopping {
+                Some(s) => {
+                    let _ = s.wait_for(|s| *s).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stopped);
         loop {
-            let payload = match incoming.next().await {
+            let next = tokio::select! {
+                next = incoming.next() => next,
+                () = &mut stopped => return,
+            };
+            let payload = match next {
                 Some(Ok(p)) => p,
                 None => return,
                 Some(Err(status)) => {
@@ -959,6 +983,24 @@ mod tests {
         assert!(
             answers.recv().await.is_none(),
             "the stream ends at a refusal"
+        );
+        serving.await.unwrap();
+
+        // The node shutting down ends an open stream, so the server's graceful shutdown does not
+        // wait on it.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let (_requests, incoming) = tokio::sync::mpsc::channel(4);
+        let (out, mut answers) = tokio::sync::mpsc::channel(4);
+        let serving = tokio::spawn(service.clone().with_shutdown(stopping).serve_append_stream(
+            leader,
+            None,
+            tokio_stream::wrappers::ReceiverStream::new(incoming),
+            out,
+        ));
+        stop.send(true).unwrap();
+        assert!(
+            answers.recv().await.is_none(),
+            "the stream ends at shutdown"
         );
         serving.await.unwrap();
 

@@ -76,7 +76,7 @@ pub(crate) async fn check_against_applied(
     sm: &StateMachineStore,
     rpc: &AppendEntriesRequest<TypeConfig>,
 ) -> Result<(), String> {
-    let Ok(Some(applied)) = sm.reader().and_then(|r| r.last_applied()) else {
+    let Some(applied) = sm.applied_index() else {
         return Ok(());
     };
     let mut claims: Vec<openraft::LogId<NodeId>> = Vec::new();
@@ -84,7 +84,7 @@ pub(crate) async fn check_against_applied(
         claims.push(prev);
     }
     claims.extend(rpc.entries.iter().map(|e| e.log_id));
-    claims.retain(|l| l.index <= applied.index);
+    claims.retain(|l| l.index <= applied);
     let (Some(first), Some(last)) = (claims.first(), claims.last()) else {
         return Ok(());
     };

@@ -99,6 +99,7 @@ pub(super) async fn serve(
     );
     let was_removed = removed_rx.clone();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let raft_service = raft_service.with_shutdown(stopping.clone());
     // Swaps to a staged key once the replicated state activates it, whoever led the rotation.
     crate::key_sync::spawn_watch(key_sync.clone(), stopping.clone());
     spawn_own_svid_renewal(
@@ -114,8 +115,8 @@ pub(super) async fn serve(
             () = shutdown => {}
             _ = removed_rx.wait_for(|r| *r) => {}
         }
-        // Long-lived streams (entry feeds, audit tails) end first, so the graceful shutdown
-        // below does not wait on them.
+        // Long-lived streams (entry feeds, audit tails, Raft append streams) end first, so the
+        // graceful shutdown below does not wait on them.
         let _ = stopping_tx.send(true);
     };
     crate::admin_socket::spawn(

@@ -74,6 +74,9 @@ pub struct StateMachineStore {
     last_durable: Arc<std::sync::Mutex<std::time::Instant>>,
     /// The last applied log index, for watchers (entry feeds) to wake on.
     applied: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The last applied log index plus one (0: nothing applied), as committed: read by the
+    /// Raft guard on every append without a read transaction.
+    applied_index: Arc<std::sync::atomic::AtomicU64>,
     /// The last applied log index at which the trust material (key records, revocations) may
     /// have changed, for the watchers that follow only that.
     trust: Arc<tokio::sync::watch::Sender<u64>>,
@@ -109,18 +112,30 @@ impl StateMachineStore {
         }
         let db = Database::create(path)?;
         state::create_tables(&db)?;
+        let applied = StateReader::new(&db)?
+            .last_applied()?
+            .map_or(0, |l| l.index.saturating_add(1));
         Ok(Self {
             db: Arc::new(db),
             snapshot_dir: Arc::new(snapshot_dir.to_path_buf()),
             last_durable: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             applied: Arc::new(tokio::sync::watch::Sender::new(0)),
             trust: Arc::new(tokio::sync::watch::Sender::new(0)),
+            applied_index: Arc::new(std::sync::atomic::AtomicU64::new(applied)),
         })
     }
 
     /// Changes whenever entries are applied or a snapshot is installed.
     pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// The index of the last applied entry, if any: what the state holds, without opening a
+    /// read transaction.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.applied_index
+            .load(std::sync::atomic::Ordering::Acquire)
+            .checked_sub(1)
     }
 
     /// Changes whenever applied entries may have changed the key records or the revocations
@@ -451,6 +466,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             } else {
                 blocking(run).await?
             };
+        self.applied_index.store(
+            last_index.saturating_add(1),
+            std::sync::atomic::Ordering::Release,
+        );
         self.applied.send_replace(last_index);
         if trust_changed {
             self.trust.send_replace(last_index);
@@ -509,6 +528,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let store = self.clone();
         let meta = meta.clone();
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        let applied_after = meta.last_log_id.map_or(0, |l| l.index.saturating_add(1));
         blocking(move || {
             install_snapshot_file(&store.db, &received, &meta)?;
             let name = format!("{}.snap", meta.snapshot_id);
@@ -516,6 +536,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             store.set_current(&meta, &name)
         })
         .await?;
+        self.applied_index
+            .store(applied_after, std::sync::atomic::Ordering::Release);
         self.applied.send_replace(index);
         self.trust.send_replace(index);
         Ok(())
@@ -551,5 +573,41 @@ impl StateMachineStore {
                         .is_ok_and(|m| m.ino() == want.ino() && m.dev() == want.dev())
             })
             .map(|f| f.path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_applied_index_follows_applies_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, snaps) = (dir.path().join("state.redb"), dir.path().join("snapshots"));
+        let mut sm = StateMachineStore::open(&path, &snaps).unwrap();
+        assert_eq!(sm.applied_index(), None);
+        sm.apply([blank(0), blank(1)]).await.unwrap();
+        assert_eq!(sm.applied_index(), Some(1));
+        sm.apply([blank(2)]).await.unwrap();
+        assert_eq!(sm.applied_index(), Some(2));
+        assert_eq!(
+            sm.reader()
+                .unwrap()
+                .last_applied()
+                .unwrap()
+                .map(|l| l.index),
+            sm.applied_index()
+        );
+        sm.flush().unwrap();
+        drop(sm);
+        let sm = StateMachineStore::open(&path, &snaps).unwrap();
+        assert_eq!(sm.applied_index(), Some(2), "read from the state at open");
     }
 }
