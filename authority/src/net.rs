@@ -1,9 +1,12 @@
 //! Raft over gRPC over mTLS.
 //!
 //! Client side: one lazily connecting channel per peer, verifying that the server is exactly the
-//! expected authority node (`spiffe://TD/ringzero/authority/<id>`). Server side: a Raft RPC is
-//! accepted only from a current member, identified by the SPIFFE ID of its client certificate.
-//! openraft messages travel postcard-encoded inside `RaftPayload`.
+//! expected authority node (`spiffe://TD/ringzero/authority/<id>`). Appends go over one
+//! `AppendStream` per peer (one message each way per append, renewed every 15 s, unary
+//! `AppendEntries` for a peer without it); votes and snapshot chunks are unary calls. Server
+//! side: a Raft RPC is accepted only from a current member, identified by the SPIFFE ID of its
+//! client certificate, and a stream's messages each again. openraft messages travel
+//! postcard-encoded inside `RaftPayload`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
