@@ -231,7 +231,7 @@ fn appends_overwrite_zeros_ahead_of_them_and_the_zeros_are_a_clean_end() {
     let len = std::fs::metadata(&seg).unwrap().len();
     let bytes = std::fs::read(&seg).unwrap();
     let valid = scan(&bytes).valid;
-    assert_eq!(len, valid + ZERO_AHEAD as u64);
+    assert_eq!(len, valid + ZERO_AHEAD);
     assert!(bytes[valid as usize..].iter().all(|b| *b == 0));
     assert_eq!(scan(&bytes).stopped, None);
     // Later appends land inside the zeroed space: the file does not grow.
@@ -256,12 +256,12 @@ fn an_append_past_the_zeroed_space_extends_it() {
     let seg = only_segment(dir.path());
     let len = std::fs::metadata(&seg).unwrap().len();
     // One entry larger than what is left of the zeroed space.
-    let big = vec![9u8; ZERO_AHEAD];
+    let big = vec![9u8; ZERO_AHEAD as usize];
     s.append(&[(2, big.clone())]).unwrap();
     let bytes = std::fs::read(&seg).unwrap();
     let valid = scan(&bytes).valid;
     assert!(valid > len);
-    assert_eq!(bytes.len() as u64, valid + ZERO_AHEAD as u64);
+    assert_eq!(bytes.len() as u64, valid + ZERO_AHEAD);
     drop(s);
     let s = Segments::open(dir.path(), None).unwrap();
     assert_eq!(s.read(2, 2).unwrap(), vec![(2, big)]);
