@@ -222,21 +222,36 @@ fn appends_continue_past_a_purge_beyond_the_end() {
     assert_eq!(indexes(&s, 0, 40), vec![22, 23]);
 }
 
+/// Whether the file system under `dir` allocates ahead (`fallocate`); where it does not,
+/// segments grow with their appends and the size checks below do not apply.
+fn allocates_ahead(dir: &Path) -> bool {
+    let probe = dir.join("probe");
+    let f = std::fs::File::create(&probe).unwrap();
+    let ok = rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, 4096).is_ok();
+    std::fs::remove_file(&probe).unwrap();
+    ok
+}
+
 #[test]
 fn appends_overwrite_zeros_ahead_of_them_and_the_zeros_are_a_clean_end() {
     let dir = tempfile::tempdir().unwrap();
+    let ahead = allocates_ahead(dir.path());
     let s = Segments::open(dir.path(), None).unwrap();
     s.append(&rows(1, 3)).unwrap();
     let seg = only_segment(dir.path());
     let len = std::fs::metadata(&seg).unwrap().len();
     let bytes = std::fs::read(&seg).unwrap();
     let valid = scan(&bytes).valid;
-    assert_eq!(len, valid + ZERO_AHEAD);
+    if !ahead {
+        eprintln!("this file system does not allocate ahead: size checks skipped");
+    }
+    assert_eq!(len, valid + if ahead { ZERO_AHEAD } else { 0 });
     assert!(bytes[valid as usize..].iter().all(|b| *b == 0));
     assert_eq!(scan(&bytes).stopped, None);
     // Later appends land inside the zeroed space: the file does not grow.
     s.append(&rows(4, 2)).unwrap();
-    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
+    let len = std::fs::metadata(&seg).unwrap().len();
+    assert!(!ahead || len == valid + ZERO_AHEAD);
     drop(s);
     // Reopened: the zeros are the end, the file keeps them, appends go on where records end.
     let s = Segments::open(dir.path(), None).unwrap();
@@ -261,7 +276,9 @@ fn an_append_past_the_zeroed_space_extends_it() {
     let bytes = std::fs::read(&seg).unwrap();
     let valid = scan(&bytes).valid;
     assert!(valid > len);
-    assert_eq!(bytes.len() as u64, valid + ZERO_AHEAD);
+    if allocates_ahead(dir.path()) {
+        assert_eq!(bytes.len() as u64, valid + ZERO_AHEAD);
+    }
     drop(s);
     let s = Segments::open(dir.path(), None).unwrap();
     assert_eq!(s.read(2, 2).unwrap(), vec![(2, big)]);
