@@ -27,8 +27,9 @@
 //!   ([`Proposer`]).
 //!
 //! The network:
-//! - `net`: Raft over gRPC over mTLS (client and server; a leader's appends to each member on
-//!   one `AppendStream`, votes and snapshots unary); `raft_guard`: what a Raft message must
+//! - `net/`: Raft over gRPC over mTLS — `client` (openraft's network: a leader's appends to each
+//!   member on one `AppendStream`, votes and snapshots unary), `server` (the member-only Raft
+//!   service and its admission); `raft_guard`: what a Raft message must
 //!   be before openraft sees it ([`check_append`]), and where refusals are reported;
 //!   `takeover`: a follower with the longer log stands at once when a lagging survivor of a
 //!   dead leader stands first (no split vote).

@@ -72,11 +72,9 @@ pub struct StateMachineStore {
     snapshot_dir: Arc<PathBuf>,
     /// When the state database was last fsynced by an apply.
     last_durable: Arc<std::sync::Mutex<std::time::Instant>>,
-    /// The last applied log index, for watchers (entry feeds) to wake on.
-    applied: Arc<tokio::sync::watch::Sender<u64>>,
-    /// The last applied log index plus one (0: nothing applied), as committed: read by the
-    /// Raft guard on every append without a read transaction.
-    applied_index: Arc<std::sync::atomic::AtomicU64>,
+    /// The last applied log index as committed (read from the state at open), for watchers
+    /// (entry feeds) to wake on and for the Raft guard to read without a read transaction.
+    applied: Arc<tokio::sync::watch::Sender<Option<u64>>>,
     /// The last applied log index at which the trust material (key records, revocations) may
     /// have changed, for the watchers that follow only that.
     trust: Arc<tokio::sync::watch::Sender<u64>>,
@@ -112,30 +110,25 @@ impl StateMachineStore {
         }
         let db = Database::create(path)?;
         state::create_tables(&db)?;
-        let applied = StateReader::new(&db)?
-            .last_applied()?
-            .map_or(0, |l| l.index.saturating_add(1));
+        let applied = StateReader::new(&db)?.last_applied()?.map(|l| l.index);
         Ok(Self {
             db: Arc::new(db),
             snapshot_dir: Arc::new(snapshot_dir.to_path_buf()),
             last_durable: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
-            applied: Arc::new(tokio::sync::watch::Sender::new(0)),
+            applied: Arc::new(tokio::sync::watch::Sender::new(applied)),
             trust: Arc::new(tokio::sync::watch::Sender::new(0)),
-            applied_index: Arc::new(std::sync::atomic::AtomicU64::new(applied)),
         })
     }
 
     /// Changes whenever entries are applied or a snapshot is installed.
-    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
         self.applied.subscribe()
     }
 
     /// The index of the last applied entry, if any: what the state holds, without opening a
     /// read transaction.
     pub fn applied_index(&self) -> Option<u64> {
-        self.applied_index
-            .load(std::sync::atomic::Ordering::Acquire)
-            .checked_sub(1)
+        *self.applied.borrow()
     }
 
     /// Changes whenever applied entries may have changed the key records or the revocations
@@ -466,11 +459,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             } else {
                 blocking(run).await?
             };
-        self.applied_index.store(
-            last_index.saturating_add(1),
-            std::sync::atomic::Ordering::Release,
-        );
-        self.applied.send_replace(last_index);
+        self.applied.send_replace(Some(last_index));
         if trust_changed {
             self.trust.send_replace(last_index);
         }
@@ -527,8 +516,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         drop(file);
         let store = self.clone();
         let meta = meta.clone();
-        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        let applied_after = meta.last_log_id.map_or(0, |l| l.index.saturating_add(1));
+        let meta_index = meta.last_log_id.map(|l| l.index);
+        let index = meta_index.unwrap_or(0);
         blocking(move || {
             install_snapshot_file(&store.db, &received, &meta)?;
             let name = format!("{}.snap", meta.snapshot_id);
@@ -536,9 +525,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             store.set_current(&meta, &name)
         })
         .await?;
-        self.applied_index
-            .store(applied_after, std::sync::atomic::Ordering::Release);
-        self.applied.send_replace(index);
+        self.applied.send_replace(meta_index);
         self.trust.send_replace(index);
         Ok(())
     }
