@@ -29,6 +29,27 @@ pub enum ProposeError {
     Stopped,
 }
 
+/// Confirms that this node leads a quorum (openraft's `ensure_linearizable`: one heartbeat
+/// round, answered within one heartbeat interval), trying again every 50 ms for up to `within`
+/// while this node still takes itself for the leader. One round missed on a busy machine (the
+/// answers are due within one heartbeat) is not a lost quorum; a node that is not the leader,
+/// or a quorum that stays silent for `within`, is.
+pub(crate) async fn confirm_leader(raft: &Raft, within: std::time::Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match raft.ensure_linearizable().await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let m = raft.metrics().borrow().clone();
+                if m.current_leader != Some(m.id) || tokio::time::Instant::now() >= deadline {
+                    return Err(e.to_string());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Validates `cmd`, proposes it alone in one entry, and waits until it is committed and
 /// applied. Nothing malformed reaches the log from this node (apply validates again, for
 /// entries from anywhere else). Services use a [`Proposer`], which groups concurrent commands.

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use ringzero_proto::pb;
 use ringzero_proto::transport::{ANONYMOUS_MESSAGE, EXPIRED_MESSAGE, MEMBERS_ONLY_MESSAGE};
 use ringzero_tests::cluster::*;
+use ringzero_tests::show;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// The bound on `authority status` through the admin profile while under attack.
@@ -97,19 +98,20 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// One `authority status` through the admin profile (the whole CLI process).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Probe {
     started: Instant,
-    ok: bool,
+    /// `None` if it succeeded; the CLI's output otherwise.
+    failed: Option<String>,
     took: Duration,
 }
 
 fn timed_status(c: &Cluster) -> Probe {
     let started = Instant::now();
-    let ok = c.status_ok();
+    let out = c.cli(&["authority", "status"]);
     Probe {
         started,
-        ok,
+        failed: (!out.status.success()).then(|| show(&out)),
         took: started.elapsed(),
     }
 }
@@ -132,7 +134,9 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
 fn assert_status_bounded(what: &str, probes: &[Probe], bound: Duration) {
     assert!(!probes.is_empty(), "{what}: no status probe ran");
     for (i, p) in probes.iter().enumerate() {
-        assert!(p.ok, "{what}: status #{i} failed");
+        if let Some(out) = &p.failed {
+            panic!("{what}: status #{i} failed after {:?}:\n{out}", p.took);
+        }
         assert!(
             p.took < bound,
             "{what}: status #{i} took {:?} (bound {bound:?})",

@@ -431,22 +431,9 @@ impl Gate {
         }
         // A leader elected a moment ago may not have committed its first entry yet: wait for it
         // (briefly) rather than send the client elsewhere — this node is where it must come.
-        let raft = self.proposer.raft();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            match raft.ensure_linearizable().await {
-                Ok(_) => break,
-                Err(e) => {
-                    let m = raft.metrics().borrow().clone();
-                    if m.current_leader != Some(m.id) || Instant::now() >= deadline {
-                        return Err(tonic::Status::unavailable(format!(
-                            "not ready to decide: {e}"
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        crate::proposer::confirm_leader(self.proposer.raft(), Duration::from_secs(2))
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("not ready to decide: {e}")))?;
         self.ready_term
             .store(term, std::sync::atomic::Ordering::Release);
         Ok(())

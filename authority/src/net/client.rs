@@ -3,12 +3,49 @@
 
 use super::*;
 
+use std::collections::HashMap;
+use std::sync::PoisonError;
+
+use tonic::transport::Channel;
+
 /// The gRPC network factory of one node.
 #[derive(Debug, Clone)]
 pub(crate) struct GrpcNetwork {
     creds: PeerCredentials,
     contacts: Contacts,
     retry: Retry,
+    channels: Channels,
+}
+
+/// One HTTP/2 channel per peer, shared by every client openraft makes for it. openraft makes a
+/// client for each leadership check (`ensure_linearizable`: every `authority status` and every
+/// linearizable read) and for each replication task; with a channel each, every check paid a
+/// TCP+TLS handshake to every member inside one heartbeat interval, which a busy machine
+/// missed (an anonymous handshake flood on 2 cores made `authority status` report a leader
+/// that could not confirm itself). A channel reconnects after a failure, and verifies the peer
+/// (with the bundle of that moment) at each new connection.
+#[derive(Debug, Clone, Default)]
+struct Channels(Arc<std::sync::Mutex<HashMap<NodeId, (String, RaftClient<Channel>)>>>);
+
+impl Channels {
+    /// The channel to `target` at `addr`: the shared one, or a new one if there is none yet or
+    /// the peer's address changed. At most one per member this node has replicated to.
+    fn get(
+        &self,
+        creds: &PeerCredentials,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<RaftClient<Channel>, String> {
+        let mut channels = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, client)) = channels.get(&target)
+            && at == addr
+        {
+            return Ok(client.clone());
+        }
+        let client = client_for(creds, target, addr)?;
+        channels.insert(target, (addr.to_owned(), client.clone()));
+        Ok(client)
+    }
 }
 
 impl GrpcNetwork {
@@ -21,6 +58,7 @@ impl GrpcNetwork {
             creds,
             contacts,
             retry: Retry::of(timing),
+            channels: Channels::default(),
         }
     }
 }
@@ -56,9 +94,13 @@ impl Retry {
 #[derive(Debug)]
 pub(crate) struct GrpcConnection {
     target: NodeId,
-    client: Result<RaftClient<tonic::transport::Channel>, String>,
+    client: Result<RaftClient<Channel>, String>,
     contacts: Contacts,
     retry: Retry,
+    /// Whether this client has made an append already. The first goes unary: openraft makes a
+    /// client for one heartbeat at each leadership check, and opening a stream for it would
+    /// cost a round trip more. A client that appends again is a replication task's.
+    appended: bool,
     /// The open `AppendStream` to the peer, if any.
     stream: Option<AppendStream>,
     /// The peer does not know `AppendStream` (an older member): unary `AppendEntries` only.
@@ -85,7 +127,7 @@ fn client_for(
     creds: &PeerCredentials,
     target: NodeId,
     addr: &str,
-) -> Result<RaftClient<tonic::transport::Channel>, String> {
+) -> Result<RaftClient<Channel>, String> {
     let expected = authority_id(&creds.trust_domain, target).map_err(|e| e.to_string())?;
     let verifier = SpiffeServerVerifier::new(
         creds.bundle.clone(),
@@ -107,9 +149,10 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         GrpcConnection {
             target,
-            client: client_for(&self.creds, target, &node.addr),
+            client: self.channels.get(&self.creds, target, &node.addr),
             contacts: self.contacts.clone(),
             retry: self.retry,
+            appended: false,
             stream: None,
             unary_only: false,
         }
@@ -140,6 +183,10 @@ impl GrpcConnection {
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let deadline = tokio::time::Instant::now() + timeout;
         let reply = match which {
+            Rpc::Append if !self.appended => {
+                self.appended = true;
+                unary(client, which, data, timeout).await
+            }
             Rpc::Append if !self.unary_only => {
                 match open_stream(&mut self.stream, client, deadline).await {
                     Err(s) if s.code() == tonic::Code::Unimplemented => {
@@ -190,18 +237,25 @@ impl GrpcConnection {
 
 /// One unary call.
 async fn unary(
-    client: &mut RaftClient<tonic::transport::Channel>,
+    client: &mut RaftClient<Channel>,
     which: Rpc,
     data: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>, tonic::Status> {
     let mut request = tonic::Request::new(pb::RaftPayload { data });
     request.set_timeout(timeout);
-    let reply = match which {
-        Rpc::Append => client.append_entries(request).await,
-        Rpc::Vote => client.vote(request).await,
-        Rpc::Snapshot => client.install_snapshot(request).await,
-    }?;
+    // The request's timeout runs from when the channel is ready: it does not bound a
+    // connection being set up (up to the connect timeout), this does.
+    let call = async {
+        match which {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        }
+    };
+    let reply = tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("raft: no answer in time"))??;
     Ok(reply.into_inner().data)
 }
 
@@ -209,7 +263,7 @@ async fn unary(
 /// one (before `deadline`) if not.
 async fn open_stream(
     slot: &mut Option<AppendStream>,
-    client: &mut RaftClient<tonic::transport::Channel>,
+    client: &mut RaftClient<Channel>,
     deadline: tokio::time::Instant,
 ) -> Result<(), tonic::Status> {
     if slot

@@ -173,3 +173,64 @@ fn an_unreachable_peer_is_retried_within_the_shortest_election_timeout() {
             .all(|d| d <= Duration::from_millis(300))
     );
 }
+
+/// Every client openraft makes for a peer (a replication task's, each leadership check's)
+/// shares one channel: a second client waits on the first one's connection instead of opening
+/// its own. The peer here accepts TCP and never answers the TLS handshake, so each call times
+/// out (within its own timeout, not the connect timeout) and the connections the peer saw are
+/// counted.
+#[tokio::test]
+async fn every_client_for_a_peer_shares_one_connection() {
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use ringzero_policy::svid::TrustBundle;
+    use ringzero_policy::tls::RotatingCert;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            counting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(tcp);
+        }
+    });
+
+    let td = TrustDomain::new("example.org").unwrap();
+    let keys = crate::keys::NodeKeys::generate(&td, 1, std::time::SystemTime::now()).unwrap();
+    let (chain, key) = crate::node::own_svid(&keys, &td, 1).unwrap();
+    let creds = PeerCredentials {
+        trust_domain: td.clone(),
+        cert: RotatingCert::new(chain, key).unwrap(),
+        bundle: BundleSource::new(TrustBundle::new(td, vec![keys.ca.cert_der().clone()]).unwrap()),
+    };
+    let mut net =
+        super::client::GrpcNetwork::new(creds, Contacts::default(), crate::RaftTiming::default());
+    let peer = BasicNode::new(addr);
+    let rpc = || AppendEntriesRequest::<TypeConfig> {
+        vote: openraft::Vote::new_committed(1, 1),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+    for _ in 0..3 {
+        let mut client = net.new_client(2, &peer).await;
+        let started = std::time::Instant::now();
+        let answer = client
+            .append_entries(rpc(), RPCOption::new(Duration::from_millis(200)))
+            .await;
+        assert!(answer.is_err(), "the peer never answers");
+        // The call's own timeout bounds it, not the connection's (3 s).
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "three clients, one connection"
+    );
+}

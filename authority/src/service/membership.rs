@@ -289,7 +289,10 @@ impl AuthorityService {
         req: tonic::Request<pb::StatusRequest>,
     ) -> Result<tonic::Response<pb::StatusReply>, tonic::Status> {
         let allowed = self.gate_authority_read(&req).await?;
-        let writable = self.raft.ensure_linearizable().await.is_ok();
+        // A leader that cannot confirm its quorum for a second is not accepting writes.
+        let writable = crate::proposer::confirm_leader(&self.raft, Duration::from_secs(1))
+            .await
+            .is_ok();
         self.gate.record(&allowed).await?;
         let m = self.raft.metrics().borrow().clone();
         let leader_address = m
