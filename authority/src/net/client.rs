@@ -25,7 +25,10 @@ pub(crate) struct GrpcNetwork {
 /// that could not confirm itself). A channel reconnects after a failure, and verifies the peer
 /// (with the bundle of that moment) at each new connection.
 #[derive(Debug, Clone, Default)]
-struct Channels(Arc<std::sync::Mutex<HashMap<NodeId, (String, RaftClient<Channel>)>>>);
+struct Channels(Arc<std::sync::Mutex<HashMap<NodeId, PeerChannel>>>);
+
+/// A peer's address and the channel to it.
+type PeerChannel = (String, RaftClient<Channel>);
 
 impl Channels {
     /// The channel to `target` at `addr`: the shared one, or a new one if there is none yet or
