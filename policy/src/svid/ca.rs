@@ -31,7 +31,9 @@ pub fn csr_for(key: &KeyPair, id: &SpiffeId) -> Result<Vec<u8>, SvidError> {
 /// send along with the leaves it signs. Its `Debug` form never shows the key.
 pub struct SigningCa {
     cert: CertificateDer<'static>,
-    key: KeyPair,
+    /// The CA's private key with what a leaf takes from the CA's certificate (its subject and
+    /// key identifier), parsed once: every SVID is signed through it.
+    issuer: Issuer<'static, KeyPair>,
     /// The certificates to append after a leaf: this CA's own certificate when it is an
     /// intermediate, then its parents' intermediates. Empty for a self-signed CA, which verifiers
     /// hold in their bundle.
@@ -106,9 +108,10 @@ impl SigningCa {
         let key = generate_key()?;
         let params = ca_params(td, common_name, ttl, now, path_len)?;
         let cert = params.self_signed(&key)?;
+        let cert = cert.der().clone();
         Ok(Self {
-            cert: cert.der().clone(),
-            key,
+            issuer: Issuer::from_ca_cert_der(&cert, key)?,
+            cert,
             chain: Vec::new(),
             trust_domain: td.clone(),
             not_after: now + ttl,
@@ -138,13 +141,13 @@ impl SigningCa {
             (None, child) => child,
         };
         let params = ca_params(&self.trust_domain, common_name, ttl, now, path_len)?;
-        let cert = params.signed_by(&key, &self.issuer()?)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
         let der = cert.der().clone();
         let mut chain = vec![der.clone()];
         chain.extend(self.chain.iter().cloned());
         Ok(Self {
+            issuer: Issuer::from_ca_cert_der(&der, key)?,
             cert: der,
-            key,
             chain,
             trust_domain: self.trust_domain.clone(),
             not_after: now + ttl,
@@ -189,9 +192,10 @@ impl SigningCa {
             .flatten()
             .and_then(|bc| bc.value.path_len_constraint)
             .map(|n| u8::try_from(n).unwrap_or(u8::MAX));
+        let cert = CertificateDer::from(cert.to_vec());
         Ok(Self {
-            cert: CertificateDer::from(cert.to_vec()),
-            key,
+            issuer: Issuer::from_ca_cert_der(&cert, key)?,
+            cert,
             chain,
             trust_domain: id.trust_domain(),
             not_after,
@@ -207,12 +211,12 @@ impl SigningCa {
     /// What join tokens pin this CA by: the SHA-256 of its SubjectPublicKeyInfo — the same as
     /// [`crate::join::ca_pin`] of its certificate, without parsing the certificate.
     pub fn pin(&self) -> [u8; 32] {
-        crate::join::sha256(&rcgen::PublicKeyData::subject_public_key_info(&self.key))
+        crate::join::sha256(&rcgen::PublicKeyData::subject_public_key_info(self.issuer.key()))
     }
 
     /// The private key as PKCS#8 DER. Handle as a secret.
     pub fn key_pkcs8_der(&self) -> zeroize::Zeroizing<Vec<u8>> {
-        zeroize::Zeroizing::new(self.key.serialize_der())
+        zeroize::Zeroizing::new(self.issuer.key().serialize_der())
     }
 
     /// The intermediates presented after each leaf this CA signs.
@@ -226,10 +230,6 @@ impl SigningCa {
 
     pub fn not_after(&self) -> SystemTime {
         self.not_after
-    }
-
-    fn issuer(&self) -> Result<Issuer<'static, &KeyPair>, SvidError> {
-        Ok(Issuer::from_ca_cert_der(&self.cert, &self.key)?)
     }
 
     /// `ttl` in whole seconds, capped so the result does not outlive this CA. `now` must be
@@ -288,7 +288,7 @@ impl SigningCa {
         params.serial_number = Some(serial.clone());
         params.use_authority_key_identifier_extension = true;
 
-        let cert = params.signed_by(&public_key, &self.issuer()?)?;
+        let cert = params.signed_by(&public_key, &self.issuer)?;
         let mut chain = vec![cert.der().clone()];
         chain.extend(self.chain.iter().cloned());
         let spki = rcgen::PublicKeyData::subject_public_key_info(&public_key);
