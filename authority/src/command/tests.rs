@@ -242,3 +242,25 @@ fn job_commands_round_trip_and_are_validated() {
         .is_err()
     );
 }
+
+#[test]
+fn command_ids_sort_by_time_and_differ_within_a_millisecond() {
+    let first = CommandId::random();
+    let same_ms: Vec<CommandId> = (0..1000).map(|_| CommandId::random()).collect();
+    let unique: std::collections::HashSet<_> = same_ms.iter().collect();
+    assert_eq!(unique.len(), same_ms.len(), "ids made together differ");
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    let later = CommandId::random();
+    assert!(later > first, "{later:?} was made after {first:?}");
+    assert!(same_ms.iter().all(|id| *id < later));
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut prefix = [0u8; 8];
+    prefix[2..].copy_from_slice(&later.0[..6]);
+    assert!(
+        ms - u64::from_be_bytes(prefix) < 10_000,
+        "the prefix is the clock"
+    );
+}

@@ -211,7 +211,9 @@ impl SigningCa {
     /// What join tokens pin this CA by: the SHA-256 of its SubjectPublicKeyInfo — the same as
     /// [`crate::join::ca_pin`] of its certificate, without parsing the certificate.
     pub fn pin(&self) -> [u8; 32] {
-        crate::join::sha256(&rcgen::PublicKeyData::subject_public_key_info(self.issuer.key()))
+        crate::join::sha256(&rcgen::PublicKeyData::subject_public_key_info(
+            self.issuer.key(),
+        ))
     }
 
     /// The private key as PKCS#8 DER. Handle as a secret.
@@ -415,8 +417,16 @@ fn uri_san(id: &SpiffeId) -> Result<SanType, SvidError> {
 fn random_serial() -> Result<SerialNumber, SvidError> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
+    // The clock in unix milliseconds (6 bytes, big-endian), then 80 random bits: serials issued
+    // later sort later, so the authority's record of each node's serials grows at its end
+    // instead of on a random page per certificate. The random part keeps what a random serial
+    // is for (a signer cannot be led to sign a prefix chosen in advance).
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
+        .fill(&mut bytes[6..])
         .map_err(|_| SvidError::Generate("no randomness".into()))?;
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01; // never a leading zero byte, so the DER length is fixed
