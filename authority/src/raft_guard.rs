@@ -14,7 +14,7 @@ use std::time::Duration;
 use openraft::RaftLogReader;
 use openraft::raft::AppendEntriesRequest;
 
-use crate::command::{AuditDecision, AuditRecord, CommandId};
+use crate::command::{AuditDecision, AuditRecord};
 use crate::gate::Gate;
 use crate::net::PeerCredentials;
 use crate::store::{LogStore, StateMachineStore};
@@ -136,7 +136,7 @@ impl Reporter {
             decision: AuditDecision::Deny,
             reason: Some(format!("raft_message_refused: {what}: {why}")),
             authority: self.node_id,
-            request_id: hex::encode(CommandId::random().0),
+            request_id: crate::command::random_hex(),
             details: vec![("raft_rpc".into(), what.into())],
         }
     }

@@ -515,7 +515,7 @@ pub fn node(id: NodeId) -> BasicNode {
 /// A command that changes nothing but appends an audit record named `request_id`.
 pub fn audit_only(request_id: &str) -> Command {
     Command {
-        id: CommandId::random(),
+        id: CommandId::fresh(),
         time_ms: 0,
         audit: AuditRecord {
             actor: "spiffe://test/user/tester".into(),

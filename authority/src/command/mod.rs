@@ -120,7 +120,7 @@ impl CommandId {
     /// together at the end of their table, not on a random page each (a random insert into a
     /// table of 100,000s of records copies a leaf and its branches per command at every apply,
     /// on every node). Uniqueness rests on the 80 random bits within one millisecond.
-    pub fn random() -> Self {
+    pub fn fresh() -> Self {
         use ring::rand::SecureRandom;
         let mut b = [0u8; 16];
         let ms = std::time::SystemTime::now()
@@ -132,6 +132,16 @@ impl CommandId {
         let _ = ring::rand::SystemRandom::new().fill(&mut b[6..]);
         Self(b)
     }
+}
+
+/// 16 random bytes, in hex: entry ids, request ids and temporary file names, which (unlike a
+/// [`CommandId`]) carry no clock.
+pub(crate) fn random_hex() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    // SystemRandom fails only if the OS has no entropy source.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    hex::encode(b)
 }
 
 /// One proposal to the state machine.

@@ -245,12 +245,12 @@ fn job_commands_round_trip_and_are_validated() {
 
 #[test]
 fn command_ids_sort_by_time_and_differ_within_a_millisecond() {
-    let first = CommandId::random();
-    let same_ms: Vec<CommandId> = (0..1000).map(|_| CommandId::random()).collect();
+    let first = CommandId::fresh();
+    let same_ms: Vec<CommandId> = (0..1000).map(|_| CommandId::fresh()).collect();
     let unique: std::collections::HashSet<_> = same_ms.iter().collect();
     assert_eq!(unique.len(), same_ms.len(), "ids made together differ");
     std::thread::sleep(std::time::Duration::from_millis(3));
-    let later = CommandId::random();
+    let later = CommandId::fresh();
     assert!(later > first, "{later:?} was made after {first:?}");
     assert!(same_ms.iter().all(|id| *id < later));
     let ms = std::time::SystemTime::now()

@@ -96,7 +96,7 @@ impl Allowed {
     /// A command carrying this call's audit record.
     pub(crate) fn command(&self, op: Op) -> Command {
         Command {
-            id: CommandId::random(),
+            id: CommandId::fresh(),
             time_ms: now_ms(),
             audit: self.audit.clone(),
             op,
@@ -148,7 +148,7 @@ fn request_id<T>(req: &tonic::Request<T>) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 128)
         .map(str::to_owned)
-        .unwrap_or_else(|| hex::encode(CommandId::random().0))
+        .unwrap_or_else(|| crate::command::random_hex())
 }
 
 impl Gate {

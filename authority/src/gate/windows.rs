@@ -104,7 +104,7 @@ pub(super) type Windows = Arc<Mutex<HashMap<String, Window>>>;
 /// unrecorded denial is logged.
 pub(super) async fn commit_denial(proposer: &Proposer, record: AuditRecord) {
     let cmd = Command {
-        id: CommandId::random(),
+        id: CommandId::fresh(),
         time_ms: now_ms(),
         audit: record,
         op: Op::AuditOnly,

@@ -29,14 +29,14 @@ pub(super) fn local_audit(
         decision: AuditDecision::Allow,
         reason: None,
         authority: node_id,
-        request_id: hex::encode(CommandId::random().0),
+        request_id: crate::command::random_hex(),
         details,
     }
 }
 
 pub(super) async fn propose(raft: &Raft, audit: AuditRecord, op: Op) -> Result<Outcome, NodeError> {
     let cmd = Command {
-        id: CommandId::random(),
+        id: CommandId::fresh(),
         time_ms: now_ms(),
         audit,
         op,

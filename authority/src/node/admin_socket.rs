@@ -112,7 +112,7 @@ fn audit(
         decision,
         reason,
         authority: issuer.node_id,
-        request_id: hex::encode(CommandId::random().0),
+        request_id: crate::command::random_hex(),
         details: vec![("via".into(), "admin socket".into())],
     }
 }
@@ -151,7 +151,7 @@ async fn serve_one(stream: &mut UnixStream, issuer: &Issuer) -> Result<String, S
             Some("the admin socket is for root only".into()),
         );
         let cmd = Command {
-            id: CommandId::random(),
+            id: CommandId::fresh(),
             time_ms: now_ms(),
             audit: record,
             op: Op::AuditOnly,

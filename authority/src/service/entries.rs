@@ -105,7 +105,7 @@ impl AuthorityService {
             }
             r.id.clone()
         } else {
-            hex::encode(crate::command::CommandId::random().0)
+            crate::command::random_hex()
         };
         let allowed = self
             .gate

@@ -182,7 +182,7 @@ impl AuthorityService {
         // The record of exactly what will be released is committed with the redemption,
         // before the certificate leaves this node.
         let cmd = Command {
-            id: CommandId::random(),
+            id: CommandId::fresh(),
             time_ms: now_ms(),
             audit: AuditRecord {
                 actor: peer
@@ -249,7 +249,7 @@ impl AuthorityService {
             audit.operation = "svid:mint".into();
             audit.details.retain(|(k, _)| k != "minted_token");
             let record = Command {
-                id: CommandId::random(),
+                id: CommandId::fresh(),
                 time_ms: now_ms(),
                 audit,
                 op: Op::IssueSvid {
@@ -409,7 +409,7 @@ impl AuthorityService {
             .push(("token_id".into(), hex::encode(token.id)));
         audit.details.push(("node_name".into(), name.clone()));
         let cmd = Command {
-            id: CommandId::random(),
+            id: CommandId::fresh(),
             time_ms: now_ms(),
             audit,
             op: Op::IssueJoinToken {
@@ -509,7 +509,7 @@ impl AuthorityService {
         for k in keys_to_publish {
             let kind = parse_kind(&k.kind).ok_or_else(|| super::status::invalid("key kind"))?;
             let cmd = Command {
-                id: CommandId::random(),
+                id: CommandId::fresh(),
                 time_ms: now_ms(),
                 audit: audit.clone(),
                 op: Op::PublishKey {
@@ -522,7 +522,7 @@ impl AuthorityService {
             self.propose(cmd).await?;
         }
         self.propose(Command {
-            id: CommandId::random(),
+            id: CommandId::fresh(),
             time_ms: now_ms(),
             audit: audit.clone(),
             op: Op::PutAuthority {

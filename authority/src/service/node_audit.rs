@@ -17,7 +17,7 @@ use ringzero_proto::pb;
 
 use super::status::invalid;
 use super::{AuthorityService, status_of};
-use crate::command::{AuditDecision, AuditRecord, CommandId, Op, job_resource};
+use crate::command::{AuditDecision, AuditRecord, Op, job_resource};
 
 /// Records in one call.
 pub(crate) const MAX_RECORDS: usize = 16;
@@ -186,7 +186,7 @@ impl AuthorityService {
                 decision: r.decision,
                 reason: r.reason,
                 authority: self.gate.node_id(),
-                request_id: hex::encode(CommandId::random().0),
+                request_id: crate::command::random_hex(),
                 details,
             };
             commands.push(crate::command::Command {

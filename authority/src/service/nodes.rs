@@ -147,7 +147,7 @@ impl AuthorityService {
                     decision: AuditDecision::Deny,
                     reason: Some(format!("not_an_active_node: {}", status.message())),
                     authority: self.gate.node_id(),
-                    request_id: hex::encode(crate::command::CommandId::random().0),
+                    request_id: crate::command::random_hex(),
                     details: Vec::new(),
                 };
                 self.gate.record_denial(record).await;
@@ -219,7 +219,7 @@ impl AuthorityService {
             .details
             .push(("minted_token".into(), token_ids.join(",")));
         let cmd = crate::command::Command {
-            id: crate::command::CommandId::random(),
+            id: crate::command::CommandId::fresh(),
             time_ms: crate::gate::now_ms(),
             audit,
             op: Op::RecordMint {

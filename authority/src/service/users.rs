@@ -124,7 +124,7 @@ impl Issued {
     fn record(&self, mut audit: AuditRecord, user: &User) -> Command {
         audit.details.extend(self.details(user));
         Command {
-            id: CommandId::random(),
+            id: CommandId::fresh(),
             time_ms: now_ms(),
             audit,
             op: Op::IssueUserCredential {
@@ -442,7 +442,7 @@ impl AuthorityService {
             ],
         };
         let redeem = Command {
-            id: CommandId::random(),
+            id: CommandId::fresh(),
             time_ms: now_ms(),
             audit: audit.clone(),
             op: Op::RedeemJoinToken {

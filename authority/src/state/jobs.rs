@@ -177,7 +177,7 @@ mod tests {
 
     fn cmd(op: Op, time_ms: u64) -> Command {
         Command {
-            id: CommandId::random(),
+            id: CommandId::fresh(),
             time_ms,
             audit: AuditRecord {
                 actor: "spiffe://td/user/carol".into(),

@@ -223,7 +223,7 @@ mod tests {
         fn run_as(&mut self, actor: &str, time_ms: u64, op: Op) -> Outcome {
             self.index += 1;
             let cmd = Command {
-                id: CommandId::random(),
+                id: CommandId::fresh(),
                 time_ms,
                 audit: AuditRecord {
                     actor: actor.into(),

@@ -116,7 +116,7 @@ mod tests {
 
     fn cmd(op: Op) -> Command {
         Command {
-            id: CommandId::random(),
+            id: CommandId::fresh(),
             time_ms: 1_000,
             audit: AuditRecord {
                 actor: "spiffe://td/user/carol".into(),

@@ -37,7 +37,7 @@ fn audit() -> AuditRecord {
 
 fn cmd(time_ms: u64, op: Op) -> Command {
     Command {
-        id: CommandId::random(),
+        id: CommandId::fresh(),
         time_ms,
         audit: audit(),
         op,

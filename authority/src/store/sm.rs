@@ -359,19 +359,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (meta, path) = blocking(move || {
             // Logs are purged behind a snapshot: the state it captures must be durable first.
             store.flush().map_err(sm_err)?;
-            let nonce = crate::command::CommandId::random();
+            let nonce = crate::command::random_hex();
             let tmp = store
                 .snapshot_dir
-                .join(format!("building-{}.tmp", hex::encode(&nonce.0[..6])));
+                .join(format!("building-{}.tmp", &nonce[..12]));
             let (last_applied, membership) = write_snapshot(&store.db, &tmp)?;
             let snapshot_id = match last_applied {
-                Some(l) => format!(
-                    "{}-{}-{}",
-                    l.leader_id.term,
-                    l.index,
-                    hex::encode(&nonce.0[..4])
-                ),
-                None => format!("0-0-{}", hex::encode(&nonce.0[..4])),
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, &nonce[..8]),
+                None => format!("0-0-{}", &nonce[..8]),
             };
             let file = format!("{snapshot_id}.snap");
             let path = store.snapshot_dir.join(&file);
@@ -473,10 +468,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let nonce = crate::command::CommandId::random();
+        let nonce = crate::command::random_hex();
         let path = self
             .snapshot_dir
-            .join(format!("receiving-{}.tmp", hex::encode(&nonce.0[..6])));
+            .join(format!("receiving-{}.tmp", &nonce[..12]));
         let file = tokio::fs::OpenOptions::new()
             .create_new(true)
             .read(true)
@@ -502,10 +497,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             None => {
                 // Not one of ours (a snapshot handed over from elsewhere): copy it in.
                 use std::io::Seek;
-                let nonce = crate::command::CommandId::random();
+                let nonce = crate::command::random_hex();
                 let path = self
                     .snapshot_dir
-                    .join(format!("receiving-{}.tmp", hex::encode(&nonce.0[..6])));
+                    .join(format!("receiving-{}.tmp", &nonce[..12]));
                 let mut out = crate::private_fs::create_file(&path).map_err(snap_err)?;
                 file.seek(std::io::SeekFrom::Start(0)).map_err(snap_err)?;
                 std::io::copy(&mut file, &mut out).map_err(snap_err)?;
