@@ -148,7 +148,7 @@ fn request_id<T>(req: &tonic::Request<T>) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 128)
         .map(str::to_owned)
-        .unwrap_or_else(|| crate::command::random_hex())
+        .unwrap_or_else(crate::command::random_hex)
 }
 
 impl Gate {
