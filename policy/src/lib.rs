@@ -24,6 +24,8 @@
 //!   record), `merkle.rs` (RFC 6962 hashing and proofs), `head.rs` (signed tree heads, pinned
 //!   audit keys), `digest.rs` (the bounded leaf digest a verifier keeps), `export/` (the
 //!   JSON-lines export: writer and verifier); see its `# Layout`.
+//! - [`ids`] (`ids.rs`): identifiers that sort by when they were made (certificate serials,
+//!   the authority's command ids).
 //! - [`join`] (`join.rs`): one-time join tokens and the trust-bundle pin they carry.
 //! - [`jwt`] (`jwt/`): JWT-SVIDs — ES256 signing with an authority key, strict validation of
 //!   untrusted tokens against a bundle's JWT keys, and their JWK form.
@@ -68,6 +70,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod ids;
 pub mod join;
 pub mod jwt;
 pub mod rights;

@@ -115,22 +115,17 @@ pub mod limits {
 pub struct CommandId(pub [u8; 16]);
 
 impl CommandId {
-    /// A fresh id: the proposer's clock in unix milliseconds (6 bytes, big-endian), then 10
-    /// random bytes. Ids made later sort later, so the command records a batch adds land
-    /// together at the end of their table, not on a random page each (a random insert into a
-    /// table of 100,000s of records copies a leaf and its branches per command at every apply,
-    /// on every node). Uniqueness rests on the 80 random bits within one millisecond.
+    /// A fresh id that sorts by when it was made ([`ringzero_policy::ids::time_ordered`]), so
+    /// the command records a batch adds land together at the end of their table, not on a
+    /// random page each (a random insert into a table of 100,000s of records copies a leaf and
+    /// its branches per command at every apply, on every node).
     pub fn fresh() -> Self {
-        use ring::rand::SecureRandom;
-        let mut b = [0u8; 16];
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-        // SystemRandom fails only if the OS has no entropy source; the id then still works, it
-        // only loses idempotency protection against a colliding retry.
-        let _ = ring::rand::SystemRandom::new().fill(&mut b[6..]);
-        Self(b)
+        // Without an entropy source the id keeps its clock and zeros: it still works, it only
+        // loses idempotency protection against a colliding retry.
+        Self(
+            ringzero_policy::ids::time_ordered(std::time::SystemTime::now())
+                .unwrap_or_else(|(b, _)| b),
+        )
     }
 }
 

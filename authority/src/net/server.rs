@@ -190,9 +190,10 @@ impl RaftService {
                     return;
                 }
             };
+            // The refusal `RefuseExpiredLayer` gives a call, at every message.
             let answer = if not_after.is_some_and(|t| t < std::time::SystemTime::now()) {
                 Err(tonic::Status::unauthenticated(
-                    "raft: the caller's certificate has expired",
+                    ringzero_proto::transport::EXPIRED_MESSAGE,
                 ))
             } else {
                 match self.admit_member(sender) {

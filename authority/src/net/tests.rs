@@ -100,6 +100,7 @@ async fn a_stream_admits_its_caller_again_at_every_message() {
     requests.send(Ok(stale_append(leader))).await.unwrap();
     let s = answers.recv().await.unwrap().unwrap_err();
     assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    assert_eq!(s.message(), ringzero_proto::transport::EXPIRED_MESSAGE);
     assert!(answers.recv().await.is_none());
 }
 

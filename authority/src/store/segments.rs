@@ -8,7 +8,7 @@
 //! once it passes [`SEGMENT_BYTES`], and a group of appends is never split across two.
 //!
 //! # Allocated ahead
-//! A segment file is extended [`ZERO_AHEAD`] at a time ahead of its records, with `fallocate`
+//! A segment file is extended [`ALLOCATE_AHEAD`] at a time ahead of its records, with `fallocate`
 //! (blocks allocated, reading as zeros, no data written), so most appends write inside the
 //! file instead of growing it: `fdatasync` after a write that grows the file also writes the
 //! inode, a second, serial disk write (measured on ext4 here: 126–155 µs a sync growing the
@@ -46,7 +46,7 @@ const HEADER: usize = 16;
 
 /// How far past its records a segment file is allocated when an append reaches its end (see
 /// the module docs).
-pub(crate) const ZERO_AHEAD: u64 = 1 << 20;
+pub(crate) const ALLOCATE_AHEAD: u64 = 1 << 20;
 
 /// No entry is this large (a batch of commands is bounded far below it); a header that claims
 /// more is damage, not an entry.
@@ -440,7 +440,7 @@ impl Segments {
         if written > end {
             // Past the zeroed space: allocate more, synced with this write. Where the file
             // system cannot allocate ahead, the write grows the file as it is.
-            let ahead = written + ZERO_AHEAD;
+            let ahead = written + ALLOCATE_AHEAD;
             if rustix::fs::fallocate(
                 &*file,
                 rustix::fs::FallocateFlags::empty(),

@@ -84,7 +84,7 @@ fn ca_params(
     params.subject_alt_names = vec![uri_san(&td.id())?];
     params.not_before = (now - NOT_BEFORE_BACKDATE).into();
     params.not_after = (now + ttl).into();
-    params.serial_number = Some(random_serial()?);
+    params.serial_number = Some(random_serial(now)?);
     params.use_authority_key_identifier_extension = true;
     Ok(params)
 }
@@ -286,7 +286,7 @@ impl SigningCa {
         let not_after = now + ttl;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
-        let serial = random_serial()?;
+        let serial = random_serial(req.now)?;
         params.serial_number = Some(serial.clone());
         params.use_authority_key_identifier_extension = true;
 
@@ -414,20 +414,13 @@ fn uri_san(id: &SpiffeId) -> Result<SanType, SvidError> {
 }
 
 /// A random positive 128-bit serial number.
-fn random_serial() -> Result<SerialNumber, SvidError> {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 16];
-    // The clock in unix milliseconds (6 bytes, big-endian), then 80 random bits: serials issued
-    // later sort later, so the authority's record of each node's serials grows at its end
-    // instead of on a random page per certificate. The random part keeps what a random serial
-    // is for (a signer cannot be led to sign a prefix chosen in advance).
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes[6..])
-        .map_err(|_| SvidError::Generate("no randomness".into()))?;
+/// A serial that sorts by issue time ([`crate::ids::time_ordered`]): the authority's record
+/// of each node's serials grows at its end instead of on a random page per certificate. Its 80
+/// random bits keep what a random serial is for (a signer cannot be led to sign a prefix
+/// chosen in advance).
+fn random_serial(now: SystemTime) -> Result<SerialNumber, SvidError> {
+    let mut bytes =
+        crate::ids::time_ordered(now).map_err(|_| SvidError::Generate("no randomness".into()))?;
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01; // never a leading zero byte, so the DER length is fixed
     Ok(SerialNumber::from_slice(&bytes))

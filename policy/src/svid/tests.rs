@@ -575,11 +575,15 @@ fn issued_serials_are_distinct() {
         assert_eq!(svid.serial.len(), 16);
         assert!(serials.insert(svid.serial));
     }
-    // Serials issued later sort later (their first 6 bytes are the clock in milliseconds), so
+    // Serials issued later sort later (their first 6 bytes are the issue time in milliseconds), so
     // the authority's per-node records of them grow at the end of their table.
     let first = ca.issue(&request(&id, LeafKey::PublicKey(&spki))).unwrap();
-    std::thread::sleep(Duration::from_millis(3));
-    let later = ca.issue(&request(&id, LeafKey::PublicKey(&spki))).unwrap();
+    let later = ca
+        .issue(&LeafRequest {
+            now: now() + Duration::from_millis(1),
+            ..request(&id, LeafKey::PublicKey(&spki))
+        })
+        .unwrap();
     assert!(later.serial > first.serial);
     assert!(
         (0x01..=0x7f).contains(&later.serial[0]),

@@ -245,13 +245,13 @@ fn appends_overwrite_zeros_ahead_of_them_and_the_zeros_are_a_clean_end() {
     if !ahead {
         eprintln!("this file system does not allocate ahead: size checks skipped");
     }
-    assert_eq!(len, valid + if ahead { ZERO_AHEAD } else { 0 });
+    assert_eq!(len, valid + if ahead { ALLOCATE_AHEAD } else { 0 });
     assert!(bytes[valid as usize..].iter().all(|b| *b == 0));
     assert_eq!(scan(&bytes).stopped, None);
     // Later appends land inside the zeroed space: the file does not grow.
     s.append(&rows(4, 2)).unwrap();
     let len = std::fs::metadata(&seg).unwrap().len();
-    assert!(!ahead || len == valid + ZERO_AHEAD);
+    assert!(!ahead || len == valid + ALLOCATE_AHEAD);
     drop(s);
     // Reopened: the zeros are the end, the file keeps them, appends go on where records end.
     let s = Segments::open(dir.path(), None).unwrap();
@@ -271,13 +271,13 @@ fn an_append_past_the_zeroed_space_extends_it() {
     let seg = only_segment(dir.path());
     let len = std::fs::metadata(&seg).unwrap().len();
     // One entry larger than what is left of the zeroed space.
-    let big = vec![9u8; ZERO_AHEAD as usize];
+    let big = vec![9u8; ALLOCATE_AHEAD as usize];
     s.append(&[(2, big.clone())]).unwrap();
     let bytes = std::fs::read(&seg).unwrap();
     let valid = scan(&bytes).valid;
     assert!(valid > len);
     if allocates_ahead(dir.path()) {
-        assert_eq!(bytes.len() as u64, valid + ZERO_AHEAD);
+        assert_eq!(bytes.len() as u64, valid + ALLOCATE_AHEAD);
     }
     drop(s);
     let s = Segments::open(dir.path(), None).unwrap();
