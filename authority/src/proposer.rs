@@ -67,7 +67,19 @@ pub async fn propose(
 /// [`command::MAX_BATCH`] under pressure.
 const BATCHES_IN_FLIGHT: usize = 2;
 
-type Reply = tokio::sync::oneshot::Sender<Result<command::Response, ProposeError>>;
+/// Where the responses of one proposal go.
+enum Reply {
+    /// A single command's.
+    One(tokio::sync::oneshot::Sender<Result<command::Response, ProposeError>>),
+    /// A group's, in the group's order ([`Proposer::propose_all`]).
+    Group(tokio::sync::oneshot::Sender<Result<Vec<command::Response>, ProposeError>>),
+}
+
+/// One proposal waiting for a batch: a command, or a group that goes into one batch together.
+struct Pending {
+    cmds: Vec<command::Command>,
+    reply: Reply,
+}
 
 /// Group commit: concurrent proposals on this node become one Raft entry, so one log append and
 /// one fsync per node carry many commands. openraft 0.9 appends (and fsyncs) every
@@ -77,7 +89,7 @@ type Reply = tokio::sync::oneshot::Sender<Result<command::Response, ProposeError
 #[derive(Clone)]
 pub struct Proposer {
     raft: Raft,
-    tx: tokio::sync::mpsc::Sender<(command::Command, Reply)>,
+    tx: tokio::sync::mpsc::Sender<Pending>,
 }
 
 impl std::fmt::Debug for Proposer {
@@ -104,30 +116,129 @@ impl Proposer {
     pub async fn propose(&self, cmd: command::Command) -> Result<command::Response, ProposeError> {
         cmd.validate()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send((cmd, reply))
-            .await
-            .map_err(|_| ProposeError::Stopped)?;
+        self.send(Pending {
+            cmds: vec![cmd],
+            reply: Reply::One(reply),
+        })
+        .await?;
         rx.await.map_err(|_| ProposeError::Stopped)?
+    }
+
+    /// Validates each of `cmds`, proposes the valid ones together (in one batch, in this
+    /// order, for up to [`command::MAX_BATCH`]; more are split), and waits until they are
+    /// committed and applied. One result per command, in order: a command that is invalid
+    /// gets its own error and does not hold back the others.
+    ///
+    /// One hand-off for the group, not one per command: a call that records many commands
+    /// (an agent's batch of SVIDs) costs the batching task one message.
+    pub async fn propose_all(
+        &self,
+        cmds: Vec<command::Command>,
+    ) -> Vec<Result<command::Response, ProposeError>> {
+        let mut results: Vec<Option<Result<command::Response, ProposeError>>> =
+            Vec::with_capacity(cmds.len());
+        let mut valid = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            match cmd.validate() {
+                Ok(()) => {
+                    results.push(None);
+                    valid.push(cmd);
+                }
+                Err(e) => results.push(Some(Err(e.into()))),
+            }
+        }
+        let mut committed = Vec::with_capacity(valid.len());
+        let mut rest = valid;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(command::MAX_BATCH));
+            let n = rest.len();
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let sent = self
+                .send(Pending {
+                    cmds: rest,
+                    reply: Reply::Group(reply),
+                })
+                .await;
+            let outcome = match sent {
+                Ok(()) => rx.await.unwrap_or(Err(ProposeError::Stopped)),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(responses) if responses.len() == n => {
+                    for r in responses {
+                        committed.push(Ok(r));
+                    }
+                }
+                Ok(_) => {
+                    for _ in 0..n {
+                        committed.push(Err(ProposeError::NoResponse));
+                    }
+                }
+                Err(e) => {
+                    for _ in 0..n {
+                        committed.push(Err(e.same()));
+                    }
+                }
+            }
+            rest = tail;
+        }
+        let mut committed = committed.into_iter();
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            out.push(match r {
+                Some(r) => r,
+                None => committed.next().unwrap_or(Err(ProposeError::NoResponse)),
+            });
+        }
+        out
+    }
+
+    async fn send(&self, pending: Pending) -> Result<(), ProposeError> {
+        self.tx
+            .send(pending)
+            .await
+            .map_err(|_| ProposeError::Stopped)
     }
 }
 
-async fn run_batches(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<(command::Command, Reply)>) {
+impl ProposeError {
+    /// The same error again, for each command of a group that shares it.
+    fn same(&self) -> Self {
+        match self {
+            Self::Invalid(e) => Self::Invalid(e.clone()),
+            Self::Raft(e) => Self::Raft(e.clone()),
+            Self::NoResponse => Self::NoResponse,
+            Self::Stopped => Self::Stopped,
+        }
+    }
+}
+
+async fn run_batches(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    // A group that did not fit in the batch before; it starts the next one.
+    let mut carried: Option<Pending> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
         };
-        let mut cmds = vec![first.0];
-        let mut replies = vec![first.1];
-        while cmds.len() < command::MAX_BATCH {
+        let mut size = first.cmds.len();
+        let mut group = vec![first];
+        while size < command::MAX_BATCH {
             match rx.try_recv() {
-                Ok((cmd, reply)) => {
-                    cmds.push(cmd);
-                    replies.push(reply);
+                Ok(p) if size + p.cmds.len() > command::MAX_BATCH => {
+                    carried = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    size += p.cmds.len();
+                    group.push(p);
                 }
                 Err(_) => break,
             }
@@ -135,20 +246,46 @@ async fn run_batches(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<(command::C
         let raft = raft.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let (n, started) = (cmds.len(), std::time::Instant::now());
+            let mut cmds = Vec::with_capacity(size);
+            let mut replies = Vec::with_capacity(group.len());
+            for p in group {
+                replies.push((p.cmds.len(), p.reply));
+                cmds.extend(p.cmds);
+            }
+            let started = std::time::Instant::now();
             let written = raft.client_write(command::Batch::new(cmds)).await;
-            crate::metrics::metrics().batch(n, started.elapsed().as_secs_f64(), written.is_ok());
+            crate::metrics::metrics().batch(size, started.elapsed().as_secs_f64(), written.is_ok());
             match written {
                 Ok(resp) => {
                     let mut responses = resp.data.into_iter();
-                    for reply in replies {
-                        let r = responses.next().ok_or(ProposeError::NoResponse);
-                        let _ = reply.send(r);
+                    for (n, reply) in replies {
+                        match reply {
+                            Reply::One(reply) => {
+                                let _ =
+                                    reply.send(responses.next().ok_or(ProposeError::NoResponse));
+                            }
+                            Reply::Group(reply) => {
+                                let got: Vec<_> = responses.by_ref().take(n).collect();
+                                let _ = reply.send(if got.len() == n {
+                                    Ok(got)
+                                } else {
+                                    Err(ProposeError::NoResponse)
+                                });
+                            }
+                        }
                     }
                 }
                 Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(ProposeError::Raft(e.clone())));
+                    for (_, reply) in replies {
+                        let err = ProposeError::Raft(e.clone());
+                        match reply {
+                            Reply::One(reply) => {
+                                let _ = reply.send(Err(err));
+                            }
+                            Reply::Group(reply) => {
+                                let _ = reply.send(Err(err));
+                            }
+                        }
                     }
                 }
             }

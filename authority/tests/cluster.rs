@@ -348,6 +348,55 @@ async fn a_malformed_command_is_refused_before_it_is_proposed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_proposals_commits_together_in_order_beside_single_ones() {
+    use ringzero_authority::ProposeError;
+    use ringzero_authority::command::MAX_BATCH;
+    let c = Cluster::start(3, test_config(), 37).await.expect("cluster");
+    let leader = c.leader(&[], T).await.expect("leader");
+    c.write(audit_only("first"), T).await.expect("write");
+    let raft = c.raft(leader).expect("leader raft").clone();
+    let proposer = ringzero_authority::Proposer::new(raft.clone());
+    // Single proposals racing with the groups.
+    let mut singles = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let p = proposer.clone();
+        singles.spawn(async move { p.propose(audit_only(&format!("s{i}"))).await });
+    }
+    // A group with an invalid command in its middle, and a group larger than one batch.
+    let mut group: Vec<_> = (0..10).map(|i| audit_only(&format!("g{i}"))).collect();
+    let mut bad = audit_only("bad");
+    bad.audit.actor = "x".repeat(10_000);
+    group.insert(5, bad);
+    let big: Vec<_> = (0..MAX_BATCH + 10)
+        .map(|i| audit_only(&format!("b{i}")))
+        .collect();
+    let (small, large) = tokio::join!(proposer.propose_all(group), proposer.propose_all(big));
+    assert_eq!(small.len(), 11);
+    assert!(matches!(small[5], Err(ProposeError::Invalid(_))));
+    let seqs: Vec<u64> = small
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 5)
+        .map(|(_, r)| r.as_ref().expect("committed").audit_seq)
+        .collect();
+    // One group, one batch: its records are consecutive, in the group's order.
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let large: Vec<u64> = large
+        .iter()
+        .map(|r| r.as_ref().expect("committed").audit_seq)
+        .collect();
+    assert_eq!(large.len(), MAX_BATCH + 10);
+    assert!(large.windows(2).all(|w| w[1] > w[0]), "{large:?}");
+    assert!(large[..MAX_BATCH].windows(2).all(|w| w[1] == w[0] + 1));
+    while let Some(r) = singles.join_next().await {
+        r.expect("task").expect("committed");
+    }
+    let log = converged(&c).await;
+    assert_eq!(log.len(), 1 + 40 + 10 + MAX_BATCH + 10);
+    assert!(!log.iter().any(|r| r == "bad"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_proposals_share_entries_and_each_gets_its_response() {
     let c = Cluster::start(3, test_config(), 31).await.expect("cluster");
     let leader = c.leader(&[], T).await.expect("leader");

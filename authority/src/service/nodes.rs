@@ -450,35 +450,37 @@ impl AuthorityService {
         drop(reader);
         // Every record is committed before any certificate is released; an SVID whose record
         // did not commit is withheld.
-        let mut pending = tokio::task::JoinSet::new();
-        for (slot, audit, op) in records {
-            let cmd = crate::command::Command {
-                audit,
-                ..allowed.command(op)
-            };
-            let proposer = self.proposer.clone();
-            pending.spawn(async move { (slot, proposer.propose(cmd).await) });
-        }
-        while let Some(done) = pending.join_next().await {
-            match done {
-                Ok((_, Ok(r))) if !matches!(r.outcome, Outcome::Rejected(_)) => {}
-                Ok((Some(slot), Ok(r))) => {
+        // One group, so a call's records travel to the batching task together.
+        let (slots, cmds): (Vec<_>, Vec<_>) = records
+            .into_iter()
+            .map(|(slot, audit, op)| {
+                let cmd = crate::command::Command {
+                    audit,
+                    ..allowed.command(op)
+                };
+                (slot, cmd)
+            })
+            .unzip();
+        let results = self.proposer.propose_all(cmds).await;
+        for (slot, result) in slots.into_iter().zip(results) {
+            match (slot, result) {
+                (_, Ok(r)) if !matches!(r.outcome, Outcome::Rejected(_)) => {}
+                (Some(slot), Ok(r)) => {
                     if let (Some(s), Outcome::Rejected(why)) = (out.get_mut(slot), r.outcome) {
                         s.svid_chain.clear();
                         s.error = format!("refused: {why}");
                     }
                 }
-                Ok((None, Ok(_))) => {}
-                Ok((Some(slot), Err(e))) => {
+                (None, Ok(_)) => {}
+                (Some(slot), Err(e)) => {
                     if let Some(s) = out.get_mut(slot) {
                         s.svid_chain.clear();
                         s.error = format!("audit record not committed: {e}");
                     }
                 }
-                Ok((None, Err(e))) => {
+                (None, Err(e)) => {
                     tracing::warn!(error = %e, "could not record a refused SVID request");
                 }
-                Err(e) => return Err(super::status::internal(format!("audit task: {e}"))),
             }
         }
         Ok(tonic::Response::new(pb::MintSvidsReply { svids: out }))

@@ -44,6 +44,12 @@ pub(crate) const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_
 /// The most commands an apply runs on the calling task rather than on a blocking thread.
 const INLINE_APPLY: usize = 32;
 
+/// The state database's page cache. redb's default (1 GiB) let a busy node's memory grow with
+/// its audit log for as long as it ran; past this, pages are read back from the file (and the
+/// kernel's page cache). A steady RSS also spares the allocator fresh pages (and the kernel
+/// zeroing them) on every apply.
+const STATE_CACHE_BYTES: usize = 64 << 20;
+
 fn sm_err(e: impl Into<StateError>) -> StorageError {
     let e: StateError = e.into();
     StorageIOError::write_state_machine(openraft::AnyError::new(&e)).into()
@@ -108,7 +114,9 @@ impl StateMachineStore {
                 }
             }
         }
-        let db = Database::create(path)?;
+        let db = Database::builder()
+            .set_cache_size(STATE_CACHE_BYTES)
+            .create(path)?;
         state::create_tables(&db)?;
         let applied = StateReader::new(&db)?.last_applied()?.map(|l| l.index);
         Ok(Self {
