@@ -7,7 +7,7 @@
 use crate::{NodeId, Raft, command};
 
 /// Why a proposal did not produce a response.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     /// The command is malformed; it was not proposed.
     #[error("invalid command: {0}")]
@@ -73,6 +73,36 @@ enum Reply {
     One(tokio::sync::oneshot::Sender<Result<command::Response, ProposeError>>),
     /// A group's, in the group's order ([`Proposer::propose_all`]).
     Group(tokio::sync::oneshot::Sender<Result<Vec<command::Response>, ProposeError>>),
+}
+
+impl Reply {
+    /// Answers with this proposal's share (`n` responses) of its batch's, taken in order.
+    fn answer(self, responses: &mut impl Iterator<Item = command::Response>, n: usize) {
+        match self {
+            Self::One(tx) => {
+                let _ = tx.send(responses.next().ok_or(ProposeError::NoResponse));
+            }
+            Self::Group(tx) => {
+                let got: Vec<_> = responses.take(n).collect();
+                let _ = tx.send(if got.len() == n {
+                    Ok(got)
+                } else {
+                    Err(ProposeError::NoResponse)
+                });
+            }
+        }
+    }
+
+    fn fail(self, e: ProposeError) {
+        match self {
+            Self::One(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            Self::Group(tx) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
 }
 
 /// One proposal waiting for a batch: a command, or a group that goes into one batch together.
@@ -176,7 +206,7 @@ impl Proposer {
                 }
                 Err(e) => {
                     for _ in 0..n {
-                        committed.push(Err(e.same()));
+                        committed.push(Err(e.clone()));
                     }
                 }
             }
@@ -198,18 +228,6 @@ impl Proposer {
             .send(pending)
             .await
             .map_err(|_| ProposeError::Stopped)
-    }
-}
-
-impl ProposeError {
-    /// The same error again, for each command of a group that shares it.
-    fn same(&self) -> Self {
-        match self {
-            Self::Invalid(e) => Self::Invalid(e.clone()),
-            Self::Raft(e) => Self::Raft(e.clone()),
-            Self::NoResponse => Self::NoResponse,
-            Self::Stopped => Self::Stopped,
-        }
     }
 }
 
@@ -259,33 +277,12 @@ async fn run_batches(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
                 Ok(resp) => {
                     let mut responses = resp.data.into_iter();
                     for (n, reply) in replies {
-                        match reply {
-                            Reply::One(reply) => {
-                                let _ =
-                                    reply.send(responses.next().ok_or(ProposeError::NoResponse));
-                            }
-                            Reply::Group(reply) => {
-                                let got: Vec<_> = responses.by_ref().take(n).collect();
-                                let _ = reply.send(if got.len() == n {
-                                    Ok(got)
-                                } else {
-                                    Err(ProposeError::NoResponse)
-                                });
-                            }
-                        }
+                        reply.answer(&mut responses, n);
                     }
                 }
                 Err(e) => {
                     for (_, reply) in replies {
-                        let err = ProposeError::Raft(e.clone());
-                        match reply {
-                            Reply::One(reply) => {
-                                let _ = reply.send(Err(err));
-                            }
-                            Reply::Group(reply) => {
-                                let _ = reply.send(Err(err));
-                            }
-                        }
+                        reply.fail(ProposeError::Raft(e.clone()));
                     }
                 }
             }

@@ -449,8 +449,8 @@ impl AuthorityService {
         }
         drop(reader);
         // Every record is committed before any certificate is released; an SVID whose record
-        // did not commit is withheld.
-        // One group, so a call's records travel to the batching task together.
+        // did not commit is withheld. The records go as one group: one hand-off to the
+        // batching task, one entry.
         let (slots, cmds): (Vec<_>, Vec<_>) = records
             .into_iter()
             .map(|(slot, audit, op)| {

@@ -51,8 +51,7 @@ const INLINE_APPLY: usize = 2 * crate::command::MAX_BATCH;
 
 /// The state database's page cache. redb's default (1 GiB) let a busy node's memory grow with
 /// its audit log for as long as it ran; past this, pages are read back from the file (and the
-/// kernel's page cache). A steady RSS also spares the allocator fresh pages (and the kernel
-/// zeroing them) on every apply.
+/// kernel's page cache). 32 MiB to 1 GiB gave the same SVID rates (ARCHITECTURE.md).
 const STATE_CACHE_BYTES: usize = 64 << 20;
 
 fn sm_err(e: impl Into<StateError>) -> StorageError {

@@ -84,7 +84,7 @@ fn ca_params(
     params.subject_alt_names = vec![uri_san(&td.id())?];
     params.not_before = (now - NOT_BEFORE_BACKDATE).into();
     params.not_after = (now + ttl).into();
-    params.serial_number = Some(random_serial(now)?);
+    params.serial_number = Some(fresh_serial(now)?);
     params.use_authority_key_identifier_extension = true;
     Ok(params)
 }
@@ -286,7 +286,7 @@ impl SigningCa {
         let not_after = now + ttl;
         params.not_before = not_before.into();
         params.not_after = not_after.into();
-        let serial = random_serial(req.now)?;
+        let serial = fresh_serial(req.now)?;
         params.serial_number = Some(serial.clone());
         params.use_authority_key_identifier_extension = true;
 
@@ -413,12 +413,11 @@ fn uri_san(id: &SpiffeId) -> Result<SanType, SvidError> {
     )?))
 }
 
-/// A random positive 128-bit serial number.
-/// A serial that sorts by issue time ([`crate::ids::time_ordered`]): the authority's record
-/// of each node's serials grows at its end instead of on a random page per certificate. Its 80
-/// random bits keep what a random serial is for (a signer cannot be led to sign a prefix
-/// chosen in advance).
-fn random_serial(now: SystemTime) -> Result<SerialNumber, SvidError> {
+/// A positive 128-bit serial number that sorts by issue time ([`crate::ids::time_ordered`]):
+/// the authority's record of each node's serials grows at its end instead of on a random page
+/// per certificate. Its 80 random bits keep what a random serial is for (a signer cannot be led
+/// to sign a prefix chosen in advance).
+fn fresh_serial(now: SystemTime) -> Result<SerialNumber, SvidError> {
     let mut bytes =
         crate::ids::time_ordered(now).map_err(|_| SvidError::Generate("no randomness".into()))?;
     bytes[0] &= 0x7f;
